@@ -1,0 +1,100 @@
+"""Sealing: compress, then encrypt and authenticate a payload (borg's two layers: compressor table + key).
+
+Envelope layout (little-endian, see docs/FORMATS.md):
+
+=====  ====  ==============================================
+off    size  field
+=====  ====  ==============================================
+0      4     magic ``b"LBE1"``
+4      1     envelope version (1)
+5      1     compressor id (0 none, 1 zstd)
+6      1     cipher id (1 AES-256-GCM)
+7      1     reserved, zero
+8      4     key id (u32): which vault key sealed it
+12     12    GCM nonce (random)
+24     4     ciphertext length incl. 16-byte tag (u32)
+28     n     ciphertext || tag
+=====  ====  ==============================================
+
+The associated data is the caller's context (for records, the 56-byte record header), so an envelope cannot be
+moved to another record, disk or offset without failing authentication.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import IntegrityError, ProtocolError
+
+MAGIC = b"LBE1"
+VERSION = 1
+HEAD = struct.Struct("<4sBBBxI12sI")
+HEAD_SIZE = HEAD.size  # 28
+COMP_NONE = 0
+COMP_ZSTD = 1
+CIPHER_AES256GCM = 1
+TAG_SIZE = 16
+
+
+class Sealer:
+    """Thread-safe sealer/opener for one key. zstd and AES-GCM release the GIL, so callers run it in a pool."""
+
+    def __init__(self, key: bytes, key_id: int = 1, level: int = 1) -> None:
+        if len(key) != 32:
+            raise ValueError("vault key must be 32 bytes")
+        self._aead = AESGCM(key)
+        self.key_id = key_id
+        self.level = level
+        self._local = threading.local()
+
+    def _cctx(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(level=self.level)
+        return c
+
+    def _dctx(self) -> zstandard.ZstdDecompressor:
+        d = getattr(self._local, "d", None)
+        if d is None:
+            d = self._local.d = zstandard.ZstdDecompressor()
+        return d
+
+    def seal(self, payload: bytes | memoryview, aad: bytes) -> bytes:
+        comp = COMP_ZSTD
+        body = self._cctx().compress(payload) if len(payload) else b""
+        if len(body) >= len(payload):  # incompressible: store as is
+            body, comp = bytes(payload), COMP_NONE
+        nonce = os.urandom(12)
+        ct = self._aead.encrypt(nonce, body, aad)
+        return HEAD.pack(MAGIC, VERSION, comp, CIPHER_AES256GCM, self.key_id, nonce, len(ct)) + ct
+
+    def open(self, env: bytes | memoryview, aad: bytes, *, max_size: int = 64 * 1024 * 1024) -> bytes:
+        if len(env) < HEAD_SIZE:
+            raise ProtocolError("short envelope")
+        magic, ver, comp, cipher, key_id, nonce, ctlen = HEAD.unpack_from(env)
+        if magic != MAGIC or ver != VERSION or cipher != CIPHER_AES256GCM:
+            raise IntegrityError("bad envelope header")
+        if key_id != self.key_id:
+            raise IntegrityError(f"envelope sealed with key {key_id}, have {self.key_id}")
+        if HEAD_SIZE + ctlen != len(env):
+            raise IntegrityError("envelope length mismatch")
+        try:
+            body = self._aead.decrypt(nonce, bytes(env[HEAD_SIZE:]), aad)
+        except InvalidTag:
+            raise IntegrityError("envelope failed authentication (data corrupted or tampered)") from None
+        if comp == COMP_NONE:
+            return body
+        if comp == COMP_ZSTD:
+            return self._dctx().decompress(body, max_output_size=max_size) if body else b""
+        raise IntegrityError(f"unknown compressor id {comp}")
+
+    @staticmethod
+    def envelope_size(env_head: bytes) -> int:
+        *_, ctlen = HEAD.unpack_from(env_head)
+        return HEAD_SIZE + ctlen

@@ -1,0 +1,125 @@
+"""Errors a user can meet.
+
+Every error carries a stable ``code`` (shown to the operator, used by the console and in JSON output), a message
+that says what went wrong, and ``advice`` that says what to do next. Errors that are network, storage or input
+problems also subclass the built-in they are (``OSError``, ``TimeoutError``, ``ValueError``, ``PermissionError``), so
+callers can catch either (the aiohttp habit).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LifeboatError(Exception):
+    """Base of all Lifeboat errors."""
+
+    code = "LB_ERROR"
+    advice = "See the appliance log for details."
+    exit_code = 2
+
+    def __init__(self, message: str, *, advice: str | None = None, code: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if advice is not None:
+            self.advice = advice
+        if code is not None:
+            self.code = code
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "advice": self.advice, **({"details": self.details} if self.details else {})}
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class InvalidInput(LifeboatError, ValueError):
+    code = "LB_INVALID_INPUT"
+    advice = "Check the command's arguments (--help lists them)."
+
+
+class NotFound(LifeboatError, LookupError):
+    code = "LB_NOT_FOUND"
+    advice = "List what exists with `lifeboat status`."
+
+
+class UnknownMachine(NotFound):
+    code = "LB_UNKNOWN_MACHINE"
+    advice = "Register the machine's agent first (`lifeboat agent register`), then check the name with `lifeboat status`."
+
+
+class UnknownPoint(NotFound):
+    code = "LB_UNKNOWN_POINT"
+    advice = "List the machine's recovery points with `lifeboat points --home DIR MACHINE`."
+
+
+class UnknownPolicy(NotFound):
+    code = "LB_UNKNOWN_POLICY"
+    advice = "Create it with `lifeboat policy set --home DIR NAME`."
+
+
+class AlreadyExists(LifeboatError):
+    code = "LB_ALREADY_EXISTS"
+    advice = "Choose another name, or remove the existing one first."
+
+
+class Conflict(LifeboatError):
+    code = "LB_CONFLICT"
+    advice = "Wait for the running operation to finish, or clean it up first."
+
+
+class NotInitialised(LifeboatError, FileNotFoundError):
+    code = "LB_NOT_INITIALISED"
+    advice = "Initialise the home first (`lifeboat appliance init --home DIR` or `lifeboat agent register ...`)."
+
+
+class AuthError(LifeboatError, PermissionError):
+    code = "LB_AUTH_FAILED"
+    advice = "Check the connection passphrase (appliance home: passphrase.txt) and register again."
+
+
+class WrongPassphrase(AuthError):
+    code = "LB_WRONG_PASSPHRASE"
+    advice = "Use the passphrase file written by `lifeboat appliance init` (HOME/passphrase.txt)."
+
+
+class CertificateRefused(AuthError):
+    code = "LB_CERTIFICATE_REFUSED"
+    advice = "Register the agent with the appliance to obtain a client certificate (`lifeboat agent register`)."
+
+
+class MachineRevoked(AuthError):
+    code = "LB_MACHINE_REVOKED"
+    advice = "The machine was revoked on the appliance; remove it and register it again if this is intended."
+
+
+class ApplianceUnreachable(LifeboatError, ConnectionError):
+    code = "LB_APPLIANCE_UNREACHABLE"
+    advice = "Start the appliance (`lifeboat appliance run --home DIR`) and check host, port and firewall."
+
+
+class ProtocolError(LifeboatError, ConnectionError):
+    code = "LB_PROTOCOL_ERROR"
+    advice = "The peer sent something Lifeboat does not understand; check that both sides run the same version."
+
+
+class IntegrityError(LifeboatError, OSError):
+    code = "LB_INTEGRITY"
+    advice = "Stored data failed verification; run a resync of the machine to heal the affected range."
+
+
+class StorageError(LifeboatError, OSError):
+    code = "LB_STORAGE"
+    advice = "Check free space and permissions of the appliance home and vault."
+
+
+class KeyringError(LifeboatError, RuntimeError):
+    code = "LB_KEYRING"
+    advice = ("No usable OS keyring was found. On a Linux desktop start the Secret Service (gnome-keyring); "
+              "on Windows the Credential Manager is used.")
+
+
+class NotReady(LifeboatError):
+    code = "LB_NOT_READY"
+    advice = "Wait for initial replication to finish (`lifeboat status`)."

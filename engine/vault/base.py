@@ -1,0 +1,123 @@
+"""The vault interface: where replicated data rests and recovery points are read from.
+
+Callers (the process server's applier, retention, recovery) use only this interface, so a backend can be swapped
+without changing them. The local vault (``local.py``) keeps a replica per disk at the *oldest retained* point plus a
+redo journal of sealed records; Azure Blob (next) keeps a page-blob replica at the *newest* point, page-blob
+snapshots as points and block blobs as cache logs. Both fit: records go in by ``append``, points by ``add_point``,
+reads come out of ``open_view``, history is dropped by ``prune``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from ..records import Record
+
+PointKind = Literal["crash-consistent", "app-consistent"]
+
+
+@dataclass(slots=True)
+class DiskInfo:
+    index: int
+    name: str
+    size: int
+
+
+@dataclass(slots=True)
+class Point:
+    """A recovery point: the machine's disks as they were right after record ``seq`` was captured."""
+
+    id: str
+    seq: int
+    time: float                 # capture time of record ``seq`` (epoch seconds)
+    kind: PointKind
+    tag: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class SealedRecord:
+    """A record header (``data`` empty) and its payload sealed by :class:`engine.codec.Sealer` (empty when none).
+
+    The envelope's associated data is ``header.pack_header()``.
+    """
+
+    header: Record
+    envelope: bytes = b""
+    extra: dict = field(default_factory=dict)
+
+
+class DiskView(abc.ABC):
+    """Read-only view of one disk as at a point."""
+
+    size: int
+
+    @abc.abstractmethod
+    async def read(self, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset+length)``; raises ValueError when out of range, IntegrityError on corrupt data."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class MachineVault(abc.ABC):
+    """One protected machine's data in a vault."""
+
+    @abc.abstractmethod
+    async def ensure_disks(self, disks: list[DiskInfo]) -> None:
+        """Create replicas for new disks, grow replicas of disks that grew. Durable on return."""
+
+    @abc.abstractmethod
+    def disks(self) -> list[DiskInfo]: ...
+
+    @property
+    @abc.abstractmethod
+    def last_seq(self) -> int:
+        """Highest seq durably in the vault (0 when none)."""
+
+    @property
+    @abc.abstractmethod
+    def base_seq(self) -> int:
+        """Oldest seq a view can be opened at (history before it has been folded away)."""
+
+    @abc.abstractmethod
+    async def append(self, records: list[SealedRecord]) -> None:
+        """Append records in seq order; durable on return. Records with seq <= last_seq are skipped (idempotent)."""
+
+    @abc.abstractmethod
+    async def add_point(self, point: Point) -> None:
+        """Record a recovery point; durable on return. ``point.seq`` must be <= last_seq."""
+
+    @abc.abstractmethod
+    def points(self) -> list[Point]:
+        """Points still within history, oldest first."""
+
+    @abc.abstractmethod
+    async def open_view(self, seq: int, disk: int) -> DiskView:
+        """The disk as it was right after record ``seq``. base_seq <= seq <= last_seq, else UnknownPoint."""
+
+    @abc.abstractmethod
+    async def prune(self, keep_from_seq: int) -> None:
+        """Drop history before ``keep_from_seq`` (fold it into the replica); drop points older than it."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Vault(abc.ABC):
+    """A vault backend holding many machines."""
+
+    kind: str
+
+    @abc.abstractmethod
+    async def open_machine(self, machine: str) -> MachineVault: ...
+
+    @abc.abstractmethod
+    async def remove_machine(self, machine: str) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine for Lifeboat: system packages, then a virtualenv with the project installed.
+# Idempotent; safe to run again. Usage: scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SYSTEM_PACKAGES=(
+  qemu-utils        # qemu-io, qemu-img, qemu-nbd: real NBD clients in tests and benches
+  libnbd-bin        # nbdcopy, nbdinfo, nbdfuse
+  python3-libnbd    # libnbd's Python binding (Debian's python3), used as a real client in tests
+  nbdkit            # baseline NBD server for bench/capture
+  fuse3             # nbdfuse
+  e2fsprogs         # mkfs.ext4 on an export
+  util-linux        # losetup, fsfreeze
+  rsync             # resync baseline
+  fonts-dejavu-core # text in offscreen Qt screenshots
+  libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 # Qt runtime
+  python3-venv
+)
+
+missing=()
+for p in "${SYSTEM_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "==> installing system packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $($PY --version)"
+  $PY -m venv .venv
+fi
+echo "==> installing lifeboat and its dependencies into .venv"
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import engine, zstandard, cryptography, keyring" 
+echo "==> setup done"

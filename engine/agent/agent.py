@@ -1,0 +1,331 @@
+"""The mobility agent: serves each protected disk as an NBD export, captures every change, ships it to the
+process server over mutual TLS, runs initial replication, and takes app-consistent bookmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import random
+import shlex
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import pki
+from ..errors import InvalidInput, LifeboatError, ProtocolError
+from ..fileio import data_extents
+from ..home import AgentHome
+from ..nbd.server import NBDServer
+from ..records import Kind, Record
+from ..wire import BATCH_HEAD, Frame, frame_header, parse_json, read_frame, write_json
+from .capture import CaptureBackend, MachineCapture
+
+log = logging.getLogger(__name__)
+
+BATCH_BYTES = 4 * 1024 * 1024
+SYNC_CHUNK = 1024 * 1024
+MAX_IN_FLIGHT = 8
+HOOK_TIMEOUT = 30.0
+
+
+class Agent:
+    def __init__(self, home: Path, disks: dict[str, Path], nbd: tuple[str, int], *,
+                 pre_bookmark: str | None = None, post_bookmark: str | None = None) -> None:
+        self.home = AgentHome(Path(home))
+        self.cfg = self.home.load_config()
+        self.name: str = self.cfg["name"]
+        if not disks:
+            raise InvalidInput("the agent needs at least one --disk NAME=PATH")
+        self.disk_paths = disks
+        self.nbd_addr = nbd
+        self.pre_bookmark, self.post_bookmark = pre_bookmark, post_bookmark
+        self.capture = MachineCapture(self.home.journal)
+        self.backends: list[CaptureBackend] = []
+        self.nbd: NBDServer | None = None
+        self.control_server: asyncio.AbstractServer | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.connected = asyncio.Event()
+        self.new_data = asyncio.Event()
+        self.acked_seq = 0
+        self.sent_seq = 0
+        self.in_flight: collections.deque[tuple[int, int, int]] = collections.deque()  # (batch, first ts, last seq)
+        self.first_unsent_ns = 0
+        self.sync_pos: dict[int, int] = {}
+        self.sync_done: dict[int, bool] = {}
+        self.protected = bool(self.cfg.get("protected"))
+        self.last_error: dict[str, Any] | None = None
+        self.nbd_address: tuple[str, int] | None = None
+
+    # lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        for i, (name, path) in enumerate(self.disk_paths.items()):
+            if not Path(path).exists():
+                raise InvalidInput(f"disk {name}: {path} does not exist")
+            self.backends.append(CaptureBackend(self.capture, i, name, Path(path)))
+        self.capture.capturing = self.protected   # a protected machine captures from the first request on
+        self.capture.on_record = self._on_record
+        self.nbd = NBDServer({b.name: b for b in self.backends}, name=f"agent-{self.name}")
+        self.nbd_address = await self.nbd.start(*self.nbd_addr)
+        if self.home.socket.exists():
+            self.home.socket.unlink()
+        self.control_server = await asyncio.start_unix_server(self._control, path=str(self.home.socket))
+        os.chmod(self.home.socket, 0o600)
+        self._tasks.append(asyncio.create_task(self._ship_forever(), name="agent-shipper"))
+        log.info("agent %s serving %s on %s", self.name, list(self.disk_paths), self.nbd_address)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.nbd:
+            await self.nbd.stop()
+        if self.control_server:
+            self.control_server.close()
+        self.capture.sync()
+        for b in self.backends:
+            os.fdatasync(b.fd)
+            b.close()
+        self.capture.journal.close()
+
+    def _on_record(self) -> None:
+        if not self.first_unsent_ns:
+            self.first_unsent_ns = time.time_ns()
+        self.new_data.set()
+
+    def oldest_pending_ns(self) -> int:
+        if self.in_flight:
+            return self.in_flight[0][1]
+        return self.first_unsent_ns
+
+    # shipping --------------------------------------------------------------------------------------------
+    async def _ship_forever(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._session()
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except LifeboatError as exc:
+                self.last_error = exc.to_dict()
+                log.warning("replication link: %s", exc)
+            except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                self.last_error = {"code": "LB_LINK_DOWN", "message": str(exc) or type(exc).__name__}
+                log.info("replication link down: %s", exc)
+            self.connected.clear()
+            await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: no reconnect storms
+            delay = min(delay * 2, 30.0)
+
+    async def _session(self) -> None:
+        host = self.cfg["appliance"][0]
+        ctx = pki.client_context(self.home.ca_cert, self.home.cert, self.home.key)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, self.cfg["data_port"], ssl=ctx, limit=1 << 20), 15)
+        try:
+            write_json(writer, Frame.HELLO, {"machine": self.name, "version": 1,
+                                             "disks": [{"index": b.index, "name": b.name, "size": b.size}
+                                                       for b in self.backends]})
+            kind, body = await asyncio.wait_for(read_frame(reader), 30)
+            if kind == Frame.ERROR:
+                raise _remote_error(parse_json(body))
+            if kind != Frame.WELCOME:
+                raise ProtocolError("expected WELCOME")
+            self._welcome(parse_json(body))
+            self.in_flight.clear()
+            self.sent_seq = self.acked_seq
+            self.connected.set()
+            self.last_error = None
+            rx = asyncio.create_task(self._receive(reader))
+            try:
+                await self._send_loop(writer, rx)
+            finally:
+                rx.cancel()
+                await asyncio.gather(rx, return_exceptions=True)
+        finally:
+            writer.close()
+
+    def _welcome(self, w: dict[str, Any]) -> None:
+        self.acked_seq = int(w.get("last_seq", 0))
+        self.capture.seq = max(self.capture.seq, self.acked_seq)
+        self.capture.journal.trim(self.acked_seq)
+        if w.get("protected"):
+            self._set_protected()
+        for b in self.backends:
+            self.sync_pos[b.index] = int(w.get("sync", {}).get(str(b.index), 0))
+            self.sync_done[b.index] = bool(w.get("synced", {}).get(str(b.index), False))
+
+    def _set_protected(self) -> None:
+        if not self.protected:
+            self.protected = True
+            self.cfg["protected"] = True
+            self.home.save_config(self.cfg)
+        self.capture.capturing = True
+        self.new_data.set()
+
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            kind, body = await read_frame(reader)
+            msg = parse_json(body)
+            if kind == Frame.ACK:
+                self.acked_seq = max(self.acked_seq, int(msg["last_seq"]))
+                while self.in_flight and self.in_flight[0][2] <= self.acked_seq:
+                    self.in_flight.popleft()
+                self.capture.journal.trim(self.acked_seq)
+                self.new_data.set()
+            elif kind == Frame.CONTROL:
+                if msg.get("protected"):
+                    for b in self.backends:
+                        self.sync_pos.setdefault(b.index, int(msg.get("sync", {}).get(str(b.index), 0)))
+                        self.sync_done.setdefault(b.index, False)
+                    self._set_protected()
+                if msg.get("bookmark") is not None:
+                    asyncio.create_task(self.bookmark(msg["bookmark"].get("tag")))
+            elif kind == Frame.ERROR:
+                raise _remote_error(msg)
+
+    async def _send_loop(self, writer: asyncio.StreamWriter, rx: asyncio.Task) -> None:
+        last_hb = 0.0
+        while True:
+            if rx.done():
+                rx.result()  # re-raise what ended the receiver
+                raise ConnectionResetError("receiver stopped")
+            now = time.monotonic()
+            if now - last_hb >= 1.0:
+                last_hb = now
+                write_json(writer, Frame.HEARTBEAT, {
+                    "oldest_pending_ns": self.oldest_pending_ns(), "journal_bytes": self.capture.journal.bytes,
+                    "sync": {str(k): v for k, v in self.sync_pos.items()}})
+            if len(self.in_flight) >= MAX_IN_FLIGHT:
+                await self._wait_data(writer, 0.5)
+                continue
+            recs = self.capture.journal.read_after(self.sent_seq, BATCH_BYTES) if self.protected else []
+            if recs:
+                await self._send(writer, recs)
+                if self.sent_seq >= self.capture.journal.last_seq:
+                    self.first_unsent_ns = 0
+                else:
+                    self.first_unsent_ns = recs[-1].ts_ns
+                continue
+            if self.protected and not self.in_flight_full():
+                sync = self._next_sync()  # no await since reading the journal: seq order holds (see capture.py)
+                if sync:
+                    await self._send(writer, sync)
+                    continue
+            await self._wait_data(writer, 1.0)
+
+    def in_flight_full(self) -> bool:
+        return len(self.in_flight) >= MAX_IN_FLIGHT
+
+    async def _wait_data(self, writer: asyncio.StreamWriter, timeout: float) -> None:
+        self.new_data.clear()
+        await writer.drain()
+        try:
+            await asyncio.wait_for(self.new_data.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _send(self, writer: asyncio.StreamWriter, recs: list[Record]) -> None:
+        batch = recs[-1].seq
+        parts = [BATCH_HEAD.pack(batch)] + [r.encode() for r in recs]
+        size = sum(len(p) for p in parts)
+        writer.write(frame_header(Frame.BATCH, size))
+        writer.writelines(parts)
+        self.in_flight.append((batch, recs[0].ts_ns, batch))
+        self.sent_seq = batch
+        if writer.transport.get_write_buffer_size() > 8 * 1024 * 1024:
+            await writer.drain()
+
+    def _next_sync(self) -> list[Record]:
+        """Up to BATCH_BYTES of initial replication, read now (sequence numbers assigned as read)."""
+        out: list[Record] = []
+        size = 0
+        for b in self.backends:
+            if self.sync_done.get(b.index, True):
+                continue
+            pos = self.sync_pos.get(b.index, 0)
+            while size < BATCH_BYTES:
+                if pos >= b.size:
+                    out.append(self.capture.next(Kind.SYNC_DONE, b.index, 0, 0))
+                    self.sync_done[b.index] = True
+                    break
+                ext = next(iter(data_extents(b.fd, pos, b.size)), None)
+                if ext is None:  # only holes left: they are zeros, and so is the replica
+                    pos = b.size
+                    continue
+                start = max(ext[0], pos)
+                n = min(SYNC_CHUNK, ext[0] + ext[1] - start)
+                rec = b.read_sync_chunk(start, n)
+                pos = start + n
+                if rec is not None:
+                    out.append(rec)
+                    size += rec.length
+            self.sync_pos[b.index] = pos
+            if size >= BATCH_BYTES:
+                break
+        return out
+
+    # bookmarks -------------------------------------------------------------------------------------------
+    async def bookmark(self, tag: str | None = None) -> dict[str, Any]:
+        """App-consistent point across all disks: pre-hook (e.g. fsfreeze), marker, post-hook (always, on a watchdog)."""
+        if not self.protected:
+            raise InvalidInput("the machine is not protected yet", advice="Enable protection on the appliance first.")
+        try:
+            if self.pre_bookmark:
+                await _run_hook(self.pre_bookmark)
+            payload = json.dumps({"tag": tag, "id": os.urandom(6).hex()}).encode()
+            rec = self.capture.next(Kind.BOOKMARK, 0, 0, len(payload), payload)
+            self.capture.append([rec])
+            self.capture.sync()
+            for b in self.backends:
+                os.fdatasync(b.fd)
+        finally:
+            if self.post_bookmark:
+                await _run_hook(self.post_bookmark)  # thaw even when freeze or marker failed
+        return {"seq": rec.seq, "tag": tag, "point_id": f"a-{rec.seq}"}
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            req = json.loads(line or b"{}")
+            if req.get("op") == "bookmark":
+                resp: dict[str, Any] = {"ok": True, **await self.bookmark(req.get("tag"))}
+            elif req.get("op") == "status":
+                resp = {"ok": True, "name": self.name, "connected": self.connected.is_set(),
+                        "protected": self.protected, "acked_seq": self.acked_seq, "seq": self.capture.seq,
+                        "sync": self.sync_pos, "error": self.last_error}
+            else:
+                resp = {"ok": False, "error": {"code": "LB_INVALID_INPUT", "message": "unknown op"}}
+        except LifeboatError as exc:
+            resp = {"ok": False, "error": exc.to_dict()}
+        except Exception as exc:
+            resp = {"ok": False, "error": {"code": "LB_ERROR", "message": str(exc)}}
+        writer.write(json.dumps(resp).encode() + b"\n")
+        await writer.drain()
+        writer.close()
+
+
+async def _run_hook(cmd: str) -> None:
+    proc = await asyncio.create_subprocess_exec(*shlex.split(cmd))
+    try:
+        rc = await asyncio.wait_for(proc.wait(), HOOK_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise LifeboatError(f"bookmark hook {cmd!r} timed out after {HOOK_TIMEOUT:.0f}s", code="LB_HOOK_TIMEOUT",
+                            advice="Check the hook command; the post hook (thaw) ran anyway.") from None
+    if rc != 0:
+        raise LifeboatError(f"bookmark hook {cmd!r} exited with {rc}", code="LB_HOOK_FAILED",
+                            advice="Fix the hook command; no app-consistent point was made.")
+
+
+def _remote_error(err: dict[str, Any]) -> LifeboatError:
+    from .. import errors
+    code = err.get("code", "LB_ERROR")
+    cls = next((c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, LifeboatError)
+                and c.code == code), LifeboatError)
+    return cls(err.get("message", "refused by the appliance"), code=code, advice=err.get("advice"))

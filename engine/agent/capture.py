@@ -1,0 +1,129 @@
+"""Capture: the agent's NBD export sits in front of the backing file or device, like DRBD's device in front of its
+backing disk. Every write, zeroing and trim is applied to the backing store and then journaled, in order, with
+a machine-wide sequence number, before the client gets its reply.
+
+Ordering is what makes recovery points exact: the backing write and the journal append happen in one event-loop
+step (no await between them), and so do initial-replication reads and their sequence numbers, so the stream the
+appliance receives replays to exactly the disk's contents at every sequence number.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..fileio import punch_hole
+from ..nbd.server import NBDError
+from ..records import MAX_PAYLOAD, Kind, Record
+from ..segment_log import SegmentLog
+
+
+class MachineCapture:
+    """Shared by all disks of one machine: the journal and the sequence counter."""
+
+    def __init__(self, journal_dir: Path, start_seq: int = 0) -> None:
+        self.journal = SegmentLog(journal_dir, ".lbj", fsync_each=False)
+        self.seq = max(start_seq, self.journal.last_seq)
+        self.capturing = False
+        self.pending: list[tuple[Record, bytes]] = []   # appended since the last flush to the log
+        self.on_record: Callable[[], None] = lambda: None
+        self.captured_bytes = 0
+
+    def next(self, kind: Kind, disk: int, offset: int = 0, length: int = 0, data: bytes | memoryview = b"") -> Record:
+        self.seq += 1
+        rec = Record(kind, disk, self.seq, time.time_ns(), offset, length, data)
+        return rec
+
+    def append(self, recs: list[Record]) -> None:
+        if not recs:
+            return
+        enc = [r.encode() for r in recs]
+        self.journal.append(recs, enc)
+        self.captured_bytes += sum(len(e) for e in enc)
+        self.on_record()
+
+    def sync(self) -> None:
+        self.journal.sync()
+
+
+class CaptureBackend:
+    """An NBD backend over a file or block device that captures every change."""
+
+    def __init__(self, machine: MachineCapture, index: int, name: str, path: Path) -> None:
+        self.machine = machine
+        self.index = index
+        self.name = name
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR)
+        self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        self.read_only = False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _check(self, offset: int, length: int, err: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise NBDError(err, "request beyond the end of the disk")
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length, errno.EINVAL)
+        return os.pread(self.fd, length, offset)
+
+    async def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        self._check(offset, len(data), errno.ENOSPC)
+        n = os.pwrite(self.fd, data, offset)
+        if n != len(data):
+            raise NBDError(errno.EIO, "short write to the backing disk")
+        if self.machine.capturing:
+            recs = [self.machine.next(Kind.WRITE, self.index, offset + i, min(MAX_PAYLOAD, len(data) - i),
+                                      data[i:i + MAX_PAYLOAD])
+                    for i in range(0, len(data), MAX_PAYLOAD)]
+            self.machine.append(recs)
+        if fua:
+            self._durable()
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
+        self._check(offset, length, errno.ENOSPC)
+        self._zero(offset, length)
+        if self.machine.capturing and length:
+            self.machine.append([self.machine.next(Kind.ZERO, self.index, offset, length)])
+        if fua:
+            self._durable()
+
+    async def trim(self, offset: int, length: int) -> None:
+        self._check(offset, length, errno.ENOSPC)
+        # Lifeboat's trim punches a hole, so the range reads back as zeros: replicated as such, byte-exact.
+        self._zero(offset, length)
+        if self.machine.capturing and length:
+            self.machine.append([self.machine.next(Kind.TRIM, self.index, offset, length)])
+
+    async def flush(self) -> None:
+        self._durable()
+
+    def _zero(self, offset: int, length: int) -> None:
+        if length and not punch_hole(self.fd, offset, length):
+            chunk = bytes(min(length, 1 << 20))
+            pos = offset
+            while pos < offset + length:
+                n = min(len(chunk), offset + length - pos)
+                os.pwrite(self.fd, chunk[:n], pos)
+                pos += n
+
+    def _durable(self) -> None:
+        os.fdatasync(self.fd)
+        self.machine.sync()
+
+    def read_sync_chunk(self, offset: int, length: int) -> Record | None:
+        """Initial replication: read a chunk and give it the next seq in the same step (see module doc).
+
+        All-zero chunks return None: the replica starts as zeros, so they cost nothing.
+        """
+        data = os.pread(self.fd, length, offset)
+        if data.count(0) == len(data):
+            return None
+        return self.machine.next(Kind.SYNC, self.index, offset, len(data), data)

@@ -1,0 +1,84 @@
+"""``lifeboat agent register``: obtain a client certificate from the appliance with the connection passphrase."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import secrets
+import socket
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+
+from .. import pki
+from ..errors import (ApplianceUnreachable, AuthError, CertificateRefused, InvalidInput, LifeboatError,
+                      ProtocolError, WrongPassphrase)
+from ..home import AgentHome
+from ..registration import agent_proof, appliance_proof, check
+
+
+def parse_hostport(text: str, default_port: int = 443) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def register(home_dir: Path, appliance: str, passphrase_file: Path, name: str, timeout: float = 15.0) -> dict:
+    home = AgentHome(home_dir)
+    if home.config.exists():
+        raise InvalidInput(f"{home_dir} is already registered as {json.loads(home.config.read_text())['name']!r}",
+                           advice="Use a new --home for another machine.")
+    try:
+        passphrase = passphrase_file.read_text().strip()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the passphrase file: {exc.strerror}") from None
+    host, port = parse_hostport(appliance)
+    key = pki.new_key()
+    csr = pki.make_csr(key, name)
+    nonce = secrets.token_hex(16)
+    body = json.dumps({"name": name, "csr": csr.decode(), "nonce": nonce,
+                       "proof": agent_proof(passphrase, name, nonce, csr)})
+    # No CA yet: the server is authenticated below by its passphrase proof and the CA pin, not by TOFU.
+    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=pki.client_context(None))
+    try:
+        conn.request("POST", "/v1/register", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = json.loads(resp.read() or b"{}")
+        server_der = conn.sock.getpeercert(binary_form=True) if conn.sock else None
+    except (OSError, ssl.SSLError, socket.timeout) as exc:
+        raise ApplianceUnreachable(f"cannot reach the appliance at {host}:{port}: {exc}") from None
+    except json.JSONDecodeError:
+        raise ProtocolError("the appliance answered with something that is not JSON") from None
+    finally:
+        conn.close()
+    if resp.status != 200:
+        err = data.get("error", {})
+        cls: type[LifeboatError] = WrongPassphrase if err.get("code") == "LB_WRONG_PASSPHRASE" else (
+            AuthError if resp.status == 403 else InvalidInput)
+        raise cls(err.get("message", f"registration failed (HTTP {resp.status})"), code=err.get("code"),
+                  advice=err.get("advice"))
+    ca_pem, cert_pem = data["ca"].encode(), data["cert"].encode()
+    if not server_der or not check(appliance_proof(passphrase, nonce, ca_pem, cert_pem, server_der),
+                                   data.get("proof", "")):
+        raise CertificateRefused("the appliance could not prove it knows the passphrase: not registering",
+                                 advice="Check --appliance points at your appliance; someone may be in between.")
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    server = x509.load_der_x509_certificate(server_der)
+    try:
+        server.verify_directly_issued_by(ca)
+    except Exception:
+        raise CertificateRefused("the appliance's TLS certificate is not issued by its CA") from None
+    home_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    home.ca_cert.write_bytes(ca_pem)
+    home.cert.write_bytes(cert_pem)
+    pki.write_private(home.key, pki.key_pem(key))
+    cfg = {"format": 1, "name": name, "appliance": [host, port], "data_port": int(data.get("data_port", 9443)),
+           "ca_sha256": hashlib.sha256(pki.cert_der(ca)).hexdigest()}
+    home.save_config(cfg)
+    return cfg

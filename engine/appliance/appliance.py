@@ -1,0 +1,379 @@
+"""The appliance: configuration-server and process-server roles in one asyncio program.
+
+Start it in-process inside any running loop (the console does) with ``await Appliance(home).start()`` and stop it
+with ``await app.stop()``; ``lifeboat appliance run`` runs it headless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets as pysecrets
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from .. import pki
+from ..codec import Sealer
+from ..errors import (Conflict, InvalidInput, LifeboatError, UnknownMachine, WrongPassphrase)
+from ..events import Alert, EventBus, MachineStatus
+from ..home import ApplianceHome
+from ..policy import DEFAULT_POLICY, Policy, health_for
+from ..records import Kind, Record
+from ..registration import agent_proof, appliance_proof, check
+from ..secrets import create_vault_key, load_vault_key
+from ..vault.base import DiskInfo, Vault
+from ..segment_log import SegmentLog as MachineCache
+from .pipeline import MachineRuntime
+from .process_server import AgentConnection, ProcessServer
+from .state import StateDB
+
+log = logging.getLogger(__name__)
+
+ADMIN_CN = "lifeboat-admin"
+
+
+def init_home(root: Path, *, control_port: int = 443, data_port: int = 9443, vault: Path | None = None,
+              listen: str = "0.0.0.0", hosts: list[str] | None = None) -> dict[str, Any]:
+    """Create an appliance home: CA, server and admin certificates, passphrase (0600), vault key (keyring)."""
+    home = ApplianceHome(root)
+    if home.config.exists():
+        raise Conflict(f"{root} is already an appliance home", advice="Use another --home, or run the existing one.")
+    for p, what in ((control_port, "control port"), (data_port, "data port")):
+        if not 0 < p < 65536:
+            raise InvalidInput(f"{what} {p} is out of range", advice="Use a TCP port between 1 and 65535.")
+    if control_port == data_port:
+        raise InvalidInput("control and data ports must differ")
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    home.pki.mkdir(exist_ok=True, mode=0o700)
+    appliance_id = uuid.uuid4().hex
+    ca = pki.CA.create(f"Lifeboat appliance CA {appliance_id[:8]}")
+    ca.save(home.ca_cert, home.ca_key)
+    skey = pki.new_key()
+    import socket
+    names = sorted({"localhost", "127.0.0.1", socket.gethostname(), *(hosts or [])})
+    scert = ca.issue(skey.public_key(), f"lifeboat-appliance-{appliance_id[:8]}", server=True, hosts=names)
+    home.server_cert.write_bytes(pki.cert_pem(scert))
+    pki.write_private(home.server_key, pki.key_pem(skey))
+    akey = pki.new_key()
+    acert = ca.issue(akey.public_key(), ADMIN_CN, server=False)
+    home.admin_cert.write_bytes(pki.cert_pem(acert))
+    pki.write_private(home.admin_key, pki.key_pem(akey))
+    passphrase = pysecrets.token_urlsafe(24)
+    pki.write_private(home.passphrase, (passphrase + "\n").encode())
+    create_vault_key(appliance_id)
+    cfg = {"format": 1, "appliance_id": appliance_id, "listen": listen, "control_port": control_port,
+           "data_port": data_port, "admin_serial": str(acert.serial_number),
+           "vault": {"kind": "local", "path": str((vault or root / "vault").resolve())}}
+    home.save_config(cfg)
+    db = StateDB(home.db)
+    db.set_meta("appliance_id", appliance_id)
+    db.close()
+    return cfg
+
+
+class Appliance:
+    def __init__(self, root: Path, *, listen: str | None = None) -> None:
+        self.home = ApplianceHome(Path(root))
+        self.cfg = self.home.load_config()
+        self.listen = listen or self.cfg.get("listen", "0.0.0.0")
+        self.bus = EventBus()
+        self.db: StateDB | None = None
+        self.vault: Vault | None = None
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lifeboat-cpu")
+        self.runtimes: dict[str, MachineRuntime] = {}
+        self.ps: ProcessServer | None = None
+        self.control: Any = None
+        self.recovery: Any = None
+        self._tasks: list[asyncio.Task] = []
+        self.control_address: tuple[str, int] | None = None
+        self.data_address: tuple[str, int] | None = None
+        self._consistent_from: dict[str, int] = {}
+
+    # lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        from ..vault.local import LocalVault
+        from .control import ControlAPI
+        from .recovery_service import RecoveryService
+        self.db = StateDB(self.home.db)
+        key = load_vault_key(self.cfg["appliance_id"])
+        self.sealer = Sealer(key)
+        vcfg = self.cfg["vault"]
+        if vcfg["kind"] != "local":
+            raise InvalidInput(f"vault kind {vcfg['kind']!r} is not supported by this version")
+        self.vault = LocalVault(Path(vcfg["path"]), key, executor=self.pool)
+        for row in self.db.machines():
+            if row["protected"] and not row["revoked"]:
+                await self._runtime(row["name"])
+        h = self.home
+        self.ps = ProcessServer(self, pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=True))
+        self.data_address = await self.ps.start(self.listen, self.cfg["data_port"])
+        self.recovery = RecoveryService(self)
+        await self.recovery.start()
+        self.control = ControlAPI(self)
+        self.control_address = await self.control.start(self.listen, self.cfg["control_port"])
+        self._tasks.append(asyncio.create_task(self._ticker(), name="appliance-ticker"))
+        log.info("appliance started: control %s data %s", self.control_address, self.data_address)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.control:
+            await self.control.stop()
+        if self.recovery:
+            await self.recovery.stop()
+        if self.ps:
+            await self.ps.stop()
+        for rt in self.runtimes.values():
+            await rt.stop()
+            rt.cache.close()
+            await rt.vault.close()
+        self.runtimes.clear()
+        if self.vault:
+            await self.vault.close()
+        if self.db:
+            self.db.close()
+        self.pool.shutdown(wait=True)
+
+    async def __aenter__(self) -> Appliance:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # machines --------------------------------------------------------------------------------------------
+    def machine_row(self, name: str) -> dict[str, Any]:
+        assert self.db is not None
+        return self.db.machine(name)
+
+    def policy_of(self, name: str) -> Policy:
+        assert self.db is not None
+        return self.db.policy(self.machine_row(name)["policy"] or DEFAULT_POLICY)
+
+    async def _runtime(self, name: str) -> MachineRuntime:
+        rt = self.runtimes.get(name)
+        if rt is None:
+            assert self.vault is not None
+            mv = await self.vault.open_machine(name)
+            cache = await asyncio.get_running_loop().run_in_executor(self.pool, MachineCache, self.home.cache / name)
+            rt = MachineRuntime(self, name, cache, mv)
+            row = self.machine_row(name)
+            rt.sync = {d["index"]: d.get("sync_cursor", 0) for d in row["disks"]}
+            self.runtimes[name] = rt
+            rt.start()
+        return rt
+
+    async def attach_agent(self, name: str, disks: list[dict], conn: AgentConnection) -> MachineRuntime:
+        row = self.machine_row(name)
+        known = {d["index"]: d for d in row["disks"]}
+        new = []
+        for d in disks:
+            idx, dname, size = int(d["index"]), str(d["name"]), int(d["size"])
+            if size <= 0 or not dname:
+                raise InvalidInput(f"disk {d!r} is invalid")
+            old = known.get(idx, {})
+            new.append({**old, "index": idx, "name": dname, "size": size})
+        assert self.db is not None
+        self.db.update_machine(name, disks=new)
+        rt = await self._runtime(name)
+        await rt.vault.ensure_disks([DiskInfo(d["index"], d["name"], d["size"]) for d in new])
+        if rt.connection is not None and rt.connection is not conn:
+            rt.connection.close()  # the newest connection of a machine wins
+        rt.connection = conn
+        rt.last_seen = time.monotonic()
+        return rt
+
+    def welcome(self, name: str) -> dict[str, Any]:
+        row = self.machine_row(name)
+        rt = self.runtimes[name]
+        return {"protected": bool(row["protected"]), "last_seq": max(rt.cache.last_seq, rt.vault.last_seq),
+                "sync": {str(d["index"]): d.get("sync_cursor", 0) for d in row["disks"]},
+                "synced": {str(d["index"]): bool(d.get("synced")) for d in row["disks"]},
+                "crash_interval": self.policy_of(name).crash_interval}
+
+    def note_sync(self, rt: MachineRuntime, recs: list[Record]) -> None:
+        """Remember how far initial replication is durable, so a reconnecting agent resumes there."""
+        changed = False
+        for r in recs:
+            if r.kind == Kind.SYNC:
+                end = r.offset + r.length
+                if end > rt.sync.get(r.disk, 0):
+                    rt.sync[r.disk] = end
+                    changed = True
+            elif r.kind == Kind.SYNC_DONE:
+                changed = True
+        if changed:
+            row = self.machine_row(rt.name)
+            done = {r.disk for r in recs if r.kind == Kind.SYNC_DONE}
+            disks = []
+            for d in row["disks"]:
+                d = dict(d)
+                d["sync_cursor"] = d["size"] if d["index"] in done else rt.sync.get(d["index"], 0)
+                disks.append(d)
+            assert self.db is not None
+            self.db.update_machine(rt.name, disks=disks)
+
+    def disk_synced(self, name: str, disk: int, seq: int) -> None:
+        """A SYNC_DONE record reached the vault: the disk's replica is consistent from ``seq`` on."""
+        row = self.machine_row(name)
+        disks = [dict(d, synced=True, consistent_from=seq) if d["index"] == disk else d for d in row["disks"]]
+        assert self.db is not None
+        self.db.update_machine(name, disks=disks)
+        if all(d.get("synced") for d in disks):
+            cfrom = max(d.get("consistent_from", 0) for d in disks)
+            self._consistent_from[name] = cfrom
+            self.db.update_machine(name, state="protected")
+            self.db.add_event("protected", name, seq=cfrom)
+
+    def is_consistent(self, name: str, seq: int) -> bool:
+        c = self._consistent_from.get(name)
+        if c is None:
+            row = self.machine_row(name)
+            if row["state"] != "protected" or not row["disks"]:
+                return False
+            c = self._consistent_from[name] = max(d.get("consistent_from", 0) for d in row["disks"])
+        return seq >= c
+
+    def set_error(self, name: str, exc: BaseException) -> None:
+        err = exc.to_dict() if isinstance(exc, LifeboatError) else {"code": "LB_ERROR", "message": str(exc)}
+        self.bus.emit(Alert(name, err["code"], err["message"], err.get("advice", ""), "critical"))
+
+    # operations (control API and console) ---------------------------------------------------------------
+    def register(self, name: str, csr_pem: str, nonce: str, proof: str) -> dict[str, str]:
+        if not isinstance(name, str) or not name or len(name) > 128 or not name.replace("-", "").replace(
+                "_", "").replace(".", "").isalnum():
+            raise InvalidInput(f"machine name {name!r} is invalid", advice="Use letters, digits, '.', '_', '-'.")
+        passphrase = self.home.passphrase.read_text().strip()
+        if not check(agent_proof(passphrase, name, str(nonce), csr_pem.encode()), proof):
+            assert self.db is not None
+            self.db.add_event("register-refused", None, name=name)
+            raise WrongPassphrase("registration refused: wrong connection passphrase")
+        ca = pki.CA.load(self.home.ca_cert, self.home.ca_key)
+        try:
+            cert = ca.sign_csr(csr_pem.encode(), name)
+        except ValueError as exc:
+            raise InvalidInput(f"bad certificate request: {exc}") from None
+        assert self.db is not None
+        self.db.add_machine(name, cert.serial_number)
+        self.db.add_event("registered", name)
+        ca_pem = self.home.ca_cert.read_bytes()
+        cert_pem = pki.cert_pem(cert)
+        server_der = pki.cert_der(x509.load_pem_x509_certificate(self.home.server_cert.read_bytes()))
+        return {"cert": cert_pem.decode(), "ca": ca_pem.decode(), "data_port": self.cfg["data_port"],
+                "proof": appliance_proof(passphrase, nonce, ca_pem, cert_pem, server_der)}
+
+    async def protect(self, name: str, policy: str | None = None) -> None:
+        assert self.db is not None
+        row = self.machine_row(name)
+        if row["revoked"]:
+            raise UnknownMachine(f"machine {name!r} has been revoked")
+        pol = self.db.policy(policy or row["policy"] or DEFAULT_POLICY)
+        if row["protected"]:
+            self.db.update_machine(name, policy=pol.name)
+            return
+        self.db.update_machine(name, protected=1, policy=pol.name, state="initial-sync")
+        self.db.add_event("protect", name, policy=pol.name)
+        rt = await self._runtime(name)
+        if rt.connection is not None:
+            rt.connection.send_control({"protected": True, **self.welcome(name)})
+
+    def set_policy(self, policy: Policy) -> Policy:
+        assert self.db is not None
+        self.db.put_policy(policy)
+        return policy
+
+    def revoke(self, name: str) -> None:
+        assert self.db is not None
+        self.machine_row(name)
+        self.db.update_machine(name, revoked=1)
+        self.db.add_event("revoked", name)
+        rt = self.runtimes.get(name)
+        if rt and rt.connection:
+            rt.connection.close()
+
+    def request_bookmark(self, name: str, tag: str | None) -> None:
+        rt = self.runtimes.get(name)
+        if rt is None or rt.connection is None:
+            raise Conflict(f"the agent of {name!r} is not connected", advice="Start the agent, then try again.")
+        rt.connection.send_control({"bookmark": {"tag": tag}})
+
+    def machine_status(self, name: str) -> dict[str, Any]:
+        row = self.machine_row(name)
+        rt = self.runtimes.get(name)
+        pol = self.policy_of(name)
+        state = row["state"]
+        rpo = rt.rpo_seconds() if rt else 0.0
+        if rt and rt.error and state not in ("resync-required",):
+            state = "error"
+        total = sum(d["size"] for d in row["disks"]) or 1
+        done = sum(d["size"] if d.get("synced") else d.get("sync_cursor", 0) for d in row["disks"])
+        points = rt.vault.points() if rt else []
+        return {
+            "name": name, "state": state, "rpo_seconds": round(rpo, 3), "health": health_for(rpo, pol.rpo_threshold, state),
+            "policy": pol.name, "rpo_threshold": pol.rpo_threshold,
+            "sync_progress": round(min(done / total, 1.0), 4),
+            "agent_connected": bool(rt and rt.connection),
+            "last_point": points[-1].to_dict() if points else None, "points": len(points),
+            "error": rt.error if rt else None,
+            "churn_bytes_per_s": rt.churn.rate() if rt else 0.0,
+            "upload_bytes_per_s": rt.upload.rate() if rt else 0.0,
+            "cache_bytes": rt.cache.bytes if rt else 0,
+            "disks": [{"index": d["index"], "name": d["name"], "size": d["size"], "synced": bool(d.get("synced")),
+                       "sync_cursor": d["size"] if d.get("synced") else d.get("sync_cursor", 0)} for d in row["disks"]],
+        }
+
+    def status(self) -> dict[str, Any]:
+        assert self.db is not None
+        rows = [r for r in self.db.machines() if not r["revoked"]]
+        return {"machines": [self.machine_status(r["name"]) for r in rows if r["protected"]],
+                "registered": [{"name": r["name"], "protected": False} for r in rows if not r["protected"]],
+                "control_port": self.control_address[1] if self.control_address else None,
+                "data_port": self.data_address[1] if self.data_address else None}
+
+    def points(self, name: str) -> list[dict[str, Any]]:
+        self.machine_row(name)
+        rt = self.runtimes.get(name)
+        return [p.to_dict() for p in rt.vault.points()] if rt else []
+
+    # background ------------------------------------------------------------------------------------------
+    async def _ticker(self) -> None:
+        last_bookmark: dict[str, float] = {}
+        last_prune = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                for name, rt in list(self.runtimes.items()):
+                    st = self.machine_status(name)
+                    self.bus.emit(MachineStatus(name, st["state"], st["health"], st["rpo_seconds"],
+                                                st["sync_progress"], (st["last_point"] or {}).get("time"),
+                                                st["churn_bytes_per_s"], st["upload_bytes_per_s"]))
+                    pol = self.policy_of(name)
+                    now = time.monotonic()
+                    if st["state"] == "protected" and rt.connection is not None:
+                        if now - last_bookmark.setdefault(name, now) >= pol.app_consistent:
+                            last_bookmark[name] = now
+                            rt.connection.send_control({"bookmark": {"tag": "scheduled"}})
+                if time.monotonic() - last_prune > 30:
+                    last_prune = time.monotonic()
+                    await self.prune_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("appliance ticker")
+
+    async def prune_all(self) -> None:
+        """Retention: fold history older than each policy's window into the replica."""
+        for name, rt in list(self.runtimes.items()):
+            pol = self.policy_of(name)
+            cutoff = time.time() - pol.retention
+            pts = [p for p in rt.vault.points() if p.time >= cutoff]
+            old = [p for p in rt.vault.points() if p.time < cutoff]
+            if old and pts and (self.recovery is None or not self.recovery.busy(name)):
+                await rt.vault.prune(pts[0].seq)

@@ -1,0 +1,172 @@
+"""Process-server role: receives replication data from agents on the data port (default 9443, mutual TLS).
+
+Each batch is validated, appended to the machine's durable cache and fsynced before the ACK goes back, so an
+acknowledged record survives a crash of the appliance. Bad input gets an ERROR frame and a closed connection; it
+never changes state and never stops the role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+from .. import pki
+from ..errors import (CertificateRefused, LifeboatError, MachineRevoked, ProtocolError, UnknownMachine)
+from ..records import Kind, Record, decode_records
+from ..wire import BATCH_HEAD, Frame, parse_json, read_frame, write_json
+
+if TYPE_CHECKING:
+    from .appliance import Appliance
+    from .pipeline import MachineRuntime
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 30.0
+
+
+class AgentConnection:
+    def __init__(self, ps: ProcessServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.ps = ps
+        self.reader = reader
+        self.writer = writer
+        self.machine: str | None = None
+
+    def send_control(self, obj: dict) -> None:
+        write_json(self.writer, Frame.CONTROL, obj)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class ProcessServer:
+    def __init__(self, app: Appliance, ssl_context: ssl.SSLContext) -> None:
+        self.app = app
+        self.ssl = ssl_context
+        self.server: asyncio.base_events.Server | None = None
+        self._handlers: set[asyncio.Task] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self.server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl, limit=1 << 20,
+                                                 ssl_handshake_timeout=15)
+        return self.server.sockets[0].getsockname()[:2]
+
+    async def stop(self) -> None:
+        if self.server:
+            self.server.close()
+        for t in list(self._handlers):
+            t.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self.server:
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+            except TimeoutError:
+                pass
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        conn = AgentConnection(self, reader, writer)
+        rt: MachineRuntime | None = None
+        try:
+            rt = await self._authenticate(conn)
+            await self._serve(conn, rt)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError) as exc:
+            if isinstance(exc, LifeboatError):
+                self._refuse(conn, exc)
+            else:
+                log.info("agent connection %s closed: %s", conn.machine, exc)
+        except LifeboatError as exc:
+            self._refuse(conn, exc)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # never crash the role on one connection
+            log.exception("agent connection %s failed", conn.machine)
+        finally:
+            if rt is not None and rt.connection is conn:
+                rt.connection = None
+            self._handlers.discard(task)
+            writer.close()
+
+    def _refuse(self, conn: AgentConnection, exc: LifeboatError) -> None:
+        log.warning("refusing agent %s: %s", conn.machine, exc)
+        try:
+            write_json(conn.writer, Frame.ERROR, exc.to_dict())
+        except Exception:
+            pass
+
+    async def _authenticate(self, conn: AgentConnection) -> MachineRuntime:
+        peer = pki.peer_serial(conn.writer.get_extra_info("ssl_object"))
+        if peer is None:
+            raise CertificateRefused("the agent presented no client certificate")
+        serial, cn = peer
+        try:
+            row = self.app.machine_row(cn)
+        except UnknownMachine:
+            raise CertificateRefused(f"certificate for {cn!r} does not belong to a registered machine") from None
+        if row["revoked"]:
+            raise MachineRevoked(f"machine {cn!r} has been revoked")
+        if row["cert_serial"] != str(serial):
+            raise CertificateRefused(f"certificate for {cn!r} is not the machine's current certificate")
+        conn.machine = cn
+        kind, body = await asyncio.wait_for(read_frame(conn.reader), HELLO_TIMEOUT)
+        if kind != Frame.HELLO:
+            raise ProtocolError("expected HELLO")
+        hello = parse_json(body)
+        if hello.get("machine") != cn:
+            raise ProtocolError("HELLO names another machine than the certificate")
+        rt = await self.app.attach_agent(cn, hello.get("disks", []), conn)
+        write_json(conn.writer, Frame.WELCOME, self.app.welcome(cn))
+        return rt
+
+    async def _serve(self, conn: AgentConnection, rt: MachineRuntime) -> None:
+        loop = asyncio.get_running_loop()
+        disks = {d["index"]: d["size"] for d in self.app.machine_row(rt.name)["disks"]}
+        while True:
+            kind, body = await read_frame(conn.reader)
+            rt.last_seen = time.monotonic()
+            if kind == Frame.HEARTBEAT:
+                hb = parse_json(body)
+                rt.agent_pending_ns = int(hb.get("oldest_pending_ns") or 0)
+                rt.agent_stats = hb
+                continue
+            if kind != Frame.BATCH:
+                raise ProtocolError(f"unexpected frame {kind.name} from agent")
+            if len(body) < BATCH_HEAD.size:
+                raise ProtocolError("short batch")
+            (batch_id,) = BATCH_HEAD.unpack_from(body)
+            recs = decode_records(memoryview(body)[BATCH_HEAD.size:])  # verifies every payload hash
+            fresh = self._validate(rt, recs, disks)
+            if fresh:
+                encoded = [body[BATCH_HEAD.size:]] if len(fresh) == len(recs) else [r.encode() for r in fresh]
+                await loop.run_in_executor(self.app.pool, rt.cache.append, fresh, encoded)
+                rt.cache_pending.append((fresh[0].ts_ns, fresh[-1].seq))
+                rt.churn.add(sum(r.payload_size for r in fresh if r.kind in (Kind.WRITE,)))
+                self.app.note_sync(rt, fresh)
+                rt.new_data.set()
+            write_json(conn.writer, Frame.ACK, {"batch": batch_id, "last_seq": rt.cache.last_seq})
+            if conn.writer.transport.get_write_buffer_size() > 1 << 20:
+                await conn.writer.drain()
+
+    @staticmethod
+    def _validate(rt: MachineRuntime, recs: list[Record], disks: dict[int, int]) -> list[Record]:
+        """Checks a whole batch before anything is written: a bad batch changes nothing."""
+        last = rt.cache.last_seq
+        prev = 0
+        fresh: list[Record] = []
+        for r in recs:
+            if r.seq <= prev:
+                raise ProtocolError("records out of order in batch")
+            prev = r.seq
+            if r.kind in (Kind.WRITE, Kind.SYNC, Kind.ZERO, Kind.TRIM, Kind.SYNC_DONE, Kind.RESIZE):
+                if r.disk not in disks:
+                    raise ProtocolError(f"record for unknown disk {r.disk}")
+                if r.kind in (Kind.WRITE, Kind.SYNC, Kind.ZERO, Kind.TRIM) and r.offset + r.length > disks[r.disk]:
+                    raise ProtocolError(f"record beyond the end of disk {r.disk}")
+            if r.seq > last:
+                fresh.append(r)
+        return fresh
+

@@ -1,0 +1,100 @@
+"""The configuration server's state database (SQLite). Holds no secrets: keys live in the keyring or 0600 files."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import AlreadyExists, UnknownMachine, UnknownPolicy
+from ..policy import DEFAULT_POLICY, Policy
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS policies (
+    name TEXT PRIMARY KEY, rpo_threshold REAL NOT NULL, retention REAL NOT NULL,
+    app_consistent REAL NOT NULL, crash_interval REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS machines (
+    name TEXT PRIMARY KEY, cert_serial TEXT NOT NULL, registered REAL NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0, protected INTEGER NOT NULL DEFAULT 0,
+    policy TEXT, state TEXT NOT NULL DEFAULT 'unprotected', error TEXT,
+    disks TEXT NOT NULL DEFAULT '[]');
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, machine TEXT, kind TEXT NOT NULL, data TEXT NOT NULL);
+"""
+
+
+class StateDB:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+        if self.get_meta("schema_version") is None:
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
+        if not self.db.execute("SELECT 1 FROM policies WHERE name=?", (DEFAULT_POLICY,)).fetchone():
+            self.put_policy(Policy(DEFAULT_POLICY))
+
+    def close(self) -> None:
+        self.db.close()
+
+    # meta
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # policies
+    def put_policy(self, p: Policy) -> None:
+        p.validate()
+        self.db.execute("INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?)",
+                        (p.name, p.rpo_threshold, p.retention, p.app_consistent, p.crash_interval))
+
+    def policy(self, name: str) -> Policy:
+        row = self.db.execute("SELECT * FROM policies WHERE name=?", (name,)).fetchone()
+        if not row:
+            raise UnknownPolicy(f"no policy named {name!r}")
+        return Policy(*row)
+
+    def policies(self) -> list[Policy]:
+        return [Policy(*r) for r in self.db.execute("SELECT * FROM policies ORDER BY name")]
+
+    # machines
+    def add_machine(self, name: str, cert_serial: int) -> None:
+        row = self.db.execute("SELECT revoked FROM machines WHERE name=?", (name,)).fetchone()
+        if row and not row[0]:
+            raise AlreadyExists(f"machine {name!r} is already registered",
+                                advice="Revoke it first (`lifeboat machine revoke`) to register it again.")
+        self.db.execute("INSERT OR REPLACE INTO machines(name, cert_serial, registered) VALUES (?, ?, ?)",
+                        (name, str(cert_serial), time.time()))
+
+    def machine(self, name: str) -> dict[str, Any]:
+        cur = self.db.execute("SELECT * FROM machines WHERE name=?", (name,))
+        row = cur.fetchone()
+        if not row:
+            raise UnknownMachine(f"no machine named {name!r} is registered")
+        d = dict(zip([c[0] for c in cur.description], row))
+        d["disks"] = json.loads(d["disks"])
+        return d
+
+    def machines(self) -> list[dict[str, Any]]:
+        names = [r[0] for r in self.db.execute("SELECT name FROM machines ORDER BY name")]
+        return [self.machine(n) for n in names]
+
+    def update_machine(self, name: str, **fields: Any) -> None:
+        self.machine(name)
+        if "disks" in fields:
+            fields["disks"] = json.dumps(fields["disks"])
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE machines SET {cols} WHERE name=?", (*fields.values(), name))
+
+    def add_event(self, kind: str, machine: str | None, **data: Any) -> None:
+        self.db.execute("INSERT INTO events(time, machine, kind, data) VALUES (?, ?, ?, ?)",
+                        (time.time(), machine, kind, json.dumps(data)))

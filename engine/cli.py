@@ -1,0 +1,300 @@
+"""``lifeboat``: the command line. Errors print their code, message and advice (no traceback unless --debug)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInput, LifeboatError
+from .policy import format_duration, parse_duration
+
+
+def _progress(fraction: float, label: str) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 40
+    fill = int(width * max(0.0, min(fraction, 1.0)))
+    sys.stderr.write(f"\r{label} [{'#' * fill}{'.' * (width - fill)}] {fraction * 100:5.1f}%")
+    sys.stderr.flush()
+    if fraction >= 1.0:
+        sys.stderr.write("\n")
+
+
+def _print(obj: Any, as_json: bool) -> None:
+    if as_json:
+        json.dump(obj, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(obj)
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    from .agent.register import parse_hostport
+    return parse_hostport(text)
+
+
+# appliance ---------------------------------------------------------------------------------------------------
+def cmd_appliance_init(a: argparse.Namespace) -> int:
+    from .appliance.appliance import init_home
+    cfg = init_home(Path(a.home), control_port=a.control_port, data_port=a.data_port,
+                    vault=Path(a.vault) if a.vault else None, listen=a.listen)
+    print(f"appliance initialised in {a.home}")
+    print(f"  control API  https://{socket.gethostname()}:{cfg['control_port']}")
+    print(f"  data port    {cfg['data_port']}")
+    print(f"  vault        {cfg['vault']['path']} (key in the OS keyring)")
+    print(f"  passphrase   {Path(a.home) / 'passphrase.txt'} (mode 0600; give it to agents at registration)")
+    return 0
+
+
+def cmd_appliance_run(a: argparse.Namespace) -> int:
+    from .appliance.appliance import Appliance
+
+    async def main() -> None:
+        app = Appliance(Path(a.home), listen=a.listen)
+        await app.start()
+        app.home.pidfile.write_text(str(os.getpid()))
+        print(f"appliance running: control {app.control_address[1]}, data {app.data_address[1]}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await app.stop()
+        app.home.pidfile.unlink(missing_ok=True)
+    asyncio.run(main())
+    return 0
+
+
+# agent -----------------------------------------------------------------------------------------------------
+def cmd_agent_register(a: argparse.Namespace) -> int:
+    from .agent.register import register
+    cfg = register(Path(a.home), a.appliance, Path(a.passphrase_file), a.name)
+    print(f"registered {cfg['name']} with {cfg['appliance'][0]}:{cfg['appliance'][1]} (CA sha256 {cfg['ca_sha256']})")
+    return 0
+
+
+def cmd_agent_run(a: argparse.Namespace) -> int:
+    from .agent.agent import Agent
+    disks: dict[str, Path] = {}
+    for spec in a.disk:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InvalidInput(f"--disk {spec!r} is not NAME=PATH")
+        if name in disks:
+            raise InvalidInput(f"disk name {name!r} given twice")
+        disks[name] = Path(path)
+
+    async def main() -> None:
+        agent = Agent(Path(a.home), disks, _hostport(a.nbd), pre_bookmark=a.pre_bookmark,
+                      post_bookmark=a.post_bookmark)
+        await agent.start()
+        print(f"agent {agent.name} serving {', '.join(disks)} on nbd://{agent.nbd_address[0]}:{agent.nbd_address[1]}",
+              flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await agent.stop()
+    asyncio.run(main())
+    return 0
+
+
+def _agent_call(home: Path, req: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+    from .home import AgentHome
+    h = AgentHome(home)
+    h.load_config()
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(h.socket))
+    except OSError:
+        raise LifeboatError("the agent is not running", code="LB_AGENT_NOT_RUNNING",
+                            advice=f"Start it: `lifeboat agent run --home {home} --disk NAME=PATH --nbd HOST:PORT`.") from None
+    with s:
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    resp = json.loads(buf or b"{}")
+    if not resp.get("ok"):
+        err = resp.get("error", {})
+        raise LifeboatError(err.get("message", "agent refused"), code=err.get("code"), advice=err.get("advice"))
+    return resp
+
+
+def cmd_agent_bookmark(a: argparse.Namespace) -> int:
+    resp = _agent_call(Path(a.home), {"op": "bookmark", "tag": a.tag})
+    _print(resp if a.json else f"bookmark {resp['point_id']} tag={resp['tag']}", a.json)
+    return 0
+
+
+# admin -----------------------------------------------------------------------------------------------------
+def _client(a: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .client import AdminClient
+    return AdminClient(Path(a.home))
+
+
+def cmd_protect(a: argparse.Namespace) -> int:
+    st = _client(a).call("POST", f"/v1/machines/{a.machine}/protect", {"policy": a.policy})
+    _print(st if a.json else f"{a.machine}: protection enabled (policy {st['policy']}), state {st['state']}", a.json)
+    return 0
+
+
+def cmd_policy_set(a: argparse.Namespace) -> int:
+    body = {k: (parse_duration(v, what=k) if v is not None else None) for k, v in
+            (("rpo_threshold", a.rpo_threshold), ("retention", a.retention),
+             ("app_consistent", a.app_consistent), ("crash_interval", a.crash_interval))}
+    p = _client(a).call("PUT", f"/v1/policies/{a.name}", body)
+    _print(p if a.json else f"policy {p['name']}: rpo-threshold {format_duration(p['rpo_threshold'])}, "
+           f"retention {format_duration(p['retention'])}, app-consistent {format_duration(p['app_consistent'])}, "
+           f"crash-interval {format_duration(p['crash_interval'])}", a.json)
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    st = _client(a).call("GET", "/v1/status")
+    if a.json:
+        _print(st, True)
+        return 0
+    if not st["machines"] and not st["registered"]:
+        print("no machines registered")
+    for m in st["machines"]:
+        extra = f" {m['sync_progress'] * 100:.1f}%" if m["state"] == "initial-sync" else ""
+        print(f"{m['name']:<24} {m['state'] + extra:<22} RPO {m['rpo_seconds']:>8.1f}s  {m['health']:<8} "
+              f"points {m['points']}")
+    for m in st["registered"]:
+        print(f"{m['name']:<24} registered, not protected")
+    return 0
+
+
+def cmd_points(a: argparse.Namespace) -> int:
+    pts = _client(a).call("GET", f"/v1/machines/{a.machine}/points")
+    if a.json:
+        _print(pts, True)
+        return 0
+    for p in pts:
+        t = dt.datetime.fromtimestamp(p["time"], dt.timezone.utc).isoformat(timespec="milliseconds")
+        print(f"{p['id']:<14} {t}  {p['kind']:<17} {p['tag'] or ''}")
+    return 0
+
+
+def cmd_failover(a: argparse.Namespace) -> int:
+    if not a.test:
+        raise InvalidInput("only test failover (--test) is available in this version",
+                           advice="Run a drill with --test; planned failover comes with recovery plans.")
+    export = str(Path(a.export).resolve()) if a.export else None
+    c = _client(a)
+    job = c.call("POST", f"/v1/machines/{a.machine}/failover", {"point": a.point, "export_dir": export, "nbd": a.nbd})
+    while not job["finished"]:
+        _progress(job["progress"], f"drill {a.machine}")
+        time.sleep(0.2)
+        job = c.call("GET", f"/v1/jobs/{job['id']}")
+    _progress(1.0, f"drill {a.machine}")
+    if job["error"]:
+        e = job["error"]
+        raise LifeboatError(e["message"], code=e["code"], advice=e.get("advice"))
+    if a.json:
+        _print(job["result"] | {"job": job["id"]}, True)
+    else:
+        p = job["result"]["point"]
+        where = (f"served on nbd://{job['result']['nbd']}/<disk> ({', '.join(job['result']['exports'])})"
+                 if a.nbd else f"exported to {', '.join(job['result']['files'])}")
+        print(f"drill of {a.machine} at point {p['id']} ({p['kind']}) {where}")
+    return 0
+
+
+def cmd_failover_cleanup(a: argparse.Namespace) -> int:
+    r = _client(a).call("POST", f"/v1/machines/{a.machine}/failover-cleanup")
+    _print(r if a.json else f"drill of {a.machine} cleaned up", a.json)
+    return 0
+
+
+def cmd_machine_revoke(a: argparse.Namespace) -> int:
+    _client(a).call("POST", f"/v1/machines/{a.machine}/revoke")
+    print(f"{a.machine} revoked")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lifeboat", description="Lifeboat disaster-recovery appliance")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def home(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--home", required=True, help="the role's home folder")
+        sp.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    ap = sub.add_parser("appliance", help="configuration server + process server").add_subparsers(dest="sub", required=True)
+    s = ap.add_parser("init"); home(s)
+    s.add_argument("--control-port", type=int, default=443); s.add_argument("--data-port", type=int, default=9443)
+    s.add_argument("--vault", help="local vault folder (default HOME/vault)")
+    s.add_argument("--listen", default="0.0.0.0", help="address to listen on")
+    s.set_defaults(fn=cmd_appliance_init)
+    s = ap.add_parser("run"); home(s); s.add_argument("--listen", default=None); s.set_defaults(fn=cmd_appliance_run)
+
+    ag = sub.add_parser("agent", help="mobility agent").add_subparsers(dest="sub", required=True)
+    s = ag.add_parser("register"); home(s)
+    s.add_argument("--appliance", required=True, metavar="HOST:PORT"); s.add_argument("--passphrase-file", required=True)
+    s.add_argument("--name", required=True); s.set_defaults(fn=cmd_agent_register)
+    s = ag.add_parser("run"); home(s)
+    s.add_argument("--disk", action="append", required=True, metavar="NAME=PATH")
+    s.add_argument("--nbd", required=True, metavar="HOST:PORT")
+    s.add_argument("--pre-bookmark", help="command run before a bookmark (e.g. 'fsfreeze -f /mnt')")
+    s.add_argument("--post-bookmark", help="command run after a bookmark, always (e.g. 'fsfreeze -u /mnt')")
+    s.set_defaults(fn=cmd_agent_run)
+    s = ag.add_parser("bookmark"); home(s); s.add_argument("--tag"); s.set_defaults(fn=cmd_agent_bookmark)
+
+    s = sub.add_parser("protect"); home(s); s.add_argument("machine"); s.add_argument("--policy")
+    s.set_defaults(fn=cmd_protect)
+    pol = sub.add_parser("policy").add_subparsers(dest="sub", required=True)
+    s = pol.add_parser("set"); home(s); s.add_argument("name")
+    for o in ("--rpo-threshold", "--retention", "--app-consistent", "--crash-interval"):
+        s.add_argument(o)
+    s.set_defaults(fn=cmd_policy_set)
+    s = sub.add_parser("status"); home(s); s.set_defaults(fn=cmd_status)
+    s = sub.add_parser("points"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_points)
+    s = sub.add_parser("failover"); home(s); s.add_argument("machine")
+    s.add_argument("--test", action="store_true"); s.add_argument("--point", default="latest")
+    g = s.add_mutually_exclusive_group(required=True); g.add_argument("--export", metavar="DIR")
+    g.add_argument("--nbd", metavar="HOST:PORT"); s.set_defaults(fn=cmd_failover)
+    s = sub.add_parser("failover-cleanup"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_failover_cleanup)
+    m = sub.add_parser("machine").add_subparsers(dest="sub", required=True)
+    s = m.add_parser("revoke"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_machine_revoke)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return a.fn(a)
+    except LifeboatError as exc:
+        if getattr(a, "json", False):
+            json.dump({"error": exc.to_dict()}, sys.stdout)
+            sys.stdout.write("\n")
+        print(f"error {exc.code}: {exc.message}\n  what to do: {exc.advice}", file=sys.stderr)
+        if a.debug:
+            raise
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

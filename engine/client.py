@@ -1,0 +1,48 @@
+"""Admin client of the control API, used by the CLI on the appliance (mutual TLS with the admin certificate)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from . import errors, pki
+from .errors import ApplianceUnreachable, LifeboatError, ProtocolError
+from .home import ApplianceHome
+
+
+class AdminClient:
+    def __init__(self, home: Path, timeout: float = 60.0) -> None:
+        self.home = ApplianceHome(Path(home))
+        self.cfg = self.home.load_config()
+        self.port = self.cfg["control_port"]
+        self.timeout = timeout
+        self.ctx = pki.client_context(self.home.ca_cert, self.home.admin_cert, self.home.admin_key)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=self.timeout, context=self.ctx)
+        try:
+            conn.request(method, path, body=json.dumps(body or {}), headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            raw = resp.read()
+        except ConnectionRefusedError:
+            raise ApplianceUnreachable(f"the appliance of {self.home.root} is not running (port {self.port})",
+                                       advice=f"Start it: `lifeboat appliance run --home {self.home.root}`.") from None
+        except (OSError, ssl.SSLError, socket.timeout) as exc:
+            raise ApplianceUnreachable(f"cannot talk to the appliance on port {self.port}: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            data = json.loads(raw or b"null")
+        except json.JSONDecodeError:
+            raise ProtocolError("the appliance answered with something that is not JSON") from None
+        if resp.status >= 400:
+            err = (data or {}).get("error", {})
+            code = err.get("code", "LB_ERROR")
+            cls = next((c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, LifeboatError)
+                        and c.code == code), LifeboatError)
+            raise cls(err.get("message", f"HTTP {resp.status}"), code=code, advice=err.get("advice"))
+        return data

@@ -1,0 +1,81 @@
+"""Typed engine events: the engine↔console contract (docs/CONTRACT.md).
+
+Events are plain dataclasses delivered to subscribers on the engine's event loop. A subscriber must not block;
+the console's bridge turns them into Qt signals.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Event:
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, **asdict(self)}
+
+
+@dataclass(slots=True)
+class MachineStatus(Event):
+    """Sent about once a second per machine, and at once on a state change."""
+    machine: str
+    state: str
+    health: str
+    rpo_seconds: float
+    sync_progress: float | None = None
+    last_point_time: float | None = None
+    churn_bytes_per_s: float = 0.0
+    upload_bytes_per_s: float = 0.0
+
+
+@dataclass(slots=True)
+class PointCreated(Event):
+    machine: str
+    point_id: str
+    kind: str
+    time: float
+    tag: str | None = None
+
+
+@dataclass(slots=True)
+class JobProgress(Event):
+    job_id: str
+    operation: str
+    machine: str | None
+    progress: float            # 0..1
+    finished: bool = False
+    error: dict[str, Any] | None = None
+    message: str = ""
+
+
+@dataclass(slots=True)
+class Alert(Event):
+    machine: str | None
+    code: str
+    message: str
+    advice: str = ""
+    severity: str = "warning"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subs: list[Subscriber] = []
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        self._subs.append(fn)
+        return lambda: self._subs.remove(fn) if fn in self._subs else None
+
+    def emit(self, event: Event) -> None:
+        for fn in list(self._subs):
+            try:
+                fn(event)
+            except Exception:  # a broken subscriber must not break replication
+                log.exception("event subscriber failed")

@@ -1,0 +1,100 @@
+"""Where each role keeps its files. Paths are fixed relative to a home folder (``--home``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import NotInitialised
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write-temp, fsync, rename, fsync dir: the file is either old or new after a crash."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+@dataclass
+class ApplianceHome:
+    root: Path
+
+    @property
+    def config(self) -> Path: return self.root / "appliance.json"
+    @property
+    def db(self) -> Path: return self.root / "state.db"
+    @property
+    def pki(self) -> Path: return self.root / "pki"
+    @property
+    def ca_cert(self) -> Path: return self.pki / "ca.crt"
+    @property
+    def ca_key(self) -> Path: return self.pki / "ca.key"
+    @property
+    def server_cert(self) -> Path: return self.pki / "server.crt"
+    @property
+    def server_key(self) -> Path: return self.pki / "server.key"
+    @property
+    def admin_cert(self) -> Path: return self.pki / "admin.crt"
+    @property
+    def admin_key(self) -> Path: return self.pki / "admin.key"
+    @property
+    def passphrase(self) -> Path: return self.root / "passphrase.txt"
+    @property
+    def cache(self) -> Path: return self.root / "cache"
+    @property
+    def drills(self) -> Path: return self.root / "drills"
+    @property
+    def log(self) -> Path: return self.root / "appliance.log"
+    @property
+    def pidfile(self) -> Path: return self.root / "appliance.pid"
+
+    def load_config(self) -> dict:
+        if not self.config.exists():
+            raise NotInitialised(f"{self.root} is not an appliance home",
+                                 advice=f"Run `lifeboat appliance init --home {self.root}` first.")
+        return json.loads(self.config.read_text())
+
+    def save_config(self, cfg: dict) -> None:
+        atomic_write(self.config, json.dumps(cfg, indent=2).encode(), 0o600)
+
+
+@dataclass
+class AgentHome:
+    root: Path
+
+    @property
+    def config(self) -> Path: return self.root / "agent.json"
+    @property
+    def ca_cert(self) -> Path: return self.root / "ca.crt"
+    @property
+    def cert(self) -> Path: return self.root / "agent.crt"
+    @property
+    def key(self) -> Path: return self.root / "agent.key"
+    @property
+    def journal(self) -> Path: return self.root / "journal"
+    @property
+    def socket(self) -> Path: return self.root / "agent.sock"
+    @property
+    def log(self) -> Path: return self.root / "agent.log"
+
+    def load_config(self) -> dict:
+        if not self.config.exists():
+            raise NotInitialised(f"{self.root} is not a registered agent home",
+                                 advice="Run `lifeboat agent register --home DIR --appliance HOST:PORT "
+                                        "--passphrase-file FILE --name MACHINE` first.")
+        return json.loads(self.config.read_text())
+
+    def save_config(self, cfg: dict) -> None:
+        atomic_write(self.config, json.dumps(cfg, indent=2).encode(), 0o600)

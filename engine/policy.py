@@ -1,0 +1,67 @@
+"""Replication policies: RPO threshold, retention, app-consistent frequency, crash-consistent interval."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from .errors import InvalidInput
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
+
+DEFAULT_POLICY = "default"
+
+
+def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
+    """'30s', '5m', '24h', '1d', '500ms' or a number of seconds → seconds."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = _DUR.match(text)
+        if not m:
+            raise InvalidInput(f"{what}: {text!r} is not a duration",
+                               advice="Use a number with a unit: 500ms, 30s, 5m, 24h or 1d.")
+        value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if value <= 0:
+        raise InvalidInput(f"{what} must be positive, got {text!r}")
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+@dataclass(slots=True)
+class Policy:
+    name: str
+    rpo_threshold: float = 30.0          # seconds; health is critical above it
+    retention: float = 24 * 3600.0       # seconds of history kept
+    app_consistent: float = 3600.0       # seconds between app-consistent bookmarks (1–12 h in ASR; any here)
+    crash_interval: float = 5.0          # seconds between crash-consistent points
+
+    def validate(self) -> Policy:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
+            raise InvalidInput(f"policy name {self.name!r} is invalid",
+                               advice="Use 1–64 letters, digits, '.', '_' or '-'.")
+        if self.crash_interval > self.retention:
+            raise InvalidInput("crash-consistent interval is longer than the retention window",
+                               advice="Choose --crash-interval shorter than --retention.")
+        if self.rpo_threshold < 1:
+            raise InvalidInput("RPO threshold must be at least 1s")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def health_for(rpo_seconds: float, threshold: float, state: str) -> str:
+    """ok / warning / critical. Critical once the RPO threshold is crossed or the machine is in error."""
+    if state == "error" or rpo_seconds > threshold:
+        return "critical"
+    if state in ("resync-required", "resyncing", "paused", "initial-sync") or rpo_seconds > threshold / 2:
+        return "warning"
+    return "ok"

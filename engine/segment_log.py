@@ -1,0 +1,183 @@
+"""An append-only log of records in segment files: the agent's capture journal and the process server's cache.
+
+A folder of segment files ``<first seq:020d><suffix>``; each holds encoded records back to back
+(:mod:`engine.records`). A reader consumes them in order; segments whose records are all consumed are deleted.
+On open, a torn tail (crash mid-append) is cut off at the last whole, checksummed record.
+
+The process server's cache fsyncs every append before acknowledging the agent (``fsync_each=True``); the agent's
+journal is made durable on the protected machine's FLUSH/FUA, like the disk it shadows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import IntegrityError, ProtocolError
+from .records import HEADER_SIZE, Record, decode_header
+
+SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+class SegmentLog:
+    def __init__(self, folder: Path, suffix: str = ".lbc", *, fsync_each: bool = True) -> None:
+        self.folder = folder
+        self.suffix = suffix
+        self.fsync_each = fsync_each
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.last_seq = 0
+        self.bytes = 0
+        self._wfd: int | None = None
+        self._wseg: Path | None = None
+        self._wsize = 0
+        self._rcursor: tuple[Path, int, int] | None = None
+        self._recover()
+
+    def segments(self) -> list[Path]:
+        return sorted(self.folder.glob("*" + self.suffix))
+
+    def _recover(self) -> None:
+        for seg in self.segments():
+            good, last = self._scan(seg)
+            if good < seg.stat().st_size:
+                with open(seg, "r+b") as f:
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+            if last:
+                self.last_seq = max(self.last_seq, last)
+            elif good == 0:
+                seg.unlink()  # empty (created, nothing durable written)
+                continue
+            self.bytes += good
+
+    @staticmethod
+    def _scan(seg: Path) -> tuple[int, int]:
+        """(length of the valid prefix, last seq in it)."""
+        pos, last = 0, 0
+        with open(seg, "rb") as f:
+            data = f.read()
+        while pos + HEADER_SIZE <= len(data):
+            try:
+                rec = decode_header(data[pos:pos + HEADER_SIZE])
+            except (ProtocolError, IntegrityError):
+                break
+            end = pos + HEADER_SIZE + rec.payload_size
+            if end > len(data):
+                break
+            pos, last = end, rec.seq
+        return pos, last
+
+    def append(self, records: list[Record], encoded: list[bytes | memoryview]) -> None:
+        """Append and fsync (blocking; run in a thread). Records must have seq > last_seq."""
+        if self._wfd is None or self._wsize >= SEGMENT_BYTES:
+            self._roll(records[0].seq)
+        assert self._wfd is not None
+        total = sum(len(e) for e in encoded)
+        done = os.writev(self._wfd, encoded) if len(encoded) < 1000 else self._write_all(encoded)
+        if done != total:
+            raise OSError(f"short write to {self.folder}")
+        if self.fsync_each:
+            os.fdatasync(self._wfd)
+        self._wsize += total
+        self.bytes += total
+        self.last_seq = records[-1].seq
+
+    def _write_all(self, encoded: list[bytes | memoryview]) -> int:
+        n = 0
+        for i in range(0, len(encoded), 512):
+            chunk = encoded[i:i + 512]
+            want = sum(len(e) for e in chunk)
+            got = os.writev(self._wfd, chunk)  # type: ignore[arg-type]
+            if got != want:
+                return n + got
+            n += got
+        return n
+
+    def _roll(self, first_seq: int) -> None:
+        if self._wfd is not None:
+            os.close(self._wfd)
+        self._wseg = self.folder / f"{first_seq:020d}{self.suffix}"
+        self._wfd = os.open(self._wseg, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._wsize = os.fstat(self._wfd).st_size
+        dfd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def read_after(self, after_seq: int, max_bytes: int) -> list[Record]:
+        """Records with seq > after_seq, in order, up to about max_bytes (blocking; run in a thread).
+
+        Keeps a read cursor so that the applier's sequential reads cost one pass over the cache.
+        """
+        cur = self._rcursor
+        if cur is None or cur[2] != after_seq or not cur[0].exists():
+            cur = self._seek(after_seq)
+            if cur is None:
+                return []
+        seg, pos, _ = cur
+        out: list[Record] = []
+        size = 0
+        segs = self.segments()
+        idx = segs.index(seg) if seg in segs else 0
+        while idx < len(segs) and size < max_bytes:
+            seg = segs[idx]
+            with open(seg, "rb") as f:
+                f.seek(pos)
+                data = f.read(max(max_bytes - size, 1 << 20) + HEADER_SIZE + (4 << 20))
+            p = 0
+            while p + HEADER_SIZE <= len(data) and size < max_bytes:
+                rec = decode_header(data[p:p + HEADER_SIZE])
+                end = p + HEADER_SIZE + rec.payload_size
+                if end > len(data):
+                    break
+                if rec.seq > after_seq:
+                    rec.data = data[p + HEADER_SIZE:end]
+                    rec.verify()  # a flipped bit in the cache is caught here, never applied
+                    out.append(rec)
+                    after_seq = rec.seq
+                    size += end - p
+                p = end
+            pos += p
+            if size < max_bytes and seg != self._wseg and pos >= seg.stat().st_size and idx + 1 < len(segs):
+                idx, pos = idx + 1, 0
+                continue
+            break
+        self._rcursor = (segs[idx] if idx < len(segs) else seg, pos, after_seq)
+        return out
+
+    def _seek(self, after_seq: int) -> tuple[Path, int, int] | None:
+        segs = self.segments()
+        if not segs:
+            return None
+        start = 0
+        for i, s in enumerate(segs):
+            if int(s.stem) <= after_seq + 1:
+                start = i
+        seg = segs[start]
+        pos = 0
+        with open(seg, "rb") as f:
+            data = f.read()
+        while pos + HEADER_SIZE <= len(data):
+            rec = decode_header(data[pos:pos + HEADER_SIZE])
+            if rec.seq > after_seq:
+                break
+            pos += HEADER_SIZE + rec.payload_size
+        return seg, pos, after_seq
+
+    def trim(self, applied_seq: int) -> None:
+        """Delete segments whose records are all <= applied_seq (never the one being written)."""
+        segs = self.segments()
+        for cur, nxt in zip(segs, segs[1:]):
+            if int(nxt.stem) - 1 <= applied_seq and cur != self._wseg:
+                self.bytes -= cur.stat().st_size
+                cur.unlink()
+
+    def sync(self) -> None:
+        if self._wfd is not None:
+            os.fdatasync(self._wfd)
+
+    def close(self) -> None:
+        if self._wfd is not None:
+            os.close(self._wfd)
+            self._wfd = None

@@ -1,0 +1,650 @@
+"""NBD server against real clients (qemu-io, qemu-img, nbdcopy, nbdinfo, libnbd, nbdfuse + ext4) and a raw client.
+
+Clients are subprocesses run with ``asyncio.create_subprocess_exec`` so the server keeps running on the test's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import shutil
+import ssl
+import struct
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from engine import fileio
+from engine.nbd import protocol as P
+from engine.nbd.file_backend import FileBackend
+from engine.nbd.server import NBDError, NBDServer
+from tests.conftest import have_libnbd_python, need_tool
+
+MiB = 1024 * 1024
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+
+async def sh(*cmd: str, timeout: float = 120, check: bool = True) -> tuple[int, str, str]:
+    """Run a command without blocking the loop; return (rc, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    rc = proc.returncode or 0
+    if check and rc != 0:
+        raise AssertionError(f"{cmd} failed ({rc}):\n{out.decode()}\n{err.decode()}")
+    return rc, out.decode(), err.decode()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def random_file(path: Path, size: int, holes: bool = False) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        step = 1 * MiB
+        for off in range(0, size, step):
+            if holes and (off // step) % 3 == 1:
+                continue  # leave a hole: exercises zero detection in qemu-img / nbdcopy
+            f.seek(off)
+            f.write(os.urandom(min(step, size - off)))
+    return path
+
+
+class Served:
+    def __init__(self, server: NBDServer, port: int, path: Path, backend: FileBackend) -> None:
+        self.server, self.port, self.path, self.backend = server, port, path, backend
+
+    def uri(self, export: str = "disk") -> str:
+        return f"nbd://127.0.0.1:{self.port}/{export}"
+
+
+@pytest.fixture
+async def served(tmp_path):
+    path = random_file(tmp_path / "disk.img", 16 * MiB)
+    ro_path = random_file(tmp_path / "ro.img", 1 * MiB)
+    backend, ro = FileBackend(path), FileBackend(ro_path, read_only=True)
+    server = NBDServer({"disk": backend, "ro": ro}, max_request=1 * MiB)
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        yield Served(server, port, path, backend)
+    finally:
+        await server.stop()
+        backend.close()
+        ro.close()
+
+
+class RawClient:
+    """A minimal hand-written NBD client, for sending what real clients never would."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.r, self.w = reader, writer
+        self.handle = 0
+
+    @classmethod
+    async def connect(cls, port: int, client_flags: int | None = P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES
+                      ) -> "RawClient":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        c = cls(reader, writer)
+        magic, opt_magic, hflags = P.HANDSHAKE.unpack(await reader.readexactly(P.HANDSHAKE.size))
+        assert (magic, opt_magic) == (P.NBDMAGIC, P.IHAVEOPT)
+        assert hflags == P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES
+        if client_flags is not None:
+            writer.write(P.CLIENT_FLAGS.pack(client_flags))
+        return c
+
+    async def option(self, opt: int, data: bytes = b"") -> list[tuple[int, bytes]]:
+        """Send an option, collect replies up to the final one (ACK or error)."""
+        self.w.write(P.OPTION_HEADER.pack(P.IHAVEOPT, opt, len(data)) + data)
+        replies = []
+        while True:
+            magic, ropt, rtype, length = P.OPTION_REPLY.unpack(await self.r.readexactly(P.OPTION_REPLY.size))
+            assert magic == P.REPLY_MAGIC and ropt == opt
+            replies.append((rtype, await self.r.readexactly(length)))
+            if rtype == P.REP_ACK or rtype & (1 << 31):
+                return replies
+
+    async def go(self, name: str = "disk") -> tuple[int, int]:
+        raw = name.encode()
+        replies = await self.option(P.OPT_GO, struct.pack(">I", len(raw)) + raw + struct.pack(">HH", 1,
+                                                                                             P.INFO_BLOCK_SIZE))
+        assert replies[-1][0] == P.REP_ACK, replies
+        infos = {struct.unpack_from(">H", d)[0]: d for t, d in replies if t == P.REP_INFO}
+        _, size, flags = P.INFO_EXPORT_PAYLOAD.unpack(infos[P.INFO_EXPORT])
+        assert P.INFO_BLOCK_SIZE_PAYLOAD.unpack(infos[P.INFO_BLOCK_SIZE])[1:] == (1, 4096, 1 * MiB)
+        return size, flags
+
+    def send(self, cmd: int, offset: int = 0, length: int = 0, flags: int = 0, payload: bytes = b"") -> int:
+        self.handle += 1
+        self.w.write(P.REQUEST.pack(P.REQUEST_MAGIC, flags, cmd, self.handle, offset, length) + payload)
+        return self.handle
+
+    async def reply(self, read_length: int = 0) -> tuple[int, int, bytes]:
+        magic, err, handle = P.SIMPLE_REPLY.unpack(await self.r.readexactly(P.SIMPLE_REPLY.size))
+        assert magic == P.SIMPLE_REPLY_MAGIC
+        data = await self.r.readexactly(read_length) if read_length and not err else b""
+        return err, handle, data
+
+    async def call(self, cmd: int, offset: int = 0, length: int = 0, flags: int = 0, payload: bytes = b"") -> tuple[
+            int, bytes]:
+        h = self.send(cmd, offset, length, flags, payload)
+        err, handle, data = await self.reply(length if cmd == P.CMD_READ else 0)
+        assert handle == h
+        return err, data
+
+    async def closed_by_server(self, timeout: float = 5) -> bool:
+        try:
+            return await asyncio.wait_for(self.r.read(1 << 20), timeout) == b""
+        except ConnectionError:
+            return True
+
+    def close(self) -> None:
+        self.w.close()
+
+
+# -- real clients --------------------------------------------------------------------------------------------------
+
+async def test_qemu_io_patterns(served):
+    need_tool("qemu-io")
+    cmds = ["write -P 0xab 0 64k", "read -P 0xab 0 64k", "write -z 64k 64k", "read -P 0 64k 64k",
+            "write -z -u 128k 64k", "read -P 0 128k 64k", "discard 192k 64k", "flush",
+            "write -f -P 0xcd 1M 4k", "read -P 0xcd 1M 4k", "write -P 0x11 16380k 4k", "read -P 0x11 16380k 4k"]
+    args = ["qemu-io", "-f", "raw", served.uri()]
+    for c in cmds:
+        args += ["-c", c]
+    _, out, err = await sh(*args)
+    assert "Pattern verification failed" not in out + err, out + err
+    data = served.path.read_bytes()
+    assert data[:64 * 1024] == b"\xab" * 65536
+    assert data[64 * 1024:192 * 1024] == bytes(128 * 1024)
+    assert data[MiB:MiB + 4096] == b"\xcd" * 4096
+    assert data[-4096:] == b"\x11" * 4096
+    # Writing past the end fails cleanly, and the connection-level error does not hurt the next client.
+    rc, out, err = await sh("qemu-io", "-f", "raw", served.uri(), "-c", "write 16M 4k", check=False)
+    assert "error" in (out + err).lower() or "failed" in (out + err).lower()
+    await sh("qemu-io", "-f", "raw", served.uri(), "-c", "read -P 0x11 16380k 4k")
+
+
+async def test_qemu_img_convert_and_compare(served, tmp_path):
+    need_tool("qemu-img")
+    src = random_file(tmp_path / "src.raw", 16 * MiB, holes=True)
+    await sh("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), served.uri())
+    await sh("qemu-img", "compare", "-f", "raw", "-F", "raw", str(src), served.uri())
+    assert sha256(served.path) == sha256(src)
+    # And from a qcow2 image (different request pattern: zero clusters become WRITE_ZEROES).
+    q = tmp_path / "src.qcow2"
+    src2 = random_file(tmp_path / "src2.raw", 16 * MiB, holes=True)
+    await sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(src2), str(q))
+    await sh("qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", str(q), served.uri())
+    await sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(q), served.uri())
+    assert sha256(served.path) == sha256(src2)
+
+
+async def test_nbdcopy_both_directions(served, tmp_path):
+    need_tool("nbdcopy")
+    src = random_file(tmp_path / "src.raw", 16 * MiB, holes=True)
+    await sh("nbdcopy", str(src), served.uri())
+    assert sha256(served.path) == sha256(src)
+    out = tmp_path / "out.raw"
+    await sh("nbdcopy", served.uri(), str(out))
+    assert sha256(out) == sha256(src)
+    await sh("nbdcopy", served.uri("ro"), str(out))  # read-only export reads fine
+    assert sha256(out) == sha256(served.path.parent / "ro.img")
+
+
+async def test_nbdinfo_list(served):
+    need_tool("nbdinfo")
+    _, out, _ = await sh("nbdinfo", "--list", f"nbd://127.0.0.1:{served.port}")
+    assert 'export="disk"' in out and 'export="ro"' in out
+    assert "can_multi_conn: false" in out
+    _, out, _ = await sh("nbdinfo", served.uri("ro"))
+    assert "is_read_only: true" in out and f"export-size: {1 * MiB}" in out
+    rc, _, _ = await sh("nbdinfo", served.uri("nope"), check=False)
+    assert rc != 0
+
+
+LIBNBD_SCRIPT = r"""
+import errno, sys, nbd
+M = 1024 * 1024
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+assert h.get_size() == 16 * M
+assert not h.can_multi_conn() and h.can_trim() and h.can_zero() and h.can_fua() and h.can_flush()
+# libnbd argument order: pread(count, offset), pwrite(buf, offset), zero/trim(count, offset)
+h.pwrite(b"\x5a" * (3 * M // 4), 4096)
+h.pwrite(b"\x77" * 4096, M, nbd.CMD_FLAG_FUA)
+assert h.pread(3 * M // 4, 4096) == b"\x5a" * (3 * M // 4)
+h.zero(65536, 4096)
+h.zero(65536, 65536 + 4096, nbd.CMD_FLAG_NO_HOLE)
+assert h.pread(2 * 65536, 4096) == bytes(2 * 65536)
+h.trim(M // 2, 2 * M)
+h.flush()
+h.set_strict_mode(0)  # let out-of-range requests reach the server
+try:
+    h.pread(8192, 16 * M - 4096)
+    sys.exit("read past the end succeeded")
+except nbd.Error as e:
+    assert e.errnum == errno.EINVAL, e
+try:
+    h.pwrite(b"x" * 8192, 16 * M - 4096)
+    sys.exit("write past the end succeeded")
+except nbd.Error as e:
+    assert e.errnum == errno.ENOSPC, e
+assert h.pread(4096, M) == b"\x77" * 4096
+h.shutdown()
+print("OK")
+"""
+
+
+async def test_libnbd_python(served):
+    if not have_libnbd_python():
+        pytest.skip("python3-libnbd is not importable by /usr/bin/python3")
+    _, out, _ = await sh("/usr/bin/python3", "-c", LIBNBD_SCRIPT, served.uri())
+    assert out.strip() == "OK"
+    data = served.path.read_bytes()
+    assert data[4096:4096 + 2 * 65536] == bytes(2 * 65536)
+    assert data[4096 + 2 * 65536:4096 + 3 * MiB // 4] == b"\x5a" * (3 * MiB // 4 - 2 * 65536)
+    assert data[MiB:MiB + 4096] == b"\x77" * 4096
+
+
+async def test_ext4_over_nbdfuse_and_loop(tmp_path):
+    need_tool("nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "mount", "umount", "e2fsck")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop device needs root")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        pytest.skip("/dev/fuse is not usable")
+    if not os.path.exists("/dev/loop-control"):
+        pytest.skip("no loop devices")
+    img = tmp_path / "fs.img"
+    with open(img, "wb") as f:
+        f.truncate(64 * MiB)
+    backend = FileBackend(img)
+    server = NBDServer({"fs": backend})
+    _, port = await server.start()
+    fuse_dir, mnt = tmp_path / "fuse", tmp_path / "mnt"
+    fuse_dir.mkdir()
+    mnt.mkdir()
+    fuse = await asyncio.create_subprocess_exec("nbdfuse", str(fuse_dir / "disk"), f"nbd://127.0.0.1:{port}/fs",
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    loop_dev, mounted = None, False
+    try:
+        for _ in range(100):
+            if (fuse_dir / "disk").exists() or fuse.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        if not (fuse_dir / "disk").exists():
+            pytest.skip(f"nbdfuse did not come up: {(await fuse.stderr.read()).decode() if fuse.stderr else ''}")
+        rc, out, err = await sh("losetup", "--direct-io=on", "-f", "--show", str(fuse_dir / "disk"), check=False)
+        if rc != 0:
+            pytest.skip(f"loop devices unusable: {err.strip()}")
+        loop_dev = out.strip()
+        await sh("mkfs.ext4", "-q", "-F", loop_dev)
+        await sh("mount", loop_dev, str(mnt))
+        mounted = True
+        payloads = {f"f{i}.bin": os.urandom(512 * 1024 + i * 4097) for i in range(8)}
+        for name, data in payloads.items():
+            (mnt / name).write_bytes(data)
+        (mnt / "dir").mkdir()
+        (mnt / "dir" / "small.txt").write_text("lifeboat\n")
+        await sh("sync")
+        await sh("umount", str(mnt))
+        mounted = False
+        await sh("e2fsck", "-fn", loop_dev)
+        await sh("losetup", "-d", loop_dev)
+        loop_dev = None
+        await sh("fusermount3", "-u", str(fuse_dir))
+        await asyncio.wait_for(fuse.wait(), 30)
+        # The backing file itself must now hold a clean filesystem with the files.
+        await sh("e2fsck", "-fn", str(img))
+        await sh("mount", "-o", "loop,ro", str(img), str(mnt))
+        mounted = True
+        for name, data in payloads.items():
+            assert (mnt / name).read_bytes() == data
+        assert (mnt / "dir" / "small.txt").read_text() == "lifeboat\n"
+    finally:
+        if mounted:
+            await sh("umount", str(mnt), check=False)
+        if loop_dev:
+            await sh("losetup", "-d", loop_dev, check=False)
+        if fuse.returncode is None:
+            await sh("fusermount3", "-u", str(fuse_dir), check=False)
+            try:
+                await asyncio.wait_for(fuse.wait(), 10)
+            except TimeoutError:
+                fuse.kill()
+                await fuse.wait()
+        await server.stop()
+        backend.close()
+
+
+# -- malformed input -------------------------------------------------------------------------------------------
+
+async def test_handshake_options(served):
+    c = await RawClient.connect(served.port)
+    (rtype, msg), = await c.option(99, b"whatever")
+    assert rtype == P.REP_ERR_UNSUP and msg
+    for opt in (P.OPT_STRUCTURED_REPLY, P.OPT_LIST_META_CONTEXT, P.OPT_SET_META_CONTEXT, P.OPT_STARTTLS):
+        assert (await c.option(opt))[-1][0] == P.REP_ERR_UNSUP
+    replies = await c.option(P.OPT_LIST)
+    names = {d[4:4 + struct.unpack_from(">I", d)[0]].decode() for t, d in replies if t == P.REP_SERVER}
+    assert names == {"disk", "ro"} and replies[-1][0] == P.REP_ACK
+    assert (await c.option(P.OPT_LIST, b"x"))[-1][0] == P.REP_ERR_INVALID
+    assert (await c.option(P.OPT_GO, struct.pack(">I", 4) + b"nope" + struct.pack(">H", 0)))[-1][0] == \
+        P.REP_ERR_UNKNOWN
+    assert (await c.option(P.OPT_GO, b"\x00\x00\x00\xff\x00"))[-1][0] == P.REP_ERR_INVALID  # truncated
+    assert (await c.option(P.OPT_INFO, struct.pack(">I", 4) + b"disk" + struct.pack(">HH", 1, 1)))[-1][0] == \
+        P.REP_ERR_INVALID  # request count does not match the length
+    replies = await c.option(P.OPT_INFO, struct.pack(">I", 2) + b"ro" + struct.pack(">HH", 1, P.INFO_NAME))
+    assert replies[-1][0] == P.REP_ACK and (P.REP_INFO, struct.pack(">H", P.INFO_NAME) + b"ro") in replies
+    size, flags = await c.go("disk")  # still negotiable after all that
+    assert size == 16 * MiB
+    assert flags == (P.FLAG_HAS_FLAGS | P.FLAG_SEND_FLUSH | P.FLAG_SEND_FUA | P.FLAG_SEND_TRIM
+                     | P.FLAG_SEND_WRITE_ZEROES)
+    err, data = await c.call(P.CMD_READ, 0, 512)
+    assert err == 0 and data == served.path.read_bytes()[:512]
+    c.send(P.CMD_DISC)
+    assert await c.closed_by_server()
+
+
+async def test_export_name_and_abort(served):
+    for cflags, pad in ((P.FLAG_C_FIXED_NEWSTYLE, 124), (P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES, 0), (0, 124)):
+        c = await RawClient.connect(served.port, cflags)
+        c.w.write(P.OPTION_HEADER.pack(P.IHAVEOPT, P.OPT_EXPORT_NAME, 2) + b"ro")
+        size, flags = P.EXPORT_NAME_REPLY.unpack(await c.r.readexactly(P.EXPORT_NAME_REPLY.size))
+        assert size == MiB and flags & P.FLAG_READ_ONLY
+        assert await c.r.readexactly(pad) == bytes(pad)
+        err, data = await c.call(P.CMD_READ, 0, 16)
+        assert err == 0 and len(data) == 16
+        c.close()
+    c = await RawClient.connect(served.port)  # unknown name via EXPORT_NAME: only a disconnect is possible
+    c.w.write(P.OPTION_HEADER.pack(P.IHAVEOPT, P.OPT_EXPORT_NAME, 4) + b"nope")
+    assert await c.closed_by_server()
+    c = await RawClient.connect(served.port)
+    assert await c.option(P.OPT_ABORT) == [(P.REP_ACK, b"")]
+    assert await c.closed_by_server()
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\xff\xff\xff\xff",                                               # unknown client flags
+    P.CLIENT_FLAGS.pack(1) + b"NOTMAGIC" + bytes(8),                    # bad option magic
+    P.CLIENT_FLAGS.pack(1) + P.OPTION_HEADER.pack(P.IHAVEOPT, 7, 1 << 30),  # absurd option length
+    b"GET / HTTP/1.1\r\n\r\n",
+])
+async def test_garbage_handshake_closes_only_that_connection(served, garbage):
+    good = await RawClient.connect(served.port)
+    await good.go()
+    before = sha256(served.path)
+    bad = await RawClient.connect(served.port, client_flags=None)
+    bad.w.write(garbage)
+    assert await bad.closed_by_server()
+    truncated = await RawClient.connect(served.port, client_flags=None)
+    truncated.w.write(b"\x00\x00")  # half the client flags, then hang up
+    truncated.w.close()
+    assert (await good.call(P.CMD_WRITE, 0, 4, payload=b"abcd"))[0] == 0  # the other client is unaffected
+    assert served.path.read_bytes()[:4] == b"abcd"
+    assert sha256(served.path) != before
+    good.close()
+    for _ in range(50):
+        if served.server.connections == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert served.server.connections == 0
+
+
+async def test_bad_requests_get_exact_errors_and_change_nothing(served):
+    before = sha256(served.path)
+    size = 16 * MiB
+    c = await RawClient.connect(served.port)
+    await c.go()
+    other = await RawClient.connect(served.port)
+    await other.go("ro")
+    cases = [
+        (P.CMD_READ, size - 512, 1024, 0, b"", P.NBD_EINVAL),                 # read past the end
+        (P.CMD_READ, 1 << 62, 512, 0, b"", P.NBD_EINVAL),
+        (P.CMD_WRITE, size - 2, 4, 0, b"xxxx", P.NBD_ENOSPC),                 # write past the end
+        (P.CMD_WRITE_ZEROES, size, 512, 0, b"", P.NBD_ENOSPC),
+        (P.CMD_TRIM, size - 512, 4096, 0, b"", P.NBD_EINVAL),                 # spec: EINVAL for trim
+        (P.CMD_READ, 0, 2 * MiB, 0, b"", P.NBD_EINVAL),                       # over max_request
+        (P.CMD_WRITE, 0, MiB + 1, 0, b"z" * (MiB + 1), P.NBD_EINVAL),          # oversized: payload discarded
+        (P.CMD_WRITE_ZEROES, 0, 2 * MiB, 0, b"", P.NBD_EINVAL),
+        (P.CMD_CACHE, 0, 512, 0, b"", P.NBD_EINVAL),                          # not advertised
+        (P.CMD_BLOCK_STATUS, 0, 512, 0, b"", P.NBD_EINVAL),
+        (77, 0, 0, 0, b"", P.NBD_EINVAL),                                     # unknown command
+        (P.CMD_WRITE, 0, 4, P.CMD_FLAG_NO_HOLE, b"yyyy", P.NBD_EINVAL),       # flag not valid for WRITE
+        (P.CMD_WRITE_ZEROES, 0, 512, P.CMD_FLAG_FAST_ZERO, b"", P.NBD_EINVAL),  # not negotiated
+        (P.CMD_READ, 0, 512, P.CMD_FLAG_DF, b"", P.NBD_EINVAL),
+        (P.CMD_READ, 0, 0, 0, b"", 0),                                        # zero-length: no-op success
+        (P.CMD_READ, size, 0, 0, b"", 0),
+        (P.CMD_WRITE, 0, 0, 0, b"", 0),
+        (P.CMD_TRIM, 0, 0, 0, b"", 0),
+        (P.CMD_WRITE_ZEROES, size, 0, 0, b"", 0),
+        (P.CMD_WRITE_ZEROES, size + 1, 0, 0, b"", P.NBD_ENOSPC),
+    ]
+    for cmd, off, length, flags, payload, want in cases:
+        err, data = await c.call(cmd, off, length, flags, payload)
+        assert err == want, (cmd, off, length, flags, err)
+        assert data == b""
+    for cmd, payload in ((P.CMD_WRITE, b"q" * 512), (P.CMD_WRITE_ZEROES, b""), (P.CMD_TRIM, b"")):
+        assert (await other.call(cmd, 0, 512, 0, payload))[0] == P.NBD_EPERM  # read-only export
+    assert (await other.call(P.CMD_WRITE, 0, 1 << 20, 0, b"q" * (1 << 20)))[0] == P.NBD_EPERM
+    err, data = await other.call(P.CMD_READ, 0, 512)
+    assert err == 0 and data == (served.path.parent / "ro.img").read_bytes()[:512]
+    assert sha256(served.path) == before
+    # The connection that sent all of that still works.
+    err, data = await c.call(P.CMD_READ, size - 512, 512)
+    assert err == 0 and data == served.path.read_bytes()[-512:]
+    # An absurd WRITE length is not discarded byte by byte: the client is dropped.
+    c.send(P.CMD_WRITE, 0, 0xFFFFFFFF)
+    assert await c.closed_by_server()
+    # Bad request magic drops that connection too; a fresh client is served.
+    c2 = await RawClient.connect(served.port)
+    await c2.go()
+    c2.w.write(struct.pack(">IHHQQI", 0xDEADBEEF, 0, P.CMD_READ, 1, 0, 512))
+    assert await c2.closed_by_server()
+    assert (await other.call(P.CMD_READ, 0, 4))[0] == 0
+    c3 = await RawClient.connect(served.port)
+    await c3.go()
+    c3.send(P.CMD_WRITE, 0, 4096)  # a payload cut short by a disconnect must not be written
+    c3.w.write(b"\x01" * 100)
+    c3.close()
+    await asyncio.sleep(0.2)
+    assert sha256(served.path) == before
+    other.close()
+
+
+# -- ordering and backend failures -----------------------------------------------------------------------------
+
+class RecordingBackend:
+    """Records every call; sleeps a random tiny amount so out-of-order processing would show."""
+
+    def __init__(self, size: int = 1 * MiB, fail: dict[int, BaseException] | None = None) -> None:
+        self.size, self.read_only = size, False
+        self.ops: list[tuple] = []
+        self.fail = fail or {}
+
+    async def _op(self, *rec) -> None:
+        self.ops.append(rec)
+        await asyncio.sleep(os.urandom(1)[0] / 256_000)
+        exc = self.fail.get(rec[1] if len(rec) > 1 else -1)
+        if exc is not None:
+            raise exc
+
+    async def read(self, offset, length):
+        await self._op("read", offset, length)
+        return bytes(length)
+
+    async def write(self, offset, data, fua):
+        await self._op("write", offset, bytes(data), fua)
+
+    async def write_zeroes(self, offset, length, fua):
+        await self._op("zero", offset, length, fua)
+
+    async def trim(self, offset, length):
+        await self._op("trim", offset, length)
+
+    async def flush(self):
+        await self._op("flush")
+
+
+async def test_backend_sees_client_order():
+    backend = RecordingBackend()
+    server = NBDServer({"rec": backend})
+    _, port = await server.start()
+    try:
+        c = await RawClient.connect(port)
+        await c.go("rec")
+        expected, handles = [], []
+        for i in range(300):  # pipelined: all requests sent before any reply is read
+            kind, off = i % 6, (i * 4096) % (MiB - 8192)
+            if kind in (0, 4):
+                payload = i.to_bytes(4, "big") * 256
+                handles.append(c.send(P.CMD_WRITE, off, len(payload), P.CMD_FLAG_FUA * (i % 2), payload))
+                expected.append(("write", off, payload, bool(i % 2)))
+            elif kind == 1:
+                handles.append(c.send(P.CMD_WRITE_ZEROES, off, 8192, P.CMD_FLAG_NO_HOLE))
+                expected.append(("zero", off, 8192, False))
+            elif kind == 2:
+                handles.append(c.send(P.CMD_TRIM, off, 4096))
+                expected.append(("trim", off, 4096))
+            elif kind == 3:
+                handles.append(c.send(P.CMD_FLUSH))
+                expected.append(("flush",))
+            else:
+                handles.append(c.send(P.CMD_READ, off, 512))
+                expected.append(("read", off, 512))
+        got = []
+        for i in range(300):
+            err, h, data = await c.reply(512 if i % 6 == 5 else 0)
+            assert err == 0
+            got.append(h)
+        assert got == handles  # replies in request order too
+        assert backend.ops == expected
+    finally:
+        await server.stop()
+
+
+async def test_backend_errors_become_error_replies(caplog):
+    backend = RecordingBackend(fail={0: NBDError(errno.ENOSPC, "full"), 4096: OSError(errno.EDQUOT, "quota"),
+                                     8192: RuntimeError("bug"), 12288: OSError(errno.ENOENT, "gone")})
+    server = NBDServer({"rec": backend})
+    _, port = await server.start()
+    try:
+        c = await RawClient.connect(port)
+        await c.go("rec")
+        assert (await c.call(P.CMD_WRITE, 0, 4, payload=b"abcd"))[0] == P.NBD_ENOSPC
+        assert (await c.call(P.CMD_WRITE_ZEROES, 4096, 512))[0] == P.NBD_ENOSPC
+        assert (await c.call(P.CMD_READ, 8192, 512))[0] == P.NBD_EIO
+        assert (await c.call(P.CMD_TRIM, 12288, 512))[0] == P.NBD_EIO
+        assert (await c.call(P.CMD_READ, 16384, 512)) == (0, bytes(512))  # connection carries on
+        assert "bug" in caplog.text
+    finally:
+        await server.stop()
+
+
+async def test_stop_closes_clients_and_exports_callable(tmp_path):
+    path = random_file(tmp_path / "a.img", MiB)
+    exports: dict = {}
+    server = NBDServer(lambda: exports, handshake_timeout=0.5)
+    _, port = await server.start()
+    c = await RawClient.connect(port)
+    assert (await c.option(P.OPT_GO, struct.pack(">I", 1) + b"a" + struct.pack(">H", 0)))[-1][0] == \
+        P.REP_ERR_UNKNOWN
+    exports["a"] = FileBackend(path)  # appears while the server runs
+    await c.go("a")
+    idle = await RawClient.connect(port, client_flags=None)
+    assert await idle.closed_by_server(timeout=5)  # handshake timeout
+    assert server.connections == 1
+    await server.stop()
+    assert await c.closed_by_server()
+    assert server.connections == 0
+    exports["a"].close()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from datetime import datetime, timedelta, timezone
+    from ipaddress import ip_address
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    return tmp / "cert.pem", tmp / "key.pem"
+
+
+async def test_starttls_forced(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    path = random_file(tmp_path / "t.img", MiB)
+    backend = FileBackend(path)
+    server = NBDServer({"t": backend}, ssl_context=sctx)
+    _, port = await server.start()
+    try:
+        c = await RawClient.connect(port)
+        assert (await c.option(P.OPT_LIST))[-1][0] == P.REP_ERR_TLS_REQD
+        assert await c.option(P.OPT_STARTTLS) == [(P.REP_ACK, b"")]
+        cctx = ssl.create_default_context(cafile=str(cert))
+        await c.w.start_tls(cctx, server_hostname="localhost")
+        assert (await c.option(P.OPT_STARTTLS))[-1][0] == P.REP_ERR_INVALID
+        await c.go("t")
+        assert (await c.call(P.CMD_WRITE, 0, 5, payload=b"hello"))[0] == 0
+        assert await c.call(P.CMD_READ, 0, 5) == (0, b"hello")
+        c.close()
+        plain = await RawClient.connect(port)  # EXPORT_NAME without TLS cannot be refused politely: hang up
+        plain.w.write(P.OPTION_HEADER.pack(P.IHAVEOPT, P.OPT_EXPORT_NAME, 1) + b"t")
+        assert await plain.closed_by_server()
+    finally:
+        await server.stop()
+        backend.close()
+    assert path.read_bytes()[:5] == b"hello"
+
+
+def test_fileio_holes_and_extents(tmp_path):
+    p = tmp_path / "sparse"
+    with open(p, "wb") as f:
+        f.truncate(8 * MiB)
+        f.seek(MiB)
+        f.write(b"\x01" * MiB)
+        f.seek(5 * MiB)
+        f.write(b"\x02" * MiB)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        ext = list(fileio.data_extents(fd))
+        covered = sum(n for _, n in ext)
+        assert covered >= 2 * MiB and all(0 <= o and o + n <= 8 * MiB for o, n in ext)
+        if len(ext) == 2:  # SEEK_DATA supported by this filesystem
+            assert ext == [(MiB, MiB), (5 * MiB, MiB)]
+        assert list(fileio.data_extents(fd, 2 * MiB, 5 * MiB)) in ([], [(2 * MiB, 3 * MiB)])
+        if fileio.punch_hole(fd, MiB, MiB):
+            assert os.pread(fd, MiB, MiB) == bytes(MiB)
+            assert os.fstat(fd).st_size == 8 * MiB
+        fileio.write_zeros(fd, 5 * MiB, 4096)
+        assert os.pread(fd, 4097, 5 * MiB) == bytes(4096) + b"\x02"
+        assert fileio.punch_hole(fd, 0, 0) is True
+    finally:
+        os.close(fd)

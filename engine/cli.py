@@ -229,6 +229,11 @@ def cmd_machine_revoke(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return asyncio.run(run_demo(Path(a.home), a.size_mib))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifeboat", description="Lifeboat disaster-recovery appliance")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -272,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group(required=True); g.add_argument("--export", metavar="DIR")
     g.add_argument("--nbd", metavar="HOST:PORT"); s.set_defaults(fn=cmd_failover)
     s = sub.add_parser("failover-cleanup"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_failover_cleanup)
+    s = sub.add_parser("demo", help="protect a sample disk, write to it, run test failovers (embedded defaults)")
+    s.add_argument("--home", default="demo-home"); s.add_argument("--size-mib", type=int, default=256)
+    s.set_defaults(fn=cmd_demo)
     m = sub.add_parser("machine").add_subparsers(dest="sub", required=True)
     s = m.add_parser("revoke"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_machine_revoke)
     return p

@@ -16,6 +16,7 @@ SYSTEM_PACKAGES=(
   fonts-dejavu-core # text in offscreen Qt screenshots
   libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 # Qt runtime
   python3-venv
+  gnome-keyring dbus # the OS keyring (Secret Service) on a headless Linux appliance
 )
 
 missing=()

@@ -152,6 +152,9 @@ class Journal:
         self.segments: list[int] = []
         self._fd: int | None = None   # writer: last segment, opened lazily
         self._pos = 0
+        #: (segment, end) of the last fsynced entry: readers never look past it, so an append in flight (or the
+        #: remains of a failed one) is never mistaken for a torn or corrupt entry
+        self.committed: tuple[int, int] | None = None
 
     def path(self, seg: int) -> Path:
         return self.folder / f"{seg:020d}{SUFFIX}"
@@ -227,9 +230,12 @@ class Journal:
             tail = tail[:-1]
         if end < size:
             self._quarantine(path, end, size)
+        self.committed = (seg, end)
         return tail[-1].rec.seq if tail else 0
 
     def _envelope_ok(self, e: Entry) -> bool:
+        if not e.envlen:
+            return True       # a marker: its header's crc already vouches for the whole entry
         try:
             self.read_payload(e)
             return True
@@ -281,6 +287,7 @@ class Journal:
             self._flush(pending, sync=True)
             if created:
                 fsync_dir(self.folder)
+            self.committed = (self.segments[-1], self._pos)
         except BaseException:
             self._rollback(start, created)
             raise
@@ -343,17 +350,20 @@ class Journal:
         Safe while appends run: entries up to ``upto`` (<= last_seq) are whole and never move. A corrupt header
         raises IntegrityError, or with ``tolerant`` is reported in ``problems`` and the segment's rest skipped.
         """
+        committed = self.committed
         segs = list(self.segments)
+        if committed is None:
+            return
         # start at the last segment whose first seq <= after+1 (it may straddle ``after``)
         i = 0
         for k, s in enumerate(segs):
             if s <= after + 1:
                 i = k
         for seg in segs[i:]:
-            if seg > upto:
+            if seg > upto or seg > committed[0]:
                 return
             try:
-                for e in self._iter_segment(seg, after, upto):
+                for e in self._iter_segment(seg, after, upto, committed[1] if seg == committed[0] else None):
                     yield e
             except IntegrityError as err:
                 if not tolerant:
@@ -361,7 +371,7 @@ class Journal:
                 if problems is not None:
                     problems.append({"what": "journal", "segment": seg, "error": err.message, **err.details})
 
-    def _iter_segment(self, seg: int, after: int, upto: int) -> Iterator[Entry]:
+    def _iter_segment(self, seg: int, after: int, upto: int, stop: int | None) -> Iterator[Entry]:
         path = self.path(seg)
         try:
             f = open(path, "rb", buffering=1 << 16)
@@ -372,7 +382,7 @@ class Journal:
                 raise IntegrityError(f"journal segment {path.name} of {self.machine}: missing header",
                                      machine=self.machine, segment=seg)
             pos = SEG_HEAD_SIZE
-            while True:
+            while stop is None or pos < stop:
                 h = f.read(ENTRY_HEAD_SIZE)
                 if len(h) < ENTRY_HEAD_SIZE:
                     if h:
@@ -393,6 +403,8 @@ class Journal:
                     return
                 if rec.seq > after:
                     yield Entry(seg, pos, envlen, rec)
+                if rec.seq == upto:
+                    return
                 pos += ENTRY_HEAD_SIZE + envlen
                 f.seek(envlen, os.SEEK_CUR)
 

@@ -1,0 +1,1 @@
+"""Lifeboat console: the Qt application layer (planned: issue 5)."""

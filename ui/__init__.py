@@ -1,0 +1,1 @@
+"""Lifeboat UI widgets (planned: issue 5)."""

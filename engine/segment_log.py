@@ -73,11 +73,16 @@ class SegmentLog:
             self._roll(records[0].seq)
         assert self._wfd is not None
         total = sum(len(e) for e in encoded)
-        done = os.writev(self._wfd, encoded) if len(encoded) < 1000 else self._write_all(encoded)
-        if done != total:
-            raise OSError(f"short write to {self.folder}")
-        if self.fsync_each:
-            os.fdatasync(self._wfd)
+        try:
+            done = os.writev(self._wfd, encoded) if len(encoded) < 1000 else self._write_all(encoded)
+            if done != total:
+                raise OSError(f"short write to {self.folder}")
+            if self.fsync_each:
+                os.fdatasync(self._wfd)
+        except OSError:
+            # Roll back a partial append so the log stays a clean sequence of whole records.
+            os.ftruncate(self._wfd, self._wsize)
+            raise
         self._wsize += total
         self.bytes += total
         self.last_seq = records[-1].seq

@@ -60,6 +60,7 @@ class Agent:
         self.protected = bool(self.cfg.get("protected"))
         self.last_error: dict[str, Any] | None = None
         self.nbd_address: tuple[str, int] | None = None
+        self._bookmark_tasks: set[asyncio.Task] = set()
 
     # lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -117,6 +118,9 @@ class Agent:
             except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 self.last_error = {"code": "LB_LINK_DOWN", "message": str(exc) or type(exc).__name__}
                 log.info("replication link down: %s", exc)
+            except Exception as exc:  # a bug or a malformed frame must not stop replication for good
+                self.last_error = {"code": "LB_ERROR", "message": repr(exc)}
+                log.exception("replication session failed")
             self.connected.clear()
             await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: no reconnect storms
             delay = min(delay * 2, 30.0)
@@ -151,7 +155,7 @@ class Agent:
 
     def _welcome(self, w: dict[str, Any]) -> None:
         self.acked_seq = int(w.get("last_seq", 0))
-        self.capture.seq = max(self.capture.seq, self.acked_seq)
+        self.capture.advance_to(self.acked_seq)
         self.capture.journal.trim(self.acked_seq)
         if w.get("protected"):
             self._set_protected()
@@ -184,7 +188,9 @@ class Agent:
                         self.sync_done.setdefault(b.index, False)
                     self._set_protected()
                 if msg.get("bookmark") is not None:
-                    asyncio.create_task(self.bookmark(msg["bookmark"].get("tag")))
+                    t = asyncio.create_task(self._scheduled_bookmark(msg["bookmark"].get("tag")))
+                    self._bookmark_tasks.add(t)
+                    t.add_done_callback(self._bookmark_tasks.discard)
             elif kind == Frame.ERROR:
                 raise _remote_error(msg)
 
@@ -270,6 +276,15 @@ class Agent:
         return out
 
     # bookmarks -------------------------------------------------------------------------------------------
+    async def _scheduled_bookmark(self, tag: str | None) -> None:
+        try:
+            await self.bookmark(tag)
+        except LifeboatError as exc:
+            self.last_error = exc.to_dict()
+            log.warning("scheduled bookmark failed: %s", exc)
+        except Exception:
+            log.exception("scheduled bookmark failed")
+
     async def bookmark(self, tag: str | None = None) -> dict[str, Any]:
         """App-consistent point across all disks: pre-hook (e.g. fsfreeze), marker, post-hook (always, on a watchdog)."""
         if not self.protected:

@@ -16,24 +16,51 @@ from pathlib import Path
 from typing import Callable
 
 from ..fileio import punch_hole
+from ..home import atomic_write
 from ..nbd.server import NBDError
 from ..records import MAX_PAYLOAD, Kind, Record
 from ..segment_log import SegmentLog
 
 
+SEQ_BLOCK = 1 << 20
+
+
 class MachineCapture:
-    """Shared by all disks of one machine: the journal and the sequence counter."""
+    """Shared by all disks of one machine: the journal and the sequence counter.
+
+    Sequence numbers must never be reused, even after a crash: initial-replication records take numbers without
+    being journaled, so the journal alone does not know the highest number handed out. Numbers are reserved in
+    blocks, durably (``seq.reserved``), before use; a restart continues after the reserved block.
+    """
 
     def __init__(self, journal_dir: Path, start_seq: int = 0) -> None:
         self.journal = SegmentLog(journal_dir, ".lbj", fsync_each=False)
-        self.seq = max(start_seq, self.journal.last_seq)
+        self._reserved_file = journal_dir / "seq.reserved"
+        try:
+            reserved = int(self._reserved_file.read_text())
+        except (OSError, ValueError):
+            reserved = 0
+        self.seq = max(start_seq, self.journal.last_seq, reserved)
+        self._reserve()
         self.capturing = False
         self.pending: list[tuple[Record, bytes]] = []   # appended since the last flush to the log
         self.on_record: Callable[[], None] = lambda: None
         self.captured_bytes = 0
 
+    def _reserve(self) -> None:
+        self.reserved = self.seq + SEQ_BLOCK
+        atomic_write(self._reserved_file, str(self.reserved).encode())
+
+    def advance_to(self, seq: int) -> None:
+        """Never hand out numbers at or below ``seq`` (the appliance's last seq, told at WELCOME)."""
+        if seq > self.seq:
+            self.seq = seq
+            self._reserve()
+
     def next(self, kind: Kind, disk: int, offset: int = 0, length: int = 0, data: bytes | memoryview = b"") -> Record:
         self.seq += 1
+        if self.seq > self.reserved:
+            self._reserve()
         rec = Record(kind, disk, self.seq, time.time_ns(), offset, length, data)
         return rec
 

@@ -93,6 +93,7 @@ class Appliance:
         self.control_address: tuple[str, int] | None = None
         self.data_address: tuple[str, int] | None = None
         self._consistent_from: dict[str, int] = {}
+        self._runtime_lock = asyncio.Lock()
 
     # lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -158,12 +159,19 @@ class Appliance:
         return self.db.policy(self.machine_row(name)["policy"] or DEFAULT_POLICY)
 
     async def _runtime(self, name: str) -> MachineRuntime:
+        async with self._runtime_lock:  # protect() and an agent connecting may race: one runtime per machine
+            return await self._runtime_locked(name)
+
+    async def _runtime_locked(self, name: str) -> MachineRuntime:
         rt = self.runtimes.get(name)
         if rt is None:
             assert self.vault is not None
             mv = await self.vault.open_machine(name)
             cache = await asyncio.get_running_loop().run_in_executor(self.pool, MachineCache, self.home.cache / name)
             rt = MachineRuntime(self, name, cache, mv)
+            rt.last_seen = time.monotonic()  # RPO of an absent agent grows from now, not from never
+            if cache.last_seq > mv.last_seq:
+                rt.cache_pending.append((time.time_ns(), cache.last_seq))
             row = self.machine_row(name)
             rt.sync = {d["index"]: d.get("sync_cursor", 0) for d in row["disks"]}
             self.runtimes[name] = rt

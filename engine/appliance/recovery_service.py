@@ -59,7 +59,7 @@ def parse_time(text: str) -> float | None:
     return t.timestamp()
 
 
-def resolve_point(mv: MachineVault, spec: str, consistent: bool) -> Point:
+def resolve_point(mv: MachineVault, spec: str, consistent: bool, latest_time: float | None = None) -> Point:
     """latest | ID | tag:TAG | TIME (ISO 8601 or epoch seconds) → the point to recover."""
     pts = mv.points()
     if spec == "latest":
@@ -69,7 +69,7 @@ def resolve_point(mv: MachineVault, spec: str, consistent: bool) -> Point:
         newest = pts[-1]
         if newest.seq == seq:
             return newest
-        return Point(f"s-{seq}", seq, newest.time, "crash-consistent", None)
+        return Point(f"s-{seq}", seq, latest_time or newest.time, "crash-consistent", None)
     if spec.startswith("tag:"):
         tag = spec[4:]
         tagged = [p for p in pts if p.kind == "app-consistent" and p.tag == tag]
@@ -98,8 +98,13 @@ class Drill:
         self.backends: list[OverlayBackend] = []
         self.server: NBDServer | None = None
         self.export_dir: str | None = None
+        self.task: asyncio.Task | None = None
+        self.files: list[str] = []
 
     async def close(self) -> None:
+        if self.task and not self.task.done():
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
         if self.server:
             await self.server.stop()
         for b in self.backends:
@@ -150,7 +155,8 @@ class RecoveryService:
         rt = self.app.runtimes.get(machine)
         if rt is None or not row["protected"]:
             raise NotReady(f"machine {machine!r} is not protected")
-        point = resolve_point(rt.vault, spec, self.app.is_consistent(machine, rt.vault.last_seq))
+        point = resolve_point(rt.vault, spec, self.app.is_consistent(machine, rt.vault.last_seq),
+                              rt.last_applied_ts if rt.last_applied_seq == rt.vault.last_seq else None)
         host, port = "", 0
         if nbd is not None:
             host, _, p = nbd.rpartition(":")
@@ -161,8 +167,10 @@ class RecoveryService:
             raise InvalidInput("--export needs an absolute folder path")
         drill = Drill(machine, point, self.app.home.drills / machine)
         self.drills[machine] = drill
-        job = Job(uuid.uuid4().hex[:12], "test-failover", machine, result={"point": point.to_dict(), "drill": id(drill)})
+        job = Job(uuid.uuid4().hex[:12], "test-failover", machine, result={"point": point.to_dict()})
         self.jobs[job.id] = job
+        for old in [j for j in self.jobs.values() if j.finished][:-100]:  # keep recent history only
+            del self.jobs[old.id]
         try:
             drill.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
             disks = rt.vault.disks()
@@ -183,6 +191,7 @@ class RecoveryService:
             else:
                 drill.export_dir = export_dir
                 t = asyncio.create_task(self._export(job, drill, disks, Path(export_dir)))  # type: ignore[arg-type]
+                drill.task = t
                 self._tasks.add(t)
                 t.add_done_callback(self._tasks.discard)
         except BaseException:
@@ -201,6 +210,7 @@ class RecoveryService:
             for d, view in zip(disks, drill.views):
                 path = folder / f"{d.name}.img"
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                drill.files.append(str(path))
                 try:
                     os.ftruncate(fd, d.size)
                     for off in range(0, d.size, EXPORT_CHUNK):
@@ -231,10 +241,8 @@ class RecoveryService:
             raise NotFound(f"no drill of {machine!r} is running", advice="Nothing to clean up.")
         await drill.close()
         removed = []
-        for job in self.jobs.values():
-            if job.machine == machine and job.operation == "test-failover" and job.result.get("drill") == id(drill):
-                for f in job.result.get("files", []):
-                    if os.path.exists(f):
-                        os.unlink(f)
-                        removed.append(f)
+        for f in drill.files:  # the images this drill exported (also when cut short)
+            if os.path.exists(f):
+                os.unlink(f)
+                removed.append(f)
         return {"cleaned": machine, "point": drill.point.id, "removed": removed}

@@ -155,6 +155,8 @@ class Journal:
         #: (segment, end) of the last fsynced entry: readers never look past it, so an append in flight (or the
         #: remains of a failed one) is never mistaken for a torn or corrupt entry
         self.committed: tuple[int, int] | None = None
+        #: set when a failed append could not be undone: the segment may hold garbage until reopened (recovery cuts it)
+        self.damaged = False
 
     def path(self, seg: int) -> Path:
         return self.folder / f"{seg:020d}{SUFFIX}"
@@ -339,6 +341,7 @@ class Journal:
                 finally:
                     os.close(fd)
             except OSError:
+                self.damaged = True
                 log.exception("journal %s: could not undo a failed append", self.folder)
 
     # -- reading --------------------------------------------------------------------------------------------

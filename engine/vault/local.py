@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import threading
 import uuid
 from collections import OrderedDict
@@ -58,7 +59,7 @@ KEY_CHECK = b"lifeboat vault key check"
 DATA_KINDS = (Kind.WRITE, Kind.SYNC)
 ZERO_KINDS = (Kind.ZERO, Kind.TRIM)
 RANGE_KINDS = DATA_KINDS + ZERO_KINDS
-#: reads up to this size run on the event loop (cheaper than a thread hop); larger ones in the executor
+#: reads up to this size run on the event loop (cheaper than a thread hop) unless they must open a bigger record
 INLINE_READ = 128 * 1024
 
 
@@ -86,6 +87,10 @@ class _PayloadCache:
         self._d: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+
+    def has(self, key: tuple[int, int]) -> bool:
+        with self._lock:
+            return key in self._d
 
     def get(self, key: tuple[int, int], load: Callable[[], bytes]) -> bytes:
         with self._lock:
@@ -143,8 +148,15 @@ class LocalDiskView(DiskView):
             raise InvalidInput(f"read [{offset}, +{length}) is outside disk {self.disk} of size {self.size}")
         if length == 0:
             return b""
-        if length <= INLINE_READ:
-            return self._read_sync(offset, length)
+        srcs = {id(s): s for _a, _b, s in self._map.pieces(offset, offset + length) if s is not None and s is not ZERO}
+        cache = self._owner._cache
+        if length <= INLINE_READ and all(s.rec.length <= INLINE_READ or cache.has((s.seg, s.pos))
+                                         for s in srcs.values()):
+            return self._read_sync(offset, length)   # small and cheap: a thread hop would cost more
+        # Open the records a big read needs in parallel threads first (zstd + AES release the GIL); the assembly
+        # below then finds them in the payload cache.
+        if len(srcs) > 1:
+            await asyncio.gather(*(self._owner._run(self._owner._payload, s) for s in srcs.values()))
         return await self._owner._run(self._read_sync, offset, length)
 
     def _read_sync(self, offset: int, length: int) -> bytes:
@@ -201,6 +213,7 @@ class LocalMachineVault(MachineVault):
         self._pruning = False
         self._stopping = False
         self._closed = False
+        self._failed: str | None = None            # in-memory state no longer matches the files: reopen to recover
         #: test hook: called with a stage name during folds ("redo-written", "half-applied", "applied")
         self._fold_hook: Callable[[str], None] | None = None
 
@@ -212,6 +225,9 @@ class LocalMachineVault(MachineVault):
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError(f"vault of machine {self.machine} is closed")
+        if self._failed:
+            raise StorageError(f"vault of machine {self.machine} needs reopening: {self._failed}",
+                               advice="Close and reopen the machine's vault; opening finishes the interrupted work.")
 
     def _payload(self, e: Entry) -> bytes:
         return self._cache.get((e.seg, e.pos), lambda: self._journal.read_payload(e))
@@ -267,7 +283,7 @@ class LocalMachineVault(MachineVault):
             meta_last = 0
             self._write_meta()
         for d in self._disks:
-            self._open_replica(d)
+            self._open_replica(d, create=False)
         # finish a fold that crashed: a complete redo is re-applied (idempotent), a torn one was never applied
         redo = self.folder / "fold.redo"
         if redo.exists():
@@ -287,8 +303,12 @@ class LocalMachineVault(MachineVault):
         self._journal.delete_through(self._base_seq)   # an interrupted prune may have left some
         self._load_points()
 
-    def _open_replica(self, d: DiskInfo) -> None:
-        rep = ReplicaFile(self.folder / "replica" / f"{d.index}.rep", self.machine, d.index, self._cipher)
+    def _open_replica(self, d: DiskInfo, *, create: bool = True) -> None:
+        path = self.folder / "replica" / f"{d.index}.rep"
+        if not create and not path.exists():   # meta is written after the file is made: this is data loss
+            raise StorageError(f"replica of disk {d.index} of {self.machine} is missing ({path})",
+                               machine=self.machine, disk=d.index)
+        rep = ReplicaFile(path, self.machine, d.index, self._cipher)
         self._replicas[d.index] = rep
         rep.grow(d.size)
 
@@ -296,8 +316,10 @@ class LocalMachineVault(MachineVault):
         path = self.folder / "points.jsonl"
         if not path.exists():
             return
-        lines = path.read_bytes().split(b"\n")
-        pts, dirty = [], False
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        # no final newline: the last add_point was cut short; rewrite so the next append starts a fresh line
+        pts, dirty = [], bool(data) and not data.endswith(b"\n")
         for i, line in enumerate(lines):
             if not line.strip():
                 continue
@@ -373,13 +395,17 @@ class LocalMachineVault(MachineVault):
             return
         async with self._append_lock:
             items, grows = self._prepare(records)
-            if grows:
-                await self._run(self._grow_sync, grows)
-            if not items:
-                return
             try:
+                if grows:
+                    await self._run(self._grow_sync, grows)
+                if not items:
+                    return
                 rolled = await self._run(self._journal.write, items)
+            except LifeboatError:
+                raise
             except OSError as e:
+                if self._journal.damaged:
+                    self._failed = f"a failed append could not be undone ({e})"
                 raise StorageError(f"could not write the journal of {self.machine}: {e}") from e
             self._last_seq = items[-1][0]
             if rolled:   # last_seq in meta is only a hint (recovery scans the journal): refresh it now and then
@@ -418,7 +444,11 @@ class LocalMachineVault(MachineVault):
                     raise InvalidInput(f"{where}: {bad}")
             elif sr.envelope:
                 raise InvalidInput(f"{where}: a {kind.name} record carries no payload")
-            items.append((r.seq, r.pack_header(), bytes(sr.envelope)))
+            try:
+                hdr = r.pack_header()
+            except struct.error:
+                raise InvalidInput(f"{where}: a header field is out of range") from None
+            items.append((r.seq, hdr, bytes(sr.envelope)))
             prev = r.seq
         return items, grows
 
@@ -506,6 +536,7 @@ class LocalMachineVault(MachineVault):
             except TimeoutError:
                 raise Conflict(f"cannot prune {self.machine}: {self._views} view(s) stay open",
                                advice="Close the recovery views (drills, exports) first, then prune again.") from None
+            self._check_open()                 # closed while we waited
             self._pruning = True
         try:
             finished = keep_from_seq <= self._base_seq or await self._run(self._fold_sync, keep_from_seq)
@@ -546,9 +577,14 @@ class LocalMachineVault(MachineVault):
         if batch:
             # Redo first (durable), then the replica: a crash in between re-applies the redo on open.
             write_redo(redo, seq, batch, self._cipher)
-            hook("redo-written")
-            apply_redo(redo, self._replicas, hook)
-            hook("applied")
+            try:
+                hook("redo-written")
+                apply_redo(redo, self._replicas, hook)
+                hook("applied")
+            except BaseException as e:
+                # the replica may be half way between two states: only reopening (re-applying the redo) fixes it
+                self._failed = f"a fold batch up to seq {seq} failed ({e!r})"
+                raise
         self._base_seq = seq
         self._write_meta()
         if batch:

@@ -116,14 +116,14 @@ class RawClient:
             if rtype == P.REP_ACK or rtype & (1 << 31):
                 return replies
 
-    async def go(self, name: str = "disk") -> tuple[int, int]:
+    async def go(self, name: str = "disk", max_block: int = 1 * MiB) -> tuple[int, int]:
         raw = name.encode()
         replies = await self.option(P.OPT_GO, struct.pack(">I", len(raw)) + raw + struct.pack(">HH", 1,
                                                                                              P.INFO_BLOCK_SIZE))
         assert replies[-1][0] == P.REP_ACK, replies
         infos = {struct.unpack_from(">H", d)[0]: d for t, d in replies if t == P.REP_INFO}
         _, size, flags = P.INFO_EXPORT_PAYLOAD.unpack(infos[P.INFO_EXPORT])
-        assert P.INFO_BLOCK_SIZE_PAYLOAD.unpack(infos[P.INFO_BLOCK_SIZE])[1:] == (1, 4096, 1 * MiB)
+        assert P.INFO_BLOCK_SIZE_PAYLOAD.unpack(infos[P.INFO_BLOCK_SIZE])[1:] == (1, 4096, max_block)
         return size, flags
 
     def send(self, cmd: int, offset: int = 0, length: int = 0, flags: int = 0, payload: bytes = b"") -> int:
@@ -259,7 +259,25 @@ async def test_libnbd_python(served):
     assert data[MiB:MiB + 4096] == b"\x77" * 4096
 
 
+def _write_tree(mnt: Path, payloads: dict[str, bytes]) -> None:
+    for name, data in payloads.items():
+        (mnt / name).write_bytes(data)
+    (mnt / "dir").mkdir()
+    (mnt / "dir" / "small.txt").write_text("lifeboat\n")
+
+
+def _check_tree(mnt: Path, payloads: dict[str, bytes]) -> None:
+    for name, data in payloads.items():
+        assert (mnt / name).read_bytes() == data
+    assert (mnt / "dir" / "small.txt").read_text() == "lifeboat\n"
+
+
 async def test_ext4_over_nbdfuse_and_loop(tmp_path):
+    """mkfs + mount + files through nbdfuse and a loop device, all served by this process's event loop.
+
+    Any file I/O on the mount must run in a thread: ext4 may need to read metadata through
+    loop -> FUSE -> nbdfuse -> this very loop, so blocking the loop on it deadlocks (in uninterruptible sleep).
+    """
     need_tool("nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "mount", "umount", "e2fsck")
     if os.geteuid() != 0:
         pytest.skip("mounting a loop device needs root")
@@ -278,48 +296,54 @@ async def test_ext4_over_nbdfuse_and_loop(tmp_path):
     mnt.mkdir()
     fuse = await asyncio.create_subprocess_exec("nbdfuse", str(fuse_dir / "disk"), f"nbd://127.0.0.1:{port}/fs",
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    loop_dev, mounted = None, False
-    try:
+    state: dict[str, str | bool | None] = {"loop": None, "mounted": False}
+    payloads = {f"f{i}.bin": os.urandom(512 * 1024 + i * 4097) for i in range(8)}
+
+    async def body() -> None:
         for _ in range(100):
             if (fuse_dir / "disk").exists() or fuse.returncode is not None:
                 break
             await asyncio.sleep(0.1)
         if not (fuse_dir / "disk").exists():
-            pytest.skip(f"nbdfuse did not come up: {(await fuse.stderr.read()).decode() if fuse.stderr else ''}")
+            pytest.skip("nbdfuse did not come up")
         rc, out, err = await sh("losetup", "--direct-io=on", "-f", "--show", str(fuse_dir / "disk"), check=False)
         if rc != 0:
             pytest.skip(f"loop devices unusable: {err.strip()}")
-        loop_dev = out.strip()
+        state["loop"] = loop_dev = out.strip()
         await sh("mkfs.ext4", "-q", "-F", loop_dev)
         await sh("mount", loop_dev, str(mnt))
-        mounted = True
-        payloads = {f"f{i}.bin": os.urandom(512 * 1024 + i * 4097) for i in range(8)}
-        for name, data in payloads.items():
-            (mnt / name).write_bytes(data)
-        (mnt / "dir").mkdir()
-        (mnt / "dir" / "small.txt").write_text("lifeboat\n")
+        state["mounted"] = True
+        await asyncio.to_thread(_write_tree, mnt, payloads)
         await sh("sync")
         await sh("umount", str(mnt))
-        mounted = False
+        state["mounted"] = False
         await sh("e2fsck", "-fn", loop_dev)
         await sh("losetup", "-d", loop_dev)
-        loop_dev = None
+        state["loop"] = None
         await sh("fusermount3", "-u", str(fuse_dir))
         await asyncio.wait_for(fuse.wait(), 30)
         # The backing file itself must now hold a clean filesystem with the files.
         await sh("e2fsck", "-fn", str(img))
         await sh("mount", "-o", "loop,ro", str(img), str(mnt))
-        mounted = True
-        for name, data in payloads.items():
-            assert (mnt / name).read_bytes() == data
-        assert (mnt / "dir" / "small.txt").read_text() == "lifeboat\n"
+        state["mounted"] = True
+        await asyncio.to_thread(_check_tree, mnt, payloads)
+
+    ok = False
+    try:
+        await asyncio.wait_for(body(), 180)  # cleanup below must get its chance even if something wedges
+        ok = True
     finally:
-        if mounted:
-            await sh("umount", str(mnt), check=False)
-        if loop_dev:
-            await sh("losetup", "-d", loop_dev, check=False)
-        if fuse.returncode is None:
+        if not ok and fuse.returncode is None:
+            # Kill the FUSE daemon first: that fails any wedged I/O instead of leaving umount/losetup hanging.
+            fuse.kill()
+            await fuse.wait()
+        if state["mounted"]:
+            await sh("umount", "-l", str(mnt), check=False)
+        if state["loop"]:
+            await sh("losetup", "-d", str(state["loop"]), check=False)
+        if not ok or fuse.returncode is None:  # a killed daemon still leaves its mount behind
             await sh("fusermount3", "-u", str(fuse_dir), check=False)
+        if fuse.returncode is None:
             try:
                 await asyncio.wait_for(fuse.wait(), 10)
             except TimeoutError:
@@ -344,7 +368,7 @@ async def test_handshake_options(served):
     assert (await c.option(P.OPT_GO, struct.pack(">I", 4) + b"nope" + struct.pack(">H", 0)))[-1][0] == \
         P.REP_ERR_UNKNOWN
     assert (await c.option(P.OPT_GO, b"\x00\x00\x00\xff\x00"))[-1][0] == P.REP_ERR_INVALID  # truncated
-    assert (await c.option(P.OPT_INFO, struct.pack(">I", 4) + b"disk" + struct.pack(">HH", 1, 1)))[-1][0] == \
+    assert (await c.option(P.OPT_INFO, struct.pack(">I", 4) + b"disk" + struct.pack(">HH", 2, 1)))[-1][0] == \
         P.REP_ERR_INVALID  # request count does not match the length
     replies = await c.option(P.OPT_INFO, struct.pack(">I", 2) + b"ro" + struct.pack(">HH", 1, P.INFO_NAME))
     assert replies[-1][0] == P.REP_ACK and (P.REP_INFO, struct.pack(">H", P.INFO_NAME) + b"ro") in replies
@@ -504,7 +528,7 @@ async def test_backend_sees_client_order():
     _, port = await server.start()
     try:
         c = await RawClient.connect(port)
-        await c.go("rec")
+        await c.go("rec", 32 * MiB)
         expected, handles = [], []
         for i in range(300):  # pipelined: all requests sent before any reply is read
             kind, off = i % 6, (i * 4096) % (MiB - 8192)
@@ -542,7 +566,7 @@ async def test_backend_errors_become_error_replies(caplog):
     _, port = await server.start()
     try:
         c = await RawClient.connect(port)
-        await c.go("rec")
+        await c.go("rec", 32 * MiB)
         assert (await c.call(P.CMD_WRITE, 0, 4, payload=b"abcd"))[0] == P.NBD_ENOSPC
         assert (await c.call(P.CMD_WRITE_ZEROES, 4096, 512))[0] == P.NBD_ENOSPC
         assert (await c.call(P.CMD_READ, 8192, 512))[0] == P.NBD_EIO
@@ -562,7 +586,7 @@ async def test_stop_closes_clients_and_exports_callable(tmp_path):
     assert (await c.option(P.OPT_GO, struct.pack(">I", 1) + b"a" + struct.pack(">H", 0)))[-1][0] == \
         P.REP_ERR_UNKNOWN
     exports["a"] = FileBackend(path)  # appears while the server runs
-    await c.go("a")
+    await c.go("a", 32 * MiB)
     idle = await RawClient.connect(port, client_flags=None)
     assert await idle.closed_by_server(timeout=5)  # handshake timeout
     assert server.connections == 1
@@ -611,7 +635,7 @@ async def test_starttls_forced(tmp_path):
         cctx = ssl.create_default_context(cafile=str(cert))
         await c.w.start_tls(cctx, server_hostname="localhost")
         assert (await c.option(P.OPT_STARTTLS))[-1][0] == P.REP_ERR_INVALID
-        await c.go("t")
+        await c.go("t", 32 * MiB)
         assert (await c.call(P.CMD_WRITE, 0, 5, payload=b"hello"))[0] == 0
         assert await c.call(P.CMD_READ, 0, 5) == (0, b"hello")
         c.close()

@@ -240,14 +240,19 @@ class Appliance:
             self.db.update_machine(name, state="protected")
             self.db.add_event("protected", name, seq=cfrom)
 
-    def is_consistent(self, name: str, seq: int) -> bool:
+    def consistent_from(self, name: str) -> int | None:
+        """First seq at which every disk's replica is consistent (initial replication done), or None."""
         c = self._consistent_from.get(name)
         if c is None:
             row = self.machine_row(name)
             if row["state"] != "protected" or not row["disks"]:
-                return False
+                return None
             c = self._consistent_from[name] = max(d.get("consistent_from", 0) for d in row["disks"])
-        return seq >= c
+        return c
+
+    def is_consistent(self, name: str, seq: int) -> bool:
+        c = self.consistent_from(name)
+        return c is not None and seq >= c
 
     def set_error(self, name: str, exc: BaseException) -> None:
         err = exc.to_dict() if isinstance(exc, LifeboatError) else {"code": "LB_ERROR", "message": str(exc)}

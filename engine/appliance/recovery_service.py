@@ -59,8 +59,14 @@ def parse_time(text: str) -> float | None:
     return t.timestamp()
 
 
-def resolve_point(mv: MachineVault, spec: str, consistent: bool, latest_time: float | None = None) -> Point:
-    """latest | ID | tag:TAG | TIME (ISO 8601 or epoch seconds) → the point to recover."""
+async def resolve_point(mv: MachineVault, spec: str, consistent_from: int | None,
+                        latest_time: float | None = None) -> Point:
+    """latest | ID | tag:TAG | TIME (ISO 8601 or epoch seconds) → the point to recover.
+
+    ``consistent_from`` is the first seq at which the replica is consistent (None: not yet).
+    A TIME gives the disks as they were at that instant: after the last write captured at or before it.
+    """
+    consistent = consistent_from is not None and mv.last_seq >= consistent_from
     pts = mv.points()
     if spec == "latest":
         if not consistent or not pts:
@@ -81,11 +87,13 @@ def resolve_point(mv: MachineVault, spec: str, consistent: bool, latest_time: fl
             return p
     t = parse_time(spec)
     if t is not None and not spec.startswith(("c-", "a-")):
-        before = [p for p in pts if p.time <= t]
-        if not before:
-            raise UnknownPoint(f"no recovery point at or before {spec} (history starts "
-                               f"{dt.datetime.fromtimestamp(pts[0].time, dt.timezone.utc).isoformat() if pts else 'nowhere'})")
-        return before[-1]
+        found = await mv.seq_at_time(t)
+        if found is None or consistent_from is None or found[0] < consistent_from:
+            start = dt.datetime.fromtimestamp(pts[0].time, dt.timezone.utc).isoformat() if pts else "nowhere"
+            raise UnknownPoint(f"no recoverable state at {spec} (history starts {start})")
+        seq, _ = found
+        exact = [p for p in pts if p.seq == seq]
+        return exact[0] if exact else Point(f"t-{seq}", seq, t, "crash-consistent", None)
     raise UnknownPoint(f"no recovery point {spec!r}")
 
 
@@ -155,8 +163,8 @@ class RecoveryService:
         rt = self.app.runtimes.get(machine)
         if rt is None or not row["protected"]:
             raise NotReady(f"machine {machine!r} is not protected")
-        point = resolve_point(rt.vault, spec, self.app.is_consistent(machine, rt.vault.last_seq),
-                              rt.last_applied_ts if rt.last_applied_seq == rt.vault.last_seq else None)
+        point = await resolve_point(rt.vault, spec, self.app.consistent_from(machine),
+                                    rt.last_applied_ts if rt.last_applied_seq == rt.vault.last_seq else None)
         host, port = "", 0
         if nbd is not None:
             host, _, p = nbd.rpartition(":")

@@ -100,6 +100,15 @@ class MachineVault(abc.ABC):
     async def open_view(self, seq: int, disk: int) -> DiskView:
         """The disk as it was right after record ``seq``. base_seq <= seq <= last_seq, else UnknownPoint."""
 
+    async def seq_at_time(self, t: float) -> tuple[int, float] | None:
+        """(seq, capture time) of the newest record captured at or before ``t`` (epoch seconds), within history.
+
+        Backends that keep per-record times answer to the record (any point in time); this default answers to
+        the newest point at or before ``t``.
+        """
+        before = [p for p in self.points() if p.time <= t]
+        return (before[-1].seq, before[-1].time) if before else None
+
     @abc.abstractmethod
     async def prune(self, keep_from_seq: int) -> None:
         """Drop history before ``keep_from_seq`` (fold it into the replica); drop points older than it."""

@@ -504,6 +504,22 @@ class LocalMachineVault(MachineVault):
             raise
         return LocalDiskView(self, seq, disk, info.size, emap)
 
+    async def seq_at_time(self, t: float) -> tuple[int, float] | None:
+        """Any point in time: the newest record captured at or before ``t``, scanning record headers only."""
+        self._check_open()
+        return await self._run(self._seq_at_time_sync, int(t * 1e9))
+
+    def _seq_at_time_sync(self, t_ns: int) -> tuple[int, float] | None:
+        best: tuple[int, float] | None = None
+        for e in self._journal.iter_entries(self._base_seq, self._last_seq):
+            if e.rec.ts_ns > t_ns:
+                break
+            best = (e.rec.seq, e.rec.ts_ns / 1e9)
+        if best is None:
+            base = [p for p in self.points() if p.seq == self._base_seq and p.time <= t_ns / 1e9]
+            return (self._base_seq, base[0].time) if base else None
+        return best
+
     def _build_map(self, seq: int, disk: int) -> ExtentMap:
         emap = ExtentMap()
         for e in self._journal.iter_entries(self._base_seq, seq):

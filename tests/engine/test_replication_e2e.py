@@ -4,7 +4,9 @@ source at that moment, both as exported raw images and through the drill's NBD e
 
 from __future__ import annotations
 
+import datetime as dt
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,7 @@ async def test_every_point_fails_over_byte_identical(tmp_path: Path) -> None:
 
         history: dict[int, dict[str, str]] = {}   # seq → sha256 of every disk right after it
         bookmarks: dict[str, int] = {}
+        moments: list[tuple[float, dict[str, str]]] = []
         for i in range(10):
             for _ in range(rnd.randint(1, 2)):
                 disk = rnd.choice(list(src))
@@ -56,6 +59,7 @@ async def test_every_point_fails_over_byte_identical(tmp_path: Path) -> None:
                 bookmarks[f"bm{i}"] = bm["seq"]
             seq = await site.wait_caught_up()
             history[seq] = {n: sha256_file(p) for n, p in src.items()}
+            moments.append((time.time(), history[seq]))  # between this step's last write and the next's first
             # Quiet until a crash-consistent point lands exactly here.
             await site.wait_for(lambda: any(p.seq == seq for p in rt.vault.points()), 10, "crash point")
 
@@ -81,6 +85,10 @@ async def test_every_point_fails_over_byte_identical(tmp_path: Path) -> None:
         assert checked_crash >= 5
         chosen.append(("latest", {n: sha256_file(q) for n, q in src.items()}))
         chosen += [(f"tag:{t}", history[max(s for s in history if s <= bookmarks[t])]) for t in bookmarks]
+        # Any point in time, not only listed points: the disks as they were at an instant (ISO 8601 or epoch).
+        for k, (t, want) in enumerate(moments[1::3]):
+            spec = dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat() if k % 2 else f"{t:.6f}"
+            chosen.append((spec, want))
 
         for spec, want in chosen:
             out = tmp_path / "export"

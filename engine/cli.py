@@ -158,10 +158,11 @@ def cmd_policy_set(a: argparse.Namespace) -> int:
     body = {k: (parse_duration(v, what=k) if v is not None else None) for k, v in
             (("rpo_threshold", a.rpo_threshold), ("retention", a.retention),
              ("app_consistent", a.app_consistent), ("crash_interval", a.crash_interval))}
+    body["resync_window"] = a.resync_window
     p = _client(a).call("PUT", f"/v1/policies/{a.name}", body)
     _print(p if a.json else f"policy {p['name']}: rpo-threshold {format_duration(p['rpo_threshold'])}, "
            f"retention {format_duration(p['retention'])}, app-consistent {format_duration(p['app_consistent'])}, "
-           f"crash-interval {format_duration(p['crash_interval'])}", a.json)
+           f"crash-interval {format_duration(p['crash_interval'])}, resync-window {p['resync_window']}", a.json)
     return 0
 
 
@@ -269,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = pol.add_parser("set"); home(s); s.add_argument("name")
     for o in ("--rpo-threshold", "--retention", "--app-consistent", "--crash-interval"):
         s.add_argument(o)
+    s.add_argument("--resync-window", help="HH:MM-HH:MM local time for scheduled resyncs, or 'always'")
     s.set_defaults(fn=cmd_policy_set)
     s = sub.add_parser("status"); home(s); s.set_defaults(fn=cmd_status)
     s = sub.add_parser("points"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_points)

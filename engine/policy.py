@@ -42,6 +42,7 @@ class Policy:
     retention: float = 24 * 3600.0       # seconds of history kept
     app_consistent: float = 3600.0       # seconds between app-consistent bookmarks (1–12 h in ASR; any here)
     crash_interval: float = 5.0          # seconds between crash-consistent points
+    resync_window: str = "22:00-06:00"   # local time window for scheduled resyncs ("HH:MM-HH:MM"; "always")
 
     def validate(self) -> Policy:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
@@ -52,10 +53,25 @@ class Policy:
                                advice="Choose --crash-interval shorter than --retention.")
         if self.rpo_threshold < 1:
             raise InvalidInput("RPO threshold must be at least 1s")
+        parse_window(self.resync_window)
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def parse_window(text: str) -> tuple[int, int] | None:
+    """'22:00-06:00' → (minute of day start, end); 'always' → None (any time)."""
+    if text == "always":
+        return None
+    m = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)", text or "")
+    if not m:
+        raise InvalidInput(f"resync window {text!r} is not HH:MM-HH:MM",
+                           advice="Use e.g. 22:00-06:00 (outside business hours), or 'always'.")
+    a, b = int(m[1]) * 60 + int(m[2]), int(m[3]) * 60 + int(m[4])
+    if a == b:
+        raise InvalidInput("resync window is empty (start equals end)", advice="Use 'always' for any time.")
+    return a, b
 
 
 def health_for(rpo_seconds: float, threshold: float, state: str) -> str:

@@ -124,6 +124,8 @@ class ControlAPI:
         for field in ("rpo_threshold", "retention", "app_consistent", "crash_interval"):
             if b.get(field) is not None:
                 setattr(base, field, parse_duration(b[field], what=field.replace("_", "-")))
+        if b.get("resync_window") is not None:
+            base.resync_window = str(b["resync_window"])
         return web.json_response(self.app.set_policy(base).to_dict())
 
     async def points(self, request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS policies (
     name TEXT PRIMARY KEY, rpo_threshold REAL NOT NULL, retention REAL NOT NULL,
-    app_consistent REAL NOT NULL, crash_interval REAL NOT NULL);
+    app_consistent REAL NOT NULL, crash_interval REAL NOT NULL, resync_window TEXT NOT NULL DEFAULT '22:00-06:00');
 CREATE TABLE IF NOT EXISTS machines (
     name TEXT PRIMARY KEY, cert_serial TEXT NOT NULL, registered REAL NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0, protected INTEGER NOT NULL DEFAULT 0,
@@ -54,8 +54,8 @@ class StateDB:
     # policies
     def put_policy(self, p: Policy) -> None:
         p.validate()
-        self.db.execute("INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?)",
-                        (p.name, p.rpo_threshold, p.retention, p.app_consistent, p.crash_interval))
+        self.db.execute("INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?)",
+                        (p.name, p.rpo_threshold, p.retention, p.app_consistent, p.crash_interval, p.resync_window))
 
     def policy(self, name: str) -> Policy:
         row = self.db.execute("SELECT * FROM policies WHERE name=?", (name,)).fetchone()

@@ -1,14 +1,19 @@
-"""NBD wire-protocol constants and struct layouts (fixed newstyle handshake, simple replies).
+"""NBD wire protocol: constants, struct layouts, and the buffered asyncio protocol that frames a connection.
 
-Everything here is big-endian ("network byte order") as the NBD specification
+Everything on the wire is big-endian ("network byte order") as the NBD specification
 (github.com/NetworkBlockDevice/nbd, ``doc/proto.md``) requires. Only what Lifeboat's server speaks is defined,
 plus the handful of option/command numbers it must recognise in order to refuse them properly.
+:class:`WireProtocol` is the byte-level half of a connection (exact reads, zero-copy payload reads, write
+back-pressure); the NBD logic lives in :mod:`engine.nbd.server`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import ssl
 import struct
+from collections.abc import Callable
 from typing import Final
 
 # --- Handshake -------------------------------------------------------------------------------------------------
@@ -157,3 +162,198 @@ SIMPLE_REPLY: Final = struct.Struct(">IIQ")
 
 #: Longest string (export name, error message) the spec allows.
 MAX_STRING: Final = 4096
+
+
+# --- Connection framing ----------------------------------------------------------------------------------------
+
+class WireProtocol(asyncio.BufferedProtocol):
+    """One connection's byte stream, read with as few copies as asyncio allows.
+
+    Small reads (headers, option data) come out of a staging buffer that the socket is read into in large
+    chunks, so pipelined requests cost one ``recv`` for many headers. Large payloads are read with
+    :meth:`read_into`: whatever is already staged is copied once, and the rest is received straight into the
+    caller's buffer (``recv_into``), so WRITE data is never copied twice or buffered without bound. Reading pauses
+    while the staging buffer is nearly full; :meth:`drain` waits only while the transport's send buffer is above
+    its high-water mark. One coroutine reads at a time (the connection handler).
+    """
+
+    STAGING = 512 * 1024
+    MIN_FREE = 64 * 1024
+
+    def __init__(self, on_connect: Callable[["WireProtocol"], None]) -> None:
+        self._on_connect = on_connect
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray(self.STAGING)
+        self._view = memoryview(self._buf)
+        self._start = 0                       # staged, unconsumed bytes are _buf[_start:_end]
+        self._end = 0
+        self._target: memoryview | None = None  # set while read_into() receives directly into a payload
+        self._need = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._lost = False
+        self._exc: BaseException | None = None
+        self._read_paused = False
+        self.write_paused = False
+
+    # -- asyncio callbacks ------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
+        self.transport = transport  # type: ignore[assignment]
+        self._on_connect(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+        self._eof = self._lost = True
+        self._exc = exc
+        self._wake()
+        self._wake_drain()
+
+    def eof_received(self) -> bool:  # noqa: D102
+        self._eof = True
+        self._wake()
+        return False  # close our side too: NBD has no half-closed state
+
+    def pause_writing(self) -> None:  # noqa: D102
+        self.write_paused = True
+
+    def resume_writing(self) -> None:  # noqa: D102
+        self.write_paused = False
+        self._wake_drain()
+
+    def get_buffer(self, sizehint: int) -> memoryview:  # noqa: D102
+        if self._target is not None:
+            return self._target
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif len(self._buf) - self._end < self.MIN_FREE and self._start:
+            n = self._end - self._start  # move the unconsumed tail to the front (memoryview copies handle overlap)
+            self._view[:n] = self._view[self._start:self._end]
+            self._start, self._end = 0, n
+        if self._end == len(self._buf):  # only if a reader ignored pause_reading(): grow rather than fail
+            new = bytearray(2 * len(self._buf))
+            new[: self._end] = self._view[: self._end]
+            self._view.release()
+            self._buf, self._view = new, memoryview(new)
+        return self._view[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:  # noqa: D102
+        target = self._target
+        if target is not None:
+            if nbytes >= len(target):
+                self._target = None
+                self._wake()
+            else:
+                self._target = target[nbytes:]
+            return
+        self._end += nbytes
+        if self._waiter is not None and self._end - self._start >= self._need:
+            self._wake()
+        if not self._read_paused and len(self._buf) - (self._end - self._start) < self.MIN_FREE:
+            self._read_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _wake_drain(self) -> None:
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _wait(self, need: int) -> None:
+        if self._exc is not None:
+            raise self._exc
+        if self._eof:
+            raise asyncio.IncompleteReadError(b"", need)
+        self._need = need
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _consumed(self) -> None:
+        if self._read_paused and len(self._buf) - (self._end - self._start) >= 2 * self.MIN_FREE:
+            self._read_paused = False
+            if not self._lost:
+                self.transport.resume_reading()  # type: ignore[union-attr]
+
+    async def readexactly(self, n: int) -> bytes:
+        """Return exactly ``n`` bytes (``n`` at most a few hundred KiB); ``IncompleteReadError`` at EOF."""
+        if n > len(self._buf) - self.MIN_FREE:
+            raise ValueError("readexactly() is for small reads; use read_into()")
+        while self._end - self._start < n:
+            await self._wait(n)
+        start = self._start
+        self._start = start + n
+        data = bytes(self._view[start:start + n])
+        self._consumed()
+        return data
+
+    async def read_into(self, dest: memoryview) -> None:
+        """Fill ``dest`` completely from the stream, receiving directly into it once staged data is used up."""
+        staged = min(self._end - self._start, len(dest))
+        if staged:
+            dest[:staged] = self._view[self._start:self._start + staged]
+            self._start += staged
+            self._consumed()
+        if staged == len(dest):
+            return
+        self._target = dest[staged:]
+        try:
+            while self._target is not None:
+                await self._wait(len(self._target))
+        finally:
+            self._target = None
+
+    async def skip(self, n: int) -> None:
+        """Consume and drop ``n`` bytes without ever holding more than the staging buffer."""
+        while n > 0:
+            if self._start == self._end:
+                await self._wait(1)
+                continue
+            k = min(n, self._end - self._start)
+            self._start += k
+            n -= k
+            self._consumed()
+
+    # -- writing ----------------------------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` for sending (never blocks)."""
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    async def drain(self) -> None:
+        """Wait while the send buffer is above its high-water mark; raise if the connection is gone."""
+        if self._lost:
+            raise ConnectionResetError("connection lost")
+        if self.write_paused:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+            if self._lost:
+                raise ConnectionResetError("connection lost")
+
+    async def start_tls(self, ctx: ssl.SSLContext) -> None:
+        """Upgrade to TLS (server side); bytes the client sent before its ClientHello are a protocol error."""
+        if self._start != self._end:
+            raise ConnectionError("client sent data before the TLS handshake")
+        self.transport = await asyncio.get_running_loop().start_tls(
+            self.transport, self, ctx, server_side=True)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close after queued data is sent."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping queued data."""
+        if self.transport is not None:
+            self.transport.abort()

@@ -31,6 +31,8 @@ BATCH_BYTES = 4 * 1024 * 1024
 SYNC_CHUNK = 1024 * 1024
 MAX_IN_FLIGHT = 8
 HOOK_TIMEOUT = 30.0
+#: No frame from the process server for this long (it answers every heartbeat) means the link is stalled.
+LINK_TIMEOUT = 10.0
 
 
 class Agent:
@@ -173,7 +175,10 @@ class Agent:
 
     async def _receive(self, reader: asyncio.StreamReader) -> None:
         while True:
-            kind, body = await read_frame(reader)
+            try:
+                kind, body = await asyncio.wait_for(read_frame(reader), LINK_TIMEOUT)
+            except TimeoutError:
+                raise TimeoutError(f"no answer from the process server for {LINK_TIMEOUT:.0f}s (link stalled)") from None
             msg = parse_json(body)
             if kind == Frame.ACK:
                 self.acked_seq = max(self.acked_seq, int(msg["last_seq"]))

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 30.0
+#: Agents send a heartbeat every second; silence this long means the link is gone (or stalled).
+IDLE_TIMEOUT = 30.0
 
 
 class AgentConnection:
@@ -126,12 +128,14 @@ class ProcessServer:
         loop = asyncio.get_running_loop()
         disks = {d["index"]: d["size"] for d in self.app.machine_row(rt.name)["disks"]}
         while True:
-            kind, body = await read_frame(conn.reader)
+            kind, body = await asyncio.wait_for(read_frame(conn.reader), IDLE_TIMEOUT)
             rt.last_seen = time.monotonic()
             if kind == Frame.HEARTBEAT:
                 hb = parse_json(body)
                 rt.agent_pending_ns = int(hb.get("oldest_pending_ns") or 0)
                 rt.agent_stats = hb
+                # Answering every heartbeat lets the agent tell a stalled link from a quiet one.
+                write_json(conn.writer, Frame.ACK, {"batch": 0, "last_seq": rt.cache.last_seq})
                 continue
             if kind != Frame.BATCH:
                 raise ProtocolError(f"unexpected frame {kind.name} from agent")

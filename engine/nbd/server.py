@@ -3,8 +3,9 @@
 Lifeboat exposes disks (replicas, recovery points, drill clones) to real NBD clients (qemu, nbdcopy, nbdfuse, a
 booting VM) through this server. Every command reaches the backend in exactly the order the client sent it,
 because backends may capture writes as a replication stream. Requests of one connection are therefore handled
-one at a time; speed comes from large socket reads (big ``StreamReader`` limit), replies that are written without
-waiting for the peer unless the send buffer is high, and no copies beyond what ``asyncio`` itself makes.
+one at a time; speed comes from :class:`~engine.nbd.protocol.WireProtocol` (pipelined headers read in large
+chunks, WRITE payloads received straight into their buffer) and from replies that are queued without waiting for
+the peer unless the send buffer is high.
 
 Bad input never crashes the server, never affects other connections and never changes data: malformed requests get
 the error the spec asks for, and a client that breaks framing (bad magic, garbage handshake, absurd payload) is
@@ -84,8 +85,7 @@ _HANDSHAKE_FLAGS = P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES
 _MAX_OPTION_DATA = 64 * 1024             # far more than any valid option (names are <= 4096 bytes)
 _MAX_OPTION_DISCARD = 1024 * 1024        # larger option payloads are a DoS attempt: disconnect
 _ABSURD_SLACK = 64 * 1024 * 1024         # WRITE payload this far over max_request: disconnect, don't even discard
-_DISCARD_CHUNK = 1024 * 1024
-_WRITE_HIGH = 8 * 1024 * 1024            # await drain() only when this much reply data is queued
+_WRITE_HIGH = 8 * 1024 * 1024            # drain() waits only while this much reply data is queued
 _SMALL_REPLY = 64 * 1024                 # below this, header and data go out as one buffer (one send syscall)
 
 # Flags each command accepts (FUA is valid on every command once SEND_FUA is advertised, per the spec).
@@ -121,7 +121,7 @@ class NBDServer:
         self.handshake_timeout = handshake_timeout
         self._server: asyncio.base_events.Server | None = None
         self._address: tuple[str, int] | None = None
-        self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._handlers: dict[asyncio.Task[None], P.WireProtocol] = {}
         self._closing = False
 
     # -- lifecycle --------------------------------------------------------------------------------------------
@@ -131,10 +131,9 @@ class NBDServer:
         if self._server is not None:
             raise RuntimeError("server already started")
         self._closing = False
-        # A big limit lets the transport keep reading while a request is processed (StreamReader pauses the
-        # socket at 2 * limit); large WRITE payloads then arrive already buffered.
-        self._server = await asyncio.start_server(self._on_connect, host, port, limit=4 * 1024 * 1024,
-                                                  reuse_address=True)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: P.WireProtocol(self._on_connect), host, port,
+                                                reuse_address=True)
         sockname = self._server.sockets[0].getsockname()
         self._address = (sockname[0], sockname[1])
         self.log.info("%s: NBD server listening on %s:%d", self.name, *self._address)
@@ -150,13 +149,13 @@ class NBDServer:
         if self._server is not None:
             self._server.close()
         handlers = list(self._handlers.items())
-        for _, writer in handlers:
-            writer.close()
+        for _, wire in handlers:
+            wire.close()
         if handlers:
             _, pending = await asyncio.wait([task for task, _ in handlers], timeout=grace)
-            for task, writer in handlers:
+            for task, wire in handlers:
                 if task in pending:  # stuck on a backend call or on a peer that stopped reading
-                    writer.transport.abort()
+                    wire.abort()
                     task.cancel()
             await asyncio.gather(*(task for task, _ in handlers), return_exceptions=True)
         if self._server is not None:
@@ -189,16 +188,20 @@ class NBDServer:
 
     # -- connection -------------------------------------------------------------------------------------------
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        peer = writer.get_extra_info("peername")
+    def _on_connect(self, wire: P.WireProtocol) -> None:
+        """``connection_made`` callback: start the connection's handler task."""
         if self._closing:
-            writer.transport.abort()
+            wire.abort()
             return
-        self._handlers[task] = writer
+        wire.transport.set_write_buffer_limits(high=_WRITE_HIGH)  # type: ignore[union-attr]
+        task = asyncio.get_running_loop().create_task(self._serve(wire))
+        self._handlers[task] = wire
+
+    async def _serve(self, wire: P.WireProtocol) -> None:
+        task = asyncio.current_task()
+        peer = wire.transport.get_extra_info("peername")  # type: ignore[union-attr]
         try:
-            conn = _Connection(self, reader, writer, f"{self.name} {peer}")
+            conn = _Connection(self, wire, f"{self.name} {peer}")
             export = await conn.handshake()
             if export is not None:
                 self.log.info("%s %s: serving export %r (%d bytes, flags 0x%x)", self.name, peer, export.name,
@@ -215,19 +218,17 @@ class NBDServer:
         except Exception:  # a bug in this module must cost one connection, never the server
             self.log.exception("%s %s: unexpected error, connection dropped", self.name, peer)
         finally:
-            self._handlers.pop(task, None)
+            self._handlers.pop(task, None)  # type: ignore[arg-type]
             # close() flushes queued replies (e.g. the error reply before a protocol disconnect) then closes.
-            writer.close()
+            wire.close()
 
 
 class _Connection:
     """One client's session: handshake, then the request loop."""
 
-    def __init__(self, server: NBDServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 tag: str) -> None:
+    def __init__(self, server: NBDServer, wire: P.WireProtocol, tag: str) -> None:
         self.server = server
-        self.reader = reader
-        self.writer = writer
+        self.wire = wire
         self.tag = tag
         self.log = server.log
         self.tls = False
@@ -235,33 +236,33 @@ class _Connection:
     # -- handshake --------------------------------------------------------------------------------------------
 
     def _reply(self, opt: int, rep: int, data: bytes = b"") -> None:
-        self.writer.write(P.OPTION_REPLY.pack(P.REPLY_MAGIC, opt, rep, len(data)) + data)
+        self.wire.write(P.OPTION_REPLY.pack(P.REPLY_MAGIC, opt, rep, len(data)) + data)
 
     def _error(self, opt: int, rep: int, message: str) -> None:
         self._reply(opt, rep, message.encode()[: P.MAX_STRING])
 
     async def handshake(self) -> _Export | None:
         """Run option haggling; return the export to serve, or ``None`` when the client aborted."""
-        server, reader = self.server, self.reader
+        server, wire = self.server, self.wire
         async with asyncio.timeout(server.handshake_timeout):
-            self.writer.write(P.HANDSHAKE.pack(P.NBDMAGIC, P.IHAVEOPT, _HANDSHAKE_FLAGS))
-            (cflags,) = P.CLIENT_FLAGS.unpack(await reader.readexactly(P.CLIENT_FLAGS.size))
+            wire.write(P.HANDSHAKE.pack(P.NBDMAGIC, P.IHAVEOPT, _HANDSHAKE_FLAGS))
+            (cflags,) = P.CLIENT_FLAGS.unpack(await wire.readexactly(P.CLIENT_FLAGS.size))
             if cflags & ~P.CLIENT_FLAGS_KNOWN:
                 raise _Disconnect(f"unknown client flags 0x{cflags:x}")
             no_zeroes = bool(cflags & P.FLAG_C_NO_ZEROES)
             # Clients that do not set C_FIXED_NEWSTYLE are served fixed newstyle anyway (the spec allows it);
             # they only ever send EXPORT_NAME.
             while True:
-                magic, opt, length = P.OPTION_HEADER.unpack(await reader.readexactly(P.OPTION_HEADER.size))
+                magic, opt, length = P.OPTION_HEADER.unpack(await wire.readexactly(P.OPTION_HEADER.size))
                 if magic != P.IHAVEOPT:
                     raise _Disconnect(f"bad option magic 0x{magic:x}")
                 if length > _MAX_OPTION_DATA:
                     if length > _MAX_OPTION_DISCARD or opt == P.OPT_EXPORT_NAME:
                         raise _Disconnect(f"option {opt} with {length} bytes of data")
-                    await _discard(reader, length)
+                    await wire.skip(length)
                     self._error(opt, P.REP_ERR_TOO_BIG, "option data too large")
                     continue
-                data = await reader.readexactly(length)
+                data = await wire.readexactly(length)
                 if server.ssl_context is not None and not self.tls and opt not in (P.OPT_STARTTLS, P.OPT_ABORT):
                     if opt == P.OPT_EXPORT_NAME:  # cannot be answered with an error: the spec says hang up
                         raise _Disconnect("NBD_OPT_EXPORT_NAME before TLS")
@@ -285,7 +286,7 @@ class _Connection:
                     await self._opt_starttls(data)
                 else:  # STRUCTURED_REPLY, meta contexts, extended headers, unknown: simple replies only
                     self._error(opt, P.REP_ERR_UNSUP, f"option {opt} is not supported")
-                await self.writer.drain()
+                await wire.drain()
 
     def _make_export(self, name: str) -> _Export | None:
         backend = self.server._lookup(name)
@@ -293,11 +294,15 @@ class _Connection:
             return None
         flags = (P.FLAG_HAS_FLAGS | P.FLAG_SEND_FLUSH | P.FLAG_SEND_FUA | P.FLAG_SEND_TRIM
                  | P.FLAG_SEND_WRITE_ZEROES)  # never CAN_MULTI_CONN: ordering is per connection only
-        if backend.read_only:
-            flags |= P.FLAG_READ_ONLY
-        size = int(backend.size)
-        if not 0 <= size < 1 << 63:
-            raise _Disconnect(f"export {name!r} reports an invalid size {size}")
+        try:
+            if backend.read_only:
+                flags |= P.FLAG_READ_ONLY
+            size = int(backend.size)
+            if not 0 <= size < 1 << 63:
+                raise ValueError(f"invalid size {size}")
+        except Exception as e:  # a broken export is unavailable; it must not take the connection down with it
+            self.log.warning("%s: export %r is unavailable: %r", self.tag, name, e)
+            return None
         return _Export(name, backend, size, flags)
 
     def _opt_export_name(self, data: bytes, no_zeroes: bool) -> _Export:
@@ -309,7 +314,7 @@ class _Connection:
         if export is None:  # NBD_OPT_EXPORT_NAME has no error reply: the spec mandates a disconnect
             raise _Disconnect(f"unknown export {name!r}")
         reply = P.EXPORT_NAME_REPLY.pack(export.size, export.flags)
-        self.writer.write(reply if no_zeroes else reply + P.EXPORT_NAME_PAD)
+        self.wire.write(reply if no_zeroes else reply + P.EXPORT_NAME_PAD)
         return export
 
     def _opt_list(self, data: bytes) -> None:
@@ -364,17 +369,16 @@ class _Connection:
             self._error(P.OPT_STARTTLS, P.REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data")
         else:
             self._reply(P.OPT_STARTTLS, P.REP_ACK)
-            await self.writer.start_tls(ctx)  # drains the ACK first; a failed TLS handshake ends the session
+            await self.wire.start_tls(ctx)  # the ACK goes out first; a failed TLS handshake ends the session
             self.tls = True
 
     # -- transmission -----------------------------------------------------------------------------------------
 
     async def transmission(self, export: _Export) -> None:
         """Serve requests one at a time, in order, until NBD_CMD_DISC or the connection ends."""
-        reader, writer = self.reader, self.writer
-        transport = writer.transport  # after STARTTLS this is the TLS transport
-        readexactly = reader.readexactly
-        send = transport.write
+        wire = self.wire
+        readexactly = wire.readexactly
+        send = wire.transport.write  # type: ignore[union-attr]  # after STARTTLS this is the TLS transport
         unpack = P.REQUEST.unpack
         reply = P.SIMPLE_REPLY.pack
         MAGIC, RMAGIC = P.REQUEST_MAGIC, P.SIMPLE_REPLY_MAGIC
@@ -388,16 +392,18 @@ class _Connection:
             if magic != MAGIC:
                 raise _Disconnect(f"bad request magic 0x{magic:x}")
             err = 0
-            payload: bytes | None = None
+            payload: bytearray | None = None
             if cmd == P.CMD_WRITE:
                 # The payload must be consumed whatever the verdict, or framing is lost.
                 if length > max_req:
                     if length > max_req + _ABSURD_SLACK:
                         raise _Disconnect(f"WRITE of {length} bytes (limit {max_req})")
-                    await _discard(reader, length)
+                    await wire.skip(length)
                     err = EINVAL
                 else:
-                    payload = await readexactly(length)
+                    # A fresh buffer per request: the backend may keep a reference to the data it is given.
+                    payload = bytearray(length)
+                    await wire.read_into(memoryview(payload))
             elif cmd == P.CMD_DISC:
                 self.log.debug("%s: client disconnected (NBD_CMD_DISC)", self.tag)
                 return
@@ -425,12 +431,12 @@ class _Connection:
                     err = self._failure(e, "READ")
                 else:
                     if length < _SMALL_REPLY:
-                        send(reply(RMAGIC, 0, handle) + data)
+                        send(b"".join((reply(RMAGIC, 0, handle), data)))  # any bytes-like the backend returned
                     else:
                         send(reply(RMAGIC, 0, handle))
                         send(data)
-                    if transport.get_write_buffer_size() > _WRITE_HIGH:
-                        await writer.drain()
+                    if wire.write_paused:
+                        await wire.drain()
                     continue
             elif cmd == P.CMD_WRITE:
                 assert payload is not None
@@ -450,8 +456,8 @@ class _Connection:
             if err:
                 self.log.debug("%s: %s offset=%d length=%d flags=0x%x -> error %d", self.tag,
                                P.CMD_NAMES.get(cmd, cmd), offset, length, flags, err)
-            if transport.get_write_buffer_size() > _WRITE_HIGH:
-                await writer.drain()
+            if wire.write_paused:
+                await wire.drain()
 
     async def _call(self, what: str, fn: Callable[..., Awaitable[None]], *args: object,
                     **kwargs: object) -> int:
@@ -473,10 +479,3 @@ class _Connection:
         self.log.error("%s: backend %s raised %r", self.tag, what, e, exc_info=e)
         return P.NBD_EIO
 
-
-async def _discard(reader: asyncio.StreamReader, length: int) -> None:
-    """Read and drop ``length`` bytes in bounded chunks (never buffer a whole oversized payload)."""
-    while length > 0:
-        n = min(length, _DISCARD_CHUNK)
-        await reader.readexactly(n)
-        length -= n

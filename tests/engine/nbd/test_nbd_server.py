@@ -9,10 +9,8 @@ import asyncio
 import errno
 import hashlib
 import os
-import shutil
 import ssl
 import struct
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -500,7 +498,8 @@ class RecordingBackend:
 
     async def _op(self, *rec) -> None:
         self.ops.append(rec)
-        await asyncio.sleep(os.urandom(1)[0] / 256_000)
+        r = os.urandom(1)[0]
+        await asyncio.sleep(r / 128_000 if r < 32 else 0)  # sometimes really yield to the loop
         exc = self.fail.get(rec[1] if len(rec) > 1 else -1)
         if exc is not None:
             raise exc
@@ -530,10 +529,11 @@ async def test_backend_sees_client_order():
         c = await RawClient.connect(port)
         await c.go("rec", 32 * MiB)
         expected, handles = [], []
-        for i in range(300):  # pipelined: all requests sent before any reply is read
+        n = 3000  # pipelined, all sent before any reply is read: several MiB, more than the server stages
+        for i in range(n):
             kind, off = i % 6, (i * 4096) % (MiB - 8192)
             if kind in (0, 4):
-                payload = i.to_bytes(4, "big") * 256
+                payload = i.to_bytes(4, "big") * 1024
                 handles.append(c.send(P.CMD_WRITE, off, len(payload), P.CMD_FLAG_FUA * (i % 2), payload))
                 expected.append(("write", off, payload, bool(i % 2)))
             elif kind == 1:
@@ -549,7 +549,7 @@ async def test_backend_sees_client_order():
                 handles.append(c.send(P.CMD_READ, off, 512))
                 expected.append(("read", off, 512))
         got = []
-        for i in range(300):
+        for i in range(n):
             err, h, data = await c.reply(512 if i % 6 == 5 else 0)
             assert err == 0
             got.append(h)
@@ -557,6 +557,27 @@ async def test_backend_sees_client_order():
         assert backend.ops == expected
     finally:
         await server.stop()
+
+
+async def test_fragmented_and_coalesced_requests(served):
+    c = await RawClient.connect(served.port)
+    await c.go()
+    reqs = b"".join(P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_WRITE, h, h * 8192, 5000) + bytes([h]) * 5000
+                    for h in (1, 2, 3))
+    wire = reqs + P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_READ, 4, 8192, 3 * 8192)
+    for i in range(0, len(wire), 997):  # dribbled across many small TCP segments
+        c.w.write(wire[i:i + 997])
+        await c.w.drain()
+        await asyncio.sleep(0.001)
+    assert [(await c.reply())[:2] for _ in range(3)] == [(0, 1), (0, 2), (0, 3)]
+    err, handle, data = await c.reply(3 * 8192)
+    assert (err, handle) == (0, 4)
+    for h in (1, 2, 3):
+        assert data[(h - 1) * 8192:(h - 1) * 8192 + 5000] == bytes([h]) * 5000
+    c.w.write(reqs)  # and all coalesced into one segment
+    assert [(await c.reply())[:2] for _ in range(3)] == [(0, 1), (0, 2), (0, 3)]
+    disk = served.path.read_bytes()
+    assert all(disk[h * 8192:h * 8192 + 5000] == bytes([h]) * 5000 for h in (1, 2, 3))
 
 
 async def test_backend_errors_become_error_replies(caplog):
@@ -594,6 +615,26 @@ async def test_stop_closes_clients_and_exports_callable(tmp_path):
     assert await c.closed_by_server()
     assert server.connections == 0
     exports["a"].close()
+
+
+async def test_stop_gives_up_on_a_stuck_backend():
+    backend = RecordingBackend()
+    started = asyncio.Event()
+
+    async def hang() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    backend.flush = hang  # type: ignore[method-assign]
+    server = NBDServer({"rec": backend})
+    _, port = await server.start()
+    c = await RawClient.connect(port)
+    await c.go("rec", 32 * MiB)
+    c.send(P.CMD_FLUSH)
+    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(server.stop(grace=0.2), 5)
+    assert server.connections == 0
+    assert await c.closed_by_server()
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:

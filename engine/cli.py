@@ -218,6 +218,30 @@ def cmd_failover(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resync(a: argparse.Namespace) -> int:
+    c = _client(a)
+    rs = c.call("POST", f"/v1/machines/{a.machine}/resync", {"now": a.now})
+    if a.json:
+        _print(rs, True)
+        return 0
+    if rs.get("scheduled_for") and not a.now:
+        when = dt.datetime.fromtimestamp(rs["scheduled_for"]).astimezone().isoformat(timespec="minutes")
+        print(f"resync of {a.machine} scheduled for {when} (policy resync window); use --now to start it now")
+        return 0
+    while True:  # show progress until done
+        st = c.call("GET", "/v1/status")
+        m = next((x for x in st["machines"] if x["name"] == a.machine), None)
+        if m is None or not m["resync"]["required"]:
+            _progress(1.0, f"resync {a.machine}")
+            break
+        _progress(m["resync"]["progress"], f"resync {a.machine}")
+        if not sys.stderr.isatty():
+            print(f"resync of {a.machine} started ({m['resync']['reason']})")
+            break
+        time.sleep(0.5)
+    return 0
+
+
 def cmd_failover_cleanup(a: argparse.Namespace) -> int:
     r = _client(a).call("POST", f"/v1/machines/{a.machine}/failover-cleanup")
     _print(r if a.json else f"drill of {a.machine} cleaned up", a.json)
@@ -278,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test", action="store_true"); s.add_argument("--point", default="latest")
     g = s.add_mutually_exclusive_group(required=True); g.add_argument("--export", metavar="DIR")
     g.add_argument("--nbd", metavar="HOST:PORT"); s.set_defaults(fn=cmd_failover)
+    s = sub.add_parser("resync", help="compare checksums and send only differing blocks")
+    home(s); s.add_argument("machine"); s.add_argument("--now", action="store_true", help="do not wait for the window")
+    s.set_defaults(fn=cmd_resync)
     s = sub.add_parser("failover-cleanup"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_failover_cleanup)
     s = sub.add_parser("demo", help="protect a sample disk, write to it, run test failovers (embedded defaults)")
     s.add_argument("--home", default="demo-home"); s.add_argument("--size-mib", type=int, default=256)

@@ -18,7 +18,8 @@ off    size  field
 52     4     reserved, zero
 =====  ====  ==========================================================
 
-Payload length: ``length`` for WRITE and SYNC, ``length`` for BOOKMARK (UTF-8 JSON), none for the others.
+Payload length: ``length`` for WRITE and SYNC, ``length`` for BOOKMARK, RESYNC_START and RESYNC_DONE (UTF-8
+JSON), none for the others.
 Sequence numbers are machine-wide, so every seq is a consistent cut across the machine's disks.
 """
 
@@ -52,10 +53,12 @@ class Kind(enum.IntEnum):
     SYNC_DONE = 6    #: initial replication of ``disk`` complete: the replica is consistent from this seq on
     RESIZE = 7       #: disk size is now ``length``
     CUT = 8          #: crash-consistent marker (no data); used to make points at quiet times
+    RESYNC_START = 9  #: the replica may differ from the source from here on; payload JSON {"reason", "id"}
+    RESYNC_DONE = 10  #: resync finished: the replica equals the source again from here; payload JSON {"id"}
 
     @property
     def has_payload(self) -> bool:
-        return self in (Kind.WRITE, Kind.SYNC, Kind.BOOKMARK)
+        return self in (Kind.WRITE, Kind.SYNC, Kind.BOOKMARK, Kind.RESYNC_START, Kind.RESYNC_DONE)
 
 
 def payload_hash(data: bytes | memoryview) -> int:

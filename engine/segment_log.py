@@ -20,8 +20,10 @@ SEGMENT_BYTES = 64 * 1024 * 1024
 
 
 class SegmentLog:
-    def __init__(self, folder: Path, suffix: str = ".lbc", *, fsync_each: bool = True) -> None:
+    def __init__(self, folder: Path, suffix: str = ".lbc", *, fsync_each: bool = True,
+                 segment_bytes: int = SEGMENT_BYTES) -> None:
         self.folder = folder
+        self.segment_bytes = segment_bytes
         self.suffix = suffix
         self.fsync_each = fsync_each
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -69,7 +71,7 @@ class SegmentLog:
 
     def append(self, records: list[Record], encoded: list[bytes | memoryview]) -> None:
         """Append and fsync (blocking; run in a thread). Records must have seq > last_seq."""
-        if self._wfd is None or self._wsize >= SEGMENT_BYTES:
+        if self._wfd is None or self._wsize >= self.segment_bytes:
             self._roll(records[0].seq)
         assert self._wfd is not None
         total = sum(len(e) for e in encoded)

@@ -39,7 +39,9 @@ class Frame(enum.IntEnum):
     ACK = 4         # PS → agent: {"batch", "last_seq"} — everything up to last_seq is durable at the PS
     HEARTBEAT = 5   # agent → PS: {"oldest_pending_ns", "pending_bytes", "journal_bytes", "sync": {...}}
     CONTROL = 6     # PS → agent: {"protected": bool, ...} (protection turned on/off, bookmark requests)
-    ERROR = 7       # either way: {"code", "message", "advice"}; the sender then closes
+    ERROR = 7       # PS → agent: {"code", "message", "advice"}; the PS then closes
+    RESYNC_HASHES = 8  # agent → PS: RESYNC_HEAD + count × u64 block numbers + count × 16-byte xxh3_128
+    RESYNC_DIFF = 9    # PS → agent: u64 chunk id, u32 count, count × u64 block numbers that differ
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[Frame, bytes]:
@@ -92,3 +94,6 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 
 BATCH_HEAD = struct.Struct("<Q")
+#: disk u16, block size u32, seq the source was hashed at u64, chunk id u64, count u32
+RESYNC_HEAD = struct.Struct("<HIQQI")
+DIFF_HEAD = struct.Struct("<QI")

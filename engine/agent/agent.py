@@ -22,8 +22,11 @@ from ..fileio import data_extents
 from ..home import AgentHome
 from ..nbd.server import NBDServer
 from ..records import Kind, Record
-from ..wire import BATCH_HEAD, Frame, frame_header, parse_json, read_frame, write_json
+from ..home import atomic_write
+from ..wire import BATCH_HEAD, Frame, frame_header, parse_json, read_frame, write_frame, write_json
 from .capture import CaptureBackend, MachineCapture
+from .resync import EXTENT, DirtyMap
+from .resync_pass import ResyncPass
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,8 @@ LINK_TIMEOUT = 10.0
 
 class Agent:
     def __init__(self, home: Path, disks: dict[str, Path], nbd: tuple[str, int], *,
-                 pre_bookmark: str | None = None, post_bookmark: str | None = None) -> None:
+                 pre_bookmark: str | None = None, post_bookmark: str | None = None,
+                 journal_limit: int = 1 << 30) -> None:
         self.home = AgentHome(Path(home))
         self.cfg = self.home.load_config()
         self.name: str = self.cfg["name"]
@@ -46,7 +50,8 @@ class Agent:
         self.disk_paths = disks
         self.nbd_addr = nbd
         self.pre_bookmark, self.post_bookmark = pre_bookmark, post_bookmark
-        self.capture = MachineCapture(self.home.journal)
+        self.capture = MachineCapture(self.home.journal, journal_limit=journal_limit)
+        self.resync = ResyncPass(self)
         self.backends: list[CaptureBackend] = []
         self.nbd: NBDServer | None = None
         self.control_server: asyncio.AbstractServer | None = None
@@ -72,6 +77,9 @@ class Agent:
             self.backends.append(CaptureBackend(self.capture, i, name, Path(path)))
         self.capture.capturing = self.protected   # a protected machine captures from the first request on
         self.capture.on_record = self._on_record
+        self.capture.dirty = DirtyMap(self.home.journal, {b.index: b.size for b in self.backends})
+        self.capture.on_overflow = self._on_overflow
+        self._check_previous_run()
         self.nbd = NBDServer({b.name: b for b in self.backends}, name=f"agent-{self.name}")
         self.nbd_address = await self.nbd.start(*self.nbd_addr)
         if self.home.socket.exists():
@@ -93,7 +101,47 @@ class Agent:
         for b in self.backends:
             os.fdatasync(b.fd)
             b.close()
+        self.capture.al.clear()        # everything is durable: nothing at risk
         self.capture.journal.close()
+        atomic_write(self.home.journal / "clean", b"clean shutdown\n")
+
+    def _check_previous_run(self) -> None:
+        """Crash and resize detection: mark what may differ from the replica for a (scheduled) resync."""
+        clean = self.home.journal / "clean"
+        sizes = self.cfg.get("disk_sizes", {})
+        if self.protected:
+            for b in self.backends:
+                old = sizes.get(b.name)
+                if old is not None and b.size < old:
+                    raise InvalidInput(f"disk {b.name} shrank from {old} to {b.size} bytes",
+                                       code="LB_DISK_SHRUNK", advice="Restore the disk's size; Lifeboat "
+                                       "replicas only grow. To start over, remove protection and protect again.")
+                if old is not None and b.size > old:
+                    rec = self.capture.next(Kind.RESIZE, b.index, 0, b.size)
+                    self.capture.append([rec])
+                    self.resync.request(None, [[b.index, old, b.size - old]], "disk resized")
+                    self.resync.begin("disk resized")
+            if not clean.exists() and self.home.journal.exists():
+                at_risk = [(d, e) for d, e in self.capture.al.recovered if d < len(self.backends)]
+                if at_risk:
+                    self.resync.request(None, [[d, e * EXTENT, EXTENT] for d, e in at_risk],
+                                        "agent stopped unexpectedly (crash or power loss)")
+                    self.resync.begin("agent stopped unexpectedly (crash or power loss)")
+        self.capture.al.clear()   # what was at risk is now in the dirty map
+        self.capture.dirty.total = self.capture.dirty.count()
+        clean.unlink(missing_ok=True)
+        self.cfg["disk_sizes"] = {b.name: b.size for b in self.backends}
+        self.home.save_config(self.cfg)
+
+    def _on_overflow(self) -> None:
+        """The journal is full (the link is slower than the writes): keep going on the dirty map."""
+        reason = "journal full: writes outran the replication link"
+        d = self.capture.dirty
+        d.reason = d.reason or reason
+        self.resync.begin(reason)
+        d.persist()
+        self.resync.go = True
+        log.warning("agent %s: %s; resyncing from the dirty map", self.name, reason)
 
     def _on_record(self) -> None:
         if not self.first_unsent_ns:
@@ -152,6 +200,7 @@ class Agent:
             finally:
                 rx.cancel()
                 await asyncio.gather(rx, return_exceptions=True)
+                self.resync.link_lost()
         finally:
             writer.close()
 
@@ -179,14 +228,27 @@ class Agent:
                 kind, body = await asyncio.wait_for(read_frame(reader), LINK_TIMEOUT)
             except TimeoutError:
                 raise TimeoutError(f"no answer from the process server for {LINK_TIMEOUT:.0f}s (link stalled)") from None
+            if kind == Frame.RESYNC_DIFF:
+                self.resync.on_diff(body)
+                self.new_data.set()
+                continue
             msg = parse_json(body)
             if kind == Frame.ACK:
                 self.acked_seq = max(self.acked_seq, int(msg["last_seq"]))
                 while self.in_flight and self.in_flight[0][2] <= self.acked_seq:
                     self.in_flight.popleft()
                 self.capture.journal.trim(self.acked_seq)
+                self.resync.on_ack(self.acked_seq)
                 self.new_data.set()
             elif kind == Frame.CONTROL:
+                rs = msg.get("resync")
+                if isinstance(rs, dict):
+                    if rs.get("full") or rs.get("ranges"):
+                        self.resync.request([b.index for b in self.backends] if rs.get("full") else None,
+                                            rs.get("ranges") or [], str(rs.get("reason") or "operator request"))
+                    if rs.get("go") and self.resync.pending():
+                        self.resync.go = True
+                        self.new_data.set()
                 if msg.get("protected"):
                     for b in self.backends:
                         self.sync_pos.setdefault(b.index, int(msg.get("sync", {}).get(str(b.index), 0)))
@@ -210,7 +272,7 @@ class Agent:
                 last_hb = now
                 write_json(writer, Frame.HEARTBEAT, {
                     "oldest_pending_ns": self.oldest_pending_ns(), "journal_bytes": self.capture.journal.bytes,
-                    "sync": {str(k): v for k, v in self.sync_pos.items()}})
+                    "sync": {str(k): v for k, v in self.sync_pos.items()}, "resync": self.resync.status()})
             if len(self.in_flight) >= MAX_IN_FLIGHT:
                 await self._wait_data(writer, 0.5)
                 continue
@@ -222,6 +284,16 @@ class Agent:
                 else:
                     self.first_unsent_ns = recs[-1].ts_ns
                 continue
+            if (self.protected and not self.in_flight_full() and (self.resync.go or self.capture.overflow)
+                    and all(self.sync_done.get(b.index, False) for b in self.backends)):
+                nxt = self.resync.next_frame()  # no await since reading the journal: seq order holds
+                if nxt is not None:
+                    what, payload = nxt
+                    if what == "hashes":
+                        write_frame(writer, Frame.RESYNC_HASHES, payload)  # type: ignore[arg-type]
+                    elif payload:
+                        await self._send(writer, payload)  # type: ignore[arg-type]
+                    continue
             if self.protected and not self.in_flight_full():
                 sync = self._next_sync()  # no await since reading the journal: seq order holds (see capture.py)
                 if sync:

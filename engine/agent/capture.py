@@ -20,6 +20,7 @@ from ..home import atomic_write
 from ..nbd.server import NBDError
 from ..records import MAX_PAYLOAD, Kind, Record
 from ..segment_log import SegmentLog
+from .resync import ActivityLog, DirtyMap
 
 
 SEQ_BLOCK = 1 << 20
@@ -33,8 +34,10 @@ class MachineCapture:
     blocks, durably (``seq.reserved``), before use; a restart continues after the reserved block.
     """
 
-    def __init__(self, journal_dir: Path, start_seq: int = 0) -> None:
-        self.journal = SegmentLog(journal_dir, ".lbj", fsync_each=False)
+    def __init__(self, journal_dir: Path, start_seq: int = 0, journal_limit: int = 1 << 30) -> None:
+        # Segments small enough that acknowledged data is released well before the journal is full.
+        self.journal = SegmentLog(journal_dir, ".lbj", fsync_each=False,
+                                  segment_bytes=max(1 << 20, min(64 << 20, journal_limit // 16)))
         self._reserved_file = journal_dir / "seq.reserved"
         try:
             reserved = int(self._reserved_file.read_text())
@@ -42,6 +45,11 @@ class MachineCapture:
             reserved = 0
         self.seq = max(start_seq, self.journal.last_seq, reserved)
         self._reserve()
+        self.dirty: DirtyMap | None = None         # set by the agent once disk sizes are known
+        self.al = ActivityLog(journal_dir / "activity.log")
+        self.overflow = False                      # journal full: writes go to the dirty map instead
+        self.journal_limit = journal_limit
+        self.on_overflow: Callable[[], None] = lambda: None
         self.capturing = False
         self.pending: list[tuple[Record, bytes]] = []   # appended since the last flush to the log
         self.on_record: Callable[[], None] = lambda: None
@@ -72,8 +80,34 @@ class MachineCapture:
         self.captured_bytes += sum(len(e) for e in enc)
         self.on_record()
 
-    def sync(self) -> None:
+    def capture_change(self, kind: Kind, disk: int, offset: int, length: int, data: bytes | memoryview = b"") -> None:
+        """Journal one change, or, while the journal is full, remember its blocks in the dirty map."""
+        if self.overflow:
+            assert self.dirty is not None
+            self.dirty.mark(disk, offset, length)
+            return
+        if kind == Kind.WRITE:
+            recs = [self.next(Kind.WRITE, disk, offset + i, min(MAX_PAYLOAD, length - i), data[i:i + MAX_PAYLOAD])
+                    for i in range(0, length, MAX_PAYLOAD)]
+        else:
+            recs = [self.next(kind, disk, offset, length)]
+        self.append(recs)
+        if self.journal.bytes > self.journal_limit and self.dirty is not None:
+            self.overflow = True   # the link cannot keep up: no storm, no data dropped — a dirty map instead
+            self.on_overflow()
+
+    def overflow_blocked(self) -> bool:
+        """Still too little room in the journal to go back to journaling every write."""
+        return self.overflow and self.journal.bytes > self.journal_limit // 2
+
+    def sync(self, disk: int | None = None) -> None:
+        """Make the journal (and dirty map) durable; with ``disk``, its backing was just made durable too."""
         self.journal.sync()
+        if self.dirty is not None and (self.overflow or self.dirty.any_dirty()):
+            self.dirty.persist()
+        if disk is not None:
+            # Journal and this disk's backing are durable: its writes so far cannot be lost by a crash.
+            self.al.clear(disk)
 
 
 class CaptureBackend:
@@ -103,31 +137,34 @@ class CaptureBackend:
 
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
         self._check(offset, len(data), errno.ENOSPC)
+        if self.machine.capturing:
+            self.machine.al.touch(self.index, offset, len(data))
         n = os.pwrite(self.fd, data, offset)
         if n != len(data):
             raise NBDError(errno.EIO, "short write to the backing disk")
-        if self.machine.capturing:
-            recs = [self.machine.next(Kind.WRITE, self.index, offset + i, min(MAX_PAYLOAD, len(data) - i),
-                                      data[i:i + MAX_PAYLOAD])
-                    for i in range(0, len(data), MAX_PAYLOAD)]
-            self.machine.append(recs)
+        if self.machine.capturing and len(data):
+            self.machine.capture_change(Kind.WRITE, self.index, offset, len(data), data)
         if fua:
             self._durable()
 
     async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
         self._check(offset, length, errno.ENOSPC)
+        if self.machine.capturing and length:
+            self.machine.al.touch(self.index, offset, length)
         self._zero(offset, length)
         if self.machine.capturing and length:
-            self.machine.append([self.machine.next(Kind.ZERO, self.index, offset, length)])
+            self.machine.capture_change(Kind.ZERO, self.index, offset, length)
         if fua:
             self._durable()
 
     async def trim(self, offset: int, length: int) -> None:
         self._check(offset, length, errno.ENOSPC)
         # Lifeboat's trim punches a hole, so the range reads back as zeros: replicated as such, byte-exact.
+        if self.machine.capturing and length:
+            self.machine.al.touch(self.index, offset, length)
         self._zero(offset, length)
         if self.machine.capturing and length:
-            self.machine.append([self.machine.next(Kind.TRIM, self.index, offset, length)])
+            self.machine.capture_change(Kind.TRIM, self.index, offset, length)
 
     async def flush(self) -> None:
         self._durable()
@@ -143,7 +180,12 @@ class CaptureBackend:
 
     def _durable(self) -> None:
         os.fdatasync(self.fd)
-        self.machine.sync()
+        self.machine.sync(self.index)
+
+    def read_block(self, offset: int, length: int) -> Record:
+        """Resync: read a block now and give it the next seq in the same step (like initial replication)."""
+        data = os.pread(self.fd, length, offset)
+        return self.machine.next(Kind.SYNC, self.index, offset, len(data), data)
 
     def read_sync_chunk(self, offset: int, length: int) -> Record | None:
         """Initial replication: read a chunk and give it the next seq in the same step (see module doc).

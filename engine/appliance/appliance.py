@@ -22,7 +22,7 @@ from ..codec import Sealer
 from ..errors import (Conflict, InvalidInput, LifeboatError, UnknownMachine, WrongPassphrase)
 from ..events import Alert, EventBus, MachineStatus
 from ..home import ApplianceHome
-from ..policy import DEFAULT_POLICY, Policy, health_for
+from ..policy import DEFAULT_POLICY, Policy, health_for, parse_window
 from ..records import Kind, Record
 from ..registration import agent_proof, appliance_proof, check
 from ..secrets import create_vault_key, load_vault_key
@@ -35,6 +35,29 @@ from .state import StateDB
 log = logging.getLogger(__name__)
 
 ADMIN_CN = "lifeboat-admin"
+
+
+def _in_window(window: str, t: float) -> bool:
+    w = parse_window(window)
+    if w is None:
+        return True
+    lt = time.localtime(t)
+    m = lt.tm_hour * 60 + lt.tm_min
+    a, b = w
+    return a <= m < b if a < b else (m >= a or m < b)
+
+
+def _next_window_start(window: str, t: float) -> float | None:
+    """Epoch seconds of the window's next opening (now if inside it); None for 'always'."""
+    w = parse_window(window)
+    if w is None:
+        return t
+    if _in_window(window, t):
+        return t
+    lt = time.localtime(t)
+    midnight = t - (lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec)
+    start = midnight + w[0] * 60
+    return start if start > t else start + 86400
 
 
 def init_home(root: Path, *, control_port: int = 443, data_port: int = 9443, vault: Path | None = None,
@@ -133,6 +156,7 @@ class Appliance:
             await self.ps.stop()
         for rt in self.runtimes.values():
             await rt.stop()
+            rt.close_hash_indexes()
             rt.cache.close()
             await rt.vault.close()
         self.runtimes.clear()
@@ -196,6 +220,7 @@ class Appliance:
             rt.connection.close()  # the newest connection of a machine wins
         rt.connection = conn
         rt.last_seen = time.monotonic()
+        rt.open_hash_indexes()
         return rt
 
     def welcome(self, name: str) -> dict[str, Any]:
@@ -251,8 +276,106 @@ class Appliance:
         return c
 
     def is_consistent(self, name: str, seq: int) -> bool:
+        """True when the replica at ``seq`` is a faithful image of the source (no sync or resync under way)."""
         c = self.consistent_from(name)
-        return c is not None and seq >= c
+        if c is None or seq < c:
+            return False
+        for start, end in self.machine_row(name)["resync"].get("inconsistent", []):
+            if seq >= start and (end is None or seq < end):
+                return False
+        return True
+
+    # resync ----------------------------------------------------------------------------------------------
+    def resync_started(self, name: str, seq: int, reason: str) -> None:
+        """A RESYNC_START record reached the vault: no points from ``seq`` until RESYNC_DONE."""
+        assert self.db is not None
+        rs = self.machine_row(name)["resync"]
+        spans = rs.setdefault("inconsistent", [])
+        if not spans or spans[-1][1] is not None:
+            spans.append([seq, None])
+        rs["reason"] = reason
+        self.db.update_machine(name, resync=rs)
+        self.db.add_event("resync-started", name, seq=seq, reason=reason)
+
+    def resync_finished(self, name: str, seq: int) -> None:
+        assert self.db is not None
+        rs = self.machine_row(name)["resync"]
+        for span in rs.get("inconsistent", []):
+            if span[1] is None:
+                span[1] = seq
+        rs["reason"] = None
+        rs.pop("request", None)
+        rs["last_done"] = time.time()
+        self.db.update_machine(name, resync=rs)
+        self.db.add_event("resync-finished", name, seq=seq)
+
+    def _open_resync(self, name: str) -> bool:
+        return any(e is None for _, e in self.machine_row(name)["resync"].get("inconsistent", []))
+
+    def request_resync(self, name: str, *, now: bool, reason: str = "operator request",
+                       ranges: list[list[int]] | None = None) -> dict[str, Any]:
+        """Compare the machine's disks with the replica (checksums) and send only what differs.
+
+        Without ``now`` it waits for the policy's resync window. Delivered to the agent at once, or when it
+        connects.
+        """
+        assert self.db is not None
+        row = self.machine_row(name)
+        if not row["protected"]:
+            raise Conflict(f"machine {name!r} is not protected", advice="Enable protection first.")
+        rs = row["resync"]
+        rs["request"] = {"full": ranges is None, "ranges": ranges or [], "reason": reason, "now": now,
+                         "time": time.time(), "delivered": False}
+        self.db.update_machine(name, resync=rs)
+        self.db.add_event("resync-requested", name, reason=reason, now=now)
+        self._deliver_resync(name)
+        return self.machine_status(name)["resync"]
+
+    async def resync(self, name: str, now: bool = True) -> dict[str, Any]:
+        """Console entry point (same as ``lifeboat resync``)."""
+        return self.request_resync(name, now=now)
+
+    def _deliver_resync(self, name: str) -> None:
+        rt = self.runtimes.get(name)
+        rs = self.machine_row(name)["resync"]
+        req = rs.get("request")
+        if not req or req.get("delivered") or rt is None or rt.connection is None:
+            return
+        rt.connection.send_control({"resync": {"full": req["full"], "ranges": req["ranges"],
+                                               "reason": req["reason"], "go": bool(req["now"])}})
+        req["delivered"] = True
+        assert self.db is not None
+        self.db.update_machine(name, resync=rs)
+
+    def _resync_tick(self, name: str) -> None:
+        """Deliver pending requests; start a waiting resync when its window opens (or it was asked for now)."""
+        rt = self.runtimes.get(name)
+        if rt is None or rt.connection is None:
+            return
+        self._deliver_resync(name)
+        info = rt.agent_stats.get("resync") or {}
+        if info.get("dirty", 0) and not info.get("running"):
+            req = self.machine_row(name)["resync"].get("request") or {}
+            if req.get("now") or _in_window(self.policy_of(name).resync_window, time.time()):
+                rt.connection.send_control({"resync": {"go": True}})
+
+    def resync_status(self, name: str) -> dict[str, Any]:
+        row = self.machine_row(name)
+        rt = self.runtimes.get(name)
+        rs = row["resync"]
+        info = (rt.agent_stats.get("resync") if rt else None) or {}
+        pending = int(info.get("dirty", 0)) + int(info.get("inflight", 0))
+        req = rs.get("request")
+        required = bool(pending or self._open_resync(name) or (req and not req.get("delivered")))
+        total = max(int(info.get("total") or 0), pending, 1)
+        running = bool(info.get("running"))
+        scheduled = None
+        if required and not running and not (req or {}).get("now"):
+            scheduled = _next_window_start(self.policy_of(name).resync_window, time.time())
+        return {"required": required, "reason": info.get("reason") or rs.get("reason") or (req or {}).get("reason"),
+                "progress": round(1 - pending / total, 4) if required else 1.0,
+                "scheduled_for": scheduled, "running": running, "blocks_pending": pending,
+                "eta_seconds": info.get("eta_seconds"), "last_done": rs.get("last_done")}
 
     def set_error(self, name: str, exc: BaseException) -> None:
         err = exc.to_dict() if isinstance(exc, LifeboatError) else {"code": "LB_ERROR", "message": str(exc)}
@@ -323,6 +446,9 @@ class Appliance:
         pol = self.policy_of(name)
         state = row["state"]
         rpo = rt.rpo_seconds() if rt else 0.0
+        resync = self.resync_status(name)
+        if state == "protected" and resync["required"]:
+            state = "resyncing" if resync["running"] else "resync-required"
         if rt and rt.error and state not in ("resync-required",):
             state = "error"
         total = sum(d["size"] for d in row["disks"]) or 1
@@ -334,7 +460,7 @@ class Appliance:
             "sync_progress": round(min(done / total, 1.0), 4),
             "agent_connected": bool(rt and rt.connection),
             "last_point": points[-1].to_dict() if points else None, "points": len(points),
-            "error": rt.error if rt else None,
+            "error": rt.error if rt else None, "resync": resync,
             "churn_bytes_per_s": rt.churn.rate() if rt else 0.0,
             "upload_bytes_per_s": rt.upload.rate() if rt else 0.0,
             "cache_bytes": rt.cache.bytes if rt else 0,
@@ -367,6 +493,7 @@ class Appliance:
                     self.bus.emit(MachineStatus(name, st["state"], st["health"], st["rpo_seconds"],
                                                 st["sync_progress"], (st["last_point"] or {}).get("time"),
                                                 st["churn_bytes_per_s"], st["upload_bytes_per_s"]))
+                    self._resync_tick(name)
                     pol = self.policy_of(name)
                     now = time.monotonic()
                     if st["state"] == "protected" and rt.connection is not None:

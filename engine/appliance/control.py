@@ -83,6 +83,7 @@ class ControlAPI:
         r.add_post("/v1/machines/{name}/revoke", self.revoke)
         r.add_post("/v1/machines/{name}/bookmark", self.bookmark)
         r.add_post("/v1/machines/{name}/failover", self.failover)
+        r.add_post("/v1/machines/{name}/resync", self.resync)
         r.add_post("/v1/machines/{name}/failover-cleanup", self.failover_cleanup)
         r.add_get("/v1/jobs/{id}", self.job)
         self.runner = web.AppRunner(wa, access_log=None)
@@ -148,6 +149,11 @@ class ControlAPI:
         b = await self._json(request)
         self.app.request_bookmark(request.match_info["name"], b.get("tag"))
         return web.json_response({"requested": True})
+
+    async def resync(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        b = await self._json(request)
+        return web.json_response(self.app.request_resync(request.match_info["name"], now=bool(b.get("now"))))
 
     async def failover(self, request: web.Request) -> web.Response:
         self._admin(request)

@@ -15,6 +15,7 @@ from ..events import PointCreated
 from ..records import Kind, Record
 from ..vault.base import MachineVault, Point, SealedRecord
 from ..segment_log import SegmentLog as MachineCache
+from .blockhash import UNKNOWN, BlockHashIndex
 
 if TYPE_CHECKING:
     from .appliance import Appliance
@@ -59,6 +60,8 @@ class MachineRuntime:
         self.churn = _Rate()
         self.upload = _Rate()
         self.error: str | None = None
+        self.hashes: dict[int, BlockHashIndex] = {}
+        self.open_hash_indexes()
 
     # RPO: the age of the oldest acknowledged write that the vault cannot recover yet.
     def rpo_seconds(self, now_ns: int | None = None) -> float:
@@ -69,6 +72,66 @@ class MachineRuntime:
             # We cannot see writes made while the agent is away: count the time since it was last heard from.
             rpo = max(rpo, time.monotonic() - self.last_seen if self.last_seen else 0.0)
         return max(rpo, 0.0)
+
+    def open_hash_indexes(self) -> None:
+        folder = self.app.home.cache / f"{self.name}.hashes"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for d in self.vault.disks():
+            if d.index in self.hashes:
+                self.hashes[d.index].grow(d.size)
+            else:
+                self.hashes[d.index] = BlockHashIndex(folder / f"{d.index}.bhx", d.size, self.vault.last_seq)
+
+    def close_hash_indexes(self) -> None:
+        for h in self.hashes.values():
+            h.close(self.vault.last_seq)
+        self.hashes.clear()
+
+    async def compare_blocks(self, disk: int, seq: int, blocks: list[int], hashes: list[bytes]) -> list[int]:
+        """Resync: which of the source's blocks (hashed at ``seq``) differ from the replica at ``seq``."""
+        deadline = time.monotonic() + 120
+        while self.vault.last_seq < seq:  # the records before the hashes are in the cache: wait until applied
+            if time.monotonic() > deadline:
+                raise TimeoutError("replica did not catch up for the resync compare")
+            await asyncio.sleep(0.01)
+        idx = self.hashes.get(disk)
+        if idx is None:
+            return list(blocks)
+        differ: list[int] = []
+        unknown: list[tuple[int, bytes]] = []
+        for b, h in zip(blocks, hashes):
+            if b >= idx.nblocks:
+                differ.append(b)
+                continue
+            ih, mseq = idx.get(b)
+            if (mseq & ~UNKNOWN) > seq:
+                differ.append(b)          # changed after the source was hashed: send it again, always safe
+            elif mseq & UNKNOWN:
+                unknown.append((b, h))
+            elif ih != h:
+                differ.append(b)
+        if unknown:
+            differ += await self._compare_by_reading(disk, seq, unknown, idx.size)
+        return sorted(differ)
+
+    async def _compare_by_reading(self, disk: int, seq: int, items: list[tuple[int, bytes]], size: int) -> list[int]:
+        from ..errors import IntegrityError
+        from .blockhash import BLOCK, block_hash
+        view = await self.vault.open_view(seq, disk)
+        out = []
+        try:
+            for b, h in items:
+                n = min(BLOCK, size - b * BLOCK)
+                try:
+                    data = await view.read(b * BLOCK, n)
+                except IntegrityError:
+                    out.append(b)   # unreadable replica block: the source's copy heals it
+                    continue
+                if block_hash(data) != h:
+                    out.append(b)
+        finally:
+            await view.close()
+        return out
 
     def start(self) -> None:
         if self.task is None or self.task.done():
@@ -105,6 +168,16 @@ class MachineRuntime:
                 sealed_parts = await asyncio.gather(*(loop.run_in_executor(pool, _seal_all, sealer, p) for p in parts))
                 sealed = [s for part in sealed_parts for s in part]
                 await self.vault.append(sealed)
+                for r in recs:
+                    idx = self.hashes.get(r.disk)
+                    if idx is not None:
+                        idx.apply(r)
+                    elif r.kind == Kind.RESIZE or r.kind in (Kind.WRITE, Kind.SYNC, Kind.ZERO, Kind.TRIM):
+                        self.open_hash_indexes()
+                        if r.disk in self.hashes:
+                            self.hashes[r.disk].apply(r)
+                    if r.kind == Kind.RESIZE and r.disk in self.hashes:
+                        self.hashes[r.disk].grow(r.length)
                 self.upload.add(sum(len(s.envelope) for s in sealed))
                 last = recs[-1].seq
                 self.last_applied_seq, self.last_applied_ts = last, recs[-1].ts_ns / 1e9
@@ -128,6 +201,11 @@ class MachineRuntime:
         for r in recs:
             if r.kind == Kind.SYNC_DONE:
                 self.app.disk_synced(self.name, r.disk, r.seq)
+            elif r.kind == Kind.RESYNC_START:
+                info = json.loads(bytes(r.data))
+                self.app.resync_started(self.name, r.seq, info.get("reason") or "resync")
+            elif r.kind == Kind.RESYNC_DONE:
+                self.app.resync_finished(self.name, r.seq)
             elif r.kind == Kind.BOOKMARK:
                 info = json.loads(bytes(r.data))
                 if self.app.is_consistent(self.name, r.seq):

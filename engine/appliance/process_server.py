@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import struct
 import time
 from typing import TYPE_CHECKING
 
 from .. import pki
 from ..errors import (CertificateRefused, LifeboatError, MachineRevoked, ProtocolError, UnknownMachine)
 from ..records import Kind, Record, decode_records
-from ..wire import BATCH_HEAD, Frame, parse_json, read_frame, write_json
+from ..wire import BATCH_HEAD, DIFF_HEAD, RESYNC_HEAD, Frame, parse_json, read_frame, write_frame, write_json
 
 if TYPE_CHECKING:
     from .appliance import Appliance
@@ -122,6 +123,7 @@ class ProcessServer:
             raise ProtocolError("HELLO names another machine than the certificate")
         rt = await self.app.attach_agent(cn, hello.get("disks", []), conn)
         write_json(conn.writer, Frame.WELCOME, self.app.welcome(cn))
+        self.app._deliver_resync(cn)
         return rt
 
     async def _serve(self, conn: AgentConnection, rt: MachineRuntime) -> None:
@@ -136,6 +138,9 @@ class ProcessServer:
                 rt.agent_stats = hb
                 # Answering every heartbeat lets the agent tell a stalled link from a quiet one.
                 write_json(conn.writer, Frame.ACK, {"batch": 0, "last_seq": rt.cache.last_seq})
+                continue
+            if kind == Frame.RESYNC_HASHES:
+                self._spawn(self._resync_compare(conn, rt, body))
                 continue
             if kind != Frame.BATCH:
                 raise ProtocolError(f"unexpected frame {kind.name} from agent")
@@ -154,6 +159,33 @@ class ProcessServer:
             write_json(conn.writer, Frame.ACK, {"batch": batch_id, "last_seq": rt.cache.last_seq})
             if conn.writer.transport.get_write_buffer_size() > 1 << 20:
                 await conn.writer.drain()
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        t = asyncio.create_task(coro)
+        self._handlers.add(t)
+        t.add_done_callback(self._handlers.discard)
+
+    async def _resync_compare(self, conn: AgentConnection, rt: MachineRuntime, body: bytes) -> None:
+        """Answer a chunk of source checksums with the blocks that differ from the replica."""
+        try:
+            if len(body) < RESYNC_HEAD.size:
+                raise ProtocolError("short resync frame")
+            disk, bsize, seq, chunk, count = RESYNC_HEAD.unpack_from(body)
+            if bsize != 65536 or len(body) != RESYNC_HEAD.size + count * 24 or count > 1 << 20:
+                raise ProtocolError("malformed resync frame")
+            off = RESYNC_HEAD.size
+            blocks = list(struct.unpack_from(f"<{count}Q", body, off))
+            off += 8 * count
+            hashes = [body[off + 16 * i:off + 16 * (i + 1)] for i in range(count)]
+            differ = await rt.compare_blocks(disk, seq, blocks, hashes)
+            write_frame(conn.writer, Frame.RESYNC_DIFF,
+                        DIFF_HEAD.pack(chunk, len(differ)) + struct.pack(f"<{len(differ)}Q", *differ))
+        except LifeboatError as exc:
+            self._refuse(conn, exc)
+            conn.close()
+        except Exception:
+            log.exception("resync compare failed for %s", rt.name)
+            conn.close()
 
     @staticmethod
     def _validate(rt: MachineRuntime, recs: list[Record], disks: dict[int, int]) -> list[Record]:

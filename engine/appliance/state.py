@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import AlreadyExists, UnknownMachine, UnknownPolicy
 from ..policy import DEFAULT_POLICY, Policy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS machines (
     name TEXT PRIMARY KEY, cert_serial TEXT NOT NULL, registered REAL NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0, protected INTEGER NOT NULL DEFAULT 0,
     policy TEXT, state TEXT NOT NULL DEFAULT 'unprotected', error TEXT,
-    disks TEXT NOT NULL DEFAULT '[]');
+    disks TEXT NOT NULL DEFAULT '[]', resync TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, machine TEXT, kind TEXT NOT NULL, data TEXT NOT NULL);
 """
@@ -35,6 +35,12 @@ class StateDB:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(machines)")}
+        if "resync" not in cols:  # schema 1 → 2: resync bookkeeping
+            self.db.execute("ALTER TABLE machines ADD COLUMN resync TEXT NOT NULL DEFAULT '{}'")
+        pcols = {r[1] for r in self.db.execute("PRAGMA table_info(policies)")}
+        if "resync_window" not in pcols:
+            self.db.execute("ALTER TABLE policies ADD COLUMN resync_window TEXT NOT NULL DEFAULT '22:00-06:00'")
         if self.get_meta("schema_version") is None:
             self.set_meta("schema_version", str(SCHEMA_VERSION))
         if not self.db.execute("SELECT 1 FROM policies WHERE name=?", (DEFAULT_POLICY,)).fetchone():
@@ -82,6 +88,7 @@ class StateDB:
             raise UnknownMachine(f"no machine named {name!r} is registered")
         d = dict(zip([c[0] for c in cur.description], row))
         d["disks"] = json.loads(d["disks"])
+        d["resync"] = json.loads(d.get("resync") or "{}")
         return d
 
     def machines(self) -> list[dict[str, Any]]:
@@ -90,8 +97,9 @@ class StateDB:
 
     def update_machine(self, name: str, **fields: Any) -> None:
         self.machine(name)
-        if "disks" in fields:
-            fields["disks"] = json.dumps(fields["disks"])
+        for k in ("disks", "resync"):
+            if k in fields:
+                fields[k] = json.dumps(fields[k])
         cols = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE machines SET {cols} WHERE name=?", (*fields.values(), name))
 

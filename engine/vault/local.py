@@ -9,9 +9,7 @@ Per machine, ``<root>/<machine>/`` holds::
     fold.redo          only during a fold batch (replica.py)
     lock               flock: one process per machine
 
-A view at seq ``s`` of disk ``d`` is the replica overlaid with the journal records ``base_seq < seq <= s`` of that
-disk, newest last. Opening a view scans record *headers* only and builds an extent map (memory per extent, not per
-byte); reads decrypt replica slots or open record envelopes (a small LRU of decrypted payloads) on demand.
+Views of a disk at a seq, the decrypted-payload cache and verify reports are in :mod:`engine.vault.local_view`.
 ``prune(keep)`` folds records ``<= keep`` into the replica in bounded batches through a redo file, so a crash at any
 moment leaves either the old or the new state of each batch.
 
@@ -20,8 +18,7 @@ seal with the same key, see :func:`engine.vault.journal.seal_record`); replica s
 (:func:`engine.vault.replica.derive_replica_key`). ``meta.json`` holds a sealed key check so a wrong key fails at
 ``open_machine`` instead of at the first read.
 
-Disk sizes: disks only grow (``ensure_disks`` or a RESIZE record that grows the disk); views show the disk at its
-current size — the area a disk grew by reads as zeros at older points.
+Disk sizes: disks only grow (``ensure_disks`` or a RESIZE record that grows the disk).
 """
 
 from __future__ import annotations
@@ -37,8 +34,6 @@ import shutil
 import struct
 import threading
 import uuid
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -46,9 +41,12 @@ from ..codec import Sealer
 from ..errors import AlreadyExists, Conflict, IntegrityError, InvalidInput, LifeboatError, StorageError
 from ..errors import UnknownMachine, UnknownPoint
 from ..records import MAX_PAYLOAD, Kind
-from .base import DiskInfo, DiskView, MachineVault, Point, SealedRecord, Vault
+from .base import DiskInfo, MachineVault, Point, SealedRecord, Vault
 from .journal import SEGMENT_BYTES, Entry, Journal, atomic_write, check_envelope, fsync_dir, make_private_dir
-from .replica import BLOCK, ExtentMap, FoldBatch, ReplicaCipher, ReplicaFile, apply_redo, derive_replica_key
+# LocalDiskView and VerifyReport live in local_view; importing them here keeps `from .local import ...` working
+from .local_view import DATA_KINDS, ZERO_KINDS, LocalDiskView, VerifyReport, _PayloadCache, build_extent_map
+from .local_view import seq_at_time_scan, verify_all
+from .replica import BLOCK, FoldBatch, ReplicaCipher, ReplicaFile, apply_redo, derive_replica_key
 from .replica import read_redo_seq, write_redo
 
 log = logging.getLogger(__name__)
@@ -56,19 +54,7 @@ T = TypeVar("T")
 
 FORMAT = 1
 KEY_CHECK = b"lifeboat vault key check"
-DATA_KINDS = (Kind.WRITE, Kind.SYNC)
-ZERO_KINDS = (Kind.ZERO, Kind.TRIM)
 RANGE_KINDS = DATA_KINDS + ZERO_KINDS
-#: reads up to this size run on the event loop (cheaper than a thread hop) unless they must open a bigger record
-INLINE_READ = 128 * 1024
-
-
-class _Zero:
-    def __repr__(self) -> str:
-        return "ZERO"
-
-
-ZERO = _Zero()   # extent source: the range reads as zeros
 
 
 def _check_machine_name(machine: str) -> None:
@@ -77,114 +63,6 @@ def _check_machine_name(machine: str) -> None:
     if bad:
         raise InvalidInput(f"invalid machine name {machine!r}: 1-128 characters, no '/', '\\', control "
                            "characters or leading '.'")
-
-
-class _PayloadCache:
-    """LRU of decrypted record payloads by (segment, position), bounded in bytes. Thread-safe."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._d: OrderedDict[tuple[int, int], bytes] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def has(self, key: tuple[int, int]) -> bool:
-        with self._lock:
-            return key in self._d
-
-    def get(self, key: tuple[int, int], load: Callable[[], bytes]) -> bytes:
-        with self._lock:
-            v = self._d.get(key)
-            if v is not None:
-                self._d.move_to_end(key)
-                return v
-        v = load()   # outside the lock: decrypts run in parallel threads
-        with self._lock:
-            if key not in self._d and len(v) <= self.max_bytes:
-                self._d[key] = v
-                self._bytes += len(v)
-                while self._bytes > self.max_bytes:
-                    _, old = self._d.popitem(last=False)
-                    self._bytes -= len(old)
-        return v
-
-
-@dataclass(slots=True)
-class VerifyReport:
-    """Outcome of :meth:`LocalMachineVault.verify`."""
-
-    records_checked: int = 0
-    blocks_checked: int = 0
-    problems: list[dict] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-class LocalDiskView(DiskView):
-    """One disk as at one seq. Stays valid while records are appended; blocks ``prune`` until closed."""
-
-    def __init__(self, owner: LocalMachineVault, seq: int, disk: int, size: int, emap: ExtentMap) -> None:
-        self._owner = owner
-        self.seq = seq
-        self.disk = disk
-        self.size = size
-        self._map = emap
-        self._closed = False
-
-    @property
-    def extent_count(self) -> int:
-        """Number of journal extents overlaying the replica (memory of this view is proportional to it)."""
-        return self._map.count
-
-    async def read(self, offset: int, length: int) -> bytes:
-        """Bytes ``[offset, offset+length)``: InvalidInput (a ValueError) out of range, IntegrityError if corrupt."""
-        if self._closed:
-            raise InvalidInput("read from a closed view")
-        self._owner._check_open()
-        if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0 \
-                or offset + length > self.size:
-            raise InvalidInput(f"read [{offset}, +{length}) is outside disk {self.disk} of size {self.size}")
-        if length == 0:
-            return b""
-        srcs = {id(s): s for _a, _b, s in self._map.pieces(offset, offset + length) if s is not None and s is not ZERO}
-        cache = self._owner._cache
-        if length <= INLINE_READ and all(s.rec.length <= INLINE_READ or cache.has((s.seg, s.pos))
-                                         for s in srcs.values()):
-            return self._read_sync(offset, length)   # small and cheap: a thread hop would cost more
-        # Open the records a big read needs in parallel threads first (zstd + AES release the GIL); the assembly
-        # below then finds them in the payload cache.
-        if len(srcs) > 1:
-            await asyncio.gather(*(self._owner._run(self._owner._payload, s) for s in srcs.values()))
-        return await self._owner._run(self._read_sync, offset, length)
-
-    def _read_sync(self, offset: int, length: int) -> bytes:
-        out = bytearray(length)        # zero-filled: ZERO extents and replica holes need no work
-        mv = memoryview(out)
-        owner = self._owner
-        for a, b, src in self._map.pieces(offset, offset + length):
-            o = a - offset
-            if src is None:
-                owner._replicas[self.disk].read_into(a, mv[o:o + b - a])
-            elif src is not ZERO:
-                payload = owner._payload(src)
-                p = a - src.rec.offset
-                mv[o:o + b - a] = payload[p:p + b - a]
-        return bytes(out)
-
-    async def close(self) -> None:
-        """Release the view (lets a waiting prune go ahead)."""
-        if not self._closed:
-            self._closed = True
-            self._map = ExtentMap()
-            await self._owner._view_closed()
-
-    async def __aenter__(self) -> LocalDiskView:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 class LocalMachineVault(MachineVault):
@@ -498,7 +376,7 @@ class LocalMachineVault(MachineVault):
                                    f"[{self._base_seq}, {self._last_seq}]", machine=self.machine, seq=seq)
             self._views += 1
         try:
-            emap = await self._run(self._build_map, seq, disk)
+            emap = await self._run(build_extent_map, self, seq, disk)
         except BaseException:
             await self._view_closed()
             raise
@@ -507,30 +385,7 @@ class LocalMachineVault(MachineVault):
     async def seq_at_time(self, t: float) -> tuple[int, float] | None:
         """Any point in time: the newest record captured at or before ``t``, scanning record headers only."""
         self._check_open()
-        return await self._run(self._seq_at_time_sync, int(t * 1e9))
-
-    def _seq_at_time_sync(self, t_ns: int) -> tuple[int, float] | None:
-        best: tuple[int, float] | None = None
-        for e in self._journal.iter_entries(self._base_seq, self._last_seq):
-            if e.rec.ts_ns > t_ns:
-                break
-            best = (e.rec.seq, e.rec.ts_ns / 1e9)
-        if best is None:
-            base = [p for p in self.points() if p.seq == self._base_seq and p.time <= t_ns / 1e9]
-            return (self._base_seq, base[0].time) if base else None
-        return best
-
-    def _build_map(self, seq: int, disk: int) -> ExtentMap:
-        emap = ExtentMap()
-        for e in self._journal.iter_entries(self._base_seq, seq):
-            r = e.rec
-            if r.disk != disk or not r.length:
-                continue
-            if r.kind in DATA_KINDS:
-                emap.assign(r.offset, r.offset + r.length, e)
-            elif r.kind in ZERO_KINDS:
-                emap.assign(r.offset, r.offset + r.length, ZERO)
-        return emap
+        return await self._run(seq_at_time_scan, self, int(t * 1e9))
 
     async def _view_closed(self) -> None:
         async with self._cond:
@@ -615,22 +470,9 @@ class LocalMachineVault(MachineVault):
             await self._cond.wait_for(lambda: not self._pruning)
             self._views += 1
         try:
-            return await self._run(self._verify_sync)
+            return await self._run(verify_all, self)
         finally:
             await self._view_closed()
-
-    def _verify_sync(self) -> VerifyReport:
-        rep = VerifyReport()
-        for e in self._journal.iter_entries(self._base_seq, self._last_seq, tolerant=True, problems=rep.problems):
-            rep.records_checked += 1
-            if e.envlen:
-                try:
-                    self._journal.read_payload(e)
-                except (IntegrityError, StorageError) as err:
-                    rep.problems.append({"what": "journal", "error": err.message, **err.details})
-        for d in self.disks():
-            rep.blocks_checked += self._replicas[d.index].scan(d.size, rep.problems)
-        return rep
 
     async def close(self) -> None:
         """Stop a running prune at its next batch boundary, persist meta and release the machine."""

@@ -1,0 +1,182 @@
+"""The console's application layer in one object: engine facade, bridge, models, jobs, notifications, settings.
+
+Widgets receive a ``ConsoleContext`` and call its actions (protect, resync, test failover, clean up, save policy);
+each long action is a ``ConsoleJob``. The context wires engine events to the models (statuses → table, history,
+dashboard; alerts → notifications and log; job progress → jobs) and refreshes the inventory (registered machines,
+resync details) every few seconds, since the engine sends no event for those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from .bridge import Alert, EngineBridge, MachineStatus
+from .engine_facade import DrillStarted, EngineFacade, PolicySpec
+from .errors import Notification, NotificationCenter
+from .event_log import EventLogModel, LogEntry
+from .jobs import ConsoleJob, JobManager, JobsModel
+from .models import DashboardSeries, MachineTableModel, RpoHistory
+from .settings import ConsoleSettings
+
+log = logging.getLogger(__name__)
+
+INVENTORY_SECONDS = 5.0
+
+
+class ConsoleContext(QObject):
+    """Everything a page needs. Create inside a running qasync loop (jobs are asyncio tasks)."""
+
+    statuses_applied = Signal(set)     # names of the machines whose status just changed
+    inventory_refreshed = Signal()
+    appliance_started = Signal()
+    appliance_stopped = Signal()
+
+    def __init__(self, facade: EngineFacade, settings: ConsoleSettings, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.facade = facade
+        self.settings = settings
+        self.notes = NotificationCenter(self)
+        self.bridge = EngineBridge(self, flush_ms=int(settings.get("ui/refresh_ms")))
+        self.machines = MachineTableModel(self)
+        minutes = int(settings.get("ui/rpo_history_minutes"))
+        self.history = RpoHistory(minutes)
+        self.fleet = DashboardSeries(minutes)
+        self.jobs = JobManager(self.notes, self)
+        self.jobs_model = JobsModel(self.jobs, self)
+        self.log = EventLogModel(parent=self)
+        facade.subscribe(self.bridge)
+        self.bridge.statuses.connect(self._on_statuses)
+        self.bridge.alert.connect(self._on_alert)
+        self.bridge.job_progress.connect(self.jobs.on_engine_progress)
+        self.notes.notified.connect(self._on_notification)
+        self.jobs.finished.connect(self._on_job_finished)
+        self._inventory = QTimer(self)
+        self._inventory.setInterval(int(INVENTORY_SECONDS * 1000))
+        self._inventory.timeout.connect(self.refresh_inventory)
+
+    # lifecycle -------------------------------------------------------------------------------------------
+    async def start_appliance(self) -> None:
+        await self.facade.start()
+        self.refresh_inventory()
+        self._inventory.start()
+        self.appliance_started.emit()
+
+    async def stop_appliance(self) -> None:
+        self._inventory.stop()
+        await self.jobs.shutdown()
+        await self.facade.stop()
+        self.bridge.flush()
+        self.appliance_stopped.emit()
+
+    def refresh_inventory(self) -> None:
+        if not self.facade.running:
+            return
+        try:
+            self.machines.set_inventory(self.facade.status())
+        except Exception as exc:  # a refresh failing must not stop the timer
+            self.notes.handle(exc, "refreshing the machine list")
+            return
+        self.inventory_refreshed.emit()
+
+    # event wiring ----------------------------------------------------------------------------------------
+    def _on_statuses(self, batch: list[MachineStatus]) -> None:
+        now = time.time()
+        for ev in batch:
+            self.history.append(ev.machine, now, ev.rpo_seconds)
+        for name, old, new in self.machines.apply_statuses(batch):
+            level = "error" if new == "error" else "info"
+            self.log.add(LogEntry(level, "state", f"{old} → {new}", name))
+        self.fleet.sample(self.machines, now)
+        self.statuses_applied.emit({ev.machine for ev in batch})
+
+    def _on_alert(self, ev: Alert) -> None:
+        # The applier re-alerts every retry (CONTRACT.md §2): one notification per (machine, code) a minute.
+        level = "error" if ev.severity == "critical" else "warning"
+        self.notes.notify(Notification(level, ev.message, ev.code, ev.advice, ev.machine), dedupe_seconds=60)
+
+    def _on_notification(self, note: Notification) -> None:
+        self.log.add(LogEntry(note.level, "notification", note.title, note.machine, note.advice))
+
+    def _on_job_finished(self, job: ConsoleJob) -> None:
+        level = {"failed": "error", "cancelled": "warning"}.get(job.state, "info")
+        self.log.add(LogEntry(level, "job", f"{job.title}: {job.state}", job.machine, job.message))
+        self.refresh_inventory()
+
+    # actions (each a job) --------------------------------------------------------------------------------
+    def _job(self, title: str, kind: str, machine: str | None, work: Callable[[ConsoleJob], Awaitable[Any]],
+             **kw: Any) -> ConsoleJob:
+        return self.jobs.start(title, kind, machine, work, **kw)
+
+    def protect(self, machine: str, policy: str | None) -> ConsoleJob:
+        """Enable protection and follow the initial sync until the machine is protected."""
+        async def work(job: ConsoleJob) -> None:
+            await self.facade.protect(machine, policy)
+            self.refresh_inventory()
+            while True:
+                st = self.facade.machine_status(machine)
+                if st["state"] not in ("initial-sync", "unprotected"):
+                    self.jobs.update(job, 1.0, f"state {st['state']}")
+                    return
+                self.jobs.update(job, st.get("sync_progress") or 0.0, "initial sync")
+                await asyncio.sleep(0.5)
+        return self._job(f"Enable protection of {machine}", "protect", machine, work, cancellable=False)
+
+    def resync(self, machine: str) -> ConsoleJob:
+        """Resync now, then follow ``machine_status()['resync']`` until it is done."""
+        async def work(job: ConsoleJob) -> None:
+            await self.facade.resync(machine, now=True)
+            self.refresh_inventory()
+            while True:
+                st = self.facade.machine_status(machine)
+                rs = st.get("resync") or {}
+                if st["state"] != "resyncing" and rs.get("progress") is None:
+                    if rs.get("required"):
+                        self.jobs.update(job, None, f"scheduled {rs.get('scheduled_for') or ''}".strip())
+                    return
+                self.jobs.update(job, float(rs.get("progress") or 0.0), "resyncing")
+                await asyncio.sleep(0.5)
+        return self._job(f"Resync {machine}", "resync", machine, work, cancellable=False)
+
+    def test_failover(self, machine: str, point: str, *, nbd: str | None = None,
+                      export_dir: str | None = None) -> ConsoleJob:
+        """A drill of ``point`` over NBD (ready at once) or exported to a folder (followed, cancel = clean up)."""
+        async def work(job: ConsoleJob) -> DrillStarted:
+            started = await self.facade.test_failover(machine, point, nbd=nbd, export_dir=export_dir)
+            job.engine_job = started.job_id
+            if started.nbd:
+                job.message = f"served over NBD at {started.nbd} ({', '.join(started.exports)})"
+            elif not started.finished:
+                job.cancel = lambda: self.facade.cleanup(machine)
+            return started
+        return self._job(f"Test failover of {machine} ({point})", "test-failover", machine, work,
+                         follow_engine=export_dir is not None)
+
+    def cleanup(self, machine: str) -> ConsoleJob:
+        async def work(job: ConsoleJob) -> dict[str, Any]:
+            res = await self.facade.cleanup(machine)
+            job.message = f"drill of point {res.get('point')} cleaned up"
+            if res.get("removed"):
+                job.message += f", {len(res['removed'])} exported image(s) removed"
+            return res
+        return self._job(f"Clean up drill of {machine}", "cleanup", machine, work, cancellable=False)
+
+    def save_policy(self, spec: PolicySpec) -> PolicySpec:
+        """Synchronous (one SQLite write); raises ``UserError`` with the engine's message when invalid."""
+        saved = self.facade.save_policy(spec)
+        self.notes.info(f"Policy {spec.name} saved")
+        return saved
+
+    def register_vcenter(self, host: str, user: str, password: str, thumbprint: str) -> ConsoleJob:
+        async def work(job: ConsoleJob) -> Any:
+            return await self.facade.register_vcenter(host, user, password, thumbprint)
+        return self._job(f"Register vCenter {host}", "vcenter", None, work, cancellable=True)
+
+    @property
+    def home(self) -> Path:
+        return self.facade.home

@@ -1,0 +1,226 @@
+"""First-run setup without widgets: validate each answer, make the home in a hidden sibling folder, then commit it.
+
+The wizard needs the connection passphrase before Finish (it is shown once, to copy or save), but must leave nothing
+half-made when cancelled. So ``PendingHome.create`` initialises a complete home in ``.<name>.setup-XXXX`` next to the
+chosen folder; ``commit`` writes the final ports, vault and listen address into it and renames it into place;
+``discard`` removes it and its keyring entry. Validators return a message for the field, or None when it is fine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.appliance.appliance import init_home
+from engine.home import ApplianceHome
+from engine.secrets import delete_secret, vault_key_name
+
+
+@dataclass(frozen=True, slots=True)
+class VCenterPlan:
+    """A vCenter to register after the appliance starts; ``thumbprint`` is the one the operator accepted."""
+    host: str
+    user: str
+    password: str
+    thumbprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetupPlan:
+    """Everything the wizard collected."""
+    home: Path
+    vault: Path
+    control_port: int
+    data_port: int
+    listen: str = "0.0.0.0"
+    vcenter: VCenterPlan | None = None
+
+
+def validate_home(text: str) -> str | None:
+    if not text.strip():
+        return "Choose a folder for the appliance."
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        return "Use an absolute path."
+    if ApplianceHome(p).config.exists():
+        return "This folder is already an appliance home; start the console with --home to use it."
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        return "The folder exists and is not empty."
+    parent = next((q for q in [p, *p.parents] if q.exists()), None)
+    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+        return f"Cannot create folders in {parent}."
+    return None
+
+
+def validate_vault(text: str, home: str) -> str | None:
+    if not text.strip():
+        return None  # the default: HOME/vault
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        return "Use an absolute path."
+    if p.exists() and not p.is_dir():
+        return "This is a file, not a folder."
+    parent = next((q for q in [p, *p.parents] if q.exists()), None)
+    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+        return f"Cannot write to {parent}."
+    return None
+
+
+def validate_port(text: str) -> str | None:
+    t = text.strip()
+    if not t.isdigit() or not 0 < int(t) < 65536:
+        return "Enter a TCP port between 1 and 65535."
+    return None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when ``port`` cannot be bound on ``host`` right now (another program listens there)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except PermissionError:
+            return False  # a privileged port: the appliance may still get it (capabilities); not "in use"
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def validate_ports(control: str, data: str, listen: str) -> dict[str, str]:
+    """Messages per field name ('control', 'data', 'listen')."""
+    out: dict[str, str] = {}
+    for key, text in (("control", control), ("data", data)):
+        msg = validate_port(text)
+        if msg is None and port_in_use(listen or "0.0.0.0", int(text)):
+            msg = f"Port {int(text)} is already in use on {listen or '0.0.0.0'}."
+        if msg:
+            out[key] = msg
+    if "control" not in out and "data" not in out and int(control) == int(data):
+        out["data"] = "The data port must differ from the control port."
+    try:
+        socket.getaddrinfo(listen or "0.0.0.0", None, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError):
+        out["listen"] = "Enter an IP address to listen on (0.0.0.0 for every interface)."
+    return out
+
+
+def parse_host_port(text: str, default_port: int = 443) -> tuple[str, int] | None:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        host, port = text.strip(), str(default_port)
+    host = host.strip("[]")
+    if not host or not 0 < int(port) < 65536 or " " in host:
+        return None
+    return host, int(port)
+
+
+async def fetch_thumbprint(host: str, port: int = 443, timeout: float = 10.0) -> str:
+    """SHA-256 thumbprint (AA:BB:…) of the certificate a TLS server presents. Not verified: the operator accepts it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx, server_hostname=host), timeout)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (OSError, ssl.SSLError):
+            pass
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+class PendingHome:
+    """An initialised home in a hidden temporary sibling folder, until ``commit`` or ``discard``."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.passphrase: str = ""
+        self.appliance_id: str = ""
+        self._made: list[Path] = []  # parent folders create() made, removed again by discard()
+
+    async def create(self, near: Path) -> str:
+        """Initialise a home next to ``near`` (the folder the operator chose) and return its passphrase."""
+        if self.path is not None:
+            return self.passphrase
+        near = near.expanduser()
+        target_parent = near.parent
+        self._made = [q for q in [target_parent, *target_parent.parents] if not q.exists()]
+        await asyncio.to_thread(target_parent.mkdir, parents=True, exist_ok=True)
+        tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f".{near.name}.setup-", dir=target_parent))
+        try:
+            # Ports are placeholders: commit writes the final ones (certificates do not depend on them).
+            cfg = await asyncio.to_thread(init_home, tmp, control_port=1, data_port=2)
+        except BaseException:
+            self.path = tmp
+            await self.discard()
+            raise
+        self.path, self.appliance_id = tmp, cfg["appliance_id"]
+        self.passphrase = (tmp / "passphrase.txt").read_text().strip()
+        return self.passphrase
+
+    async def commit(self, plan: SetupPlan) -> Path:
+        """Write the plan's configuration and move the home into place. Raises if the target appeared meanwhile."""
+        assert self.path is not None, "create() first"
+        src = self.path
+        home = ApplianceHome(src)
+        cfg = json.loads(home.config.read_text())
+        cfg.update(control_port=plan.control_port, data_port=plan.data_port, listen=plan.listen,
+                   vault={"kind": "local", "path": str(plan.vault.expanduser().resolve())})
+        await asyncio.to_thread(home.save_config, cfg)
+        await asyncio.to_thread(_move_into_place, src, plan.home.expanduser())
+        self.path, self._made = None, []
+        return plan.home
+
+    async def discard(self) -> None:
+        """Remove the temporary home and its vault key: nothing half-made stays behind."""
+        path, self.path = self.path, None
+        if path is None:
+            return
+        await asyncio.to_thread(shutil.rmtree, path, True)
+        for folder in self._made:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._made = []
+        if self.appliance_id:
+            await asyncio.to_thread(delete_secret, vault_key_name(self.appliance_id))
+        self.passphrase = ""
+
+
+def _move_into_place(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        if any(dst.iterdir()):
+            raise FileExistsError(errno.EEXIST, "the appliance folder is no longer empty", str(dst))
+        dst.rmdir()
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        shutil.copytree(src, dst, symlinks=True)  # another filesystem: copy, then drop the temporary one
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def vsphere_available() -> bool:
+    """Whether this engine build has vCenter support (engine/vsphere, issue 4)."""
+    import importlib.util
+    return importlib.util.find_spec("engine.vsphere") is not None
+
+
+def default_control_port() -> int:
+    """443 as in ASR when we may bind it, else 8443 (an unprivileged user cannot bind below 1024 on Linux)."""
+    geteuid = getattr(os, "geteuid", None)
+    return 443 if geteuid is None or geteuid() == 0 else 8443

@@ -1,0 +1,254 @@
+"""First-run wizard: home, vault, ports, the connection passphrase (shown once), optional vCenter, summary.
+
+Finish initialises and starts the appliance through the ``start`` coroutine the console passes in. The home is
+made in a hidden temporary folder when the passphrase page opens (the passphrase must exist to be shown) and is
+renamed into place at Finish; Cancel, or a failed Finish, removes it and its keyring entry. The wizard is opened
+with ``show()``/``open()`` and never runs a nested event loop: Finish and Cancel complete asynchronously and then
+close the dialog (await ``finished``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout,
+                               QWizard, QWizardPage)
+
+from console.errors import UserError
+from console.home_setup import PendingHome, SetupPlan, VCenterPlan, parse_host_port
+
+from . import forms, theme
+from .wizard_pages import HomePage, KeepOnBackPage, PortsPage, VaultPage, VCenterPage
+
+log = logging.getLogger(__name__)
+
+StartFn = Callable[[SetupPlan], Awaitable[None]]
+
+
+class PassphrasePage(KeepOnBackPage):
+    """Shows the connection passphrase once, with Copy and Save; Next needs the operator to confirm."""
+
+    def __init__(self, pending: PendingHome) -> None:
+        super().__init__()
+        self.pending = pending
+        self.setTitle("Connection passphrase")
+        self.setSubTitle("Agents prove they know this passphrase when they register. It is shown only now: copy it "
+                         "or save it somewhere safe.")
+        self.text = QLabel("Preparing the appliance…")
+        self.text.setObjectName("passphrase")
+        self.text.setTextInteractionFlags(self.text.textInteractionFlags().TextSelectableByMouse)
+        self.text.setAccessibleName("Connection passphrase")
+        self.copy = QPushButton(theme.icon("copy"), "&Copy")
+        self.save = QPushButton(theme.icon("save"), "&Save…")
+        self.status = QLabel()
+        self.status.setObjectName("hint")
+        self.confirm = QCheckBox("I have &copied or saved the passphrase")
+        self.error = forms.Field(self.confirm)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.copy)
+        buttons.addWidget(self.save)
+        buttons.addStretch(1)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.text)
+        lay.addLayout(buttons)
+        lay.addWidget(self.status)
+        lay.addWidget(self.error)
+        lay.addStretch(1)
+        self.copy.clicked.connect(self.copy_to_clipboard)
+        self.save.clicked.connect(self._ask_save)
+        self.confirm.toggled.connect(self.completeChanged)
+        self.task: asyncio.Future[None] | None = None
+        self._set_ready(False)
+
+    def _set_ready(self, ready: bool) -> None:
+        for w in (self.copy, self.save, self.confirm):
+            w.setEnabled(ready)
+
+    def initializePage(self) -> None:  # noqa: N802
+        if self.pending.passphrase:
+            return
+        wiz = self.wizard()
+        near = wiz.home_page.value() if isinstance(wiz, FirstRunWizard) else Path.home() / "lifeboat"
+        self.task = asyncio.ensure_future(self._prepare(near))
+
+    async def _prepare(self, near: Path) -> None:
+        try:
+            passphrase = await self.pending.create(near)
+        except (UserError, OSError) as exc:
+            self.error.set_message(f"Cannot prepare the appliance: {exc}")
+            self.text.setText("—")
+            return
+        self.text.setText(passphrase)
+        self._set_ready(True)
+        self.completeChanged.emit()
+
+    def copy_to_clipboard(self) -> None:
+        QGuiApplication.clipboard().setText(self.pending.passphrase)
+        self.status.setText("Copied to the clipboard.")
+
+    def _ask_save(self) -> None:
+        dlg = QFileDialog(self, "Save the connection passphrase", str(Path.home() / "lifeboat-passphrase.txt"))
+        dlg.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dlg.fileSelected.connect(lambda p: self.save_to(Path(p)))
+        dlg.finished.connect(dlg.deleteLater)
+        dlg.open()
+
+    def save_to(self, path: Path) -> None:
+        """Write the passphrase to ``path`` readable by its owner only (0600)."""
+        import os
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.pending.passphrase + "\n")
+        except OSError as exc:
+            self.status.setText(f"Not saved: {exc.strerror}")
+            return
+        self.status.setText(f"Saved to {path}")
+
+    def isComplete(self) -> bool:  # noqa: N802
+        return bool(self.pending.passphrase) and self.confirm.isChecked()
+
+
+class SummaryPage(KeepOnBackPage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("Summary")
+        self.setSubTitle("Finish creates the appliance and starts it.")
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(self.summary.textInteractionFlags().TextSelectableByMouse)
+        self.state = forms.Field(QLabel())
+        form = QFormLayout(self)
+        form.addRow(self.summary)
+        form.addRow(self.state)
+
+    def initializePage(self) -> None:  # noqa: N802
+        wiz = self.wizard()
+        if not isinstance(wiz, FirstRunWizard):
+            return
+        p = wiz.plan()
+        rows = [("Home", str(p.home)), ("Vault", f"local folder {p.vault}"), ("Listen on", p.listen),
+                ("Control port", str(p.control_port)), ("Data port", str(p.data_port)),
+                ("vCenter", f"{p.vcenter.host} (thumbprint accepted)" if p.vcenter else "none")]
+        self.summary.setText("<table cellpadding=3>" + "".join(
+            f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows) + "</table>")
+
+
+class FirstRunWizard(QWizard):
+    """The wizard. ``setup_done(plan)`` is emitted after Finish succeeded and the appliance runs."""
+
+    setup_done = Signal(object)
+
+    def __init__(self, default_home: Path, start: StartFn) -> None:
+        super().__init__()
+        self.setWindowTitle("Set up Lifeboat")
+        self.setWindowIcon(theme.icon("app"))
+        self.setOption(QWizard.WizardOption.IndependentPages, True)
+        self.setOption(QWizard.WizardOption.NoBackButtonOnStartPage, True)
+        self.setWizardStyle(QWizard.WizardStyle.ClassicStyle)
+        self.start_fn = start
+        self.pending = PendingHome()
+        self.home_page = HomePage(default_home)
+        self.vault_page = VaultPage()
+        self.ports_page = PortsPage()
+        self.passphrase_page = PassphrasePage(self.pending)
+        self.vcenter_page = VCenterPage()
+        self.summary_page = SummaryPage()
+        for page in (self.home_page, self.vault_page, self.ports_page, self.passphrase_page, self.vcenter_page,
+                     self.summary_page):
+            self.addPage(page)
+        self.resize(720, 520)
+        self._finishing = False
+        self._closing = False
+        self.task: asyncio.Future[None] | None = None
+
+    def plan(self) -> SetupPlan:
+        home = self.home_page.value()
+        vc = None
+        v = self.vcenter_page
+        if v.enable.isChecked() and v.thumbprint:
+            hp = parse_host_port(v.host.text())
+            host = f"{hp[0]}:{hp[1]}" if hp else v.host.text().strip()
+            vc = VCenterPlan(host, v.user.text().strip(), v.password.text(), v.thumbprint)
+        return SetupPlan(home, self.vault_page.value(home), int(self.ports_page.control.text()),
+                         int(self.ports_page.data.text()), self.ports_page.listen.text().strip() or "0.0.0.0", vc)
+
+    def _buttons_enabled(self, on: bool) -> None:
+        for b in (QWizard.WizardButton.BackButton, QWizard.WizardButton.FinishButton,
+                  QWizard.WizardButton.CancelButton):
+            self.button(b).setEnabled(on)
+
+    # Finish ----------------------------------------------------------------------------------------------
+    def accept(self) -> None:
+        if self._closing:
+            super().accept()
+            return
+        if self._finishing:
+            return
+        self._finishing = True
+        self._buttons_enabled(False)
+        self.summary_page.state.editor.setText("Creating and starting the appliance…")
+        self.task = asyncio.ensure_future(self._finish())
+
+    async def _finish(self) -> None:
+        plan = self.plan()
+        committed = False
+        try:
+            await self.pending.commit(plan)
+            committed = True
+            await self.start_fn(plan)
+        except Exception as exc:
+            if committed:
+                await self._rollback(plan.home)
+            msg = f"{exc.code}: {exc.message} {exc.advice}" if isinstance(exc, UserError) else str(exc)
+            self.summary_page.state.editor.setText("")
+            self.summary_page.state.set_message(f"The appliance could not start: {msg}")
+            self._finishing = False
+            self._buttons_enabled(True)
+            return
+        self._closing = True
+        self.setup_done.emit(plan)
+        self.accept()
+
+    async def _rollback(self, home: Path) -> None:
+        """Finish failed after the home was moved into place: take it back so Cancel can remove it."""
+        import tempfile
+        import os
+        tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f".{home.name}.setup-", dir=home.parent))
+        await asyncio.to_thread(os.rmdir, tmp)
+        await asyncio.to_thread(os.rename, home, tmp)
+        self.pending.path = tmp
+
+    # Cancel ----------------------------------------------------------------------------------------------
+    def reject(self) -> None:
+        if self._closing:
+            super().reject()
+            return
+        if self._finishing:
+            return
+        self._finishing = True
+        self._buttons_enabled(False)
+        self.task = asyncio.ensure_future(self._cancel())
+
+    async def _cancel(self) -> None:
+        prep = self.passphrase_page.task
+        if prep is not None and not prep.done():
+            await asyncio.gather(prep, return_exceptions=True)
+        try:
+            await self.pending.discard()
+        except Exception:
+            log.exception("removing the unfinished appliance home")
+        self._closing = True
+        self.reject()
+
+    def closeEvent(self, event) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
+        if self._closing:
+            super().closeEvent(event)
+            return
+        event.ignore()
+        self.reject()

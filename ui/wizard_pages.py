@@ -1,0 +1,245 @@
+"""The first-run wizard's input pages: appliance home, vault, ports, optional vCenter.
+
+Every field is validated as it is typed, with the message next to it; Next stays disabled until the page is
+valid. Pages keep what was typed when the operator goes Back (``cleanupPage`` does not reset them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QFileDialog, QFormLayout, QLabel, QLineEdit, QPushButton,
+                               QRadioButton, QVBoxLayout, QWizardPage)
+
+from console.home_setup import (default_control_port, fetch_thumbprint, parse_host_port, validate_home,
+                                validate_ports, validate_vault, vsphere_available)
+
+from . import forms
+
+
+class KeepOnBackPage(QWizardPage):
+    """A page whose fields survive Back (QWizard's default resets registered fields)."""
+
+    def cleanupPage(self) -> None:  # noqa: N802
+        pass
+
+    def _browse(self, edit: QLineEdit, caption: str) -> None:
+        dlg = QFileDialog(self, caption, edit.text() or str(Path.home()))
+        dlg.setFileMode(QFileDialog.FileMode.Directory)
+        dlg.setOption(QFileDialog.Option.ShowDirsOnly, True)
+        dlg.fileSelected.connect(edit.setText)
+        dlg.finished.connect(dlg.deleteLater)
+        dlg.open()
+
+
+class HomePage(KeepOnBackPage):
+    def __init__(self, default_home: Path) -> None:
+        super().__init__()
+        self.setTitle("Appliance home")
+        self.setSubTitle("Where the appliance keeps its configuration, certificates, state and (by default) the vault.")
+        self.home = QLineEdit(str(default_home))
+        self.home.setAccessibleName("Appliance home folder")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(lambda: self._browse(self.home, "Appliance home"))
+        self.field = forms.Field(self.home, browse, hint="A new, empty folder. It is created if it does not exist.")
+        form = QFormLayout(self)
+        form.addRow("&Folder:", self.field)
+        self.home.textChanged.connect(self._changed)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.field.set_message(validate_home(self.home.text()))
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802
+        return validate_home(self.home.text()) is None
+
+    def value(self) -> Path:
+        return Path(self.home.text().strip()).expanduser()
+
+
+class VaultPage(KeepOnBackPage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("Vault")
+        self.setSubTitle("Where replicated data and recovery points are stored, encrypted with a key kept in the "
+                         "OS keyring.")
+        lay = QVBoxLayout(self)
+        self.local = QRadioButton("&Local folder (default)")
+        self.local.setChecked(True)
+        self.azure = QRadioButton("Azure Blob (coming)")
+        self.azure.setEnabled(False)
+        self.azure.setToolTip("Azure Blob storage is planned; this version stores the vault in a local folder.")
+        group = QButtonGroup(self)
+        group.addButton(self.local)
+        group.addButton(self.azure)
+        self.path = QLineEdit()
+        self.path.setPlaceholderText("HOME/vault")
+        self.path.setAccessibleName("Vault folder")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(lambda: self._browse(self.path, "Vault folder"))
+        self.field = forms.Field(self.path, browse, hint="Leave empty for a 'vault' folder inside the home.")
+        lay.addWidget(self.local)
+        lay.addWidget(self.field)
+        lay.addWidget(self.azure)
+        lay.addStretch(1)
+        self.path.textChanged.connect(self._changed)
+
+    def _home(self) -> str:
+        w = self.wizard()
+        return str(w.home_page.value()) if w is not None and hasattr(w, "home_page") else ""
+
+    def _changed(self) -> None:
+        self.field.set_message(validate_vault(self.path.text(), self._home()))
+        self.completeChanged.emit()
+
+    def initializePage(self) -> None:  # noqa: N802
+        self.path.setPlaceholderText(str(Path(self._home()) / "vault"))
+
+    def isComplete(self) -> bool:  # noqa: N802
+        return validate_vault(self.path.text(), self._home()) is None
+
+    def value(self, home: Path) -> Path:
+        text = self.path.text().strip()
+        return Path(text).expanduser() if text else home / "vault"
+
+
+class PortsPage(KeepOnBackPage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("Network")
+        self.setSubTitle("Agents register on the control port and replicate to the data port (both TLS).")
+        self.listen = QLineEdit("0.0.0.0")
+        self.control = QLineEdit(str(default_control_port()))
+        self.data = QLineEdit("9443")
+        self.fields = {"listen": forms.Field(self.listen, hint="0.0.0.0 listens on every interface."),
+                       "control": forms.Field(self.control), "data": forms.Field(self.data)}
+        for w, name in ((self.listen, "Listen address"), (self.control, "Control port"), (self.data, "Data port")):
+            w.setAccessibleName(name)
+            w.textChanged.connect(self._changed)
+        form = QFormLayout(self)
+        form.addRow("&Listen on:", self.fields["listen"])
+        form.addRow("&Control port:", self.fields["control"])
+        form.addRow("&Data port:", self.fields["data"])
+        self._changed()
+
+    def errors(self) -> dict[str, str]:
+        return validate_ports(self.control.text(), self.data.text(), self.listen.text().strip())
+
+    def _changed(self) -> None:
+        errs = self.errors()
+        for key, f in self.fields.items():
+            f.set_message(errs.get(key))
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802
+        return not self.errors()
+
+    def validatePage(self) -> bool:  # noqa: N802
+        self._changed()  # a port may have been taken since it was typed
+        return self.isComplete()
+
+
+class VCenterPage(KeepOnBackPage):
+    """Optional: a vCenter to register, with its certificate thumbprint shown for the operator to accept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("vCenter (optional)")
+        self.setSubTitle("Register a vCenter now to discover its VMs, or skip and add one later under "
+                         "Infrastructure.")
+        self.supported = vsphere_available()
+        self.enable = QCheckBox("&Register a vCenter now")
+        self.host = QLineEdit()
+        self.host.setPlaceholderText("vcenter.example.com[:443]")
+        self.user = QLineEdit()
+        self.password = QLineEdit()
+        self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.fetch = QPushButton("&Get certificate")
+        self.thumb = QLabel("—")
+        self.thumb.setObjectName("hint")
+        self.thumb.setWordWrap(True)
+        self.thumb.setTextInteractionFlags(self.thumb.textInteractionFlags().TextSelectableByMouse)
+        self.accept_thumb = QCheckBox("I checked this thumbprint against the vCenter and &trust it")
+        self.f_host = forms.Field(self.host, self.fetch)
+        self.f_user, self.f_pass = forms.Field(self.user), forms.Field(self.password)
+        self.f_thumb = forms.Field(self.accept_thumb)
+        form = QFormLayout(self)
+        form.addRow(self.enable)
+        if not self.supported:
+            form.addRow(forms.hint("vCenter support is not in this build: add vCenters later under Infrastructure."))
+        form.addRow("&Address:", self.f_host)
+        form.addRow("&User:", self.f_user)
+        form.addRow("&Password:", self.f_pass)
+        form.addRow("Certificate SHA-256:", self.thumb)
+        form.addRow("", self.f_thumb)
+        self.thumbprint = ""
+        self._fetching: asyncio.Future[None] | None = None
+        self.enable.setEnabled(self.supported)
+        self.enable.toggled.connect(self._changed)
+        for w in (self.host, self.user, self.password):
+            w.textChanged.connect(self._changed)
+        self.host.textChanged.connect(self._forget_thumbprint)
+        self.accept_thumb.toggled.connect(self._changed)
+        self.fetch.clicked.connect(self._fetch)
+        self._changed()
+
+    def _forget_thumbprint(self) -> None:
+        self.thumbprint = ""
+        self.thumb.setText("—")
+        self.accept_thumb.setChecked(False)
+
+    def _fetch(self) -> None:
+        hp = parse_host_port(self.host.text())
+        if hp is None:
+            self.f_host.set_message("Enter HOST or HOST:PORT.")
+            return
+        self.thumb.setText("Connecting…")
+        self._fetching = asyncio.ensure_future(self._fetch_async(*hp))
+
+    async def _fetch_async(self, host: str, port: int) -> None:
+        try:
+            self.thumbprint = await fetch_thumbprint(host, port)
+            self.thumb.setText(self.thumbprint)
+            self.f_host.set_message(None)
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.thumbprint = ""
+            self.thumb.setText("—")
+            self.f_host.set_message(f"Cannot reach {host}:{port}: {exc.strerror or exc or 'timed out'}")
+        self._changed()
+
+    def errors(self) -> dict[str, str]:
+        if not self.enable.isChecked():
+            return {}
+        out = {}
+        if parse_host_port(self.host.text()) is None:
+            out["host"] = "Enter HOST or HOST:PORT."
+        if not self.user.text().strip():
+            out["user"] = "Enter the vCenter user."
+        if not self.password.text():
+            out["password"] = "Enter the password."
+        if not self.thumbprint:
+            out["thumb"] = "Get the certificate and check its thumbprint."
+        elif not self.accept_thumb.isChecked():
+            out["thumb"] = "Accept the thumbprint to continue."
+        return out
+
+    def _changed(self) -> None:
+        on = self.enable.isChecked()
+        for w in (self.host, self.user, self.password, self.fetch, self.accept_thumb):
+            w.setEnabled(on)
+        errs = self.errors()
+        if on:
+            if self.host.text():
+                self.f_host.set_message(errs.get("host"))
+            self.f_user.set_message(errs.get("user") if self.user.text() or self.password.text() else None)
+            self.f_pass.set_message(errs.get("password") if self.password.isModified() else None)
+            self.f_thumb.set_message(errs.get("thumb") if self.thumbprint else None)
+        else:
+            for f in (self.f_host, self.f_user, self.f_pass, self.f_thumb):
+                f.set_message(None)
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802
+        return not self.errors()

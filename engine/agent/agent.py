@@ -22,6 +22,7 @@ from ..fileio import data_extents
 from ..home import AgentHome
 from ..nbd.server import NBDServer
 from ..records import Kind, Record
+from ..vsphere.identity import local_identity
 from ..home import atomic_write
 from ..wire import BATCH_HEAD, Frame, frame_header, parse_json, read_frame, write_frame, write_json
 from .capture import CaptureBackend, MachineCapture
@@ -41,8 +42,10 @@ LINK_TIMEOUT = 10.0
 class Agent:
     def __init__(self, home: Path, disks: dict[str, Path], nbd: tuple[str, int], *,
                  pre_bookmark: str | None = None, post_bookmark: str | None = None,
-                 journal_limit: int = 1 << 30) -> None:
+                 journal_limit: int = 1 << 30, identity: dict[str, Any] | None = None) -> None:
         self.home = AgentHome(Path(home))
+        # BIOS UUID, host name and IPs, sent in HELLO so the appliance can find this machine's VM (tests pass their own).
+        self.identity = identity if identity is not None else local_identity()
         self.cfg = self.home.load_config()
         self.name: str = self.cfg["name"]
         if not disks:
@@ -183,7 +186,8 @@ class Agent:
         try:
             write_json(writer, Frame.HELLO, {"machine": self.name, "version": 1,
                                              "disks": [{"index": b.index, "name": b.name, "size": b.size}
-                                                       for b in self.backends]})
+                                                       for b in self.backends],
+                                             **{k: v for k, v in self.identity.items() if v}})
             kind, body = await asyncio.wait_for(read_frame(reader), 30)
             if kind == Frame.ERROR:
                 raise _remote_error(parse_json(body))
@@ -277,6 +281,8 @@ class Agent:
                 await self._wait_data(writer, 0.5)
                 continue
             recs = self.capture.journal.read_after(self.sent_seq, BATCH_BYTES) if self.protected else []
+            if not recs and self.sent_seq >= self.capture.journal.last_seq:
+                self.first_unsent_ns = 0   # everything journaled is on its way (also after a reconnect)
             if recs:
                 await self._send(writer, recs)
                 if self.sent_seq >= self.capture.journal.last_seq:

@@ -138,6 +138,9 @@ class Appliance:
         self.data_address = await self.ps.start(self.listen, self.cfg["data_port"])
         self.recovery = RecoveryService(self)
         await self.recovery.start()
+        from ..vsphere.service import VSphereService  # registered vCenters and their live inventory
+        self.vsphere = VSphereService(self)
+        await self.vsphere.start()
         self.control = ControlAPI(self)
         self.control_address = await self.control.start(self.listen, self.cfg["control_port"])
         self._tasks.append(asyncio.create_task(self._ticker(), name="appliance-ticker"))
@@ -150,6 +153,8 @@ class Appliance:
         self._tasks.clear()
         if self.control:
             await self.control.stop()
+        if getattr(self, "vsphere", None):
+            await self.vsphere.stop()
         if self.recovery:
             await self.recovery.stop()
         if self.ps:
@@ -221,6 +226,8 @@ class Appliance:
         rt.connection = conn
         rt.last_seen = time.monotonic()
         rt.open_hash_indexes()
+        if getattr(self, "vsphere", None):
+            self.vsphere.agent_attached(name, getattr(conn, "hello", None) or {})
         return rt
 
     def welcome(self, name: str) -> dict[str, Any]:

@@ -86,6 +86,8 @@ class ControlAPI:
         r.add_post("/v1/machines/{name}/resync", self.resync)
         r.add_post("/v1/machines/{name}/failover-cleanup", self.failover_cleanup)
         r.add_get("/v1/jobs/{id}", self.job)
+        if getattr(self.app, "vsphere", None):
+            r.add_routes(self.app.vsphere.routes())
         self.runner = web.AppRunner(wa, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=ctx)

@@ -119,6 +119,7 @@ class ProcessServer:
         if kind != Frame.HELLO:
             raise ProtocolError("expected HELLO")
         hello = parse_json(body)
+        conn.hello = hello  # type: ignore[attr-defined]  # identity fields for vSphere matching
         if hello.get("machine") != cn:
             raise ProtocolError("HELLO names another machine than the certificate")
         rt = await self.app.attach_agent(cn, hello.get("disks", []), conn)

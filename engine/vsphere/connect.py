@@ -163,16 +163,17 @@ def check_trust(t: Target, timeout: float = PROBE_TIMEOUT) -> str:
             raise VCenterUnreachable(f"TLS handshake with {t.address} failed: {exc}") from None
 
 
-def connect(t: Target, password: str, *, timeout: float = HTTP_TIMEOUT) -> Any:
-    """Check trust, log in and return the ServiceInstance. Blocking: call from a worker thread."""
+def connect(t: Target, password: str, *, timeout: float = HTTP_TIMEOUT) -> tuple[Any, str]:
+    """Check trust, log in; returns (ServiceInstance, the server's SHA-256 thumbprint). Blocking: use a thread."""
     from pyVim.connect import Connect
     from pyVmomi import vim, vmodl
 
-    check_trust(t)
+    seen = check_trust(t)
     ctx = ssl_context(t)
     try:
-        return Connect(host=t.host, port=t.port, user=t.user, pwd=password, sslContext=ctx,
-                       httpConnectionTimeout=timeout)
+        si = Connect(host=t.host, port=t.port, user=t.user, pwd=password, sslContext=ctx,
+                     httpConnectionTimeout=timeout)
+        return si, seen
     except vim.fault.InvalidLogin:
         raise LoginFailed(f"login failed for user {t.user!r} at {t.address}") from None
     except CertificateUntrusted:

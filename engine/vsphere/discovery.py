@@ -233,8 +233,12 @@ def vm_record(moid: str, p: dict[str, Any], r: Resolver, vcenter: str) -> dict[s
     }
 
 
-def build_inventory(objects: dict[str, dict[str, Any]], vcenter: str) -> dict[str, list[dict[str, Any]]]:
-    """Everything one endpoint holds, names resolved, sorted by name (stable output for the CLI and tests)."""
+def build_inventory(objects: dict[str, dict[str, Any]], vcenter: str,
+                    vms: list[dict[str, Any]] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Everything one endpoint holds, names resolved, sorted by name (stable output for the CLI and tests).
+
+    ``vms``: VM records already built (the live inventory caches them), so only the other types are resolved.
+    """
     r = Resolver(objects)
     out: dict[str, list[dict[str, Any]]] = {k: [] for k in
                                             ("datacenters", "clusters", "hosts", "datastores", "networks", "vms")}
@@ -259,8 +263,10 @@ def build_inventory(objects: dict[str, dict[str, Any]], vcenter: str) -> dict[st
                                       "free_bytes": p.get("summary.freeSpace")})
         elif t in ("Network", "DistributedVirtualPortgroup", "OpaqueNetwork"):
             out["networks"].append({**base, "datacenter": r.datacenter(moid)})
-        elif t == "VirtualMachine":
+        elif t == "VirtualMachine" and vms is None:
             out["vms"].append(vm_record(moid, p, r, vcenter))
+    if vms is not None:
+        out["vms"] = list(vms)
     for rows in out.values():
         rows.sort(key=lambda x: (x.get("name") or "", x["moref"]))
     return out

@@ -95,7 +95,7 @@ class Watcher:
             si = None
             try:
                 self._status("connecting", None, self.renewals)
-                si = connect(self.target, self._password())
+                si, _ = connect(self.target, self._password())
                 if self.target.trust == "insecure":
                     log.warning("vCenter %s: TLS certificate NOT verified (--insecure): the connection can be "
                                 "intercepted", self.target.address)

@@ -59,8 +59,8 @@ class Site:
         await asyncio.to_thread(register, self.agent_home, f"127.0.0.1:{self.app.control_address[1]}",
                                 self.ahome / "passphrase.txt", name)
 
-    async def start_agent(self, disks: dict[str, Path]) -> Agent:
-        self.agent = Agent(self.agent_home, disks, ("127.0.0.1", 0))
+    async def start_agent(self, disks: dict[str, Path], **kw) -> Agent:  # type: ignore[no-untyped-def]
+        self.agent = Agent(self.agent_home, disks, ("127.0.0.1", 0), **kw)
         await self.agent.start()
         return self.agent
 

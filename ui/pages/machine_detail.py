@@ -1,0 +1,142 @@
+"""The selected machine: health in words, live RPO graph, disks and drill state."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import (QAbstractItemView, QFormLayout, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from console.bridge import PointCreated
+from console.context import ConsoleContext
+from console.models import format_seconds, format_time
+
+from .. import forms, theme
+from ..rpo_graph import WINDOW_SECONDS, RpoGraph
+
+
+def _size(n: int) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+class MachineDetail(QWidget):
+    """Follows one machine: header labels and graph from live statuses, disks from the periodic inventory."""
+
+    def __init__(self, ctx: ConsoleContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.ctx = ctx
+        self.machine: str | None = None
+        self.title = forms.title("No machine selected", "sectionTitle")
+        self.health_icon = QLabel()
+        self.health = QLabel()
+        self.health.setAccessibleName("Health")
+        self.facts: dict[str, QLabel] = {}
+        grid = QGridLayout()
+        for i, key in enumerate(("State", "RPO", "Policy", "Last point", "Points", "Agent", "Drill", "Resync")):
+            lab = QLabel("—")
+            lab.setAccessibleName(key)
+            self.facts[key] = lab
+            grid.addWidget(QLabel(f"{key}:"), i // 4, (i % 4) * 2)
+            grid.addWidget(lab, i // 4, (i % 4) * 2 + 1)
+        head = QHBoxLayout()
+        head.addWidget(self.title)
+        head.addWidget(self.health_icon)
+        head.addWidget(self.health)
+        head.addStretch(1)
+        self.graph = RpoGraph()
+        self.disks = QTableWidget(0, 4)
+        self.disks.setHorizontalHeaderLabels(["Disk", "Size", "Initial sync", "Synced"])
+        self.disks.verticalHeader().setVisible(False)
+        self.disks.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.disks.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.disks.setMaximumHeight(130)
+        self.disks.setAccessibleName("Disks")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 6, 0, 0)
+        lay.addLayout(head)
+        lay.addLayout(grid)
+        lay.addWidget(self.graph, 1)
+        form = QFormLayout()
+        form.addRow("Disks:", self.disks)
+        lay.addLayout(form)
+        self._redraw = QTimer(self)
+        self._redraw.setSingleShot(True)
+        self._redraw.setInterval(1000)  # the graph redraws at most once a second
+        self._redraw.timeout.connect(self.redraw_graph)
+        ctx.statuses_applied.connect(self._on_statuses)
+        ctx.inventory_refreshed.connect(self.refresh_details)
+        ctx.bridge.point_created.connect(self._on_point)
+
+    def show_machine(self, name: str | None) -> None:
+        self.machine = name
+        self.title.setText(name or "No machine selected")
+        points = []
+        threshold = 30.0
+        if name and self.ctx.facade.running:
+            try:
+                st = self.ctx.facade.machine_status(name)
+                threshold = float(st.get("rpo_threshold", threshold))
+                points = self.ctx.facade.points(name)
+            except Exception as exc:
+                self.ctx.notes.handle(exc, f"reading {name}")
+        self.graph.show_machine(name, threshold, points)
+        self.refresh_details()
+        self.redraw_graph()
+
+    def _on_statuses(self, names: set[str]) -> None:
+        if self.machine in names:
+            self._update_header()
+            if not self._redraw.isActive():
+                self._redraw.start()
+
+    def _on_point(self, ev: PointCreated) -> None:
+        if ev.machine == self.machine:
+            self.graph.add_point(ev.time, ev.kind)
+            self.facts["Last point"].setText(f"{format_time(ev.time)} ({ev.kind}{', ' + ev.tag if ev.tag else ''})")
+
+    def redraw_graph(self) -> None:
+        if self.machine is None:
+            return
+        t, rpo = self.ctx.history.series(self.machine, since=time.time() - WINDOW_SECONDS)
+        self.graph.set_series(t, rpo)
+
+    def _update_header(self) -> None:
+        row = self.ctx.machines.row(self.machine or "")
+        if row is None:
+            return
+        health = row.health if row.protected else ""
+        self.health_icon.setPixmap(theme.health_icons()[health].pixmap(16, 16))
+        theme.set_health(self.health, health)
+        self.facts["State"].setText(row.state_text)
+        self.facts["RPO"].setText(format_seconds(row.rpo) if row.protected else "—")
+        self.facts["Resync"].setText(row.resync_text)
+        if row.last_point_time and not self.facts["Last point"].text().startswith(format_time(row.last_point_time)):
+            self.facts["Last point"].setText(format_time(row.last_point_time))
+
+    def refresh_details(self) -> None:
+        """Policy, agent, points, drill and disks (from ``machine_status``; every inventory refresh)."""
+        name = self.machine
+        self._update_header()
+        if not name or not self.ctx.facade.running:
+            self.disks.setRowCount(0)
+            return
+        try:
+            st = self.ctx.facade.machine_status(name)
+        except Exception as exc:
+            self.ctx.notes.handle(exc, f"reading {name}")
+            return
+        self.facts["Policy"].setText(f"{st.get('policy')} (threshold {format_seconds(st.get('rpo_threshold'))})")
+        self.graph.set_threshold(float(st.get("rpo_threshold", 30.0)))
+        self.facts["Agent"].setText("connected" if st.get("agent_connected") else "not connected")
+        self.facts["Points"].setText(str(st.get("points", 0)))
+        self.facts["Drill"].setText("running" if self.ctx.facade.drill_active(name) else "none")
+        disks = st.get("disks", [])
+        self.disks.setRowCount(len(disks))
+        for r, d in enumerate(disks):
+            pct = 100.0 * d.get("sync_cursor", 0) / max(1, d["size"])
+            for c, text in enumerate((d["name"], _size(d["size"]), f"{pct:.0f}%", "yes" if d.get("synced") else "no")):
+                self.disks.setItem(r, c, QTableWidgetItem(text))

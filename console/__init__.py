@@ -1,1 +1,1 @@
-"""Lifeboat console: the Qt application layer (planned: issue 5)."""
+"""Lifeboat console: the Qt application layer between the engine and the widgets in ``ui``."""

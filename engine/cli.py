@@ -242,6 +242,20 @@ def cmd_resync(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(a: argparse.Namespace) -> int:
+    r = _client(a).call("POST", f"/v1/machines/{a.machine}/verify", {"heal": not a.no_heal})
+    if a.json:
+        _print(r, True)
+    else:
+        print(f"{a.machine}: {r['records_checked']} records and {r['blocks_checked']} replica blocks checked, "
+              f"{'all intact' if r['ok'] else str(len(r['problems'])) + ' problem(s)'}")
+        for p in r["problems"]:
+            print(f"  {p['what']}: {p['error']}")
+        if r["healing"]:
+            print("  a resync of the affected range was started to heal it")
+    return 0 if r["ok"] else 3
+
+
 def cmd_failover_cleanup(a: argparse.Namespace) -> int:
     r = _client(a).call("POST", f"/v1/machines/{a.machine}/failover-cleanup")
     _print(r if a.json else f"drill of {a.machine} cleaned up", a.json)
@@ -305,12 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("resync", help="compare checksums and send only differing blocks")
     home(s); s.add_argument("machine"); s.add_argument("--now", action="store_true", help="do not wait for the window")
     s.set_defaults(fn=cmd_resync)
+    s = sub.add_parser("verify", help="re-read the vault and check it against the source's checksums")
+    home(s); s.add_argument("machine"); s.add_argument("--no-heal", action="store_true")
+    s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("failover-cleanup"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_failover_cleanup)
     s = sub.add_parser("demo", help="protect a sample disk, write to it, run test failovers (embedded defaults)")
     s.add_argument("--home", default="demo-home"); s.add_argument("--size-mib", type=int, default=256)
     s.set_defaults(fn=cmd_demo)
     m = sub.add_parser("machine").add_subparsers(dest="sub", required=True)
     s = m.add_parser("revoke"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_machine_revoke)
+    from .vsphere.cli import add_subcommands as add_vsphere  # vcenter add/list/update/remove, inventory
+    add_vsphere(sub)
     return p
 
 

@@ -11,6 +11,7 @@ journal is made durable on the protected machine's FLUSH/FUA, like the disk it s
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from .errors import IntegrityError, ProtocolError
@@ -179,6 +180,22 @@ class SegmentLog:
             if int(nxt.stem) - 1 <= applied_seq and cur != self._wseg:
                 self.bytes -= cur.stat().st_size
                 cur.unlink()
+
+    def quarantine(self) -> Path:
+        """Corruption was found: move every segment aside (kept for forensics) and start afresh.
+
+        ``last_seq`` is kept: numbers are never reused, and what was set aside is healed by a resync.
+        """
+        q = self.folder.with_name(self.folder.name + f".quarantine-{int(time.time())}")
+        q.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._wfd is not None:
+            os.close(self._wfd)
+            self._wfd, self._wseg, self._wsize = None, None, 0
+        for seg in self.segments():
+            seg.rename(q / seg.name)
+        self.bytes = 0
+        self._rcursor = None
+        return q
 
     def sync(self) -> None:
         if self._wfd is not None:

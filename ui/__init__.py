@@ -1,1 +1,1 @@
-"""Lifeboat UI widgets (planned: issue 5)."""
+"""Lifeboat console widgets: wizard, main window, pages. Imports ``console`` only, never ``engine``."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import pki
-from ..errors import InvalidInput, LifeboatError, ProtocolError
+from ..errors import IntegrityError, InvalidInput, LifeboatError, ProtocolError
 from ..fileio import data_extents
 from ..home import AgentHome
 from ..nbd.server import NBDServer
@@ -135,6 +135,17 @@ class Agent:
         clean.unlink(missing_ok=True)
         self.cfg["disk_sizes"] = {b.name: b.size for b in self.backends}
         self.home.save_config(self.cfg)
+
+    def _journal_corrupt(self, exc: IntegrityError) -> None:
+        """A flipped bit in the capture journal: never sent. Set it aside; a resync finds what it held."""
+        q = self.capture.journal.quarantine()
+        self.sent_seq = max(self.sent_seq, self.capture.seq)
+        reason = "corruption detected in the agent's journal"
+        self.last_error = {"code": exc.code, "message": f"{reason}: {exc.message}", "advice": exc.advice}
+        log.error("%s (%s); set aside in %s, resyncing", reason, exc, q)
+        self.resync.request([b.index for b in self.backends], [], reason)
+        self.resync.begin(reason)
+        self.resync.go = True
 
     def _on_overflow(self) -> None:
         """The journal is full (the link is slower than the writes): keep going on the dirty map."""
@@ -280,7 +291,11 @@ class Agent:
             if len(self.in_flight) >= MAX_IN_FLIGHT:
                 await self._wait_data(writer, 0.5)
                 continue
-            recs = self.capture.journal.read_after(self.sent_seq, BATCH_BYTES) if self.protected else []
+            try:
+                recs = self.capture.journal.read_after(self.sent_seq, BATCH_BYTES) if self.protected else []
+            except IntegrityError as exc:
+                self._journal_corrupt(exc)
+                continue
             if not recs and self.sent_seq >= self.capture.journal.last_seq:
                 self.first_unsent_ns = 0   # everything journaled is on its way (also after a reconnect)
             if recs:

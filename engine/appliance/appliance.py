@@ -316,6 +316,48 @@ class Appliance:
         self.db.update_machine(name, resync=rs)
         self.db.add_event("resync-finished", name, seq=seq)
 
+    def corruption_found(self, name: str, where: str, detail: str, from_seq: int,
+                         ranges: list[list[int]] | None = None) -> None:
+        """Stored data failed verification: report it, stop points, and heal by a resync of the range."""
+        self.bus.emit(Alert(name, "LB_INTEGRITY", f"corrupt data in the {where}: {detail}",
+                            "A resync of the affected range was started to heal it.", "critical"))
+        assert self.db is not None
+        self.db.add_event("corruption", name, where=where, detail=detail)
+        reason = f"corruption detected in the {where}"
+        rt = self.runtimes.get(name)
+        if rt is not None and where == "vault":
+            # The checksums were taken from the data before it rotted: make the resync read the vault.
+            for idx_disk, idx in rt.hashes.items():
+                if ranges is None:
+                    idx.invalidate_all()
+                for disk, off, length in ranges or []:
+                    if disk == idx_disk:
+                        idx.invalidate(off, length)
+        self.resync_started(name, from_seq, reason)
+        self.request_resync(name, now=True, reason=reason, ranges=ranges)
+
+    async def verify(self, name: str, *, heal: bool = True) -> dict[str, Any]:
+        """Re-read everything the vault holds for the machine and check it against what the source said it
+        was (record hashes, authentication tags), without touching replication."""
+        rt = self.runtimes.get(name)
+        self.machine_row(name)
+        if rt is None:
+            raise Conflict(f"machine {name!r} is not protected")
+        verify = getattr(rt.vault, "verify", None)
+        if verify is None:
+            raise Conflict("this vault backend cannot verify yet")
+        rep = await verify()
+        problems = list(rep.problems)
+        ranges = [[p["disk"], p["offset"], p.get("length") or 65536] for p in problems
+                  if p.get("disk") is not None and p.get("offset") is not None]
+        if problems and heal:
+            full = any(p.get("disk") is None for p in problems)
+            self.corruption_found(name, "vault", problems[0]["error"], rt.vault.last_seq + 1,
+                                  None if full else ranges)
+        return {"machine": name, "ok": not problems, "records_checked": rep.records_checked,
+                "blocks_checked": rep.blocks_checked, "problems": problems,
+                "healing": bool(problems and heal)}
+
     def _open_resync(self, name: str) -> bool:
         return any(e is None for _, e in self.machine_row(name)["resync"].get("inconsistent", []))
 

@@ -56,6 +56,12 @@ class BlockHashIndex:
     def invalidate_all(self) -> None:
         self.map[HEAD.size:HEAD.size + self.nblocks * ENTRY.size] = ENTRY.pack(bytes(16), UNKNOWN) * self.nblocks
 
+    def invalidate(self, offset: int, length: int) -> None:
+        """Forget the checksums of a range (e.g. found corrupt in the vault): a resync must read it."""
+        for b in range(offset // BLOCK, min((offset + max(length, 1) - 1) // BLOCK + 1, self.nblocks)):
+            _, seq = self.get(b)
+            self._set(b, bytes(16), seq | UNKNOWN)
+
     def grow(self, size: int) -> None:
         if size <= self.size:
             return

@@ -84,6 +84,7 @@ class ControlAPI:
         r.add_post("/v1/machines/{name}/bookmark", self.bookmark)
         r.add_post("/v1/machines/{name}/failover", self.failover)
         r.add_post("/v1/machines/{name}/resync", self.resync)
+        r.add_post("/v1/machines/{name}/verify", self.verify)
         r.add_post("/v1/machines/{name}/failover-cleanup", self.failover_cleanup)
         r.add_get("/v1/jobs/{id}", self.job)
         if getattr(self.app, "vsphere", None):
@@ -156,6 +157,11 @@ class ControlAPI:
         self._admin(request)
         b = await self._json(request)
         return web.json_response(self.app.request_resync(request.match_info["name"], now=bool(b.get("now"))))
+
+    async def verify(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        b = await self._json(request)
+        return web.json_response(await self.app.verify(request.match_info["name"], heal=b.get("heal", True)))
 
     async def failover(self, request: web.Request) -> web.Response:
         self._admin(request)

@@ -11,6 +11,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from ..codec import Sealer
+from ..errors import IntegrityError
 from ..events import PointCreated
 from ..records import Kind, Record
 from ..vault.base import MachineVault, Point, SealedRecord
@@ -191,6 +192,13 @@ class MachineRuntime:
                 self.error = None
             except asyncio.CancelledError:
                 raise
+            except IntegrityError as exc:
+                # A flipped bit in the cache: never applied. Set the cache aside, and heal by a resync (the
+                # agent no longer holds these records; comparing checksums finds what they changed).
+                q = self.cache.quarantine()
+                self.cache_pending.clear()
+                log.error("%s: corrupt process-server cache (%s); set aside in %s, resyncing", self.name, exc, q)
+                self.app.corruption_found(self.name, "process-server cache", str(exc), self.vault.last_seq + 1)
             except Exception as exc:  # never crash the role: show the error, retry
                 log.exception("apply failed for %s", self.name)
                 self.error = str(exc)

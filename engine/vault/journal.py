@@ -414,7 +414,8 @@ class Journal:
     def read_payload(self, e: Entry) -> bytes:
         """Open an entry's envelope and check it against the header's hash. IntegrityError on any mismatch."""
         r = e.rec
-        where = dict(machine=self.machine, disk=r.disk, seq=r.seq, offset=r.offset, segment=e.seg, position=e.pos)
+        where = dict(machine=self.machine, disk=r.disk, seq=r.seq, offset=r.offset, length=r.length,
+                     segment=e.seg, position=e.pos)
         try:
             fd = os.open(self.path(e.seg), os.O_RDONLY)
         except FileNotFoundError:

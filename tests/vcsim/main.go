@@ -39,7 +39,15 @@ func main() {
 	plain := flag.Bool("http", false, "serve plain HTTP (no TLS)")
 	user := flag.String("username", "user", "the only user name that logs in")
 	pass := flag.String("password", "pass", "its password (anything else is InvalidLogin)")
+	idle := flag.Duration("session-timeout", 0, "expire sessions idle this long (0: never)")
+	verbose := flag.Bool("v", false, "log every simulator action to stderr")
 	flag.Parse()
+
+	if !*verbose {
+		// The simulator logs each property-collector step; a parent that does not drain stderr would block it.
+		log.SetOutput(ioutil.Discard)
+	}
+	simulator.SessionIdleTimeout = *idle
 
 	model := simulator.VPX()
 	if *esx {
@@ -58,7 +66,8 @@ func main() {
 	model.Autostart = *autostart
 
 	if err := model.Create(); err != nil {
-		log.Fatalf("vcsim: model: %v", err)
+		fmt.Fprintf(os.Stderr, "vcsim: model: %v\n", err)
+		os.Exit(1)
 	}
 	defer model.Remove()
 
@@ -68,7 +77,8 @@ func main() {
 		if *cert != "" {
 			pair, err := tls.LoadX509KeyPair(*cert, *key)
 			if err != nil {
-				log.Fatalf("vcsim: tls: %v", err)
+				fmt.Fprintf(os.Stderr, "vcsim: tls: %v\n", err)
+				os.Exit(1)
 			}
 			cfg.Certificates = []tls.Certificate{pair}
 		}

@@ -1,0 +1,182 @@
+"""The main window: navigation list (Dashboard, Protected machines, Infrastructure, Jobs and events, Policies,
+Settings), a notification banner, and a status bar. Closing it stops the embedded appliance first."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from PySide6.QtCore import QByteArray, QSize, Qt, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMainWindow, QStackedWidget,
+                               QVBoxLayout, QWidget)
+
+from console.context import ConsoleContext
+from console.errors import Notification
+
+from . import theme
+from .notifications import Banner, CrashDialog
+from .pages.dashboard import DashboardPage
+from .pages.infrastructure import InfrastructurePage
+from .pages.jobs import JobsPage
+from .pages.machines import MachinesPage
+from .pages.policies import PoliciesPage
+from .pages.settings import SettingsPage
+
+log = logging.getLogger(__name__)
+
+PAGES = (("dashboard", "Dashboard", "dashboard"), ("machines", "Protected machines", "machines"),
+         ("infrastructure", "Infrastructure", "infrastructure"), ("jobs", "Jobs and events", "jobs"),
+         ("policies", "Policies", "policies"), ("settings", "Settings", "settings"))
+
+
+class MainWindow(QMainWindow):
+    """``closed`` is emitted once the appliance has stopped and the window really closed."""
+
+    closed = Signal()
+
+    def __init__(self, ctx: ConsoleContext, shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.shutdown = shutdown
+        self.setWindowTitle(f"Lifeboat — {ctx.home}")
+        self.setWindowIcon(theme.icon("app"))
+        self.resize(1200, 800)
+        ctx.machines.set_health_style(theme.health_icons(), theme.health_colors())
+        self.nav = QListWidget()
+        self.nav.setObjectName("navigation")
+        self.nav.setAccessibleName("Navigation")
+        self.nav.setIconSize(QSize(20, 20))
+        self.nav.setFixedWidth(210)
+        self.stack = QStackedWidget()
+        self.pages: dict[str, QWidget] = {
+            "dashboard": DashboardPage(ctx), "machines": MachinesPage(ctx), "infrastructure": InfrastructurePage(ctx),
+            "jobs": JobsPage(ctx), "policies": PoliciesPage(ctx), "settings": SettingsPage(ctx)}
+        for i, (key, label, icon) in enumerate(PAGES):
+            item = QListWidgetItem(theme.icon(icon), label)
+            item.setToolTip(f"{label} (Ctrl+{i + 1})")
+            self.nav.addItem(item)
+            self.stack.addWidget(self.pages[key])
+            act = QAction(self)
+            act.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
+            act.triggered.connect(lambda _=False, k=i: self.show_page(k))
+            self.addAction(act)
+        quit_act = QAction(self)
+        quit_act.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_act.triggered.connect(self.close)
+        self.addAction(quit_act)
+        self.nav.currentRowChanged.connect(self.stack.setCurrentIndex)
+        self.banner = Banner(int(ctx.settings.get("ui/notification_seconds")))
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(12, 8, 12, 8)
+        rl.addWidget(self.banner)
+        rl.addWidget(self.stack, 1)
+        central = QWidget()
+        cl = QHBoxLayout(central)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.setSpacing(0)
+        cl.addWidget(self.nav)
+        cl.addWidget(right, 1)
+        self.setCentralWidget(central)
+        self.appliance_label = QLabel()
+        self.jobs_label = QLabel()
+        self.statusBar().addWidget(self.appliance_label, 1)
+        self.statusBar().addPermanentWidget(self.jobs_label)
+        self.setTabOrder(self.nav, self.stack)
+        ctx.notes.notified.connect(self._on_notification)
+        ctx.notes.crashed.connect(self.show_crash)
+        ctx.jobs.changed.connect(self._update_status)
+        ctx.appliance_started.connect(self._update_status)
+        ctx.appliance_stopped.connect(self._update_status)
+        self.crash_dialog: CrashDialog | None = None
+        self._closing = False
+        self._may_close = shutdown is None
+        self._restore()
+        self._update_status()
+
+    # navigation ------------------------------------------------------------------------------------------
+    def show_page(self, which: int | str) -> QWidget:
+        index = which if isinstance(which, int) else [k for k, _l, _i in PAGES].index(which)
+        self.nav.setCurrentRow(index)
+        return self.stack.currentWidget()
+
+    @property
+    def machines_page(self) -> MachinesPage:
+        page = self.pages["machines"]
+        assert isinstance(page, MachinesPage)
+        return page
+
+    # notifications ---------------------------------------------------------------------------------------
+    def _on_notification(self, note: Notification) -> None:
+        self.banner.show_notification(note)
+        self.statusBar().showMessage(note.title, 5000)
+
+    def show_crash(self, report: str) -> None:
+        if self.crash_dialog is not None:  # one at a time; the rest are in the log
+            return
+        dlg = CrashDialog(report, self)
+        self.crash_dialog = dlg
+
+        def done(_r: int) -> None:
+            self.crash_dialog = None
+            dlg.deleteLater()
+        dlg.finished.connect(done)
+        dlg.open()
+
+    def _update_status(self, *_: object) -> None:
+        addr = self.ctx.facade.addresses
+        if self.ctx.facade.running:
+            self.appliance_label.setText(f"Appliance running — control {addr.get('control', '?')}, "
+                                         f"data {addr.get('data', '?')}")
+        else:
+            self.appliance_label.setText("Appliance stopped")
+        n = len(self.ctx.jobs.running())
+        self.jobs_label.setText(f"{n} job{'s' if n != 1 else ''} running" if n else "No jobs running")
+
+    # window state ----------------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        s = self.ctx.settings
+        geo, state = s.get("window/geometry"), s.get("window/state")
+        if geo:
+            self.restoreGeometry(QByteArray(geo))
+        if state:
+            self.restoreState(QByteArray(state))
+        split = s.get("window/splitter")
+        if split:
+            self.machines_page.splitter.restoreState(QByteArray(split))
+        self.show_page(min(max(0, int(s.get("window/page"))), len(PAGES) - 1))
+        self.nav.setFocus(Qt.FocusReason.OtherFocusReason)
+
+    def save_state(self) -> None:
+        s = self.ctx.settings
+        s.set("window/geometry", bytes(self.saveGeometry().data()))
+        s.set("window/state", bytes(self.saveState().data()))
+        s.set("window/splitter", bytes(self.machines_page.splitter.saveState().data()))
+        s.set("window/page", self.nav.currentRow())
+        s.save()
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        if self._may_close:
+            if not self._closing:
+                self.save_state()
+            super().closeEvent(event)
+            self.closed.emit()
+            return
+        event.ignore()
+        if not self._closing:
+            self._closing = True
+            self.save_state()
+            self.appliance_label.setText("Stopping the appliance…")
+            asyncio.ensure_future(self._close_async())
+
+    async def _close_async(self) -> None:
+        try:
+            if self.shutdown is not None:
+                await self.shutdown()
+        except Exception as exc:
+            log.exception("stopping the appliance")
+            self.ctx.notes.handle(exc, "stopping the appliance")
+        self._may_close = True
+        self.close()

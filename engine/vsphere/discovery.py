@@ -104,14 +104,14 @@ def _guest_net(nets: Any) -> list[dict[str, Any]]:
 
 def plain(path: str, value: Any) -> Any:
     """One property value as plain data."""
-    from pyVmomi import vmodl
+    from pyVmomi import VmomiSupport
     if value is None:
         return None
     if path == "config.hardware.device":
         return _devices(value)
     if path == "guest.net":
         return _guest_net(value)
-    if isinstance(value, vmodl.ManagedObject):
+    if isinstance(value, VmomiSupport.ManagedObject):
         return value._moId
     if isinstance(value, (bool, int, float)):
         return value

@@ -12,6 +12,7 @@ had, so consumers still see only the real changes.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any, Callable
 from ..errors import LifeboatError
 from .connect import Target, connect, disconnect
 from .discovery import SPECS, Resolver, _wsdl, filter_spec, plain, vm_record
-from .errors import VCenterUnreachable
+from .errors import VCenterUnreachable, VSphereError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Watcher:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        from pyVmomi import vim
+        from pyVmomi import vim, vmodl
         generation, reason, backoff = 0, "initial", 1.0
         while not self._stop.is_set():
             si = None
@@ -112,10 +113,15 @@ class Watcher:
                 continue
             except LifeboatError as exc:
                 self._fail(exc)
-            except Exception as exc:  # sockets, TLS, HTTP: the endpoint went away
+            except (OSError, http.client.HTTPException) as exc:  # sockets, TLS, HTTP: the endpoint went away
                 if self._stop.is_set():
                     break
                 self._fail(VCenterUnreachable(f"lost the connection to {self.target.address}: {exc}"))
+            except vmodl.MethodFault as exc:
+                self._fail(VSphereError(f"{self.target.address}: {exc.msg or type(exc).__name__}"))
+            except Exception as exc:  # a bug: keep the traceback, keep the thread alive and retry
+                log.exception("vCenter %s: inventory watcher failed", self.target.address)
+                self._fail(VSphereError(f"{self.target.address}: internal error {exc!r}"))
             finally:
                 if si is not None:
                     disconnect(si)

@@ -121,10 +121,14 @@ class VSphereService:
             raise InvalidInput("a password is needed", advice="Pass it on stdin with --password-stdin.")
         about, seen = await asyncio.to_thread(_probe, target, password)
         await asyncio.to_thread(set_secret, secret_name(host), password)
-        self.store.put_endpoint(target, seen, about)
+        try:
+            self.store.put_endpoint(target, seen, about)
+        except BaseException:
+            await asyncio.to_thread(delete_secret, secret_name(host))  # no orphaned password in the keyring
+            raise
         assert self.app.db is not None
         self.app.db.add_event("vcenter-registered", None, host=host, port=target.port, user=target.user,
-                              trust=target.trust, thumbprint=seen, kind=about["kind"])
+                              trust=target.trust, thumbprint=seen, endpoint=about["kind"])
         self._warn_if_insecure(target)
         row = self.store.endpoint(host)
         assert row is not None

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import pytest
 
@@ -158,6 +158,15 @@ class Rig:
             assert await self.export_sha(pid) == want, f"point {pid} listed before the faults changed"
 
 
+async def wait(cond: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    """Like Site.wait_for, with the failure message built when it fails (the state then, not before)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what()}")
+        await asyncio.sleep(0.05)
+
+
 def _point_to_proxy(agent_home: Path, port: int) -> None:
     cfg_path = agent_home / "agent.json"
     cfg = json.loads(cfg_path.read_text())
@@ -212,9 +221,9 @@ async def _cut_while_streaming(r: Rig, rnd: random.Random, cuts: int, reconnect_
         accepted, old = r.proxy.accepted, r.rt.connection
         assert r.proxy.cut() >= 1
         t0 = time.monotonic()
-        await r.site.wait_for(lambda: r.proxy.accepted > accepted and r.connected() and r.rt.connection is not old,
-                              reconnect_within, f"the agent to reconnect after cut {i} (reconnect times so far "
-                              f"{[round(x, 2) for x in times]}); {r.diag()}")
+        await wait(lambda: r.proxy.accepted > accepted and r.connected() and r.rt.connection is not old,
+                   reconnect_within, lambda: f"the agent to reconnect after cut {i} (reconnect times so far "
+                   f"{[round(x, 2) for x in times]}); {r.diag()}")
         times.append(time.monotonic() - t0)
     return times
 

@@ -1,0 +1,174 @@
+"""``lifeboat-console [--home DIR]``: the desktop console with the appliance embedded in its qasync loop.
+
+A home that is not initialised opens the first-run wizard; an initialised one starts the appliance and opens the
+main window. Closing the window stops the appliance cleanly (jobs cancelled, drills closed, vault and database
+closed) before the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import QApplication, QWidget
+
+from .context import ConsoleContext
+from .engine_facade import EngineFacade
+from .errors import Notification, install_excepthook
+from .home_setup import SetupPlan
+from .settings import ConsoleSettings, default_home
+
+log = logging.getLogger(__name__)
+
+
+class ConsoleController(QObject):
+    """Owns the context and the top-level windows. ``started`` when the main window shows, ``finished`` at the end."""
+
+    started = Signal()
+    finished = Signal(int)
+
+    def __init__(self, home: Path, settings: ConsoleSettings, *, listen: str | None = None,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.facade = EngineFacade(home, listen=listen)
+        self.ctx = ConsoleContext(self.facade, settings, self)
+        self.wizard: QWidget | None = None
+        self.window: QWidget | None = None
+        self.exit_code = 0
+        self._done = False
+
+    def begin(self) -> None:
+        """Show the wizard or start the appliance; call inside the running qasync loop."""
+        if self.facade.initialised:
+            asyncio.ensure_future(self._start_existing())
+        else:
+            self.show_wizard()
+
+    def show_wizard(self) -> None:
+        from ui.wizard import FirstRunWizard
+        wiz = FirstRunWizard(self.facade.home, self._start_new)
+        self.wizard = wiz
+        wiz.finished.connect(self._wizard_finished)
+        wiz.show()
+
+    async def _start_new(self, plan: SetupPlan) -> None:
+        """The wizard's Finish: the home is in place; start it (raises back into the wizard on failure)."""
+        self.facade.home = plan.home
+        await self.ctx.start_appliance()
+        self.settings.set("appliance/home", str(plan.home))
+        self.settings.save()
+        if plan.vcenter is not None:
+            if self.facade.has_vsphere:
+                v = plan.vcenter
+                self.ctx.register_vcenter(v.host, v.user, v.password, v.thumbprint)
+            else:
+                self.ctx.notes.notify(Notification("warning", f"vCenter {plan.vcenter.host} was not registered: "
+                                                   "this engine build has no vCenter support"))
+
+    def _wizard_finished(self, result: int) -> None:
+        wiz, self.wizard = self.wizard, None
+        if wiz is not None:
+            wiz.deleteLater()
+        if self.facade.running:
+            self.show_main()
+        else:
+            self._finish(1)
+
+    async def _start_existing(self) -> None:
+        try:
+            await self.ctx.start_appliance()
+        except Exception as exc:  # the window still opens, stopped, with the reason in its banner
+            self.show_main()
+            self.ctx.notes.handle(exc, "starting the appliance")
+            return
+        self.show_main()
+
+    def show_main(self) -> None:
+        from ui.main_window import MainWindow
+        win = MainWindow(self.ctx, shutdown=self.shutdown)
+        self.window = win
+        win.closed.connect(lambda: self._finish(self.exit_code))
+        win.show()
+        self.started.emit()
+
+    async def shutdown(self) -> None:
+        await self.ctx.stop_appliance()
+
+    def _finish(self, code: int) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.exit_code = code
+        if self.window is not None:
+            self.window.deleteLater()
+            self.window = None
+        self.finished.emit(code)
+
+    def request_quit(self) -> None:
+        """Ctrl+C in the terminal, or the session ending: close like the window's close button."""
+        if self.window is not None:
+            self.window.close()
+        elif self.wizard is not None:
+            self.wizard.close()
+        else:
+            self._finish(self.exit_code)
+
+    async def run(self) -> int:
+        """Run until the console is closed; returns the exit status."""
+        loop = asyncio.get_running_loop()
+        undo = install_excepthook(self.ctx.notes, loop)
+        fut: asyncio.Future[int] = loop.create_future()
+        self.finished.connect(lambda code: fut.done() or fut.set_result(code))
+        try:
+            loop.add_signal_handler(signal.SIGINT, self.request_quit)
+            loop.add_signal_handler(signal.SIGTERM, self.request_quit)
+        except (NotImplementedError, RuntimeError, AttributeError):  # Windows, or a loop without signal support
+            pass
+        self.begin()
+        try:
+            return await fut
+        finally:
+            undo()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lifeboat-console", description="Lifeboat's desktop console with the appliance "
+                                "embedded.")
+    p.add_argument("--home", type=Path, help="appliance home (default: the last one used, or the platform's "
+                   "data folder)")
+    p.add_argument("--listen", help="override the listen address stored in the home")
+    p.add_argument("--settings", type=Path, help="console settings file (default: the platform's config folder)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import qasync
+
+    from ui import theme
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(app, QApplication)
+    app.setApplicationName("Lifeboat")
+    app.setOrganizationName("Lifeboat")
+    app.setQuitOnLastWindowClosed(False)  # the controller decides when to quit (after the appliance stopped)
+    theme.apply(app)
+    settings = ConsoleSettings.load(args.settings)
+    home = args.home or (Path(settings.get("appliance/home")) if settings.get("appliance/home") else default_home())
+    controller = ConsoleController(home.expanduser().absolute(), settings, listen=args.listen)
+    try:
+        return int(qasync.run(controller.run()))
+    except asyncio.CancelledError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

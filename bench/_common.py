@@ -9,6 +9,7 @@ Python start-up for every sample).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -184,6 +185,23 @@ class Site:
     def machine(self, name: str = "vm1") -> dict:
         return next((m for m in self.status()["machines"] if m["name"] == name), {})
 
+    def agent_status(self) -> dict:
+        """The agent's own view (connected, acked_seq, seq, error) through its control socket."""
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                s.connect(str(self.agent_home / "agent.sock"))
+                s.sendall(b'{"op": "status"}\n')
+                buf = b""
+                while not buf.endswith(b"\n"):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+            return json.loads(buf or b"{}")
+        except (OSError, ValueError) as e:
+            return {"error": f"agent status unavailable: {e}"}
+
     def protect(self) -> None:
         self._client.call("POST", "/v1/machines/vm1/protect", {"policy": None})
 
@@ -221,6 +239,8 @@ class Site:
                 zero_since = None
             self.check_alive()
             if now - t0 > timeout:
+                print(f"!! not caught up after {timeout}s\n   appliance status: {json.dumps(m)}\n"
+                      f"   agent status: {json.dumps(self.agent_status())}", flush=True)
                 raise TimeoutError(f"not caught up after {timeout}s (last: rpo {m.get('rpo_seconds')})")
             time.sleep(0.2)
 

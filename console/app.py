@@ -33,10 +33,10 @@ class ConsoleController(QObject):
     finished = Signal(int)
 
     def __init__(self, home: Path, settings: ConsoleSettings, *, listen: str | None = None,
-                 parent: QObject | None = None) -> None:
+                 facade: EngineFacade | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.settings = settings
-        self.facade = EngineFacade(home, listen=listen)
+        self.facade = facade or EngineFacade(home, listen=listen)
         self.ctx = ConsoleContext(self.facade, settings, self)
         self.wizard: QWidget | None = None
         self.window: QWidget | None = None
@@ -144,6 +144,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "data folder)")
     p.add_argument("--listen", help="override the listen address stored in the home")
     p.add_argument("--settings", type=Path, help="console settings file (default: the platform's config folder)")
+    p.add_argument("--synthetic", type=int, metavar="N", help="no appliance: show N synthetic machines (a demo of "
+                   "a large fleet; nothing is stored)")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return p.parse_args(argv)
 
@@ -163,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     theme.apply(app)
     settings = ConsoleSettings.load(args.settings)
     home = args.home or (Path(settings.get("appliance/home")) if settings.get("appliance/home") else default_home())
-    controller = ConsoleController(home.expanduser().absolute(), settings, listen=args.listen)
+    facade = None
+    if args.synthetic:
+        from .synthetic import SyntheticFacade
+        facade = SyntheticFacade(args.synthetic, registered=2)
+    controller = ConsoleController(home.expanduser().absolute(), settings, listen=args.listen, facade=facade)
     try:
         return int(qasync.run(controller.run()))
     except asyncio.CancelledError:

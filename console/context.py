@@ -128,18 +128,25 @@ class ConsoleContext(QObject):
         return self._job(f"Enable protection of {machine}", "protect", machine, work, cancellable=False)
 
     def resync(self, machine: str) -> ConsoleJob:
-        """Resync now, then follow ``machine_status()['resync']`` until it is done."""
+        """Resync now, then follow ``machine_status()['resync']`` until this resync is done.
+
+        Done means a newer ``last_done`` (the engine stamps it when RESYNC_DONE reaches the vault) and nothing
+        required any more; an engine without ``last_done`` is followed until ``required`` clears."""
         async def work(job: ConsoleJob) -> None:
+            before = (self.facade.machine_status(machine).get("resync") or {}).get("last_done")
             await self.facade.resync(machine, now=True)
             self.refresh_inventory()
             while True:
-                st = self.facade.machine_status(machine)
-                rs = st.get("resync") or {}
-                if st["state"] != "resyncing" and rs.get("progress") is None:
-                    if rs.get("required"):
-                        self.jobs.update(job, None, f"scheduled {rs.get('scheduled_for') or ''}".strip())
+                rs = self.facade.machine_status(machine).get("resync") or {}
+                finished = rs.get("last_done") != before if "last_done" in rs else True
+                if finished and not rs.get("required"):
+                    self.jobs.update(job, 1.0, "resync done")
                     return
-                self.jobs.update(job, float(rs.get("progress") or 0.0), "resyncing")
+                if rs.get("running"):
+                    self.jobs.update(job, float(rs.get("progress") or 0.0),
+                                     f"resyncing, {rs.get('blocks_pending', '?')} block(s) to compare")
+                else:
+                    self.jobs.update(job, None, "waiting for the agent")
                 await asyncio.sleep(0.5)
         return self._job(f"Resync {machine}", "resync", machine, work, cancellable=False)
 

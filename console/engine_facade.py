@@ -14,11 +14,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+# The engine imports these lazily inside Appliance.start(); importing them here, at console start-up, keeps those
+# imports (and PySide's import hook, which reads each new module's source) off the running event loop.
+import engine.appliance.control  # noqa: F401
+import engine.appliance.recovery_service  # noqa: F401
+import engine.vault.local  # noqa: F401
 from engine.appliance.appliance import Appliance
 from engine.errors import Conflict, InvalidInput, LifeboatError, NotFound
 from engine.events import Event
 from engine.home import ApplianceHome
 from engine.policy import Policy, format_duration, parse_duration, parse_window
+
+try:
+    import engine.vsphere.service  # noqa: F401  (optional: vCenter support, issue 4)
+except ImportError:  # pragma: no cover - an engine without vCenter support
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -209,19 +219,24 @@ class EngineFacade:
         return vs
 
     def inventory(self) -> Any:
-        """The vCenter inventory snapshot (``app.vsphere.snapshot()``), or None without vCenter support."""
+        """The vCenter inventory snapshot: {"vcenters", "hosts", "vms", …}; each VM carries
+        ``protected_machine`` and ``protection_state``. None without vCenter support."""
         if not self.has_vsphere:
             return None
         return self._vsphere().snapshot()
 
-    async def register_vcenter(self, host: str, user: str, password: str, thumbprint: str) -> Any:
-        res = self._vsphere().register(host, user, password, thumbprint=thumbprint)
-        return await res if asyncio.iscoroutine(res) else res
+    def vcenters(self) -> list[dict[str, Any]]:
+        return list(self._vsphere().list()) if self.has_vsphere else []
 
-    async def remove_vcenter(self, name: str) -> None:
-        res = self._vsphere().remove(name)
-        if asyncio.iscoroutine(res):
-            await res
+    async def register_vcenter(self, address: str, user: str, password: str, thumbprint: str) -> Any:
+        """Register ``HOST[:PORT]`` trusting exactly the certificate ``thumbprint`` the operator accepted."""
+        host, sep, port = address.strip().rpartition(":")
+        if not sep or not port.isdigit():
+            host, port = address.strip(), "443"
+        return await self._vsphere().register(host.strip("[]"), int(port), user, password, thumbprint=thumbprint)
+
+    async def remove_vcenter(self, host: str) -> Any:
+        return await self._vsphere().remove(host)
 
 
 __all__ = ["EngineFacade", "PolicySpec", "PointInfo", "DrillStarted", "LifeboatError", "duration_text",

@@ -65,12 +65,15 @@ class MachineRow:
 
     @property
     def resync_text(self) -> str:
+        """From ``machine_status()['resync']``: {required, reason, progress, scheduled_for, running, last_done}."""
         r = self.resync or {}
-        if self.state == "resyncing" or r.get("progress") is not None:
+        if self.state == "resyncing" or r.get("running"):
             return f"resyncing {100 * float(r.get('progress') or 0):.0f}%"
         if self.state == "resync-required" or r.get("required"):
             when = r.get("scheduled_for")
-            return f"required, {format_time(when)}" if when else "required"
+            return f"required, at {format_time(when)}" if when else "required"
+        if r.get("last_done"):
+            return f"done {format_time(r['last_done'])}"
         return "—"
 
     @property

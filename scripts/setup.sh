@@ -17,6 +17,7 @@ SYSTEM_PACKAGES=(
   libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 # Qt runtime
   python3-venv
   gnome-keyring dbus # the OS keyring (Secret Service) on a headless Linux appliance
+  golang-go golang-github-vmware-govmomi-dev # vcsim (vSphere simulator) built from source for tests/bench
 )
 
 missing=()
@@ -38,4 +39,6 @@ fi
 echo "==> installing lifeboat and its dependencies into .venv"
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import engine, zstandard, cryptography, keyring" 
+echo "==> building vcsim (tests/vcsim, cached in .cache/vcsim)"
+tests/vcsim/build.sh >/dev/null
 echo "==> setup done"

@@ -9,6 +9,9 @@ import subprocess
 
 import pytest
 
+# Qt needs a platform plugin; without a display it aborts the process. Tests render offscreen.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 
 @pytest.fixture(autouse=True)
 def _test_keyring(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ Put it between two roles and break the link on purpose::
     proxy.stall(None, existing_only=True)   # a half-dead link: open connections silent, new ones work
     proxy.resume()
     await proxy.down()                  # refuse all connections (listener closed) and cut the open ones
-    await proxy.up()                    # listen again on the same port
+    await proxy.up()                    # listen again on the same port (down/up are coroutines, the rest not)
     proxy.stats()                       # bytes each way, connections accepted / dropped / cut / active
     await proxy.stop()
 
@@ -238,11 +238,12 @@ class FaultProxy:
     async def down(self) -> None:
         """Refuse all connections (the listener is closed: connect() gets ECONNREFUSED) and cut open ones."""
         self._down = True
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         self.cut()
+        if server is not None:
+            await server.wait_closed()   # (on 3.12+ this also waits for the connections just cut)
 
     async def up(self) -> None:
         """Accept connections again, on the same port."""

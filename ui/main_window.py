@@ -158,7 +158,7 @@ class MainWindow(QMainWindow):
         s.save()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
-        if self._may_close:
+        if self._may_close or not self.ctx.facade.running:
             if not self._closing:
                 self.save_state()
             super().closeEvent(event)

@@ -11,6 +11,8 @@ from PySide6.QtCore import Qt, Signal
 
 from console.engine_facade import PointInfo
 
+from .plots import calm
+
 WINDOW_SECONDS = 3600.0
 
 
@@ -22,32 +24,29 @@ class RpoGraph(pg.PlotWidget):
     updated = Signal(int, int)
 
     def __init__(self, parent: object = None) -> None:
-        super().__init__(parent=parent, axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
+        super().__init__(parent=parent, enableMenu=False,
+                         axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
+        calm(self)
         self.setObjectName("rpoGraph")
         self.setAccessibleName("RPO over the last hour")
         self.setMinimumHeight(180)
-        self.setMenuEnabled(False)
-        self.setMouseEnabled(x=False, y=False)
-        self.hideButtons()
         pi = self.getPlotItem()
         pi.setLabel("left", "RPO", units="s")
         pi.showGrid(x=True, y=True, alpha=0.15)
-        pi.addLegend(offset=(10, 5), labelTextSize="8pt")
+        pi.addLegend(offset=(-10, 5), labelTextSize="8pt", brush=pg.mkBrush(255, 255, 255, 200))
         self.curve = pi.plot([], [], pen=pg.mkPen("#1f7a8c", width=2), name="RPO",
                              fillLevel=0, brush=pg.mkBrush(31, 122, 140, 40))
         self.threshold = pg.InfiniteLine(angle=0, movable=False,
                                          pen=pg.mkPen("#c62828", width=1.5, style=Qt.PenStyle.DashLine),
                                          label="threshold {value:.0f} s",
-                                         labelOpts={"position": 0.05, "color": "#c62828", "anchors": [(0, 1), (0, 1)]})
+                                         labelOpts={"position": 0.02, "color": "#c62828", "anchors": [(0, 1), (0, 1)]})
         pi.addItem(self.threshold)
         self.crash_points = pg.ScatterPlotItem(size=7, symbol="o", pen=pg.mkPen("#5b6875"),
                                                brush=pg.mkBrush("#ffffff"), name="crash-consistent point")
         self.app_points = pg.ScatterPlotItem(size=11, symbol="star", pen=pg.mkPen("#1f7a8c"),
                                              brush=pg.mkBrush("#1f7a8c"), name="app-consistent point")
-        pi.addItem(self.crash_points)
+        pi.addItem(self.crash_points)  # named items join the legend by themselves
         pi.addItem(self.app_points)
-        pi.legend.addItem(self.crash_points, "crash-consistent point")
-        pi.legend.addItem(self.app_points, "app-consistent point")
         self.machine: str | None = None
         self.samples = 0
         self._points: dict[str, list[float]] = {"crash-consistent": [], "app-consistent": []}

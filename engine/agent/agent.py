@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import json
 import logging
 import os
 import random
 import shlex
 import ssl
+import struct
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -44,8 +47,9 @@ class Agent:
                  pre_bookmark: str | None = None, post_bookmark: str | None = None,
                  journal_limit: int = 1 << 30, identity: dict[str, Any] | None = None) -> None:
         self.home = AgentHome(Path(home))
-        # BIOS UUID, host name and IPs, sent in HELLO so the appliance can find this machine's VM (tests pass their own).
-        self.identity = identity if identity is not None else local_identity()
+        # BIOS UUID, host name and IPs, sent in HELLO so the appliance can find this machine's VM (tests pass their
+        # own). None: read at the first connection, in a thread (a host-name lookup must not block the loop).
+        self.identity = identity
         self.cfg = self.home.load_config()
         self.name: str = self.cfg["name"]
         if not disks:
@@ -71,6 +75,7 @@ class Agent:
         self.last_error: dict[str, Any] | None = None
         self.nbd_address: tuple[str, int] | None = None
         self._bookmark_tasks: set[asyncio.Task] = set()
+        self._welcomed = False
 
     # lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -171,9 +176,9 @@ class Agent:
     async def _ship_forever(self) -> None:
         delay = 0.5
         while True:
+            self._welcomed = False
             try:
                 await self._session()
-                delay = 0.5
             except asyncio.CancelledError:
                 raise
             except LifeboatError as exc:
@@ -186,12 +191,16 @@ class Agent:
                 self.last_error = {"code": "LB_ERROR", "message": repr(exc)}
                 log.exception("replication session failed")
             self.connected.clear()
+            if self._welcomed:
+                delay = 0.5   # the link worked: a blip gets a prompt reconnect, not the accumulated backoff
             await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: no reconnect storms
             delay = min(delay * 2, 30.0)
 
     async def _session(self) -> None:
         host = self.cfg["appliance"][0]
         ctx = pki.client_context(self.home.ca_cert, self.home.cert, self.home.key)
+        if self.identity is None:
+            self.identity = await asyncio.to_thread(local_identity)
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, self.cfg["data_port"], ssl=ctx, limit=1 << 20), 15)
         try:
@@ -205,11 +214,12 @@ class Agent:
             if kind != Frame.WELCOME:
                 raise ProtocolError("expected WELCOME")
             self._welcome(parse_json(body))
+            self._welcomed = True
             self.in_flight.clear()
             self.sent_seq = self.acked_seq
             self.connected.set()
             self.last_error = None
-            rx = asyncio.create_task(self._receive(reader))
+            rx = asyncio.create_task(self._receive(reader, writer))
             try:
                 await self._send_loop(writer, rx)
             finally:
@@ -237,44 +247,62 @@ class Agent:
         self.capture.capturing = True
         self.new_data.set()
 
-    async def _receive(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                kind, body = await asyncio.wait_for(read_frame(reader), LINK_TIMEOUT)
-            except TimeoutError:
-                raise TimeoutError(f"no answer from the process server for {LINK_TIMEOUT:.0f}s (link stalled)") from None
-            if kind == Frame.RESYNC_DIFF:
-                self.resync.on_diff(body)
-                self.new_data.set()
-                continue
-            msg = parse_json(body)
-            if kind == Frame.ACK:
-                self.acked_seq = max(self.acked_seq, int(msg["last_seq"]))
-                while self.in_flight and self.in_flight[0][2] <= self.acked_seq:
-                    self.in_flight.popleft()
-                self.capture.journal.trim(self.acked_seq)
-                self.resync.on_ack(self.acked_seq)
-                self.new_data.set()
-            elif kind == Frame.CONTROL:
-                rs = msg.get("resync")
-                if isinstance(rs, dict):
-                    if rs.get("full") or rs.get("ranges"):
-                        self.resync.request([b.index for b in self.backends] if rs.get("full") else None,
-                                            rs.get("ranges") or [], str(rs.get("reason") or "operator request"))
-                    if rs.get("go") and self.resync.pending():
-                        self.resync.go = True
-                        self.new_data.set()
-                if msg.get("protected"):
-                    for b in self.backends:
-                        self.sync_pos.setdefault(b.index, int(msg.get("sync", {}).get(str(b.index), 0)))
-                        self.sync_done.setdefault(b.index, False)
-                    self._set_protected()
-                if msg.get("bookmark") is not None:
-                    t = asyncio.create_task(self._scheduled_bookmark(msg["bookmark"].get("tag")))
-                    self._bookmark_tasks.add(t)
-                    t.add_done_callback(self._bookmark_tasks.discard)
-            elif kind == Frame.ERROR:
-                raise _remote_error(msg)
+    async def _receive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        liveness = _Liveness(writer)
+        next_frame: asyncio.Future | None = None
+        try:
+            while True:
+                if next_frame is None:
+                    next_frame = asyncio.ensure_future(read_frame(reader))
+                done, _ = await asyncio.wait({next_frame}, timeout=0.5)
+                if not done:
+                    # A slow link is not a stalled one: silence only counts while our own bytes stop moving too.
+                    if liveness.stalled_for() > LINK_TIMEOUT:
+                        raise TimeoutError(f"no progress on the link to the process server for "
+                                           f"{LINK_TIMEOUT:.0f}s (link stalled)")
+                    continue
+                frame, next_frame = next_frame, None
+                await self._on_frame(*frame.result())
+                liveness.progress()
+        finally:
+            if next_frame is not None:
+                next_frame.cancel()
+                await asyncio.gather(next_frame, return_exceptions=True)
+
+    async def _on_frame(self, kind: Frame, body: bytes) -> None:
+        """One frame from the process server."""
+        if kind == Frame.RESYNC_DIFF:
+            self.resync.on_diff(body)
+            self.new_data.set()
+            return
+        msg = parse_json(body)
+        if kind == Frame.ACK:
+            self.acked_seq = max(self.acked_seq, int(msg["last_seq"]))
+            while self.in_flight and self.in_flight[0][2] <= self.acked_seq:
+                self.in_flight.popleft()
+            self.capture.journal.trim(self.acked_seq)
+            self.resync.on_ack(self.acked_seq)
+            self.new_data.set()
+        elif kind == Frame.CONTROL:
+            rs = msg.get("resync")
+            if isinstance(rs, dict):
+                if rs.get("full") or rs.get("ranges"):
+                    self.resync.request([b.index for b in self.backends] if rs.get("full") else None,
+                                        rs.get("ranges") or [], str(rs.get("reason") or "operator request"))
+                if rs.get("go") and self.resync.pending():
+                    self.resync.go = True
+                    self.new_data.set()
+            if msg.get("protected"):
+                for b in self.backends:
+                    self.sync_pos.setdefault(b.index, int(msg.get("sync", {}).get(str(b.index), 0)))
+                    self.sync_done.setdefault(b.index, False)
+                self._set_protected()
+            if msg.get("bookmark") is not None:
+                t = asyncio.create_task(self._scheduled_bookmark(msg["bookmark"].get("tag")))
+                self._bookmark_tasks.add(t)
+                t.add_done_callback(self._bookmark_tasks.discard)
+        elif kind == Frame.ERROR:
+            raise _remote_error(msg)
 
     async def _send_loop(self, writer: asyncio.StreamWriter, rx: asyncio.Task) -> None:
         last_hb = 0.0
@@ -307,7 +335,7 @@ class Agent:
                 continue
             if (self.protected and not self.in_flight_full() and (self.resync.go or self.capture.overflow)
                     and all(self.sync_done.get(b.index, False) for b in self.backends)):
-                nxt = self.resync.next_frame()  # no await since reading the journal: seq order holds
+                nxt = await self.resync.next_frame()
                 if nxt is not None:
                     what, payload = nxt
                     if what == "hashes":
@@ -420,6 +448,36 @@ class Agent:
         writer.write(json.dumps(resp).encode() + b"\n")
         await writer.drain()
         writer.close()
+
+
+class _Liveness:
+    """Tracks whether a link makes progress: frames received, or our queued bytes draining into the network."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.last = time.monotonic()
+        self.queued = self._queued()
+
+    def _queued(self) -> int:
+        n = self.writer.transport.get_write_buffer_size() if self.writer.transport else 0
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # unsent bytes in the kernel
+                n += struct.unpack("i", buf)[0]
+            except OSError:
+                pass
+        return n
+
+    def progress(self) -> None:
+        self.last = time.monotonic()
+
+    def stalled_for(self) -> float:
+        q = self._queued()
+        if q < self.queued:
+            self.last = time.monotonic()
+        self.queued = q
+        return time.monotonic() - self.last
 
 
 async def _run_hook(cmd: str) -> None:

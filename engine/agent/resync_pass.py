@@ -15,11 +15,13 @@ A dropped link puts every unfinished chunk back in the dirty map. Blocks written
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import struct
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from .agent import Agent
 
 CHUNK_BLOCKS = 2048          # 128 MiB of source per checksum round trip
+MAX_COMPARES = 2             # checksum round trips in flight (hash the next chunk while one is compared)
 READ_RUN = 8 * 1024 * 1024   # contiguous blocks are read in runs of up to this
 
 
@@ -55,6 +58,8 @@ class ResyncPass:
         self.go = False                 # allowed to run (overflow, or the appliance said so)
         self.started_at = 0.0
         self.sent_blocks = 0
+        self.compared_blocks = 0
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="resync-hash")
 
     @property
     def dirty(self):  # type: ignore[no-untyped-def]
@@ -103,33 +108,42 @@ class ResyncPass:
         self.dirty.requeue_inflight()
 
     # driven by the send loop -----------------------------------------------------------------------------
-    def next_frame(self) -> tuple[str, bytes | list[Record]] | None:
+    async def next_frame(self) -> tuple[str, bytes | list[Record]] | None:
         """What to send next for the resync: ("records", [...]) or ("hashes", body), or None."""
         a = self.agent
         for c in self.chunks.values():
             if c.state == "send":
                 return "records", self._read_blocks(c)
-        if any(c.state == "compare" for c in self.chunks.values()):
-            return None                      # one checksum round trip at a time
+        if sum(c.state == "compare" for c in self.chunks.values()) >= MAX_COMPARES:
+            return None
         if self.dirty.any_dirty():
             self.begin(self.dirty.reason or "resync")
             taken = self.dirty.take_chunk(CHUNK_BLOCKS)
             if taken is None:
                 return None
             disk, blocks = taken
+            # The seq is taken before reading: a write racing the checksum either is seen by it (then the
+            # block differs from the replica at that seq and is sent again) or comes later in the stream.
             c = Chunk(self.next_id, disk, blocks, a.capture.seq)
             self.next_id += 1
             self.chunks[c.id] = c
-            return "hashes", self._hash(c)
+            loop = asyncio.get_running_loop()
+            half = (len(blocks) + 1) // 2
+            parts = await asyncio.gather(*(loop.run_in_executor(self.pool, self._hash_blocks, disk, part)
+                                           for part in (blocks[:half], blocks[half:]) if part))
+            if self.chunks.get(c.id) is not c:   # the link dropped meanwhile
+                return None
+            return "hashes", (RESYNC_HEAD.pack(c.disk, BLOCK, c.seq, c.id, len(blocks))
+                              + struct.pack(f"<{len(blocks)}Q", *blocks) + b"".join(parts))
         if not self.chunks and a.cfg.get("resync_open") and not a.capture.overflow_blocked():
             self._finish()
         return None
 
-    def _hash(self, c: Chunk) -> bytes:
-        backend = self.agent.backends[c.disk]
+    def _hash_blocks(self, disk: int, blocks: list[int]) -> bytes:
+        """Checksums of the source's blocks (a worker thread: pread and xxh3 release the GIL)."""
+        backend = self.agent.backends[disk]
         hashes = bytearray()
         i = 0
-        blocks = c.blocks
         while i < len(blocks):
             j = i
             while j + 1 < len(blocks) and blocks[j + 1] == blocks[j] + 1 and (j + 2 - i) * BLOCK <= READ_RUN:
@@ -139,16 +153,17 @@ class ResyncPass:
             for k in range(j - i + 1):
                 hashes += xxhash.xxh3_128_digest(data[k * BLOCK:(k + 1) * BLOCK])
             i = j + 1
-        return (RESYNC_HEAD.pack(c.disk, BLOCK, c.seq, c.id, len(blocks))
-                + struct.pack(f"<{len(blocks)}Q", *blocks) + bytes(hashes))
+        return bytes(hashes)
 
     def on_diff(self, body: bytes) -> None:
         cid, count = DIFF_HEAD.unpack_from(body)
         c = self.chunks.get(cid)
         if c is None or c.state != "compare":
             return
+        self.compared_blocks += len(c.blocks)
         differ = struct.unpack_from(f"<{count}Q", body, DIFF_HEAD.size)
-        c.to_send = deque(b for b in differ if b in set(c.blocks))
+        mine = set(c.blocks)
+        c.to_send = deque(b for b in differ if b in mine)
         if c.to_send:
             c.state = "send"
         else:

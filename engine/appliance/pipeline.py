@@ -53,6 +53,7 @@ class MachineRuntime:
         self.cache_pending: collections.deque[tuple[int, int]] = collections.deque()
         self.sync: dict[int, int] = {}       # disk index → bytes of initial replication durable at the PS
         self.new_data = asyncio.Event()
+        self.append_lock = asyncio.Lock()
         self.task: asyncio.Task | None = None
         self.last_point_time = 0.0
         self.last_point_seq = max((p.seq for p in vault.points()), default=0)

@@ -149,14 +149,17 @@ class ProcessServer:
                 raise ProtocolError("short batch")
             (batch_id,) = BATCH_HEAD.unpack_from(body)
             recs = decode_records(memoryview(body)[BATCH_HEAD.size:])  # verifies every payload hash
-            fresh = self._validate(rt, recs, disks)
-            if fresh:
-                encoded = [body[BATCH_HEAD.size:]] if len(fresh) == len(recs) else [r.encode() for r in fresh]
-                await loop.run_in_executor(self.app.pool, rt.cache.append, fresh, encoded)
-                rt.cache_pending.append((fresh[0].ts_ns, fresh[-1].seq))
-                rt.churn.add(sum(r.payload_size for r in fresh if r.kind in (Kind.WRITE,)))
-                self.app.note_sync(rt, fresh)
-                rt.new_data.set()
+            async with rt.append_lock:   # one writer of the cache, even while a replaced connection winds down
+                if rt.connection is not conn:
+                    raise ConnectionResetError("replaced by a newer connection of the same machine")
+                fresh = self._validate(rt, recs, disks)
+                if fresh:
+                    encoded = [body[BATCH_HEAD.size:]] if len(fresh) == len(recs) else [r.encode() for r in fresh]
+                    await loop.run_in_executor(self.app.pool, rt.cache.append, fresh, encoded)
+                    rt.cache_pending.append((fresh[0].ts_ns, fresh[-1].seq))
+                    rt.churn.add(sum(r.payload_size for r in fresh if r.kind in (Kind.WRITE,)))
+                    self.app.note_sync(rt, fresh)
+                    rt.new_data.set()
             write_json(conn.writer, Frame.ACK, {"batch": batch_id, "last_seq": rt.cache.last_seq})
             if conn.writer.transport.get_write_buffer_size() > 1 << 20:
                 await conn.writer.drain()

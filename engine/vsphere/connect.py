@@ -76,7 +76,7 @@ class PinnedContext(ssl.SSLContext):
     pin: str
     address: str
 
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         sock = super().wrap_socket(*args, **kwargs)
         der = sock.getpeercert(binary_form=True) or b""
         seen = thumbprint_of(der) if der else "none"
@@ -171,8 +171,8 @@ def connect(t: Target, password: str, *, timeout: float = HTTP_TIMEOUT) -> tuple
     seen = check_trust(t)
     ctx = ssl_context(t)
     try:
-        si = Connect(host=t.host, port=t.port, user=t.user, pwd=password, sslContext=ctx,
-                     httpConnectionTimeout=timeout)
+        si = Connect(host=t.host, port=t.port, user=t.user, pwd=password,  # type: ignore[no-untyped-call]
+                     sslContext=ctx, httpConnectionTimeout=timeout)
         return si, seen
     except vim.fault.InvalidLogin:
         raise LoginFailed(f"login failed for user {t.user!r} at {t.address}") from None
@@ -180,12 +180,12 @@ def connect(t: Target, password: str, *, timeout: float = HTTP_TIMEOUT) -> tuple
         raise
     except vim.fault.HostConnectFault as exc:
         # pyVmomi wraps transport errors (including our pin check) into HostConnectFault with only a message.
-        msg = exc.msg or str(exc)
+        msg = getattr(exc, "msg", None) or str(exc)
         if "thumbprint" in msg or "certificate" in msg.lower():
             raise CertificateUntrusted(f"{t.address}: {msg}") from None
         raise VCenterUnreachable(f"cannot talk to {t.address}: {msg}") from None
     except vmodl.MethodFault as exc:
-        raise VSphereError(f"{t.address} refused the login: {exc.msg or type(exc).__name__}") from None
+        raise VSphereError(f"{t.address} refused the login: {getattr(exc, 'msg', None) or type(exc).__name__}") from None
     except ssl.SSLCertVerificationError as exc:
         raise CertificateUntrusted(f"the certificate of {t.address} is not trusted: {exc}") from None
     except OSError as exc:

@@ -36,16 +36,18 @@ EXTRA: dict[str, dict[str, list[str]]] = {"Network": {"DistributedVirtualPortgro
 
 def _wsdl(name: str) -> Any:
     from pyVmomi import VmomiSupport
-    return VmomiSupport.GetWsdlType("urn:vim25", name)
+    return VmomiSupport.GetWsdlType("urn:vim25", name)  # type: ignore[no-untyped-call]
 
 
 def property_specs(types: list[str]) -> list[Any]:
     from pyVmomi import vmodl
     out = []
     for t in types:
-        out.append(vmodl.query.PropertyCollector.PropertySpec(type=_wsdl(t), pathSet=SPECS[t]))
+        out.append(vmodl.query.PropertyCollector.PropertySpec(  # type: ignore[no-untyped-call]
+            type=_wsdl(t), pathSet=SPECS[t]))
         for sub, paths in EXTRA.get(t, {}).items():
-            out.append(vmodl.query.PropertyCollector.PropertySpec(type=_wsdl(sub), pathSet=paths))
+            out.append(vmodl.query.PropertyCollector.PropertySpec(  # type: ignore[no-untyped-call]
+                type=_wsdl(sub), pathSet=paths))
     return out
 
 
@@ -53,9 +55,11 @@ def filter_spec(view: Any, types: list[str]) -> Any:
     """A FilterSpec over everything a ContainerView holds, collecting ``SPECS`` for ``types``."""
     from pyVmomi import vim, vmodl
     pcq = vmodl.query.PropertyCollector
-    trav = pcq.TraversalSpec(name="view", type=vim.view.ContainerView, path="view", skip=False)
-    return pcq.FilterSpec(objectSet=[pcq.ObjectSpec(obj=view, skip=True, selectSet=[trav])],
-                          propSet=property_specs(types))
+    # pyVmomi's generated types are untyped: one ignore per constructor call.
+    trav = pcq.TraversalSpec(name="view", type=vim.view.ContainerView, path="view",  # type: ignore[no-untyped-call]
+                             skip=False)
+    obj = pcq.ObjectSpec(obj=view, skip=True, selectSet=[trav])  # type: ignore[no-untyped-call]
+    return pcq.FilterSpec(objectSet=[obj], propSet=property_specs(types))  # type: ignore[no-untyped-call]
 
 
 # pyVmomi → plain --------------------------------------------------------------------------------------------------
@@ -133,7 +137,7 @@ def object_props(obj_content: Any) -> tuple[str, dict[str, Any]]:
 def retrieve(pc: Any, spec: Any) -> Iterator[Any]:
     """All ObjectContents of one RetrievePropertiesEx pass, following continuation tokens."""
     from pyVmomi import vmodl
-    res = pc.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())
+    res = pc.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())  # type: ignore[no-untyped-call]
     while res is not None:
         yield from res.objects
         res = pc.ContinueRetrievePropertiesEx(res.token) if res.token else None

@@ -48,10 +48,11 @@ def clean_identity(hello: dict[str, Any]) -> dict[str, Any] | None:
     }
     if isinstance(ips, list):
         for ip in ips[:64]:
-            try:
-                out["ips"].append(str(ipaddress.ip_address(ip)))
-            except (TypeError, ValueError):
+            try:  # strings only: ip_address(5) would happily mean 0.0.0.5
+                out["ips"].append(str(ipaddress.ip_address(ip)) if isinstance(ip, str) else None)
+            except ValueError:
                 continue
+        out["ips"] = [ip for ip in out["ips"] if ip]
     if not out["bios_uuid"] and not out["hostname"] and not out["ips"]:
         return None
     return out

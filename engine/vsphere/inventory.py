@@ -41,6 +41,7 @@ class Batch:
     leave: list[str] = field(default_factory=list)
     reason: str = "initial"
     seconds: float = 0.0  # for a complete full read: how long it took
+    received: float = 0.0  # perf_counter() when vSphere's answer arrived (latency breakdowns, bench/inventory.py)
 
 
 def to_batch(upd: Any, generation: int, full: bool, reason: str) -> Batch:
@@ -91,7 +92,7 @@ class Watcher:
 
     def _run(self) -> None:
         from pyVmomi import vim, vmodl
-        generation, reason, backoff = 0, "initial", 1.0
+        generation, reason, backoff, last_renewal = 0, "initial", 1.0, 0.0
         while not self._stop.is_set():
             si = None
             try:
@@ -110,6 +111,10 @@ class Watcher:
                 self.renewals += 1
                 reason = "session-renewed"
                 log.info("vCenter %s: session no longer valid, logging in again", self.target.address)
+                if time.monotonic() - last_renewal < 5.0:  # sessions dying at once: do not spin on logins
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                last_renewal = time.monotonic()
                 continue
             except LifeboatError as exc:
                 self._fail(exc)
@@ -118,7 +123,7 @@ class Watcher:
                     break
                 self._fail(VCenterUnreachable(f"lost the connection to {self.target.address}: {exc}"))
             except vmodl.MethodFault as exc:
-                self._fail(VSphereError(f"{self.target.address}: {exc.msg or type(exc).__name__}"))
+                self._fail(VSphereError(f"{self.target.address}: {getattr(exc, 'msg', None) or type(exc).__name__}"))
             except Exception as exc:  # a bug: keep the traceback, keep the thread alive and retry
                 log.exception("vCenter %s: inventory watcher failed", self.target.address)
                 self._fail(VSphereError(f"{self.target.address}: internal error {exc!r}"))
@@ -143,13 +148,15 @@ class Watcher:
         self._pc = pc
         view = content.viewManager.CreateContainerView(content.rootFolder, [_wsdl(t) for t in SPECS], True)
         pc.CreateFilter(filter_spec(view, list(SPECS)), partialUpdates=False)
-        opts = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=self.wait_seconds)
+        opts = vmodl.query.PropertyCollector.WaitOptions(  # type: ignore[no-untyped-call]
+            maxWaitSeconds=self.wait_seconds)
         version, full, t0, announced_empty = "", True, time.perf_counter(), False
         while not self._stop.is_set():
             try:
                 upd = pc.WaitForUpdatesEx(version, opts)
             except vmodl.fault.RequestCanceled:
                 return  # stop() cancelled the wait
+            received = time.perf_counter()
             if upd is None:  # maxWaitSeconds passed with no change
                 if full and version == "" and not announced_empty:
                     # An empty endpoint may answer the initial read with nothing: report it synced (and empty).
@@ -158,6 +165,7 @@ class Watcher:
                 continue
             version = upd.version
             batch = to_batch(upd, generation, full, reason)
+            batch.received = received
             if batch.complete:
                 batch.seconds = time.perf_counter() - t0
                 full = False

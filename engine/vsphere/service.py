@@ -140,6 +140,7 @@ class VSphereService:
                      insecure: bool | None = None) -> dict[str, Any]:
         """New credentials and/or trust for a registered endpoint; verified before anything is replaced."""
         assert self.store is not None
+        host = _valid_host(host)
         row = self.store.endpoint(host)
         if row is None:
             raise UnknownVCenter(f"{host} is not registered")
@@ -147,7 +148,7 @@ class VSphereService:
             target = _target(host, row["port"], user or row["user"], ca_pem, thumbprint, bool(insecure))
         else:
             target = Target(host, row["port"], user or row["user"], row["trust"], row["ca_pem"], row["thumbprint"])
-        pw = password or await asyncio.to_thread(self._password, host)
+        pw = password if password else await asyncio.to_thread(self._password, host)
         about, seen = await asyncio.to_thread(_probe, target, pw)
         if password:
             await asyncio.to_thread(set_secret, secret_name(host), password)
@@ -164,6 +165,7 @@ class VSphereService:
 
     async def remove(self, host: str) -> dict[str, Any]:
         assert self.store is not None and self.app.db is not None
+        host = _valid_host(host)
         if self.store.endpoint(host) is None:
             raise UnknownVCenter(f"{host} is not registered")
         ep = self.endpoints.pop(host, None)
@@ -175,13 +177,14 @@ class VSphereService:
         self.app.bus.emit(VCenterStatus(host, "removed"))
         return {"removed": host}
 
-    def list(self) -> list[dict[str, Any]]:
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        """Registered endpoints with trust, connection state and inventory counters (no secrets)."""
         return [self._entry(ep) for _, ep in sorted(self.endpoints.items())]
 
     def snapshot(self) -> dict[str, Any]:
         """The inventory of every endpoint: {"vcenters", "datacenters", "clusters", "hosts", "datastores",
         "networks", "vms"}; each VM carries ``protected_machine`` and ``protection_state``."""
-        out: dict[str, Any] = {"vcenters": self.list()}
+        out: dict[str, Any] = {"vcenters": self.list_endpoints()}
         for k in ("datacenters", "clusters", "hosts", "datastores", "networks", "vms"):
             out[k] = []
         by_vm = self._linked_machines()
@@ -349,7 +352,7 @@ class VSphereService:
 
     async def _h_list(self, request: web.Request) -> web.Response:
         self.app.control._admin(request)
-        return web.json_response(self.list())
+        return web.json_response(self.list_endpoints())
 
     async def _h_remove(self, request: web.Request) -> web.Response:
         self.app.control._admin(request)
@@ -359,11 +362,13 @@ class VSphereService:
         self.app.control._admin(request)
         return web.json_response(self.snapshot())
 
+    list = list_endpoints  # the engine API name (defined last: above, "list" in annotations is the builtin)
+
 
 def _valid_host(host: Any) -> str:
     if not isinstance(host, str) or not host or len(host) > 253 or any(c in host for c in " /\\@?#"):
         raise InvalidInput(f"{host!r} is not a host name or address", advice="Pass --host vcenter.example.com")
-    return host.strip("[]").lower() if ":" in host else host.lower()
+    return host.strip("[]").lower()  # one spelling per endpoint: it is the key of the DB row and keyring entry
 
 
 def _target(host: str, port: Any, user: Any, ca_pem: str | None, thumbprint: str | None, insecure: bool) -> Target:

@@ -168,6 +168,14 @@ def _fail_leaked_widgets(request: pytest.FixtureRequest, qapp: QApplication) -> 
         pytest.fail(f"{len(leaked)} top-level widget(s) leaked:\n  {desc}", pytrace=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _console_theme(qapp: QApplication) -> None:
+    """The real stylesheet and icons, so screenshots show what operators see."""
+    from ui import theme
+    theme.apply(qapp)
+    qapp.setQuitOnLastWindowClosed(False)
+
+
 @pytest.fixture
 def screenshot(request: pytest.FixtureRequest) -> Callable[[QWidget, str], Path]:
     """``screenshot(widget, "name")`` → artifacts/screenshots/name.png (the folder is printed at the end)."""
@@ -194,4 +202,4 @@ def console_settings(tmp_path: Path) -> Any:
 
 
 __all__ = ["pytest_asyncio_loop_factories", "pytest_configure", "pytest_pyfunc_call", "pytest_terminal_summary",
-           "_fail_blocking_calls", "_fail_leaked_widgets", "screenshot", "console_settings", "LoopWatchdog"]
+           "_fail_blocking_calls", "_fail_leaked_widgets", "_console_theme", "screenshot", "console_settings", "LoopWatchdog"]

@@ -84,6 +84,14 @@ class Site:
         await self.wait_for(lambda: rt.vault.last_seq >= target, timeout, f"vault to reach seq {target}")
         return target
 
+    async def wait_resync_done(self, machine: str = "vm1", timeout: float = 60.0) -> None:
+        """Until the agent has no resync work left and the appliance shows the machine protected again."""
+        assert self.app and self.agent
+        a, app = self.agent, self.app
+        await self.wait_for(lambda: not a.resync.pending() and not a.resync.chunks and not a.cfg.get("resync_open")
+                            and app.machine_status(machine)["state"] == "protected", timeout, "resync to finish")
+        await self.wait_caught_up(machine, timeout)
+
     async def stop(self) -> None:
         if self.agent:
             await self.agent.stop()

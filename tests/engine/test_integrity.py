@@ -38,10 +38,7 @@ async def test_corrupt_agent_journal_is_healed(tmp_path: Path) -> None:
         app = await site.start_appliance()
         await site.wait_for(lambda: agent.last_error and "journal" in agent.last_error["message"] or
                             agent.resync.sent_blocks, 30, "corruption detected")
-        await site.wait_for(lambda: app.machine_status("vm1")["state"] == "protected"
-                            and not app.machine_status("vm1")["resync"]["required"] and not agent.capture.dirty.any_dirty(),
-                            60, "healed")
-        await site.wait_caught_up()
+        await site.wait_resync_done()
         assert await _latest(site, tmp_path) == sha256_file(disk)
         assert agent.resync.sent_blocks >= 5     # the lost writes' blocks, found by checksum
     finally:
@@ -64,9 +61,8 @@ async def test_corrupt_process_server_cache_is_healed(tmp_path: Path) -> None:
         _flip_payload_byte(seg, seg.stat().st_size - 1000)
         rt.start()
         await site.wait_for(lambda: any(a.code == "LB_INTEGRITY" for a in alerts), 20, "alert")
-        await site.wait_for(lambda: app.machine_status("vm1")["state"] == "protected"
-                            and not app.machine_status("vm1")["resync"]["required"], 60, "healed")
-        await site.wait_caught_up()
+        await site.wait_for(lambda: site.agent.resync.compared_blocks > 0, 30, "the resync to compare")
+        await site.wait_resync_done()
         assert await _latest(site, tmp_path) == sha256_file(disk)
         assert list(tmp_path.glob("appliance/cache/vm1.quarantine-*/*.lbc"))   # kept for forensics
     finally:
@@ -96,9 +92,8 @@ async def test_corrupt_vault_detected_by_verify_and_healed(tmp_path: Path) -> No
                 await v.close()
         report = await app.verify("vm1", heal=True)
         assert report["healing"]
-        await site.wait_for(lambda: app.machine_status("vm1")["state"] == "protected"
-                            and not app.machine_status("vm1")["resync"]["required"], 60, "healed")
-        await site.wait_caught_up()
+        await site.wait_for(lambda: site.agent.resync.compared_blocks > 0, 30, "the resync to compare")
+        await site.wait_resync_done()
         assert await _latest(site, tmp_path) == sha256_file(disk)
     finally:
         await site.stop()

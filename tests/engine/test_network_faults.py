@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -20,11 +19,13 @@ import pytest
 
 import engine.agent.agent as agent_mod
 import engine.appliance.process_server as ps_mod
+from engine.home import AgentHome
 from tests.conftest import need_tool
 from tests.engine.harness import Site, make_disk, run_tool, sha256_file
 from tests.faultproxy import FaultProxy
 
 MiB = 1 << 20
+log = logging.getLogger(__name__)
 
 
 class Churn:
@@ -103,6 +104,38 @@ class Rig:
         self.disk = disk
         self.size = disk.stat().st_size
         self.baseline: list[tuple[str, str]] = []   # (point id, sha256 of the source at that point)
+        self.welcomes: list[tuple[int, int]] = []     # (acked_seq before, last_seq in WELCOME) per session
+        self.churns: list[Churn] = []
+        self.monitors: list[Monitor] = []
+
+    def churn(self, seed: int, pause: float) -> Churn:
+        c = Churn(self.site, self.size, seed, pause)
+        c.start()
+        self.churns.append(c)
+        return c
+
+    def monitor(self) -> Monitor:
+        m = Monitor(self.site)
+        m.start()
+        self.monitors.append(m)
+        return m
+
+    async def close(self) -> None:
+        for m in self.monitors:
+            await m.stop()
+        for c in self.churns:
+            with contextlib.suppress(Exception):
+                await c.stop()
+
+    async def start_agent(self) -> None:
+        """Starts the agent, recording at each WELCOME what it had acknowledged before and what the PS has."""
+        agent = await self.site.start_agent({"d0": self.disk})
+        orig = agent._welcome
+
+        def welcome(w: dict[str, Any]) -> None:
+            self.welcomes.append((agent.acked_seq, int(w.get("last_seq", 0))))
+            orig(w)
+        agent._welcome = welcome  # type: ignore[method-assign]
 
     @property
     def app(self):  # type: ignore[no-untyped-def]
@@ -117,7 +150,7 @@ class Rig:
         return self.site.app.runtimes["vm1"]
 
     async def start_protected(self, timeout: float = 30) -> None:
-        await self.site.start_agent({"d0": self.disk})
+        await self.start_agent()
         await self.app.protect("vm1")
         await self.site.wait_for(lambda: self.app.machine_status("vm1")["state"] == "protected", timeout,
                                  "initial sync")
@@ -168,18 +201,20 @@ async def wait(cond: Callable[[], bool], timeout: float, what: Callable[[], str]
 
 
 def _point_to_proxy(agent_home: Path, port: int) -> None:
-    cfg_path = agent_home / "agent.json"
-    cfg = json.loads(cfg_path.read_text())
+    """The agent connects to cfg["appliance"][0]:cfg["data_port"]: make that the proxy."""
+    home = AgentHome(agent_home)
+    cfg = home.load_config()
     cfg["data_port"] = port
-    cfg_path.write_text(json.dumps(cfg, indent=2))
+    home.save_config(cfg)
 
 
 @contextlib.asynccontextmanager
-async def rig(tmp_path: Path, *, size: int = 8 * MiB, seed: int = 1, **policy: float) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, *, size: int = 8 * MiB, seed: int = 1, fill: float = 0.3,
+              **policy: float) -> AsyncIterator[Rig]:
     """Appliance + proxy + agent whose data port is the proxy's (agent not started yet)."""
     need_tool("qemu-io")
     disk = tmp_path / "d0.img"
-    make_disk(disk, size, seed=seed)
+    make_disk(disk, size, seed=seed, fill=fill)
     site = Site(tmp_path)
     proxy: FaultProxy | None = None
     try:
@@ -189,7 +224,11 @@ async def rig(tmp_path: Path, *, size: int = 8 * MiB, seed: int = 1, **policy: f
         proxy = FaultProxy("127.0.0.1", app.data_address[1], seed=seed)
         await proxy.start()
         _point_to_proxy(site.agent_home, proxy.port)
-        yield Rig(tmp_path, site, proxy, disk)
+        r = Rig(tmp_path, site, proxy, disk)
+        try:
+            yield r
+        finally:
+            await r.close()
     finally:
         if proxy:
             proxy.resume()
@@ -206,7 +245,11 @@ def _assert_no_resync(mon: Monitor, since: float) -> None:
     assert all(s["synced"] for s in samples), "the agent went back to initial replication"
 
 
-def _assert_acks_monotonic(mon: Monitor) -> None:
+def _assert_nothing_acked_lost(r: Rig, mon: Monitor, sessions: int) -> None:
+    """Each new session starts at or after what the agent had seen acknowledged; the acked position never drops."""
+    assert len(r.welcomes) >= sessions, r.welcomes
+    lost = [(a, w) for a, w in r.welcomes if w < a]
+    assert not lost, f"the process server welcomed the agent back before records it had acknowledged: {lost}"
     acked = [s["acked"] for s in mon.samples]
     assert all(a <= b for a, b in zip(acked, acked[1:])), "an acknowledged position went backwards"
 
@@ -234,12 +277,10 @@ async def test_repeated_cuts_resume_from_last_ack(tmp_path: Path) -> None:
     async with rig(tmp_path, seed=11) as r:
         await r.start_protected()
         await r.add_baseline_point(0x21, 0)
-        mon = Monitor(r.site)
-        mon.start()
+        mon = r.monitor()
         t_faults = time.monotonic()
         wire0 = r.proxy.bytes_up
-        churn = Churn(r.site, r.size, seed=12, pause=0.1)
-        churn.start()
+        churn = r.churn(seed=12, pause=0.1)
         try:
             await _cut_while_streaming(r, random.Random(13), cuts=4, reconnect_within=15)
             await asyncio.sleep(0.5)
@@ -251,21 +292,18 @@ async def test_repeated_cuts_resume_from_last_ack(tmp_path: Path) -> None:
         wire = r.proxy.bytes_up - wire0
         assert r.proxy.cut_count == 4 and r.proxy.accepted >= 5
         _assert_no_resync(mon, t_faults)
-        _assert_acks_monotonic(mon)
+        _assert_nothing_acked_lost(r, mon, sessions=5)
+        log.info("cuts: %d bytes on the wire for %d bytes written (%.2fx)", wire, written, wire / max(written, 1))
         assert written > 1 * MiB
         assert wire <= 3 * written, f"{wire} bytes sent for {written} bytes written: data was sent again"
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: Agent._ship_forever never resets its reconnect backoff after a "
-                   "successful session (_session only ends by raising), so each cut of a healthy link waits twice "
-                   "as long as the previous one before reconnecting (0.5 s, 1 s, 2 s, 4 s ... up to 30 s, ±50%)")
 async def test_reconnect_is_prompt_after_every_cut(tmp_path: Path) -> None:
     """A cut of a link that was working fine must not inherit the backoff of earlier, already healed outages: after
     each cut the agent is back within the first backoff step (0.5 s ± 50%), not 2^n times that."""
     async with rig(tmp_path, seed=51) as r:
         await r.start_protected()
-        churn = Churn(r.site, r.size, seed=52, pause=0.1)
-        churn.start()
+        churn = r.churn(seed=52, pause=0.1)
         try:
             await _cut_while_streaming(r, random.Random(53), cuts=5, reconnect_within=2.0)
         finally:
@@ -274,21 +312,19 @@ async def test_reconnect_is_prompt_after_every_cut(tmp_path: Path) -> None:
 
 
 async def test_outage_journals_then_catches_up(tmp_path: Path) -> None:
-    """The link is down for 6 s while writes go on: the agent journals them, RPO grows and health turns critical;
+    """The link is down for 5 s while writes go on: the agent journals them, RPO grows and health turns critical;
     after up() everything arrives and the RPO is back to 0."""
     async with rig(tmp_path, seed=21, rpo_threshold=2.0) as r:
         await r.start_protected()
         await r.add_baseline_point(0x31, 1 * MiB)
-        mon = Monitor(r.site)
-        mon.start()
-        churn = Churn(r.site, r.size, seed=22, pause=0.1)
-        churn.start()
+        mon = r.monitor()
+        churn = r.churn(seed=22, pause=0.1)
         await asyncio.sleep(0.5)
         journal0 = r.agent.capture.journal.bytes
         seq0 = r.agent.capture.seq
         t_down = time.monotonic()
         await r.proxy.down()
-        await asyncio.sleep(6)
+        await asyncio.sleep(5)
         during = mon.since(t_down + 0.5)
         await r.proxy.up()
         t_up = time.monotonic()
@@ -298,7 +334,7 @@ async def test_outage_journals_then_catches_up(tmp_path: Path) -> None:
         assert max(s["journal"] for s in during) > journal0 + 1 * MiB, "the journal did not grow during the outage"
         assert not any(s["connected"] for s in during)
         rpos = [s["rpo"] for s in during]
-        assert max(rpos) >= 5.0, f"RPO did not grow during the outage: {rpos[::10]}"
+        assert max(rpos) >= 4.0, f"RPO did not grow during the outage: {rpos[::10]}"
         assert "critical" in {s["health"] for s in during}
         assert r.app.machine_status("vm1")["state"] == "protected"
         await r.verify(catch_up=30)
@@ -307,26 +343,24 @@ async def test_outage_journals_then_catches_up(tmp_path: Path) -> None:
         assert r.app.machine_status("vm1")["health"] == "ok"
         await mon.stop()
         _assert_no_resync(mon, t_down)
-        _assert_acks_monotonic(mon)
-        logging.getLogger(__name__).info("caught up %.1fs after the link came back", caught)
+        _assert_nothing_acked_lost(r, mon, sessions=2)
+        log.info("caught up %.1fs after the link came back", caught)
 
 
 async def test_stall_is_detected_and_replication_reconnects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     """Connections open but silent: first a half-dead link (the open connection silent, new ones fine), then a
-    full stall of 4 s. The agent notices within LINK_TIMEOUT, the process server drops the dead connection
-    (IDLE_TIMEOUT), and replication goes on over a new connection."""
+    full stall of 2.5 s. The agent notices within LINK_TIMEOUT (patched to 2 s; IDLE_TIMEOUT to 3 s), reconnects,
+    the new connection replaces the dead one at the process server, and replication goes on from the last ack."""
     monkeypatch.setattr(agent_mod, "LINK_TIMEOUT", 2.0)
     monkeypatch.setattr(ps_mod, "IDLE_TIMEOUT", 3.0)
     caplog.set_level(logging.INFO, logger="engine")
     async with rig(tmp_path, seed=31) as r:
         await r.start_protected()
         await r.add_baseline_point(0x41, 2 * MiB)
-        mon = Monitor(r.site)
-        mon.start()
+        mon = r.monitor()
         t_faults = time.monotonic()
-        churn = Churn(r.site, r.size, seed=32, pause=0.1)
-        churn.start()
+        churn = r.churn(seed=32, pause=0.1)
         try:
             # 1. half-dead link
             await asyncio.sleep(0.5)
@@ -337,14 +371,17 @@ async def test_stall_is_detected_and_replication_reconnects(tmp_path: Path, monk
             await r.site.wait_for(lambda: r.proxy.accepted > accepted0 and r.connected()
                                   and r.rt.connection is not old_conn, 8, "a new connection after the stall")
             detected = time.monotonic() - t0
-            assert 1.5 <= detected < 6, detected
-            assert any("stalled" in rec.getMessage() for rec in caplog.records), "the agent did not report a stall"
+            # LINK_TIMEOUT after the last answer (which came at most ~1 s before the stall), then a reconnect
+            assert 1.0 <= detected < 6, detected
+            assert any("stall" in rec.getMessage() for rec in caplog.records), "the agent did not report a stall"
             seq = await r.site.wait_caught_up(timeout=10)   # over the new connection, old one still silent
             assert seq > 0
-            # 2. everything silent for 4 s, reconnect attempts included
+            # 2. everything silent for 2.5 s, reconnect attempts included: longer than LINK_TIMEOUT, shorter than
+            #    IDLE_TIMEOUT, so the old connection comes back to life at the process server just as the agent's
+            #    new one arrives there
             accepted1 = r.proxy.accepted
-            r.proxy.stall(4.0)
-            await asyncio.sleep(4.0)
+            r.proxy.stall(2.5)
+            await asyncio.sleep(2.5)
             await r.site.wait_for(lambda: r.proxy.accepted > accepted1 and r.connected(), 10,
                                   "a new connection after the full stall")
         finally:
@@ -352,26 +389,46 @@ async def test_stall_is_detected_and_replication_reconnects(tmp_path: Path, monk
         await r.verify()
         await mon.stop()
         _assert_no_resync(mon, t_faults)
-        _assert_acks_monotonic(mon)
+        _assert_nothing_acked_lost(r, mon, sessions=3)
 
 
 async def test_slow_lossy_link_converges(tmp_path: Path) -> None:
-    """Latency, a bandwidth limit and refused connections from the start (initial sync included), plus a few
-    cuts while writing: replication still converges byte-identical."""
-    async with rig(tmp_path, seed=41) as r:
+    """Latency, a bandwidth limit and refused connections from the start (initial sync included), plus cuts while
+    writing, so that reconnects meet the drops: replication still converges byte-identical."""
+    # seed 48: the proxy drops the 2nd connection (the first reconnect) and lets the next ones through
+    async with rig(tmp_path, seed=48) as r:
         r.proxy.delay(0.03)
-        r.proxy.bandwidth(2_000_000)
+        r.proxy.bandwidth(3_000_000)
         r.proxy.drop(0.3)
-        await r.start_protected(timeout=40)
+        await r.start_protected(timeout=30)
         await r.add_baseline_point(0x51, 3 * MiB)
-        churn = Churn(r.site, r.size, seed=42, pause=0.1)
-        churn.start()
+        mon = r.monitor()
+        t_faults = time.monotonic()
+        churn = r.churn(seed=42, pause=0.3)
         try:
-            for i in range(3):
-                await r.site.wait_for(r.connected, 15, f"the agent to reconnect after cut {i}")
-                await asyncio.sleep(0.5)
-                r.proxy.cut()
+            await _cut_while_streaming(r, random.Random(43), cuts=2, reconnect_within=20)
+            await asyncio.sleep(0.5)
         finally:
             await churn.stop()
-        await r.verify(catch_up=40)
-        assert r.proxy.dropped >= 1 or r.proxy.accepted >= 4
+        await r.verify(catch_up=30)
+        await mon.stop()
+        assert r.proxy.dropped >= 1, r.proxy.stats()
+        _assert_no_resync(mon, t_faults)
+        _assert_nothing_acked_lost(r, mon, sessions=3)
+
+
+async def test_slow_link_is_not_mistaken_for_a_stall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow but healthy link (500 kB/s against LINK_TIMEOUT 2 s; the same as 100 kB/s against the default 10 s)
+    carries initial replication on one connection, sending the disk's data once."""
+    monkeypatch.setattr(agent_mod, "LINK_TIMEOUT", 2.0)
+    async with rig(tmp_path, seed=61) as r:
+        data = r.disk.stat().st_blocks * 512
+        r.proxy.bandwidth(500_000)
+        await r.site.start_agent({"d0": r.disk})
+        await r.app.protect("vm1")
+        await wait(lambda: r.app.machine_status("vm1")["state"] == "protected" or r.proxy.accepted > 1,
+                   3 * data / 500_000 + 5, lambda: f"initial sync; {r.diag()}")
+        assert r.proxy.accepted == 1, f"the agent dropped a working link: {r.agent.last_error}; {r.proxy.stats()}"
+        await wait(lambda: r.app.machine_status("vm1")["state"] == "protected", 3 * data / 500_000 + 5,
+                   lambda: f"initial sync; {r.diag()}")
+        assert r.proxy.bytes_up <= 1.3 * data, f"{r.proxy.bytes_up} bytes sent for {data} bytes of data"

@@ -69,7 +69,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "vcsim: model: %v\n", err)
 		os.Exit(1)
 	}
-	defer model.Remove()
 
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, *pass)}
 	if !*plain {
@@ -85,7 +84,6 @@ func main() {
 		model.Service.TLS = cfg
 	}
 	server := model.Service.NewServer()
-	defer server.Close()
 
 	u := *server.URL
 	u.User = nil // the password is the caller's to know; never echo it
@@ -94,6 +92,9 @@ func main() {
 	fmt.Printf("VCSIM_URL=%s\n", u.String())
 	os.Stdout.Sync()
 
-	// Exit when the parent closes our stdin (or dies): no orphaned simulators.
+	// Exit when the parent closes our stdin (or dies): no orphaned simulators. Exit at once rather than through
+	// server.Close(), which would wait for long-polling WaitForUpdatesEx calls to time out.
 	_, _ = io.Copy(ioutil.Discard, os.Stdin)
+	model.Remove()
+	os.Exit(0)
 }

@@ -12,6 +12,7 @@ from console.context import ConsoleContext
 from console.models import DashboardSeries, format_rate, format_seconds
 
 from .. import forms, theme
+from ..plots import time_plot
 
 WINDOW = 3600.0
 
@@ -45,10 +46,7 @@ class Tile(QFrame):
 
 
 def _plot(title: str, units: str) -> pg.PlotWidget:
-    w = pg.PlotWidget(axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
-    w.setMenuEnabled(False)
-    w.setMouseEnabled(x=False, y=False)
-    w.hideButtons()
+    w = time_plot()
     w.setTitle(title, size="10pt")
     w.setLabel("left", units=units)
     w.showGrid(x=True, y=True, alpha=0.15)
@@ -118,6 +116,9 @@ class DashboardPage(QWidget):
         span = min(WINDOW, max(300.0, now - (float(t[0]) if len(t) else now) + 30))
         for p in (self.rpo_plot, self.rate_plot):
             p.setXRange(now - span, now, padding=0)
+        if len(t):  # from zero: a flat line near the top must not look like a cliff
+            self.rpo_plot.setYRange(0, max(1.0, float(v[:, 0].max()) * 1.15), padding=0)
+            self.rate_plot.setYRange(0, max(1.0, float(v[:, 1:].max()) * 1.15), padding=0)
         if len(t):
             self.rates.setText(f"Now: churn {format_rate(float(v[-1, 1]))}, upload {format_rate(float(v[-1, 2]))} "
                                f"across {sum(counts.values()) - counts.get('', 0)} protected machine(s)")

@@ -1,8 +1,8 @@
 """Infrastructure: vCenters, their hosts and VMs with each VM's protection state, and the registered agents.
 
-vCenter support comes from the engine's ``vsphere`` service (issue 4); without it the page lists the registered
-machines (agents) only and says so. The inventory snapshot is read tolerantly: a dict with ``vms`` (each VM with
-``name``, ``power_state``, ``host``, optional ``vcenter`` and ``protected_machine``) as ``lifeboat inventory`` prints.
+vCenter support comes from the engine's ``vsphere`` service (issue 4): registered endpoints, their hosts and VMs
+(``snapshot()``), refreshed on its inventory events. Machines not tied to a VM are listed under "Agents". Without
+vCenter support the page lists the agents only and says so.
 """
 
 from __future__ import annotations
@@ -42,14 +42,18 @@ class VCenterDialog(QDialog):
         self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(self.page.isComplete())
 
 
-def _vm_groups(snapshot: Any) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """vCenter → host → VMs, from whatever shape the snapshot has (see the module docstring)."""
-    vms = snapshot.get("vms", []) if isinstance(snapshot, dict) else list(snapshot or [])
-    out: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for vm in vms:
-        if not isinstance(vm, dict):
-            vm = getattr(vm, "__dict__", {"name": str(vm)})
-        out[str(vm.get("vcenter") or vm.get("datacenter") or "vCenter")][str(vm.get("host") or "host")].append(vm)
+def inventory_tree(snapshot: Any) -> dict[str, tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]]:
+    """vCenter → (its list entry, host name → VMs) from ``app.vsphere.snapshot()``
+    ({"vcenters": [{"host", "status", …}], "hosts": [{"vcenter", "name", …}], "vms": [{"vcenter", "host", …}]})."""
+    snap = snapshot if isinstance(snapshot, dict) else {"vms": list(snapshot or [])}
+    out: dict[str, tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]] = {}
+    for vc in snap.get("vcenters", []):
+        out[str(vc.get("host"))] = (vc, defaultdict(list))
+    for h in snap.get("hosts", []):
+        out.setdefault(str(h.get("vcenter")), ({}, defaultdict(list)))[1].setdefault(str(h.get("name")), [])
+    for vm in snap.get("vms", []):
+        vc = str(vm.get("vcenter") or "vCenter")
+        out.setdefault(vc, ({}, defaultdict(list)))[1][str(vm.get("host") or "(no host)")].append(vm)
     return out
 
 
@@ -94,7 +98,7 @@ class InfrastructurePage(QWidget):
 
     def _on_event(self, ev: object) -> None:
         name = type(ev).__name__.lower()
-        if any(k in name for k in ("vcenter", "inventory", "vsphere", "vm")):
+        if any(k in name for k in ("vcenter", "inventory", "vm", "matched")):
             self._schedule()
 
     def showEvent(self, event) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
@@ -117,20 +121,24 @@ class InfrastructurePage(QWidget):
         if fac.has_vsphere:
             self.note.setText("VMs of the registered vCenters, with their protection state.")
             try:
-                groups = _vm_groups(fac.inventory())
+                tree = inventory_tree(fac.inventory())
             except Exception as exc:
                 self.ctx.notes.handle(exc, "reading the vCenter inventory")
-                groups = {}
-            for vc, hosts in groups.items():
-                top = QTreeWidgetItem([vc, "vCenter", "", ""])
+                tree = {}
+            if not tree:
+                self.note.setText("No vCenter registered yet: Add vCenter… to discover its VMs.")
+            for vc, (entry, hosts) in sorted(tree.items()):
+                status = str(entry.get("status") or "")
+                if entry.get("error"):
+                    status += f": {(entry['error'] or {}).get('message', '')}"
+                top = QTreeWidgetItem([vc, "vCenter", "", status])
                 top.setIcon(0, theme.icon("infrastructure"))
                 self.tree.addTopLevelItem(top)
-                for host, vms in hosts.items():
-                    h = QTreeWidgetItem([host, "host", "", ""])
+                for host, vms in sorted(hosts.items()):
+                    h = QTreeWidgetItem([host, "host", "", f"{len(vms)} VM(s)"])
                     top.addChild(h)
                     for vm in sorted(vms, key=lambda v: str(v.get("name"))):
-                        machine = vm.get("protected_machine") or (vm.get("name") if self.ctx.machines.row(
-                            str(vm.get("name"))) else None)
+                        machine = vm.get("protected_machine")
                         if machine:
                             matched.add(str(machine))
                         text, health = self._protection(machine)

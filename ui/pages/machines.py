@@ -93,7 +93,7 @@ class MachinesPage(QWidget):
         lay.addWidget(self.splitter)
         self.table.selectionModel().selectionChanged.connect(self._selection_changed)
         ctx.inventory_refreshed.connect(self.update_actions)
-        ctx.jobs.finished.connect(lambda _job: self.update_actions())
+        ctx.jobs.finished.connect(self._job_finished)
         self.dialog: ProtectDialog | FailoverDialog | QMessageBox | None = None
         self.update_actions()
 
@@ -113,6 +113,9 @@ class MachinesPage(QWidget):
 
     def _selection_changed(self, _sel: QItemSelection, _desel: QItemSelection) -> None:
         self.detail.show_machine(self.selected())
+        self.update_actions()
+
+    def _job_finished(self, _job: object) -> None:
         self.update_actions()
 
     def update_actions(self) -> None:

@@ -38,3 +38,12 @@ async def wait_until(cond: Any, timeout: float = 30.0, what: str = "condition") 
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
 
+
+
+async def thumbprint_of_sim(sim: Any) -> str:
+    """The simulator's certificate thumbprint, computed independently of Lifeboat's code (in a thread)."""
+    import asyncio
+    import hashlib
+
+    from engine.vsphere.connect import normalise_thumbprint
+    return normalise_thumbprint(hashlib.sha256(await asyncio.to_thread(sim.der)).hexdigest())

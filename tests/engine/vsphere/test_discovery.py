@@ -73,7 +73,7 @@ def as_tuples(inv: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple]]:
 
 
 async def test_discovery_matches_simulator(vcsim) -> None:  # type: ignore[no-untyped-def]
-    sim = vcsim(*MODEL)
+    sim = await asyncio.to_thread(vcsim, *MODEL)
     si = await asyncio.to_thread(sim.client)
     objects, timings = await asyncio.to_thread(discover, si)
     truth = await asyncio.to_thread(ground_truth, si)
@@ -96,7 +96,7 @@ async def test_discovery_matches_simulator(vcsim) -> None:  # type: ignore[no-un
 
 async def test_live_inventory_equals_one_shot_discovery(site, vcsim) -> None:  # type: ignore[no-untyped-def]
     """The live inventory's first read (a WaitForUpdatesEx filter) and the one-shot discovery agree exactly."""
-    sim = vcsim(*MODEL)
+    sim = await asyncio.to_thread(vcsim, *MODEL)
     rec = Recorder(site.app)
     await site.app.vsphere.register(sim.host, sim.port, sim.user, sim.password, insecure=True)
     synced = await rec.wait(lambda e: isinstance(e, InventorySynced), what="first full read")

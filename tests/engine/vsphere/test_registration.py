@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import socket
-import ssl
 
 import pytest
 
@@ -20,7 +19,7 @@ from engine.vsphere.errors import CertificateUntrusted, LoginFailed, UnknownVCen
 from engine.vsphere.events import InventorySynced, VCenterStatus
 from engine.vsphere.store import secret_name
 from tests.conftest import free_port
-from tests.engine.vsphere.helpers import Recorder
+from tests.engine.vsphere.helpers import Recorder, thumbprint_of_sim
 
 
 def _events(app, kind: str) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -29,12 +28,12 @@ def _events(app, kind: str) -> list[dict]:  # type: ignore[no-untyped-def]
 
 
 async def test_register_with_ca_file(site, vcsim, server_pki) -> None:  # type: ignore[no-untyped-def]
-    sim = vcsim(cert=server_pki["cert"], key=server_pki["key"])
+    sim = await asyncio.to_thread(vcsim, cert=server_pki["cert"], key=server_pki["key"])
     app = site.app
     rec = Recorder(app)
     e = await app.vsphere.register(sim.host, sim.port, sim.user, sim.password, ca_pem=server_pki["ca"].read_text())
     assert e["kind"] == "vcenter" and e["trust"] == "ca" and not e["insecure"]
-    assert e["thumbprint"] == normalise_thumbprint(hashlib.sha256(sim.der()).hexdigest())
+    assert e["thumbprint"] == await thumbprint_of_sim(sim)
     await rec.wait(lambda ev: isinstance(ev, InventorySynced), what="first full read")
     [listed] = app.vsphere.list()
     assert listed["host"] == sim.host and listed["status"] == "connected" and listed["synced"]
@@ -51,8 +50,8 @@ async def test_register_with_ca_file(site, vcsim, server_pki) -> None:  # type: 
 
 
 async def test_wrong_password_is_login_failed(site, vcsim) -> None:  # type: ignore[no-untyped-def]
-    sim = vcsim()
-    tp = normalise_thumbprint(hashlib.sha256(sim.der()).hexdigest())
+    sim = await asyncio.to_thread(vcsim)
+    tp = await thumbprint_of_sim(sim)
     with pytest.raises(LoginFailed) as ei:
         await site.app.vsphere.register(sim.host, sim.port, sim.user, "not-the-password", thumbprint=tp)
     assert ei.value.code == "LB_LOGIN_FAILED" and "login failed" in ei.value.message
@@ -61,8 +60,8 @@ async def test_wrong_password_is_login_failed(site, vcsim) -> None:  # type: ign
 
 
 async def test_untrusted_certificate_refused_then_accepted_by_thumbprint(site, vcsim) -> None:  # type: ignore[no-untyped-def]
-    sim = vcsim()  # the simulator's own self-signed certificate: no CA we trust
-    expected = normalise_thumbprint(hashlib.sha256(sim.der()).hexdigest())
+    sim = await asyncio.to_thread(vcsim)  # the simulator's own self-signed certificate: no CA we trust
+    expected = await thumbprint_of_sim(sim)
     with pytest.raises(CertificateUntrusted) as ei:
         await site.app.vsphere.register(sim.host, sim.port, sim.user, sim.password)
     err = ei.value
@@ -80,8 +79,9 @@ async def test_untrusted_certificate_refused_then_accepted_by_thumbprint(site, v
     assert e["trust"] == "thumbprint" and e["pinned_thumbprint"] == expected
 
 
-async def test_pin_is_checked_on_every_connection(vcsim) -> None:  # type: ignore[no-untyped-def]
-    """pyVmomi's own thumbprint check only runs when normal verification fails; our context checks each socket."""
+def test_pin_is_checked_on_every_connection(vcsim) -> None:  # type: ignore[no-untyped-def]
+    """pyVmomi's own thumbprint check only runs when normal verification fails; our context checks each socket.
+    (A plain test: no event loop to block.)"""
     sim = vcsim()
     good = normalise_thumbprint(hashlib.sha256(sim.der()).hexdigest())
     for _ in range(2):  # twice: the first connection must not relax the context for the next one
@@ -116,7 +116,7 @@ async def test_unreachable_hosts_are_network_errors(site) -> None:  # type: igno
 
 
 async def test_insecure_warns_and_is_recorded(site, vcsim, caplog) -> None:  # type: ignore[no-untyped-def]
-    sim = vcsim()
+    sim = await asyncio.to_thread(vcsim)
     rec = Recorder(site.app)
     with caplog.at_level(logging.WARNING):
         e = await site.app.vsphere.register(sim.host, sim.port, sim.user, sim.password, insecure=True)
@@ -134,7 +134,7 @@ async def test_insecure_warns_and_is_recorded(site, vcsim, caplog) -> None:  # t
 
 
 async def test_standalone_esxi(site, vcsim) -> None:  # type: ignore[no-untyped-def]
-    sim = vcsim("-esx")
+    sim = await asyncio.to_thread(vcsim, "-esx")
     rec = Recorder(site.app)
     e = await site.app.vsphere.register(sim.host, sim.port, sim.user, sim.password, insecure=True)
     assert e["kind"] == "esxi"
@@ -144,8 +144,8 @@ async def test_standalone_esxi(site, vcsim) -> None:  # type: ignore[no-untyped-
 
 
 async def test_update_credentials(site, vcsim) -> None:  # type: ignore[no-untyped-def]
-    sim = vcsim()
-    tp = normalise_thumbprint(hashlib.sha256(sim.der()).hexdigest())
+    sim = await asyncio.to_thread(vcsim)
+    tp = await thumbprint_of_sim(sim)
     await site.app.vsphere.register(sim.host, sim.port, sim.user, sim.password, thumbprint=tp)
     with pytest.raises(LoginFailed):
         await site.app.vsphere.update(sim.host, password="wrong")
@@ -154,4 +154,3 @@ async def test_update_credentials(site, vcsim) -> None:  # type: ignore[no-untyp
     assert e["trust"] == "thumbprint"
     with pytest.raises(UnknownVCenter):
         await site.app.vsphere.update("nope.example", password="x")
-    assert ssl.HAS_SNI  # (the simulator is reached by IP; SNI is still sent)

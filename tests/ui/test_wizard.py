@@ -1,0 +1,98 @@
+"""First-run wizard: validation next to each field, Back keeps what was typed, Cancel leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from pathlib import Path
+
+import keyring
+from PySide6.QtWidgets import QApplication
+
+from tests.conftest import free_port
+from tests.ui.helpers import signal, until
+from ui.wizard import FirstRunWizard
+
+
+async def _never_started(plan) -> None:  # type: ignore[no-untyped-def]
+    raise AssertionError("Finish was not expected")
+
+
+async def test_validation_back_and_cancel_leave_nothing(qtbot, tmp_path: Path, screenshot) -> None:
+    home = tmp_path / "site" / "appliance"
+    wiz = FirstRunWizard(home, _never_started)
+    qtbot.addWidget(wiz)
+    wiz.show()
+    hp = wiz.home_page
+    assert hp.isComplete()
+    hp.home.setText("relative")
+    assert not hp.isComplete() and hp.field.error == "Use an absolute path."
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    hp.home.setText(str(tmp_path / "busy"))
+    assert "not empty" in hp.field.error
+    screenshot(wiz, "wizard-1-home-invalid")
+    hp.home.setText(str(home))
+    assert hp.field.error == "" and hp.isComplete()
+    wiz.next()
+    assert wiz.currentPage() is wiz.vault_page
+    assert not wiz.vault_page.azure.isEnabled() and wiz.vault_page.local.isChecked()
+    wiz.vault_page.path.setText("not/absolute")
+    assert not wiz.vault_page.isComplete()
+    wiz.vault_page.path.setText("")
+    wiz.next()
+    pp = wiz.ports_page
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        pp.listen.setText("127.0.0.1")
+        pp.control.setText(str(s.getsockname()[1]))
+        assert "already in use" in pp.fields["control"].error and not pp.isComplete()
+        screenshot(wiz, "wizard-3-ports-invalid")
+    control, data = free_port(), free_port()
+    pp.control.setText(str(control))
+    pp.data.setText(str(control))
+    assert "differ" in pp.fields["data"].error
+    pp.data.setText(str(data))
+    assert pp.isComplete()
+    wiz.next()
+    page = wiz.passphrase_page
+    await signal(page.completeChanged, lambda: bool(wiz.pending.passphrase), what="passphrase")
+    assert page.text.text() == wiz.pending.passphrase and not page.isComplete()
+    page.copy.click()
+    assert QApplication.clipboard().text() == wiz.pending.passphrase
+    saved = tmp_path / "pass.txt"
+    page.save_to(saved)
+    assert saved.read_text().strip() == wiz.pending.passphrase and (saved.stat().st_mode & 0o777) == 0o600
+    page.confirm.setChecked(True)
+    assert page.isComplete()
+    screenshot(wiz, "wizard-4-passphrase")
+    pending_dir = wiz.pending.path
+    assert pending_dir is not None and pending_dir.exists() and not home.exists()
+    appliance_id = json.loads((pending_dir / "appliance.json").read_text())["appliance_id"]
+
+    # Back keeps what was typed, on every page; the passphrase is not regenerated.
+    first = wiz.pending.passphrase
+    wiz.back()
+    wiz.back()
+    wiz.back()
+    assert wiz.currentPage() is hp and hp.home.text() == str(home)
+    wiz.next()
+    wiz.next()
+    assert (pp.listen.text(), pp.control.text(), pp.data.text()) == ("127.0.0.1", str(control), str(data))
+    wiz.next()
+    assert wiz.pending.passphrase == first and page.confirm.isChecked()
+    wiz.next()
+    assert wiz.vcenter_page.isComplete()  # optional: skipping is fine
+    wiz.next()
+    assert "127.0.0.1" in wiz.summary_page.summary.text() and str(control) in wiz.summary_page.summary.text()
+    screenshot(wiz, "wizard-6-summary")
+
+    finished = asyncio.ensure_future(signal(wiz.finished, what="wizard closed"))
+    wiz.reject()
+    await finished
+    assert not pending_dir.exists() and not (tmp_path / "site").exists(), os.listdir(tmp_path)
+    assert keyring.get_password("lifeboat", f"vault-key/{appliance_id}") is None
+    await until(lambda: not wiz.isVisible(), 5, "wizard hidden")

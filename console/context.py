@@ -114,7 +114,8 @@ class ConsoleContext(QObject):
         return self.jobs.start(title, kind, machine, work, **kw)
 
     def protect(self, machine: str, policy: str | None) -> ConsoleJob:
-        """Enable protection and follow the initial sync until the machine is protected."""
+        """Enable protection and follow the initial sync until the machine is protected (or, with its agent away,
+        end at once: the sync starts when it connects)."""
         async def work(job: ConsoleJob) -> None:
             await self.facade.protect(machine, policy)
             self.refresh_inventory()
@@ -122,6 +123,9 @@ class ConsoleContext(QObject):
                 st = self.facade.machine_status(machine)
                 if st["state"] not in ("initial-sync", "unprotected"):
                     self.jobs.update(job, 1.0, f"state {st['state']}")
+                    return
+                if not st.get("agent_connected", True):
+                    job.message = "protection enabled; the initial sync starts when the agent connects"
                     return
                 self.jobs.update(job, st.get("sync_progress") or 0.0, "initial sync")
                 await asyncio.sleep(0.5)

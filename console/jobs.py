@@ -9,6 +9,7 @@ the engine's job id to the console job and finishes it on the engine's final eve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -105,6 +106,8 @@ class JobManager(QObject):
     def _fail(self, job: ConsoleJob, exc: BaseException) -> Notification | None:
         from .errors import notification_for
         note = notification_for(exc, job.title)
+        if note is not None and note.machine is None and job.machine:
+            note = dataclasses.replace(note, machine=job.machine)
         job.error = note.title if note else f"{type(exc).__name__}: {exc}"
         self._end(job, FAILED, job.error)
         if note is not None:

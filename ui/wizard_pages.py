@@ -158,7 +158,7 @@ class VCenterPage(KeepOnBackPage):
         self.password.setEchoMode(QLineEdit.EchoMode.Password)
         self.fetch = QPushButton("&Get certificate")
         self.thumb = QLabel("—")
-        self.thumb.setObjectName("hint")
+        self.thumb.setObjectName("thumbprint")
         self.thumb.setWordWrap(True)
         self.thumb.setTextInteractionFlags(self.thumb.textInteractionFlags().TextSelectableByMouse)
         self.accept_thumb = QCheckBox("I checked this thumbprint against the vCenter and &trust it")
@@ -172,7 +172,7 @@ class VCenterPage(KeepOnBackPage):
         form.addRow("&Address:", self.f_host)
         form.addRow("&User:", self.f_user)
         form.addRow("&Password:", self.f_pass)
-        form.addRow("Certificate SHA-256:", self.thumb)
+        form.addRow("SHA-256:", self.thumb)
         form.addRow("", self.f_thumb)
         self.thumbprint = ""
         self._fetching: asyncio.Future[None] | None = None
@@ -201,7 +201,7 @@ class VCenterPage(KeepOnBackPage):
     async def _fetch_async(self, host: str, port: int) -> None:
         try:
             self.thumbprint = await fetch_thumbprint(host, port)
-            self.thumb.setText(self.thumbprint)
+            self.thumb.setText(self.thumbprint[:47] + "\n" + self.thumbprint[48:])  # 2 × 16 bytes: readable
             self.f_host.set_message(None)
         except (OSError, asyncio.TimeoutError) as exc:
             self.thumbprint = ""

@@ -76,6 +76,7 @@ class Agent:
         self.nbd_address: tuple[str, int] | None = None
         self._bookmark_tasks: set[asyncio.Task] = set()
         self._welcomed = False
+        self.bytes_sent = 0            # replication frames written (batches and resync checksums)
 
     # lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -340,6 +341,7 @@ class Agent:
                     what, payload = nxt
                     if what == "hashes":
                         write_frame(writer, Frame.RESYNC_HASHES, payload)  # type: ignore[arg-type]
+                        self.bytes_sent += len(payload) + 12
                     elif payload:
                         await self._send(writer, payload)  # type: ignore[arg-type]
                     continue
@@ -355,6 +357,8 @@ class Agent:
 
     async def _wait_data(self, writer: asyncio.StreamWriter, timeout: float) -> None:
         self.new_data.clear()
+        if self.protected and self.capture.journal.last_seq > self.sent_seq and len(self.in_flight) < MAX_IN_FLIGHT:
+            return   # something was journaled while we looked elsewhere (e.g. a resync marker): no nap
         await writer.drain()
         try:
             await asyncio.wait_for(self.new_data.wait(), timeout)
@@ -367,6 +371,7 @@ class Agent:
         size = sum(len(p) for p in parts)
         writer.write(frame_header(Frame.BATCH, size))
         writer.writelines(parts)
+        self.bytes_sent += size + 12
         self.in_flight.append((batch, recs[0].ts_ns, batch))
         self.sent_seq = batch
         if writer.transport.get_write_buffer_size() > 8 * 1024 * 1024:

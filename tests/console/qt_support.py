@@ -3,7 +3,7 @@
 - async tests run on a qasync loop (pytest-asyncio's ``pytest_asyncio_loop_factories`` hook), inside the Qt event
   loop that pytest-qt's ``qapp`` owns;
 - ``_fail_blocking_calls`` (autouse): a watchdog thread fails an async test whose event loop stops turning for
-  longer than a threshold (0.5 s; ``@pytest.mark.blocking_threshold(s)``, ``LIFEBOAT_LOOP_BLOCK_S``), with the
+  longer than a threshold (1 s; ``@pytest.mark.blocking_threshold(s)``, ``LIFEBOAT_LOOP_BLOCK_S``), with the
   main thread's stack at the moment it was stuck (the aiohttp habit);
 - ``_fail_leaked_widgets`` (autouse): fails a test that leaves new top-level widgets alive (napari's pattern);
 - ``screenshot``: saves ``widget.grab()`` under ``artifacts/screenshots`` (or ``LIFEBOAT_SCREENSHOTS``), printed at
@@ -28,7 +28,9 @@ from PySide6.QtWidgets import QApplication, QWidget
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(os.environ.get("LIFEBOAT_SCREENSHOTS", REPO / "artifacts" / "screenshots"))
-DEFAULT_BLOCK_S = float(os.environ.get("LIFEBOAT_LOOP_BLOCK_S", "0.5"))
+# Building the main window legitimately holds the loop ~0.15 s here, and the machine is shared and noisy (±2×, more
+# under a parallel suite): 1 s catches blocking calls (sleeps, sync I/O, waits) without flaking on widget work.
+DEFAULT_BLOCK_S = float(os.environ.get("LIFEBOAT_LOOP_BLOCK_S", "1.0"))
 _saved: list[Path] = []
 
 

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QWidget
 
 async def test_blocks_the_loop():
     await asyncio.sleep(0.05)
-    time.sleep(1.2)          # a blocking call on the event loop
+    time.sleep(2.0)          # a blocking call on the event loop
     await asyncio.sleep(0.05)
 
 async def test_awaits_politely():
@@ -52,7 +52,7 @@ def test_guards_fail_blocking_and_leaking_tests(tmp_path: Path) -> None:
     # A guard fails in the test's teardown: pytest reports an error for that test, and the run fails.
     assert res.returncode == 1 and "4 passed, 2 errors" in out, out[-4000:]
     assert "ERROR test_inner.py::test_blocks_the_loop" in out and "ERROR test_inner.py::test_leaks_a_window" in out
-    assert "event loop was blocked for" in out and "time.sleep(1.2)" in out, out[-4000:]
+    assert "event loop was blocked for" in out and "time.sleep(2.0)" in out, out[-4000:]
     assert "1 top-level widget(s) leaked" in out and "forgotten" in out, out[-4000:]
 
 

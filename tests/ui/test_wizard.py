@@ -16,6 +16,27 @@ from tests.ui.helpers import signal, until
 from ui.wizard import FirstRunWizard
 
 
+async def _tls_server(tmp: Path) -> tuple[asyncio.AbstractServer, int, str]:
+    """A TLS server with a fresh certificate (stands in for a vCenter) and that certificate's SHA-256."""
+    import hashlib
+    import ssl
+
+    from engine import pki
+    ca = pki.CA.create("test CA")
+    key = pki.new_key()
+    cert = ca.issue(key.public_key(), "vcenter.test", server=True, hosts=["127.0.0.1"])
+    (tmp / "vc.pem").write_bytes(pki.cert_pem(cert))
+    pki.write_private(tmp / "vc.key", pki.key_pem(key))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp / "vc.pem", tmp / "vc.key")
+
+    async def handle(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+    digest = hashlib.sha256(pki.cert_der(cert)).hexdigest().upper()
+    return server, server.sockets[0].getsockname()[1], ":".join(digest[i:i + 2] for i in range(0, 64, 2))
+
+
 async def _never_started(plan) -> None:  # type: ignore[no-untyped-def]
     raise AssertionError("Finish was not expected")
 
@@ -85,9 +106,29 @@ async def test_validation_back_and_cancel_leave_nothing(qtbot, tmp_path: Path, s
     wiz.next()
     assert wiz.pending.passphrase == first and page.confirm.isChecked()
     wiz.next()
-    assert wiz.vcenter_page.isComplete()  # optional: skipping is fine
+    vc = wiz.vcenter_page
+    assert vc.isComplete()  # optional: skipping is fine
+    if vc.supported:  # the certificate's thumbprint is shown and must be accepted
+        vc.enable.setChecked(True)
+        assert not vc.isComplete()
+        server, port, thumb = await _tls_server(tmp_path)
+        try:
+            vc.host.setText(f"127.0.0.1:{port}")
+            vc.user.setText("administrator@vsphere.local")
+            vc.password.setText("secret")
+            vc.fetch.click()
+            await until(lambda: vc.thumbprint, 10, "the thumbprint")
+            assert vc.thumbprint == thumb and vc.thumb.text().replace("\n", ":") == thumb and not vc.isComplete()
+            vc.accept_thumb.setChecked(True)
+            assert vc.isComplete()
+            screenshot(wiz, "wizard-5-vcenter-thumbprint")
+        finally:
+            server.close()
+            await server.wait_closed()
     wiz.next()
-    assert "127.0.0.1" in wiz.summary_page.summary.text() and str(control) in wiz.summary_page.summary.text()
+    text = wiz.summary_page.summary.text()
+    assert "127.0.0.1" in text and str(control) in text
+    assert "thumbprint accepted" in text or not vc.supported
     screenshot(wiz, "wizard-6-summary")
 
     finished = asyncio.ensure_future(signal(wiz.finished, what="wizard closed"))

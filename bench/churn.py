@@ -47,10 +47,12 @@ def slope(pts: list[tuple[float, float]]) -> float:
     return sum((t - mx) * (v - my) for t, v in pts) / den if den else 0.0
 
 
-def write_phase(url: str, rate: float, seconds: float, site: C.Site | None, seed: int) -> dict:
-    """Run the writer; with a site, sample RPO, cache size and role CPU meanwhile."""
+def write_phase(url: str, rate: float, seconds: float, site: C.Site | None, seed: int,
+                profile: Path | None = None) -> dict:
+    """Run the writer; with a site, sample RPO, cache size and role CPU meanwhile (and py-spy the roles)."""
     cmd = [*WRITER, "--uri", url, "--rate", str(rate), "--duration", str(seconds), "--seed", str(seed)]
     roles = site.roles() if site else []
+    spies = [C.start_spy(p, profile.with_suffix(f".{p.name}")) for p in roles] if profile else []
     cpu0, t0 = [p.cpu() for p in roles], time.monotonic()
     w = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     samples: list[tuple[float, float]] = []
@@ -65,6 +67,8 @@ def write_phase(url: str, rate: float, seconds: float, site: C.Site | None, seed
         time.sleep(0.5)
     out, err = w.communicate()
     wall = time.monotonic() - t0
+    for sp in spies:
+        C.stop_spy(sp)
     if w.returncode != 0 or not out.strip():
         raise RuntimeError(f"writer failed ({w.returncode}) against {url}:\n{err[-3000:]}")
     res = json.loads(out.strip().splitlines()[-1])
@@ -86,6 +90,7 @@ def main() -> int:
     ap.add_argument("--step-duration", type=float, default=20.0)
     ap.add_argument("--all", action="store_true", help="run every step even after one is not held")
     ap.add_argument("--disk-gib", type=float, default=4.0)
+    ap.add_argument("--profile", action="store_true", help="py-spy the roles in each step; print the last one")
     ap.add_argument("--no-baseline", action="store_true", help="skip the nbdkit runs")
     ap.add_argument("--tmp", help="parent folder for the run's files (default: system temp)")
     ap.add_argument("--keep", action="store_true")
@@ -126,7 +131,8 @@ def main() -> int:
         rows, held = [], 0.0
         for i, rate in enumerate(steps):
             print(f"step {rate:g} MB/s for {a.step_duration:g}s ...", flush=True)
-            r = write_phase(site.nbd_url, rate, a.step_duration, site, seed=10 + i)
+            prof = tmp / f"step{i}.pyspy" if a.profile else None
+            r = write_phase(site.nbd_url, rate, a.step_duration, site, seed=10 + i, profile=prof)
             try:
                 drain = f"{site.wait_caught_up(timeout=max(120.0, 6 * a.step_duration)):.1f}"
             except TimeoutError as e:
@@ -144,6 +150,10 @@ def main() -> int:
             if drain.startswith(">"):
                 break
         mem = {p.name: p.peak_rss() for p in site.roles()}
+        if a.profile:
+            for p in site.roles():
+                print(f"\npy-spy {p.name} (pid {p.pid}) during the last step ({rows[-1][0]} MB/s):")
+                print(C.spy_summary(prof.with_suffix(f".{p.name}"), a.step_duration))
         print(f"\nRamp ({a.step_duration:g}s per step; held = achieved >= {MIN_ACHIEVED:.0%} of target, RPO p99 <= "
               f"{P99_STEP:g}s, RPO slope <= {SLOPE_MAX} s/s over the second half):")
         print(C.table(rows, HEAD))

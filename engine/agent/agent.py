@@ -316,7 +316,8 @@ class Agent:
                 last_hb = now
                 write_json(writer, Frame.HEARTBEAT, {
                     "oldest_pending_ns": self.oldest_pending_ns(), "journal_bytes": self.capture.journal.bytes,
-                    "sync": {str(k): v for k, v in self.sync_pos.items()}, "resync": self.resync.status()})
+                    "sync": {str(k): v for k, v in self.sync_pos.items()}, "resync": self.resync.status(),
+                    "error": self.last_error})
             if len(self.in_flight) >= MAX_IN_FLIGHT:
                 await self._wait_data(writer, 0.5)
                 continue

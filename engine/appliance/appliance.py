@@ -510,6 +510,7 @@ class Appliance:
             "agent_connected": bool(rt and rt.connection),
             "last_point": points[-1].to_dict() if points else None, "points": len(points),
             "error": rt.error if rt else None, "resync": resync,
+            "agent_error": (rt.agent_stats.get("error") if rt and rt.connection else None),
             "churn_bytes_per_s": rt.churn.rate() if rt else 0.0,
             "upload_bytes_per_s": rt.upload.rate() if rt else 0.0,
             "cache_bytes": rt.cache.bytes if rt else 0,

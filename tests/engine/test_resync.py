@@ -178,3 +178,34 @@ async def test_crash_resync_compares_only_active_extents(tmp_path: Path) -> None
         assert await _latest(site, tmp_path) == sha256_file(disk)
     finally:
         await site.stop()
+
+
+async def test_disk_resize_grows_replica_and_resyncs(tmp_path: Path) -> None:
+    need_tool("qemu-io")
+    site, disk = await _site(tmp_path)
+    app = site.app
+    try:
+        await site.wait_caught_up()
+        rt = app.runtimes["vm1"]
+        await site.wait_for(lambda: rt.vault.points(), 10, "a point")
+        old_point = rt.vault.points()[-1]
+        await site.agent.stop()
+        old_bytes = disk.read_bytes()
+        with open(disk, "r+b") as f:           # the disk grows while the agent is down
+            f.truncate(24 * MiB)
+            f.seek(20 * MiB)
+            f.write(b"new space" * 1000)
+        agent = await site.start_agent({"d0": disk})
+        assert agent.capture.dirty.reason == "disk resized"
+        await site.wait_for(lambda: agent.resync.compared_blocks > 0, 30, "resize resync")
+        await site.wait_resync_done()
+        assert app.machine_status("vm1")["disks"][0]["size"] == 24 * MiB
+        await run_tool("qemu-io", "-f", "raw", f"{site.nbd_url}/d0", "-c", f"write -P 0x3c {22 * MiB} 64k")
+        await site.wait_caught_up()
+        assert await _latest(site, tmp_path) == sha256_file(disk)
+        # the point from before the resize still recovers (at the disk's new size, the new space as zeros)
+        import hashlib
+        padded = old_bytes + bytes(24 * MiB - len(old_bytes))
+        assert await _latest(site, tmp_path, old_point.id) == hashlib.sha256(padded).hexdigest()
+    finally:
+        await site.stop()

@@ -125,11 +125,13 @@ class ConsoleController(QObject):
         undo = install_excepthook(self.ctx.notes, loop)
         fut: asyncio.Future[int] = loop.create_future()
         self.finished.connect(lambda code: fut.done() or fut.set_result(code))
-        try:
-            loop.add_signal_handler(signal.SIGINT, self.request_quit)
-            loop.add_signal_handler(signal.SIGTERM, self.request_quit)
-        except (NotImplementedError, RuntimeError, AttributeError):  # Windows, or a loop without signal support
-            pass
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.request_quit)
+            except (NotImplementedError, RuntimeError, AttributeError, ValueError):
+                # qasync's loop has no add_signal_handler: a plain handler runs at the next Python callback
+                # (qasync's timers keep Python running), and defers the quit to the loop.
+                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(self.request_quit))
         self.begin()
         try:
             return await fut

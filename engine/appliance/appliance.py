@@ -415,7 +415,8 @@ class Appliance:
         info = (rt.agent_stats.get("resync") if rt else None) or {}
         pending = int(info.get("dirty", 0)) + int(info.get("inflight", 0))
         req = rs.get("request")
-        required = bool(pending or self._open_resync(name) or (req and not req.get("delivered")))
+        # a request counts until its RESYNC_DONE arrives (the agent's report may lag the request by a heartbeat)
+        required = bool(pending or self._open_resync(name) or req)
         total = max(int(info.get("total") or 0), pending, 1)
         running = bool(info.get("running"))
         scheduled = None

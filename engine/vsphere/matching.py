@@ -98,7 +98,9 @@ def mark_resync(app: Appliance, machine: str, reason: str, **details: Any) -> bo
     row = app.db.machine(machine)
     if not row["protected"] or row["revoked"]:
         return False
-    app.db.update_machine(machine, state="resync-required")
+    # A checksum resync of the whole machine, at the policy's window (the agent also grows the replica when it
+    # sees the larger disk).
+    app.request_resync(machine, now=False, reason=reason)
     app.db.add_event("resync-required", machine, reason=reason, **details)
     log.warning("machine %s needs a resync: %s %s", machine, reason, details)
     return True

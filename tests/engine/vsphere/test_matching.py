@@ -60,10 +60,17 @@ async def test_agent_matched_by_bios_uuid_and_resize_marks_resync(site, vcsim, t
     await app.protect("vm1")
     await wait_until(lambda: app.machine_row("vm1")["state"] == "protected", timeout=60, what="protected")
     assert {v["name"]: v for v in app.vsphere.snapshot()["vms"]}["DC0_C0_RP0_VM1"]["protection_state"] == "protected"
+    import time as _time
+    from engine.policy import Policy
+    lt = _time.localtime()
+    m0 = (lt.tm_hour * 60 + lt.tm_min + 120) % 1440   # a resync window that opens in two hours, not now
+    app.set_policy(Policy("default", resync_window=f"{m0 // 60:02d}:{m0 % 60:02d}-{(m0 + 60) // 60 % 24:02d}:{m0 % 60:02d}"))
     new_bytes = await asyncio.to_thread(grow_first_disk, si, "DC0_C0_RP0_VM1")
     r = await rec.wait(lambda e: isinstance(e, VMDiskResized), what="resize")
     assert r.machine == "vm1" and r.new_bytes == new_bytes == 2 * r.old_bytes
-    assert app.machine_row("vm1")["state"] == "resync-required"
+    st = app.machine_status("vm1")
+    assert st["state"] == "resync-required" and st["resync"]["reason"] == "disk resized", st
+    assert st["resync"]["scheduled_for"] > _time.time()
     [why] = [json.loads(d) for (d,) in app.db.db.execute("SELECT data FROM events WHERE kind='resync-required' "
                                                           "AND machine='vm1'")]
     assert why["reason"] == "disk resized" and why["new_bytes"] == new_bytes

@@ -63,6 +63,7 @@ def cmd_appliance_run(a: argparse.Namespace) -> int:
         app = Appliance(Path(a.home), listen=a.listen)
         await app.start()
         app.home.pidfile.write_text(str(os.getpid()))
+        assert app.control_address and app.data_address
         print(f"appliance running: control {app.control_address[1]}, data {app.data_address[1]}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -98,6 +99,7 @@ def cmd_agent_run(a: argparse.Namespace) -> int:
         agent = Agent(Path(a.home), disks, _hostport(a.nbd), pre_bookmark=a.pre_bookmark,
                       post_bookmark=a.post_bookmark)
         await agent.start()
+        assert agent.nbd_address
         print(f"agent {agent.name} serving {', '.join(disks)} on nbd://{agent.nbd_address[0]}:{agent.nbd_address[1]}",
               flush=True)
         stop = asyncio.Event()

@@ -78,11 +78,13 @@ async def run_demo(root: Path, size_mib: int = 256) -> int:
     agent = None
     try:
         app.set_policy(Policy("default", rpo_threshold=30, crash_interval=5))
+        assert app.control_address
         await asyncio.to_thread(register, agent_home, f"127.0.0.1:{app.control_address[1]}",
                                 ahome / "passphrase.txt", "demo-vm")
         print("  agent registered with the passphrase; mutual TLS from now on")
         agent = Agent(agent_home, {"disk0": disk}, ("127.0.0.1", 0))
         await agent.start()
+        assert agent.nbd_address
         url = f"nbd://127.0.0.1:{agent.nbd_address[1]}/disk0"
         print(f"  agent serves {url}")
         await app.protect("demo-vm")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import IntegrityError, ProtocolError
@@ -70,7 +71,7 @@ class SegmentLog:
             pos, last = end, rec.seq
         return pos, last
 
-    def append(self, records: list[Record], encoded: list[bytes | memoryview]) -> None:
+    def append(self, records: Sequence[Record], encoded: Sequence[bytes | memoryview]) -> None:
         """Append and fsync (blocking; run in a thread). Records must have seq > last_seq."""
         if self._wfd is None or self._wsize >= self.segment_bytes:
             self._roll(records[0].seq)
@@ -90,7 +91,7 @@ class SegmentLog:
         self.bytes += total
         self.last_seq = records[-1].seq
 
-    def _write_all(self, encoded: list[bytes | memoryview]) -> int:
+    def _write_all(self, encoded: Sequence[bytes | memoryview]) -> int:
         n = 0
         for i in range(0, len(encoded), 512):
             chunk = encoded[i:i + 512]

@@ -137,7 +137,9 @@ class Agent:
                                         "agent stopped unexpectedly (crash or power loss)")
                     self.resync.begin("agent stopped unexpectedly (crash or power loss)")
         self.capture.al.clear()   # what was at risk is now in the dirty map
-        self.capture.dirty.total = self.capture.dirty.count()
+        dirty = self.capture.dirty
+        assert dirty is not None
+        dirty.total = dirty.count()
         clean.unlink(missing_ok=True)
         self.cfg["disk_sizes"] = {b.name: b.size for b in self.backends}
         self.home.save_config(self.cfg)
@@ -157,6 +159,7 @@ class Agent:
         """The journal is full (the link is slower than the writes): keep going on the dirty map."""
         reason = "journal full: writes outran the replication link"
         d = self.capture.dirty
+        assert d is not None
         d.reason = d.reason or reason
         self.resync.begin(reason)
         d.persist()

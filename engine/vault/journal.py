@@ -33,7 +33,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import xxhash
 
@@ -414,7 +414,7 @@ class Journal:
     def read_payload(self, e: Entry) -> bytes:
         """Open an entry's envelope and check it against the header's hash. IntegrityError on any mismatch."""
         r = e.rec
-        where = dict(machine=self.machine, disk=r.disk, seq=r.seq, offset=r.offset, length=r.length,
+        where: dict[str, Any] = dict(machine=self.machine, disk=r.disk, seq=r.seq, offset=r.offset, length=r.length,
                      segment=e.seg, position=e.pos)
         try:
             fd = os.open(self.path(e.seg), os.O_RDONLY)

@@ -270,9 +270,13 @@ class ExtentMap:
             if i < j:
                 ns, ne, nr = [], [], []
                 if s[i] < a:
-                    ns.append(s[i]), ne.append(a), nr.append(r[i])
+                    ns.append(s[i])
+                    ne.append(a)
+                    nr.append(r[i])
                 if e[j - 1] > b:
-                    ns.append(b), ne.append(e[j - 1]), nr.append(r[j - 1])
+                    ns.append(b)
+                    ne.append(e[j - 1])
+                    nr.append(r[j - 1])
                 self.count += len(ns) - (j - i)
                 s[i:j], e[i:j], r[i:j] = ns, ne, nr
             if not s:
@@ -291,7 +295,9 @@ class ExtentMap:
         k = max(bisect_right(firsts, a) - 1, 0)
         s, e, r = chunks[k]
         i = bisect_left(s, a)
-        s.insert(i, a), e.insert(i, b), r.insert(i, src)
+        s.insert(i, a)
+        e.insert(i, b)
+        r.insert(i, src)
         firsts[k] = s[0]
         if len(s) > 2 * self.CHUNK:
             h = self.CHUNK

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import free_port, need_tool
 from tests.engine.harness import make_disk, sha256_file

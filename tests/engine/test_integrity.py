@@ -35,7 +35,7 @@ async def test_corrupt_agent_journal_is_healed(tmp_path: Path) -> None:
         segs = agent.capture.journal.segments()
         assert segs
         _flip_payload_byte(segs[-1])
-        app = await site.start_appliance()
+        await site.start_appliance()
         await site.wait_for(lambda: agent.last_error and "journal" in agent.last_error["message"] or
                             agent.resync.sent_blocks, 30, "corruption detected")
         await site.wait_resync_done()

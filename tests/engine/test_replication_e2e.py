@@ -9,7 +9,6 @@ import random
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import need_tool
 from tests.engine.harness import Site, make_disk, run_tool, sha256_file

@@ -3,11 +3,9 @@ what is compared; scheduling by the policy window; no points while the replica m
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
-import pytest
 
 from engine.agent.resync import BLOCK, EXTENT
 from engine.policy import Policy

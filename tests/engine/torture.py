@@ -17,7 +17,6 @@ import json
 
 import random
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field

@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
+import _profile as P
 
 C.ensure_venv()
 
@@ -83,8 +84,7 @@ def main() -> int:
         src = tmp / "src.img"
         print(f"writing a {a.size_mib} MiB random source file ...", flush=True)
         with open(src, "wb") as f:
-            for _ in range(a.size_mib):
-                f.write(os.urandom(C.MiB))
+            f.writelines(os.urandom(C.MiB) for _ in range(a.size_mib))
         base_disk = C.make_sparse(tmp / "nbdkit.img", size)
         lb_disk = C.make_sparse(tmp / "lifeboat.img", size)
         kit, kit_url = C.start_nbdkit(tmp, base_disk)
@@ -117,12 +117,12 @@ def main() -> int:
         t_drain = site.wait_caught_up()
         m = site.machine()
         if a.profile:
-            spies = [C.start_spy(p, tmp / f"{p.name}.pyspy") for p in site.roles()]
+            spies = [P.start_spy(p, tmp / f"{p.name}.pyspy") for p in site.roles()]
             t0 = time.monotonic()
             prof_mbps = nbdcopy(src, site.nbd_url, size)
             prof_s = time.monotonic() - t0
             for sp in spies:
-                C.stop_spy(sp)
+                P.stop_spy(sp)
 
         print("\nAll rounds (CPU = cores used by each role during the nbdcopy):")
         print(C.table(rows, ["round", "server", "nbdcopy MB/s", "4K QD32 IOPS", "CPU cores during nbdcopy"]))
@@ -135,14 +135,14 @@ def main() -> int:
         ], ["workload", "nbdkit file", "lifeboat agent", "ratio", "target", "verdict"]))
         print(f"diagnosis, agent with capture off: nbdcopy {oc:.1f} MB/s ({oc / bc:.2f}x nbdkit), "
               f"4K QD32 {oi:,.0f} IOPS ({oi / bi:.2f}x)")
-        print(f"\npeak RSS: appliance {site.app.peak_rss() / C.MiB:.0f} MiB, agent {site.agent.peak_rss() / C.MiB:.0f}"
-              f" MiB, nbdkit {kit.peak_rss() / C.MiB:.0f} MiB; final drain {t_drain:.1f}s; "
-              f"vault points {m.get('points')}, state {m.get('state')}")
+        print(f"\npeak RSS (VmHWM, target <= 300 MB): appliance {site.app.peak_rss() / 1e6:.0f} MB, agent "
+              f"{site.agent.peak_rss() / 1e6:.0f} MB, nbdkit {kit.peak_rss() / 1e6:.0f} MB; "
+              f"final drain {t_drain:.1f}s; vault points {m.get('points')}, state {m.get('state')}")
         if a.profile:
             print(f"\nprofiled nbdcopy: {prof_mbps:.1f} MB/s")
             for p in site.roles():
                 print(f"\npy-spy {p.name} (pid {p.pid}):")
-                print(C.spy_summary(tmp / f"{p.name}.pyspy", prof_s))
+                print(P.spy_summary(tmp / f"{p.name}.pyspy", prof_s))
         return 0 if lc / bc >= TARGET else 1
     finally:
         C.finish(site, [p for p in (kit, off) if p], tmp, a.keep)

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
+import _profile as P
 
 C.ensure_venv()
 
@@ -52,7 +53,7 @@ def write_phase(url: str, rate: float, seconds: float, site: C.Site | None, seed
     """Run the writer; with a site, sample RPO, cache size and role CPU meanwhile (and py-spy the roles)."""
     cmd = [*WRITER, "--uri", url, "--rate", str(rate), "--duration", str(seconds), "--seed", str(seed)]
     roles = site.roles() if site else []
-    spies = [C.start_spy(p, profile.with_suffix(f".{p.name}")) for p in roles] if profile else []
+    spies = [P.start_spy(p, profile.with_suffix(f".{p.name}")) for p in roles] if profile else []
     cpu0, t0 = [p.cpu() for p in roles], time.monotonic()
     w = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     samples: list[tuple[float, float]] = []
@@ -68,7 +69,7 @@ def write_phase(url: str, rate: float, seconds: float, site: C.Site | None, seed
     out, err = w.communicate()
     wall = time.monotonic() - t0
     for sp in spies:
-        C.stop_spy(sp)
+        P.stop_spy(sp)
     if w.returncode != 0 or not out.strip():
         raise RuntimeError(f"writer failed ({w.returncode}) against {url}:\n{err[-3000:]}")
     res = json.loads(out.strip().splitlines()[-1])
@@ -153,7 +154,7 @@ def main() -> int:
         if a.profile:
             for p in site.roles():
                 print(f"\npy-spy {p.name} (pid {p.pid}) during the last step ({rows[-1][0]} MB/s):")
-                print(C.spy_summary(prof.with_suffix(f".{p.name}"), a.step_duration))
+                print(P.spy_summary(prof.with_suffix(f".{p.name}"), a.step_duration))
         print(f"\nRamp ({a.step_duration:g}s per step; held = achieved >= {MIN_ACHIEVED:.0%} of target, RPO p99 <= "
               f"{P99_STEP:g}s, RPO slope <= {SLOPE_MAX} s/s over the second half):")
         print(C.table(rows, HEAD))

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
+import _profile as P
 
 C.ensure_venv()
 
@@ -39,7 +40,8 @@ FSYNC_EVERY = 8 << 20
 
 def build_disk(path: Path, size: int, seed: int = 7) -> None:
     rnd = random.Random(seed)
-    words = "lifeboat replica vault agent journal seq=%d offset=%d write ok INFO WARN sync done disk".split()
+    words = ["lifeboat", "replica", "vault", "agent", "journal", "seq=%d", "offset=%d", "write", "ok", "INFO",
+             "WARN", "sync", "done", "disk"]
     lines = [f"2025-11-25T17:{i % 60:02d}:{i * 7 % 60:02d} {' '.join(rnd.choice(words) for _ in range(8))} {i}\n"
              for i in range(50_000)]
     text = "".join(lines).encode()  # ~4 MiB of repetitive log text
@@ -70,6 +72,7 @@ def ceiling(disk: Path, out: Path) -> tuple[float, int, int]:
     """(seconds, bytes read, bytes written) of read + zstd-1 + AES-256-GCM + write + fdatasync."""
     import zstandard
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     from engine.fileio import data_extents
     aead, cctx = AESGCM(os.urandom(32)), zstandard.ZstdCompressor(level=1)
     fd = os.open(disk, os.O_RDONLY)
@@ -147,19 +150,19 @@ def main() -> int:
         site = C.Site(tmp, disk).start()
         roles = site.roles()
         cpu0 = [p.cpu() for p in roles]
-        spies = [C.start_spy(p, tmp / f"{p.name}.pyspy") for p in roles] if a.profile else []
+        spies = [P.start_spy(p, tmp / f"{p.name}.pyspy") for p in roles] if a.profile else []
         t0 = time.monotonic()
         site.protect()
         t1 = site.wait_state("protected", 3600)
         lb_s = t1 - t0
         cpu = [(p.cpu() - c) / lb_s for p, c in zip(roles, cpu0)]
         for s in spies:
-            C.stop_spy(s)
+            P.stop_spy(s)
         vault_bytes = du(site.ahome / "vault")
         m = site.machine()
         print(f"lifeboat: protected after {lb_s:.2f}s; ceiling run 2 ...", flush=True)
         c2 = ceiling(disk, tmp / "ceiling.out")
-        c_s, c_read, c_written = min(c1, c2)
+        c_s, _, c_written = min(c1, c2)
 
         lb_mbps, c_mbps = size / lb_s / 1e6, size / c_s / 1e6
         ratio = lb_mbps / c_mbps
@@ -172,12 +175,13 @@ def main() -> int:
              f"appliance {cpu[0]:.2f} / agent {cpu[1]:.2f} cores",
              f"{ratio:.2f}x (target >= {TARGET}x) {C.verdict(ratio >= TARGET)}"],
         ], ["pipeline", "seconds", "MB/s (disk size)", "stored", "CPU", "ratio"]))
-        print(f"\npeak RSS: appliance {site.app.peak_rss() / C.MiB:.0f} MiB, agent {site.agent.peak_rss() / C.MiB:.0f}"
-              f" MiB; state {m.get('state')}, points {m.get('points')}, error {m.get('error')}")
+        print(f"\npeak RSS (VmHWM, target <= 300 MB): appliance {site.app.peak_rss() / 1e6:.0f} MB, agent "
+              f"{site.agent.peak_rss() / 1e6:.0f} MB; state {m.get('state')}, points {m.get('points')}, "
+              f"error {m.get('error')}")
         if a.profile:
             for p in roles:
                 print(f"\npy-spy {p.name} (pid {p.pid}):")
-                print(C.spy_summary(tmp / f"{p.name}.pyspy", lb_s))
+                print(P.spy_summary(tmp / f"{p.name}.pyspy", lb_s))
         return 0 if ratio >= TARGET else 1
     finally:
         C.finish(site, [], tmp, a.keep)

@@ -124,7 +124,10 @@ class ConsoleController(QObject):
         loop = asyncio.get_running_loop()
         undo = install_excepthook(self.ctx.notes, loop)
         fut: asyncio.Future[int] = loop.create_future()
-        self.finished.connect(lambda code: fut.done() or fut.set_result(code))
+        def done(code: int) -> None:
+            if not fut.done():
+                fut.set_result(code)
+        self.finished.connect(done)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, self.request_quit)

@@ -27,6 +27,7 @@ from .settings import ConsoleSettings
 log = logging.getLogger(__name__)
 
 INVENTORY_SECONDS = 5.0
+AGENT_AWAY_SECONDS = 10.0
 
 
 class ConsoleContext(QObject):
@@ -119,12 +120,17 @@ class ConsoleContext(QObject):
         async def work(job: ConsoleJob) -> None:
             await self.facade.protect(machine, policy)
             self.refresh_inventory()
+            away_since: float | None = None
             while True:
                 st = self.facade.machine_status(machine)
                 if st["state"] not in ("initial-sync", "unprotected"):
                     self.jobs.update(job, 1.0, f"state {st['state']}")
                     return
-                if not st.get("agent_connected", True):
+                if st.get("agent_connected", True):
+                    away_since = None
+                elif away_since is None:
+                    away_since = time.monotonic()
+                elif time.monotonic() - away_since > AGENT_AWAY_SECONDS:  # not a reconnect: the agent is away
                     job.message = "protection enabled; the initial sync starts when the agent connects"
                     return
                 self.jobs.update(job, st.get("sync_progress") or 0.0, "initial sync")

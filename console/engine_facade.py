@@ -8,7 +8,6 @@ looked up with ``hasattr`` so the console runs against an engine that does not h
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path

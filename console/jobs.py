@@ -41,7 +41,7 @@ class ConsoleJob:
     result: Any = None
     error: str = ""
     engine_job: str | None = None
-    cancel: Callable[[], Awaitable[Any] | None] | None = None
+    cancel: Callable[[], Any] | None = None  # task.cancel, or a coroutine function (engine clean-up)
 
     @property
     def cancellable(self) -> bool:

@@ -177,8 +177,18 @@ def cmd_status(a: argparse.Namespace) -> int:
         print("no machines registered")
     for m in st["machines"]:
         extra = f" {m['sync_progress'] * 100:.1f}%" if m["state"] == "initial-sync" else ""
+        rs = m.get("resync") or {}
+        if m["state"] == "resyncing":
+            extra = f" {rs['progress'] * 100:.1f}%" + (f" ETA {rs['eta_seconds']:.0f}s" if rs.get("eta_seconds") else "")
         print(f"{m['name']:<24} {m['state'] + extra:<22} RPO {m['rpo_seconds']:>8.1f}s  {m['health']:<8} "
               f"points {m['points']}")
+        if rs.get("required"):
+            when = (dt.datetime.fromtimestamp(rs["scheduled_for"]).astimezone().isoformat(timespec="minutes")
+                    if rs.get("scheduled_for") else "now")
+            print(f"{'':<24} resync: {rs.get('reason')}; {'running' if rs.get('running') else 'scheduled ' + when}"
+                  + (f"; error {rs['error']['code']}: {rs['error']['message']}" if rs.get("error") else ""))
+        if m.get("error"):
+            print(f"{'':<24} error: {m['error']}")
     for m in st["registered"]:
         print(f"{m['name']:<24} registered, not protected")
     return 0

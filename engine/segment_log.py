@@ -35,15 +35,25 @@ class SegmentLog:
         self._wseg: Path | None = None
         self._wsize = 0
         self._rcursor: tuple[Path, int, int] | None = None
+        self.corruption: str | None = None
         self._recover()
 
     def segments(self) -> list[Path]:
         return sorted(self.folder.glob("*" + self.suffix))
 
     def _recover(self) -> None:
-        for seg in self.segments():
+        segs = self.segments()
+        for i, seg in enumerate(segs):
             good, last = self._scan(seg)
-            if good < seg.stat().st_size:
+            size = seg.stat().st_size
+            if good < size and (i < len(segs) - 1 or self._intact_after(seg, good)):
+                # Not a torn tail (that is only ever at the very end): a flipped bit in the middle. Nothing is
+                # cut; the owner sets the log aside and heals by a resync.
+                self.corruption = f"segment {seg.name}: damaged record at byte {good}"
+                self.last_seq = max(self.last_seq, last)
+                self.bytes += size
+                continue
+            if good < size:
                 with open(seg, "r+b") as f:
                     f.truncate(good)
                     os.fsync(f.fileno())
@@ -53,6 +63,21 @@ class SegmentLog:
                 seg.unlink()  # empty (created, nothing durable written)
                 continue
             self.bytes += good
+
+    @staticmethod
+    def _intact_after(seg: Path, bad: int) -> bool:
+        """Whether a whole, checksummed record header stands somewhere after the damaged spot."""
+        with open(seg, "rb") as f:
+            f.seek(bad + 1)
+            data = f.read()
+        pos = data.find(b"LBRC")
+        while pos != -1:
+            try:
+                decode_header(data[pos:pos + HEADER_SIZE])
+                return True
+            except (ProtocolError, IntegrityError):
+                pos = data.find(b"LBRC", pos + 1)
+        return False
 
     @staticmethod
     def _scan(seg: Path) -> tuple[int, int]:
@@ -136,7 +161,7 @@ class SegmentLog:
                 data = f.read(max(max_bytes - size, 1 << 20) + HEADER_SIZE + (4 << 20))
             p = 0
             while p + HEADER_SIZE <= len(data) and size < max_bytes:
-                rec = decode_header(data[p:p + HEADER_SIZE])
+                rec = _header(data[p:p + HEADER_SIZE])
                 end = p + HEADER_SIZE + rec.payload_size
                 if end > len(data):
                     break
@@ -168,7 +193,7 @@ class SegmentLog:
         with open(seg, "rb") as f:
             data = f.read()
         while pos + HEADER_SIZE <= len(data):
-            rec = decode_header(data[pos:pos + HEADER_SIZE])
+            rec = _header(data[pos:pos + HEADER_SIZE])
             if rec.seq > after_seq:
                 break
             pos += HEADER_SIZE + rec.payload_size
@@ -206,3 +231,11 @@ class SegmentLog:
         if self._wfd is not None:
             os.close(self._wfd)
             self._wfd = None
+
+
+def _header(buf: bytes | memoryview) -> Record:
+    """A record header read back from a log: anything malformed there is corruption, not a protocol error."""
+    try:
+        return decode_header(buf)
+    except ProtocolError as exc:
+        raise IntegrityError(f"damaged record header in a segment log: {exc.message}") from None

@@ -100,7 +100,9 @@ class MainWindow(QMainWindow):
     def show_page(self, which: int | str) -> QWidget:
         index = which if isinstance(which, int) else [k for k, _l, _i in PAGES].index(which)
         self.nav.setCurrentRow(index)
-        return self.stack.currentWidget()
+        page = self.stack.currentWidget()
+        assert page is not None
+        return page
 
     @property
     def machines_page(self) -> MachinesPage:

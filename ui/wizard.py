@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout,
-                               QWizard, QWizardPage)
+                               QWizard)
 
 from console.errors import UserError
 from console.home_setup import PendingHome, SetupPlan, VCenterPlan, parse_host_port
@@ -122,7 +122,8 @@ class SummaryPage(KeepOnBackPage):
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(self.summary.textInteractionFlags().TextSelectableByMouse)
-        self.state = forms.Field(QLabel())
+        self.progress = QLabel()
+        self.state = forms.Field(self.progress)
         form = QFormLayout(self)
         form.addRow(self.summary)
         form.addRow(self.state)
@@ -192,7 +193,7 @@ class FirstRunWizard(QWizard):
             return
         self._finishing = True
         self._buttons_enabled(False)
-        self.summary_page.state.editor.setText("Creating and starting the appliance…")
+        self.summary_page.progress.setText("Creating and starting the appliance…")
         self.task = asyncio.ensure_future(self._finish())
 
     async def _finish(self) -> None:
@@ -206,7 +207,7 @@ class FirstRunWizard(QWizard):
             if committed:
                 await self._rollback(plan.home)
             msg = f"{exc.code}: {exc.message} {exc.advice}" if isinstance(exc, UserError) else str(exc)
-            self.summary_page.state.editor.setText("")
+            self.summary_page.progress.setText("")
             self.summary_page.state.set_message(f"The appliance could not start: {msg}")
             self._finishing = False
             self._buttons_enabled(True)

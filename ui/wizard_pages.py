@@ -42,14 +42,14 @@ class HomePage(KeepOnBackPage):
         self.home.setAccessibleName("Appliance home folder")
         browse = QPushButton("Browse…")
         browse.clicked.connect(lambda: self._browse(self.home, "Appliance home"))
-        self.field = forms.Field(self.home, browse, hint="A new, empty folder. It is created if it does not exist.")
+        self.home_field = forms.Field(self.home, browse, hint="A new, empty folder. It is created if it does not exist.")
         form = QFormLayout(self)
-        form.addRow("&Folder:", self.field)
+        form.addRow("&Folder:", self.home_field)
         self.home.textChanged.connect(self._changed)
         self._changed()
 
     def _changed(self) -> None:
-        self.field.set_message(validate_home(self.home.text()))
+        self.home_field.set_message(validate_home(self.home.text()))
         self.completeChanged.emit()
 
     def isComplete(self) -> bool:  # noqa: N802
@@ -79,9 +79,9 @@ class VaultPage(KeepOnBackPage):
         self.path.setAccessibleName("Vault folder")
         browse = QPushButton("Browse…")
         browse.clicked.connect(lambda: self._browse(self.path, "Vault folder"))
-        self.field = forms.Field(self.path, browse, hint="Leave empty for a 'vault' folder inside the home.")
+        self.path_field = forms.Field(self.path, browse, hint="Leave empty for a 'vault' folder inside the home.")
         lay.addWidget(self.local)
-        lay.addWidget(self.field)
+        lay.addWidget(self.path_field)
         lay.addWidget(self.azure)
         lay.addStretch(1)
         self.path.textChanged.connect(self._changed)
@@ -91,7 +91,7 @@ class VaultPage(KeepOnBackPage):
         return str(w.home_page.value()) if w is not None and hasattr(w, "home_page") else ""
 
     def _changed(self) -> None:
-        self.field.set_message(validate_vault(self.path.text(), self._home()))
+        self.path_field.set_message(validate_vault(self.path.text(), self._home()))
         self.completeChanged.emit()
 
     def initializePage(self) -> None:  # noqa: N802

@@ -67,7 +67,10 @@ class Agent:
         self.new_data = asyncio.Event()
         self.acked_seq = 0
         self.sent_seq = 0
-        self.in_flight: collections.deque[tuple[int, int, int]] = collections.deque()  # (batch, first ts, last seq)
+        # (batch, first capture ts, last seq, bytes, send time) of batches sent and not yet acknowledged
+        self.in_flight: collections.deque[tuple[int, int, int, int, float]] = collections.deque()
+        self.link_rate = 0.0              # bytes/s the link has been delivering (EWMA over acknowledged batches)
+        self._last_ack_time = 0.0
         self.first_unsent_ns = 0
         self.sync_pos: dict[int, int] = {}
         self.sync_done: dict[int, bool] = {}
@@ -89,6 +92,8 @@ class Agent:
         self.capture.dirty = DirtyMap(self.home.journal, {b.index: b.size for b in self.backends})
         self.capture.on_overflow = self._on_overflow
         self._check_previous_run()
+        if self.capture.journal.corruption and self.protected:
+            self._journal_corrupt(IntegrityError(self.capture.journal.corruption))
         self.nbd = NBDServer({b.name: b for b in self.backends}, name=f"agent-{self.name}")
         self.nbd_address = await self.nbd.start(*self.nbd_addr)
         if self.home.socket.exists():
@@ -282,8 +287,14 @@ class Agent:
         msg = parse_json(body)
         if kind == Frame.ACK:
             self.acked_seq = max(self.acked_seq, int(msg["last_seq"]))
+            now = time.monotonic()
             while self.in_flight and self.in_flight[0][2] <= self.acked_seq:
-                self.in_flight.popleft()
+                _, _, _, nbytes, sent_at = self.in_flight.popleft()
+                span = now - max(sent_at, self._last_ack_time)
+                if span > 0.005:   # a meaningful sample of what the link delivers
+                    sample = nbytes / span
+                    self.link_rate = sample if not self.link_rate else 0.7 * self.link_rate + 0.3 * sample
+                self._last_ack_time = now
             self.capture.journal.trim(self.acked_seq)
             self.resync.on_ack(self.acked_seq)
             self.new_data.set()
@@ -321,11 +332,11 @@ class Agent:
                     "oldest_pending_ns": self.oldest_pending_ns(), "journal_bytes": self.capture.journal.bytes,
                     "sync": {str(k): v for k, v in self.sync_pos.items()}, "resync": self.resync.status(),
                     "error": self.last_error})
-            if len(self.in_flight) >= MAX_IN_FLIGHT:
+            if self.in_flight_full():
                 await self._wait_data(writer, 0.5)
                 continue
             try:
-                recs = self.capture.journal.read_after(self.sent_seq, BATCH_BYTES) if self.protected else []
+                recs = self.capture.journal.read_after(self.sent_seq, self.batch_bytes()) if self.protected else []
             except IntegrityError as exc:
                 self._journal_corrupt(exc)
                 continue
@@ -356,12 +367,23 @@ class Agent:
                     continue
             await self._wait_data(writer, 1.0)
 
+    def in_flight_limit(self) -> int:
+        """Bytes to keep on the wire: about a second of what the link delivers, so that heartbeat answers (the
+        liveness signal) never queue behind minutes of data on a slow link; generous until measured."""
+        if not self.link_rate:
+            return 8 * BATCH_BYTES
+        return int(max(256 * 1024, min(8 * BATCH_BYTES, self.link_rate)))
+
+    def batch_bytes(self) -> int:
+        return max(64 * 1024, min(BATCH_BYTES, self.in_flight_limit() // 2))
+
     def in_flight_full(self) -> bool:
-        return len(self.in_flight) >= MAX_IN_FLIGHT
+        return (len(self.in_flight) >= MAX_IN_FLIGHT
+                or sum(b[3] for b in self.in_flight) >= self.in_flight_limit())
 
     async def _wait_data(self, writer: asyncio.StreamWriter, timeout: float) -> None:
         self.new_data.clear()
-        if self.protected and self.capture.journal.last_seq > self.sent_seq and len(self.in_flight) < MAX_IN_FLIGHT:
+        if self.protected and self.capture.journal.last_seq > self.sent_seq and not self.in_flight_full():
             return   # something was journaled while we looked elsewhere (e.g. a resync marker): no nap
         await writer.drain()
         try:
@@ -376,20 +398,21 @@ class Agent:
         writer.write(frame_header(Frame.BATCH, size))
         writer.writelines(parts)
         self.bytes_sent += size + 12
-        self.in_flight.append((batch, recs[0].ts_ns, batch))
+        self.in_flight.append((batch, recs[0].ts_ns, batch, size, time.monotonic()))
         self.sent_seq = batch
         if writer.transport.get_write_buffer_size() > 8 * 1024 * 1024:
             await writer.drain()
 
     def _next_sync(self) -> list[Record]:
-        """Up to BATCH_BYTES of initial replication, read now (sequence numbers assigned as read)."""
+        """Up to a batch of initial replication, read now (sequence numbers assigned as read)."""
         out: list[Record] = []
         size = 0
+        limit = self.batch_bytes()
         for b in self.backends:
             if self.sync_done.get(b.index, True):
                 continue
             pos = self.sync_pos.get(b.index, 0)
-            while size < BATCH_BYTES:
+            while size < limit:
                 if pos >= b.size:
                     out.append(self.capture.next(Kind.SYNC_DONE, b.index, 0, 0))
                     self.sync_done[b.index] = True
@@ -406,7 +429,7 @@ class Agent:
                     out.append(rec)
                     size += rec.length
             self.sync_pos[b.index] = pos
-            if size >= BATCH_BYTES:
+            if size >= limit:
                 break
         return out
 

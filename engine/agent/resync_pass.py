@@ -125,7 +125,9 @@ class ResyncPass:
             disk, blocks = taken
             # The seq is taken before reading: a write racing the checksum either is seen by it (then the
             # block differs from the replica at that seq and is sent again) or comes later in the stream.
-            c = Chunk(self.next_id, disk, blocks, a.capture.seq)
+            # ``sent_seq`` (not ``capture.seq``, which may be a reserved number no record carries): the journal
+            # is drained, so every record up to it is on its way and the process server can wait for it.
+            c = Chunk(self.next_id, disk, blocks, a.sent_seq)
             self.next_id += 1
             self.chunks[c.id] = c
             loop = asyncio.get_running_loop()

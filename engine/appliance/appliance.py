@@ -28,7 +28,10 @@ from ..registration import agent_proof, appliance_proof, check
 from ..secrets import create_vault_key, load_vault_key
 from ..vault.base import DiskInfo, Vault
 from ..segment_log import SegmentLog as MachineCache
+from ..vault.local import LocalVault
+from .control import ControlAPI
 from .pipeline import MachineRuntime
+from .recovery_service import RecoveryService
 from .process_server import AgentConnection, ProcessServer
 from .state import StateDB
 
@@ -120,9 +123,6 @@ class Appliance:
 
     # lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        from ..vault.local import LocalVault
-        from .control import ControlAPI
-        from .recovery_service import RecoveryService
         self.db = StateDB(self.home.db)
         key = load_vault_key(self.cfg["appliance_id"])
         self.sealer = Sealer(key)
@@ -204,6 +204,11 @@ class Appliance:
             row = self.machine_row(name)
             rt.sync = {d["index"]: d.get("sync_cursor", 0) for d in row["disks"]}
             self.runtimes[name] = rt
+            if cache.corruption:   # found while opening the cache: set aside, heal by a resync
+                detail = cache.corruption
+                cache.quarantine()
+                rt.cache_pending.clear()
+                self.corruption_found(name, "process-server cache", detail, mv.last_seq + 1)
             rt.start()
         return rt
 
@@ -373,6 +378,10 @@ class Appliance:
         if not row["protected"]:
             raise Conflict(f"machine {name!r} is not protected", advice="Enable protection first.")
         rs = row["resync"]
+        rt = self.runtimes.get(name)
+        pending = int(((rt.agent_stats.get("resync") or {}) if rt and rt.connection else {}).get("dirty", 0))
+        if now and ranges is None and pending and reason == "operator request":
+            ranges = []   # a resync is already queued (crash, resize, ...): run it now rather than compare all
         rs["request"] = {"full": ranges is None, "ranges": ranges or [], "reason": reason, "now": now,
                          "time": time.time(), "delivered": False}
         self.db.update_machine(name, resync=rs)
@@ -412,7 +421,8 @@ class Appliance:
         row = self.machine_row(name)
         rt = self.runtimes.get(name)
         rs = row["resync"]
-        info = (rt.agent_stats.get("resync") if rt else None) or {}
+        # what the agent last said, only while it is connected (a cut resync is not "running")
+        info = (rt.agent_stats.get("resync") if rt and rt.connection else None) or {}
         pending = int(info.get("dirty", 0)) + int(info.get("inflight", 0))
         req = rs.get("request")
         # a request counts until its RESYNC_DONE arrives (the agent's report may lag the request by a heartbeat)
@@ -425,7 +435,8 @@ class Appliance:
         return {"required": required, "reason": info.get("reason") or rs.get("reason") or (req or {}).get("reason"),
                 "progress": round(1 - pending / total, 4) if required else 1.0,
                 "scheduled_for": scheduled, "running": running, "blocks_pending": pending,
-                "eta_seconds": info.get("eta_seconds"), "last_done": rs.get("last_done")}
+                "eta_seconds": info.get("eta_seconds"), "last_done": rs.get("last_done"),
+                "error": (rt.agent_stats.get("error") if rt and rt.connection and required else None)}
 
     def set_error(self, name: str, exc: BaseException) -> None:
         err = exc.to_dict() if isinstance(exc, LifeboatError) else {"code": "LB_ERROR", "message": str(exc)}
@@ -469,6 +480,10 @@ class Appliance:
         rt = await self._runtime(name)
         if rt.connection is not None:
             rt.connection.send_control({"protected": True, **self.welcome(name)})
+
+    def policies(self) -> list[Policy]:
+        assert self.db is not None
+        return self.db.policies()
 
     def set_policy(self, policy: Policy) -> Policy:
         assert self.db is not None

@@ -3,7 +3,7 @@
 A resync compares the source's block checksums with these instead of re-reading the replica, so it costs one
 read of the source and nothing on the appliance (the replica side of rsync's work, done ahead of time).
 
-File ``<disk>.bhx`` (mmap): a 32-byte header (magic ``b"LBHX"``, version u8, pad, block size u32, seq u64 the
+File ``<disk>.bhx`` (mmap): a 28-byte header (magic ``b"LBHX"``, version u8, pad, block size u32, seq u64 the
 index is valid at, 8 reserved) then 24 bytes per 64 KiB block: xxh3_128 of the block (16 bytes) and the seq of
 the last record that touched it (u64; the top bit set means "checksum unknown", the block must be read).
 """
@@ -43,10 +43,11 @@ class BlockHashIndex:
             os.ftruncate(self.fd, want)
         self.map = mmap.mmap(self.fd, want)
         magic, _ver, _bs, seq = HEAD.unpack_from(self.map)[:4] if not new else (b"", 0, 0, -1)
-        if new:
-            # A new replica is all zeros: every checksum is known.
+        # (a missing index next to a vault with history must not be taken for an all-zero replica)
+        if new and valid_seq == 0:
+            # A new, empty replica is all zeros: every checksum is known.
             self.map[HEAD.size:want] = ENTRY.pack(ZERO_HASH, 0) * self.nblocks
-        elif magic != b"LBHX" or seq != valid_seq:
+        elif new or magic != b"LBHX" or seq != valid_seq:
             self.invalidate_all()
         self._write_head(-1)   # "in use": a crash leaves it invalid
 

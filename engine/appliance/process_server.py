@@ -50,6 +50,8 @@ class ProcessServer:
         self.ssl = ssl_context
         self.server: asyncio.base_events.Server | None = None
         self._handlers: set[asyncio.Task] = set()
+        self._conns: set[AgentConnection] = set()
+        self.stopping = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self.server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl, limit=1 << 20,
@@ -59,9 +61,17 @@ class ProcessServer:
     async def stop(self) -> None:
         if self.server:
             self.server.close()
-        for t in list(self._handlers):
-            t.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
+        self.stopping = True
+        # Cancel and close until every handler is gone: on 3.11 a cancel can be swallowed by a wait_for whose
+        # frame arrived in the same loop turn, so one round is not enough.
+        for _ in range(50):
+            if not self._handlers:
+                break
+            for conn in list(self._conns):
+                conn.writer.close()
+            for t in list(self._handlers):
+                t.cancel()
+            await asyncio.wait(list(self._handlers), timeout=0.2)
         if self.server:
             try:
                 await asyncio.wait_for(self.server.wait_closed(), 5)
@@ -73,6 +83,7 @@ class ProcessServer:
         assert task is not None
         self._handlers.add(task)
         conn = AgentConnection(self, reader, writer)
+        self._conns.add(conn)
         rt: MachineRuntime | None = None
         try:
             rt = await self._authenticate(conn)
@@ -92,6 +103,7 @@ class ProcessServer:
             if rt is not None and rt.connection is conn:
                 rt.connection = None
             self._handlers.discard(task)
+            self._conns.discard(conn)
             writer.close()
 
     def _refuse(self, conn: AgentConnection, exc: LifeboatError) -> None:
@@ -155,8 +167,16 @@ class ProcessServer:
                 fresh = self._validate(rt, recs, disks)
                 if fresh:
                     encoded = [body[BATCH_HEAD.size:]] if len(fresh) == len(recs) else [r.encode() for r in fresh]
-                    await loop.run_in_executor(self.app.pool, rt.cache.append, fresh, encoded)
-                    rt.cache_pending.append((fresh[0].ts_ns, fresh[-1].seq))
+                    # Pending before the write: the applier may read the records as soon as they are written,
+                    # even before the fsync returns, and must find the entry to retire.
+                    entry = (fresh[0].ts_ns, fresh[-1].seq)
+                    rt.cache_pending.append(entry)
+                    try:
+                        await loop.run_in_executor(self.app.pool, rt.cache.append, fresh, encoded)
+                    except BaseException:
+                        if entry in rt.cache_pending:
+                            rt.cache_pending.remove(entry)
+                        raise
                     rt.churn.add(sum(r.payload_size for r in fresh if r.kind in (Kind.WRITE,)))
                     self.app.note_sync(rt, fresh)
                     rt.new_data.set()

@@ -14,7 +14,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Conflict, InvalidInput, LifeboatError, NotFound, NotReady, UnknownPoint
 from ..events import JobProgress
@@ -59,18 +59,21 @@ def parse_time(text: str) -> float | None:
     return t.timestamp()
 
 
-async def resolve_point(mv: MachineVault, spec: str, consistent_from: int | None,
+async def resolve_point(mv: MachineVault, spec: str, is_consistent: Callable[[int], bool],
                         latest_time: float | None = None) -> Point:
     """latest | ID | tag:TAG | TIME (ISO 8601 or epoch seconds) → the point to recover.
 
-    ``consistent_from`` is the first seq at which the replica is consistent (None: not yet).
+    ``is_consistent(seq)`` says whether the replica at a seq is a faithful image of the source (not during
+    initial replication or a resync): only such states are handed out.
     A TIME gives the disks as they were at that instant: after the last write captured at or before it.
     """
-    consistent = consistent_from is not None and mv.last_seq >= consistent_from
+    consistent = is_consistent(mv.last_seq)
     pts = mv.points()
     if spec == "latest":
-        if not consistent or not pts:
+        if not pts:
             raise NotReady("the machine has no recovery point yet")
+        if not consistent:
+            return pts[-1]   # a resync is under way: the newest state is not one the source was in
         seq = mv.last_seq
         newest = pts[-1]
         if newest.seq == seq:
@@ -88,7 +91,11 @@ async def resolve_point(mv: MachineVault, spec: str, consistent_from: int | None
     t = parse_time(spec)
     if t is not None and not spec.startswith(("c-", "a-")):
         found = await mv.seq_at_time(t)
-        if found is None or consistent_from is None or found[0] < consistent_from:
+        if found is not None and not is_consistent(found[0]) and pts and found[0] >= pts[0].seq:
+            raise UnknownPoint(f"at {spec} the replica was being brought in line with the source (initial "
+                               "replication or resync), so it holds no faithful state then",
+                               advice="Choose a time before or after it; `lifeboat points` lists the points.")
+        if found is None or not is_consistent(found[0]):
             start = dt.datetime.fromtimestamp(pts[0].time, dt.timezone.utc).isoformat() if pts else "nowhere"
             raise UnknownPoint(f"no recoverable state at {spec} (history starts {start})")
         seq, _ = found
@@ -163,7 +170,7 @@ class RecoveryService:
         rt = self.app.runtimes.get(machine)
         if rt is None or not row["protected"]:
             raise NotReady(f"machine {machine!r} is not protected")
-        point = await resolve_point(rt.vault, spec, self.app.consistent_from(machine),
+        point = await resolve_point(rt.vault, spec, lambda seq: self.app.is_consistent(machine, seq),
                                     rt.last_applied_ts if rt.last_applied_seq == rt.vault.last_seq else None)
         host, port = "", 0
         if nbd is not None:

@@ -41,8 +41,8 @@ class StateDB:
         pcols = {r[1] for r in self.db.execute("PRAGMA table_info(policies)")}
         if "resync_window" not in pcols:
             self.db.execute("ALTER TABLE policies ADD COLUMN resync_window TEXT NOT NULL DEFAULT '22:00-06:00'")
-        if self.get_meta("schema_version") is None:
-            self.set_meta("schema_version", str(SCHEMA_VERSION))
+        if self.get_meta("schema_version") != str(SCHEMA_VERSION):
+            self.set_meta("schema_version", str(SCHEMA_VERSION))   # migrations above are idempotent
         if not self.db.execute("SELECT 1 FROM policies WHERE name=?", (DEFAULT_POLICY,)).fetchone():
             self.put_policy(Policy(DEFAULT_POLICY))
 

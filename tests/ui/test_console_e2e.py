@@ -100,13 +100,13 @@ async def test_console_end_to_end(qtbot, tmp_path: Path, screenshot, console_set
         nbd = f"nbd://127.0.0.1:{agent.nbd_address[1]}/sys"
 
         machines = win.show_page("machines")
-        machines.actions["refresh"].trigger()
+        machines.acts["refresh"].trigger()
         await until(lambda: ctx.machines.row("vm1"), 10, "vm1 listed")
         machines.select("vm1")
-        assert machines.actions["protect"].isEnabled() and not machines.actions["failover"].isEnabled()
+        assert machines.acts["protect"].isEnabled() and not machines.acts["failover"].isEnabled()
 
         # Enable protection from the UI (policy chosen in the dialog); the job follows the initial sync.
-        machines.actions["protect"].trigger()
+        machines.acts["protect"].trigger()
         dlg = machines.dialog
         assert isinstance(dlg, ProtectDialog) and dlg.chosen_policy() == "default"
         screenshot(dlg, "dialog-protect")
@@ -127,24 +127,25 @@ async def test_console_end_to_end(qtbot, tmp_path: Path, screenshot, console_set
         samples, points = await signal(graph.updated, lambda s, p: s >= 3 and p >= 1, 30, "RPO graph update")
         assert graph.curve.xData is not None and len(graph.curve.xData) == samples
         assert graph.threshold.value() == 20.0
-        assert machines.detail.facts["Agent"].text() == "connected"
+        ctx.refresh_inventory()
+        await until(lambda: machines.detail.facts["Agent"].text() == "connected", 10, "agent shown connected")
         screenshot(win, "main-2-protected-machines")
 
         # Resync now (issue 3's engine API; skipped with a note when this engine lacks it).
         if ctx.facade.can_resync:
             machines.update_actions()
-            assert machines.actions["resync"].isEnabled()
+            assert machines.acts["resync"].isEnabled()
             resynced = asyncio.ensure_future(_job_done(ctrl, "resync", 120))
-            machines.actions["resync"].trigger()
+            machines.acts["resync"].trigger()
             await resynced
             await until(lambda: ctx.facade.machine_status("vm1")["state"] == "protected", 60, "protected again")
         else:
-            assert not machines.actions["resync"].isEnabled()
+            assert not machines.acts["resync"].isEnabled()
             print("engine has no Appliance.resync yet: the resync step was skipped")
 
         # Drill over NBD at the point just created; read it back with qemu-io; clean up from the UI.
         machines.update_actions()
-        machines.actions["failover"].trigger()
+        machines.acts["failover"].trigger()
         fo = machines.dialog
         assert isinstance(fo, FailoverDialog)
         fo.select_point(ev.point_id)
@@ -157,9 +158,9 @@ async def test_console_end_to_end(qtbot, tmp_path: Path, screenshot, console_set
         await run_tool("qemu-io", "-r", "-f", "raw", f"nbd://{addr}/sys", "-c", "read -P 0x5a 1M 1M",
                        "-c", "read -P 0x33 5M 64k")
         machines.update_actions()
-        assert machines.actions["cleanup"].isEnabled() and not machines.actions["failover"].isEnabled()
+        assert machines.acts["cleanup"].isEnabled() and not machines.acts["failover"].isEnabled()
         cleaned = asyncio.ensure_future(_job_done(ctrl, "cleanup"))
-        machines.actions["cleanup"].trigger()
+        machines.acts["cleanup"].trigger()
         box = machines.dialog
         assert isinstance(box, QMessageBox)
         box.button(QMessageBox.StandardButton.Yes).click()
@@ -169,7 +170,7 @@ async def test_console_end_to_end(qtbot, tmp_path: Path, screenshot, console_set
         # An exported drill: the engine job is followed to its end, then cleaned up (no confirmation).
         console_settings.set("ui/confirm_cleanup", False)
         machines.update_actions()
-        machines.actions["failover"].trigger()
+        machines.acts["failover"].trigger()
         fo = machines.dialog
         assert isinstance(fo, FailoverDialog)
         fo.export.setChecked(True)
@@ -181,7 +182,7 @@ async def test_console_end_to_end(qtbot, tmp_path: Path, screenshot, console_set
         assert (tmp_path / "export" / "sys.img").stat().st_size == 8 * MiB and job.progress == 1.0
         cleaned = asyncio.ensure_future(_job_done(ctrl, "cleanup"))
         machines.update_actions()
-        machines.actions["cleanup"].trigger()
+        machines.acts["cleanup"].trigger()
         await cleaned
         assert not (tmp_path / "export" / "sys.img").exists()
 

@@ -44,7 +44,7 @@ async def test_live_table_keyboard_and_window_state(tmp_path: Path, screenshot) 
         machines = win.show_page("machines")
         machines.select("vm-0007")
         assert machines.detail.title.text() == "vm-0007" and machines.detail.disks.rowCount() == 2
-        assert machines.actions["failover"].isEnabled() and not machines.actions["protect"].isEnabled()
+        assert machines.acts["failover"].isEnabled() and not machines.acts["protect"].isEnabled()
         machines.filter.setText("vm-00")
         assert machines.proxy.rowCount() == 100
         machines.filter.setText("")

@@ -49,14 +49,14 @@ async def test_validation_back_and_cancel_leave_nothing(qtbot, tmp_path: Path, s
     hp = wiz.home_page
     assert hp.isComplete()
     hp.home.setText("relative")
-    assert not hp.isComplete() and hp.field.error == "Use an absolute path."
+    assert not hp.isComplete() and hp.home_field.error == "Use an absolute path."
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
     hp.home.setText(str(tmp_path / "busy"))
-    assert "not empty" in hp.field.error
+    assert "not empty" in hp.home_field.error
     screenshot(wiz, "wizard-1-home-invalid")
     hp.home.setText(str(home))
-    assert hp.field.error == "" and hp.isComplete()
+    assert hp.home_field.error == "" and hp.isComplete()
     wiz.next()
     assert wiz.currentPage() is wiz.vault_page
     assert not wiz.vault_page.azure.isEnabled() and wiz.vault_page.local.isChecked()

@@ -52,7 +52,7 @@ class MachinesPage(QWidget):
         self.filter.setAccessibleName("Filter machines")
         self.filter.setClearButtonEnabled(True)
         self.filter.textChanged.connect(self.proxy.setFilterFixedString)
-        self.actions: dict[str, QAction] = {}
+        self.acts: dict[str, QAction] = {}
         bar = QHBoxLayout()
         bar.addWidget(self.filter, 1)
         for key, text, icon, shortcut, slot in (
@@ -71,7 +71,7 @@ class MachinesPage(QWidget):
             btn.setDefaultAction(act)
             btn.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
             bar.addWidget(btn)
-            self.actions[key] = act
+            self.acts[key] = act
         find = QAction(self)
         find.setShortcut(QKeySequence.StandardKey.Find)
         find.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
@@ -124,13 +124,13 @@ class MachinesPage(QWidget):
         running = self.ctx.facade.running
         protected = bool(row and row.protected)
         drill = bool(name and self.ctx.facade.drill_active(name))
-        self.actions["protect"].setEnabled(running and row is not None and not protected)
-        self.actions["resync"].setEnabled(running and protected and self.ctx.facade.can_resync)
-        self.actions["resync"].setToolTip("Resync now (Ctrl+R)" if self.ctx.facade.can_resync
+        self.acts["protect"].setEnabled(running and row is not None and not protected)
+        self.acts["resync"].setEnabled(running and protected and self.ctx.facade.can_resync)
+        self.acts["resync"].setToolTip("Resync now (Ctrl+R)" if self.ctx.facade.can_resync
                                           else "Resync is not available in this engine build")
-        self.actions["failover"].setEnabled(running and protected and not drill)
-        self.actions["cleanup"].setEnabled(running and drill)
-        self.actions["refresh"].setEnabled(running)
+        self.acts["failover"].setEnabled(running and protected and not drill)
+        self.acts["cleanup"].setEnabled(running and drill)
+        self.acts["refresh"].setEnabled(running)
 
     # actions ---------------------------------------------------------------------------------------------
     def _open(self, dialog: ProtectDialog | FailoverDialog | QMessageBox) -> None:
@@ -141,7 +141,7 @@ class MachinesPage(QWidget):
 
     def protect(self) -> None:
         name = self.selected()
-        if not name or not self.actions["protect"].isEnabled():
+        if not name or not self.acts["protect"].isEnabled():
             return
         try:
             policies = self.ctx.facade.policies()
@@ -154,12 +154,12 @@ class MachinesPage(QWidget):
 
     def resync(self) -> None:
         name = self.selected()
-        if name and self.actions["resync"].isEnabled():
+        if name and self.acts["resync"].isEnabled():
             self.ctx.resync(name)
 
     def test_failover(self) -> None:
         name = self.selected()
-        if not name or not self.actions["failover"].isEnabled():
+        if not name or not self.acts["failover"].isEnabled():
             return
         try:
             points = self.ctx.facade.points(name)
@@ -173,11 +173,11 @@ class MachinesPage(QWidget):
     def _start_drill(self, name: str, dlg: FailoverDialog) -> None:
         point = dlg.point() or "latest"
         self.ctx.test_failover(name, point, **dlg.target())
-        self.actions["failover"].setEnabled(False)
+        self.acts["failover"].setEnabled(False)
 
     def cleanup(self) -> None:
         name = self.selected()
-        if not name or not self.actions["cleanup"].isEnabled():
+        if not name or not self.acts["cleanup"].isEnabled():
             return
         if not self.ctx.settings.get("ui/confirm_cleanup"):
             self.ctx.cleanup(name)

@@ -39,10 +39,10 @@ class PoliciesPage(QWidget):
             self.edits[key] = e
             self.fields[key] = forms.Field(e, hint=hint)
             form.addRow(label + ":", self.fields[key])
-        self.window = QLineEdit()
-        self.window.setAccessibleName("Resync window")
-        self.edits["resync_window"] = self.window
-        self.fields["resync_window"] = forms.Field(self.window, hint="HH:MM-HH:MM local time for scheduled "
+        self.window_edit = QLineEdit()
+        self.window_edit.setAccessibleName("Resync window")
+        self.edits["resync_window"] = self.window_edit
+        self.fields["resync_window"] = forms.Field(self.window_edit, hint="HH:MM-HH:MM local time for scheduled "
                                                                      "resyncs, or 'always'.")
         form.addRow("Resync &window:", self.fields["resync_window"])
         self.form_error = forms.Field(QWidget())
@@ -105,7 +105,7 @@ class PoliciesPage(QWidget):
         self.name.setText(spec.name)
         for key, _l, _h in DURATIONS:
             self.edits[key].setText(duration_text(getattr(spec, key)))
-        self.window.setText(spec.resync_window)
+        self.window_edit.setText(spec.resync_window)
         self.name.setReadOnly(self._loaded is not None)  # a policy is renamed by creating a new one
         self.validate()
 
@@ -115,7 +115,7 @@ class PoliciesPage(QWidget):
         self.load(None)
         for key, _l, _h in DURATIONS:
             self.edits[key].setText(duration_text(getattr(base, key)))
-        self.window.setText(base.resync_window)
+        self.window_edit.setText(base.resync_window)
         self.name.setFocus()
 
     def spec(self) -> tuple[PolicySpec | None, dict[str, str]]:
@@ -128,12 +128,12 @@ class PoliciesPage(QWidget):
             except UserError as exc:
                 errs[key] = f"{exc.message}. {exc.advice}"
         try:
-            check_window(self.window.text())
+            check_window(self.window_edit.text())
         except UserError as exc:
             errs["resync_window"] = f"{exc.message}. {exc.advice}"
         if errs:
             return None, errs
-        spec = PolicySpec(self.name.text().strip(), resync_window=self.window.text().strip(), **values)
+        spec = PolicySpec(self.name.text().strip(), resync_window=self.window_edit.text().strip(), **values)
         try:
             validate_policy(spec)
         except UserError as exc:

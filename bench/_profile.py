@@ -1,0 +1,82 @@
+"""py-spy helpers of the benchmarks' ``--profile`` flags (``.venv/bin/pip install py-spy``)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from _common import REPO, Proc
+
+PYSPY = REPO / ".venv" / "bin" / "py-spy"
+
+
+def start_spy(p: Proc, out: Path, rate: int = 100) -> subprocess.Popen | None:
+    """Sample a role's Python stacks per thread (wall clock, --idle) until stop_spy; None without py-spy."""
+    exe = str(PYSPY) if PYSPY.exists() else shutil.which("py-spy")
+    if not exe:
+        print("!! py-spy is not installed: .venv/bin/pip install py-spy")
+        return None
+    return subprocess.Popen([exe, "record", "-p", str(p.pid), "-r", str(rate), "--threads", "--idle", "--nonblocking",
+                             "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop_spy(spy: subprocess.Popen | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+
+
+IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:81)", "EpollSelector.select", "Condition.wait", "Event.wait")
+
+
+def spy_summary(path: Path, seconds: float, rate: int = 100, top: int = 12) -> str:
+    """Per-thread busy share (wall clock, I/O waits included; waiting for work excluded), then the top functions
+    by own (self) and inclusive samples among the busy ones."""
+    import collections
+    import re
+    if not path.exists():
+        return f"(no profile written at {path})"
+    own, incl, busy, idle = (collections.Counter() for _ in range(4))
+    names: dict[str, str] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        n = int(n)
+        parts = stack.split(";")
+        thread = next((f for f in parts if f.startswith("thread ")), "thread ?")
+        frames = [re.sub(r" \((?:.*/)?([^/]+/[^/]+):(\d+)\)$", r" (\1:\2)", f) for f in parts
+                  if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        role = "pool worker" if any("_worker" in f for f in frames[:8]) else \
+            "event loop" if any("run_forever" in f for f in frames) else "other"
+        key = thread.split(")")[0] + ")"           # "thread (TID" + ")": py-spy names threads only sometimes
+        names[key] = max(names.get(key, ""), f"{thread} {role}", key=len)
+        if any(frames[-1].startswith(i.split(" (")[0]) and (" (" not in i or i.split(" (")[1][:-1] in stack)
+               for i in IDLE_LEAVES):
+            idle[key] += n
+            continue
+        busy[key] += n
+        total += n
+        own[frames[-1]] += n
+        for f in {re.sub(r":\d+\)$", ")", f) for f in frames}:
+            incl[f] += n
+    if not total:
+        return "(no samples)"
+    out = [f"  wall-clock samples at {rate} Hz over ~{seconds:.1f}s; share of each thread's samples busy (running "
+           "or blocked in I/O; the rest is waiting for work):"]
+    out += [f"    {c / (c + idle[t]) * 100:5.1f}%  {names[t]}" for t, c in busy.most_common(8) if c + idle[t] >= 20]
+    out.append("  top own (self) time, % of busy samples:")
+    out += [f"    {c / total * 100:5.1f}%  {f}" for f, c in own.most_common(top)]
+    boring = ("runpy", "cli.py", "runners.py", "base_events.py", "events.py", "threading.py", "thread.py")
+    out.append("  top inclusive time (framework frames left out), % of busy samples:")
+    out += [f"    {c / total * 100:5.1f}%  {f}" for f, c in incl.most_common(60)
+            if not any(b in f for b in boring)][:top]
+    return "\n".join(out)

@@ -7,7 +7,12 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 HOME_DIR=${LIFEBOAT_HOME:-demo-home}
 if [ -n "${DBUS_SESSION_BUS_ADDRESS:-}" ] || [ -n "${PYTHON_KEYRING_BACKEND:-}" ]; then
-  exec .venv/bin/lifeboat demo --home "$HOME_DIR"
+  .venv/bin/lifeboat demo --home "$HOME_DIR"
+  if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ] && [ -z "${LIFEBOAT_NO_CONSOLE:-}" ]; then
+    # A screen: end in the console, on the demo's appliance (its machine, points and drills).
+    exec .venv/bin/lifeboat-console --home "$HOME_DIR/appliance"
+  fi
+  exit 0
 fi
 # Headless machine: run the OS keyring (Secret Service, gnome-keyring) for this session only.
 # The vault key lives in it; the demo recreates its home on every run.

@@ -147,14 +147,7 @@ async def part2(sparse_gib: int) -> list[tuple]:
         for off in (3 * GiB + 5, 9 * GiB + 77):          # writes not yet flushed when the "power" goes
             await agent.backends[0].write(off % (sparse_gib * GiB), memoryview(random.randbytes(8192)), False)
         await s.wait_caught_up()
-        for t in agent._tasks:                            # crash: no clean stop
-            t.cancel()
-        await agent.nbd.stop()
-        agent.control_server.close()
-        for b in agent.backends:
-            b.close()
-        agent.capture.journal.close()
-        s.agent = None
+        await s.crash_agent()                            # crash: no clean stop
         t0 = time.perf_counter()
         agent = await s.start_agent({"d0": disk})
         marked = agent.capture.dirty.count()

@@ -84,6 +84,21 @@ class Site:
         await self.wait_for(lambda: rt.vault.last_seq >= target, timeout, f"vault to reach seq {target}")
         return target
 
+    async def crash_agent(self) -> None:
+        """The agent dies without a clean stop (like SIGKILL or power loss): no clean marker, nothing flushed."""
+        a = self.agent
+        assert a is not None
+        for t in a._tasks:
+            t.cancel()
+        await asyncio.gather(*a._tasks, return_exceptions=True)
+        assert a.nbd and a.control_server
+        await a.nbd.stop()
+        a.control_server.close()
+        for b in a.backends:
+            b.close()
+        a.capture.journal.close()
+        self.agent = None
+
     async def wait_resync_done(self, machine: str = "vm1", timeout: float = 60.0) -> None:
         """Until the agent has no resync work left and the appliance shows the machine protected again."""
         assert self.app and self.agent
@@ -109,3 +124,15 @@ async def run_tool(*cmd: str, timeout: float = 120) -> str:
     return out.decode()
 
 
+async def sh(*cmd: str, timeout: float = 120, check: bool = True) -> tuple[int, str, str]:
+    """Run a command without blocking the loop (which may be serving the very disk it works on)."""
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    if check and proc.returncode:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}): {out.decode()} {err.decode()}")
+    return proc.returncode or 0, out.decode(), err.decode()

@@ -13,22 +13,9 @@ import pytest
 
 from engine.agent.agent import Agent
 from tests.conftest import need_tool
-from tests.engine.harness import Site
+from tests.engine.harness import Site, sh
 
 MiB = 1 << 20
-
-
-async def sh(*cmd: str, timeout: float = 120, check: bool = True) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    if check and proc.returncode:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}): {out.decode()} {err.decode()}")
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 def _write(folder: Path, files: dict[str, bytes]) -> None:

@@ -153,17 +153,10 @@ async def test_crash_resync_compares_only_active_extents(tmp_path: Path) -> None
         assert agent.capture.al.active == {(0, 130 * MiB // EXTENT)}
         # Simulate power loss: the agent dies without a clean stop, and a write that reached the backing disk
         # was lost from the journal.
-        for t in agent._tasks:
-            t.cancel()
-        await agent.nbd.stop()
-        agent.control_server.close()
-        for b in agent.backends:
-            b.close()
-        agent.capture.journal.close()
+        await site.crash_agent()
         with open(disk, "r+b") as f:
             f.seek(130 * MiB + 65536 * 3)
             f.write(b"lost from the journal")
-        site.agent = None
         agent = await site.start_agent({"d0": disk})
         await site.wait_for(lambda: agent.connected.is_set(), 20, "reconnect")
         d = agent.capture.dirty

@@ -16,25 +16,11 @@ from engine import fileio
 from engine.nbd.file_backend import FileBackend
 from engine.nbd.server import NBDServer
 from tests.conftest import have_libnbd_python, need_tool
+from tests.engine.harness import sh
 from tests.engine.nbd.helpers import MiB, random_file, serve_disks, sha256
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
-
-async def sh(*cmd: str, timeout: float = 120, check: bool = True) -> tuple[int, str, str]:
-    """Run a command without blocking the loop; return (rc, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    rc = proc.returncode or 0
-    if check and rc != 0:
-        raise AssertionError(f"{cmd} failed ({rc}):\n{out.decode()}\n{err.decode()}")
-    return rc, out.decode(), err.decode()
-
 
 @pytest.fixture
 async def served(tmp_path):

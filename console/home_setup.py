@@ -140,6 +140,35 @@ async def fetch_thumbprint(host: str, port: int = 443, timeout: float = 10.0) ->
     return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
 
 
+async def check_vcenter_login(address: str, user: str, password: str, thumbprint: str,
+                              timeout: float = 30.0) -> dict[str, str]:
+    """Log in to the vCenter at ``address`` trusting exactly ``thumbprint``, then log out; nothing is stored.
+
+    Returns messages per field ('host', 'password', 'thumb'), empty when vCenter accepted the login: the wizard
+    checks before it moves on, so a wrong password is shown next to its field instead of failing after Finish."""
+    hp = parse_host_port(address)
+    if hp is None:
+        return {"host": "Enter HOST or HOST:PORT."}
+    if not vsphere_available():
+        return {}
+    from engine.errors import LifeboatError
+    from engine.vsphere.connect import Target, connect, disconnect
+    from engine.vsphere.errors import CertificateUntrusted, LoginFailed
+
+    def probe() -> None:
+        si, _ = connect(Target(hp[0], hp[1], user, "thumbprint", thumbprint=thumbprint), password, timeout=timeout)
+        disconnect(si)
+    try:
+        await asyncio.to_thread(probe)
+    except LoginFailed:
+        return {"password": "The vCenter refused the login: check the user name and password."}
+    except CertificateUntrusted as exc:
+        return {"thumb": f"The certificate is not the one accepted ({exc.message}): get it again and check it."}
+    except LifeboatError as exc:  # unreachable, TLS handshake, not a vSphere endpoint
+        return {"host": exc.message[:1].upper() + exc.message[1:].rstrip(".") + "."}
+    return {}
+
+
 class PendingHome:
     """An initialised home in a hidden temporary sibling folder, until ``commit`` or ``discard``."""
 

@@ -198,6 +198,8 @@ class FirstRunWizard(QWizard):
 
     async def _finish(self) -> None:
         plan = self.plan()
+        if plan.vcenter is not None and not await self._vcenter_still_accepts():
+            return
         committed = False
         try:
             await self.pending.commit(plan)
@@ -215,6 +217,28 @@ class FirstRunWizard(QWizard):
         self._closing = True
         self.setup_done.emit(plan)
         self.accept()
+
+    async def _vcenter_still_accepts(self) -> bool:
+        """The vCenter is registered after the appliance starts: check its login again first (a password changed,
+        or a certificate replaced, since its page). On refusal go back to that page, where the message is shown
+        next to its field, with nothing committed."""
+        self.summary_page.progress.setText("Checking the vCenter login…")
+        refused = True
+        try:
+            ok = await self.vcenter_page.verify(again=True)
+        except Exception as exc:  # not a refusal (those are messages): say so here, commit nothing
+            ok = refused = False
+            self.summary_page.state.set_message(f"Cannot check the vCenter login: {exc}")
+        if ok:
+            self.summary_page.progress.setText("Creating and starting the appliance…")
+            return True
+        self.summary_page.progress.setText("")
+        self._finishing = False
+        self._buttons_enabled(True)
+        if refused:
+            while self.currentPage() is not self.vcenter_page and self.currentId() != self.startId():
+                self.back()
+        return False
 
     async def _rollback(self, home: Path) -> None:
         """Finish failed after the home was moved into place: take it back so Cancel can remove it."""
@@ -240,6 +264,10 @@ class FirstRunWizard(QWizard):
         prep = self.passphrase_page.task
         if prep is not None and not prep.done():
             await asyncio.gather(prep, return_exceptions=True)
+        for probe in (self.vcenter_page.verifying, self.vcenter_page._fetching):  # they touch the page: stop them
+            if probe is not None and not probe.done():
+                probe.cancel()
+                await asyncio.gather(probe, return_exceptions=True)
         try:
             await self.pending.discard()
         except Exception:

@@ -12,8 +12,8 @@ from pathlib import Path
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QFileDialog, QFormLayout, QLabel, QLineEdit, QPushButton,
                                QRadioButton, QVBoxLayout, QWizardPage)
 
-from console.home_setup import (default_control_port, fetch_thumbprint, parse_host_port, validate_home,
-                                validate_ports, validate_vault, vsphere_available)
+from console.home_setup import (check_vcenter_login, default_control_port, fetch_thumbprint, parse_host_port,
+                                validate_home, validate_ports, validate_vault, vsphere_available)
 
 from . import forms
 
@@ -142,7 +142,10 @@ class PortsPage(KeepOnBackPage):
 
 
 class VCenterPage(KeepOnBackPage):
-    """Optional: a vCenter to register, with its certificate thumbprint shown for the operator to accept."""
+    """Optional: a vCenter to register, with its certificate thumbprint shown for the operator to accept.
+
+    In the wizard, Next logs in to the vCenter with these answers (trusting only the accepted thumbprint) before
+    moving on: a refused password is shown next to its field and Next stays disabled until the answers change."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -165,6 +168,7 @@ class VCenterPage(KeepOnBackPage):
         self.f_host = forms.Field(self.host, self.fetch)
         self.f_user, self.f_pass = forms.Field(self.user), forms.Field(self.password)
         self.f_thumb = forms.Field(self.accept_thumb)
+        self.checking = forms.hint("")
         form = QFormLayout(self)
         form.addRow(self.enable)
         if not self.supported:
@@ -174,8 +178,13 @@ class VCenterPage(KeepOnBackPage):
         form.addRow("&Password:", self.f_pass)
         form.addRow("SHA-256:", self.thumb)
         form.addRow("", self.f_thumb)
+        form.addRow("", self.checking)
         self.thumbprint = ""
         self._fetching: asyncio.Future[None] | None = None
+        self.verifying: asyncio.Future[None] | None = None
+        self._verified: tuple[str, str, str, str] | None = None  # answers vCenter accepted
+        self._refused: tuple[tuple[str, str, str, str], dict[str, str]] | None = None  # answers it refused, why
+        self._unreachable: tuple[str, str] | None = None  # (address, why) when getting its certificate failed
         self.enable.setEnabled(self.supported)
         self.enable.toggled.connect(self._changed)
         for w in (self.host, self.user, self.password):
@@ -203,11 +212,52 @@ class VCenterPage(KeepOnBackPage):
             self.thumbprint = await fetch_thumbprint(host, port)
             self.thumb.setText(self.thumbprint[:47] + "\n" + self.thumbprint[48:])  # 2 × 16 bytes: readable
             self.f_host.set_message(None)
+            self._unreachable = None
         except (OSError, asyncio.TimeoutError) as exc:
             self.thumbprint = ""
             self.thumb.setText("—")
-            self.f_host.set_message(f"Cannot reach {host}:{port}: {exc.strerror or exc or 'timed out'}")
+            # Kept (and shown next to the address by _changed) until the address changes.
+            self._unreachable = (self.host.text(), f"Cannot reach {host}:{port}: {exc.strerror or exc or 'timed out'}")
         self._changed()
+
+    def answers(self) -> tuple[str, str, str, str]:
+        return self.host.text().strip(), self.user.text().strip(), self.password.text(), self.thumbprint
+
+    def _refusal(self) -> dict[str, str]:
+        """Why vCenter refused these very answers (empty once any of them changed)."""
+        return self._refused[1] if self._refused and self._refused[0] == self.answers() else {}
+
+    async def verify(self, again: bool = False) -> bool:
+        """Log in with the current answers (nothing is stored); when refused, the reason goes next to its field.
+        Answers already accepted are not checked again unless ``again`` (Finish re-checks them)."""
+        key = self.answers()
+        if key == self._verified and not again:
+            return True
+        self.checking.setText("Checking the login with the vCenter…")
+        try:
+            errs = await check_vcenter_login(*key)
+        finally:
+            self.checking.setText("")
+        if errs:
+            self._refused, self._verified = (key, errs), None
+        elif key == self.answers():
+            self._refused, self._verified = None, key
+        self._changed()
+        return not errs and key == self.answers()
+
+    def validatePage(self) -> bool:  # noqa: N802
+        """Next: move on only with answers vCenter accepted; otherwise check them now, then move on by itself."""
+        if not self.enable.isChecked() or self.answers() == self._verified:
+            return True
+        if self.verifying is None or self.verifying.done():
+            self.verifying = asyncio.ensure_future(self._verify_then_next())
+        return False
+
+    async def _verify_then_next(self) -> None:
+        if await self.verify():
+            wiz = self.wizard()
+            if wiz is not None and wiz.currentPage() is self:
+                wiz.next()
 
     def errors(self) -> dict[str, str]:
         if not self.enable.isChecked():
@@ -215,6 +265,8 @@ class VCenterPage(KeepOnBackPage):
         out = {}
         if parse_host_port(self.host.text()) is None:
             out["host"] = "Enter HOST or HOST:PORT."
+        elif self._unreachable and self._unreachable[0] == self.host.text():
+            out["host"] = self._unreachable[1]
         if not self.user.text().strip():
             out["user"] = "Enter the vCenter user."
         if not self.password.text():
@@ -223,6 +275,8 @@ class VCenterPage(KeepOnBackPage):
             out["thumb"] = "Get the certificate and check its thumbprint."
         elif not self.accept_thumb.isChecked():
             out["thumb"] = "Accept the thumbprint to continue."
+        for key, msg in self._refusal().items():
+            out.setdefault(key, msg)
         return out
 
     def _changed(self) -> None:
@@ -234,7 +288,7 @@ class VCenterPage(KeepOnBackPage):
             if self.host.text():
                 self.f_host.set_message(errs.get("host"))
             self.f_user.set_message(errs.get("user") if self.user.text() or self.password.text() else None)
-            self.f_pass.set_message(errs.get("password") if self.password.isModified() else None)
+            self.f_pass.set_message(errs.get("password") if self.password.isModified() or self._refusal() else None)
             self.f_thumb.set_message(errs.get("thumb") if self.thumbprint else None)
         else:
             for f in (self.f_host, self.f_user, self.f_pass, self.f_thumb):

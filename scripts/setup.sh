@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 SYSTEM_PACKAGES=(
   qemu-utils        # qemu-io, qemu-img, qemu-nbd: real NBD clients in tests and benches
   libnbd-bin        # nbdcopy, nbdinfo, nbdfuse
+  file              # nbdinfo probes an export's content with file(1); without it nbdinfo prints garbage bytes
   python3-libnbd    # libnbd's Python binding (Debian's python3), used as a real client in tests
   nbdkit            # baseline NBD server for bench/capture
   fuse3             # nbdfuse
@@ -37,7 +38,9 @@ if [ ! -x .venv/bin/python ]; then
   $PY -m venv .venv
 fi
 echo "==> installing lifeboat and its dependencies into .venv"
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+pip_out=$(.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1) || {
+  printf '%s\n' "$pip_out" >&2; echo "ERROR: pip install -e '.[dev]' failed (above)" >&2; exit 1; }
+printf '%s\n' "$pip_out" | grep -v -e "^WARNING: Location" -e '^$' || true
 .venv/bin/python -c "import engine, zstandard, cryptography, keyring" 
 echo "==> building vcsim (tests/vcsim, cached in .cache/vcsim)"
 tests/vcsim/build.sh >/dev/null

@@ -352,8 +352,10 @@ async def test_stall_is_detected_and_replication_reconnects(tmp_path: Path, monk
     """Connections open but silent: first a half-dead link (the open connection silent, new ones fine), then a
     full stall of 2.5 s. The agent notices within LINK_TIMEOUT (patched to 2 s; IDLE_TIMEOUT to 3 s), reconnects,
     the new connection replaces the dead one at the process server, and replication goes on from the last ack."""
+    # margins of ~2 s on each side, so a loaded machine still lands detection inside the stall:
+    # LINK_TIMEOUT (2 s) < full stall (4 s) < IDLE_TIMEOUT (6 s)
     monkeypatch.setattr(agent_mod, "LINK_TIMEOUT", 2.0)
-    monkeypatch.setattr(ps_mod, "IDLE_TIMEOUT", 3.0)
+    monkeypatch.setattr(ps_mod, "IDLE_TIMEOUT", 6.0)
     caplog.set_level(logging.INFO, logger="engine")
     async with rig(tmp_path, seed=31) as r:
         await r.start_protected()
@@ -380,7 +382,7 @@ async def test_stall_is_detected_and_replication_reconnects(tmp_path: Path, monk
             #    IDLE_TIMEOUT, so the old connection comes back to life at the process server just as the agent's
             #    new one arrives there
             accepted1 = r.proxy.accepted
-            r.proxy.stall(2.5)
+            r.proxy.stall(4.0)
             await asyncio.sleep(2.5)
             await r.site.wait_for(lambda: r.proxy.accepted > accepted1 and r.connected(), 10,
                                   "a new connection after the full stall")
@@ -418,12 +420,12 @@ async def test_slow_lossy_link_converges(tmp_path: Path) -> None:
 
 
 async def test_slow_link_is_not_mistaken_for_a_stall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A slow but healthy link (500 kB/s against LINK_TIMEOUT 2 s; the same as 100 kB/s against the default 10 s)
+    """A slow but healthy link (200 kB/s against LINK_TIMEOUT 5 s; the same as 400 kB/s against the default 10 s)
     carries initial replication on one connection, sending the disk's data once."""
-    monkeypatch.setattr(agent_mod, "LINK_TIMEOUT", 2.0)
+    monkeypatch.setattr(agent_mod, "LINK_TIMEOUT", 5.0)
     async with rig(tmp_path, seed=61) as r:
         data = r.disk.stat().st_blocks * 512
-        r.proxy.bandwidth(500_000)
+        r.proxy.bandwidth(200_000)
         await r.site.start_agent({"d0": r.disk})
         await r.app.protect("vm1")
         await wait(lambda: r.app.machine_status("vm1")["state"] == "protected" or r.proxy.accepted > 1,

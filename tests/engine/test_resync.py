@@ -25,6 +25,8 @@ async def _site(tmp_path: Path, size: int = 16 * MiB, **kw) -> tuple[Site, Path]
     await site.start_agent({"d0": disk}, **kw)
     await app.protect("vm1")
     await site.wait_for(lambda: app.machine_status("vm1")["state"] == "protected", 60, "initial sync")
+    # "protected" comes with the SYNC_DONE record; the first point lands a moment later (its fsyncs)
+    await site.wait_for(lambda: app.runtimes["vm1"].vault.points(), 10, "a first point")
     return site, disk
 
 

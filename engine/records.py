@@ -39,6 +39,8 @@ VERSION = 1
 HEADER = struct.Struct("<4sBBHQQQQQI4x")
 HEADER_SIZE = HEADER.size  # 56
 assert HEADER_SIZE == 56
+_HEAD48 = struct.Struct("<4sBBHQQQQQ")   # bytes 0..47, covered by the crc
+_TAIL = struct.Struct("<I4x")            # crc32 of bytes 0..47, reserved
 
 #: Largest payload of one record. Writes larger than this are split by the agent.
 MAX_PAYLOAD = 4 * 1024 * 1024
@@ -58,7 +60,12 @@ class Kind(enum.IntEnum):
 
     @property
     def has_payload(self) -> bool:
-        return self in (Kind.WRITE, Kind.SYNC, Kind.BOOKMARK, Kind.RESYNC_START, Kind.RESYNC_DONE)
+        return self in _PAYLOAD_KINDS
+
+
+#: Kinds (as plain ints, which hash and compare equal to the enum members) whose records carry a payload.
+_PAYLOAD_KINDS = frozenset(int(k) for k in (Kind.WRITE, Kind.SYNC, Kind.BOOKMARK, Kind.RESYNC_START,
+                                            Kind.RESYNC_DONE))
 
 
 def payload_hash(data: bytes | memoryview) -> int:
@@ -78,26 +85,36 @@ class Record:
 
     @property
     def payload_size(self) -> int:
-        return self.length if Kind(self.kind).has_payload else 0
+        return self.length if self.kind in _PAYLOAD_KINDS else 0
 
     def pack_header(self) -> bytes:
         h = self.hash
-        if Kind(self.kind).has_payload and h == 0:
+        if h == 0 and self.kind in _PAYLOAD_KINDS:
             h = self.hash = payload_hash(self.data)
-        head = struct.pack("<4sBBHQQQQQ", MAGIC, VERSION, int(self.kind), self.disk, self.seq, self.ts_ns,
-                           self.offset, self.length, h)
-        return head + struct.pack("<I4x", zlib.crc32(head))
+        head = _HEAD48.pack(MAGIC, VERSION, int(self.kind), self.disk, self.seq, self.ts_ns, self.offset,
+                            self.length, h)
+        return head + _TAIL.pack(zlib.crc32(head))
 
     def encode(self) -> bytes:
-        if Kind(self.kind).has_payload:
+        if self.kind in _PAYLOAD_KINDS:
             if len(self.data) != self.length:
                 raise ValueError("record payload length mismatch")
-            return self.pack_header() + bytes(self.data)
+            return b"".join((self.pack_header(), self.data))
         return self.pack_header()
+
+    def encode_parts(self) -> tuple[bytes, bytes | memoryview]:
+        """The encoded record as (header, payload) without copying the payload: the same bytes as
+        :meth:`encode` once joined, for ``writev`` or a transport's ``writelines``. The payload is ``b""`` for
+        kinds without one."""
+        if self.kind in _PAYLOAD_KINDS:
+            if len(self.data) != self.length:
+                raise ValueError("record payload length mismatch")
+            return self.pack_header(), self.data
+        return self.pack_header(), b""
 
     def verify(self) -> None:
         """Check the payload against the hash the source computed."""
-        if Kind(self.kind).has_payload and payload_hash(self.data) != self.hash:
+        if self.kind in _PAYLOAD_KINDS and payload_hash(self.data) != self.hash:
             raise IntegrityError(f"record seq={self.seq} disk={self.disk}: payload hash mismatch", seq=self.seq)
 
 

@@ -11,8 +11,9 @@ journal is made durable on the protected machine's FLUSH/FUA, like the disk it s
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import IntegrityError, ProtocolError
@@ -37,6 +38,14 @@ class SegmentLog:
         self._rcursor: tuple[Path, int, int] | None = None
         self.corruption: str | None = None
         self._recover()
+        # The segments this log holds, oldest first (it alone creates and deletes them): lets ``trim`` see that
+        # nothing can be deleted yet without listing the folder at every acknowledgement.
+        self._segs: list[Path] = self.segments()
+        self._segs_lock = threading.Lock()   # the process server appends and trims its cache in two threads
+        # Without fsync_each, segments written since the last sync() other than the open one (rolled over, or
+        # found at open: a crashed run may have left them unwritten): sync() makes them durable too.
+        self._unsynced: list[Path] = [] if fsync_each else list(self._segs)
+        self._dirty = False
 
     def segments(self) -> list[Path]:
         return sorted(self.folder.glob("*" + self.suffix))
@@ -97,7 +106,11 @@ class SegmentLog:
         return pos, last
 
     def append(self, records: Sequence[Record], encoded: Sequence[bytes | memoryview]) -> None:
-        """Append and fsync (blocking; run in a thread). Records must have seq > last_seq."""
+        """Append and fsync (blocking; run in a thread). Records must have seq > last_seq.
+
+        ``encoded`` is the records' bytes, in order, in any number of pieces (e.g. header, payload, header, ...):
+        they are written with one ``writev``.
+        """
         if self._wfd is None or self._wsize >= self.segment_bytes:
             self._roll(records[0].seq)
         assert self._wfd is not None
@@ -108,6 +121,8 @@ class SegmentLog:
                 raise OSError(f"short write to {self.folder}")
             if self.fsync_each:
                 os.fdatasync(self._wfd)
+            else:
+                self._dirty = True
         except OSError:
             # Roll back a partial append so the log stays a clean sequence of whole records.
             os.ftruncate(self._wfd, self._wsize)
@@ -129,9 +144,16 @@ class SegmentLog:
 
     def _roll(self, first_seq: int) -> None:
         if self._wfd is not None:
+            if self._dirty and self._wseg is not None:
+                self._unsynced.append(self._wseg)
+                self._dirty = False
             os.close(self._wfd)
         self._wseg = self.folder / f"{first_seq:020d}{self.suffix}"
         self._wfd = os.open(self._wseg, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with self._segs_lock:
+            if self._wseg not in self._segs:
+                self._segs.append(self._wseg)
+                self._segs.sort()
         self._wsize = os.fstat(self._wfd).st_size
         dfd = os.open(self.folder, os.O_RDONLY)
         try:
@@ -142,23 +164,37 @@ class SegmentLog:
     def read_after(self, after_seq: int, max_bytes: int) -> list[Record]:
         """Records with seq > after_seq, in order, up to about max_bytes (blocking; run in a thread).
 
-        Keeps a read cursor so that the applier's sequential reads cost one pass over the cache.
+        Every payload is verified against its hash. Keeps a read cursor so that the applier's sequential reads
+        cost one pass over the cache.
         """
+        return [rec for rec, _ in self._read(after_seq, max_bytes)]
+
+    def read_raw_after(self, after_seq: int, max_bytes: int) -> list[tuple[Record, memoryview]]:
+        """Like :meth:`read_after`, with each record's stored bytes (header and payload, exactly as appended),
+        so they can be forwarded without encoding them again. Payloads are verified all the same."""
+        return self._read(after_seq, max_bytes)
+
+    def _read(self, after_seq: int, max_bytes: int) -> list[tuple[Record, memoryview]]:
         cur = self._rcursor
         if cur is None or cur[2] != after_seq or not cur[0].exists():
             cur = self._seek(after_seq)
             if cur is None:
                 return []
-        seg, pos, _ = cur
-        out: list[Record] = []
-        size = 0
         segs = self.segments()
+        if cur[0] not in segs:   # the cursor's segment was deleted meanwhile
+            cur = self._seek(after_seq)
+            if cur is None:
+                return []
+            segs = self.segments()
+        seg, pos, _ = cur
+        out: list[tuple[Record, memoryview]] = []
+        size = 0
         idx = segs.index(seg) if seg in segs else 0
         while idx < len(segs) and size < max_bytes:
             seg = segs[idx]
             with open(seg, "rb") as f:
                 f.seek(pos)
-                data = f.read(max(max_bytes - size, 1 << 20) + HEADER_SIZE + (4 << 20))
+                data = memoryview(f.read(max(max_bytes - size, 1 << 20) + HEADER_SIZE + (4 << 20)))
             p = 0
             while p + HEADER_SIZE <= len(data) and size < max_bytes:
                 rec = _header(data[p:p + HEADER_SIZE])
@@ -168,7 +204,7 @@ class SegmentLog:
                 if rec.seq > after_seq:
                     rec.data = data[p + HEADER_SIZE:end]
                     rec.verify()  # a flipped bit in the cache is caught here, never applied
-                    out.append(rec)
+                    out.append((rec, data[p:end]))
                     after_seq = rec.seq
                     size += end - p
                 p = end
@@ -190,22 +226,53 @@ class SegmentLog:
                 start = i
         seg = segs[start]
         pos = 0
-        with open(seg, "rb") as f:
-            data = f.read()
-        while pos + HEADER_SIZE <= len(data):
-            rec = _header(data[pos:pos + HEADER_SIZE])
-            if rec.seq > after_seq:
-                break
-            pos += HEADER_SIZE + rec.payload_size
+        with open(seg, "rb") as f:   # headers only: payloads are skipped, not read
+            while True:
+                f.seek(pos)
+                head = f.read(HEADER_SIZE)
+                if len(head) < HEADER_SIZE:
+                    break
+                rec = _header(head)
+                if rec.seq > after_seq:
+                    break
+                pos += HEADER_SIZE + rec.payload_size
         return seg, pos, after_seq
 
-    def trim(self, applied_seq: int) -> None:
-        """Delete segments whose records are all <= applied_seq (never the one being written)."""
+    def tail(self) -> tuple[Path | None, int]:
+        """(segment being written, its size): where the next append goes."""
+        return self._wseg, self._wsize
+
+    def read_position(self, seg: Path, pos: int, seq: int) -> None:
+        """Tell the reader that the records up to ``seq`` were consumed elsewhere and the next one (if any) starts
+        at ``pos`` in ``seg``, so a later :meth:`read_after` (seq) continues there without seeking."""
+        self._rcursor = (seg, pos, seq)
+
+    def trim(self, applied_seq: int, unlink: Callable[[Path], object] | None = None) -> None:
+        """Delete segments whose records are all <= applied_seq (never the one being written).
+
+        ``unlink`` deletes a file instead of ``Path.unlink`` (e.g. in a worker thread: deleting a large file takes
+        a while). The segment no longer counts in ``bytes`` from now on, and no read ever goes back to it.
+        """
+        with self._segs_lock:
+            known = set(self._segs)
+            second = self._segs[1] if len(self._segs) > 1 else None
+        if second is None or int(second.stem) - 1 > applied_seq:
+            return   # not even the oldest segment is entirely acknowledged
         segs = self.segments()
+        gone = set()
         for cur, nxt in zip(segs, segs[1:]):
-            if int(nxt.stem) - 1 <= applied_seq and cur != self._wseg:
+            # (a segment already handed to ``unlink`` may still be listed: it is no longer in ``known``)
+            if int(nxt.stem) - 1 <= applied_seq and cur != self._wseg and cur in known:
                 self.bytes -= cur.stat().st_size
-                cur.unlink()
+                if unlink is None:
+                    cur.unlink()
+                else:
+                    unlink(cur)
+                gone.add(cur)
+        with self._segs_lock:
+            self._segs = [p for p in self._segs if p not in gone]
+        if gone and self._unsynced:
+            self._unsynced = [p for p in self._unsynced if p not in gone]
 
     def quarantine(self) -> Path:
         """Corruption was found: move every segment aside (kept for forensics) and start afresh.
@@ -219,13 +286,32 @@ class SegmentLog:
             self._wfd, self._wseg, self._wsize = None, None, 0
         for seg in self.segments():
             seg.rename(q / seg.name)
+        self._unsynced.clear()
+        self._dirty = False
         self.bytes = 0
         self._rcursor = None
+        with self._segs_lock:
+            self._segs = []
         return q
 
     def sync(self) -> None:
+        """Make everything appended so far durable (every segment written since the last sync, not only the
+        open one)."""
+        while self._unsynced:
+            seg = self._unsynced[0]
+            try:
+                fd = os.open(seg, os.O_RDONLY)
+            except FileNotFoundError:
+                pass   # trimmed meanwhile: its records are no longer needed
+            else:
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            self._unsynced.pop(0)
         if self._wfd is not None:
             os.fdatasync(self._wfd)
+            self._dirty = False
 
     def close(self) -> None:
         if self._wfd is not None:

@@ -11,10 +11,13 @@ import json
 import logging
 import os
 import random
+import select
 import shlex
+import socket
 import ssl
 import struct
 import termios
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from ..nbd.server import NBDServer
 from ..records import Kind, Record
 from ..vsphere.identity import local_identity
 from ..home import atomic_write
-from ..wire import BATCH_HEAD, Frame, frame_header, parse_json, read_frame, write_frame, write_json
+from ..wire import BATCH_HEAD, HEAD, MAGIC, MAX_FRAME, VERSION, Frame, frame_header, parse_json
 from .capture import CaptureBackend, MachineCapture
 from .resync import EXTENT, DirtyMap
 from .resync_pass import ResyncPass
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 BATCH_BYTES = 4 * 1024 * 1024
 SYNC_CHUNK = 1024 * 1024
 MAX_IN_FLIGHT = 8
+#: Bytes in flight before the link's rate is known (see Agent.in_flight_limit).
+INITIAL_WINDOW = 512 * 1024
 HOOK_TIMEOUT = 30.0
 #: No frame from the process server for this long (it answers every heartbeat) means the link is stalled.
 LINK_TIMEOUT = 10.0
@@ -83,6 +88,7 @@ class Agent:
 
     # lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        _tune_malloc()
         for i, (name, path) in enumerate(self.disk_paths.items()):
             if not Path(path).exists():
                 raise InvalidInput(f"disk {name}: {path} does not exist")
@@ -210,14 +216,13 @@ class Agent:
         ctx = pki.client_context(self.home.ca_cert, self.home.cert, self.home.key)
         if self.identity is None:
             self.identity = await asyncio.to_thread(local_identity)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, self.cfg["data_port"], ssl=ctx, limit=1 << 20), 15)
+        link = await _Link.open(host, self.cfg["data_port"], ctx, 15)
         try:
-            write_json(writer, Frame.HELLO, {"machine": self.name, "version": 1,
-                                             "disks": [{"index": b.index, "name": b.name, "size": b.size}
-                                                       for b in self.backends],
-                                             **{k: v for k, v in self.identity.items() if v}})
-            kind, body = await asyncio.wait_for(read_frame(reader), 30)
+            link.write_json(Frame.HELLO, {"machine": self.name, "version": 1,
+                                          "disks": [{"index": b.index, "name": b.name, "size": b.size}
+                                                    for b in self.backends],
+                                          **{k: v for k, v in self.identity.items() if v}})
+            kind, body = await asyncio.wait_for(link.read_frame(), 30)
             if kind == Frame.ERROR:
                 raise _remote_error(parse_json(body))
             if kind != Frame.WELCOME:
@@ -228,20 +233,23 @@ class Agent:
             self.sent_seq = self.acked_seq
             self.connected.set()
             self.last_error = None
-            rx = asyncio.create_task(self._receive(reader, writer))
+            self.capture.ship_from_memory(True)
+            rx = asyncio.create_task(self._receive(link))
             try:
-                await self._send_loop(writer, rx)
+                await self._send_loop(link, rx)
             finally:
                 rx.cancel()
                 await asyncio.gather(rx, return_exceptions=True)
                 self.resync.link_lost()
         finally:
-            writer.close()
+            # What was sent and not acknowledged is resent from the journal after a reconnect.
+            self.capture.ship_from_memory(False)
+            link.close()
 
     def _welcome(self, w: dict[str, Any]) -> None:
         self.acked_seq = int(w.get("last_seq", 0))
         self.capture.advance_to(self.acked_seq)
-        self.capture.journal.trim(self.acked_seq)
+        self.capture.journal.trim(self.acked_seq, unlink=_unlink_in_thread)
         if w.get("protected"):
             self._set_protected()
         for b in self.backends:
@@ -256,13 +264,13 @@ class Agent:
         self.capture.capturing = True
         self.new_data.set()
 
-    async def _receive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        liveness = _Liveness(writer)
+    async def _receive(self, link: _Link) -> None:
+        liveness = _Liveness(link)
         next_frame: asyncio.Future | None = None
         try:
             while True:
                 if next_frame is None:
-                    next_frame = asyncio.ensure_future(read_frame(reader))
+                    next_frame = asyncio.ensure_future(link.read_frame())
                 done, _ = await asyncio.wait({next_frame}, timeout=0.5)
                 if not done:
                     # A slow link is not a stalled one: silence only counts while our own bytes stop moving too.
@@ -295,7 +303,7 @@ class Agent:
                     sample = nbytes / span
                     self.link_rate = sample if not self.link_rate else 0.7 * self.link_rate + 0.3 * sample
                 self._last_ack_time = now
-            self.capture.journal.trim(self.acked_seq)
+            self.capture.journal.trim(self.acked_seq, unlink=_unlink_in_thread)
             self.resync.on_ack(self.acked_seq)
             self.new_data.set()
         elif kind == Frame.CONTROL:
@@ -319,7 +327,7 @@ class Agent:
         elif kind == Frame.ERROR:
             raise _remote_error(msg)
 
-    async def _send_loop(self, writer: asyncio.StreamWriter, rx: asyncio.Task) -> None:
+    async def _send_loop(self, link: _Link, rx: asyncio.Task) -> None:
         last_hb = 0.0
         while True:
             if rx.done():
@@ -328,22 +336,36 @@ class Agent:
             now = time.monotonic()
             if now - last_hb >= 1.0:
                 last_hb = now
-                write_json(writer, Frame.HEARTBEAT, {
+                link.write_json(Frame.HEARTBEAT, {
                     "oldest_pending_ns": self.oldest_pending_ns(), "journal_bytes": self.capture.journal.bytes,
                     "sync": {str(k): v for k, v in self.sync_pos.items()}, "resync": self.resync.status(),
                     "error": self.last_error})
             if self.in_flight_full():
-                await self._wait_data(writer, 0.5)
+                await self._wait_data(link, 0.5)
                 continue
-            try:
-                recs = self.capture.journal.read_after(self.sent_seq, self.batch_bytes()) if self.protected else []
-            except IntegrityError as exc:
-                self._journal_corrupt(exc)
-                continue
+            recs: list[Record] = []
+            parts: list[bytes | memoryview] = []
+            if self.protected:
+                mem = self.capture.take_unsent(self.sent_seq, self.batch_bytes())
+                if mem is not None:
+                    for rec, head, body in mem:   # the bytes just journaled, still in memory
+                        recs.append(rec)
+                        parts.append(head)
+                        if body:
+                            parts.append(body)
+                else:
+                    try:   # backlog: read back (and verified) from the journal, sent as stored
+                        raw = self.capture.journal.read_raw_after(self.sent_seq, self.batch_bytes())
+                    except IntegrityError as exc:
+                        self._journal_corrupt(exc)
+                        continue
+                    for rec, stored in raw:
+                        recs.append(rec)
+                        parts.append(stored)
             if not recs and self.sent_seq >= self.capture.journal.last_seq:
                 self.first_unsent_ns = 0   # everything journaled is on its way (also after a reconnect)
             if recs:
-                await self._send(writer, recs)
+                await self._send(link, recs, parts)
                 if self.sent_seq >= self.capture.journal.last_seq:
                     self.first_unsent_ns = 0
                 else:
@@ -355,23 +377,25 @@ class Agent:
                 if nxt is not None:
                     what, payload = nxt
                     if what == "hashes":
-                        write_frame(writer, Frame.RESYNC_HASHES, payload)  # type: ignore[arg-type]
+                        link.write_frame(Frame.RESYNC_HASHES, payload)  # type: ignore[arg-type]
                         self.bytes_sent += len(payload) + 12
                     elif payload:
-                        await self._send(writer, payload)  # type: ignore[arg-type]
+                        await self._send(link, payload)  # type: ignore[arg-type]
                     continue
             if self.protected and not self.in_flight_full():
                 sync = self._next_sync()  # no await since reading the journal: seq order holds (see capture.py)
                 if sync:
-                    await self._send(writer, sync)
+                    await self._send(link, sync)
                     continue
-            await self._wait_data(writer, 1.0)
+            await self._wait_data(link, 1.0)
 
     def in_flight_limit(self) -> int:
         """Bytes to keep on the wire: about a second of what the link delivers, so that heartbeat answers (the
-        liveness signal) never queue behind minutes of data on a slow link; generous until measured."""
+        liveness signal) never queue behind minutes of data on a slow link. Until the first acknowledgement has
+        measured the link, a small window (a slow start): once our bytes have left the socket, buffers along the
+        way (a proxy, a WAN optimiser) hide whether they move, and only answers show progress."""
         if not self.link_rate:
-            return 8 * BATCH_BYTES
+            return INITIAL_WINDOW
         return int(max(256 * 1024, min(8 * BATCH_BYTES, self.link_rate)))
 
     def batch_bytes(self) -> int:
@@ -381,27 +405,34 @@ class Agent:
         return (len(self.in_flight) >= MAX_IN_FLIGHT
                 or sum(b[3] for b in self.in_flight) >= self.in_flight_limit())
 
-    async def _wait_data(self, writer: asyncio.StreamWriter, timeout: float) -> None:
+    async def _wait_data(self, link: _Link, timeout: float) -> None:
         self.new_data.clear()
         if self.protected and self.capture.journal.last_seq > self.sent_seq and not self.in_flight_full():
             return   # something was journaled while we looked elsewhere (e.g. a resync marker): no nap
-        await writer.drain()
+        await link.drain()
         try:
             await asyncio.wait_for(self.new_data.wait(), timeout)
         except TimeoutError:
             pass
 
-    async def _send(self, writer: asyncio.StreamWriter, recs: list[Record]) -> None:
+    async def _send(self, link: _Link, recs: list[Record],
+                    parts: list[bytes | memoryview] | None = None) -> None:
+        """One BATCH frame of ``recs``; ``parts`` are their encoded bytes in pieces, if the caller has them."""
         batch = recs[-1].seq
-        parts = [BATCH_HEAD.pack(batch)] + [r.encode() for r in recs]
-        size = sum(len(p) for p in parts)
-        writer.write(frame_header(Frame.BATCH, size))
-        writer.writelines(parts)
+        if parts is None:
+            parts = []
+            for r in recs:
+                head, payload = r.encode_parts()
+                parts.append(head)
+                if payload:
+                    parts.append(payload)
+        size = BATCH_HEAD.size + sum(len(p) for p in parts)
+        link.write(_coalesce([frame_header(Frame.BATCH, size), BATCH_HEAD.pack(batch), *parts]))
         self.bytes_sent += size + 12
         self.in_flight.append((batch, recs[0].ts_ns, batch, size, time.monotonic()))
         self.sent_seq = batch
-        if writer.transport.get_write_buffer_size() > 8 * 1024 * 1024:
-            await writer.drain()
+        if link.queued > 8 * 1024 * 1024:
+            await link.drain()
 
     def _next_sync(self) -> list[Record]:
         """Up to a batch of initial replication, read now (sequence numbers assigned as read)."""
@@ -482,30 +513,312 @@ class Agent:
         writer.close()
 
 
+def _tune_malloc() -> None:
+    """Keep large buffers (NBD payloads, journal reads, TLS output: 256 KiB to a few MiB each, allocated and freed
+    all the time) in glibc's heap for reuse instead of fresh mmaps: each fresh one page-faults on every 4 KiB, which
+    cost more CPU than copying the data. Memory stays bounded: at most 64 MiB of free heap is kept."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)    # M_MMAP_THRESHOLD (its maximum on 64-bit)
+        libc.mallopt(-1, 64 << 20)    # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass   # not glibc: only slower
+
+
+_malloc_tuned = False
+
+
+def _coalesce(pieces: list[bytes | memoryview], small: int = 64 * 1024,
+              group: int = 256 * 1024) -> list[bytes | memoryview]:
+    """Join runs of small pieces (headers, small payloads) into one buffer each: every piece handed to the TLS
+    transport becomes at least one TLS record. Large payloads pass through uncopied."""
+    out: list[bytes | memoryview] = []
+    run: list[bytes | memoryview] = []
+    run_bytes = 0
+    for p in pieces:
+        n = len(p)
+        if n >= small:
+            if run:
+                out.append(b"".join(run) if len(run) > 1 else run[0])
+                run, run_bytes = [], 0
+            out.append(p)
+            continue
+        run.append(p)
+        run_bytes += n
+        if run_bytes >= group:
+            out.append(b"".join(run))
+            run, run_bytes = [], 0
+    if run:
+        out.append(b"".join(run) if len(run) > 1 else run[0])
+    return out
+
+
+def _unlink_in_thread(path: Path) -> None:
+    """Delete an acknowledged journal segment off the event loop (freeing a large file takes a while)."""
+    asyncio.get_running_loop().run_in_executor(None, _unlink_quietly, path)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:   # set aside meanwhile (quarantine)
+        pass
+    except OSError as exc:
+        log.warning("could not delete journal segment %s: %s", path, exc)
+
+
+class _Link:
+    """The replication connection (mutual TLS), its socket owned by one I/O thread.
+
+    Encrypting and sending are the largest per-byte costs of shipping; on the event loop they would compete with the
+    NBD export for the loop's one thread. Here the loop only queues buffers (payloads stay the very memoryviews the
+    journal was written from: no copies) and the thread encrypts and sends them, in the order queued, with the GIL
+    released for the work. The same thread receives and parses frames and hands them to the loop in order: one
+    thread owns the TLS connection, as OpenSSL requires.
+    """
+
+    CHUNK = 1 << 20      # largest piece handed to one SSL_write
+    LOW = 1 << 20        # drain() returns once at most this much is queued
+
+    def __init__(self, sock: ssl.SSLSocket, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = sock
+        self.loop = loop
+        self._fd = sock.fileno()
+        self._out: collections.deque[bytes | memoryview] = collections.deque()
+        self._lock = threading.Lock()
+        self.queued = 0                  # bytes queued here and not yet handed to TLS
+        self._poked = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._frames: asyncio.Queue[tuple[Frame, bytes] | None] = asyncio.Queue()
+        self._space = asyncio.Event()
+        self._drain_waiting = False
+        self.error: BaseException | None = None
+        self._closing = False
+        sock.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="agent-link", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    async def open(cls, host: str, port: int, ctx: ssl.SSLContext, timeout: float) -> _Link:
+        """Connect and complete the TLS handshake (in a worker thread, within ``timeout``)."""
+        def connect() -> ssl.SSLSocket:
+            raw = socket.create_connection((host, port), timeout=timeout)
+            try:
+                return ctx.wrap_socket(raw, server_hostname=host)   # handshakes, bounded by the socket timeout
+            except BaseException:
+                raw.close()
+                raise
+
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, connect)
+        try:
+            sock = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            def close_late(f: asyncio.Future[ssl.SSLSocket]) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    f.result().close()
+            fut.add_done_callback(close_late)   # nobody will use the connection the thread makes
+            raise
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        return cls(sock, loop)
+
+    # event-loop side -----------------------------------------------------------------------------------------
+    def write(self, pieces: list[bytes | memoryview]) -> None:
+        """Queue ``pieces`` to be sent in order (never blocks). After a failure, dropped: the receiver raises."""
+        if self.error is not None or self._closing:
+            return
+        n = sum(len(p) for p in pieces)
+        with self._lock:
+            self._out.extend(pieces)
+            self.queued += n
+            poke, self._poked = not self._poked, True
+        if poke:
+            self._poke()
+
+    def write_frame(self, kind: Frame, body: bytes | bytearray | memoryview) -> None:
+        head = frame_header(kind, len(body))
+        self.write([head + bytes(body)] if len(body) < 65536 else [head, memoryview(body)])
+
+    def write_json(self, kind: Frame, obj: dict[str, Any]) -> None:
+        self.write_frame(kind, json.dumps(obj, separators=(",", ":")).encode())
+
+    async def drain(self) -> None:
+        """Wait until at most LOW bytes are queued; raise if the connection failed."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            with self._lock:
+                if self.queued <= self.LOW:
+                    return
+                self._space.clear()
+                self._drain_waiting = True
+            await self._space.wait()
+
+    async def read_frame(self) -> tuple[Frame, bytes]:
+        item = await self._frames.get()
+        if item is None:
+            self._frames.put_nowait(None)   # every later read fails the same way
+            assert self.error is not None
+            raise self.error
+        return item
+
+    def unsent(self) -> int:
+        """Bytes not yet on the wire: queued here, or sent but not yet acknowledged by the peer's TCP."""
+        n = self.queued
+        if self.error is not None:   # the thread closes the socket: its descriptor may be reused
+            return n
+        try:
+            buf = fcntl.ioctl(self._fd, termios.TIOCOUTQ, b"\0\0\0\0")   # unsent bytes in the kernel
+            n += struct.unpack("i", buf)[0]
+        except OSError:
+            pass
+        return n
+
+    def close(self) -> None:
+        """Stop the thread and close the connection (queued data is dropped)."""
+        self._closing = True
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:   # full (the thread is already awake) or closed
+            pass
+
+    # I/O thread ------------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        sock = self.sock
+        poller = select.poll()
+        poller.register(self._wake_r.fileno(), select.POLLIN)
+        poller.register(self._fd, select.POLLIN)
+        rbuf = bytearray()
+        pending: memoryview | None = None    # handed to SSL_write, which wants it again after WANT_WRITE
+        writing = False
+        try:
+            while not self._closing:
+                with self._lock:
+                    want_out = pending is not None or bool(self._out)
+                if want_out != writing:
+                    writing = want_out
+                    poller.modify(self._fd, select.POLLIN | (select.POLLOUT if writing else 0))
+                if not sock.pending():       # decrypted bytes waiting inside TLS do not show on the socket
+                    poller.poll(1000)
+                with self._lock:
+                    self._poked = False
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                if self._closing:
+                    break
+                self._receive(rbuf)
+                if writing:
+                    pending = self._send(pending)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the loop, which raises it in the session
+            self._fail(exc)
+        else:
+            self._fail(ConnectionResetError("replication link closed"))
+        finally:
+            for s in (sock, self._wake_r, self._wake_w):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _receive(self, rbuf: bytearray) -> None:
+        sock = self.sock
+        while True:
+            try:
+                data = sock.recv(256 * 1024)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return
+            if not data:
+                if rbuf:
+                    raise ProtocolError("truncated frame")
+                raise ConnectionResetError("peer closed the connection")
+            rbuf += data
+            while len(rbuf) >= HEAD.size:
+                magic, ver, ftype, _flags, length = HEAD.unpack_from(rbuf)
+                if magic != MAGIC:
+                    raise ProtocolError("bad frame magic")
+                if ver != VERSION:
+                    raise ProtocolError(f"unsupported wire version {ver}")
+                if length > MAX_FRAME:
+                    raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+                try:
+                    kind = Frame(ftype)
+                except ValueError:
+                    raise ProtocolError(f"unknown frame type {ftype}") from None
+                if len(rbuf) < HEAD.size + length:
+                    break
+                body = bytes(rbuf[HEAD.size:HEAD.size + length])
+                del rbuf[:HEAD.size + length]
+                self._to_loop(self._frames.put_nowait, (kind, body))
+
+    def _send(self, pending: memoryview | None) -> memoryview | None:
+        sock = self.sock
+        while True:
+            if pending is None:
+                with self._lock:
+                    if not self._out:
+                        if self._drain_waiting:
+                            self._drain_waiting = False
+                            self._to_loop(self._space.set)
+                        return None
+                    piece = self._out[0]
+                    if len(piece) > self.CHUNK:
+                        mv = memoryview(piece)
+                        pending, self._out[0] = mv[:self.CHUNK], mv[self.CHUNK:]
+                    else:
+                        pending = memoryview(self._out.popleft())
+            try:
+                n = sock.send(pending)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                return pending             # socket full: retried with the same buffer once writable
+            with self._lock:
+                self.queued -= n
+                if self._drain_waiting and self.queued <= self.LOW:
+                    self._drain_waiting = False
+                    self._to_loop(self._space.set)
+            pending = pending[n:] if n < len(pending) else None
+
+    def _to_loop(self, fn: Any, *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:   # the loop is closed: nobody is listening any more
+            pass
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self._to_loop(self._frames.put_nowait, None)
+        self._to_loop(self._space.set)
+
+
 class _Liveness:
     """Tracks whether a link makes progress: frames received, or our queued bytes draining into the network."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
+    def __init__(self, link: _Link) -> None:
+        self.link = link
         self.last = time.monotonic()
-        self.queued = self._queued()
-
-    def _queued(self) -> int:
-        n = self.writer.transport.get_write_buffer_size() if self.writer.transport else 0
-        sock = self.writer.get_extra_info("socket")
-        if sock is not None:
-            try:
-                buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # unsent bytes in the kernel
-                n += struct.unpack("i", buf)[0]
-            except OSError:
-                pass
-        return n
+        self.queued = link.unsent()
 
     def progress(self) -> None:
         self.last = time.monotonic()
 
     def stalled_for(self) -> float:
-        q = self._queued()
+        q = self.link.unsent()
         if q < self.queued:
             self.last = time.monotonic()
         self.queued = q

@@ -9,6 +9,7 @@ appliance receives replays to exactly the disk's contents at every sequence numb
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import time
@@ -24,6 +25,14 @@ from .resync import ActivityLog, DirtyMap
 
 
 SEQ_BLOCK = 1 << 20
+#: Journaled records kept in memory, already encoded, for the shipper (bytes of header + payload).
+SHIP_MEMORY = 64 << 20
+#: Activity-log extents stay active across flushes (DRBD's hot extents), so a flushing guest does not pay an
+#: fdatasync per extent per flush. A flush retires a disk's extents only once this long has passed since it last
+#: did, or when more than AL_HOT_EXTENTS are active: a crash then compares at most a few more 64 MiB extents.
+AL_RETIRE_SECONDS = 10.0
+AL_HOT_EXTENTS = 64
+_ZEROS = bytes(1 << 20)
 
 
 class MachineCapture:
@@ -51,9 +60,19 @@ class MachineCapture:
         self.journal_limit = journal_limit
         self.on_overflow: Callable[[], None] = lambda: None
         self.capturing = False
-        self.pending: list[tuple[Record, bytes]] = []   # appended since the last flush to the log
         self.on_record: Callable[[], None] = lambda: None
         self.captured_bytes = 0
+        # Ship from memory: while enabled, every record appended to the journal is also kept here, encoded
+        # (header, payload) -- the very bytes written to the journal -- so the shipper sends them without
+        # reading, decoding and encoding them again. Invariant: every journaled record with seq > mem_floor is
+        # in ``_mem``, in order. Bounded by SHIP_MEMORY (the oldest are dropped, raising the floor); a shipper
+        # behind the floor (backlog, reconnect, restart) reads the journal instead.
+        # Items: (record, header, payload, journal segment, offset just past the record in it).
+        self._mem: collections.deque[tuple[Record, bytes, bytes | memoryview, Path, int]] = collections.deque()
+        self._mem_bytes = 0
+        self._mem_on = False
+        self.mem_floor = self.journal.last_seq
+        self._al_retired: dict[int, float] = {}
 
     def _reserve(self) -> None:
         self.reserved = self.seq + SEQ_BLOCK
@@ -75,10 +94,66 @@ class MachineCapture:
     def append(self, recs: list[Record]) -> None:
         if not recs:
             return
-        enc = [r.encode() for r in recs]
-        self.journal.append(recs, enc)
-        self.captured_bytes += sum(len(e) for e in enc)
+        parts: list[bytes | memoryview] = []
+        enc = []
+        for r in recs:
+            head, payload = r.encode_parts()
+            enc.append((head, payload))
+            parts.append(head)
+            if payload:
+                parts.append(payload)
+        self.journal.append(recs, parts)
+        n = sum(len(p) for p in parts)
+        self.captured_bytes += n
+        if self._mem_on:
+            seg, end = self.journal.tail()
+            assert seg is not None
+            pos = end - n
+            mem = self._mem
+            for r, (head, payload) in zip(recs, enc):
+                pos += len(head) + len(payload)
+                mem.append((r, head, payload, seg, pos))
+            self._mem_bytes += n
+            while self._mem_bytes > SHIP_MEMORY and mem:
+                self._drop_oldest()
+        else:
+            self.mem_floor = self.journal.last_seq
         self.on_record()
+
+    def _drop_oldest(self) -> tuple[Record, bytes, bytes | memoryview, Path, int]:
+        item = self._mem.popleft()
+        self._mem_bytes -= len(item[1]) + len(item[2])
+        self.mem_floor = item[0].seq
+        return item
+
+    def ship_from_memory(self, on: bool) -> None:
+        """Keep newly journaled records in memory for the shipper (on while the link is up). Off drops them: after
+        a reconnect the shipper resends from the journal, read back and verified."""
+        self._mem_on = on
+        if not on:
+            self._mem.clear()
+            self._mem_bytes = 0
+            self.mem_floor = self.journal.last_seq
+
+    def take_unsent(self, after_seq: int, max_bytes: int) -> list[tuple[Record, bytes, bytes | memoryview]] | None:
+        """The journaled records with seq > after_seq, from memory, up to about ``max_bytes``, as (record,
+        header, payload); taken out of memory. None when memory does not hold all of them (read the journal)."""
+        if not self._mem_on or after_seq < self.mem_floor:
+            return None
+        mem = self._mem
+        while mem and mem[0][0].seq <= after_seq:
+            self._drop_oldest()
+        out = []
+        size = 0
+        item = None
+        while mem and size < max_bytes:
+            item = self._drop_oldest()
+            out.append(item[:3])
+            size += len(item[1]) + len(item[2])
+        if item is not None:
+            # Should the shipper fall behind the memory again, its journal read continues right after these.
+            self.journal.read_position(item[3], item[4], item[0].seq)
+        return out
 
     def capture_change(self, kind: Kind, disk: int, offset: int, length: int, data: bytes | memoryview = b"") -> None:
         """Journal one change, or, while the journal is full, remember its blocks in the dirty map."""
@@ -106,8 +181,13 @@ class MachineCapture:
         if self.dirty is not None and (self.overflow or self.dirty.any_dirty()):
             self.dirty.persist()
         if disk is not None:
-            # Journal and this disk's backing are durable: its writes so far cannot be lost by a crash.
-            self.al.clear(disk)
+            # Journal and this disk's backing are durable: its writes so far cannot be lost by a crash, so its
+            # extents may be retired (allowed, not required: keeping them only widens a crash resync).
+            now = time.monotonic()
+            if (now - self._al_retired.get(disk, 0.0) >= AL_RETIRE_SECONDS
+                    or len(self.al.active) > AL_HOT_EXTENTS):
+                self._al_retired[disk] = now
+                self.al.clear(disk)
 
 
 class CaptureBackend:
@@ -193,6 +273,6 @@ class CaptureBackend:
         All-zero chunks return None: the replica starts as zeros, so they cost nothing.
         """
         data = os.pread(self.fd, length, offset)
-        if data.count(0) == len(data):
+        if data == (_ZEROS if len(data) == len(_ZEROS) else bytes(len(data))):
             return None
         return self.machine.next(Kind.SYNC, self.index, offset, len(data), data)

@@ -30,6 +30,22 @@ def block_hash(data: bytes | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 
+def full_block_hashes(rec: Record) -> tuple[int, list[bytes]] | None:
+    """Checksums of the whole 64 KiB blocks a WRITE or SYNC record covers: (first block, hashes). Pure, so it can
+    run in a worker thread ahead of :meth:`BlockHashIndex.apply`."""
+    if rec.kind not in (Kind.WRITE, Kind.SYNC) or rec.length < BLOCK:
+        return None
+    start, end = rec.offset, rec.offset + rec.length
+    first = -(-start // BLOCK)
+    data = memoryview(rec.data)
+    out = []
+    b = first
+    while (b + 1) * BLOCK <= end:
+        out.append(block_hash(data[b * BLOCK - start:(b + 1) * BLOCK - start]))
+        b += 1
+    return first, out
+
+
 class BlockHashIndex:
     def __init__(self, path: Path, size: int, valid_seq: int) -> None:
         """Open or create; if the file is not valid at ``valid_seq`` every checksum is marked unknown."""
@@ -81,18 +97,24 @@ class BlockHashIndex:
     def get(self, b: int) -> tuple[bytes, int]:
         return ENTRY.unpack_from(self.map, HEAD.size + b * ENTRY.size)
 
-    def apply(self, rec: Record) -> None:
-        """Update for one applied record: whole blocks get their checksum, partly covered ones become unknown."""
+    def apply(self, rec: Record, pre: tuple[int, list[bytes]] | None = None) -> None:
+        """Update for one applied record: whole blocks get their checksum, partly covered ones become unknown.
+        ``pre`` is :func:`full_block_hashes` of the record, computed ahead (in a worker thread)."""
         if rec.kind not in (Kind.WRITE, Kind.SYNC, Kind.ZERO, Kind.TRIM) or not rec.length:
             return
         start, end = rec.offset, rec.offset + rec.length
         first, last = start // BLOCK, (end - 1) // BLOCK
         data = memoryview(rec.data) if rec.kind in (Kind.WRITE, Kind.SYNC) else None
+        pfirst, phashes = pre if pre is not None and data is not None else (0, [])
         for b in range(first, min(last, self.nblocks - 1) + 1):
             bs, be = b * BLOCK, min((b + 1) * BLOCK, self.size)
             if start <= bs and be <= end:
-                h = block_hash(data[bs - start:be - start]) if data is not None else (
-                    ZERO_HASH if be - bs == BLOCK else block_hash(bytes(be - bs)))
+                if data is not None:
+                    i = b - pfirst
+                    h = phashes[i] if be - bs == BLOCK and 0 <= i < len(phashes) else \
+                        block_hash(data[bs - start:be - start])
+                else:
+                    h = ZERO_HASH if be - bs == BLOCK else block_hash(bytes(be - bs))
                 self._set(b, h, rec.seq)
             else:
                 self._set(b, bytes(16), rec.seq | UNKNOWN)

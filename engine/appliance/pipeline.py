@@ -7,16 +7,15 @@ import collections
 import json
 import logging
 import time
-from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from ..codec import Sealer
 from ..errors import IntegrityError
 from ..events import PointCreated
-from ..records import Kind, Record
+from ..records import HEADER_SIZE, Kind, Record
 from ..vault.base import MachineVault, Point, SealedRecord
 from ..segment_log import SegmentLog as MachineCache
-from .blockhash import UNKNOWN, BlockHashIndex
+from .blockhash import UNKNOWN, BlockHashIndex, full_block_hashes
 
 if TYPE_CHECKING:
     from .appliance import Appliance
@@ -24,17 +23,46 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 APPLY_BATCH_BYTES = 8 * 1024 * 1024
+#: Records handed from the receiver to the applier in memory (beyond it, the applier reads them from the cache).
+MEMORY_QUEUE_BYTES = 32 * 1024 * 1024
+#: How long the receiver waits for room in that queue before it lets the cache absorb the backlog (seconds without
+#: any progress of the applier).
+MEMORY_WAIT = 1.0
+#: Sealing threads per apply batch (zstd and AES-GCM release the GIL).
+SEAL_PARTS = 2
 
 
-def _seal_all(sealer: Sealer, recs: list[Record]) -> list[SealedRecord]:
+def _split(recs: list[Record], parts: int) -> list[list[Record]]:
+    """Consecutive slices of about equal payload bytes."""
+    total = sum(r.payload_size for r in recs)
+    if parts <= 1 or len(recs) < 2 or total < 256 * 1024:
+        return [recs]
+    out: list[list[Record]] = []
+    cur: list[Record] = []
+    size, target = 0, total / parts
+    for r in recs:
+        cur.append(r)
+        size += r.payload_size
+        if size >= target * (len(out) + 1) and len(out) < parts - 1:
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _seal_all(sealer: Sealer, recs: list[Record]) -> tuple[list[SealedRecord], list[Any]]:
+    """In a worker thread: the sealed records, and the block checksums of each (for the block-hash index)."""
     out = []
+    pre = []
     for r in recs:
         head = Record(r.kind, r.disk, r.seq, r.ts_ns, r.offset, r.length, b"", r.hash)
         if Kind(r.kind).has_payload:
             out.append(SealedRecord(head, sealer.seal(r.data, head.pack_header())))
         else:
             out.append(SealedRecord(head))
-    return out
+        pre.append(full_block_hashes(r))
+    return out, pre
 
 
 class MachineRuntime:
@@ -63,6 +91,19 @@ class MachineRuntime:
         self.upload = _Rate()
         self.error: str | None = None
         self.hashes: dict[int, BlockHashIndex] = {}
+        # Records just made durable in the cache, handed to the applier in memory so it need not read them back.
+        # Invariant: ``_mem`` holds every cache record with ``_mem_after < seq <= _mem_upto``, in order;
+        # ``_mem_open`` says the next append continues it. Only valid while the applier task runs.
+        self._mem: collections.deque[Record] = collections.deque()
+        self._mem_bytes = 0
+        self._mem_after = 0
+        self._mem_upto = 0
+        self._mem_open = False
+        self._fetched = 0                          # last seq the applier has taken (from memory or the cache)
+        self._mem_room = asyncio.Event()           # set when the applier takes from the queue
+        # initial-replication cursor progress not yet written to state.db (process_server._note_sync)
+        self.sync_note: dict[Any, Record] = {}
+        self.sync_note_time = 0.0
         self.open_hash_indexes()
 
     # RPO: the age of the oldest acknowledged write that the vault cannot recover yet.
@@ -135,8 +176,72 @@ class MachineRuntime:
             await view.close()
         return out
 
+    # in-memory hand-off ------------------------------------------------------------------------------------
+    def cached(self, recs: list[Record], prev_last: int, nbytes: int) -> None:
+        """The process server appended ``recs`` to the cache (whose last seq was ``prev_last``) and fsynced them.
+        Runs on the loop under ``append_lock``, so appends and hand-offs happen in the same order."""
+        if self.task is None or self.task.done():
+            self._mem_clear()
+            return
+        if self._mem_open and self._mem_upto == prev_last and self._mem_bytes + nbytes <= MEMORY_QUEUE_BYTES:
+            pass                                   # continues the queue
+        elif not self._mem and self._fetched >= prev_last and nbytes <= MEMORY_QUEUE_BYTES:
+            self._mem_after = prev_last            # the applier has everything before: restart the queue here
+        else:
+            # Full (the applier is behind): these stay in the cache only, and the applier reads the cache
+            # sequentially until it has caught up; only then does the queue start again.
+            self._mem_open = False
+            return
+        self._mem.extend(recs)
+        self._mem_bytes += nbytes
+        self._mem_upto = recs[-1].seq
+        self._mem_open = True
+
+    async def room_for(self, nbytes: int) -> None:
+        """Back-pressure for the receiver, before it appends ``nbytes`` to the cache: while the applier takes from
+        the in-memory queue, wait until the queue has room, so records are handed over in memory instead of being
+        read back from the cache. When the applier makes no progress for MEMORY_WAIT seconds (a vault error, a
+        stop), waiting ends: the records go to the cache only, which absorbs any backlog as before."""
+        if not self._mem_open or nbytes > MEMORY_QUEUE_BYTES or self.task is None or self.task.done():
+            return
+        while self._mem_open and self._mem_bytes + nbytes > MEMORY_QUEUE_BYTES:
+            self._mem_room.clear()
+            try:
+                await asyncio.wait_for(self._mem_room.wait(), MEMORY_WAIT)
+            except TimeoutError:
+                return
+
+    def _mem_clear(self) -> None:
+        self._mem.clear()
+        self._mem_bytes = 0
+        self._mem_open = False
+        self._mem_room.set()
+
+    def _mem_take(self, after: int, max_bytes: int) -> list[Record] | None:
+        """Records after ``after`` from memory, or None when memory does not hold what follows ``after``."""
+        mem = self._mem
+        while mem and mem[0].seq <= after:         # applied meanwhile (read from the cache)
+            r = mem.popleft()
+            self._mem_bytes -= HEADER_SIZE + r.payload_size
+        if after < self._mem_after or not mem:
+            return None
+        out: list[Record] = []
+        size = 0
+        while mem and size < max_bytes:
+            r = mem.popleft()
+            n = HEADER_SIZE + r.payload_size
+            self._mem_bytes -= n
+            size += n
+            out.append(r)
+        self._mem_after = out[-1].seq              # what is left still follows on directly
+        if not mem:
+            self._mem_bytes = 0
+        self._mem_room.set()
+        return out
+
     def start(self) -> None:
         if self.task is None or self.task.done():
+            self._mem_clear()
             self.task = asyncio.create_task(self._apply_loop(), name=f"apply:{self.name}")
 
     async def stop(self) -> None:
@@ -147,56 +252,20 @@ class MachineRuntime:
             except (asyncio.CancelledError, Exception):
                 pass
             self.task = None
+        self._mem_clear()
 
     async def _apply_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        pool: Executor = self.app.pool
-        sealer = self.app.sealer
         while True:
             try:
-                applied = self.vault.last_seq
-                recs = await loop.run_in_executor(pool, self.cache.read_after, applied, APPLY_BATCH_BYTES)
-                if not recs:
-                    self.new_data.clear()
-                    try:
-                        await asyncio.wait_for(self.new_data.wait(), timeout=1.0)
-                    except TimeoutError:
-                        pass
-                    await self._maybe_crash_point()
-                    continue
-                # Seal in two halves in parallel: zstd and AES-GCM release the GIL.
-                half = len(recs) // 2
-                parts = [recs[:half], recs[half:]] if half else [recs]
-                sealed_parts = await asyncio.gather(*(loop.run_in_executor(pool, _seal_all, sealer, p) for p in parts))
-                sealed = [s for part in sealed_parts for s in part]
-                await self.vault.append(sealed)
-                for r in recs:
-                    idx = self.hashes.get(r.disk)
-                    if idx is not None:
-                        idx.apply(r)
-                    elif r.kind == Kind.RESIZE or r.kind in (Kind.WRITE, Kind.SYNC, Kind.ZERO, Kind.TRIM):
-                        self.open_hash_indexes()
-                        if r.disk in self.hashes:
-                            self.hashes[r.disk].apply(r)
-                    if r.kind == Kind.RESIZE and r.disk in self.hashes:
-                        self.hashes[r.disk].grow(r.length)
-                self.upload.add(sum(len(s.envelope) for s in sealed))
-                last = recs[-1].seq
-                self.last_applied_seq, self.last_applied_ts = last, recs[-1].ts_ns / 1e9
-                while self.cache_pending and self.cache_pending[0][1] <= last:
-                    self.cache_pending.popleft()
-                if self.cache_pending and self.cache_pending[0][0] < recs[-1].ts_ns:
-                    # The oldest pending batch is partly applied: what remains was captured later.
-                    self.cache_pending[0] = (recs[-1].ts_ns, self.cache_pending[0][1])
-                await self._after_apply(recs)
-                await loop.run_in_executor(pool, self.cache.trim, last)
-                self.error = None
+                await self._apply_pipeline()
             except asyncio.CancelledError:
                 raise
             except IntegrityError as exc:
                 # A flipped bit in the cache: never applied. Set the cache aside, and heal by a resync (the
                 # agent no longer holds these records; comparing checksums finds what they changed).
-                q = self.cache.quarantine()
+                async with self.append_lock:     # never under an append in flight
+                    q = self.cache.quarantine()
+                    self._mem_clear()
                 self.cache_pending.clear()
                 log.error("%s: corrupt process-server cache (%s); set aside in %s, resyncing", self.name, exc, q)
                 self.app.corruption_found(self.name, "process-server cache", str(exc), self.vault.last_seq + 1)
@@ -205,6 +274,80 @@ class MachineRuntime:
                 self.error = str(exc)
                 self.app.set_error(self.name, exc)
                 await asyncio.sleep(2.0)
+
+    async def _fetch(self, after: int) -> list[Record]:
+        recs = self._mem_take(after, APPLY_BATCH_BYTES)
+        if recs is not None:
+            return recs
+        if after >= self.cache.last_seq:
+            return []
+        # Not in memory (after a restart, or the queue overflowed): read the cache back, verifying every payload.
+        # Under the append lock, so the read never meets an append half written.
+        async with self.append_lock:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.app.pool, self.cache.read_after, after, APPLY_BATCH_BYTES)
+
+    async def _seal(self, recs: list[Record]) -> tuple[list[SealedRecord], list[Any]]:
+        loop = asyncio.get_running_loop()
+        parts = _split(recs, SEAL_PARTS)
+        done = await asyncio.gather(*(loop.run_in_executor(self.app.pool, _seal_all, self.app.sealer, p)
+                                      for p in parts))
+        return [s for part in done for s in part[0]], [h for part in done for h in part[1]]
+
+    async def _apply_pipeline(self) -> None:
+        """Fetch → seal → vault, with the vault append (write + fsync) of one batch overlapping the sealing of the
+        next. Appends stay one at a time and in seq order; a failure ends the pipeline after the append in flight
+        has finished, and the next one restarts from what the vault holds."""
+        fetched = self._fetched = self.vault.last_seq
+        writing: asyncio.Task | None = None
+        try:
+            while True:
+                self.new_data.clear()
+                recs = await self._fetch(fetched)
+                if not recs:
+                    if writing is not None:
+                        await asyncio.shield(writing)
+                        writing = None
+                        continue
+                    try:
+                        await asyncio.wait_for(self.new_data.wait(), timeout=1.0)
+                    except TimeoutError:
+                        pass
+                    await self._maybe_crash_point()
+                    continue
+                sealed, pre = await self._seal(recs)
+                if writing is not None:
+                    await asyncio.shield(writing)   # appends in order, one at a time
+                writing = asyncio.create_task(self._commit(recs, sealed, pre), name=f"vault-append:{self.name}")
+                fetched = self._fetched = recs[-1].seq
+        finally:
+            if writing is not None:
+                await _wait_done(writing)   # never abandon a vault append half way
+
+    async def _commit(self, recs: list[Record], sealed: list[SealedRecord], pre: list[Any]) -> None:
+        await self.vault.append(sealed)
+        for r, h in zip(recs, pre):
+            idx = self.hashes.get(r.disk)
+            if idx is not None:
+                idx.apply(r, h)
+            elif r.kind == Kind.RESIZE or r.kind in (Kind.WRITE, Kind.SYNC, Kind.ZERO, Kind.TRIM):
+                self.open_hash_indexes()
+                if r.disk in self.hashes:
+                    self.hashes[r.disk].apply(r, h)
+            if r.kind == Kind.RESIZE and r.disk in self.hashes:
+                self.hashes[r.disk].grow(r.length)
+        self.upload.add(sum(len(s.envelope) for s in sealed))
+        last = recs[-1].seq
+        self.last_applied_seq, self.last_applied_ts = last, recs[-1].ts_ns / 1e9
+        while self.cache_pending and self.cache_pending[0][1] <= last:
+            self.cache_pending.popleft()
+        if self.cache_pending and self.cache_pending[0][0] < recs[-1].ts_ns:
+            # The oldest pending batch is partly applied: what remains was captured later.
+            self.cache_pending[0] = (recs[-1].ts_ns, self.cache_pending[0][1])
+        await self._after_apply(recs)
+        if self.cache.bytes >= self.cache.segment_bytes:   # else the cache is one segment: nothing to delete
+            await asyncio.get_running_loop().run_in_executor(self.app.pool, self.cache.trim, last)
+        self.error = None
 
     async def _after_apply(self, recs: list[Record]) -> None:
         for r in recs:
@@ -258,3 +401,14 @@ class _Rate:
         while self.samples and now - self.samples[0][0] > self.window:
             self.samples.popleft()
         return sum(n for _, n in self.samples) / self.window
+
+
+async def _wait_done(fut: asyncio.Future) -> None:
+    """Wait until ``fut`` is done, through cancellations; its exception is retrieved (the caller reports it)."""
+    while not fut.done():
+        try:
+            await asyncio.wait({fut})
+        except asyncio.CancelledError:
+            continue
+    if not fut.cancelled():
+        fut.exception()

@@ -196,6 +196,8 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._exc: BaseException | None = None
         self._read_paused = False
         self.write_paused = False
+        #: Called whenever a read is about to wait for the peer (e.g. to send replies held back for batching).
+        self.on_wait: Callable[[], None] | None = None
 
     # -- asyncio callbacks ------------------------------------------------------------------------------------
 
@@ -266,6 +268,8 @@ class WireProtocol(asyncio.BufferedProtocol):
             w.set_result(None)
 
     async def _wait(self, need: int) -> None:
+        if self.on_wait is not None:
+            self.on_wait()
         if self._exc is not None:
             raise self._exc
         if self._eof:

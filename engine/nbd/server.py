@@ -87,6 +87,26 @@ _MAX_OPTION_DISCARD = 1024 * 1024        # larger option payloads are a DoS atte
 _ABSURD_SLACK = 64 * 1024 * 1024         # WRITE payload this far over max_request: disconnect, don't even discard
 _WRITE_HIGH = 8 * 1024 * 1024            # drain() waits only while this much reply data is queued
 _SMALL_REPLY = 64 * 1024                 # below this, header and data go out as one buffer (one send syscall)
+_HELD_REPLIES = 64                       # data-less replies held back at most, to go out in one send
+
+
+def _uninitialized_buffer() -> Callable[[int], bytearray]:
+    """``bytearray(n)`` zero-fills: a whole pass over memory that a WRITE payload overwrites right away. CPython's
+    ``PyByteArray_FromStringAndSize(NULL, n)`` leaves the bytes as they are; used only for buffers that are
+    filled completely before anything reads them."""
+    try:
+        import ctypes
+        fn = ctypes.pythonapi.PyByteArray_FromStringAndSize
+        fn.restype = ctypes.py_object
+        fn.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+        if len(fn(None, 4096)) != 4096:
+            raise RuntimeError("unexpected bytearray")
+    except Exception:  # not CPython: zero-filled then
+        return bytearray
+    return lambda n: fn(None, n)
+
+
+_payload_buffer = _uninitialized_buffer()
 
 # Flags each command accepts (FUA is valid on every command once SEND_FUA is advertised, per the spec).
 _ALLOWED_FLAGS = {
@@ -375,10 +395,32 @@ class _Connection:
     # -- transmission -----------------------------------------------------------------------------------------
 
     async def transmission(self, export: _Export) -> None:
-        """Serve requests one at a time, in order, until NBD_CMD_DISC or the connection ends."""
+        """Serve requests one at a time, in order, until NBD_CMD_DISC or the connection ends.
+
+        Replies without data (every request but READ) are held back while further requests have already arrived,
+        and go out together, in order, in one send: before the connection waits for the client, before a READ's
+        reply, before a FLUSH, or once _HELD_REPLIES are held. Each is still sent only after its request is done.
+        """
+        wire = self.wire
+        send = wire.transport.write  # type: ignore[union-attr]  # after STARTTLS this is the TLS transport
+        held: list[bytes] = []
+
+        def send_held() -> None:
+            if held:
+                send(held[0] if len(held) == 1 else b"".join(held))
+                held.clear()
+
+        wire.on_wait = send_held
+        try:
+            await self._requests(export, held, send_held)
+        finally:
+            wire.on_wait = None
+            send_held()
+
+    async def _requests(self, export: _Export, held: list[bytes], send_held: Callable[[], None]) -> None:
         wire = self.wire
         readexactly = wire.readexactly
-        send = wire.transport.write  # type: ignore[union-attr]  # after STARTTLS this is the TLS transport
+        send = wire.transport.write  # type: ignore[union-attr]
         unpack = P.REQUEST.unpack
         reply = P.SIMPLE_REPLY.pack
         MAGIC, RMAGIC = P.REQUEST_MAGIC, P.SIMPLE_REPLY_MAGIC
@@ -386,6 +428,7 @@ class _Connection:
         max_req = self.server.max_request
         no_hole_ok = bool(getattr(backend, "supports_no_hole", False))
         EINVAL, ENOSPC, EPERM = P.NBD_EINVAL, P.NBD_ENOSPC, P.NBD_EPERM
+        new_payload = _payload_buffer
 
         while True:
             magic, flags, cmd, handle, offset, length = unpack(await readexactly(28))
@@ -402,7 +445,8 @@ class _Connection:
                     err = EINVAL
                 else:
                     # A fresh buffer per request: the backend may keep a reference to the data it is given.
-                    payload = bytearray(length)
+                    # (Not zero-filled: read_into fills it completely, or the request is abandoned.)
+                    payload = new_payload(length)
                     await wire.read_into(memoryview(payload))
             elif cmd == P.CMD_DISC:
                 self.log.debug("%s: client disconnected (NBD_CMD_DISC)", self.tag)
@@ -413,6 +457,7 @@ class _Connection:
             elif allowed is None or flags & ~allowed:
                 err = EINVAL  # unknown command (CACHE, BLOCK_STATUS... are not advertised) or flag
             elif cmd == P.CMD_FLUSH:
+                send_held()   # earlier replies need not wait for the flush
                 err = await self._call("FLUSH", backend.flush)
             elif length > max_req:
                 err = EINVAL
@@ -430,6 +475,7 @@ class _Connection:
                 except Exception as e:
                     err = self._failure(e, "READ")
                 else:
+                    send_held()   # replies leave in request order
                     if length < _SMALL_REPLY:
                         send(b"".join((reply(RMAGIC, 0, handle), data)))  # any bytes-like the backend returned
                     else:
@@ -452,11 +498,14 @@ class _Connection:
                 err = await self._call("TRIM", backend.trim, offset, length)
                 if not err and flags & P.CMD_FLAG_FUA:  # FUA on TRIM: the discard must be durable too
                     err = await self._call("FLUSH", backend.flush)
-            send(reply(RMAGIC, err, handle))
+            held.append(reply(RMAGIC, err, handle))
+            if len(held) >= _HELD_REPLIES:
+                send_held()
             if err:
                 self.log.debug("%s: %s offset=%d length=%d flags=0x%x -> error %d", self.tag,
                                P.CMD_NAMES.get(cmd, cmd), offset, length, flags, err)
             if wire.write_paused:
+                send_held()
                 await wire.drain()
 
     async def _call(self, what: str, fn: Callable[..., Awaitable[None]], *args: object,

@@ -88,6 +88,29 @@ def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
+#: iovecs per pwritev call (IOV_MAX is 1024 on Linux)
+_IOV_BATCH = 512
+
+
+def writev_all(fd: int, parts: list[bytes], offset: int) -> int:
+    """``pwritev`` all ``parts`` back to back from ``offset`` without joining them; returns the bytes written."""
+    total = 0
+    i = 0
+    while i < len(parts):
+        chunk = parts[i:i + _IOV_BATCH]
+        want = sum(len(p) for p in chunk)
+        got = os.pwritev(fd, chunk, offset)
+        if got < want:    # short write (a signal, a full disk): finish this chunk piece by piece
+            if got <= 0:
+                raise OSError("short write")
+            rest = b"".join(chunk)[got:]
+            write_all(fd, rest, offset + got)
+        offset += want
+        total += want
+        i += _IOV_BATCH
+    return total
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` crash-safely: temp file, fsync, rename, fsync directory."""
     tmp = path.with_name(path.name + ".tmp")
@@ -284,8 +307,10 @@ class Journal:
                     pending = [self._new_segment(seq)]
                     queued = len(pending[0])
                     created.append(seq)
-                pending.append(hdr + ENV_LEN.pack(len(env)) + env)
-                queued += len(pending[-1])
+                pending.append(hdr + ENV_LEN.pack(len(env)))   # header and envelope written as they are
+                queued += len(pending[-1]) + len(env)
+                if env:
+                    pending.append(env)
             self._flush(pending, sync=True)
             if created:
                 fsync_dir(self.folder)
@@ -305,9 +330,7 @@ class Journal:
         if self._fd is None:
             return
         if pending:
-            data = b"".join(pending)
-            write_all(self._fd, data, self._pos)
-            self._pos += len(data)
+            self._pos += writev_all(self._fd, pending, self._pos)
             pending.clear()
         if sync:
             os.fsync(self._fd)

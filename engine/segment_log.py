@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .directio import DirectAppender, skip_padding
 from .errors import IntegrityError, ProtocolError
 from .records import HEADER_SIZE, Record, decode_header
 
@@ -33,6 +34,7 @@ class SegmentLog:
         self.last_seq = 0
         self.bytes = 0
         self._wfd: int | None = None
+        self._app: DirectAppender | None = None   # with fsync_each: the open segment, appended with O_DIRECT
         self._wseg: Path | None = None
         self._wsize = 0
         self._rcursor: tuple[Path, int, int] | None = None
@@ -46,6 +48,9 @@ class SegmentLog:
         # found at open: a crashed run may have left them unwritten): sync() makes them durable too.
         self._unsynced: list[Path] = [] if fsync_each else list(self._segs)
         self._dirty = False
+        self._dir_unsynced = False
+        #: (segment, offset just past the end) of the last append
+        self.last_write: tuple[Path | None, int] = (None, 0)
 
     def segments(self) -> list[Path]:
         return sorted(self.folder.glob("*" + self.suffix))
@@ -95,6 +100,12 @@ class SegmentLog:
         with open(seg, "rb") as f:
             data = f.read()
         while pos + HEADER_SIZE <= len(data):
+            nxt = skip_padding(data, pos)
+            if nxt != pos:           # an append's padding (engine/directio.py)
+                if nxt > len(data) or data.count(0, pos, nxt) != nxt - pos:
+                    break
+                pos = nxt
+                continue
             try:
                 rec = decode_header(data[pos:pos + HEADER_SIZE])
             except (ProtocolError, IntegrityError):
@@ -114,22 +125,37 @@ class SegmentLog:
         if self._wfd is None or self._wsize >= self.segment_bytes:
             self._roll(records[0].seq)
         assert self._wfd is not None
-        total = sum(len(e) for e in encoded)
         try:
-            done = os.writev(self._wfd, encoded) if len(encoded) < 1000 else self._write_all(encoded)
-            if done != total:
-                raise OSError(f"short write to {self.folder}")
-            if self.fsync_each:
-                os.fdatasync(self._wfd)
+            if self._app is not None:   # durable at once, padded to a block, past the page cache
+                total = self._app.append(encoded, sync=True)
             else:
-                self._dirty = True
+                total = sum(len(e) for e in encoded)
+                done = os.writev(self._wfd, encoded) if len(encoded) < 1000 else self._write_all(encoded)
+                if done != total:
+                    raise OSError(f"short write to {self.folder}")
+                if self.fsync_each:
+                    os.fdatasync(self._wfd)
+                else:
+                    self._dirty = True
         except OSError:
             # Roll back a partial append so the log stays a clean sequence of whole records.
-            os.ftruncate(self._wfd, self._wsize)
+            if self._app is not None:
+                self._app.truncate(self._wsize)
+            else:
+                os.ftruncate(self._wfd, self._wsize)
             raise
         self._wsize += total
         self.bytes += total
         self.last_seq = records[-1].seq
+        self.last_write = (self._wseg, self._wsize)
+        if self._wsize >= self.segment_bytes:
+            # Roll now, not at the next append: a full segment that is no longer written can be deleted as soon
+            # as it is consumed, even if nothing is appended for a long time (an idle cache held a whole
+            # segment of applied records). The name is a lower bound of the seqs the new segment will hold.
+            try:
+                self._roll(self.last_seq + 1)
+            except OSError:
+                self._wfd = self._wseg = None   # the append itself is done; the next one tries to roll again
 
     def _write_all(self, encoded: Sequence[bytes | memoryview]) -> int:
         n = 0
@@ -147,19 +173,37 @@ class SegmentLog:
             if self._dirty and self._wseg is not None:
                 self._unsynced.append(self._wseg)
                 self._dirty = False
-            os.close(self._wfd)
+            self._close_writer()
         self._wseg = self.folder / f"{first_seq:020d}{self.suffix}"
-        self._wfd = os.open(self._wseg, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if self.fsync_each:
+            self._app = DirectAppender(self._wseg)
+            self._wfd = self._app.fd
+        else:
+            self._wfd = os.open(self._wseg, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with self._segs_lock:
             if self._wseg not in self._segs:
                 self._segs.append(self._wseg)
                 self._segs.sort()
         self._wsize = os.fstat(self._wfd).st_size
+        if self.fsync_each:
+            self._sync_dir()
+        else:
+            self._dir_unsynced = True   # made durable with the segment's data, by sync()
+
+    def _close_writer(self) -> None:
+        fd, app, self._wfd, self._app = self._wfd, self._app, None, None
+        if app is not None:
+            app.close()
+        elif fd is not None:
+            os.close(fd)
+
+    def _sync_dir(self) -> None:
         dfd = os.open(self.folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+        self._dir_unsynced = False
 
     def read_after(self, after_seq: int, max_bytes: int) -> list[Record]:
         """Records with seq > after_seq, in order, up to about max_bytes (blocking; run in a thread).
@@ -177,7 +221,7 @@ class SegmentLog:
     def _read(self, after_seq: int, max_bytes: int) -> list[tuple[Record, memoryview]]:
         cur = self._rcursor
         if cur is None or cur[2] != after_seq or not cur[0].exists():
-            cur = self._seek(after_seq)
+            cur = self._seek(after_seq, cur)
             if cur is None:
                 return []
         segs = self.segments()
@@ -197,6 +241,10 @@ class SegmentLog:
                 data = memoryview(f.read(max(max_bytes - size, 1 << 20) + HEADER_SIZE + (4 << 20)))
             p = 0
             while p + HEADER_SIZE <= len(data) and size < max_bytes:
+                q = skip_padding(data, p, pos)
+                if q != p:       # an append's padding
+                    p = min(q, len(data))
+                    continue
                 rec = _header(data[p:p + HEADER_SIZE])
                 end = p + HEADER_SIZE + rec.payload_size
                 if end > len(data):
@@ -216,7 +264,9 @@ class SegmentLog:
         self._rcursor = (segs[idx] if idx < len(segs) else seg, pos, after_seq)
         return out
 
-    def _seek(self, after_seq: int) -> tuple[Path, int, int] | None:
+    def _seek(self, after_seq: int, hint: tuple[Path, int, int] | None = None) -> tuple[Path, int, int] | None:
+        """Where the first record with seq > after_seq starts. Reads headers only, in 64 KiB windows (payloads are
+        skipped), from the segment's start or from ``hint`` (an earlier read position in the same segment)."""
         segs = self.segments()
         if not segs:
             return None
@@ -226,16 +276,27 @@ class SegmentLog:
                 start = i
         seg = segs[start]
         pos = 0
-        with open(seg, "rb") as f:   # headers only: payloads are skipped, not read
+        if hint is not None and hint[0] == seg and hint[2] <= after_seq:
+            pos = hint[1]   # every record before it has seq <= hint[2]
+        fd = os.open(seg, os.O_RDONLY)
+        try:
+            win, win_at = b"", pos
             while True:
-                f.seek(pos)
-                head = f.read(HEADER_SIZE)
-                if len(head) < HEADER_SIZE:
-                    break
-                rec = _header(head)
+                off = pos - win_at
+                if off + HEADER_SIZE > len(win):
+                    win, win_at, off = os.pread(fd, 65536, pos), pos, 0
+                    if len(win) < HEADER_SIZE:
+                        break
+                nxt = skip_padding(win, off, win_at)
+                if nxt != off:   # an append's padding
+                    pos = win_at + nxt
+                    continue
+                rec = _header(win[off:off + HEADER_SIZE])
                 if rec.seq > after_seq:
                     break
                 pos += HEADER_SIZE + rec.payload_size
+        finally:
+            os.close(fd)
         return seg, pos, after_seq
 
     def tail(self) -> tuple[Path | None, int]:
@@ -282,8 +343,8 @@ class SegmentLog:
         q = self.folder.with_name(self.folder.name + f".quarantine-{int(time.time())}")
         q.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self._wfd is not None:
-            os.close(self._wfd)
-            self._wfd, self._wseg, self._wsize = None, None, 0
+            self._close_writer()
+            self._wseg, self._wsize = None, 0
         for seg in self.segments():
             seg.rename(q / seg.name)
         self._unsynced.clear()
@@ -312,11 +373,11 @@ class SegmentLog:
         if self._wfd is not None:
             os.fdatasync(self._wfd)
             self._dirty = False
+        if self._dir_unsynced:
+            self._sync_dir()
 
     def close(self) -> None:
-        if self._wfd is not None:
-            os.close(self._wfd)
-            self._wfd = None
+        self._close_writer()
 
 
 def _header(buf: bytes | memoryview) -> Record:

@@ -248,6 +248,7 @@ class Agent:
 
     def _welcome(self, w: dict[str, Any]) -> None:
         self.acked_seq = int(w.get("last_seq", 0))
+        self.capture.acked(self.acked_seq)
         self.capture.advance_to(self.acked_seq)
         self.capture.journal.trim(self.acked_seq, unlink=_unlink_in_thread)
         if w.get("protected"):
@@ -303,6 +304,7 @@ class Agent:
                     sample = nbytes / span
                     self.link_rate = sample if not self.link_rate else 0.7 * self.link_rate + 0.3 * sample
                 self._last_ack_time = now
+            self.capture.acked(self.acked_seq)
             self.capture.journal.trim(self.acked_seq, unlink=_unlink_in_thread)
             self.resync.on_ack(self.acked_seq)
             self.new_data.set()
@@ -362,11 +364,11 @@ class Agent:
                     for rec, stored in raw:
                         recs.append(rec)
                         parts.append(stored)
-            if not recs and self.sent_seq >= self.capture.journal.last_seq:
+            if not recs and self.sent_seq >= self.capture.last_seq:
                 self.first_unsent_ns = 0   # everything journaled is on its way (also after a reconnect)
             if recs:
                 await self._send(link, recs, parts)
-                if self.sent_seq >= self.capture.journal.last_seq:
+                if self.sent_seq >= self.capture.last_seq:
                     self.first_unsent_ns = 0
                 else:
                     self.first_unsent_ns = recs[-1].ts_ns
@@ -407,7 +409,7 @@ class Agent:
 
     async def _wait_data(self, link: _Link, timeout: float) -> None:
         self.new_data.clear()
-        if self.protected and self.capture.journal.last_seq > self.sent_seq and not self.in_flight_full():
+        if self.protected and self.capture.last_seq > self.sent_seq and not self.in_flight_full():
             return   # something was journaled while we looked elsewhere (e.g. a resync marker): no nap
         await link.drain()
         try:

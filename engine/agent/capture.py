@@ -25,7 +25,8 @@ from .resync import ActivityLog, DirtyMap
 
 
 SEQ_BLOCK = 1 << 20
-#: Journaled records kept in memory, already encoded, for the shipper (bytes of header + payload).
+#: Records held in memory only (not journaled, not yet acknowledged) at most, in bytes of header + payload; past
+#: this they are written to the journal (MachineCapture.spill).
 SHIP_MEMORY = 64 << 20
 #: Activity-log extents stay active across flushes (DRBD's hot extents), so a flushing guest does not pay an
 #: fdatasync per extent per flush. A flush retires a disk's extents only once this long has passed since it last
@@ -62,16 +63,19 @@ class MachineCapture:
         self.capturing = False
         self.on_record: Callable[[], None] = lambda: None
         self.captured_bytes = 0
-        # Ship from memory: while enabled, every record appended to the journal is also kept here, encoded
-        # (header, payload) -- the very bytes written to the journal -- so the shipper sends them without
-        # reading, decoding and encoding them again. Invariant: every journaled record with seq > mem_floor is
-        # in ``_mem``, in order. Bounded by SHIP_MEMORY (the oldest are dropped, raising the floor); a shipper
-        # behind the floor (backlog, reconnect, restart) reads the journal instead.
-        # Items: (record, header, payload, journal segment, offset just past the record in it).
-        self._mem: collections.deque[tuple[Record, bytes, bytes | memoryview, Path, int]] = collections.deque()
+        # The lazy journal. While the link is up, a new record is kept in memory only, encoded (header,
+        # payload), first in ``_unsent``, then, once the shipper has sent it, in ``_sent`` until the process
+        # server acknowledges it: a record acknowledged before anything asks for it costs no journal write at all.
+        # Everything held only in memory is written to the journal (``spill``) before the capture makes a
+        # durability promise (FLUSH, FUA, a bookmark), when the link goes down, and when it exceeds SHIP_MEMORY.
+        # A crash loses at most records never flushed, whose extents the activity log still holds: they are
+        # resynced (RESYNC.md §2), as DRBD does. Invariants: records in memory are newer than every journaled
+        # one, and ``_sent`` + ``_unsent`` are in seq order.
+        self._sent: collections.deque[tuple[Record, bytes, bytes | memoryview]] = collections.deque()
+        self._unsent: collections.deque[tuple[Record, bytes, bytes | memoryview]] = collections.deque()
         self._mem_bytes = 0
         self._mem_on = False
-        self.mem_floor = self.journal.last_seq
+        self.last_seq = self.journal.last_seq      # the newest record appended (journaled or in memory)
         self._al_retired: dict[int, float] = {}
 
     def _reserve(self) -> None:
@@ -94,65 +98,73 @@ class MachineCapture:
     def append(self, recs: list[Record]) -> None:
         if not recs:
             return
+        n = 0
+        if self._mem_on:
+            unsent = self._unsent
+            for r in recs:
+                head, payload = r.encode_parts()
+                unsent.append((r, head, payload))
+                n += len(head) + len(payload)
+            self._mem_bytes += n
+            self.last_seq = recs[-1].seq
+            if self._mem_bytes > SHIP_MEMORY:
+                self.spill()   # the link is behind: memory stays bounded, the journal takes the backlog
+        else:
+            parts: list[bytes | memoryview] = []
+            for r in recs:
+                head, payload = r.encode_parts()
+                parts.append(head)
+                if payload:
+                    parts.append(payload)
+            self.journal.append(recs, parts)
+            n = sum(len(p) for p in parts)
+            self.last_seq = recs[-1].seq
+        self.captured_bytes += n
+        self.on_record()
+
+    def spill(self) -> None:
+        """Write every record held only in memory (sent or not) to the journal, oldest first (not synced)."""
+        if not self._sent and not self._unsent:
+            return
+        items = [*self._sent, *self._unsent]
         parts: list[bytes | memoryview] = []
-        enc = []
-        for r in recs:
-            head, payload = r.encode_parts()
-            enc.append((head, payload))
+        for _, head, payload in items:
             parts.append(head)
             if payload:
                 parts.append(payload)
-        self.journal.append(recs, parts)
-        n = sum(len(p) for p in parts)
-        self.captured_bytes += n
-        if self._mem_on:
-            seg, end = self.journal.tail()
-            assert seg is not None
-            pos = end - n
-            mem = self._mem
-            for r, (head, payload) in zip(recs, enc):
-                pos += len(head) + len(payload)
-                mem.append((r, head, payload, seg, pos))
-            self._mem_bytes += n
-            while self._mem_bytes > SHIP_MEMORY and mem:
-                self._drop_oldest()
-        else:
-            self.mem_floor = self.journal.last_seq
-        self.on_record()
+        self.journal.append([i[0] for i in items], parts)
+        self._sent.clear()
+        self._unsent.clear()
+        self._mem_bytes = 0
 
-    def _drop_oldest(self) -> tuple[Record, bytes, bytes | memoryview, Path, int]:
-        item = self._mem.popleft()
-        self._mem_bytes -= len(item[1]) + len(item[2])
-        self.mem_floor = item[0].seq
-        return item
+    def acked(self, seq: int) -> None:
+        """The process server holds every record up to ``seq`` durably: memory need not keep them."""
+        for q in (self._sent, self._unsent):
+            while q and q[0][0].seq <= seq:
+                _, head, payload = q.popleft()
+                self._mem_bytes -= len(head) + len(payload)
 
     def ship_from_memory(self, on: bool) -> None:
-        """Keep newly journaled records in memory for the shipper (on while the link is up). Off drops them: after
-        a reconnect the shipper resends from the journal, read back and verified."""
-        self._mem_on = on
+        """Hold new records in memory for the shipper (on while the link is up). Off first journals what memory
+        holds: after a reconnect the shipper resends from the journal, read back and verified."""
         if not on:
-            self._mem.clear()
-            self._mem_bytes = 0
-            self.mem_floor = self.journal.last_seq
+            self.spill()
+        self._mem_on = on
 
     def take_unsent(self, after_seq: int, max_bytes: int) -> list[tuple[Record, bytes, bytes | memoryview]] | None:
-        """The journaled records with seq > after_seq, from memory, up to about ``max_bytes``, as (record,
-        header, payload); taken out of memory. None when memory does not hold all of them (read the journal)."""
-        if not self._mem_on or after_seq < self.mem_floor:
+        """Records with seq > after_seq, from memory, up to about ``max_bytes``, as (record, header, payload);
+        they stay in memory until acknowledged. None when some of them are in the journal (read it first)."""
+        if not self._mem_on or after_seq < self.journal.last_seq:
             return None
-        mem = self._mem
-        while mem and mem[0][0].seq <= after_seq:
-            self._drop_oldest()
+        unsent, sent = self._unsent, self._sent
         out = []
         size = 0
-        item = None
-        while mem and size < max_bytes:
-            item = self._drop_oldest()
-            out.append(item[:3])
-            size += len(item[1]) + len(item[2])
-        if item is not None:
-            # Should the shipper fall behind the memory again, its journal read continues right after these.
-            self.journal.read_position(item[3], item[4], item[0].seq)
+        while unsent and size < max_bytes:
+            item = unsent.popleft()
+            sent.append(item)
+            if item[0].seq > after_seq:
+                out.append(item)
+                size += len(item[1]) + len(item[2])
         return out
 
     def capture_change(self, kind: Kind, disk: int, offset: int, length: int, data: bytes | memoryview = b"") -> None:
@@ -176,7 +188,9 @@ class MachineCapture:
         return self.overflow and self.journal.bytes > self.journal_limit // 2
 
     def sync(self, disk: int | None = None) -> None:
-        """Make the journal (and dirty map) durable; with ``disk``, its backing was just made durable too."""
+        """Make every record so far durable (journal and dirty map); with ``disk``, its backing was just made
+        durable too. Records still unacknowledged are journaled first (the lazy journal's promise)."""
+        self.spill()
         self.journal.sync()
         if self.dirty is not None and (self.overflow or self.dirty.any_dirty()):
             self.dirty.persist()

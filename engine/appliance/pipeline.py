@@ -6,9 +6,11 @@ import asyncio
 import collections
 import json
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import codec
 from ..codec import Sealer
 from ..errors import IntegrityError
 from ..events import PointCreated
@@ -51,6 +53,27 @@ def _split(recs: list[Record], parts: int) -> list[list[Record]]:
     return out
 
 
+def _seal(sealer: Sealer, payload: bytes | memoryview, aad: bytes) -> bytes | bytearray:
+    """The envelope :meth:`Sealer.seal` makes (same layout, same bytes but the random nonce), built in one buffer:
+    the ciphertext is encrypted straight after the envelope header, and a payload that does not compress is
+    encrypted from where it lies, so neither is copied again. Falls back to ``Sealer.seal`` when this sealer's
+    cipher cannot encrypt into a buffer."""
+    aead: Any = getattr(sealer, "_aead", None)
+    if not hasattr(aead, "encrypt_into") or not hasattr(sealer, "_cctx"):
+        return sealer.seal(payload, aad)
+    comp = codec.COMP_ZSTD
+    body: bytes | memoryview = sealer._cctx().compress(payload) if len(payload) else b""
+    if len(body) >= len(payload):   # incompressible: stored as is
+        body, comp = payload, codec.COMP_NONE
+    nonce = os.urandom(12)
+    ctlen = len(body) + codec.TAG_SIZE
+    env = bytearray(codec.HEAD_SIZE + ctlen)
+    codec.HEAD.pack_into(env, 0, codec.MAGIC, codec.VERSION, comp, codec.CIPHER_AES256GCM, sealer.key_id, nonce,
+                         ctlen)
+    aead.encrypt_into(nonce, body, aad, memoryview(env)[codec.HEAD_SIZE:])
+    return env
+
+
 def _seal_all(sealer: Sealer, recs: list[Record]) -> tuple[list[SealedRecord], list[Any]]:
     """In a worker thread: the sealed records, and the block checksums of each (for the block-hash index)."""
     out = []
@@ -58,7 +81,7 @@ def _seal_all(sealer: Sealer, recs: list[Record]) -> tuple[list[SealedRecord], l
     for r in recs:
         head = Record(r.kind, r.disk, r.seq, r.ts_ns, r.offset, r.length, b"", r.hash)
         if Kind(r.kind).has_payload:
-            out.append(SealedRecord(head, sealer.seal(r.data, head.pack_header())))
+            out.append(SealedRecord(head, _seal(sealer, r.data, head.pack_header())))  # type: ignore[arg-type]
         else:
             out.append(SealedRecord(head))
         pre.append(full_block_hashes(r))
@@ -346,7 +369,8 @@ class MachineRuntime:
             self.cache_pending[0] = (recs[-1].ts_ns, self.cache_pending[0][1])
         await self._after_apply(recs)
         if self.cache.bytes >= self.cache.segment_bytes:   # else the cache is one segment: nothing to delete
-            await asyncio.get_running_loop().run_in_executor(self.app.pool, self.cache.trim, last)
+            async with self.append_lock:   # not while the next batch is read back from the cache (_fetch)
+                await asyncio.get_running_loop().run_in_executor(self.app.pool, self.cache.trim, last)
         self.error = None
 
     async def _after_apply(self, recs: list[Record]) -> None:

@@ -78,6 +78,9 @@ class FrameReader(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
         return memoryview(self._buf)[self._pos:]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._error is not None:     # ended (bad header, aborted): what still arrives is dropped
+            self._kind, self._buf, self._pos = None, self._head, 0
+            return
         self._pos += nbytes
         if self._pos < len(self._buf):
             return
@@ -103,9 +106,8 @@ class FrameReader(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
         self._frames.append((self._kind, self._buf))   # type: ignore[arg-type]
         self._queued += len(self._buf)
         self._kind, self._buf, self._pos = None, self._head, 0
-        if self._queued > READ_AHEAD_BYTES and not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        if self._queued > READ_AHEAD_BYTES:
+            self._pause()
         self._wake()
 
     def eof_received(self) -> bool | None:
@@ -140,15 +142,17 @@ class FrameReader(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
         self._queued = 0
         self._error = exc
         self._wake()
-        if self.transport is not None and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        self._pause()
 
     def _fail(self, exc: BaseException) -> None:
         self._end(exc)
-        if self.transport is not None and not self._reading_paused:
+        self._pause()   # nothing after a bad header is read
+        self._kind, self._buf, self._pos = None, self._head, 0
+
+    def _pause(self) -> None:
+        if self.transport is not None and not self._reading_paused and not self.transport.is_closing():
             self._reading_paused = True
-            self.transport.pause_reading()   # nothing after a bad header is read
+            self.transport.pause_reading()
 
     def _wake(self) -> None:
         w = self._waiter
@@ -198,6 +202,7 @@ class ProcessServer:
         self.stopping = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        _tune_malloc()
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: FrameReader(self), host, port, ssl=self.ssl,
                                                ssl_handshake_timeout=15)
@@ -364,6 +369,26 @@ class ProcessServer:
                 fresh.append(r)
         return fresh
 
+
+
+def _tune_malloc() -> None:
+    """Bound the appliance's heap fragmentation. Every replicated byte passes through buffers of 64 KiB to 4 MiB
+    allocated in one thread and freed in another (frame bodies on the loop, sealed envelopes in the pool); with
+    glibc's default of up to 8 arenas per core, each pool thread keeps its own arena full of freed buffers, and
+    peak RSS ends up at about twice the live data. Two arenas (the loop's and one the workers share) keep the
+    same throughput with far less held memory. Process-wide and idempotent; a no-op off glibc."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)    # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+_malloc_tuned = False
 
 
 class _Batch:

@@ -37,6 +37,7 @@ from typing import Any, Iterator
 
 import xxhash
 
+from ..directio import BLOCK, DirectAppender, padded
 from ..codec import HEAD as ENV_HEAD
 from ..codec import HEAD_SIZE as ENV_HEAD_SIZE
 from ..codec import MAGIC as ENV_MAGIC
@@ -173,7 +174,7 @@ class Journal:
         self._tag = machine_tag(machine)
         #: first seqs of the segments, sorted: one int per segment (not per record), so bounded by journal size / 64 MiB
         self.segments: list[int] = []
-        self._fd: int | None = None   # writer: last segment, opened lazily
+        self._fd: DirectAppender | None = None   # writer: last segment, opened lazily
         self._pos = 0
         #: (segment, end) of the last fsynced entry: readers never look past it, so an append in flight (or the
         #: remains of a failed one) is never mistaken for a torn or corrupt entry
@@ -234,6 +235,13 @@ class Journal:
                 return 0
             prev = seg - 1
             while True:
+                if end % BLOCK and _at_padding(f, end):
+                    nxt = padded(end)
+                    pad = f.read(nxt - end)
+                    if len(pad) != nxt - end or pad.count(0) != len(pad):
+                        break   # torn padding: cut after the last entry
+                    end = nxt
+                    continue
                 h = f.read(ENTRY_HEAD_SIZE)
                 if len(h) < ENTRY_HEAD_SIZE:
                     break
@@ -322,25 +330,24 @@ class Journal:
 
     def _writer_pos(self) -> int:
         if self._fd is None and self.segments:
-            self._fd = os.open(self.path(self.segments[-1]), os.O_WRONLY)
-            self._pos = os.fstat(self._fd).st_size
+            self._fd = DirectAppender(self.path(self.segments[-1]), create=False)
+            self._pos = self._fd.pos
         return self._pos
 
     def _flush(self, pending: list[bytes], *, sync: bool) -> None:
         if self._fd is None:
             return
-        if pending:
-            self._pos += writev_all(self._fd, pending, self._pos)
+        if pending:   # one write, padded to a block, past the page cache; durable with the fdatasync
+            self._pos += self._fd.append(pending, sync=False)
             pending.clear()
         if sync:
-            os.fsync(self._fd)
+            os.fsync(self._fd.fd)
 
     def _new_segment(self, seq: int) -> bytes:
         """Close the writer's segment (already fsynced) and create the next one; returns its header bytes."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._fd = os.open(self.path(seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.close()
+        os.close(os.open(self.path(seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self._fd = DirectAppender(self.path(seq), create=False)
         self._pos = 0
         self.segments.append(seq)
         head = struct.pack("<4sB3xQQ", SEG_MAGIC, SEG_VERSION, self._tag, seq)
@@ -409,6 +416,10 @@ class Journal:
                                      machine=self.machine, segment=seg)
             pos = SEG_HEAD_SIZE
             while stop is None or pos < stop:
+                if pos % BLOCK and _at_padding(f, pos):
+                    pos = padded(pos)   # an append's padding (engine/directio.py)
+                    f.seek(pos)
+                    continue
                 h = f.read(ENTRY_HEAD_SIZE)
                 if len(h) < ENTRY_HEAD_SIZE:
                     if h:
@@ -486,8 +497,17 @@ class Journal:
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            self._fd.close()
             self._fd = None
+
+
+def _at_padding(f: Any, pos: int) -> bool:
+    """Whether padding starts at ``pos`` (unaligned; see engine/directio.py); leaves ``f`` at ``pos``."""
+    f.seek(pos)
+    k = min(4, BLOCK - pos % BLOCK)
+    head = f.read(k)
+    f.seek(pos)
+    return len(head) == k and head == bytes(k)
 
 
 def _envlen_ok(rec: Record, envlen: int) -> bool:

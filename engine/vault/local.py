@@ -326,7 +326,9 @@ class LocalMachineVault(MachineVault):
                 hdr = r.pack_header()
             except struct.error:
                 raise InvalidInput(f"{where}: a header field is out of range") from None
-            items.append((r.seq, hdr, bytes(sr.envelope)))
+            env = sr.envelope
+            # bytes as they are (a bytearray too: sealed for this append and not touched after it); others copied
+            items.append((r.seq, hdr, env if isinstance(env, (bytes, bytearray)) else bytes(env)))
             prev = r.seq
         return items, grows
 

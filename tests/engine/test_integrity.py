@@ -9,6 +9,7 @@ import pytest
 
 from engine.errors import IntegrityError
 from engine.records import HEADER_SIZE
+from engine.vault.journal import ENTRY_HEAD_SIZE
 from tests.conftest import need_tool
 from tests.engine.harness import run_tool, sha256_file
 from tests.engine.test_resync import _latest, _site
@@ -58,7 +59,8 @@ async def test_corrupt_process_server_cache_is_healed(tmp_path: Path) -> None:
         await run_tool("qemu-io", "-f", "raw", f"{site.nbd_url}/d0", "-c", "write -P 0x71 2M 128k")
         await site.wait_for(lambda: rt.cache.last_seq >= site.agent.capture.seq, 20, "cached")
         seg = rt.cache.segments()[-1]
-        _flip_payload_byte(seg, seg.stat().st_size - 1000)
+        # inside the payload just written (the segment's appends are padded to 4 KiB, so not simply at its end)
+        _flip_payload_byte(seg, seg.read_bytes().rfind(b"\x71" * 4096) + 1000)
         rt.start()
         await site.wait_for(lambda: any(a.code == "LB_INTEGRITY" for a in alerts), 20, "alert")
         await site.wait_for(lambda: site.agent.resync.compared_blocks > 0, 30, "the resync to compare")
@@ -81,7 +83,9 @@ async def test_corrupt_vault_detected_by_verify_and_healed(tmp_path: Path) -> No
         assert report["ok"] and report["records_checked"] > 0
         # flip a bit inside the newest journal record's envelope
         segs = sorted((app.vault.root / "vm1" / "journal").glob("*.lbj"))
-        _flip_payload_byte(segs[-1], segs[-1].stat().st_size - 20)
+        last = [e for e in rt.vault._journal.iter_entries(0, rt.vault.last_seq) if e.envlen][-1]
+        assert last.seg == int(segs[-1].stem)
+        _flip_payload_byte(segs[-1], last.pos + ENTRY_HEAD_SIZE + last.envlen - 20)
         report = await app.verify("vm1", heal=False)
         assert not report["ok"] and report["problems"][0]["what"] == "journal"
         with pytest.raises(IntegrityError):   # a drill never hands out wrong bytes

@@ -40,6 +40,8 @@ COMP_NONE = 0
 COMP_ZSTD = 1
 CIPHER_AES256GCM = 1
 TAG_SIZE = 16
+#: Payloads from this size on are sampled before zstd runs over them (Sealer.compress).
+SAMPLE_FROM = 64 * 1024
 
 
 class Sealer:
@@ -65,10 +67,30 @@ class Sealer:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
 
+    def compress(self, payload: bytes | memoryview) -> bytes | None:
+        """zstd of ``payload``, or None when it would not shrink (stored as is then).
+
+        Large payloads are first sampled: four 4 KiB pieces spread over it are compressed together, and when
+        they shrink by less than 3 % the payload is taken as incompressible without compressing it (random or
+        already compressed or encrypted data costs a sixteenth of a zstd pass instead of a whole one, like
+        btrfs's heuristic). A wrong guess only costs some compression, never a byte of data."""
+        n = len(payload)
+        if not n:
+            return None
+        c = self._cctx()
+        if n >= SAMPLE_FROM:
+            mv = memoryview(payload)
+            step = n // 4
+            sample = b"".join(mv[i * step:i * step + 4096] for i in range(4))
+            if len(c.compress(sample)) >= len(sample) * 0.97:
+                return None
+        body = c.compress(payload)
+        return body if len(body) < n else None
+
     def seal(self, payload: bytes | memoryview, aad: bytes) -> bytes:
         comp = COMP_ZSTD
-        body = self._cctx().compress(payload) if len(payload) else b""
-        if len(body) >= len(payload):  # incompressible: store as is
+        body: bytes | memoryview | None = self.compress(payload)
+        if body is None:  # incompressible: store as is
             body, comp = bytes(payload), COMP_NONE
         nonce = os.urandom(12)
         ct = self._aead.encrypt(nonce, body, aad)

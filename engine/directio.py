@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 from collections.abc import Sequence
 
 __all__ = ["BLOCK", "DirectAppender", "padded", "skip_padding"]
@@ -36,6 +37,19 @@ BLOCK = 4096
 #: Largest single write; larger appends are written in pieces of this size (bounds the staging buffer).
 CHUNK = 8 * 1024 * 1024
 ZERO4 = b"\0\0\0\0"
+
+_staging = threading.local()
+
+
+def _staging_buffer(size: int) -> mmap.mmap:
+    """This thread's page-aligned staging buffer of at least ``size`` bytes (reused across appends and files:
+    a fresh mapping would page-fault on every 4 KiB of every append)."""
+    buf: mmap.mmap | None = getattr(_staging, "buf", None)
+    if buf is None or len(buf) < size:
+        if buf is not None:
+            buf.close()
+        buf = _staging.buf = mmap.mmap(-1, max(size, 1 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return buf
 
 
 def padded(n: int) -> int:
@@ -66,7 +80,6 @@ class DirectAppender:
         self.fd = os.open(self.path, flags, 0o600)
         self.pos = os.fstat(self.fd).st_size
         self._dfd: int | None = None
-        self._buf: mmap.mmap | None = None
         if direct and hasattr(os, "O_DIRECT"):
             try:
                 self._dfd = os.open(self.path, os.O_WRONLY | os.O_DIRECT)
@@ -102,11 +115,7 @@ class DirectAppender:
 
     def _write_direct(self, pieces: Sequence[bytes | bytearray | memoryview], total: int) -> None:
         size = min(total, CHUNK)
-        if self._buf is None or len(self._buf) < size:
-            if self._buf is not None:
-                self._buf.close()
-            self._buf = mmap.mmap(-1, max(size, 1 << 20))   # page aligned
-        buf = memoryview(self._buf)
+        buf = memoryview(_staging_buffer(size))
         try:
             fill, at = 0, self.pos
             for p in pieces:
@@ -167,6 +176,3 @@ class DirectAppender:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self._buf is not None:
-            self._buf.close()
-            self._buf = None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import pki
+from ..buffers import tune_malloc
 from ..errors import IntegrityError, InvalidInput, LifeboatError, ProtocolError
 from ..fileio import data_extents
 from ..home import AgentHome
@@ -88,7 +89,7 @@ class Agent:
 
     # lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        _tune_malloc()
+        tune_malloc()
         for i, (name, path) in enumerate(self.disk_paths.items()):
             if not Path(path).exists():
                 raise InvalidInput(f"disk {name}: {path} does not exist")
@@ -340,6 +341,7 @@ class Agent:
                 last_hb = now
                 link.write_json(Frame.HEARTBEAT, {
                     "oldest_pending_ns": self.oldest_pending_ns(), "journal_bytes": self.capture.journal.bytes,
+                    "spilled_bytes": self.capture.spilled_bytes,
                     "sync": {str(k): v for k, v in self.sync_pos.items()}, "resync": self.resync.status(),
                     "error": self.last_error})
             if self.in_flight_full():
@@ -503,6 +505,7 @@ class Agent:
             elif req.get("op") == "status":
                 resp = {"ok": True, "name": self.name, "connected": self.connected.is_set(),
                         "protected": self.protected, "acked_seq": self.acked_seq, "seq": self.capture.seq,
+                        "captured_bytes": self.capture.captured_bytes, "spilled_bytes": self.capture.spilled_bytes,
                         "sync": self.sync_pos, "error": self.last_error}
             else:
                 resp = {"ok": False, "error": {"code": "LB_INVALID_INPUT", "message": "unknown op"}}
@@ -515,24 +518,6 @@ class Agent:
         writer.close()
 
 
-def _tune_malloc() -> None:
-    """Keep large buffers (NBD payloads, journal reads, TLS output: 256 KiB to a few MiB each, allocated and freed
-    all the time) in glibc's heap for reuse instead of fresh mmaps: each fresh one page-faults on every 4 KiB, which
-    cost more CPU than copying the data. Memory stays bounded: at most 64 MiB of free heap is kept."""
-    global _malloc_tuned
-    if _malloc_tuned:
-        return
-    _malloc_tuned = True
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)    # M_MMAP_THRESHOLD (its maximum on 64-bit)
-        libc.mallopt(-1, 64 << 20)    # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass   # not glibc: only slower
-
-
-_malloc_tuned = False
 
 
 def _coalesce(pieces: list[bytes | memoryview], small: int = 64 * 1024,
@@ -579,16 +564,25 @@ class _Link:
 
     Encrypting and sending are the largest per-byte costs of shipping; on the event loop they would compete with the
     NBD export for the loop's one thread. Here the loop only queues buffers (payloads stay the very memoryviews the
-    journal was written from: no copies) and the thread encrypts and sends them, in the order queued, with the GIL
-    released for the work. The same thread receives and parses frames and hands them to the loop in order: one
-    thread owns the TLS connection, as OpenSSL requires.
+    capture holds: no copies) and the thread encrypts and sends them, in the order queued, with the GIL released
+    for the work. The same thread receives and parses frames and hands them to the loop in order: one thread owns
+    the TLS connection, as OpenSSL requires.
+
+    TLS runs over memory BIOs (``SSLObject``), not an ``SSLSocket``: an ``SSLSocket`` makes one ``write`` system call
+    per 16 KiB TLS record (70,000 a GiB, the agent's largest system-time cost); here up to a megabyte of records
+    is encrypted into the outgoing BIO and handed to the kernel with one ``send``.
     """
 
     CHUNK = 1 << 20      # largest piece handed to one SSL_write
     LOW = 1 << 20        # drain() returns once at most this much is queued
+    RAW_HIGH = 2 << 20   # encrypted bytes waiting for the socket above which no more is encrypted
 
-    def __init__(self, sock: ssl.SSLSocket, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, sock: socket.socket, tls: ssl.SSLObject, bio_in: ssl.MemoryBIO, bio_out: ssl.MemoryBIO,
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.sock = sock
+        self.tls, self._bio_in, self._bio_out = tls, bio_in, bio_out
+        self._raw: collections.deque[memoryview] = collections.deque()   # encrypted, not yet accepted by the kernel
+        self._raw_bytes = 0
         self.loop = loop
         self._fd = sock.fileno()
         self._out: collections.deque[bytes | memoryview] = collections.deque()
@@ -610,10 +604,26 @@ class _Link:
     @classmethod
     async def open(cls, host: str, port: int, ctx: ssl.SSLContext, timeout: float) -> _Link:
         """Connect and complete the TLS handshake (in a worker thread, within ``timeout``)."""
-        def connect() -> ssl.SSLSocket:
+        def connect() -> tuple[socket.socket, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
             raw = socket.create_connection((host, port), timeout=timeout)
             try:
-                return ctx.wrap_socket(raw, server_hostname=host)   # handshakes, bounded by the socket timeout
+                bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+                tls = ctx.wrap_bio(bio_in, bio_out, server_hostname=host)
+                while True:   # the handshake, bounded by the socket timeout
+                    try:
+                        tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        if bio_out.pending:
+                            raw.sendall(bio_out.read())
+                        data = raw.recv(65536)
+                        if not data:
+                            raise ConnectionResetError("the process server closed the connection during the TLS "
+                                                       "handshake") from None
+                        bio_in.write(data)
+                if bio_out.pending:
+                    raw.sendall(bio_out.read())
+                return raw, tls, bio_in, bio_out
             except BaseException:
                 raw.close()
                 raise
@@ -621,18 +631,18 @@ class _Link:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(None, connect)
         try:
-            sock = await asyncio.shield(fut)
+            sock, tls, bio_in, bio_out = await asyncio.shield(fut)
         except asyncio.CancelledError:
-            def close_late(f: asyncio.Future[ssl.SSLSocket]) -> None:
+            def close_late(f: asyncio.Future[Any]) -> None:
                 if not f.cancelled() and f.exception() is None:
-                    f.result().close()
+                    f.result()[0].close()
             fut.add_done_callback(close_late)   # nobody will use the connection the thread makes
             raise
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        return cls(sock, loop)
+        return cls(sock, tls, bio_in, bio_out, loop)
 
     # event-loop side -----------------------------------------------------------------------------------------
     def write(self, pieces: list[bytes | memoryview]) -> None:
@@ -676,7 +686,7 @@ class _Link:
 
     def unsent(self) -> int:
         """Bytes not yet on the wire: queued here, or sent but not yet acknowledged by the peer's TCP."""
-        n = self.queued
+        n = self.queued + self._raw_bytes
         if self.error is not None:   # the thread closes the socket: its descriptor may be reused
             return n
         try:
@@ -704,17 +714,15 @@ class _Link:
         poller.register(self._wake_r.fileno(), select.POLLIN)
         poller.register(self._fd, select.POLLIN)
         rbuf = bytearray()
-        pending: memoryview | None = None    # handed to SSL_write, which wants it again after WANT_WRITE
         writing = False
         try:
             while not self._closing:
                 with self._lock:
-                    want_out = pending is not None or bool(self._out)
+                    want_out = bool(self._raw) or bool(self._out)
                 if want_out != writing:
                     writing = want_out
                     poller.modify(self._fd, select.POLLIN | (select.POLLOUT if writing else 0))
-                if not sock.pending():       # decrypted bytes waiting inside TLS do not show on the socket
-                    poller.poll(1000)
+                poller.poll(1000)
                 with self._lock:
                     self._poked = False
                 try:
@@ -725,8 +733,7 @@ class _Link:
                 if self._closing:
                     break
                 self._receive(rbuf)
-                if writing:
-                    pending = self._send(pending)
+                self._send()
         except BaseException as exc:  # noqa: BLE001 -- handed to the loop, which raises it in the session
             self._fail(exc)
         else:
@@ -740,60 +747,105 @@ class _Link:
 
     def _receive(self, rbuf: bytearray) -> None:
         sock = self.sock
+        got = eof = False
         while True:
             try:
                 data = sock.recv(256 * 1024)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                return
+            except BlockingIOError:
+                break
             if not data:
-                if rbuf:
-                    raise ProtocolError("truncated frame")
-                raise ConnectionResetError("peer closed the connection")
-            rbuf += data
-            while len(rbuf) >= HEAD.size:
-                magic, ver, ftype, _flags, length = HEAD.unpack_from(rbuf)
-                if magic != MAGIC:
-                    raise ProtocolError("bad frame magic")
-                if ver != VERSION:
-                    raise ProtocolError(f"unsupported wire version {ver}")
-                if length > MAX_FRAME:
-                    raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
-                try:
-                    kind = Frame(ftype)
-                except ValueError:
-                    raise ProtocolError(f"unknown frame type {ftype}") from None
-                if len(rbuf) < HEAD.size + length:
-                    break
-                body = bytes(rbuf[HEAD.size:HEAD.size + length])
-                del rbuf[:HEAD.size + length]
-                self._to_loop(self._frames.put_nowait, (kind, body))
+                eof = True
+                break
+            self._bio_in.write(data)
+            got = True
+        if got:
+            self._decrypt(rbuf)
+        if eof:
+            if rbuf:
+                raise ProtocolError("truncated frame")
+            raise ConnectionResetError("peer closed the connection")
 
-    def _send(self, pending: memoryview | None) -> memoryview | None:
-        sock = self.sock
+    def _decrypt(self, rbuf: bytearray) -> None:
+        tls = self.tls
         while True:
-            if pending is None:
+            try:
+                chunk = tls.read(256 * 1024)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                raise ConnectionResetError("peer closed the TLS session") from None
+            if not chunk:
+                raise ConnectionResetError("peer closed the TLS session")
+            rbuf += chunk
+        if self._bio_out.pending:   # TLS may answer on its own (key updates)
+            self._queue_raw(self._bio_out.read())
+        while len(rbuf) >= HEAD.size:
+            magic, ver, ftype, _flags, length = HEAD.unpack_from(rbuf)
+            if magic != MAGIC:
+                raise ProtocolError("bad frame magic")
+            if ver != VERSION:
+                raise ProtocolError(f"unsupported wire version {ver}")
+            if length > MAX_FRAME:
+                raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+            try:
+                kind = Frame(ftype)
+            except ValueError:
+                raise ProtocolError(f"unknown frame type {ftype}") from None
+            if len(rbuf) < HEAD.size + length:
+                break
+            body = bytes(rbuf[HEAD.size:HEAD.size + length])
+            del rbuf[:HEAD.size + length]
+            self._to_loop(self._frames.put_nowait, (kind, body))
+
+    def _queue_raw(self, data: bytes) -> None:
+        if data:
+            self._raw.append(memoryview(data))
+            self._raw_bytes += len(data)
+
+    def _send(self) -> None:
+        """Hand encrypted bytes to the kernel; encrypt what is queued, about a megabyte at a time, while the
+        socket takes it."""
+        sock, tls, out = self.sock, self.tls, self._bio_out
+        while True:
+            raw = self._raw
+            while raw:
+                try:
+                    n = sock.send(raw[0])
+                except BlockingIOError:
+                    return                 # socket full: the rest once it is writable
+                self._raw_bytes -= n
+                if n < len(raw[0]):
+                    raw[0] = raw[0][n:]
+                    if self._raw_bytes >= self.RAW_HIGH:
+                        return
+                    break
+                raw.popleft()
+            encrypted = 0
+            while encrypted < self.CHUNK:
                 with self._lock:
                     if not self._out:
                         if self._drain_waiting:
                             self._drain_waiting = False
                             self._to_loop(self._space.set)
-                        return None
+                        break
                     piece = self._out[0]
-                    if len(piece) > self.CHUNK:
+                    room = self.CHUNK - encrypted
+                    if len(piece) > room:
                         mv = memoryview(piece)
-                        pending, self._out[0] = mv[:self.CHUNK], mv[self.CHUNK:]
+                        piece, self._out[0] = mv[:room], mv[room:]
                     else:
-                        pending = memoryview(self._out.popleft())
-            try:
-                n = sock.send(pending)
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                return pending             # socket full: retried with the same buffer once writable
-            with self._lock:
-                self.queued -= n
-                if self._drain_waiting and self.queued <= self.LOW:
-                    self._drain_waiting = False
-                    self._to_loop(self._space.set)
-            pending = pending[n:] if n < len(pending) else None
+                        self._out.popleft()
+                tls.write(piece)           # into the memory BIO: never blocks; the GIL is released meanwhile
+                encrypted += len(piece)
+                with self._lock:
+                    self.queued -= len(piece)
+                    if self._drain_waiting and self.queued <= self.LOW:
+                        self._drain_waiting = False
+                        self._to_loop(self._space.set)
+            if out.pending:
+                self._queue_raw(out.read())
+            if not encrypted and not self._raw:
+                return
 
     def _to_loop(self, fn: Any, *args: Any) -> None:
         try:

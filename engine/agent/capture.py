@@ -63,6 +63,7 @@ class MachineCapture:
         self.capturing = False
         self.on_record: Callable[[], None] = lambda: None
         self.captured_bytes = 0
+        self.spilled_bytes = 0     # records written to the journal by the lazy journal's spills
         # The lazy journal. While the link is up, a new record is kept in memory only, encoded (header,
         # payload), first in ``_unsent``, then, once the shipper has sent it, in ``_sent`` until the process
         # server acknowledges it: a record acknowledged before anything asks for it costs no journal write at all.
@@ -133,6 +134,7 @@ class MachineCapture:
             if payload:
                 parts.append(payload)
         self.journal.append([i[0] for i in items], parts)
+        self.spilled_bytes += sum(len(p) for p in parts)
         self._sent.clear()
         self._unsent.clear()
         self._mem_bytes = 0

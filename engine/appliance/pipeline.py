@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import codec
+from ..buffers import new_buffer
 from ..codec import Sealer
 from ..errors import IntegrityError
 from ..events import PointCreated
@@ -59,15 +60,15 @@ def _seal(sealer: Sealer, payload: bytes | memoryview, aad: bytes) -> bytes | by
     encrypted from where it lies, so neither is copied again. Falls back to ``Sealer.seal`` when this sealer's
     cipher cannot encrypt into a buffer."""
     aead: Any = getattr(sealer, "_aead", None)
-    if not hasattr(aead, "encrypt_into") or not hasattr(sealer, "_cctx"):
+    if not hasattr(aead, "encrypt_into") or not hasattr(sealer, "compress"):
         return sealer.seal(payload, aad)
     comp = codec.COMP_ZSTD
-    body: bytes | memoryview = sealer._cctx().compress(payload) if len(payload) else b""
-    if len(body) >= len(payload):   # incompressible: stored as is
+    body: bytes | memoryview | None = sealer.compress(payload)
+    if body is None:   # incompressible (or empty): stored as is
         body, comp = payload, codec.COMP_NONE
     nonce = os.urandom(12)
     ctlen = len(body) + codec.TAG_SIZE
-    env = bytearray(codec.HEAD_SIZE + ctlen)
+    env = new_buffer(codec.HEAD_SIZE + ctlen)   # every byte is written below: header, ciphertext, tag
     codec.HEAD.pack_into(env, 0, codec.MAGIC, codec.VERSION, comp, codec.CIPHER_AES256GCM, sealer.key_id, nonce,
                          ctlen)
     aead.encrypt_into(nonce, body, aad, memoryview(env)[codec.HEAD_SIZE:])

@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import pki
+from ..buffers import new_buffer, tune_malloc
 from ..errors import (CertificateRefused, LifeboatError, MachineRevoked, ProtocolError, UnknownMachine)
 from ..records import Kind, Record, decode_records
 from ..wire import BATCH_HEAD, DIFF_HEAD, HEAD, MAGIC, MAX_FRAME, RESYNC_HEAD, VERSION, Frame, parse_json
@@ -100,7 +101,7 @@ class FrameReader(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
             except ProtocolError as exc:
                 self._fail(exc)
                 return
-            self._buf, self._pos = bytearray(length), 0
+            self._buf, self._pos = new_buffer(length), 0   # filled by TLS before anyone reads it
             if length:
                 return
         self._frames.append((self._kind, self._buf))   # type: ignore[arg-type]
@@ -202,7 +203,10 @@ class ProcessServer:
         self.stopping = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        _tune_malloc()
+        # Two arenas (the loop's and one the workers share): every replicated byte passes through buffers
+        # allocated in one thread and freed in another; with glibc's default of 8 arenas per core, each pool
+        # thread keeps its own arena full of freed buffers and peak RSS ends up at twice the live data.
+        tune_malloc(arenas=2)
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: FrameReader(self), host, port, ssl=self.ssl,
                                                ssl_handshake_timeout=15)
@@ -371,24 +375,6 @@ class ProcessServer:
 
 
 
-def _tune_malloc() -> None:
-    """Bound the appliance's heap fragmentation. Every replicated byte passes through buffers of 64 KiB to 4 MiB
-    allocated in one thread and freed in another (frame bodies on the loop, sealed envelopes in the pool); with
-    glibc's default of up to 8 arenas per core, each pool thread keeps its own arena full of freed buffers, and
-    peak RSS ends up at about twice the live data. Two arenas (the loop's and one the workers share) keep the
-    same throughput with far less held memory. Process-wide and idempotent; a no-op off glibc."""
-    global _malloc_tuned
-    if _malloc_tuned:
-        return
-    _malloc_tuned = True
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-8, 2)    # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
-_malloc_tuned = False
 
 
 class _Batch:

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from engine.buffers import new_buffer
 from engine.nbd import protocol as P
 
 __all__ = ["NBDError", "BlockBackend", "NBDServer"]
@@ -90,23 +91,7 @@ _SMALL_REPLY = 64 * 1024                 # below this, header and data go out as
 _HELD_REPLIES = 64                       # data-less replies held back at most, to go out in one send
 
 
-def _uninitialized_buffer() -> Callable[[int], bytearray]:
-    """``bytearray(n)`` zero-fills: a whole pass over memory that a WRITE payload overwrites right away. CPython's
-    ``PyByteArray_FromStringAndSize(NULL, n)`` leaves the bytes as they are; used only for buffers that are
-    filled completely before anything reads them."""
-    try:
-        import ctypes
-        fn = ctypes.pythonapi.PyByteArray_FromStringAndSize
-        fn.restype = ctypes.py_object
-        fn.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-        if len(fn(None, 4096)) != 4096:
-            raise RuntimeError("unexpected bytearray")
-    except Exception:  # not CPython: zero-filled then
-        return bytearray
-    return lambda n: fn(None, n)
-
-
-_payload_buffer = _uninitialized_buffer()
+_payload_buffer = new_buffer   # see engine/buffers.py
 
 # Flags each command accepts (FUA is valid on every command once SEND_FUA is advertised, per the spec).
 _ALLOWED_FLAGS = {

@@ -75,6 +75,7 @@ class MachineCapture:
         self._sent: collections.deque[tuple[Record, bytes, bytes | memoryview]] = collections.deque()
         self._unsent: collections.deque[tuple[Record, bytes, bytes | memoryview]] = collections.deque()
         self._mem_bytes = 0
+        self._unsent_bytes = 0
         self._mem_on = False
         self.last_seq = self.journal.last_seq      # the newest record appended (journaled or in memory)
         self._al_retired: dict[int, float] = {}
@@ -107,6 +108,7 @@ class MachineCapture:
                 unsent.append((r, head, payload))
                 n += len(head) + len(payload)
             self._mem_bytes += n
+            self._unsent_bytes += n
             self.last_seq = recs[-1].seq
             if self._mem_bytes > SHIP_MEMORY:
                 self.spill()   # the link is behind: memory stays bounded, the journal takes the backlog
@@ -137,7 +139,7 @@ class MachineCapture:
         self.spilled_bytes += sum(len(p) for p in parts)
         self._sent.clear()
         self._unsent.clear()
-        self._mem_bytes = 0
+        self._mem_bytes = self._unsent_bytes = 0
 
     def acked(self, seq: int) -> None:
         """The process server holds every record up to ``seq`` durably: memory need not keep them."""
@@ -145,6 +147,8 @@ class MachineCapture:
             while q and q[0][0].seq <= seq:
                 _, head, payload = q.popleft()
                 self._mem_bytes -= len(head) + len(payload)
+                if q is self._unsent:
+                    self._unsent_bytes -= len(head) + len(payload)
 
     def ship_from_memory(self, on: bool) -> None:
         """Hold new records in memory for the shipper (on while the link is up). Off first journals what memory
@@ -152,6 +156,13 @@ class MachineCapture:
         if not on:
             self.spill()
         self._mem_on = on
+
+    def unsent_in_memory(self) -> tuple[int, int] | None:
+        """(bytes, capture time of the oldest) of the records in memory not yet sent, if every unsent record is
+        in memory and there is at least one; else None."""
+        if not self._mem_on or not self._unsent or self._unsent[0][0].seq <= self.journal.last_seq:
+            return None
+        return self._unsent_bytes, self._unsent[0][0].ts_ns
 
     def take_unsent(self, after_seq: int, max_bytes: int) -> list[tuple[Record, bytes, bytes | memoryview]] | None:
         """Records with seq > after_seq, from memory, up to about ``max_bytes``, as (record, header, payload);
@@ -164,9 +175,11 @@ class MachineCapture:
         while unsent and size < max_bytes:
             item = unsent.popleft()
             sent.append(item)
+            n = len(item[1]) + len(item[2])
+            self._unsent_bytes -= n
             if item[0].seq > after_seq:
                 out.append(item)
-                size += len(item[1]) + len(item[2])
+                size += n
         return out
 
     def capture_change(self, kind: Kind, disk: int, offset: int, length: int, data: bytes | memoryview = b"") -> None:

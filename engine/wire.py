@@ -44,14 +44,9 @@ class Frame(enum.IntEnum):
     RESYNC_DIFF = 9    # PS → agent: u64 chunk id, u32 count, count × u64 block numbers that differ
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[Frame, bytes]:
-    try:
-        head = await reader.readexactly(HEAD.size)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            raise ConnectionResetError("peer closed the connection") from None
-        raise ProtocolError("truncated frame header") from None
-    magic, ver, ftype, _flags, length = HEAD.unpack(head)
+def parse_head(buf: bytes | bytearray | memoryview) -> tuple[Frame, int]:
+    """(kind, body length) of the frame header at the start of ``buf``; ProtocolError when it is malformed."""
+    magic, ver, ftype, _flags, length = HEAD.unpack_from(buf)
     if magic != MAGIC:
         raise ProtocolError("bad frame magic")
     if ver != VERSION:
@@ -59,9 +54,19 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[Frame, bytes]:
     if length > MAX_FRAME:
         raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
     try:
-        kind = Frame(ftype)
+        return Frame(ftype), length
     except ValueError:
         raise ProtocolError(f"unknown frame type {ftype}") from None
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[Frame, bytes]:
+    try:
+        head = await reader.readexactly(HEAD.size)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise ConnectionResetError("peer closed the connection") from None
+        raise ProtocolError("truncated frame header") from None
+    kind, length = parse_head(head)
     try:
         body = await reader.readexactly(length)
     except asyncio.IncompleteReadError:

@@ -31,7 +31,7 @@ from ..nbd.server import NBDServer
 from ..records import Kind, Record
 from ..vsphere.identity import local_identity
 from ..home import atomic_write
-from ..wire import BATCH_HEAD, HEAD, MAGIC, MAX_FRAME, VERSION, Frame, frame_header, parse_json
+from ..wire import BATCH_HEAD, HEAD, Frame, frame_header, parse_head, parse_json
 from .capture import CaptureBackend, MachineCapture
 from .resync import EXTENT, DirtyMap
 from .resync_pass import ResyncPass
@@ -805,17 +805,7 @@ class _Link:
         if self._bio_out.pending:   # TLS may answer on its own (key updates)
             self._queue_raw(self._bio_out.read())
         while len(rbuf) >= HEAD.size:
-            magic, ver, ftype, _flags, length = HEAD.unpack_from(rbuf)
-            if magic != MAGIC:
-                raise ProtocolError("bad frame magic")
-            if ver != VERSION:
-                raise ProtocolError(f"unsupported wire version {ver}")
-            if length > MAX_FRAME:
-                raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
-            try:
-                kind = Frame(ftype)
-            except ValueError:
-                raise ProtocolError(f"unknown frame type {ftype}") from None
+            kind, length = parse_head(rbuf)
             if len(rbuf) < HEAD.size + length:
                 break
             body = bytes(rbuf[HEAD.size:HEAD.size + length])

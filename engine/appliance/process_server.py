@@ -23,7 +23,7 @@ from .. import pki
 from ..buffers import new_buffer, tune_malloc
 from ..errors import (CertificateRefused, LifeboatError, MachineRevoked, ProtocolError, UnknownMachine)
 from ..records import Kind, Record, decode_records
-from ..wire import BATCH_HEAD, DIFF_HEAD, HEAD, MAGIC, MAX_FRAME, RESYNC_HEAD, VERSION, Frame, parse_json
+from ..wire import BATCH_HEAD, DIFF_HEAD, HEAD, RESYNC_HEAD, Frame, parse_head, parse_json
 from ..wire import write_frame, write_json
 
 if TYPE_CHECKING:
@@ -87,17 +87,7 @@ class FrameReader(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
             return
         if self._kind is None:
             try:
-                magic, ver, ftype, _flags, length = HEAD.unpack(self._head)
-                if magic != MAGIC:
-                    raise ProtocolError("bad frame magic")
-                if ver != VERSION:
-                    raise ProtocolError(f"unsupported wire version {ver}")
-                if length > MAX_FRAME:
-                    raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
-                try:
-                    self._kind = Frame(ftype)
-                except ValueError:
-                    raise ProtocolError(f"unknown frame type {ftype}") from None
+                self._kind, length = parse_head(self._head)
             except ProtocolError as exc:
                 self._fail(exc)
                 return

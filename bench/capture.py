@@ -23,7 +23,12 @@ all rounds are printed. Target: Lifeboat ≥ 0.5× nbdkit for the nbdcopy throug
 
 ``--profile`` samples the roles with py-spy during one extra nbdcopy onto the protected export.
 
-    .venv/bin/python bench/capture.py [--quick] [--size-mib 1024] [--reps 3] [--profile] [--keep]
+``--pin-appliance`` models a real site, where the appliance is another machine: the appliance's threads are pinned
+to the last CPU, and every other server and client (nbdkit, both agents, nbdcopy, qemu-img) to the other CPUs. The
+baseline is pinned the same way, so the ratio stays a same-run comparison. (The default, unpinned, shares every
+core between all of them: the harder case.)
+
+    .venv/bin/python bench/capture.py [--quick] [--size-mib 1024] [--reps 3] [--profile] [--pin-appliance] [--keep]
 """
 
 from __future__ import annotations
@@ -45,9 +50,23 @@ C.ensure_venv()
 TARGET = 0.5
 
 
+#: command prefix that pins a client to the CPUs the servers use (set by --pin-appliance)
+CLIENT_CPUS: list[str] = []
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` (threads started later inherit it from the thread that starts them)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass
+
+
 def nbdcopy(src: Path, url: str, size: int) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run(["nbdcopy", "--flush", str(src), url], capture_output=True, text=True, timeout=900)
+    r = subprocess.run([*CLIENT_CPUS, "nbdcopy", "--flush", str(src), url], capture_output=True, text=True,
+                       timeout=900)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(f"nbdcopy to {url} failed ({r.returncode}): {r.stderr}")
@@ -56,7 +75,7 @@ def nbdcopy(src: Path, url: str, size: int) -> float:
 
 def qemu_bench(url: str, size: int, count: int) -> float:
     step = 4096 * 7919  # prime number of blocks: visits every 4 KiB block of a power-of-two disk once per lap
-    r = subprocess.run(["qemu-img", "bench", "-w", "-f", "raw", "-c", str(count), "-d", "32", "-s", "4096",
+    r = subprocess.run([*CLIENT_CPUS, "qemu-img", "bench", "-w", "-f", "raw", "-c", str(count), "-d", "32", "-s", "4096",
                         "-S", str(step), "--pattern=165", url], capture_output=True, text=True, timeout=900)
     m = re.search(r"Run completed in ([\d.]+) seconds", r.stdout)
     if r.returncode != 0 or not m:
@@ -73,6 +92,8 @@ def main() -> int:
     ap.add_argument("--tmp", help="parent folder for the run's files (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the run folder (logs, vault)")
     ap.add_argument("--profile", action="store_true", help="py-spy the roles during one more nbdcopy")
+    ap.add_argument("--pin-appliance", action="store_true",
+                    help="appliance on the last CPU, everything else on the others (the appliance as its own host)")
     a = ap.parse_args()
     if a.quick:
         a.size_mib, a.reps, a.iops_count = 256, 1, 20_000
@@ -92,6 +113,16 @@ def main() -> int:
         off, off_url = site.extra_agent("vm2", C.make_sparse(tmp / "capture-off.img", size))
         site.protect()
         site.wait_state("protected", 120)
+        if a.pin_appliance:
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) < 2:
+                raise SystemExit("--pin-appliance needs at least 2 CPUs")
+            rest = set(cpus[:-1])
+            pin(site.app.pid, {cpus[-1]})
+            for p in (site.agent, off, kit):
+                pin(p.pid, rest)
+            CLIENT_CPUS[:] = ["taskset", "-c", ",".join(map(str, sorted(rest)))]
+            print(f"pinned: appliance on CPU {cpus[-1]}; nbdkit, agents and clients on CPUs {sorted(rest)}")
         print(f"appliance pid {site.app.pid}, agent pid {site.agent.pid}, capture-off agent pid {off.pid}, "
               f"nbdkit pid {kit.pid}; vm1 protected, capture on", flush=True)
 
@@ -128,7 +159,8 @@ def main() -> int:
         print(C.table(rows, ["round", "server", "nbdcopy MB/s", "4K QD32 IOPS", "CPU cores during nbdcopy"]))
         bc, lc, oc = max(copy["nbdkit"]), max(copy["lifeboat"]), max(copy["capture off"])
         bi, li, oi = max(iops["nbdkit"]), max(iops["lifeboat"]), max(iops["capture off"])
-        print(f"\nCapture overhead, best of {a.reps} ({a.size_mib} MiB, same file system, same clients):")
+        where = "appliance pinned to its own CPU" if a.pin_appliance else "all roles sharing every CPU"
+        print(f"\nCapture overhead, best of {a.reps} ({a.size_mib} MiB, same file system, same clients, {where}):")
         print(C.table([
             ["nbdcopy --flush (MB/s)", bc, lc, f"{lc / bc:.2f}x", f">= {TARGET}x", C.verdict(lc / bc >= TARGET)],
             ["4 KiB random writes QD32 (IOPS)", f"{bi:,.0f}", f"{li:,.0f}", f"{li / bi:.2f}x", "-", "-"],

@@ -75,8 +75,9 @@ def nbdcopy(src: Path, url: str, size: int) -> float:
 
 def qemu_bench(url: str, size: int, count: int) -> float:
     step = 4096 * 7919  # prime number of blocks: visits every 4 KiB block of a power-of-two disk once per lap
-    r = subprocess.run([*CLIENT_CPUS, "qemu-img", "bench", "-w", "-f", "raw", "-c", str(count), "-d", "32", "-s", "4096",
-                        "-S", str(step), "--pattern=165", url], capture_output=True, text=True, timeout=900)
+    r = subprocess.run([*CLIENT_CPUS, "qemu-img", "bench", "-w", "-f", "raw", "-c", str(count), "-d", "32",
+                        "-s", "4096", "-S", str(step), "--pattern=165", url], capture_output=True, text=True,
+                       timeout=900)
     m = re.search(r"Run completed in ([\d.]+) seconds", r.stdout)
     if r.returncode != 0 or not m:
         raise RuntimeError(f"qemu-img bench on {url} failed ({r.returncode}): {r.stderr}{r.stdout}")

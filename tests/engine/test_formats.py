@@ -59,6 +59,31 @@ def test_envelope_authenticates_payload_and_context() -> None:
         Sealer(os.urandom(32)).open(env, b"ctx")                           # wrong key
 
 
+def test_compression_sampling_is_byte_exact() -> None:
+    """Large payloads are sampled before zstd (Sealer.compress): random ones are stored raw without a zstd pass,
+    compressible ones are compressed, and a payload whose samples happen to be random is stored raw: some
+    compression lost, never a byte. Both envelope builders (Sealer.seal and the pipeline's) agree."""
+    from engine.appliance.pipeline import _seal
+    from engine.codec import COMP_NONE, COMP_ZSTD
+    from engine.codec import HEAD as ENV_HEAD
+    s = Sealer(os.urandom(32))
+    n = 1 << 20
+    text = (b"2026-12-03 11:31:02 INFO replication of vm42 at 61 MB/s\n" * (n // 56 + 1))[:n]
+    rnd = os.urandom(n)
+    tricky = bytearray(text)
+    for i in range(4):                                  # random exactly where the samples are taken
+        tricky[i * (n // 4):i * (n // 4) + 4096] = os.urandom(4096)
+    cases = {"text": (text, COMP_ZSTD), "random": (rnd, COMP_NONE),
+             "random at the samples": (bytes(tricky), COMP_NONE),
+             "small random": (os.urandom(1000), COMP_NONE), "small text": (text[:1000], COMP_ZSTD)}
+    for name, (payload, comp) in cases.items():
+        for env in (s.seal(payload, b"aad"), bytes(_seal(s, payload, b"aad"))):
+            assert ENV_HEAD.unpack_from(env)[2] == comp, name
+            assert s.open(env, b"aad") == payload, name
+    assert s.compress(rnd) is None and s.compress(b"") is None
+    assert len(s.compress(text) or b"") < n // 10
+
+
 def test_segment_log_append_read_trim_and_torn_tail(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path / "c")
     recs = [Record(Kind.WRITE, 0, i, i, i * 10, 3, b"abc") for i in range(1, 101)]

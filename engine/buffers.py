@@ -26,7 +26,7 @@ def _uninitialized_buffer() -> Callable[[int], bytearray]:
 #: ``new_buffer(n)``: a bytearray of ``n`` bytes whose content is undefined until written.
 new_buffer = _uninitialized_buffer()
 
-_tuned: set[str] = set()
+_tuned: set[int | None] = set()
 
 
 def tune_malloc(*, arenas: int | None = None) -> None:
@@ -35,10 +35,9 @@ def tune_malloc(*, arenas: int | None = None) -> None:
     cost more CPU than the data's own copies. Memory stays bounded: at most 64 MiB of free heap is kept.
     ``arenas`` caps glibc's arenas (each thread otherwise gets its own, full of buffers freed by others).
     Process-wide and idempotent; a no-op off glibc."""
-    key = f"{arenas}"
-    if key in _tuned:
+    if arenas in _tuned:
         return
-    _tuned.add(key)
+    _tuned.add(arenas)
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")

@@ -30,6 +30,7 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .buffers import new_buffer
 from .errors import IntegrityError, ProtocolError
 
 MAGIC = b"LBE1"
@@ -87,14 +88,22 @@ class Sealer:
         body = c.compress(payload)
         return body if len(body) < n else None
 
-    def seal(self, payload: bytes | memoryview, aad: bytes) -> bytes:
+    def seal(self, payload: bytes | memoryview, aad: bytes) -> bytes | bytearray:
+        """The envelope of ``payload``, built in one buffer: the ciphertext is encrypted straight after the header,
+        and a payload that does not compress is encrypted from where it lies, so neither is copied again."""
         comp = COMP_ZSTD
         body: bytes | memoryview | None = self.compress(payload)
-        if body is None:  # incompressible: store as is
-            body, comp = bytes(payload), COMP_NONE
+        if body is None:  # incompressible (or empty): store as is
+            body, comp = payload, COMP_NONE
         nonce = os.urandom(12)
-        ct = self._aead.encrypt(nonce, body, aad)
-        return HEAD.pack(MAGIC, VERSION, comp, CIPHER_AES256GCM, self.key_id, nonce, len(ct)) + ct
+        ctlen = len(body) + TAG_SIZE
+        if not hasattr(self._aead, "encrypt_into"):   # cryptography < 44
+            ct = self._aead.encrypt(nonce, bytes(body), aad)
+            return HEAD.pack(MAGIC, VERSION, comp, CIPHER_AES256GCM, self.key_id, nonce, len(ct)) + ct
+        env = new_buffer(HEAD_SIZE + ctlen)   # every byte is written below: header, ciphertext, tag
+        HEAD.pack_into(env, 0, MAGIC, VERSION, comp, CIPHER_AES256GCM, self.key_id, nonce, ctlen)
+        self._aead.encrypt_into(nonce, body, aad, memoryview(env)[HEAD_SIZE:])
+        return env
 
     def open(self, env: bytes | memoryview, aad: bytes, *, max_size: int = 64 * 1024 * 1024) -> bytes:
         if len(env) < HEAD_SIZE:

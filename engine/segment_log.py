@@ -49,8 +49,6 @@ class SegmentLog:
         self._unsynced: list[Path] = [] if fsync_each else list(self._segs)
         self._dirty = False
         self._dir_unsynced = False
-        #: (segment, offset just past the end) of the last append
-        self.last_write: tuple[Path | None, int] = (None, 0)
 
     def segments(self) -> list[Path]:
         return sorted(self.folder.glob("*" + self.suffix))
@@ -147,7 +145,6 @@ class SegmentLog:
         self._wsize += total
         self.bytes += total
         self.last_seq = records[-1].seq
-        self.last_write = (self._wseg, self._wsize)
         if self._wsize >= self.segment_bytes:
             # Roll now, not at the next append: a full segment that is no longer written can be deleted as soon
             # as it is consumed, even if nothing is appended for a long time (an idle cache held a whole
@@ -298,15 +295,6 @@ class SegmentLog:
         finally:
             os.close(fd)
         return seg, pos, after_seq
-
-    def tail(self) -> tuple[Path | None, int]:
-        """(segment being written, its size): where the next append goes."""
-        return self._wseg, self._wsize
-
-    def read_position(self, seg: Path, pos: int, seq: int) -> None:
-        """Tell the reader that the records up to ``seq`` were consumed elsewhere and the next one (if any) starts
-        at ``pos`` in ``seg``, so a later :meth:`read_after` (seq) continues there without seeking."""
-        self._rcursor = (seg, pos, seq)
 
     def trim(self, applied_seq: int, unlink: Callable[[Path], object] | None = None) -> None:
         """Delete segments whose records are all <= applied_seq (never the one being written).

@@ -538,8 +538,6 @@ class Agent:
         writer.close()
 
 
-
-
 def _coalesce(pieces: list[bytes | memoryview], small: int = 64 * 1024,
               group: int = 256 * 1024) -> list[bytes | memoryview]:
     """Join runs of small pieces (headers, small payloads) into one buffer each: every piece handed to the TLS

@@ -100,43 +100,35 @@ class MachineCapture:
     def append(self, recs: list[Record]) -> None:
         if not recs:
             return
-        n = 0
+        items = [(r, *r.encode_parts()) for r in recs]
+        self.last_seq = recs[-1].seq
         if self._mem_on:
-            unsent = self._unsent
-            for r in recs:
-                head, payload = r.encode_parts()
-                unsent.append((r, head, payload))
-                n += len(head) + len(payload)
+            n = sum(len(head) + len(payload) for _, head, payload in items)
+            self._unsent.extend(items)
             self._mem_bytes += n
             self._unsent_bytes += n
-            self.last_seq = recs[-1].seq
             if self._mem_bytes > SHIP_MEMORY:
                 self.spill()   # the link is behind: memory stays bounded, the journal takes the backlog
         else:
-            parts: list[bytes | memoryview] = []
-            for r in recs:
-                head, payload = r.encode_parts()
-                parts.append(head)
-                if payload:
-                    parts.append(payload)
-            self.journal.append(recs, parts)
-            n = sum(len(p) for p in parts)
-            self.last_seq = recs[-1].seq
+            n = self._journal(items)
         self.captured_bytes += n
         self.on_record()
 
-    def spill(self) -> None:
-        """Write every record held only in memory (sent or not) to the journal, oldest first (not synced)."""
-        if not self._sent and not self._unsent:
-            return
-        items = [*self._sent, *self._unsent]
+    def _journal(self, items: list[tuple[Record, bytes, bytes | memoryview]]) -> int:
+        """Append encoded records to the journal with one writev (not synced); returns their bytes."""
         parts: list[bytes | memoryview] = []
         for _, head, payload in items:
             parts.append(head)
             if payload:
                 parts.append(payload)
         self.journal.append([i[0] for i in items], parts)
-        self.spilled_bytes += sum(len(p) for p in parts)
+        return sum(len(p) for p in parts)
+
+    def spill(self) -> None:
+        """Write every record held only in memory (sent or not) to the journal, oldest first (not synced)."""
+        if not self._sent and not self._unsent:
+            return
+        self.spilled_bytes += self._journal([*self._sent, *self._unsent])
         self._sent.clear()
         self._unsent.clear()
         self._mem_bytes = self._unsent_bytes = 0

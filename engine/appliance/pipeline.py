@@ -6,12 +6,9 @@ import asyncio
 import collections
 import json
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import codec
-from ..buffers import new_buffer
 from ..codec import Sealer
 from ..errors import IntegrityError
 from ..events import PointCreated
@@ -54,27 +51,6 @@ def _split(recs: list[Record], parts: int) -> list[list[Record]]:
     return out
 
 
-def _seal(sealer: Sealer, payload: bytes | memoryview, aad: bytes) -> bytes | bytearray:
-    """The envelope :meth:`Sealer.seal` makes (same layout, same bytes but the random nonce), built in one buffer:
-    the ciphertext is encrypted straight after the envelope header, and a payload that does not compress is
-    encrypted from where it lies, so neither is copied again. Falls back to ``Sealer.seal`` when this sealer's
-    cipher cannot encrypt into a buffer."""
-    aead: Any = getattr(sealer, "_aead", None)
-    if not hasattr(aead, "encrypt_into") or not hasattr(sealer, "compress"):
-        return sealer.seal(payload, aad)
-    comp = codec.COMP_ZSTD
-    body: bytes | memoryview | None = sealer.compress(payload)
-    if body is None:   # incompressible (or empty): stored as is
-        body, comp = payload, codec.COMP_NONE
-    nonce = os.urandom(12)
-    ctlen = len(body) + codec.TAG_SIZE
-    env = new_buffer(codec.HEAD_SIZE + ctlen)   # every byte is written below: header, ciphertext, tag
-    codec.HEAD.pack_into(env, 0, codec.MAGIC, codec.VERSION, comp, codec.CIPHER_AES256GCM, sealer.key_id, nonce,
-                         ctlen)
-    aead.encrypt_into(nonce, body, aad, memoryview(env)[codec.HEAD_SIZE:])
-    return env
-
-
 def _seal_all(sealer: Sealer, recs: list[Record]) -> tuple[list[SealedRecord], list[Any]]:
     """In a worker thread: the sealed records, and the block checksums of each (for the block-hash index)."""
     out = []
@@ -82,7 +58,7 @@ def _seal_all(sealer: Sealer, recs: list[Record]) -> tuple[list[SealedRecord], l
     for r in recs:
         head = Record(r.kind, r.disk, r.seq, r.ts_ns, r.offset, r.length, b"", r.hash)
         if Kind(r.kind).has_payload:
-            out.append(SealedRecord(head, _seal(sealer, r.data, head.pack_header())))  # type: ignore[arg-type]
+            out.append(SealedRecord(head, sealer.seal(r.data, head.pack_header())))
         else:
             out.append(SealedRecord(head))
         pre.append(full_block_hashes(r))

@@ -364,9 +364,6 @@ class ProcessServer:
         return fresh
 
 
-
-
-
 class _Batch:
     __slots__ = ("id", "body", "recs", "fresh", "size")
 

@@ -47,7 +47,7 @@ class SealedRecord:
     """
 
     header: Record
-    envelope: bytes = b""
+    envelope: bytes | bytearray = b""
     extra: dict = field(default_factory=dict)
 
 

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 import xxhash
 
-from ..directio import BLOCK, DirectAppender, padded
+from ..directio import BLOCK, DirectAppender, padded, skip_padding
 from ..codec import HEAD as ENV_HEAD
 from ..codec import HEAD_SIZE as ENV_HEAD_SIZE
 from ..codec import MAGIC as ENV_MAGIC
@@ -89,29 +89,6 @@ def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
-#: iovecs per pwritev call (IOV_MAX is 1024 on Linux)
-_IOV_BATCH = 512
-
-
-def writev_all(fd: int, parts: list[bytes], offset: int) -> int:
-    """``pwritev`` all ``parts`` back to back from ``offset`` without joining them; returns the bytes written."""
-    total = 0
-    i = 0
-    while i < len(parts):
-        chunk = parts[i:i + _IOV_BATCH]
-        want = sum(len(p) for p in chunk)
-        got = os.pwritev(fd, chunk, offset)
-        if got < want:    # short write (a signal, a full disk): finish this chunk piece by piece
-            if got <= 0:
-                raise OSError("short write")
-            rest = b"".join(chunk)[got:]
-            write_all(fd, rest, offset + got)
-        offset += want
-        total += want
-        i += _IOV_BATCH
-    return total
-
-
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` crash-safely: temp file, fsync, rename, fsync directory."""
     tmp = path.with_name(path.name + ".tmp")
@@ -149,7 +126,7 @@ class Entry:
     rec: Record
 
 
-def check_envelope(env: bytes | memoryview, key_id: int) -> str | None:
+def check_envelope(env: bytes | bytearray | memoryview, key_id: int) -> str | None:
     """Cheap structural check of an envelope before it is stored (no decryption); a reason string when bad."""
     if len(env) < ENV_HEAD_SIZE + TAG_SIZE or len(env) > MAX_ENVELOPE:
         return "envelope size out of range"
@@ -298,7 +275,7 @@ class Journal:
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def write(self, items: list[tuple[int, bytes, bytes]]) -> bool:
+    def write(self, items: list[tuple[int, bytes, bytes | bytearray]]) -> bool:
         """Append ``(seq, header bytes, envelope)`` entries (already validated, seqs increasing) and fsync once.
 
         Returns True when a new segment was started. On failure everything this call wrote is undone (truncated
@@ -306,7 +283,7 @@ class Journal:
         """
         start = (self.segments[-1], self._writer_pos()) if self.segments else None
         created: list[int] = []
-        pending: list[bytes] = []
+        pending: list[bytes | bytearray] = []
         queued = 0
         try:
             for seq, hdr, env in items:
@@ -334,7 +311,7 @@ class Journal:
             self._pos = self._fd.pos
         return self._pos
 
-    def _flush(self, pending: list[bytes], *, sync: bool) -> None:
+    def _flush(self, pending: list[bytes | bytearray], *, sync: bool) -> None:
         if self._fd is None:
             return
         if pending:   # one write, padded to a block, past the page cache; durable with the fdatasync
@@ -502,12 +479,11 @@ class Journal:
 
 
 def _at_padding(f: Any, pos: int) -> bool:
-    """Whether padding starts at ``pos`` (unaligned; see engine/directio.py); leaves ``f`` at ``pos``."""
+    """Whether padding starts at ``pos`` (the rule of engine/directio.py); leaves ``f`` at ``pos``."""
     f.seek(pos)
-    k = min(4, BLOCK - pos % BLOCK)
-    head = f.read(k)
+    head = f.read(4)
     f.seek(pos)
-    return len(head) == k and head == bytes(k)
+    return skip_padding(head, 0, pos) != 0
 
 
 def _envlen_ok(rec: Record, envlen: int) -> bool:

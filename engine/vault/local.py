@@ -289,11 +289,11 @@ class LocalMachineVault(MachineVault):
             if rolled:   # last_seq in meta is only a hint (recovery scans the journal): refresh it now and then
                 await self._run(self._write_meta)
 
-    def _prepare(self, records: list[SealedRecord]) -> tuple[list[tuple[int, bytes, bytes]], dict[int, int]]:
+    def _prepare(self, records: list[SealedRecord]) -> tuple[list[tuple[int, bytes, bytes | bytearray]], dict[int, int]]:
         """Validate records before anything is written; returns journal items and disk growths."""
         sizes = {d.index: d.size for d in self._disks}
         grows: dict[int, int] = {}
-        items: list[tuple[int, bytes, bytes]] = []
+        items: list[tuple[int, bytes, bytes | bytearray]] = []
         prev = self._last_seq
         for sr in records:
             r = sr.header

@@ -12,7 +12,7 @@ from _common import REPO, Proc
 PYSPY = REPO / ".venv" / "bin" / "py-spy"
 
 
-def start_spy(p: Proc, out: Path, rate: int = 100) -> subprocess.Popen | None:
+def start_spy(p: Proc, out: Path, rate: int = 250) -> subprocess.Popen | None:
     """Sample a role's Python stacks per thread (wall clock, --idle) until stop_spy; None without py-spy."""
     exe = str(PYSPY) if PYSPY.exists() else shutil.which("py-spy")
     if not exe:
@@ -34,7 +34,7 @@ def stop_spy(spy: subprocess.Popen | None) -> None:
 IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:81)", "EpollSelector.select", "Condition.wait", "Event.wait")
 
 
-def spy_summary(path: Path, seconds: float, rate: int = 100, top: int = 12) -> str:
+def spy_summary(path: Path, seconds: float, rate: int = 250, top: int = 25) -> str:
     """Per-thread busy share (wall clock, I/O waits included; waiting for work excluded), then the top functions
     by own (self) and inclusive samples among the busy ones."""
     import collections
@@ -79,4 +79,67 @@ def spy_summary(path: Path, seconds: float, rate: int = 100, top: int = 12) -> s
     out.append("  top inclusive time (framework frames left out), % of busy samples:")
     out += [f"    {c / total * 100:5.1f}%  {f}" for f, c in incl.most_common(60)
             if not any(b in f for b in boring)][:top]
+    return "\n".join(out)
+
+
+def start_perf(procs: list[Proc], out: Path, freq: int = 999) -> subprocess.Popen | None:
+    """``perf record -g`` of the given roles (all their threads) until stop_perf; None without perf."""
+    exe = shutil.which("perf")
+    if not exe:
+        print("!! perf is not installed (Debian: linux-perf)")
+        return None
+    pids = ",".join(str(p.pid) for p in procs)
+    return subprocess.Popen([exe, "record", "-F", str(freq), "-g", "-p", pids, "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop_perf(perf: subprocess.Popen | None) -> None:
+    if perf is not None:
+        perf.send_signal(signal.SIGINT)
+        try:
+            perf.wait(60)
+        except subprocess.TimeoutExpired:
+            perf.kill()
+
+
+def perf_summary(path: Path, nbytes: int, top: int = 22) -> str:
+    """Where the recorded roles' CPU went, per thread and per symbol, as CPU milliseconds per MB written
+    (``nbytes`` is what the recorded run wrote); system calls by their kernel entry point, inclusive."""
+    if not path.exists():
+        return "(no perf data)"
+
+    def report(first: str, fields: str, *args: str) -> list[tuple[float, str]]:
+        """(samples, name) rows; ``first`` is "sample", or "overhead_children" (a percentage of ``total``)."""
+        res = subprocess.run(["perf", "report", "-i", str(path), "--stdio", "-g", "none", "--percent-limit", "0.3",
+                              "-F", f"{first},{fields}", *args], capture_output=True, text=True)
+        rows = []
+        for ln in res.stdout.splitlines():
+            parts = ln.split(None, 1)
+            if len(parts) != 2 or ln.startswith("#"):
+                continue
+            try:
+                n = float(parts[0].rstrip("%"))
+            except ValueError:
+                continue
+            rows.append((n * total / 100 if parts[0].endswith("%") else n, parts[1].strip()))
+        return rows
+
+    total = 0
+    threads = report("sample", "pid", "--no-children", "--sort", "pid")
+    total = sum(n for n, _ in threads)
+    if not total:
+        return "(no samples)"
+    mb = nbytes / 1e6
+    freq = 999.0
+    per_mb = lambda n: n / freq * 1000 / mb   # noqa: E731 -- CPU ms per MB
+    out = [f"CPU ms per MB by thread ({total} samples at {freq:.0f} Hz, {total / freq:.2f} CPU s):"]
+    out += [f"  {per_mb(n):6.3f}  {name}" for n, name in threads]
+    out.append("top symbols, own time (CPU ms per MB):")
+    own = sorted(report("sample", "pid,dso,sym", "--no-children", "--sort", "pid,dso,sym"), reverse=True)
+    out += [f"  {per_mb(n):6.3f}  {name}" for n, name in own[:top]]
+    calls = [(n, name) for n, name in report("overhead_children", "pid,sym", "--children",
+                                                    "--sort", "pid,sym")
+             if "__x64_sys_" in name or "page_fault" in name]
+    out.append("system calls and page faults, inclusive (CPU ms per MB):")
+    out += [f"  {per_mb(n):6.3f}  {name}" for n, name in sorted(calls, reverse=True)[:top]]
     return "\n".join(out)

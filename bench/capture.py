@@ -23,12 +23,16 @@ all rounds are printed. Target: Lifeboat ≥ 0.5× nbdkit for the nbdcopy throug
 
 ``--profile`` samples the roles with py-spy during one extra nbdcopy onto the protected export.
 
+``--perf`` records native stacks (``perf record -g``, kernel included) of the roles during one extra nbdcopy and
+prints where each role's CPU went: user vs kernel, and the top symbols (a Python program's own frames show as the
+interpreter's functions; py-spy's ``--profile`` gives those).
+
 ``--pin-appliance`` models a real site, where the appliance is another machine: the appliance's threads are pinned
 to the last CPU, and every other server and client (nbdkit, both agents, nbdcopy, qemu-img) to the other CPUs. The
 baseline is pinned the same way, so the ratio stays a same-run comparison. (The default, unpinned, shares every
 core between all of them: the harder case.)
 
-    .venv/bin/python bench/capture.py [--quick] [--size-mib 1024] [--reps 3] [--profile] [--pin-appliance] [--keep]
+    .venv/bin/python bench/capture.py [--quick] [--size-mib 1024] [--reps 3] [--profile] [--perf] [--pin-appliance] [--keep]
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ def main() -> int:
     ap.add_argument("--tmp", help="parent folder for the run's files (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the run folder (logs, vault)")
     ap.add_argument("--profile", action="store_true", help="py-spy the roles during one more nbdcopy")
+    ap.add_argument("--perf", action="store_true",
+                    help="perf record (native stacks, kernel included) the roles during one more nbdcopy")
     ap.add_argument("--pin-appliance", action="store_true",
                     help="appliance on the last CPU, everything else on the others (the appliance as its own host)")
     a = ap.parse_args()
@@ -134,10 +140,14 @@ def main() -> int:
             for name, url, procs in servers:
                 if name == "lifeboat":
                     site.wait_caught_up()
+                spilled0 = site.agent_status().get("spilled_bytes", 0) if name == "lifeboat" else 0
                 cpu0, t0 = [p.cpu() for p in procs], time.monotonic()
                 mbps = nbdcopy(src, url, size)
                 wall = time.monotonic() - t0
                 cpu = " / ".join(f"{p.name} {(p.cpu() - c) / wall:.2f}" for p, c in zip(procs, cpu0))
+                if name == "lifeboat":   # records the agent had to journal because the appliance fell behind
+                    spilled = site.agent_status().get("spilled_bytes", 0) - spilled0
+                    cpu += f" (spilled {spilled / size:.0%})"
                 if name == "lifeboat":
                     site.wait_caught_up()
                 io = qemu_bench(url, size, a.iops_count)
@@ -155,6 +165,17 @@ def main() -> int:
             prof_s = time.monotonic() - t0
             for sp in spies:
                 P.stop_spy(sp)
+
+        if a.perf:   # one more copy onto each agent: with capture off (the NBD server alone) and on
+            perf_runs = []
+            for label, url, procs in (("capture off", off_url, [off]), ("lifeboat", site.nbd_url, site.roles())):
+                site.wait_caught_up()
+                out = tmp / f"{label.replace(' ', '-')}.perf"
+                perf = P.start_perf(procs, out)
+                t0 = time.monotonic()
+                mbps = nbdcopy(src, url, size)
+                P.stop_perf(perf)
+                perf_runs.append((label, mbps, time.monotonic() - t0, out, procs))
 
         print("\nAll rounds (CPU = cores used by each role during the nbdcopy):")
         print(C.table(rows, ["round", "server", "nbdcopy MB/s", "4K QD32 IOPS", "CPU cores during nbdcopy"]))
@@ -176,6 +197,11 @@ def main() -> int:
             for p in site.roles():
                 print(f"\npy-spy {p.name} (pid {p.pid}):")
                 print(P.spy_summary(tmp / f"{p.name}.pyspy", prof_s))
+        if a.perf:
+            for label, mbps, secs, out, procs in perf_runs:
+                print(f"\nperf-recorded nbdcopy onto {label}: {mbps:.1f} MB/s in {secs:.2f} s "
+                      f"({', '.join(f'{p.name} pid {p.pid}' for p in procs)})")
+                print(P.perf_summary(out, size))
         return 0 if lc / bc >= TARGET else 1
     finally:
         C.finish(site, [p for p in (kit, off) if p], tmp, a.keep)

@@ -358,7 +358,7 @@ class SegmentLog:
                 finally:
                     os.close(fd)
             self._unsynced.pop(0)
-        if self._wfd is not None:
+        if self._wfd is not None and (self._dirty or self.fsync_each):
             os.fdatasync(self._wfd)
             self._dirty = False
         if self._dir_unsynced:

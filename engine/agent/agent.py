@@ -74,6 +74,8 @@ class Agent:
         # (batch, first capture ts, last seq, bytes, send time) of batches sent and not yet acknowledged
         self.in_flight: collections.deque[tuple[int, int, int, int, float]] = collections.deque()
         self.link_rate = 0.0              # bytes/s the link has been delivering (EWMA over acknowledged batches)
+        self.ack_latency = 0.0            # seconds from sending a batch to its ACK (EWMA)
+        self.capture.ack_eta = self._ack_eta
         self._last_ack_time = 0.0
         self.first_unsent_ns = 0
         self.sync_pos: dict[int, int] = {}
@@ -180,6 +182,12 @@ class Agent:
         if not self.first_unsent_ns:
             self.first_unsent_ns = time.time_ns()
         self.new_data.set()
+
+    def _ack_eta(self, nbytes: int) -> float:
+        """Seconds until ``nbytes`` more are acknowledged, by what the link has been doing (inf: no idea)."""
+        if not self.connected.is_set() or not self.link_rate:
+            return float("inf")
+        return nbytes / self.link_rate + self.ack_latency
 
     def oldest_pending_ns(self) -> int:
         if self.in_flight:
@@ -298,6 +306,8 @@ class Agent:
             now = time.monotonic()
             while self.in_flight and self.in_flight[0][2] <= self.acked_seq:
                 _, _, _, nbytes, sent_at = self.in_flight.popleft()
+                lat = now - sent_at
+                self.ack_latency = lat if not self.ack_latency else 0.7 * self.ack_latency + 0.3 * lat
                 span = now - max(sent_at, self._last_ack_time)
                 if span > 0.005:   # a meaningful sample of what the link delivers
                     sample = nbytes / span
@@ -400,8 +410,8 @@ class Agent:
         frame, a cache append and an ACK. On an idle link (nothing in flight) a write leaves at once, so this
         adds at most LINGER_SECONDS to the RPO. Returns whether it waited."""
         pending = self.capture.unsent_in_memory()
-        if pending is None:
-            return False
+        if pending is None or self.capture.flush_waiting:
+            return False   # nothing to wait for, or a flush waits for these
         nbytes, oldest_ns = pending
         wait = LINGER_SECONDS - (time.time_ns() - oldest_ns) / 1e9
         if nbytes >= LINGER_BYTES or wait <= 0:
@@ -526,6 +536,7 @@ class Agent:
                 resp = {"ok": True, "name": self.name, "connected": self.connected.is_set(),
                         "protected": self.protected, "acked_seq": self.acked_seq, "seq": self.capture.seq,
                         "captured_bytes": self.capture.captured_bytes, "spilled_bytes": self.capture.spilled_bytes,
+                        "congestion_waits": self.capture.congestion_waits,
                         "sync": self.sync_pos, "error": self.last_error}
             else:
                 resp = {"ok": False, "error": {"code": "LB_INVALID_INPUT", "message": "unknown op"}}

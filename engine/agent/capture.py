@@ -9,6 +9,7 @@ appliance receives replays to exactly the disk's contents at every sequence numb
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import errno
 import os
@@ -28,10 +29,22 @@ SEQ_BLOCK = 1 << 20
 #: Records held in memory only (not journaled, not yet acknowledged) at most, in bytes of header + payload; past
 #: this they are written to the journal (MachineCapture.spill).
 SHIP_MEMORY = 64 << 20
+#: Congestion (DRBD's ``on-congestion block``, its default): once memory holds more than CONGESTION_BYTES while the
+#: link is up, a new write waits for acknowledgements to make room, at most CONGESTION_WAIT seconds; a link too slow
+#: for that (or stalled) gets the journal instead (the spill past SHIP_MEMORY), as DRBD's ``pull-ahead`` would.
+#: Journaling a backlog costs the protected machine a second write and a read-back of every byte; waiting for a
+#: link that keeps up costs it nothing.
+CONGESTION_BYTES = SHIP_MEMORY * 3 // 4
+CONGESTION_WAIT = 0.25
 #: Activity-log extents stay active across flushes (DRBD's hot extents), so a flushing guest does not pay an
 #: fdatasync per extent per flush. A flush retires a disk's extents only once this long has passed since it last
 #: did, or when more than AL_HOT_EXTENTS are active: a crash then compares at most a few more 64 MiB extents.
 AL_RETIRE_SECONDS = 10.0
+#: A FLUSH or FUA first waits, at most this long, for the process server to acknowledge the records it covers (its
+#: cache is durable), and journals only what is still unacknowledged then: on a link that keeps up, a flush costs
+#: the protected machine no second write of its data. Only when the link would take longer (unacknowledged bytes
+#: over the link's rate, plus its acknowledgement latency) does the flush journal at once.
+FLUSH_ACK_WAIT = 0.5
 AL_HOT_EXTENTS = 64
 _ZEROS = bytes(1 << 20)
 
@@ -79,6 +92,15 @@ class MachineCapture:
         self._mem_on = False
         self.last_seq = self.journal.last_seq      # the newest record appended (journaled or in memory)
         self._al_retired: dict[int, float] = {}
+        self.acked_seq = 0                         # the process server holds every record up to this durably
+        #: the shipper's estimate of the seconds until ``n`` more bytes are acknowledged (inf: do not wait)
+        self.ack_eta: Callable[[int], float] = lambda n: float("inf")
+        self.flush_waiting = 0                     # flushes waiting for acknowledgements (the shipper hurries)
+        self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._room_waiters: list[asyncio.Future[None]] = []
+        self.congestion_waits = 0                  # writes that waited for room (see CONGESTION_BYTES)
+        self.changes = 0                           # captured changes so far (a flush retires extents only if
+        #                                            none came while it waited)
 
     def _reserve(self) -> None:
         self.reserved = self.seq + SEQ_BLOCK
@@ -124,29 +146,82 @@ class MachineCapture:
         self.journal.append([i[0] for i in items], parts)
         return sum(len(p) for p in parts)
 
-    def spill(self) -> None:
-        """Write every record held only in memory (sent or not) to the journal, oldest first (not synced)."""
+    def spill(self, upto: int | None = None) -> None:
+        """Write the records held only in memory (sent or not; with ``upto``, those up to that seq) to the
+        journal, oldest first (not synced). Newer ones stay in memory: still newer than everything journaled."""
         if not self._sent and not self._unsent:
             return
-        self.spilled_bytes += self._journal([*self._sent, *self._unsent])
-        self._sent.clear()
-        self._unsent.clear()
-        self._mem_bytes = self._unsent_bytes = 0
+        if upto is None or (self._unsent and self._unsent[-1][0].seq <= upto) or (
+                not self._unsent and self._sent[-1][0].seq <= upto):
+            items = [*self._sent, *self._unsent]
+            self._sent.clear()
+            self._unsent.clear()
+            self._mem_bytes = self._unsent_bytes = 0
+        else:
+            items = []
+            for q in (self._sent, self._unsent):
+                while q and q[0][0].seq <= upto:
+                    item = q.popleft()
+                    items.append(item)
+                    n = len(item[1]) + len(item[2])
+                    self._mem_bytes -= n
+                    if q is self._unsent:
+                        self._unsent_bytes -= n
+            if not items:
+                return
+        self.spilled_bytes += self._journal(items)
 
     def acked(self, seq: int) -> None:
         """The process server holds every record up to ``seq`` durably: memory need not keep them."""
+        self.acked_seq = max(self.acked_seq, seq)
+        if self._ack_waiters:
+            keep = []
+            for target, fut in self._ack_waiters:
+                if target <= seq:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    keep.append((target, fut))
+            self._ack_waiters = keep
         for q in (self._sent, self._unsent):
             while q and q[0][0].seq <= seq:
                 _, head, payload = q.popleft()
                 self._mem_bytes -= len(head) + len(payload)
                 if q is self._unsent:
                     self._unsent_bytes -= len(head) + len(payload)
+        if self._room_waiters and self._mem_bytes <= CONGESTION_BYTES:
+            self._wake_room()
+
+    def _wake_room(self) -> None:
+        for fut in self._room_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._room_waiters.clear()
+
+    async def room(self) -> None:
+        """Before a change is captured: while the link is up and memory holds more than CONGESTION_BYTES, wait
+        (at most CONGESTION_WAIT) for acknowledgements to make room. See CONGESTION_BYTES."""
+        if not self._mem_on or self._mem_bytes <= CONGESTION_BYTES or not self.capturing:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(fut)
+        self.congestion_waits += 1
+        try:
+            await asyncio.wait({fut}, timeout=CONGESTION_WAIT)
+        finally:
+            if not fut.done():
+                fut.cancel()
 
     def ship_from_memory(self, on: bool) -> None:
         """Hold new records in memory for the shipper (on while the link is up). Off first journals what memory
         holds: after a reconnect the shipper resends from the journal, read back and verified."""
         if not on:
             self.spill()
+            for _, fut in self._ack_waiters:   # all journaled now: their flushes go on to sync the journal
+                if not fut.done():
+                    fut.set_result(None)
+            self._ack_waiters.clear()
+            self._wake_room()                  # memory is empty: held writes go on (to the journal)
         self._mem_on = on
 
     def unsent_in_memory(self) -> tuple[int, int] | None:
@@ -176,6 +251,7 @@ class MachineCapture:
 
     def capture_change(self, kind: Kind, disk: int, offset: int, length: int, data: bytes | memoryview = b"") -> None:
         """Journal one change, or, while the journal is full, remember its blocks in the dirty map."""
+        self.changes += 1
         if self.overflow:
             assert self.dirty is not None
             self.dirty.mark(disk, offset, length)
@@ -194,10 +270,39 @@ class MachineCapture:
         """Still too little room in the journal to go back to journaling every write."""
         return self.overflow and self.journal.bytes > self.journal_limit // 2
 
-    def sync(self, disk: int | None = None) -> None:
-        """Make every record so far durable (journal and dirty map); with ``disk``, its backing was just made
-        durable too. Records still unacknowledged are journaled first (the lazy journal's promise)."""
-        self.spill()
+    async def flush(self, backend: CaptureBackend) -> None:
+        """FLUSH or FUA on ``backend``: its backing store and every record captured so far become durable. The
+        backing's fdatasync runs in a thread while acknowledgements keep arriving; then the flush waits (bounded,
+        see FLUSH_ACK_WAIT) for the rest to be acknowledged and journals only what is still unacknowledged."""
+        target, changes = self.last_seq, self.changes
+        await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, backend.fd)
+        await self._await_acked(target)
+        # Extents may be retired only if no change came while we waited: the fdatasync may not cover it.
+        self.sync(backend.index if self.changes == changes else None, upto=target)
+
+    async def _await_acked(self, target: int) -> None:
+        if not self._mem_on or self.acked_seq >= target or target <= self.journal.last_seq:
+            return   # link down, nothing pending, or some of it is in the journal anyway (a sync covers it)
+        eta = self.ack_eta(self._mem_bytes)
+        if eta > FLUSH_ACK_WAIT:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ack_waiters.append((target, fut))
+        self.flush_waiting += 1
+        self.on_record()   # wake the shipper: no lingering while a flush waits
+        try:
+            await asyncio.wait({fut}, timeout=min(FLUSH_ACK_WAIT, 0.01 + 2 * eta))
+        finally:
+            self.flush_waiting -= 1
+            if not fut.done():
+                fut.cancel()
+                self._ack_waiters = [w for w in self._ack_waiters if w[1] is not fut]
+
+    def sync(self, disk: int | None = None, upto: int | None = None) -> None:
+        """Make every record so far (with ``upto``: up to that seq) durable (journal and dirty map); with
+        ``disk``, its backing was just made durable too. Records still unacknowledged are journaled first (the
+        lazy journal's promise)."""
+        self.spill(upto)
         self.journal.sync()
         if self.dirty is not None and (self.overflow or self.dirty.any_dirty()):
             self.dirty.persist()
@@ -238,6 +343,7 @@ class CaptureBackend:
 
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
         self._check(offset, len(data), errno.ENOSPC)
+        await self.machine.room()
         if self.machine.capturing:
             self.machine.al.touch(self.index, offset, len(data))
         n = os.pwrite(self.fd, data, offset)
@@ -246,7 +352,7 @@ class CaptureBackend:
         if self.machine.capturing and len(data):
             self.machine.capture_change(Kind.WRITE, self.index, offset, len(data), data)
         if fua:
-            self._durable()
+            await self.machine.flush(self)
 
     async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
         self._check(offset, length, errno.ENOSPC)
@@ -256,7 +362,7 @@ class CaptureBackend:
         if self.machine.capturing and length:
             self.machine.capture_change(Kind.ZERO, self.index, offset, length)
         if fua:
-            self._durable()
+            await self.machine.flush(self)
 
     async def trim(self, offset: int, length: int) -> None:
         self._check(offset, length, errno.ENOSPC)
@@ -268,7 +374,7 @@ class CaptureBackend:
             self.machine.capture_change(Kind.TRIM, self.index, offset, length)
 
     async def flush(self) -> None:
-        self._durable()
+        await self.machine.flush(self)
 
     def _zero(self, offset: int, length: int) -> None:
         if length and not punch_hole(self.fd, offset, length):
@@ -278,10 +384,6 @@ class CaptureBackend:
                 n = min(len(chunk), offset + length - pos)
                 os.pwrite(self.fd, chunk[:n], pos)
                 pos += n
-
-    def _durable(self) -> None:
-        os.fdatasync(self.fd)
-        self.machine.sync(self.index)
 
     def read_block(self, offset: int, length: int) -> Record:
         """Resync: read a block now and give it the next seq in the same step (like initial replication)."""

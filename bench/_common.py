@@ -124,9 +124,9 @@ class Proc:
 class Site:
     """Appliance + agent (one machine, one disk) as two processes in ``tmp``."""
 
-    def __init__(self, tmp: Path, disk: Path, *, crash_interval: str = "5s") -> None:
+    def __init__(self, tmp: Path, disk: Path, *, crash_interval: str = "5s", appliance_home: Path | None = None) -> None:
         self.tmp, self.disk = tmp, disk
-        self.ahome, self.agent_home = tmp / "appliance", tmp / "agent"
+        self.ahome, self.agent_home = appliance_home or tmp / "appliance", tmp / "agent"
         self.cport, self.dport, self.nport = free_port(), free_port(), free_port()
         self.app: Proc | None = None
         self.agent: Proc | None = None

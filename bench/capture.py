@@ -99,6 +99,9 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="py-spy the roles during one more nbdcopy")
     ap.add_argument("--perf", action="store_true",
                     help="perf record (native stacks, kernel included) the roles during one more nbdcopy")
+    ap.add_argument("--appliance-storage", metavar="DIR",
+                    help="put the appliance's home (cache and vault) in a fresh folder under DIR, e.g. on another "
+                         "device: a real appliance does not share the protected machine's disk")
     ap.add_argument("--pin-appliance", action="store_true",
                     help="appliance on the last CPU, everything else on the others (the appliance as its own host)")
     a = ap.parse_args()
@@ -116,7 +119,11 @@ def main() -> int:
         base_disk = C.make_sparse(tmp / "nbdkit.img", size)
         lb_disk = C.make_sparse(tmp / "lifeboat.img", size)
         kit, kit_url = C.start_nbdkit(tmp, base_disk)
-        site = C.Site(tmp, lb_disk).start()
+        ahome = None
+        if a.appliance_storage:
+            import tempfile
+            ahome = Path(tempfile.mkdtemp(prefix="lifeboat-appliance-", dir=a.appliance_storage)) / "appliance"
+        site = C.Site(tmp, lb_disk, appliance_home=ahome).start()
         off, off_url = site.extra_agent("vm2", C.make_sparse(tmp / "capture-off.img", size))
         site.protect()
         site.wait_state("protected", 120)
@@ -182,6 +189,8 @@ def main() -> int:
         bc, lc, oc = max(copy["nbdkit"]), max(copy["lifeboat"]), max(copy["capture off"])
         bi, li, oi = max(iops["nbdkit"]), max(iops["lifeboat"]), max(iops["capture off"])
         where = "appliance pinned to its own CPU" if a.pin_appliance else "all roles sharing every CPU"
+        if a.appliance_storage:
+            where += f", appliance storage under {a.appliance_storage}"
         print(f"\nCapture overhead, best of {a.reps} ({a.size_mib} MiB, same file system, same clients, {where}):")
         print(C.table([
             ["nbdcopy --flush (MB/s)", bc, lc, f"{lc / bc:.2f}x", f">= {TARGET}x", C.verdict(lc / bc >= TARGET)],
@@ -205,6 +214,9 @@ def main() -> int:
         return 0 if lc / bc >= TARGET else 1
     finally:
         C.finish(site, [p for p in (kit, off) if p], tmp, a.keep)
+        if a.appliance_storage and site is not None and not a.keep:
+            import shutil
+            shutil.rmtree(site.ahome.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

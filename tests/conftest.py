@@ -14,6 +14,41 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 @pytest.fixture(autouse=True)
+def _dump_tasks_before_timeout(request):
+    """pytest-timeout's thread dump shows an idle event loop in select() when an async test hangs on an await,
+    not which await: shortly before the timeout, print the stack of every asyncio task of running loops."""
+    import asyncio
+    import gc
+    import sys
+    import threading
+
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout") or 0)
+    if limit <= 30:
+        yield
+        return
+
+    def dump_all() -> None:
+        for loop in [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]:
+            if loop.is_running():
+                loop.call_soon_threadsafe(dump, loop)
+
+    def dump(loop: asyncio.AbstractEventLoop) -> None:
+        print(f"\n==== {request.node.nodeid}: still running after {limit - 20:.0f} s; asyncio tasks:",
+              file=sys.stderr)
+        for task in asyncio.all_tasks(loop):
+            print(f"--- {task!r}", file=sys.stderr)
+            task.print_stack(file=sys.stderr)
+        sys.stderr.flush()
+
+    timer = threading.Timer(limit - 20, dump_all)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
+
+
+@pytest.fixture(autouse=True)
 def _test_keyring(tmp_path, monkeypatch):
     """A real keyring backend on headless machines: keyrings.alt's plaintext file keyring under a temp XDG dir."""
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")

@@ -13,7 +13,7 @@ PYSPY = REPO / ".venv" / "bin" / "py-spy"
 
 
 def start_spy(p: Proc, out: Path, rate: int = 250) -> subprocess.Popen | None:
-    """Sample a role's Python stacks per thread (wall clock, --idle) until stop_spy; None without py-spy."""
+    """Sample a role's Python stacks per thread (wall clock, --idle) until stop(); None without py-spy."""
     exe = str(PYSPY) if PYSPY.exists() else shutil.which("py-spy")
     if not exe:
         print("!! py-spy is not installed: .venv/bin/pip install py-spy")
@@ -22,13 +22,15 @@ def start_spy(p: Proc, out: Path, rate: int = 250) -> subprocess.Popen | None:
                              "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def stop_spy(spy: subprocess.Popen | None) -> None:
-    if spy is not None:
-        spy.send_signal(signal.SIGINT)
+def stop(recorder: subprocess.Popen | None, timeout: float = 60) -> None:
+    """Stop a recorder of start_spy or start_perf (SIGINT makes it write its output), killing it after
+    ``timeout``."""
+    if recorder is not None:
+        recorder.send_signal(signal.SIGINT)
         try:
-            spy.wait(30)
+            recorder.wait(timeout)
         except subprocess.TimeoutExpired:
-            spy.kill()
+            recorder.kill()
 
 
 IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:81)", "EpollSelector.select", "Condition.wait", "Event.wait")
@@ -83,7 +85,7 @@ def spy_summary(path: Path, seconds: float, rate: int = 250, top: int = 25) -> s
 
 
 def start_perf(procs: list[Proc], out: Path, freq: int = 999) -> subprocess.Popen | None:
-    """``perf record -g`` of the given roles (all their threads) until stop_perf; None without perf."""
+    """``perf record -g`` of the given roles (all their threads) until stop(); None without perf."""
     exe = shutil.which("perf")
     if not exe:
         print("!! perf is not installed (Debian: linux-perf)")
@@ -91,15 +93,6 @@ def start_perf(procs: list[Proc], out: Path, freq: int = 999) -> subprocess.Pope
     pids = ",".join(str(p.pid) for p in procs)
     return subprocess.Popen([exe, "record", "-F", str(freq), "-g", "-p", pids, "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def stop_perf(perf: subprocess.Popen | None) -> None:
-    if perf is not None:
-        perf.send_signal(signal.SIGINT)
-        try:
-            perf.wait(60)
-        except subprocess.TimeoutExpired:
-            perf.kill()
 
 
 def perf_summary(path: Path, nbytes: int, top: int = 22) -> str:

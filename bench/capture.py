@@ -40,8 +40,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -121,7 +123,6 @@ def main() -> int:
         kit, kit_url = C.start_nbdkit(tmp, base_disk)
         ahome = None
         if a.appliance_storage:
-            import tempfile
             ahome = Path(tempfile.mkdtemp(prefix="lifeboat-appliance-", dir=a.appliance_storage)) / "appliance"
         site = C.Site(tmp, lb_disk, appliance_home=ahome).start()
         off, off_url = site.extra_agent("vm2", C.make_sparse(tmp / "capture-off.img", size))
@@ -171,7 +172,7 @@ def main() -> int:
             prof_mbps = nbdcopy(src, site.nbd_url, size)
             prof_s = time.monotonic() - t0
             for sp in spies:
-                P.stop_spy(sp)
+                P.stop(sp)
 
         if a.perf:   # one more copy onto each agent: with capture off (the NBD server alone) and on
             perf_runs = []
@@ -181,7 +182,7 @@ def main() -> int:
                 perf = P.start_perf(procs, out)
                 t0 = time.monotonic()
                 mbps = nbdcopy(src, url, size)
-                P.stop_perf(perf)
+                P.stop(perf)
                 perf_runs.append((label, mbps, time.monotonic() - t0, out, procs))
 
         print("\nAll rounds (CPU = cores used by each role during the nbdcopy):")
@@ -215,7 +216,6 @@ def main() -> int:
     finally:
         C.finish(site, [p for p in (kit, off) if p], tmp, a.keep)
         if a.appliance_storage and site is not None and not a.keep:
-            import shutil
             shutil.rmtree(site.ahome.parent, ignore_errors=True)
 
 

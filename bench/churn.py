@@ -69,7 +69,7 @@ def write_phase(url: str, rate: float, seconds: float, site: C.Site | None, seed
     out, err = w.communicate()
     wall = time.monotonic() - t0
     for sp in spies:
-        P.stop_spy(sp)
+        P.stop(sp)
     if w.returncode != 0 or not out.strip():
         raise RuntimeError(f"writer failed ({w.returncode}) against {url}:\n{err[-3000:]}")
     res = json.loads(out.strip().splitlines()[-1])

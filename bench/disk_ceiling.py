@@ -35,9 +35,8 @@ import _common as C
 
 C.ensure_venv()
 
-from engine.directio import DirectAppender  # noqa: E402
+from append_io import direct  # noqa: E402  (the cache's and vault journal's appends: DirectAppender)
 
-SEGMENT = 64 * C.MiB
 REQUEST = 256 * 1024
 
 
@@ -54,32 +53,16 @@ def backing(path: Path, data: bytes, total: int) -> None:
         os.close(fd)
 
 
-def appends(folder: Path, data: bytes, total: int, group: int) -> None:
-    """The cache or the vault journal: padded O_DIRECT appends of ``group`` bytes, each made durable."""
-    folder.mkdir(parents=True, exist_ok=True)
-    done, seg, app = 0, 0, None
-    mv = memoryview(data)
-    while done < total:
-        if app is None or app.pos >= SEGMENT:
-            if app is not None:
-                app.close()
-            app = DirectAppender(folder / f"{seg:08d}.seg")
-            seg += 1
-        n = min(group, total - done)
-        app.append([mv[done % len(data):done % len(data) + n]], sync=True)
-        done += n
-    if app is not None:
-        app.close()
-
-
 def run(tmp: Path, data: bytes, total: int, streams: int) -> float:
     work = tmp / f"run-{streams}"
     work.mkdir()
     jobs = [threading.Thread(target=backing, args=(work / "disk.img", data, total))]
     if streams >= 2:
-        jobs.append(threading.Thread(target=appends, args=(work / "cache", data, total, 4 * C.MiB)))
+        (work / "cache").mkdir()
+        jobs.append(threading.Thread(target=direct, args=(work / "cache", data[:4 * C.MiB], total)))
     if streams >= 3:
-        jobs.append(threading.Thread(target=appends, args=(work / "vault", data, total, 8 * C.MiB)))
+        (work / "vault").mkdir()
+        jobs.append(threading.Thread(target=direct, args=(work / "vault", data[:8 * C.MiB], total)))
     os.sync()
     t0 = time.monotonic()
     for j in jobs:

@@ -157,7 +157,7 @@ def main() -> int:
         lb_s = t1 - t0
         cpu = [(p.cpu() - c) / lb_s for p, c in zip(roles, cpu0)]
         for s in spies:
-            P.stop_spy(s)
+            P.stop(s)
         vault_bytes = du(site.ahome / "vault")
         m = site.machine()
         print(f"lifeboat: protected after {lb_s:.2f}s; ceiling run 2 ...", flush=True)

@@ -33,6 +33,7 @@ import _common as C
 C.ensure_venv()
 
 from engine import pki  # noqa: E402
+from engine.agent.link import bio_handshake  # noqa: E402
 
 FRAME = 1 << 20
 
@@ -123,16 +124,7 @@ def receive_bio(d: Path, total: int) -> tuple[float, float, dict]:
     bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     ctx = pki.server_context(d / "server.pem", d / "server.key", d / "ca.pem", require_client=True)
     tls = ctx.wrap_bio(bio_in, bio_out, server_side=True)
-    while True:
-        try:
-            tls.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            if bio_out.pending:
-                s.sendall(bio_out.read())
-            bio_in.write(s.recv(65536))
-    if bio_out.pending:
-        s.sendall(bio_out.read())
+    bio_handshake(s, tls, bio_in, bio_out)
     buf = bytearray(4 << 20)
     n = 0
     c0, t0 = _cpu(), time.monotonic()

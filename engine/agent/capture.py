@@ -40,12 +40,12 @@ CONGESTION_WAIT = 0.25
 #: fdatasync per extent per flush. A flush retires a disk's extents only once this long has passed since it last
 #: did, or when more than AL_HOT_EXTENTS are active: a crash then compares at most a few more 64 MiB extents.
 AL_RETIRE_SECONDS = 10.0
+AL_HOT_EXTENTS = 64
 #: A FLUSH or FUA first waits, at most this long, for the process server to acknowledge the records it covers (its
 #: cache is durable), and journals only what is still unacknowledged then: on a link that keeps up, a flush costs
 #: the protected machine no second write of its data. Only when the link would take longer (unacknowledged bytes
 #: over the link's rate, plus its acknowledgement latency) does the flush journal at once.
 FLUSH_ACK_WAIT = 0.5
-AL_HOT_EXTENTS = 64
 _ZEROS = bytes(1 << 20)
 
 
@@ -151,8 +151,7 @@ class MachineCapture:
         journal, oldest first (not synced). Newer ones stay in memory: still newer than everything journaled."""
         if not self._sent and not self._unsent:
             return
-        if upto is None or (self._unsent and self._unsent[-1][0].seq <= upto) or (
-                not self._unsent and self._sent[-1][0].seq <= upto):
+        if upto is None or (self._unsent or self._sent)[-1][0].seq <= upto:
             items = [*self._sent, *self._unsent]
             self._sent.clear()
             self._unsent.clear()
@@ -282,7 +281,7 @@ class MachineCapture:
 
     async def _await_acked(self, target: int) -> None:
         if not self._mem_on or self.acked_seq >= target or target <= self.journal.last_seq:
-            return   # link down, nothing pending, or some of it is in the journal anyway (a sync covers it)
+            return   # link down, or everything the flush covers is acknowledged or journaled already
         eta = self.ack_eta(self._mem_bytes)
         if eta > FLUSH_ACK_WAIT:
             return

@@ -19,7 +19,25 @@ from typing import Any
 from ..errors import ProtocolError
 from ..wire import HEAD, Frame, frame_header, parse_head
 
-__all__ = ["Link", "Liveness"]
+__all__ = ["Link", "Liveness", "bio_handshake"]
+
+
+def bio_handshake(raw: socket.socket, tls: ssl.SSLObject, bio_in: ssl.MemoryBIO, bio_out: ssl.MemoryBIO) -> None:
+    """Complete the TLS handshake of ``tls`` (over memory BIOs) on the blocking socket ``raw`` (bounded by its
+    timeout), either side."""
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if bio_out.pending:
+                raw.sendall(bio_out.read())
+            data = raw.recv(65536)
+            if not data:
+                raise ConnectionResetError("the peer closed the connection during the TLS handshake") from None
+            bio_in.write(data)
+    if bio_out.pending:
+        raw.sendall(bio_out.read())
 
 
 class Link:
@@ -72,20 +90,7 @@ class Link:
             try:
                 bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
                 tls = ctx.wrap_bio(bio_in, bio_out, server_hostname=host)
-                while True:   # the handshake, bounded by the socket timeout
-                    try:
-                        tls.do_handshake()
-                        break
-                    except ssl.SSLWantReadError:
-                        if bio_out.pending:
-                            raw.sendall(bio_out.read())
-                        data = raw.recv(65536)
-                        if not data:
-                            raise ConnectionResetError("the process server closed the connection during the TLS "
-                                                       "handshake") from None
-                        bio_in.write(data)
-                if bio_out.pending:
-                    raw.sendall(bio_out.read())
+                bio_handshake(raw, tls, bio_in, bio_out)
                 return raw, tls, bio_in, bio_out
             except BaseException:
                 raw.close()

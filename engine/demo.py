@@ -104,6 +104,7 @@ async def run_demo(root: Path, size_mib: int = 256) -> int:
         st = app.machine_status("demo-vm")
         print(f"  writes replicated: RPO {st['rpo_seconds']}s, health {st['health']}, {st['points']} points")
         ok = True
+        assert app.recovery is not None
         for spec, want in (("tag:demo-bookmark", at_bookmark), ("latest", latest)):
             job = await app.recovery.test_failover("demo-vm", spec, export_dir=str(root / "drill"), nbd=None)
             while not job.finished:

@@ -7,18 +7,21 @@ Errors are ``{"error": {"code", "message", "advice"}}`` with a 4xx status; nothi
 
 from __future__ import annotations
 
-import json
 import logging
+import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .. import pki
-from ..errors import AuthError, CertificateRefused, Conflict, InvalidInput, LifeboatError, NotFound
+from ..errors import AuthError, Conflict, InvalidInput, LifeboatError, NotFound
 from ..policy import Policy, parse_duration
+from .control_http import MAX_BODY, AdminCheck, read_json
 
 if TYPE_CHECKING:
-    from .appliance import Appliance
+    from .machines import Machines, MachineState
+    from .recovery_service import RecoveryService
+    from .resync import Resync
 
 log = logging.getLogger(__name__)
 
@@ -45,34 +48,26 @@ async def _errors(request: web.Request, handler):  # type: ignore[no-untyped-def
 
 
 class ControlAPI:
-    def __init__(self, app: Appliance) -> None:
-        self.app = app
+    """The control port's routes over the appliance's services (no appliance back-pointer): ``machines``
+    (register, protect, revoke, bookmark, points, status), ``state`` (policies), ``resync`` (resync, verify),
+    ``recovery`` (drills), ``status`` (the whole appliance's status), plus ``extra_routes`` of other parts (vSphere),
+    all behind ``require_admin`` except registration."""
+
+    def __init__(self, tls: ssl.SSLContext, *, require_admin: AdminCheck, machines: Machines, state: MachineState,
+                 resync: Resync, recovery: RecoveryService, status: Callable[[], dict[str, Any]],
+                 extra_routes: list[web.RouteDef] | None = None) -> None:
+        self.tls = tls
+        self.require_admin = require_admin
+        self.machines = machines
+        self.state = state
+        self.resync_service = resync
+        self.recovery = recovery
+        self.appliance_status = status
+        self.extra_routes = list(extra_routes or [])
         self.runner: web.AppRunner | None = None
 
-    def _admin(self, request: web.Request) -> None:
-        peer = pki.peer_serial(request.transport.get_extra_info("ssl_object") if request.transport else None)
-        if peer is None:
-            raise CertificateRefused("this call needs the appliance's admin client certificate",
-                                     advice="Run the command on the appliance with --home pointing at its home.")
-        serial, cn = peer
-        if cn != "lifeboat-admin" or str(serial) != self.app.cfg["admin_serial"]:
-            raise CertificateRefused(f"certificate {cn!r} is not allowed to administer the appliance")
-
-    async def _json(self, request: web.Request) -> dict[str, Any]:
-        if request.content_length and request.content_length > 1 << 20:
-            raise InvalidInput("request body too large")
-        try:
-            body = await request.json() if request.can_read_body else {}
-        except json.JSONDecodeError:
-            raise InvalidInput("request body is not JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidInput("request body must be a JSON object")
-        return body
-
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        h = self.app.home
-        ctx = pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=False)
-        wa = web.Application(middlewares=[_errors], client_max_size=1 << 20)
+        wa = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
         r = wa.router
         r.add_post("/v1/register", self.register)
         r.add_get("/v1/status", self.status)
@@ -87,11 +82,10 @@ class ControlAPI:
         r.add_post("/v1/machines/{name}/verify", self.verify)
         r.add_post("/v1/machines/{name}/failover-cleanup", self.failover_cleanup)
         r.add_get("/v1/jobs/{id}", self.job)
-        if getattr(self.app, "vsphere", None):
-            r.add_routes(self.app.vsphere.routes())
+        r.add_routes(self.extra_routes)
         self.runner = web.AppRunner(wa, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, ssl_context=ctx)
+        site = web.TCPSite(self.runner, host, port, ssl_context=self.tls)
         await site.start()
         sock = site._server.sockets[0]  # type: ignore[union-attr]
         return sock.getsockname()[:2]
@@ -101,28 +95,26 @@ class ControlAPI:
             await self.runner.cleanup()
 
     async def register(self, request: web.Request) -> web.Response:
-        b = await self._json(request)
+        b = await read_json(request)
         for k in ("name", "csr", "nonce", "proof"):
             if not isinstance(b.get(k), str):
                 raise InvalidInput(f"registration needs {k!r}")
-        return web.json_response(self.app.register(b["name"], b["csr"], b["nonce"], b["proof"]))
+        return web.json_response(self.machines.register(b["name"], b["csr"], b["nonce"], b["proof"]))
 
     async def status(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        return web.json_response(self.app.status())
+        self.require_admin(request)
+        return web.json_response(self.appliance_status())
 
     async def policies(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        assert self.app.db is not None
-        return web.json_response([p.to_dict() for p in self.app.db.policies()])
+        self.require_admin(request)
+        return web.json_response([p.to_dict() for p in self.state.policies()])
 
     async def put_policy(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        b = await self._json(request)
+        self.require_admin(request)
+        b = await read_json(request)
         name = request.match_info["name"]
-        assert self.app.db is not None
         try:
-            base = self.app.db.policy(name)
+            base = self.state.policy(name)
         except NotFound:
             base = Policy(name)
         for field in ("rpo_threshold", "retention", "app_consistent", "crash_interval"):
@@ -130,50 +122,50 @@ class ControlAPI:
                 setattr(base, field, parse_duration(b[field], what=field.replace("_", "-")))
         if b.get("resync_window") is not None:
             base.resync_window = str(b["resync_window"])
-        return web.json_response(self.app.set_policy(base).to_dict())
+        return web.json_response(self.state.set_policy(base).to_dict())
 
     async def points(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        return web.json_response(self.app.points(request.match_info["name"]))
+        self.require_admin(request)
+        return web.json_response(self.machines.points(request.match_info["name"]))
 
     async def protect(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        b = await self._json(request)
-        await self.app.protect(request.match_info["name"], b.get("policy"))
-        return web.json_response(self.app.machine_status(request.match_info["name"]))
+        self.require_admin(request)
+        b = await read_json(request)
+        await self.machines.protect(request.match_info["name"], b.get("policy"))
+        return web.json_response(self.machines.machine_status(request.match_info["name"]))
 
     async def revoke(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        self.app.revoke(request.match_info["name"])
+        self.require_admin(request)
+        self.machines.revoke(request.match_info["name"])
         return web.json_response({"revoked": request.match_info["name"]})
 
     async def bookmark(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        b = await self._json(request)
-        self.app.request_bookmark(request.match_info["name"], b.get("tag"))
+        self.require_admin(request)
+        b = await read_json(request)
+        self.machines.request_bookmark(request.match_info["name"], b.get("tag"))
         return web.json_response({"requested": True})
 
     async def resync(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        b = await self._json(request)
-        return web.json_response(self.app.request_resync(request.match_info["name"], now=bool(b.get("now"))))
+        self.require_admin(request)
+        b = await read_json(request)
+        return web.json_response(self.resync_service.request(request.match_info["name"], now=bool(b.get("now"))))
 
     async def verify(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        b = await self._json(request)
-        return web.json_response(await self.app.verify(request.match_info["name"], heal=b.get("heal", True)))
+        self.require_admin(request)
+        b = await read_json(request)
+        return web.json_response(await self.resync_service.verify(request.match_info["name"], heal=b.get("heal", True)))
 
     async def failover(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        b = await self._json(request)
-        job = await self.app.recovery.test_failover(request.match_info["name"], str(b.get("point", "latest")),
+        self.require_admin(request)
+        b = await read_json(request)
+        job = await self.recovery.test_failover(request.match_info["name"], str(b.get("point", "latest")),
                                                     export_dir=b.get("export_dir"), nbd=b.get("nbd"))
         return web.json_response(job.to_dict())
 
     async def failover_cleanup(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        return web.json_response(await self.app.recovery.cleanup(request.match_info["name"]))
+        self.require_admin(request)
+        return web.json_response(await self.recovery.cleanup(request.match_info["name"]))
 
     async def job(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        return web.json_response(self.app.recovery.job(request.match_info["id"]).to_dict())
+        self.require_admin(request)
+        return web.json_response(self.recovery.job(request.match_info["id"]).to_dict())

@@ -7,18 +7,22 @@ import collections
 import json
 import logging
 import time
+from concurrent.futures import Executor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..codec import Sealer
-from ..errors import IntegrityError
-from ..events import PointCreated
+from ..errors import IntegrityError, LifeboatError
+from ..events import Alert, EventBus, PointCreated
 from ..records import HEADER_SIZE, Kind, Record
 from ..vault.base import MachineVault, Point, SealedRecord
 from ..segment_log import SegmentLog as MachineCache
 from .blockhash import UNKNOWN, BlockHashIndex, full_block_hashes
 
 if TYPE_CHECKING:
-    from .appliance import Appliance
+    from .machines import MachineState
+    from .resync import Resync
+    from .sync_cursor import SyncCursor
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +70,24 @@ def _seal_all(sealer: Sealer, recs: list[Record]) -> tuple[list[SealedRecord], l
 
 
 class MachineRuntime:
-    """Everything the process server keeps for one machine while the appliance runs."""
+    """Everything the process server keeps for one machine while the appliance runs, and its applier.
 
-    def __init__(self, app: Appliance, name: str, cache: MachineCache, vault: MachineVault) -> None:
-        self.app = app
+    Collaborators: ``state`` (the machine's row: protected, policy), ``cursor`` (initial sync and consistency:
+    SYNC_DONE goes there, points are only made where it says the replica is consistent), ``resync`` (RESYNC_START /
+    RESYNC_DONE, and corruption found in the cache), ``bus`` (points, errors), ``pool`` and ``sealer`` (CPU work),
+    ``hashes_dir`` (the block-hash index files of this machine).
+    """
+
+    def __init__(self, name: str, cache: MachineCache, vault: MachineVault, *, state: MachineState,
+                 cursor: SyncCursor, resync: Resync, bus: EventBus, pool: Executor, sealer: Sealer,
+                 hashes_dir: Path) -> None:
+        self.state = state
+        self.cursor = cursor
+        self.resync = resync
+        self.bus = bus
+        self.pool = pool
+        self.sealer = sealer
+        self.hashes_dir = hashes_dir
         self.name = name
         self.cache = cache
         self.vault = vault
@@ -111,13 +129,13 @@ class MachineRuntime:
         now_ns = now_ns or time.time_ns()
         oldest = [t for t in (self.agent_pending_ns, self.cache_pending[0][0] if self.cache_pending else 0) if t]
         rpo = (now_ns - min(oldest)) / 1e9 if oldest else 0.0
-        if self.connection is None and self.app.machine_row(self.name)["protected"]:
+        if self.connection is None and self.state.row(self.name)["protected"]:
             # We cannot see writes made while the agent is away: count the time since it was last heard from.
             rpo = max(rpo, time.monotonic() - self.last_seen if self.last_seen else 0.0)
         return max(rpo, 0.0)
 
     def open_hash_indexes(self) -> None:
-        folder = self.app.home.cache / f"{self.name}.hashes"
+        folder = self.hashes_dir
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         for d in self.vault.disks():
             if d.index in self.hashes:
@@ -268,12 +286,16 @@ class MachineRuntime:
                     self._mem_clear()
                 self.cache_pending.clear()
                 log.error("%s: corrupt process-server cache (%s); set aside in %s, resyncing", self.name, exc, q)
-                self.app.corruption_found(self.name, "process-server cache", str(exc), self.vault.last_seq + 1)
+                self.resync.corruption_found(self.name, "process-server cache", str(exc), self.vault.last_seq + 1)
             except Exception as exc:  # never crash the role: show the error, retry
                 log.exception("apply failed for %s", self.name)
                 self.error = str(exc)
-                self.app.set_error(self.name, exc)
+                self._alert(exc)
                 await asyncio.sleep(2.0)
+
+    def _alert(self, exc: BaseException) -> None:
+        err = exc.to_dict() if isinstance(exc, LifeboatError) else {"code": "LB_ERROR", "message": str(exc)}
+        self.bus.emit(Alert(self.name, err["code"], err["message"], err.get("advice", ""), "critical"))
 
     async def _fetch(self, after: int) -> list[Record]:
         recs = self._mem_take(after, APPLY_BATCH_BYTES)
@@ -285,12 +307,12 @@ class MachineRuntime:
         # Under the append lock, so the read never meets an append half written.
         async with self.append_lock:
             return await asyncio.get_running_loop().run_in_executor(
-                self.app.pool, self.cache.read_after, after, APPLY_BATCH_BYTES)
+                self.pool, self.cache.read_after, after, APPLY_BATCH_BYTES)
 
     async def _seal(self, recs: list[Record]) -> tuple[list[SealedRecord], list[Any]]:
         loop = asyncio.get_running_loop()
         parts = _split(recs, SEAL_PARTS)
-        done = await asyncio.gather(*(loop.run_in_executor(self.app.pool, _seal_all, self.app.sealer, p)
+        done = await asyncio.gather(*(loop.run_in_executor(self.pool, _seal_all, self.sealer, p)
                                       for p in parts))
         return [s for part in done for s in part[0]], [h for part in done for h in part[1]]
 
@@ -347,30 +369,30 @@ class MachineRuntime:
         await self._after_apply(recs)
         if self.cache.bytes >= self.cache.segment_bytes:   # else the cache is one segment: nothing to delete
             async with self.append_lock:   # not while the next batch is read back from the cache (_fetch)
-                await asyncio.get_running_loop().run_in_executor(self.app.pool, self.cache.trim, last)
+                await asyncio.get_running_loop().run_in_executor(self.pool, self.cache.trim, last)
         self.error = None
 
     async def _after_apply(self, recs: list[Record]) -> None:
         for r in recs:
             if r.kind == Kind.SYNC_DONE:
-                self.app.disk_synced(self.name, r.disk, r.seq)
+                self.cursor.disk_synced(self.name, r.disk, r.seq)
             elif r.kind == Kind.RESYNC_START:
                 info = json.loads(bytes(r.data))
-                self.app.resync_started(self.name, r.seq, info.get("reason") or "resync")
+                self.resync.started(self.name, r.seq, info.get("reason") or "resync")
             elif r.kind == Kind.RESYNC_DONE:
-                self.app.resync_finished(self.name, r.seq)
+                self.resync.finished(self.name, r.seq)
             elif r.kind == Kind.BOOKMARK:
                 info = json.loads(bytes(r.data))
-                if self.app.is_consistent(self.name, r.seq):
+                if self.cursor.is_consistent(self.name, r.seq):
                     await self._add_point(Point(f"a-{r.seq}", r.seq, r.ts_ns / 1e9, "app-consistent",
                                                 info.get("tag")))
         await self._maybe_crash_point()
 
     async def _maybe_crash_point(self) -> None:
         seq = self.vault.last_seq
-        if seq <= self.last_point_seq or not self.app.is_consistent(self.name, seq):
+        if seq <= self.last_point_seq or not self.cursor.is_consistent(self.name, seq):
             return
-        policy = self.app.policy_of(self.name)
+        policy = self.state.policy_of(self.name)
         if time.time() - self.last_point_time < policy.crash_interval:
             return
         if self.last_applied_seq != seq:
@@ -381,7 +403,7 @@ class MachineRuntime:
         await self.vault.add_point(p)
         self.last_point_time = time.time()
         self.last_point_seq = max(self.last_point_seq, p.seq)
-        self.app.bus.emit(PointCreated(self.name, p.id, p.kind, p.time, p.tag))
+        self.bus.emit(PointCreated(self.name, p.id, p.kind, p.time, p.tag))
 
 
 class _Rate:

@@ -17,6 +17,7 @@ import logging
 import ssl
 import struct
 import time
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from .. import pki
@@ -27,8 +28,11 @@ from ..wire import BATCH_HEAD, DIFF_HEAD, HEAD, RESYNC_HEAD, Frame, parse_head, 
 from ..wire import write_frame, write_json
 
 if TYPE_CHECKING:
-    from .appliance import Appliance
+    from .machines import MachineState
     from .pipeline import MachineRuntime
+    from .resync import Resync
+    from .runtimes import Runtimes
+    from .sync_cursor import SyncCursor
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +188,18 @@ class AgentConnection:
 
 
 class ProcessServer:
-    def __init__(self, app: Appliance, ssl_context: ssl.SSLContext) -> None:
-        self.app = app
+    """The data port. Collaborators: ``state`` (who may connect, the machine's disks), ``runtimes`` (attach an
+    agent, its WELCOME), ``resync`` (a request waiting for the agent), ``cursor`` (initial-sync progress of durable
+    records) and ``pool`` (cache appends)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, *, state: MachineState, runtimes: Runtimes, resync: Resync,
+                 cursor: SyncCursor, pool: Executor) -> None:
         self.ssl = ssl_context
+        self.state = state
+        self.runtimes = runtimes
+        self.resync = resync
+        self.cursor = cursor
+        self.pool = pool
         self.server: asyncio.base_events.Server | None = None
         self._handlers: set[asyncio.Task] = set()
         self._conns: set[AgentConnection] = set()
@@ -259,7 +272,7 @@ class ProcessServer:
             raise CertificateRefused("the agent presented no client certificate")
         serial, cn = peer
         try:
-            row = self.app.machine_row(cn)
+            row = self.state.row(cn)
         except UnknownMachine:
             raise CertificateRefused(f"certificate for {cn!r} does not belong to a registered machine") from None
         if row["revoked"]:
@@ -274,13 +287,13 @@ class ProcessServer:
         conn.hello = hello  # type: ignore[attr-defined]  # identity fields for vSphere matching
         if hello.get("machine") != cn:
             raise ProtocolError("HELLO names another machine than the certificate")
-        rt = await self.app.attach_agent(cn, hello.get("disks", []), conn)
-        write_json(conn.writer, Frame.WELCOME, self.app.welcome(cn))
-        self.app._deliver_resync(cn)
+        rt = await self.runtimes.attach_agent(cn, hello.get("disks", []), conn)
+        write_json(conn.writer, Frame.WELCOME, self.runtimes.welcome(cn))
+        self.resync.deliver(cn)
         return rt
 
     async def _serve(self, conn: AgentConnection, rt: MachineRuntime) -> None:
-        disks = {d["index"]: d["size"] for d in self.app.machine_row(rt.name)["disks"]}
+        disks = {d["index"]: d["size"] for d in self.state.row(rt.name)["disks"]}
         committer = _Committer(self, conn, rt)
         try:
             while True:
@@ -440,7 +453,7 @@ class _Committer:
         except Exception:
             pass   # reported through check(), or the connection is going away anyway
         finally:
-            _flush_sync_note(self.ps.app, self.rt)
+            _flush_sync_note(self.ps.cursor, self.rt)
 
     async def _run(self) -> None:
         while True:
@@ -465,7 +478,7 @@ class _Committer:
             if rt.connection is not conn:
                 raise ConnectionResetError("replaced by a newer connection of the same machine")
             prev = rt.cache.last_seq
-            fut = asyncio.get_running_loop().run_in_executor(rt.app.pool, _verify_append, rt.cache, group)
+            fut = asyncio.get_running_loop().run_in_executor(self.ps.pool, _verify_append, rt.cache, group)
             try:
                 recs, nbytes, entries, bad = await asyncio.shield(fut)
             except asyncio.CancelledError:
@@ -480,7 +493,7 @@ class _Committer:
                 rt.cache_pending.extend(entries)
                 rt.cached(recs, prev, nbytes)           # in-memory hand-off to the applier
                 rt.churn.add(sum(r.payload_size for r in recs if r.kind == Kind.WRITE))
-                _note_sync(self.ps.app, rt, recs)
+                _note_sync(self.ps.cursor, rt, recs)
                 rt.new_data.set()
         # Everything before a bad batch is durable now (or was already): ACK each of them, in order.
         written = group if bad is None else group[:bad[0]]
@@ -542,7 +555,7 @@ async def _wait_done(fut: asyncio.Future) -> None:
         fut.exception()   # retrieved: the caller reports its own error
 
 
-def _note_sync(app: Appliance, rt: MachineRuntime, recs: list[Record]) -> None:
+def _note_sync(cursor: SyncCursor, rt: MachineRuntime, recs: list[Record]) -> None:
     """Initial-replication cursor: remember the SYNC progress of durable records, write it at most once a second
     (at once for SYNC_DONE). A cursor that is behind only makes the agent re-send some chunks."""
     pend = rt.sync_note
@@ -556,16 +569,16 @@ def _note_sync(app: Appliance, rt: MachineRuntime, recs: list[Record]) -> None:
             pend[("done", r.disk)] = Record(r.kind, r.disk, r.seq, r.ts_ns, r.offset, r.length)
             done = True
     if pend and (done or time.monotonic() - rt.sync_note_time >= SYNC_NOTE_INTERVAL):
-        _flush_sync_note(app, rt)
+        _flush_sync_note(cursor, rt)
 
 
-def _flush_sync_note(app: Appliance, rt: MachineRuntime) -> None:
+def _flush_sync_note(cursor: SyncCursor, rt: MachineRuntime) -> None:
     pend = rt.sync_note
     if not pend:
         return
     rt.sync_note = {}
     rt.sync_note_time = time.monotonic()
     try:
-        app.note_sync(rt, sorted(pend.values(), key=lambda r: r.seq))
+        cursor.note_sync(rt.name, rt.sync, sorted(pend.values(), key=lambda r: r.seq))
     except Exception:
         log.exception("could not record the initial-replication cursor of %s", rt.name)

@@ -12,18 +12,22 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Conflict, InvalidInput, LifeboatError, NotFound, NotReady, UnknownPoint
-from ..events import JobProgress
+from ..events import EventBus, JobProgress
 from ..nbd.server import NBDServer
 from ..vault.base import DiskView, MachineVault, Point
 from .overlay import OverlayBackend
 
 if TYPE_CHECKING:
-    from .appliance import Appliance
+    from .machines import MachineState
+    from .pipeline import MachineRuntime
+    from .sync_cursor import SyncCursor
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +134,25 @@ class Drill:
 
 
 class RecoveryService:
-    def __init__(self, app: Appliance) -> None:
-        self.app = app
+    """Drills of protected machines. Collaborators: ``drills_dir`` (scratch space), ``state`` (rows),
+    ``runtimes`` (each machine's vault), ``cursor`` (which states are consistent), ``bus`` (job progress) and
+    ``pool`` (image writes)."""
+
+    def __init__(self, drills_dir: Path, *, state: MachineState, runtimes: Mapping[str, MachineRuntime],
+                 cursor: SyncCursor, bus: EventBus, pool: Executor) -> None:
+        self.drills_dir = drills_dir
+        self.state = state
+        self.runtimes = runtimes
+        self.cursor = cursor
+        self.bus = bus
+        self.pool = pool
         self.jobs: dict[str, Job] = {}
         self.drills: dict[str, Drill] = {}
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         # Scratch left by a drill of an earlier run (appliance killed) holds nothing worth keeping.
-        shutil.rmtree(self.app.home.drills, ignore_errors=True)
+        shutil.rmtree(self.drills_dir, ignore_errors=True)
 
     async def stop(self) -> None:
         for t in list(self._tasks):
@@ -158,7 +172,7 @@ class RecoveryService:
 
     def _progress(self, job: Job, progress: float, message: str = "") -> None:
         job.progress = progress
-        self.app.bus.emit(JobProgress(job.id, job.operation, job.machine, progress, job.finished, job.error, message))
+        self.bus.emit(JobProgress(job.id, job.operation, job.machine, progress, job.finished, job.error, message))
 
     async def test_failover(self, machine: str, spec: str, *, export_dir: str | None, nbd: str | None) -> Job:
         if (export_dir is None) == (nbd is None):
@@ -166,11 +180,11 @@ class RecoveryService:
         if machine in self.drills:
             raise Conflict(f"a drill of {machine!r} is already running",
                            advice=f"Clean it up first: `lifeboat failover-cleanup --home DIR {machine}`.")
-        row = self.app.machine_row(machine)
-        rt = self.app.runtimes.get(machine)
+        row = self.state.row(machine)
+        rt = self.runtimes.get(machine)
         if rt is None or not row["protected"]:
             raise NotReady(f"machine {machine!r} is not protected")
-        point = await resolve_point(rt.vault, spec, lambda seq: self.app.is_consistent(machine, seq),
+        point = await resolve_point(rt.vault, spec, lambda seq: self.cursor.is_consistent(machine, seq),
                                     rt.last_applied_ts if rt.last_applied_seq == rt.vault.last_seq else None)
         host, port = "", 0
         if nbd is not None:
@@ -180,7 +194,7 @@ class RecoveryService:
             port = int(p)
         if export_dir is not None and not os.path.isabs(export_dir):
             raise InvalidInput("--export needs an absolute folder path")
-        drill = Drill(machine, point, self.app.home.drills / machine)
+        drill = Drill(machine, point, self.drills_dir / machine)
         self.drills[machine] = drill
         job = Job(uuid.uuid4().hex[:12], "test-failover", machine, result={"point": point.to_dict()})
         self.jobs[job.id] = job
@@ -232,10 +246,10 @@ class RecoveryService:
                         n = min(EXPORT_CHUNK, d.size - off)
                         data = await view.read(off, n)
                         if data.count(0) != len(data):  # keep zero runs sparse
-                            await loop.run_in_executor(self.app.pool, os.pwrite, fd, data, off)
+                            await loop.run_in_executor(self.pool, os.pwrite, fd, data, off)
                         done += n
                         self._progress(job, done / total)
-                    await loop.run_in_executor(self.app.pool, os.fsync, fd)
+                    await loop.run_in_executor(self.pool, os.fsync, fd)
                 finally:
                     os.close(fd)
                 files.append(str(path))
@@ -250,7 +264,7 @@ class RecoveryService:
             self._progress(job, 1.0 if not job.error else job.progress)
 
     async def cleanup(self, machine: str) -> dict[str, Any]:
-        self.app.machine_row(machine)
+        self.state.row(machine)
         drill = self.drills.pop(machine, None)
         if drill is None:
             raise NotFound(f"no drill of {machine!r} is running", advice="Nothing to clean up.")

@@ -4,14 +4,16 @@ Callers (the process server's applier, retention, recovery) use only this interf
 without changing them. The local vault (``local.py``) keeps a replica per disk at the *oldest retained* point plus a
 redo journal of sealed records; Azure Blob (next) keeps a page-blob replica at the *newest* point, page-blob
 snapshots as points and block blobs as cache logs. Both fit: records go in by ``append``, points by ``add_point``,
-reads come out of ``open_view``, history is dropped by ``prune``.
+reads come out of ``open_view``, history is dropped by ``prune``, and ``verify`` re-reads everything stored.
+Backends are picked by kind from ``registry.VAULT_KINDS``.
 """
 
 from __future__ import annotations
 
 import abc
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ..records import Record
 
@@ -64,6 +66,20 @@ class DiskView(abc.ABC):
     async def close(self) -> None: ...
 
 
+@dataclass(slots=True)
+class VerifyReport:
+    """Outcome of :meth:`MachineVault.verify`: what was checked, and every problem found (``disk``, ``offset``,
+    ``length`` where known, and ``error``)."""
+
+    records_checked: int = 0
+    blocks_checked: int = 0
+    problems: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 class MachineVault(abc.ABC):
     """One protected machine's data in a vault."""
 
@@ -114,6 +130,11 @@ class MachineVault(abc.ABC):
         """Drop history before ``keep_from_seq`` (fold it into the replica); drop points older than it."""
 
     @abc.abstractmethod
+    async def verify(self) -> VerifyReport:
+        """Re-read everything the backend holds for the machine and check it (authentication tags, the source's
+        record hashes). Corruption is reported in the result, not raised."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...
 
 
@@ -121,6 +142,12 @@ class Vault(abc.ABC):
     """A vault backend holding many machines."""
 
     kind: str
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, cfg: dict[str, Any], key: bytes, *, executor: Executor | None = None) -> Vault:
+        """The backend for the ``vault`` section of the appliance's config (``{"kind": ..., ...}``), with the
+        32-byte vault key; blocking work runs in ``executor``."""
 
     @abc.abstractmethod
     async def open_machine(self, machine: str) -> MachineVault: ...

@@ -41,10 +41,10 @@ from ..codec import Sealer
 from ..errors import AlreadyExists, Conflict, IntegrityError, InvalidInput, LifeboatError, StorageError
 from ..errors import UnknownMachine, UnknownPoint
 from ..records import MAX_PAYLOAD, Kind
-from .base import DiskInfo, MachineVault, Point, SealedRecord, Vault
+from .base import DiskInfo, MachineVault, Point, SealedRecord, Vault, VerifyReport
 from .journal import SEGMENT_BYTES, Entry, Journal, atomic_write, check_envelope, fsync_dir, make_private_dir
-# LocalDiskView and VerifyReport live in local_view; importing them here keeps `from .local import ...` working
-from .local_view import DATA_KINDS, ZERO_KINDS, LocalDiskView, VerifyReport, _PayloadCache, build_extent_map
+# LocalDiskView lives in local_view (VerifyReport in base); importing them here keeps `from .local import ...` working
+from .local_view import DATA_KINDS, ZERO_KINDS, LocalDiskView, _PayloadCache, build_extent_map
 from .local_view import seq_at_time_scan, verify_all
 from .replica import BLOCK, FoldBatch, ReplicaCipher, ReplicaFile, apply_redo, derive_replica_key
 from .replica import read_redo_seq, write_redo
@@ -530,6 +530,12 @@ class LocalVault(Vault):
         self._machines: dict[str, LocalMachineVault] = {}
         self._lock = asyncio.Lock()
 
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], key: bytes, *,
+                    executor: concurrent.futures.Executor | None = None) -> LocalVault:
+        """``{"kind": "local", "path": FOLDER}``."""
+        return cls(Path(cfg["path"]), key, executor=executor)
     def machines(self) -> list[str]:
         """Names of the machines stored under the root."""
         if not self.root.exists():

@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import IntegrityError, InvalidInput, StorageError
 from ..records import Kind
-from .base import DiskView
+from .base import DiskView, VerifyReport
 from .replica import ExtentMap
 
 if TYPE_CHECKING:
@@ -67,19 +66,6 @@ class _PayloadCache:
                     _, old = self._d.popitem(last=False)
                     self._bytes -= len(old)
         return v
-
-
-@dataclass(slots=True)
-class VerifyReport:
-    """Outcome of :meth:`LocalMachineVault.verify`."""
-
-    records_checked: int = 0
-    blocks_checked: int = 0
-    problems: list[dict] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
 
 class LocalDiskView(DiskView):

@@ -12,7 +12,8 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..appliance.appliance import Appliance
+    from ..appliance.machines import MachineState
+    from ..appliance.resync import Resync
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +90,17 @@ def resized_disks(known: dict[int, int], vm: dict[str, Any]) -> list[tuple[dict[
             if d["key"] in known and int(d["capacity_bytes"]) != known[d["key"]]]
 
 
-def mark_resync(app: Appliance, machine: str, reason: str, **details: Any) -> bool:
-    """Flag a protected machine for resync. The single place that does it, so it can be rewired to a resync service.
+def mark_resync(state: MachineState, resync: Resync, machine: str, reason: str, **details: Any) -> bool:
+    """Flag a protected machine for resync (through the appliance's resync service). The single place that does it.
 
     Returns False (and changes nothing) for a machine that is not protected: it has no replica to heal.
     """
-    assert app.db is not None
-    row = app.db.machine(machine)
+    row = state.row(machine)
     if not row["protected"] or row["revoked"]:
         return False
     # A checksum resync of the whole machine, at the policy's window (the agent also grows the replica when it
     # sees the larger disk).
-    app.request_resync(machine, now=False, reason=reason)
-    app.db.add_event("resync-required", machine, reason=reason, **details)
+    resync.request(machine, now=False, reason=reason)
+    state.event("resync-required", machine, reason=reason, **details)
     log.warning("machine %s needs a resync: %s %s", machine, reason, details)
     return True

@@ -1,6 +1,7 @@
 """VSphereService: registered vCenter/ESXi endpoints, their live inventories, and machine ↔ VM matching.
 
-Runs inside the Appliance (``app.vsphere``), on its loop thread. All pyVmomi calls happen in threads: registration
+Runs inside the appliance (``app.vsphere``), on its loop thread; it gets the machine state, the resync service, the
+event bus and the control API's admin check, not the appliance. All pyVmomi calls happen in threads: registration
 probes through ``asyncio.to_thread``, inventories in one ``Watcher`` thread per endpoint. Passwords go to the OS
 keyring and nowhere else (not the DB, not logs, not events).
 """
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
+from ..appliance.control_http import read_json
 from ..errors import AlreadyExists, InvalidInput
 from ..events import Alert
 from ..secrets import delete_secret, get_secret, set_secret
@@ -27,7 +29,10 @@ from .matching import VMIndex, mark_resync, resized_disks
 from .store import VSphereStore, disk_sizes, secret_name
 
 if TYPE_CHECKING:
-    from ..appliance.appliance import Appliance
+    from ..appliance.control_http import AdminCheck
+    from ..appliance.machines import MachineState
+    from ..appliance.resync import Resync
+    from ..events import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +55,19 @@ class Endpoint:
 
 
 class VSphereService:
-    def __init__(self, app: Appliance) -> None:
-        self.app = app
+    def __init__(self, *, state: MachineState, resync: Resync, bus: EventBus, require_admin: AdminCheck) -> None:
+        self.state = state
+        self.resync = resync
+        self.bus = bus
+        self.require_admin = require_admin
         self.endpoints: dict[str, Endpoint] = {}
         self.store: VSphereStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # lifecycle ------------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        assert self.app.db is not None
         self._loop = asyncio.get_running_loop()
-        self.store = VSphereStore(self.app.db.db)
+        self.store = VSphereStore(self.state.db.db)
         for row in self.store.endpoints():
             self._start_endpoint(row)
 
@@ -126,8 +133,7 @@ class VSphereService:
         except BaseException:
             await asyncio.to_thread(delete_secret, secret_name(host))  # no orphaned password in the keyring
             raise
-        assert self.app.db is not None
-        self.app.db.add_event("vcenter-registered", None, host=host, port=target.port, user=target.user,
+        self.state.event("vcenter-registered", None, host=host, port=target.port, user=target.user,
                               trust=target.trust, thumbprint=seen, endpoint=about["kind"])
         self._warn_if_insecure(target)
         row = self.store.endpoint(host)
@@ -153,8 +159,7 @@ class VSphereService:
         if password:
             await asyncio.to_thread(set_secret, secret_name(host), password)
         self.store.put_endpoint(target, seen, about)
-        assert self.app.db is not None
-        self.app.db.add_event("vcenter-updated", None, host=host, user=target.user, trust=target.trust,
+        self.state.event("vcenter-updated", None, host=host, user=target.user, trust=target.trust,
                               thumbprint=seen, password_changed=bool(password))
         self._warn_if_insecure(target)
         old = self.endpoints.pop(host, None)
@@ -164,7 +169,7 @@ class VSphereService:
         return self._entry(new)
 
     async def remove(self, host: str) -> dict[str, Any]:
-        assert self.store is not None and self.app.db is not None
+        assert self.store is not None
         host = _valid_host(host)
         if self.store.endpoint(host) is None:
             raise UnknownVCenter(f"{host} is not registered")
@@ -173,8 +178,8 @@ class VSphereService:
             await self._stop_endpoint(ep)
         self.store.delete_endpoint(host)
         await asyncio.to_thread(delete_secret, secret_name(host))
-        self.app.db.add_event("vcenter-removed", None, host=host)
-        self.app.bus.emit(VCenterStatus(host, "removed"))
+        self.state.event("vcenter-removed", None, host=host)
+        self.bus.emit(VCenterStatus(host, "removed"))
         return {"removed": host}
 
     def list_endpoints(self) -> list[dict[str, Any]]:
@@ -197,7 +202,7 @@ class VSphereService:
         return out
 
     def agent_attached(self, machine: str, hello: dict[str, Any]) -> None:
-        """Hook for Appliance.attach_agent: remember what the agent says it is, then try to tie it to a VM.
+        """Hook for an agent attaching on the data port (Runtimes.on_attach): remember what the agent says it is, then try to tie it to a VM.
 
         Never raises: a problem here must not refuse a replication connection."""
         try:
@@ -215,15 +220,14 @@ class VSphereService:
         ep.status, ep.renewals = state, renewals
         ep.error = error if state == "error" else None
         if changed and state == "error":
-            assert self.app.db is not None
-            self.app.db.add_event("vcenter-error", None, host=ep.host, error=error)
-        self.app.bus.emit(VCenterStatus(ep.host, state, ep.error, ep.row["trust"] == "insecure", renewals))
+            self.state.event("vcenter-error", None, host=ep.host, error=error)
+        self.bus.emit(VCenterStatus(ep.host, state, ep.error, ep.row["trust"] == "insecure", renewals))
 
     def _on_batch(self, ep: Endpoint, batch: Batch) -> None:
         delta = ep.state.apply(batch)
         if delta is None:
             return
-        bus = self.app.bus
+        bus = self.bus
         if delta.full:
             log.info("vCenter %s: full read, %d VMs in %.2fs (%s)", ep.host, len(ep.state.vms), delta.seconds,
                      delta.reason)
@@ -252,8 +256,8 @@ class VSphereService:
     # matching ---------------------------------------------------------------------------------------------------
     def _rematch(self) -> None:
         """Tie every registered machine that has evidence to the one VM it points at (docs/VSPHERE.md)."""
-        assert self.store is not None and self.app.db is not None
-        machines = [r["name"] for r in self.app.db.machines() if not r["revoked"]]
+        assert self.store is not None
+        machines = [r["name"] for r in self.state.rows() if not r["revoked"]]
         if not machines or not any(ep.state.synced for ep in self.endpoints.values()):
             return
         idents, links = self.store.identities(), self.store.links()
@@ -266,10 +270,10 @@ class VSphereService:
             if link and (link["vcenter"], link["moref"]) == (vm["vcenter"], vm["moref"]):
                 continue
             self.store.put_link(m, vm, by)
-            self.app.db.add_event("vm-matched", m, vcenter=vm["vcenter"], moref=vm["moref"], vm=vm["name"],
+            self.state.event("vm-matched", m, vcenter=vm["vcenter"], moref=vm["moref"], vm=vm["name"],
                                   instance_uuid=vm["instance_uuid"], by=by)
             log.info("machine %s is VM %s on %s (by %s)", m, vm["name"], vm["vcenter"], by)
-            self.app.bus.emit(MachineMatched(m, vm["vcenter"], vm["moref"], vm["name"], vm["instance_uuid"], by))
+            self.bus.emit(MachineMatched(m, vm["vcenter"], vm["moref"], vm["name"], vm["instance_uuid"], by))
 
     def _check_resize(self, ep: Endpoint, vms: list[dict[str, Any]]) -> None:
         """A linked VM whose disk capacity moved (live, or while the appliance was down) needs a resync."""
@@ -281,16 +285,16 @@ class VSphereService:
                 continue
             resized = resized_disks(link["disks"], vm)
             for disk, old in resized:
-                marked = mark_resync(self.app, link["machine"], "disk resized", vcenter=ep.host, vm=vm["name"],
+                marked = mark_resync(self.state, self.resync, link["machine"], "disk resized", vcenter=ep.host, vm=vm["name"],
                                      disk=disk["label"], old_bytes=old, new_bytes=disk["capacity_bytes"])
-                self.app.bus.emit(VMDiskResized(ep.host, vm["moref"], vm["name"], disk["label"], old,
+                self.bus.emit(VMDiskResized(ep.host, vm["moref"], vm["name"], disk["label"], old,
                                                 disk["capacity_bytes"], link["machine"] if marked else None))
             if resized or disk_sizes(vm) != link["disks"]:
                 self.store.set_link_disks(link["machine"], disk_sizes(vm))
 
     def _linked_machines(self) -> dict[tuple[str, str], dict[str, Any]]:
-        assert self.store is not None and self.app.db is not None
-        rows = {r["name"]: r for r in self.app.db.machines()}
+        assert self.store is not None
+        rows = {r["name"]: r for r in self.state.rows()}
         out = {}
         for lk in self.store.links().values():
             row = rows.get(lk["machine"])
@@ -321,9 +325,8 @@ class VSphereService:
             return
         msg = INSECURE_WARNING.format(host=t.address)
         log.warning("%s", msg.upper())  # loud on purpose: this setting should not go unnoticed in a log
-        assert self.app.db is not None
-        self.app.db.add_event("vcenter-insecure", None, host=t.host, port=t.port)
-        self.app.bus.emit(Alert(None, "LB_VSPHERE_INSECURE", msg,
+        self.state.event("vcenter-insecure", None, host=t.host, port=t.port)
+        self.bus.emit(Alert(None, "LB_VSPHERE_INSECURE", msg,
                                 "Register it again with --ca FILE or --accept-thumbprint SHA256.", "warning",
                                 {"vcenter": t.host}))
 
@@ -335,8 +338,8 @@ class VSphereService:
                 web.get("/v1/inventory", self._h_inventory)]
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        self.app.control._admin(request)
-        return await self.app.control._json(request)  # type: ignore[no-any-return]
+        self.require_admin(request)
+        return await read_json(request)
 
     async def _h_register(self, request: web.Request) -> web.Response:
         b = await self._body(request)
@@ -351,15 +354,15 @@ class VSphereService:
             thumbprint=b.get("thumbprint"), insecure=b.get("insecure")))
 
     async def _h_list(self, request: web.Request) -> web.Response:
-        self.app.control._admin(request)
+        self.require_admin(request)
         return web.json_response(self.list_endpoints())
 
     async def _h_remove(self, request: web.Request) -> web.Response:
-        self.app.control._admin(request)
+        self.require_admin(request)
         return web.json_response(await self.remove(request.match_info["host"]))
 
     async def _h_inventory(self, request: web.Request) -> web.Response:
-        self.app.control._admin(request)
+        self.require_admin(request)
         return web.json_response(self.snapshot())
 
     list = list_endpoints  # the engine API name (defined last: above, "list" in annotations is the builtin)

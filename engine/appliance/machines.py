@@ -1,0 +1,180 @@
+"""Protected machines on the appliance: their rows in state.db and the operations on them.
+
+``MachineState`` is the one reader and writer of the machine rows (and the policy lookup) that the other parts
+share: the process server, the applier, resync, recovery and the vSphere service get it instead of the appliance.
+``Machines`` holds the operations of the control API and the console on a machine: register, protect, revoke, an
+on-demand bookmark, and the status the console shows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+
+from .. import pki
+from ..errors import Conflict, InvalidInput, UnknownMachine, WrongPassphrase
+from ..events import EventBus, MachineStatus
+from ..home import ApplianceHome
+from ..policy import DEFAULT_POLICY, Policy, health_for
+from ..registration import agent_proof, appliance_proof, check
+from .state import StateDB
+
+if TYPE_CHECKING:
+    from .resync import Resync
+    from .runtimes import Runtimes
+
+__all__ = ["MachineState", "Machines"]
+
+
+class MachineState:
+    """The machine rows of state.db, the event log and the policy lookup."""
+
+    def __init__(self, db: StateDB) -> None:
+        self.db = db
+
+    def row(self, name: str) -> dict[str, Any]:
+        """The machine's row (UnknownMachine when it is not registered)."""
+        return self.db.machine(name)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.db.machines()
+
+    def update(self, name: str, **fields: Any) -> None:
+        self.db.update_machine(name, **fields)
+
+    def event(self, kind: str, machine: str | None, **data: Any) -> None:
+        self.db.add_event(kind, machine, **data)
+
+    def policy_of(self, name: str) -> Policy:
+        """The policy the machine is protected under."""
+        return self.db.policy(self.row(name)["policy"] or DEFAULT_POLICY)
+
+    def policy(self, name: str) -> Policy:
+        return self.db.policy(name)
+
+    def policies(self) -> list[Policy]:
+        return self.db.policies()
+
+    def set_policy(self, policy: Policy) -> Policy:
+        self.db.put_policy(policy)
+        return policy
+
+
+def valid_machine_name(name: object) -> str:
+    """A machine name is also a certificate CN and a folder name: letters, digits, '.', '_', '-' only."""
+    if not isinstance(name, str) or not name or len(name) > 128 or not name.replace("-", "").replace(
+            "_", "").replace(".", "").isalnum():
+        raise InvalidInput(f"machine name {name!r} is invalid", advice="Use letters, digits, '.', '_', '-'.")
+    return name
+
+
+class Machines:
+    """Operations on machines (control API and console): register, protect, revoke, bookmark, status."""
+
+    def __init__(self, state: MachineState, runtimes: Runtimes, resync: Resync, bus: EventBus, home: ApplianceHome,
+                 data_port: int) -> None:
+        self.state = state
+        self.runtimes = runtimes
+        self.resync = resync
+        self.bus = bus
+        self.home = home
+        self.data_port = data_port
+
+    def register(self, name: str, csr_pem: str, nonce: str, proof: str) -> dict[str, Any]:
+        """``POST /v1/register``: sign the agent's CSR when its proof shows it knows the connection passphrase."""
+        valid_machine_name(name)
+        passphrase = self.home.passphrase.read_text().strip()
+        if not check(agent_proof(passphrase, name, str(nonce), csr_pem.encode()), proof):
+            self.state.event("register-refused", None, name=name)
+            raise WrongPassphrase("registration refused: wrong connection passphrase")
+        ca = pki.CA.load(self.home.ca_cert, self.home.ca_key)
+        try:
+            cert = ca.sign_csr(csr_pem.encode(), name)
+        except ValueError as exc:
+            raise InvalidInput(f"bad certificate request: {exc}") from None
+        self.state.db.add_machine(name, cert.serial_number)
+        self.state.event("registered", name)
+        ca_pem = self.home.ca_cert.read_bytes()
+        cert_pem = pki.cert_pem(cert)
+        server_der = pki.cert_der(x509.load_pem_x509_certificate(self.home.server_cert.read_bytes()))
+        return {"cert": cert_pem.decode(), "ca": ca_pem.decode(), "data_port": self.data_port,
+                "proof": appliance_proof(passphrase, nonce, ca_pem, cert_pem, server_der)}
+
+    async def protect(self, name: str, policy: str | None = None) -> None:
+        row = self.state.row(name)
+        if row["revoked"]:
+            raise UnknownMachine(f"machine {name!r} has been revoked")
+        pol = self.state.policy(policy or row["policy"] or DEFAULT_POLICY)
+        if row["protected"]:
+            self.state.update(name, policy=pol.name)
+            return
+        self.state.update(name, protected=1, policy=pol.name, state="initial-sync")
+        self.state.event("protect", name, policy=pol.name)
+        rt = await self.runtimes.open(name)
+        if rt.connection is not None:
+            rt.connection.send_control({"protected": True, **self.runtimes.welcome(name)})
+
+    def revoke(self, name: str) -> None:
+        self.state.row(name)
+        self.state.update(name, revoked=1)
+        self.state.event("revoked", name)
+        rt = self.runtimes.get(name)
+        if rt and rt.connection:
+            rt.connection.close()
+
+    def request_bookmark(self, name: str, tag: str | None) -> None:
+        rt = self.runtimes.get(name)
+        if rt is None or rt.connection is None:
+            raise Conflict(f"the agent of {name!r} is not connected", advice="Start the agent, then try again.")
+        rt.connection.send_control({"bookmark": {"tag": tag}})
+
+    def machine_status(self, name: str) -> dict[str, Any]:
+        row = self.state.row(name)
+        rt = self.runtimes.get(name)
+        pol = self.state.policy_of(name)
+        state = row["state"]
+        rpo = rt.rpo_seconds() if rt else 0.0
+        resync = self.resync.status(name)
+        if state == "protected" and resync["required"]:
+            state = "resyncing" if resync["running"] else "resync-required"
+        if rt and rt.error and state not in ("resync-required",):
+            state = "error"
+        total = sum(d["size"] for d in row["disks"]) or 1
+        done = sum(d["size"] if d.get("synced") else d.get("sync_cursor", 0) for d in row["disks"])
+        points = rt.vault.points() if rt else []
+        return {
+            "name": name, "state": state, "rpo_seconds": round(rpo, 3), "health": health_for(rpo, pol.rpo_threshold, state),
+            "policy": pol.name, "rpo_threshold": pol.rpo_threshold,
+            "sync_progress": round(min(done / total, 1.0), 4),
+            "agent_connected": bool(rt and rt.connection),
+            "last_point": points[-1].to_dict() if points else None, "points": len(points),
+            "error": rt.error if rt else None, "resync": resync,
+            "agent_error": (rt.agent_stats.get("error") if rt and rt.connection else None),
+            "churn_bytes_per_s": rt.churn.rate() if rt else 0.0,
+            "upload_bytes_per_s": rt.upload.rate() if rt else 0.0,
+            "cache_bytes": rt.cache.bytes if rt else 0,
+            "disks": [{"index": d["index"], "name": d["name"], "size": d["size"], "synced": bool(d.get("synced")),
+                       "sync_cursor": d["size"] if d.get("synced") else d.get("sync_cursor", 0)} for d in row["disks"]],
+        }
+
+    def status(self) -> dict[str, Any]:
+        """Every registered machine that is not revoked: the protected ones with their status."""
+        rows = [r for r in self.state.rows() if not r["revoked"]]
+        return {"machines": [self.machine_status(r["name"]) for r in rows if r["protected"]],
+                "registered": [{"name": r["name"], "protected": False} for r in rows if not r["protected"]]}
+
+    def points(self, name: str) -> list[dict[str, Any]]:
+        self.state.row(name)
+        rt = self.runtimes.get(name)
+        return [p.to_dict() for p in rt.vault.points()] if rt else []
+
+    def status_tick(self) -> dict[str, dict[str, Any]]:
+        """Emit a MachineStatus event for every machine with a runtime; returns their status by name."""
+        out = {}
+        for name in list(self.runtimes):
+            st = out[name] = self.machine_status(name)
+            self.bus.emit(MachineStatus(name, st["state"], st["health"], st["rpo_seconds"], st["sync_progress"],
+                                        (st["last_point"] or {}).get("time"), st["churn_bytes_per_s"],
+                                        st["upload_bytes_per_s"]))
+        return out

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import ssl
 from pathlib import Path
 from typing import Any
 
-from . import errors, pki
+from . import errors, net
 from .errors import ApplianceUnreachable, LifeboatError, ProtocolError
 from .home import ApplianceHome
 
@@ -20,21 +19,19 @@ class AdminClient:
         self.cfg = self.home.load_config()
         self.port = self.cfg["control_port"]
         self.timeout = timeout
-        self.ctx = pki.client_context(self.home.ca_cert, self.home.admin_cert, self.home.admin_key)
+        self.ctx = net.client_context(self.home.ca_cert, self.home.admin_cert, self.home.admin_key)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=self.timeout, context=self.ctx)
         try:
-            conn.request(method, path, body=json.dumps(body or {}), headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            raw = resp.read()
+            resp = net.https_request("127.0.0.1", self.port, method, path, context=self.ctx, timeout=self.timeout,
+                                     purpose="admin", body=json.dumps(body or {}),
+                                     headers={"Content-Type": "application/json"})
+            raw = resp.body
         except ConnectionRefusedError:
             raise ApplianceUnreachable(f"the appliance of {self.home.root} is not running (port {self.port})",
                                        advice=f"Start it: `lifeboat appliance run --home {self.home.root}`.") from None
         except (OSError, ssl.SSLError, socket.timeout) as exc:
             raise ApplianceUnreachable(f"cannot talk to the appliance on port {self.port}: {exc}") from None
-        finally:
-            conn.close()
         try:
             data = json.loads(raw or b"null")
         except json.JSONDecodeError:

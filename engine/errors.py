@@ -94,6 +94,11 @@ class MachineRevoked(AuthError):
     advice = "The machine was revoked on the appliance; remove it and register it again if this is intended."
 
 
+class EgressRefused(AuthError):
+    code = "LB_EGRESS_REFUSED"
+    advice = "The appliance's outbound policy does not allow this destination; add it to the allow-list."
+
+
 class ApplianceUnreachable(LifeboatError, ConnectionError):
     code = "LB_APPLIANCE_UNREACHABLE"
     advice = "Start the appliance (`lifeboat appliance run --home DIR`) and check host, port and firewall."

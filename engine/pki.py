@@ -18,6 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+# Outbound TLS settings live in net.py; pki.client_context stays a name for the callers that have it.
+from .net import client_context as client_context
+
 VALIDITY_DAYS = 3650
 
 
@@ -120,22 +123,6 @@ def server_context(cert: Path, key: Path, ca: Path, *, require_client: bool) -> 
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_OPTIONAL
-    return ctx
-
-
-def client_context(ca: Path | None, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
-    """Verifying client context. With ``ca`` None (registration only) the chain is checked later by pinning."""
-    if ca is None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-        ctx.check_hostname = False  # identity is the CA pin: the appliance may be reached by any address
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert is not None and key is not None:
-        ctx.load_cert_chain(str(cert), str(key))
     return ctx
 
 

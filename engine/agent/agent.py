@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import pki
+from .. import net
 from ..buffers import tune_malloc
 from ..errors import IntegrityError, InvalidInput, LifeboatError, ProtocolError
 from ..fileio import data_extents
@@ -220,7 +220,7 @@ class Agent:
 
     async def _session(self) -> None:
         host = self.cfg["appliance"][0]
-        ctx = pki.client_context(self.home.ca_cert, self.home.cert, self.home.key)
+        ctx = net.client_context(self.home.ca_cert, self.home.cert, self.home.key)
         if self.identity is None:
             self.identity = await asyncio.to_thread(local_identity)
         link = await Link.open(host, self.cfg["data_port"], ctx, 15)

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from .. import net
 from ..errors import ProtocolError
 from ..wire import HEAD, Frame, frame_header, parse_head
 
@@ -84,9 +85,10 @@ class Link:
 
     @classmethod
     async def open(cls, host: str, port: int, ctx: ssl.SSLContext, timeout: float) -> Link:
-        """Connect and complete the TLS handshake (in a worker thread, within ``timeout``)."""
+        """Connect (through :mod:`engine.net`, which applies the egress policy) and complete the TLS handshake (in a
+        worker thread, within ``timeout``). Only the connection is made there: TLS then runs over memory BIOs here."""
         def connect() -> tuple[socket.socket, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
-            raw = socket.create_connection((host, port), timeout=timeout)
+            raw = net.open_connection(host, port, timeout=timeout, purpose="replication")
             try:
                 bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
                 tls = ctx.wrap_bio(bio_in, bio_out, server_hostname=host)

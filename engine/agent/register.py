@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import secrets
 import socket
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from .. import pki
+from .. import net, pki
 from ..errors import (ApplianceUnreachable, AuthError, CertificateRefused, InvalidInput, LifeboatError,
                       ProtocolError, WrongPassphrase)
 from ..home import AgentHome
@@ -45,18 +44,16 @@ def register(home_dir: Path, appliance: str, passphrase_file: Path, name: str, t
     body = json.dumps({"name": name, "csr": csr.decode(), "nonce": nonce,
                        "proof": agent_proof(passphrase, name, nonce, csr)})
     # No CA yet: the server is authenticated below by its passphrase proof and the CA pin, not by TOFU.
-    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=pki.client_context(None))
     try:
-        conn.request("POST", "/v1/register", body=body, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        data = json.loads(resp.read() or b"{}")
-        server_der = conn.sock.getpeercert(binary_form=True) if conn.sock else None
+        resp = net.https_request(host, port, "POST", "/v1/register", context=net.client_context(None),
+                                 timeout=timeout, purpose="register", body=body,
+                                 headers={"Content-Type": "application/json"})
+        data = json.loads(resp.body or b"{}")
+        server_der = resp.peer_cert_der
     except (OSError, ssl.SSLError, socket.timeout) as exc:
         raise ApplianceUnreachable(f"cannot reach the appliance at {host}:{port}: {exc}") from None
     except json.JSONDecodeError:
         raise ProtocolError("the appliance answered with something that is not JSON") from None
-    finally:
-        conn.close()
     if resp.status != 200:
         err = data.get("error", {})
         cls: type[LifeboatError] = WrongPassphrase if err.get("code") == "LB_WRONG_PASSPHRASE" else (

@@ -11,6 +11,11 @@ Trust is one of:
 We never pass ``thumbprint=`` to pyVmomi: its ``_Connect`` only checks a pin when normal verification *fails*, and
 then switches the shared context to CERT_NONE, so the second pooled connection is not checked at all. The pin is
 enforced by :class:`PinnedContext` instead, which checks the peer certificate inside ``wrap_socket``.
+
+Every connection goes out through :mod:`engine.net` (its TLS contexts and its egress policy): the probes here open
+their TCP connections with ``net.open_connection``; pyVmomi opens its own HTTPS connections for the session, so
+``connect`` asks ``net.route`` first (the egress check; a proxy from the route would be handed to pyVmomi's
+``httpProxyHost``/``httpProxyPort``) and gives pyVmomi a context built by net.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
+from .. import net
 from ..errors import InvalidInput
 from .errors import CertificateUntrusted, LoginFailed, VCenterUnreachable, VSphereError
 
@@ -91,29 +97,23 @@ class PinnedContext(ssl.SSLContext):
 def ssl_context(t: Target) -> ssl.SSLContext:
     """The context every connection to ``t`` uses (pyVmomi gets it explicitly, so its localhost bypass never applies)."""
     if t.trust == "thumbprint":
-        ctx: ssl.SSLContext = PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        ctx.pin = normalise_thumbprint(t.thumbprint or "")  # type: ignore[attr-defined]
-        ctx.address = t.address  # type: ignore[attr-defined]
-    elif t.trust == "insecure":
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    elif t.trust == "ca":
+        pinned = net.unverified_context(PinnedContext)
+        pinned.pin = normalise_thumbprint(t.thumbprint or "")
+        pinned.address = t.address
+        return pinned
+    if t.trust == "insecure":
+        return net.unverified_context()
+    if t.trust == "ca":
         try:
-            ctx = ssl.create_default_context(cadata=t.ca_pem)
+            return net.system_context(t.ca_pem)
         except ssl.SSLError as exc:
             raise InvalidInput(f"the CA file is not a PEM certificate: {exc}") from None
-    else:
-        ctx = ssl.create_default_context()
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
+    return net.system_context()
 
 
 def _tcp(t: Target, timeout: float) -> socket.socket:
     try:
-        return socket.create_connection((t.host, t.port), timeout=timeout)
+        return net.open_connection(t.host, t.port, timeout=timeout, purpose="vsphere")
     except socket.gaierror as exc:
         raise VCenterUnreachable(f"cannot resolve {t.host!r}: {exc.strerror or exc}") from None
     except TimeoutError:
@@ -124,9 +124,7 @@ def _tcp(t: Target, timeout: float) -> socket.socket:
 
 def fetch_certificate(t: Target, timeout: float = PROBE_TIMEOUT) -> bytes:
     """The server's certificate (DER), read without trusting it, so a refusal can show its thumbprint."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = net.unverified_context()
     with _tcp(t, timeout) as raw:
         try:
             with ctx.wrap_socket(raw, server_hostname=t.host) as s:
@@ -170,6 +168,7 @@ def connect(t: Target, password: str, *, timeout: float = HTTP_TIMEOUT) -> tuple
 
     seen = check_trust(t)
     ctx = ssl_context(t)
+    net.route(t.host, t.port, "vsphere")   # pyVmomi makes its own connections: the egress check is made here
     try:
         si = Connect(host=t.host, port=t.port, user=t.user, pwd=password,  # type: ignore[no-untyped-call]
                      sslContext=ctx, httpConnectionTimeout=timeout)

@@ -40,6 +40,10 @@ class MachineState:
     def rows(self) -> list[dict[str, Any]]:
         return self.db.machines()
 
+    def add(self, name: str, cert_serial: int) -> None:
+        """Register a machine (again after a revoke: the new certificate serial replaces the old one)."""
+        self.db.add_machine(name, cert_serial)
+
     def update(self, name: str, **fields: Any) -> None:
         self.db.update_machine(name, **fields)
 
@@ -93,7 +97,7 @@ class Machines:
             cert = ca.sign_csr(csr_pem.encode(), name)
         except ValueError as exc:
             raise InvalidInput(f"bad certificate request: {exc}") from None
-        self.state.db.add_machine(name, cert.serial_number)
+        self.state.add(name, cert.serial_number)
         self.state.event("registered", name)
         ca_pem = self.home.ca_cert.read_bytes()
         cert_pem = pki.cert_pem(cert)

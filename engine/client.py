@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import socket
 import ssl
@@ -9,8 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from . import errors, net
-from .errors import ApplianceUnreachable, LifeboatError, ProtocolError
+from .errors import ApplianceUnreachable, ProtocolError
 from .home import ApplianceHome
+
+
+def _operator() -> str:
+    """Who runs this command (informative, recorded with revocations): OS user @ host."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"[:64]
 
 
 class AdminClient:
@@ -25,7 +35,7 @@ class AdminClient:
         try:
             resp = net.https_request("127.0.0.1", self.port, method, path, context=self.ctx, timeout=self.timeout,
                                      purpose="admin", body=json.dumps(body or {}),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "X-Lifeboat-Operator": _operator()})
             raw = resp.body
         except ConnectionRefusedError:
             raise ApplianceUnreachable(f"the appliance of {self.home.root} is not running (port {self.port})",
@@ -37,9 +47,6 @@ class AdminClient:
         except json.JSONDecodeError:
             raise ProtocolError("the appliance answered with something that is not JSON") from None
         if resp.status >= 400:
-            err = (data or {}).get("error", {})
-            code = err.get("code", "LB_ERROR")
-            cls = next((c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, LifeboatError)
-                        and c.code == code), LifeboatError)
-            raise cls(err.get("message", f"HTTP {resp.status}"), code=code, advice=err.get("advice"))
+            err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+            raise errors.from_dict(err, f"HTTP {resp.status}")
         return data

@@ -45,6 +45,7 @@ from .new_home import init_home
 from .pipeline import MachineRuntime
 from .process_server import ProcessServer
 from .recovery_service import RecoveryService
+from .register_guard import RegisterGuard
 from .resync import Resync
 from .retention import Retention
 from .runtimes import Runtimes
@@ -90,6 +91,7 @@ class Appliance:
     # lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
         h = self.home
+        h.make_private()
         self.db = db = StateDB(h.db)
         key = load_vault_key(self.cfg["appliance_id"])
         self.sealer = Sealer(key)
@@ -118,7 +120,8 @@ class Appliance:
         runtimes.on_attach.append(self.vsphere.agent_attached)
         self.control = ControlAPI(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=False),
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
-                                  recovery=self.recovery, status=self.status, extra_routes=self.vsphere.routes())
+                                  recovery=self.recovery, status=self.status, register_guard=RegisterGuard(db),
+                                  extra_routes=self.vsphere.routes())
         self.control_address = await self.control.start(self.listen, self.cfg["control_port"])
         self._tasks.append(asyncio.create_task(self._ticker(), name="appliance-ticker"))
         log.info("appliance started: control %s data %s", self.control_address, self.data_address)
@@ -200,8 +203,11 @@ class Appliance:
     async def protect(self, name: str, policy: str | None = None) -> None:
         await self._parts()[1].protect(name, policy)
 
-    def revoke(self, name: str) -> None:
-        self._parts()[1].revoke(name)
+    def revoke(self, name: str, by: str = "operator") -> None:
+        self._parts()[1].revoke(name, by)
+
+    def restore_access(self, name: str, by: str = "operator") -> dict[str, Any]:
+        return self._parts()[1].restore_access(name, by)
 
     def request_bookmark(self, name: str, tag: str | None) -> None:
         self._parts()[1].request_bookmark(name, tag)

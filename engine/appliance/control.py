@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..errors import AuthError, Conflict, InvalidInput, LifeboatError, NotFound
-from ..policy import Policy, parse_duration
-from .control_http import MAX_BODY, AdminCheck, read_json
+from ..errors import AuthError, Conflict, InvalidInput, LifeboatError, NotFound, RateLimited
+from ..names import check_name
+from ..policy import Policy
+from .control_http import AdminCheck, read_json
+from .register_guard import RegisterGuard
+from .request_body import MAX_BODY, json_response
 
 if TYPE_CHECKING:
     from .machines import Machines, MachineState
@@ -25,12 +28,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_STATUS = {NotFound: 404, AuthError: 403, Conflict: 409, InvalidInput: 400}
+_STATUS = {NotFound: 404, AuthError: 403, Conflict: 409, InvalidInput: 400, RateLimited: 429}
 
 
 def _error_response(exc: LifeboatError) -> web.Response:
     status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 400)
-    return web.json_response({"error": exc.to_dict()}, status=status)
+    return json_response({"error": exc.to_dict()}, status=status)
 
 
 @web.middleware
@@ -39,23 +42,36 @@ async def _errors(request: web.Request, handler):  # type: ignore[no-untyped-def
         return await handler(request)
     except LifeboatError as exc:
         return _error_response(exc)
-    except web.HTTPException:
+    except web.HTTPRequestEntityTooLarge:
+        return _error_response(InvalidInput(f"request body is too large (at most {MAX_BODY} bytes)", field="body"))
+    except web.HTTPException as exc:
+        if exc.status >= 400:   # aiohttp's own refusals (unknown route, wrong method) in the API's error shape
+            return json_response({"error": {"code": "LB_NOT_FOUND" if exc.status in (404, 405) else "LB_INVALID_INPUT",
+                                            "message": f"{request.method} {request.path}: {exc.reason}",
+                                            "advice": "See docs/CONTRACT.md for the control API's routes."}},
+                                 status=exc.status)
         raise
     except Exception as exc:  # never crash the role; the operator gets a code
         log.exception("control API %s %s failed", request.method, request.path)
-        return web.json_response({"error": {"code": "LB_INTERNAL", "message": str(exc),
-                                            "advice": "See the appliance log."}}, status=500)
+        return json_response({"error": {"code": "LB_INTERNAL", "message": str(exc),
+                                        "advice": "See the appliance log."}}, status=500)
+
+
+def machine_name(request: web.Request) -> str:
+    """The ``{name}`` of a machine route, checked by the name rule (a hostile path never reaches a lookup)."""
+    return check_name(request.match_info["name"], "machine name")
 
 
 class ControlAPI:
     """The control port's routes over the appliance's services (no appliance back-pointer): ``machines``
-    (register, protect, revoke, bookmark, points, status), ``state`` (policies), ``resync`` (resync, verify),
-    ``recovery`` (drills), ``status`` (the whole appliance's status), plus ``extra_routes`` of other parts (vSphere),
-    all behind ``require_admin`` except registration."""
+    (register, protect, revoke, restore-access, bookmark, points, status), ``state`` (policies), ``resync``
+    (resync, verify), ``recovery`` (drills), ``status`` (the whole appliance's status), ``register_guard`` (the
+    rate limit of refused registrations), plus ``extra_routes`` of other parts (vSphere); every route but
+    registration is behind ``require_admin``."""
 
     def __init__(self, tls: ssl.SSLContext, *, require_admin: AdminCheck, machines: Machines, state: MachineState,
                  resync: Resync, recovery: RecoveryService, status: Callable[[], dict[str, Any]],
-                 extra_routes: list[web.RouteDef] | None = None) -> None:
+                 register_guard: RegisterGuard, extra_routes: list[web.RouteDef] | None = None) -> None:
         self.tls = tls
         self.require_admin = require_admin
         self.machines = machines
@@ -63,6 +79,7 @@ class ControlAPI:
         self.resync_service = resync
         self.recovery = recovery
         self.appliance_status = status
+        self.register_guard = register_guard
         self.extra_routes = list(extra_routes or [])
         self.runner: web.AppRunner | None = None
 
@@ -76,6 +93,7 @@ class ControlAPI:
         r.add_get("/v1/machines/{name}/points", self.points)
         r.add_post("/v1/machines/{name}/protect", self.protect)
         r.add_post("/v1/machines/{name}/revoke", self.revoke)
+        r.add_post("/v1/machines/{name}/restore-access", self.restore_access)
         r.add_post("/v1/machines/{name}/bookmark", self.bookmark)
         r.add_post("/v1/machines/{name}/failover", self.failover)
         r.add_post("/v1/machines/{name}/resync", self.resync)
@@ -93,79 +111,110 @@ class ControlAPI:
     async def stop(self) -> None:
         if self.runner:
             await self.runner.cleanup()
+        self.register_guard.close()
 
     async def register(self, request: web.Request) -> web.Response:
+        source = request.remote or "unknown"
+        self.register_guard.check(source)   # a source that keeps failing is refused before any work
         b = await read_json(request)
-        for k in ("name", "csr", "nonce", "proof"):
-            if not isinstance(b.get(k), str):
-                raise InvalidInput(f"registration needs {k!r}")
-        return web.json_response(self.machines.register(b["name"], b["csr"], b["nonce"], b["proof"]))
+        name = b.name("name", "machine name", required=True)
+        csr = b.text("csr", required=True, max_len=16384, multiline=True)
+        nonce = b.text("nonce", required=True, max_len=256)
+        proof = b.text("proof", required=True, max_len=256)
+        try:
+            return json_response(self.machines.register(name, csr, nonce, proof))  # type: ignore[arg-type]
+        except AuthError:
+            self.register_guard.refused(source, name)  # type: ignore[arg-type]
+            raise
 
     async def status(self, request: web.Request) -> web.Response:
         self.require_admin(request)
-        return web.json_response(self.appliance_status())
+        return json_response(self.appliance_status())
 
     async def policies(self, request: web.Request) -> web.Response:
         self.require_admin(request)
-        return web.json_response([p.to_dict() for p in self.state.policies()])
+        return json_response([p.to_dict() for p in self.state.policies()])
 
     async def put_policy(self, request: web.Request) -> web.Response:
         self.require_admin(request)
         b = await read_json(request)
-        name = request.match_info["name"]
+        name = check_name(request.match_info["name"], "policy name")
         try:
             base = self.state.policy(name)
         except NotFound:
             base = Policy(name)
         for field in ("rpo_threshold", "retention", "app_consistent", "crash_interval"):
-            if b.get(field) is not None:
-                setattr(base, field, parse_duration(b[field], what=field.replace("_", "-")))
-        if b.get("resync_window") is not None:
-            base.resync_window = str(b["resync_window"])
-        return web.json_response(self.state.set_policy(base).to_dict())
+            value = b.duration(field)
+            if value is not None:
+                setattr(base, field, value)
+        window = b.text("resync_window", max_len=32)
+        if window is not None:
+            base.resync_window = window
+        return json_response(self.state.set_policy(base).to_dict())
 
     async def points(self, request: web.Request) -> web.Response:
         self.require_admin(request)
-        return web.json_response(self.machines.points(request.match_info["name"]))
+        return json_response(self.machines.points(machine_name(request)))
 
     async def protect(self, request: web.Request) -> web.Response:
         self.require_admin(request)
         b = await read_json(request)
-        await self.machines.protect(request.match_info["name"], b.get("policy"))
-        return web.json_response(self.machines.machine_status(request.match_info["name"]))
+        name = machine_name(request)
+        await self.machines.protect(name, b.name("policy", "policy name"))
+        return json_response(self.machines.machine_status(name))
 
     async def revoke(self, request: web.Request) -> web.Response:
         self.require_admin(request)
-        self.machines.revoke(request.match_info["name"])
-        return web.json_response({"revoked": request.match_info["name"]})
+        name = machine_name(request)
+        self.machines.revoke(name, by=self._operator(request))
+        return json_response({"revoked": name})
+
+    async def restore_access(self, request: web.Request) -> web.Response:
+        self.require_admin(request)
+        name = machine_name(request)
+        return json_response(self.machines.restore_access(name, by=self._operator(request)))
 
     async def bookmark(self, request: web.Request) -> web.Response:
         self.require_admin(request)
         b = await read_json(request)
-        self.machines.request_bookmark(request.match_info["name"], b.get("tag"))
-        return web.json_response({"requested": True})
+        name = machine_name(request)
+        self.machines.request_bookmark(name, b.name("tag", "bookmark tag"))
+        return json_response({"requested": True})
 
     async def resync(self, request: web.Request) -> web.Response:
         self.require_admin(request)
         b = await read_json(request)
-        return web.json_response(self.resync_service.request(request.match_info["name"], now=bool(b.get("now"))))
+        return json_response(self.resync_service.request(machine_name(request), now=b.boolean("now", False)))
 
     async def verify(self, request: web.Request) -> web.Response:
         self.require_admin(request)
         b = await read_json(request)
-        return web.json_response(await self.resync_service.verify(request.match_info["name"], heal=b.get("heal", True)))
+        return json_response(await self.resync_service.verify(machine_name(request), heal=b.boolean("heal", True)))
 
     async def failover(self, request: web.Request) -> web.Response:
         self.require_admin(request)
         b = await read_json(request)
-        job = await self.recovery.test_failover(request.match_info["name"], str(b.get("point", "latest")),
-                                                    export_dir=b.get("export_dir"), nbd=b.get("nbd"))
-        return web.json_response(job.to_dict())
+        name = machine_name(request)
+        point = b.text("point", default="latest", max_len=256)
+        assert point is not None   # the default
+        export_dir = b.absolute_path("export_dir")
+        nbd = b.host_port("nbd")
+        job = await self.recovery.test_failover(name, point, export_dir=export_dir,
+                                                    nbd=f"{nbd[0]}:{nbd[1]}" if nbd else None)
+        return json_response(job.to_dict())
 
     async def failover_cleanup(self, request: web.Request) -> web.Response:
         self.require_admin(request)
-        return web.json_response(await self.recovery.cleanup(request.match_info["name"]))
+        return json_response(await self.recovery.cleanup(machine_name(request)))
 
     async def job(self, request: web.Request) -> web.Response:
         self.require_admin(request)
-        return web.json_response(self.recovery.job(request.match_info["id"]).to_dict())
+        return json_response(self.recovery.job(request.match_info["id"]).to_dict())
+
+    @staticmethod
+    def _operator(request: web.Request) -> str:
+        """Who acts: the admin certificate, and the operator the client names (``X-Lifeboat-Operator``, the OS
+        user of the CLI or console; informative, the certificate is what authorises)."""
+        who = request.headers.get("X-Lifeboat-Operator", "")[:64]
+        who = "".join(c for c in who if c.isprintable())
+        return f"lifeboat-admin ({who})" if who else "lifeboat-admin"

@@ -1,21 +1,17 @@
 """What every control-API route shares, whichever part serves it (the control API itself, the vSphere service):
-the admin check and the JSON body reader."""
+the admin check and the request body reader (strict JSON, typed getters: request_body.py)."""
 
 from __future__ import annotations
-
-import json
-from typing import Any
 
 from aiohttp import web
 
 from .. import pki
 from ..errors import CertificateRefused, InvalidInput
+from .request_body import MAX_BODY, Body, parse_body
 
 __all__ = ["ADMIN_CN", "AdminCheck", "read_json"]
 
 ADMIN_CN = "lifeboat-admin"
-#: Largest request body a route reads (aiohttp's client_max_size is set to the same).
-MAX_BODY = 1 << 20
 
 
 class AdminCheck:
@@ -35,14 +31,9 @@ class AdminCheck:
             raise CertificateRefused(f"certificate {cn!r} is not allowed to administer the appliance")
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body ({} when there is none); InvalidInput for anything else."""
+async def read_json(request: web.Request) -> Body:
+    """The request's body as a strict JSON object ({} when there is none), with typed getters; InvalidInput
+    (naming the field ``body``) for anything else."""
     if request.content_length and request.content_length > MAX_BODY:
-        raise InvalidInput("request body too large")
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError:
-        raise InvalidInput("request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("request body must be a JSON object")
-    return body
+        raise InvalidInput(f"request body is too large (at most {MAX_BODY} bytes)", field="body")
+    return Body(parse_body(await request.read() if request.can_read_body else b""))

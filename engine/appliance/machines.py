@@ -16,6 +16,7 @@ from .. import pki
 from ..errors import Conflict, InvalidInput, UnknownMachine, WrongPassphrase
 from ..events import EventBus, MachineStatus
 from ..home import ApplianceHome
+from ..names import check_name
 from ..policy import DEFAULT_POLICY, Policy, health_for
 from ..registration import agent_proof, appliance_proof, check
 from .state import StateDB
@@ -39,6 +40,12 @@ class MachineState:
 
     def rows(self) -> list[dict[str, Any]]:
         return self.db.machines()
+
+    def revoke(self, name: str, by: str) -> None:
+        self.db.revoke(name, by)
+
+    def restore_access(self, name: str) -> None:
+        self.db.restore_access(name)
 
     def add(self, name: str, cert_serial: int) -> None:
         """Register a machine (again after a revoke: the new certificate serial replaces the old one)."""
@@ -65,14 +72,6 @@ class MachineState:
         return policy
 
 
-def valid_machine_name(name: object) -> str:
-    """A machine name is also a certificate CN and a folder name: letters, digits, '.', '_', '-' only."""
-    if not isinstance(name, str) or not name or len(name) > 128 or not name.replace("-", "").replace(
-            "_", "").replace(".", "").isalnum():
-        raise InvalidInput(f"machine name {name!r} is invalid", advice="Use letters, digits, '.', '_', '-'.")
-    return name
-
-
 class Machines:
     """Operations on machines (control API and console): register, protect, revoke, bookmark, status."""
 
@@ -86,11 +85,13 @@ class Machines:
         self.data_port = data_port
 
     def register(self, name: str, csr_pem: str, nonce: str, proof: str) -> dict[str, Any]:
-        """``POST /v1/register``: sign the agent's CSR when its proof shows it knows the connection passphrase."""
-        valid_machine_name(name)
+        """``POST /v1/register``: sign the agent's CSR when its proof shows it knows the connection passphrase.
+
+        A wrong passphrase raises :class:`WrongPassphrase` and writes nothing: the control API's
+        :class:`RegisterGuard` rate-limits and records refused attempts."""
+        check_name(name, "machine name")
         passphrase = self.home.passphrase.read_text().strip()
         if not check(agent_proof(passphrase, name, str(nonce), csr_pem.encode()), proof):
-            self.state.event("register-refused", None, name=name)
             raise WrongPassphrase("registration refused: wrong connection passphrase")
         ca = pki.CA.load(self.home.ca_cert, self.home.ca_key)
         try:
@@ -119,15 +120,28 @@ class Machines:
         if rt.connection is not None:
             rt.connection.send_control({"protected": True, **self.runtimes.welcome(name)})
 
-    def revoke(self, name: str) -> None:
+    def revoke(self, name: str, by: str = "operator") -> None:
+        """Final until :meth:`restore_access`: the certificate is refused at once, the name cannot register."""
         self.state.row(name)
-        self.state.update(name, revoked=1)
-        self.state.event("revoked", name)
+        self.state.revoke(name, by)
+        self.state.event("revoked", name, by=by)
         rt = self.runtimes.get(name)
         if rt and rt.connection:
             rt.connection.close()
 
+    def restore_access(self, name: str, by: str = "operator") -> dict[str, Any]:
+        """An operator's explicit decision to let a revoked machine register again (it keeps its vault)."""
+        row = self.state.row(name)
+        if not row["revoked"]:
+            raise Conflict(f"machine {name!r} is not revoked", advice="Nothing to restore.")
+        self.state.restore_access(name)
+        self.state.event("access-restored", name, by=by)
+        return {"machine": name, "restored": True,
+                "next": f"register the agent again: lifeboat agent register --name {name} ..."}
+
     def request_bookmark(self, name: str, tag: str | None) -> None:
+        if tag is not None:
+            check_name(tag, "bookmark tag")
         rt = self.runtimes.get(name)
         if rt is None or rt.connection is None:
             raise Conflict(f"the agent of {name!r} is not connected", advice="Start the agent, then try again.")
@@ -163,10 +177,13 @@ class Machines:
         }
 
     def status(self) -> dict[str, Any]:
-        """Every registered machine that is not revoked: the protected ones with their status."""
-        rows = [r for r in self.state.rows() if not r["revoked"]]
+        """Every registered machine: the protected ones with their status, and the revoked ones (when, by whom)."""
+        all_rows = self.state.rows()
+        rows = [r for r in all_rows if not r["revoked"]]
         return {"machines": [self.machine_status(r["name"]) for r in rows if r["protected"]],
-                "registered": [{"name": r["name"], "protected": False} for r in rows if not r["protected"]]}
+                "registered": [{"name": r["name"], "protected": False} for r in rows if not r["protected"]],
+                "revoked": [{"name": r["name"], "revoked_at": r["revoked_at"], "revoked_by": r["revoked_by"],
+                             "protected": bool(r["protected"])} for r in all_rows if r["revoked"]]}
 
     def points(self, name: str) -> list[dict[str, Any]]:
         self.state.row(name)

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import Conflict, InvalidInput, LifeboatError, NotFound, NotReady, UnknownPoint
+from ..errors import Conflict, InvalidInput, LifeboatError, ListenFailed, NotFound, NotReady, UnknownPoint
 from ..events import EventBus, JobProgress
+from ..names import inside
 from ..nbd.server import NBDServer
 from ..vault.base import DiskView, MachineVault, Point
+from .export_target import ExportTarget
 from .overlay import OverlayBackend
 
 if TYPE_CHECKING:
@@ -49,18 +51,23 @@ class Job:
                 "finished": self.finished, "error": self.error, "result": self.result}
 
 
+#: Latest instant a point spec may name (9999-12-31): beyond it no clock or date type can follow.
+MAX_TIME = 253402300799.0
+
+
 def parse_time(text: str) -> float | None:
+    """ISO 8601 or epoch seconds → epoch seconds; None unless it is a finite instant in years 1970-9999."""
     try:
-        return float(text)
+        t = float(text)
     except ValueError:
-        pass
-    try:
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return t.timestamp()
+        try:
+            d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=dt.timezone.utc)
+        t = d.timestamp()
+    return t if 0 <= t <= MAX_TIME else None   # also refuses nan and ±inf
 
 
 async def resolve_point(mv: MachineVault, spec: str, is_consistent: Callable[[int], bool],
@@ -116,7 +123,7 @@ class Drill:
         self.views: list[DiskView] = []
         self.backends: list[OverlayBackend] = []
         self.server: NBDServer | None = None
-        self.export_dir: str | None = None
+        self.export: ExportTarget | None = None
         self.task: asyncio.Task | None = None
         self.files: list[str] = []
 
@@ -153,6 +160,7 @@ class RecoveryService:
     async def start(self) -> None:
         # Scratch left by a drill of an earlier run (appliance killed) holds nothing worth keeping.
         shutil.rmtree(self.drills_dir, ignore_errors=True)
+        self.drills_dir.mkdir(mode=0o700, exist_ok=True)
 
     async def stop(self) -> None:
         for t in list(self._tasks):
@@ -160,6 +168,8 @@ class RecoveryService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for d in list(self.drills.values()):
             await d.close()
+            if d.export:
+                d.export.close()   # the exported images stay: they are the drill's result
         self.drills.clear()
 
     def busy(self, machine: str) -> bool:
@@ -193,8 +203,8 @@ class RecoveryService:
                 raise InvalidInput(f"--nbd {nbd!r} is not HOST:PORT")
             port = int(p)
         if export_dir is not None and not os.path.isabs(export_dir):
-            raise InvalidInput("--export needs an absolute folder path")
-        drill = Drill(machine, point, self.drills_dir / machine)
+            raise InvalidInput("--export needs an absolute folder path", field="export_dir")
+        drill = Drill(machine, point, inside(self.drills_dir, machine))
         self.drills[machine] = drill
         job = Job(uuid.uuid4().hex[:12], "test-failover", machine, result={"point": point.to_dict()})
         self.jobs[job.id] = job
@@ -212,14 +222,19 @@ class RecoveryService:
                     drill.backends.append(b)
                     exports[d.name] = b
                 drill.server = NBDServer(exports, name=f"drill-{machine}")
-                bound = await drill.server.start(host, port)
+                try:
+                    bound = await drill.server.start(host, port)
+                except OSError as exc:  # port taken, unknown host, address not on this machine
+                    drill.server = None
+                    raise ListenFailed(f"cannot serve the drill on {host}:{port}: {exc.strerror or exc}",
+                                       field="nbd") from None
                 job.result["nbd"] = f"{bound[0]}:{bound[1]}"
                 job.result["exports"] = [d.name for d in disks]
                 job.finished = True
                 self._progress(job, 1.0, "drill served over NBD")
             else:
-                drill.export_dir = export_dir
-                t = asyncio.create_task(self._export(job, drill, disks, Path(export_dir)))  # type: ignore[arg-type]
+                drill.export = ExportTarget.prepare(Path(export_dir))  # type: ignore[arg-type]
+                t = asyncio.create_task(self._export(job, drill, disks))
                 drill.task = t
                 self._tasks.add(t)
                 t.add_done_callback(self._tasks.discard)
@@ -229,17 +244,17 @@ class RecoveryService:
             raise
         return job
 
-    async def _export(self, job: Job, drill: Drill, disks: list, folder: Path) -> None:
+    async def _export(self, job: Job, drill: Drill, disks: list) -> None:
         loop = asyncio.get_running_loop()
+        target = drill.export
+        assert target is not None
         try:
-            folder.mkdir(parents=True, exist_ok=True)
             total = sum(d.size for d in disks) or 1
             done = 0
             files = []
             for d, view in zip(disks, drill.views):
-                path = folder / f"{d.name}.img"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                drill.files.append(str(path))
+                fd, path = target.create(d.name)
+                drill.files.append(path)
                 try:
                     os.ftruncate(fd, d.size)
                     for off in range(0, d.size, EXPORT_CHUNK):
@@ -251,8 +266,8 @@ class RecoveryService:
                         self._progress(job, done / total)
                     await loop.run_in_executor(self.pool, os.fsync, fd)
                 finally:
-                    os.close(fd)
-                files.append(str(path))
+                    target.finish(fd, path)
+                files.append(path)
             job.result["files"] = files
         except LifeboatError as exc:
             job.error = exc.to_dict()
@@ -269,9 +284,6 @@ class RecoveryService:
         if drill is None:
             raise NotFound(f"no drill of {machine!r} is running", advice="Nothing to clean up.")
         await drill.close()
-        removed = []
-        for f in drill.files:  # the images this drill exported (also when cut short)
-            if os.path.exists(f):
-                os.unlink(f)
-                removed.append(f)
+        # the images this drill exported (also when cut short), identified by inode: never a file by name
+        removed = drill.export.cleanup() if drill.export else []
         return {"cleaned": machine, "point": drill.point.id, "removed": removed}

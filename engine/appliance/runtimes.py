@@ -13,6 +13,7 @@ from typing import Any
 from ..codec import Sealer
 from ..errors import InvalidInput
 from ..events import EventBus
+from ..names import check_name, check_unique, inside
 from ..segment_log import SegmentLog as MachineCache
 from ..vault.base import DiskInfo, Vault
 from .machines import MachineState
@@ -61,7 +62,8 @@ class Runtimes(Mapping[str, MachineRuntime]):
         rt = self._live.get(name)
         if rt is None:
             mv = await self.vault.open_machine(name)
-            cache = await asyncio.get_running_loop().run_in_executor(self.pool, MachineCache, self.cache_dir / name)
+            cache = await asyncio.get_running_loop().run_in_executor(self.pool, MachineCache,
+                                                                     inside(self.cache_dir, name))
             rt = MachineRuntime(name, cache, mv, state=self.state, cursor=self.cursor, resync=self.resync,
                                 bus=self.bus, pool=self.pool, sealer=self.sealer,
                                 hashes_dir=self.cache_dir / f"{name}.hashes")
@@ -84,12 +86,21 @@ class Runtimes(Mapping[str, MachineRuntime]):
         row = self.state.row(name)
         known = {d["index"]: d for d in row["disks"]}
         new = []
+        if not isinstance(disks, list) or not 0 < len(disks) <= 64:
+            raise InvalidInput("HELLO must list 1 to 64 disks")
         for d in disks:
-            idx, dname, size = int(d["index"]), str(d["name"]), int(d["size"])
-            if size <= 0 or not dname:
-                raise InvalidInput(f"disk {d!r} is invalid")
+            # The protected machine names its disks: the name rule keeps them out of paths and export names.
+            if not isinstance(d, dict):
+                raise InvalidInput("a disk in HELLO must be an object")
+            idx, dname, size = d.get("index"), check_name(d.get("name"), "disk name"), d.get("size")
+            if (not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < 64
+                    or not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= 1 << 50):
+                raise InvalidInput(f"disk {dname!r}: index 0-63 and a size of 1 byte to 1 PiB are required")
             old = known.get(idx, {})
             new.append({**old, "index": idx, "name": dname, "size": size})
+        check_unique([d["name"] for d in new], "disk name")
+        if len({d["index"] for d in new}) != len(new):
+            raise InvalidInput("two disks in HELLO have the same index")
         self.state.update(name, disks=new)
         rt = await self.open(name)
         await rt.vault.ensure_disks([DiskInfo(d["index"], d["name"], d["size"]) for d in new])

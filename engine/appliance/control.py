@@ -86,7 +86,10 @@ class ControlAPI:
         r.add_post("/v1/machines/{name}/resync", self.resync)
         r.add_post("/v1/machines/{name}/verify", self.verify)
         r.add_post("/v1/machines/{name}/failover-cleanup", self.failover_cleanup)
+        r.add_get("/v1/jobs", self.jobs)
         r.add_get("/v1/jobs/{id}", self.job)
+        r.add_post("/v1/jobs/{id}/cancel", self.cancel_job)
+        r.add_post("/v1/jobs/{id}/resume", self.resume_job)
         if getattr(self.app, "vsphere", None):
             r.add_routes(self.app.vsphere.routes())
         self.runner = web.AppRunner(wa, access_log=None)
@@ -174,6 +177,34 @@ class ControlAPI:
         self._admin(request)
         return web.json_response(await self.app.recovery.cleanup(request.match_info["name"]))
 
+    # engine jobs (engine/jobs) ---------------------------------------------------------------------------
+    async def jobs(self, request: web.Request) -> web.Response:
+        """``GET /v1/jobs[?machine=NAME][&active=1]``: jobs oldest first (active: queued, running or paused)."""
+        self._admin(request)
+        q = request.query
+        unknown = set(q) - {"machine", "active"}
+        if unknown:
+            raise InvalidInput(f"unknown query parameter(s): {', '.join(sorted(unknown))}",
+                               advice="GET /v1/jobs takes machine=NAME and active=0|1.")
+        active = q.get("active", "0")
+        if active not in ("0", "1", "true", "false"):
+            raise InvalidInput(f"active={active!r} is not 0 or 1")
+        machine = q.get("machine") or None
+        assert self.app.jobs is not None
+        return web.json_response([j.to_dict() for j in self.app.jobs.list(machine,
+                                                                          active_only=active in ("1", "true"))])
+
     async def job(self, request: web.Request) -> web.Response:
         self._admin(request)
-        return web.json_response(self.app.recovery.job(request.match_info["id"]).to_dict())
+        assert self.app.jobs is not None
+        return web.json_response(self.app.jobs.get(request.match_info["id"]).to_dict())
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        assert self.app.jobs is not None
+        return web.json_response((await self.app.jobs.cancel(request.match_info["id"])).to_dict())
+
+    async def resume_job(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        assert self.app.jobs is not None
+        return web.json_response(self.app.jobs.resume(request.match_info["id"]).to_dict())

@@ -160,12 +160,13 @@ class SyntheticFacade(EngineFacade):
         return {}
 
     def _job(self, kind: str, machine: str, steps: list[str], title: str) -> dict[str, Any]:
-        job = {"id": f"{self.rnd.getrandbits(48):012x}", "operation": kind, "kind": kind, "machine": machine,
+        jid = f"{self.rnd.getrandbits(48):012x}"
+        job: dict[str, Any] = {"id": jid, "operation": kind, "kind": kind, "machine": machine,
                "target": machine, "title": title, "state": "queued", "progress": 0.0, "finished": False,
                "error": None, "result": {}, "message": "", "created": time.time(), "started": None, "ended": None,
                "steps": [{"name": n, "title": n, "group": i, "weight": 1.0, "state": "pending", "progress": 0.0,
                           "message": "", "started": None, "ended": None, "error": None} for i, n in enumerate(steps)]}
-        self._jobs[job["id"]] = job
+        self._jobs[jid] = job
         self._job_changed(job)
         return job
 

@@ -16,6 +16,7 @@ failover should be repeated.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -133,8 +134,8 @@ class JobManager:
                 if (target is None or j.target == target) and not (active_only and j.finished)]
 
     def running(self, target: str | None) -> Job | None:
-        jid = self._active.get(target or "")
-        return self.jobs.get(jid) if jid else None
+        job = self.jobs.get(self._active.get(target or "", ""))
+        return job if job is not None and not job.finished else None
 
     def exception(self, job_id: str) -> BaseException | None:
         """The exception a failed job's step raised (in-process callers re-raise it; not stored)."""
@@ -170,7 +171,7 @@ class JobManager:
         if job.finished:
             raise Conflict(f"job {job_id} has already ended ({job.state.value})", code="LB_JOB_FINISHED",
                            advice="Only queued, running or paused jobs can be cancelled.")
-        if job.state == JobState.QUEUED:
+        if job.state == JobState.QUEUED and job.id not in self._tasks:
             q = self._queues.get(job.target or "")
             if q is not None and job.id in q:
                 q.remove(job.id)
@@ -219,9 +220,23 @@ class JobManager:
             if job is None or job.state != JobState.QUEUED:
                 continue
             self._active[key] = job.id
-            self._tasks[job.id] = asyncio.get_running_loop().create_task(self._run(job, key),
-                                                                          name=f"job-{job.kind}-{job.id}")
+            task = asyncio.get_running_loop().create_task(self._run(job, key), name=f"job-{job.kind}-{job.id}")
+            self._tasks[job.id] = task
+            # The slot is freed here, not in _run: a task cancelled before its first step never runs _run's body.
+            task.add_done_callback(functools.partial(self._task_done, job, key))
             return
+
+    def _task_done(self, job: Job, key: str, _task: object = None) -> None:
+        if not job.finished:   # cancelled before it started
+            stop = self._stopping and job.id not in self._cancel_requested
+            self._finish(job, JobState.INTERRUPTED if stop else JobState.CANCELLED,
+                         self._interrupted_error("before it started") if stop else self._cancelled_error())
+        self._cancel_requested.discard(job.id)
+        self._tasks.pop(job.id, None)
+        self._resume.pop(job.id, None)
+        if self._active.get(key) == job.id:
+            del self._active[key]
+        self._kick(key)
 
     async def _run(self, job: Job, key: str) -> None:
         plan = self._plans.pop(job.id)
@@ -257,13 +272,6 @@ class JobManager:
                                                 "advice": "See the appliance log."})
         else:
             self._finish(job, JobState.SUCCEEDED, None)
-        finally:
-            self._cancel_requested.discard(job.id)
-            self._tasks.pop(job.id, None)
-            self._resume.pop(job.id, None)
-            if self._active.get(key) == job.id:
-                del self._active[key]
-            self._kick(key)
 
     async def _run_step(self, job: Job, spec: StepSpec, step: Step) -> None:
         step.state, step.started = StepState.RUNNING, time.time()

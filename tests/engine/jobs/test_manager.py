@@ -341,3 +341,15 @@ def test_plan_validation():
         Plan.sequence(StepSpec("a", "A", f), StepSpec("a", "A", f)).validate()
     with pytest.raises(ValueError):
         Plan([[]]).validate()
+
+
+async def test_cancel_right_after_submit_frees_the_machine(mgr):
+    """The job's task is created but has not run a step yet: cancel still ends it and the queue goes on."""
+    log: list = []
+    first = mgr.submit("maintenance", "vm", Plan.sequence(gate_step("a", log)))
+    second = mgr.submit("maintenance", "vm", Plan.sequence(gate_step("b", log)))
+    await mgr.cancel(first.id)
+    assert first.state == JobState.CANCELLED and first.error["code"] == "LB_CANCELLED"
+    await mgr.wait(second.id)
+    assert second.state == JobState.SUCCEEDED and [e[2] for e in log] == ["b", "b"]
+    assert mgr.running("vm") is None

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,11 @@ def _print(obj: Any, as_json: bool) -> None:
         print(obj)
 
 
+def _q(name: str) -> str:
+    """A name as one URL path segment (the appliance checks it by the name rule; a '/' must not add segments)."""
+    return urllib.parse.quote(name, safe="")
+
+
 def _hostport(text: str) -> tuple[str, int]:
     from .agent.register import parse_hostport
     return parse_hostport(text)
@@ -45,6 +51,7 @@ def _hostport(text: str) -> tuple[str, int]:
 
 # appliance ---------------------------------------------------------------------------------------------------
 def cmd_appliance_init(a: argparse.Namespace) -> int:
+    os.umask(0o077)   # keys, certificates, database: the appliance's own only
     from .appliance.appliance import init_home
     cfg = init_home(Path(a.home), control_port=a.control_port, data_port=a.data_port,
                     vault=Path(a.vault) if a.vault else None, listen=a.listen)
@@ -58,6 +65,8 @@ def cmd_appliance_init(a: argparse.Namespace) -> int:
 
 def cmd_appliance_run(a: argparse.Namespace) -> int:
     from .appliance.appliance import Appliance
+
+    os.umask(0o077)   # the appliance role runs as root: every file and folder it creates is its own only
 
     async def main() -> None:
         app = Appliance(Path(a.home), listen=a.listen)
@@ -151,7 +160,7 @@ def _client(a: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_protect(a: argparse.Namespace) -> int:
-    st = _client(a).call("POST", f"/v1/machines/{a.machine}/protect", {"policy": a.policy})
+    st = _client(a).call("POST", f"/v1/machines/{_q(a.machine)}/protect", {"policy": a.policy})
     _print(st if a.json else f"{a.machine}: protection enabled (policy {st['policy']}), state {st['state']}", a.json)
     return 0
 
@@ -161,7 +170,7 @@ def cmd_policy_set(a: argparse.Namespace) -> int:
             (("rpo_threshold", a.rpo_threshold), ("retention", a.retention),
              ("app_consistent", a.app_consistent), ("crash_interval", a.crash_interval))}
     body["resync_window"] = a.resync_window
-    p = _client(a).call("PUT", f"/v1/policies/{a.name}", body)
+    p = _client(a).call("PUT", f"/v1/policies/{_q(a.name)}", body)
     _print(p if a.json else f"policy {p['name']}: rpo-threshold {format_duration(p['rpo_threshold'])}, "
            f"retention {format_duration(p['retention'])}, app-consistent {format_duration(p['app_consistent'])}, "
            f"crash-interval {format_duration(p['crash_interval'])}, resync-window {p['resync_window']}", a.json)
@@ -173,7 +182,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     if a.json:
         _print(st, True)
         return 0
-    if not st["machines"] and not st["registered"]:
+    if not st["machines"] and not st["registered"] and not st.get("revoked"):
         print("no machines registered")
     for m in st["machines"]:
         extra = f" {m['sync_progress'] * 100:.1f}%" if m["state"] == "initial-sync" else ""
@@ -191,11 +200,15 @@ def cmd_status(a: argparse.Namespace) -> int:
             print(f"{'':<24} error: {m['error']}")
     for m in st["registered"]:
         print(f"{m['name']:<24} registered, not protected")
+    for m in st.get("revoked", []):
+        when = dt.datetime.fromtimestamp(m["revoked_at"]).astimezone().isoformat(timespec="seconds") \
+            if m.get("revoked_at") else "earlier"
+        print(f"{m['name']:<24} revoked {when} by {m.get('revoked_by') or 'an operator'}")
     return 0
 
 
 def cmd_points(a: argparse.Namespace) -> int:
-    pts = _client(a).call("GET", f"/v1/machines/{a.machine}/points")
+    pts = _client(a).call("GET", f"/v1/machines/{_q(a.machine)}/points")
     if a.json:
         _print(pts, True)
         return 0
@@ -209,9 +222,9 @@ def cmd_failover(a: argparse.Namespace) -> int:
     if not a.test:
         raise InvalidInput("only test failover (--test) is available in this version",
                            advice="Run a drill with --test; planned failover comes with recovery plans.")
-    export = str(Path(a.export).resolve()) if a.export else None
+    export = os.path.abspath(a.export) if a.export else None   # not resolve(): a link is refused, not followed
     c = _client(a)
-    job = c.call("POST", f"/v1/machines/{a.machine}/failover", {"point": a.point, "export_dir": export, "nbd": a.nbd})
+    job = c.call("POST", f"/v1/machines/{_q(a.machine)}/failover", {"point": a.point, "export_dir": export, "nbd": a.nbd})
     while not job["finished"]:
         _progress(job["progress"], f"drill {a.machine}")
         time.sleep(0.2)
@@ -232,7 +245,7 @@ def cmd_failover(a: argparse.Namespace) -> int:
 
 def cmd_resync(a: argparse.Namespace) -> int:
     c = _client(a)
-    rs = c.call("POST", f"/v1/machines/{a.machine}/resync", {"now": a.now})
+    rs = c.call("POST", f"/v1/machines/{_q(a.machine)}/resync", {"now": a.now})
     if a.json:
         _print(rs, True)
         return 0
@@ -255,7 +268,7 @@ def cmd_resync(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    r = _client(a).call("POST", f"/v1/machines/{a.machine}/verify", {"heal": not a.no_heal})
+    r = _client(a).call("POST", f"/v1/machines/{_q(a.machine)}/verify", {"heal": not a.no_heal})
     if a.json:
         _print(r, True)
     else:
@@ -269,14 +282,22 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_failover_cleanup(a: argparse.Namespace) -> int:
-    r = _client(a).call("POST", f"/v1/machines/{a.machine}/failover-cleanup")
+    r = _client(a).call("POST", f"/v1/machines/{_q(a.machine)}/failover-cleanup")
     _print(r if a.json else f"drill of {a.machine} cleaned up", a.json)
     return 0
 
 
 def cmd_machine_revoke(a: argparse.Namespace) -> int:
-    _client(a).call("POST", f"/v1/machines/{a.machine}/revoke")
-    print(f"{a.machine} revoked")
+    r = _client(a).call("POST", f"/v1/machines/{_q(a.machine)}/revoke")
+    _print(r if a.json else f"{a.machine} revoked: its certificate is refused and its name cannot register again "
+           f"until `lifeboat machine restore-access --home {a.home} {a.machine}`", a.json)
+    return 0
+
+
+def cmd_machine_restore_access(a: argparse.Namespace) -> int:
+    r = _client(a).call("POST", f"/v1/machines/{_q(a.machine)}/restore-access")
+    _print(r if a.json else f"{a.machine} may register again (its vault and points are kept); next: {r['next']}",
+           a.json)
     return 0
 
 
@@ -413,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_demo)
     m = sub.add_parser("machine").add_subparsers(dest="sub", required=True)
     s = m.add_parser("revoke"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_machine_revoke)
+    s = m.add_parser("restore-access", help="let a revoked machine register again (it keeps its vault and points)")
+    home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_machine_restore_access)
     from .vsphere.cli import add_subcommands as add_vsphere  # vcenter add/list/update/remove, inventory
     add_vsphere(sub)
     return p

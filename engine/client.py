@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import http.client
 import json
 import socket
@@ -11,8 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from . import errors, pki
-from .errors import ApplianceUnreachable, LifeboatError, ProtocolError
+from .errors import ApplianceUnreachable, ProtocolError
 from .home import ApplianceHome
+
+
+def _operator() -> str:
+    """Who runs this command (informative, recorded with revocations): OS user @ host."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"[:64]
 
 
 class AdminClient:
@@ -26,7 +36,8 @@ class AdminClient:
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=self.timeout, context=self.ctx)
         try:
-            conn.request(method, path, body=json.dumps(body or {}), headers={"Content-Type": "application/json"})
+            conn.request(method, path, body=json.dumps(body or {}),
+                         headers={"Content-Type": "application/json", "X-Lifeboat-Operator": _operator()})
             resp = conn.getresponse()
             raw = resp.read()
         except ConnectionRefusedError:
@@ -41,11 +52,8 @@ class AdminClient:
         except json.JSONDecodeError:
             raise ProtocolError("the appliance answered with something that is not JSON") from None
         if resp.status >= 400:
-            err = (data or {}).get("error", {})
-            code = err.get("code", "LB_ERROR")
-            cls = next((c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, LifeboatError)
-                        and c.code == code), LifeboatError)
-            raise cls(err.get("message", f"HTTP {resp.status}"), code=code, advice=err.get("advice"))
+            err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+            raise errors.from_dict(err, f"HTTP {resp.status}")
         return data
 
     # engine jobs (GET/POST /v1/jobs…) ----------------------------------------------------------------------

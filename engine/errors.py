@@ -39,6 +39,22 @@ class InvalidInput(LifeboatError, ValueError):
     advice = "Check the command's arguments (--help lists them)."
 
 
+class InvalidName(InvalidInput):
+    code = "LB_INVALID_NAME"
+    advice = ("Use 1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit (no spaces, slashes, "
+              "'..' or control characters).")
+
+
+class ExportRefused(InvalidInput):
+    code = "LB_EXPORT_REFUSED"
+    advice = "Name a new folder (Lifeboat creates it, 0700) or an existing empty folder that is not a symbolic link."
+
+
+class RateLimited(LifeboatError):
+    code = "LB_RATE_LIMITED"
+    advice = "Too many refused attempts from this address; wait a minute, then try again with the right passphrase."
+
+
 class NotFound(LifeboatError, LookupError):
     code = "LB_NOT_FOUND"
     advice = "List what exists with `lifeboat status`."
@@ -91,7 +107,9 @@ class CertificateRefused(AuthError):
 
 class MachineRevoked(AuthError):
     code = "LB_MACHINE_REVOKED"
-    advice = "The machine was revoked on the appliance; remove it and register it again if this is intended."
+    advice = ("The machine was revoked on the appliance. If that was a mistake, an operator allows it back with "
+              "`lifeboat machine restore-access --home DIR MACHINE`, then the agent registers again; or register "
+              "the machine under a new name.")
 
 
 class ApplianceUnreachable(LifeboatError, ConnectionError):
@@ -120,6 +138,30 @@ class KeyringError(LifeboatError, RuntimeError):
               "on Windows the Credential Manager is used.")
 
 
+class ListenFailed(Conflict, OSError):
+    code = "LB_LISTEN_FAILED"
+    advice = "Choose another address or port (one that is free on the appliance), or stop what uses it."
+
+
 class NotReady(LifeboatError):
     code = "LB_NOT_READY"
     advice = "Wait for initial replication to finish (`lifeboat status`)."
+
+
+def from_dict(err: dict[str, Any], fallback: str) -> LifeboatError:
+    """Rebuild the error an appliance sent (``{"code", "message", "advice", "details"}``) as its class."""
+    code = str(err.get("code") or "LB_ERROR")
+    cls = next((c for c in _all_errors() if c.code == code), LifeboatError)
+    raw = err.get("details")
+    details: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    return cls(str(err.get("message") or fallback), code=code, advice=err.get("advice"), **details)
+
+
+def _all_errors() -> list[type[LifeboatError]]:
+    out: list[type[LifeboatError]] = []
+    todo: list[type[LifeboatError]] = [LifeboatError]
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo.extend(c.__subclasses__())
+    return out

@@ -60,6 +60,14 @@ class ApplianceHome:
     @property
     def pidfile(self) -> Path: return self.root / "appliance.pid"
 
+    def make_private(self) -> None:
+        """Every folder of the home is 0700 (created so, and tightened if an older version left it wider)."""
+        for d in (self.root, self.pki, self.cache, self.drills):
+            d.mkdir(mode=0o700, exist_ok=True)
+            for sub in [d, *(p for p in d.iterdir() if p.is_dir() and not p.is_symlink())]:
+                if sub.stat().st_mode & 0o077:
+                    os.chmod(sub, 0o700)
+
     def load_config(self) -> dict:
         if not self.config.exists():
             raise NotInitialised(f"{self.root} is not an appliance home",

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 
 from .errors import InvalidInput
+from .names import check_name
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
 
 DEFAULT_POLICY = "default"
+#: Longest duration a policy may hold (ten years): anything longer is a typo, and every value stays a finite number.
+MAX_DURATION = 10 * 365 * 86400.0
 
 
 def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
     """'30s', '5m', '24h', '1d', '500ms' or a number of seconds → seconds."""
+    if isinstance(text, bool):
+        raise InvalidInput(f"{what}: {text!r} is not a duration")
     if isinstance(text, (int, float)):
         value = float(text)
     else:
@@ -23,8 +29,10 @@ def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
             raise InvalidInput(f"{what}: {text!r} is not a duration",
                                advice="Use a number with a unit: 500ms, 30s, 5m, 24h or 1d.")
         value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    if value <= 0:
-        raise InvalidInput(f"{what} must be positive, got {text!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidInput(f"{what} must be a positive, finite duration, got {text!r}")
+    if value > MAX_DURATION:
+        raise InvalidInput(f"{what} {text!r} is longer than ten years", advice="Use a shorter duration.")
     return value
 
 
@@ -45,9 +53,9 @@ class Policy:
     resync_window: str = "22:00-06:00"   # local time window for scheduled resyncs ("HH:MM-HH:MM"; "always")
 
     def validate(self) -> Policy:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
-            raise InvalidInput(f"policy name {self.name!r} is invalid",
-                               advice="Use 1–64 letters, digits, '.', '_' or '-'.")
+        check_name(self.name, "policy name")
+        for f in ("rpo_threshold", "retention", "app_consistent", "crash_interval"):
+            parse_duration(getattr(self, f), what=f.replace("_", "-"))
         if self.crash_interval > self.retention:
             raise InvalidInput("crash-consistent interval is longer than the retention window",
                                advice="Choose --crash-interval shorter than --retention.")

@@ -14,6 +14,7 @@ SYSTEM_PACKAGES=(
   e2fsprogs         # mkfs.ext4 on an export
   util-linux        # losetup, fsfreeze
   rsync             # resync baseline
+  curl              # a real HTTPS client against the control API in tests (hostile input)
   fonts-dejavu-core # text in offscreen Qt screenshots
   libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 # Qt runtime
   python3-venv

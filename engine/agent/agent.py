@@ -21,6 +21,7 @@ from ..buffers import tune_malloc
 from ..errors import IntegrityError, InvalidInput, LifeboatError, ProtocolError
 from ..fileio import data_extents
 from ..home import AgentHome
+from ..names import check_name, check_unique
 from ..nbd.server import NBDServer
 from ..records import Kind, Record
 from ..vsphere.identity import local_identity
@@ -58,6 +59,9 @@ class Agent:
         self.name: str = self.cfg["name"]
         if not disks:
             raise InvalidInput("the agent needs at least one --disk NAME=PATH")
+        for dname in disks:
+            check_name(dname, "disk name")   # the appliance checks again: it trusts no agent
+        check_unique(disks, "disk name")
         self.disk_paths = disks
         self.nbd_addr = nbd
         self.pre_bookmark, self.post_bookmark = pre_bookmark, post_bookmark

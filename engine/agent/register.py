@@ -13,9 +13,9 @@ from pathlib import Path
 from cryptography import x509
 
 from .. import pki
-from ..errors import (ApplianceUnreachable, AuthError, CertificateRefused, InvalidInput, LifeboatError,
-                      ProtocolError, WrongPassphrase)
+from ..errors import ApplianceUnreachable, CertificateRefused, InvalidInput, ProtocolError, from_dict
 from ..home import AgentHome
+from ..names import check_name
 from ..registration import agent_proof, appliance_proof, check
 
 
@@ -30,6 +30,7 @@ def parse_hostport(text: str, default_port: int = 443) -> tuple[str, int]:
 
 
 def register(home_dir: Path, appliance: str, passphrase_file: Path, name: str, timeout: float = 15.0) -> dict:
+    check_name(name, "machine name")
     home = AgentHome(home_dir)
     if home.config.exists():
         raise InvalidInput(f"{home_dir} is already registered as {json.loads(home.config.read_text())['name']!r}",
@@ -58,11 +59,8 @@ def register(home_dir: Path, appliance: str, passphrase_file: Path, name: str, t
     finally:
         conn.close()
     if resp.status != 200:
-        err = data.get("error", {})
-        cls: type[LifeboatError] = WrongPassphrase if err.get("code") == "LB_WRONG_PASSPHRASE" else (
-            AuthError if resp.status == 403 else InvalidInput)
-        raise cls(err.get("message", f"registration failed (HTTP {resp.status})"), code=err.get("code"),
-                  advice=err.get("advice"))
+        err = data.get("error", {}) if isinstance(data, dict) else {}
+        raise from_dict(err, f"registration failed (HTTP {resp.status})")
     ca_pem, cert_pem = data["ca"].encode(), data["cert"].encode()
     if not server_der or not check(appliance_proof(passphrase, nonce, ca_pem, cert_pem, server_der),
                                    data.get("proof", "")):

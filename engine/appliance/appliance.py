@@ -24,6 +24,7 @@ from ..events import Alert, EventBus
 from ..home import ApplianceHome
 from ..jobs import JobManager, JobStore, Scheduler
 from ..jobs.appliance_tasks import ApplianceTasks
+from ..names import check_name, check_unique, inside
 from ..policy import DEFAULT_POLICY, Policy, health_for, parse_window
 from ..records import Kind, Record
 from ..registration import agent_proof, appliance_proof, check
@@ -127,6 +128,7 @@ class Appliance:
 
     # lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        self.home.make_private()
         self.db = StateDB(self.home.db)
         self.jobs = JobManager(JobStore(self.db.db), self.bus)
         await self.jobs.start()   # jobs a previous run left unfinished are marked interrupted, never re-run
@@ -206,7 +208,8 @@ class Appliance:
         if rt is None:
             assert self.vault is not None
             mv = await self.vault.open_machine(name)
-            cache = await asyncio.get_running_loop().run_in_executor(self.pool, MachineCache, self.home.cache / name)
+            cache = await asyncio.get_running_loop().run_in_executor(self.pool, MachineCache,
+                                                                     inside(self.home.cache, name))
             rt = MachineRuntime(self, name, cache, mv)
             rt.last_seen = time.monotonic()  # RPO of an absent agent grows from now, not from never
             if cache.last_seq > mv.last_seq:
@@ -226,12 +229,21 @@ class Appliance:
         row = self.machine_row(name)
         known = {d["index"]: d for d in row["disks"]}
         new = []
+        if not isinstance(disks, list) or not 0 < len(disks) <= 64:
+            raise InvalidInput("HELLO must list 1 to 64 disks")
         for d in disks:
-            idx, dname, size = int(d["index"]), str(d["name"]), int(d["size"])
-            if size <= 0 or not dname:
-                raise InvalidInput(f"disk {d!r} is invalid")
+            # The protected machine names its disks: the name rule keeps them out of paths and export names.
+            if not isinstance(d, dict):
+                raise InvalidInput("a disk in HELLO must be an object")
+            idx, dname, size = d.get("index"), check_name(d.get("name"), "disk name"), d.get("size")
+            if (not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < 64
+                    or not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= 1 << 50):
+                raise InvalidInput(f"disk {dname!r}: index 0-63 and a size of 1 byte to 1 PiB are required")
             old = known.get(idx, {})
             new.append({**old, "index": idx, "name": dname, "size": size})
+        check_unique([d["name"] for d in new], "disk name")
+        if len({d["index"] for d in new}) != len(new):
+            raise InvalidInput("two disks in HELLO have the same index")
         assert self.db is not None
         self.db.update_machine(name, disks=new)
         rt = await self._runtime(name)
@@ -454,13 +466,11 @@ class Appliance:
 
     # operations (control API and console) ---------------------------------------------------------------
     def register(self, name: str, csr_pem: str, nonce: str, proof: str) -> dict[str, str]:
-        if not isinstance(name, str) or not name or len(name) > 128 or not name.replace("-", "").replace(
-                "_", "").replace(".", "").isalnum():
-            raise InvalidInput(f"machine name {name!r} is invalid", advice="Use letters, digits, '.', '_', '-'.")
+        """A wrong passphrase raises :class:`WrongPassphrase` and writes nothing: the control API's
+        :class:`RegisterGuard` rate-limits and records refused attempts."""
+        check_name(name, "machine name")
         passphrase = self.home.passphrase.read_text().strip()
         if not check(agent_proof(passphrase, name, str(nonce), csr_pem.encode()), proof):
-            assert self.db is not None
-            self.db.add_event("register-refused", None, name=name)
             raise WrongPassphrase("registration refused: wrong connection passphrase")
         ca = pki.CA.load(self.home.ca_cert, self.home.ca_key)
         try:
@@ -500,16 +510,30 @@ class Appliance:
         self.db.put_policy(policy)
         return policy
 
-    def revoke(self, name: str) -> None:
+    def revoke(self, name: str, by: str = "operator") -> None:
+        """Final until :meth:`restore_access`: the certificate is refused at once, the name cannot register."""
         assert self.db is not None
         self.machine_row(name)
-        self.db.update_machine(name, revoked=1)
-        self.db.add_event("revoked", name)
+        self.db.revoke(name, by)
+        self.db.add_event("revoked", name, by=by)
         rt = self.runtimes.get(name)
         if rt and rt.connection:
             rt.connection.close()
 
+    def restore_access(self, name: str, by: str = "operator") -> dict[str, Any]:
+        """An operator's explicit decision to let a revoked machine register again (it keeps its vault)."""
+        assert self.db is not None
+        row = self.machine_row(name)
+        if not row["revoked"]:
+            raise Conflict(f"machine {name!r} is not revoked", advice="Nothing to restore.")
+        self.db.restore_access(name)
+        self.db.add_event("access-restored", name, by=by)
+        return {"machine": name, "restored": True,
+                "next": f"register the agent again: lifeboat agent register --name {name} ..."}
+
     def request_bookmark(self, name: str, tag: str | None) -> None:
+        if tag is not None:
+            check_name(tag, "bookmark tag")
         rt = self.runtimes.get(name)
         if rt is None or rt.connection is None:
             raise Conflict(f"the agent of {name!r} is not connected", advice="Start the agent, then try again.")
@@ -546,9 +570,12 @@ class Appliance:
 
     def status(self) -> dict[str, Any]:
         assert self.db is not None
-        rows = [r for r in self.db.machines() if not r["revoked"]]
+        all_rows = self.db.machines()
+        rows = [r for r in all_rows if not r["revoked"]]
         return {"machines": [self.machine_status(r["name"]) for r in rows if r["protected"]],
                 "registered": [{"name": r["name"], "protected": False} for r in rows if not r["protected"]],
+                "revoked": [{"name": r["name"], "revoked_at": r["revoked_at"], "revoked_by": r["revoked_by"],
+                             "protected": bool(r["protected"])} for r in all_rows if r["revoked"]],
                 "control_port": self.control_address[1] if self.control_address else None,
                 "data_port": self.data_address[1] if self.data_address else None}
 

@@ -7,27 +7,33 @@ Errors are ``{"error": {"code", "message", "advice"}}`` with a 4xx status; nothi
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .. import pki
-from ..errors import AuthError, CertificateRefused, Conflict, InvalidInput, LifeboatError, NotFound
-from ..policy import Policy, parse_duration
+from ..errors import (AuthError, CertificateRefused, Conflict, InvalidInput, LifeboatError, NotFound,
+                      RateLimited)
+from ..names import check_name
+from ..policy import Policy
+from .register_guard import RegisterGuard
+from .request_body import MAX_BODY, Body, json_response, parse_body
 
 if TYPE_CHECKING:
+    from ..jobs import JobManager
     from .appliance import Appliance
 
 log = logging.getLogger(__name__)
 
-_STATUS = {NotFound: 404, AuthError: 403, Conflict: 409, InvalidInput: 400}
+_JOB_ID = re.compile(r"[0-9a-f]{12}")
+_STATUS = {NotFound: 404, AuthError: 403, Conflict: 409, InvalidInput: 400, RateLimited: 429}
 
 
 def _error_response(exc: LifeboatError) -> web.Response:
     status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 400)
-    return web.json_response({"error": exc.to_dict()}, status=status)
+    return json_response({"error": exc.to_dict()}, status=status)
 
 
 @web.middleware
@@ -36,18 +42,40 @@ async def _errors(request: web.Request, handler):  # type: ignore[no-untyped-def
         return await handler(request)
     except LifeboatError as exc:
         return _error_response(exc)
-    except web.HTTPException:
+    except web.HTTPRequestEntityTooLarge:
+        return _error_response(InvalidInput(f"request body is too large (at most {MAX_BODY} bytes)", field="body"))
+    except web.HTTPException as exc:
+        if exc.status >= 400:   # aiohttp's own refusals (unknown route, wrong method) in the API's error shape
+            return json_response({"error": {"code": "LB_NOT_FOUND" if exc.status in (404, 405) else "LB_INVALID_INPUT",
+                                            "message": f"{request.method} {request.path}: {exc.reason}",
+                                            "advice": "See docs/CONTRACT.md for the control API's routes."}},
+                                 status=exc.status)
         raise
     except Exception as exc:  # never crash the role; the operator gets a code
         log.exception("control API %s %s failed", request.method, request.path)
-        return web.json_response({"error": {"code": "LB_INTERNAL", "message": str(exc),
-                                            "advice": "See the appliance log."}}, status=500)
+        return json_response({"error": {"code": "LB_INTERNAL", "message": str(exc),
+                                        "advice": "See the appliance log."}}, status=500)
+
+
+def job_id(request: web.Request) -> str:
+    """The ``{id}`` of a job route: 12 lowercase hex digits (``engine.jobs.model.new_job_id``)."""
+    jid = request.match_info["id"]
+    if not _JOB_ID.fullmatch(jid):
+        raise InvalidInput(f"{jid[:40]!r} is not a job id (12 hex digits)", field="job id",
+                           advice="List the appliance's jobs with `lifeboat jobs --home DIR`.")
+    return jid
+
+
+def machine_name(request: web.Request) -> str:
+    """The ``{name}`` of a machine route, checked by the name rule (a hostile path never reaches a lookup)."""
+    return check_name(request.match_info["name"], "machine name")
 
 
 class ControlAPI:
     def __init__(self, app: Appliance) -> None:
         self.app = app
         self.runner: web.AppRunner | None = None
+        self.register_guard = RegisterGuard(app.db)  # type: ignore[arg-type]
 
     def _admin(self, request: web.Request) -> None:
         peer = pki.peer_serial(request.transport.get_extra_info("ssl_object") if request.transport else None)
@@ -58,21 +86,15 @@ class ControlAPI:
         if cn != "lifeboat-admin" or str(serial) != self.app.cfg["admin_serial"]:
             raise CertificateRefused(f"certificate {cn!r} is not allowed to administer the appliance")
 
-    async def _json(self, request: web.Request) -> dict[str, Any]:
-        if request.content_length and request.content_length > 1 << 20:
-            raise InvalidInput("request body too large")
-        try:
-            body = await request.json() if request.can_read_body else {}
-        except json.JSONDecodeError:
-            raise InvalidInput("request body is not JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidInput("request body must be a JSON object")
-        return body
+    async def _json(self, request: web.Request) -> Body:
+        if request.content_length and request.content_length > MAX_BODY:
+            raise InvalidInput(f"request body is too large (at most {MAX_BODY} bytes)", field="body")
+        return Body(parse_body(await request.read() if request.can_read_body else b""))
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         h = self.app.home
         ctx = pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=False)
-        wa = web.Application(middlewares=[_errors], client_max_size=1 << 20)
+        wa = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
         r = wa.router
         r.add_post("/v1/register", self.register)
         r.add_get("/v1/status", self.status)
@@ -81,6 +103,7 @@ class ControlAPI:
         r.add_get("/v1/machines/{name}/points", self.points)
         r.add_post("/v1/machines/{name}/protect", self.protect)
         r.add_post("/v1/machines/{name}/revoke", self.revoke)
+        r.add_post("/v1/machines/{name}/restore-access", self.restore_access)
         r.add_post("/v1/machines/{name}/bookmark", self.bookmark)
         r.add_post("/v1/machines/{name}/failover", self.failover)
         r.add_post("/v1/machines/{name}/resync", self.resync)
@@ -102,80 +125,102 @@ class ControlAPI:
     async def stop(self) -> None:
         if self.runner:
             await self.runner.cleanup()
+        self.register_guard.close()
 
     async def register(self, request: web.Request) -> web.Response:
+        source = request.remote or "unknown"
+        self.register_guard.check(source)   # a source that keeps failing is refused before any work
         b = await self._json(request)
-        for k in ("name", "csr", "nonce", "proof"):
-            if not isinstance(b.get(k), str):
-                raise InvalidInput(f"registration needs {k!r}")
-        return web.json_response(self.app.register(b["name"], b["csr"], b["nonce"], b["proof"]))
+        name = b.name("name", "machine name", required=True)
+        csr = b.text("csr", required=True, max_len=16384, multiline=True)
+        nonce = b.text("nonce", required=True, max_len=256)
+        proof = b.text("proof", required=True, max_len=256)
+        try:
+            return json_response(self.app.register(name, csr, nonce, proof))  # type: ignore[arg-type]
+        except AuthError:
+            self.register_guard.refused(source, name)  # type: ignore[arg-type]
+            raise
 
     async def status(self, request: web.Request) -> web.Response:
         self._admin(request)
-        return web.json_response(self.app.status())
+        return json_response(self.app.status())
 
     async def policies(self, request: web.Request) -> web.Response:
         self._admin(request)
         assert self.app.db is not None
-        return web.json_response([p.to_dict() for p in self.app.db.policies()])
+        return json_response([p.to_dict() for p in self.app.db.policies()])
 
     async def put_policy(self, request: web.Request) -> web.Response:
         self._admin(request)
         b = await self._json(request)
-        name = request.match_info["name"]
+        name = check_name(request.match_info["name"], "policy name")
         assert self.app.db is not None
         try:
             base = self.app.db.policy(name)
         except NotFound:
             base = Policy(name)
         for field in ("rpo_threshold", "retention", "app_consistent", "crash_interval"):
-            if b.get(field) is not None:
-                setattr(base, field, parse_duration(b[field], what=field.replace("_", "-")))
-        if b.get("resync_window") is not None:
-            base.resync_window = str(b["resync_window"])
-        return web.json_response(self.app.set_policy(base).to_dict())
+            value = b.duration(field)
+            if value is not None:
+                setattr(base, field, value)
+        window = b.text("resync_window", max_len=32)
+        if window is not None:
+            base.resync_window = window
+        return json_response(self.app.set_policy(base).to_dict())
 
     async def points(self, request: web.Request) -> web.Response:
         self._admin(request)
-        return web.json_response(self.app.points(request.match_info["name"]))
+        return json_response(self.app.points(machine_name(request)))
 
     async def protect(self, request: web.Request) -> web.Response:
         self._admin(request)
         b = await self._json(request)
-        await self.app.protect(request.match_info["name"], b.get("policy"))
-        return web.json_response(self.app.machine_status(request.match_info["name"]))
+        name = machine_name(request)
+        await self.app.protect(name, b.name("policy", "policy name"))
+        return json_response(self.app.machine_status(name))
 
     async def revoke(self, request: web.Request) -> web.Response:
         self._admin(request)
-        self.app.revoke(request.match_info["name"])
-        return web.json_response({"revoked": request.match_info["name"]})
+        name = machine_name(request)
+        self.app.revoke(name, by=self._operator(request))
+        return json_response({"revoked": name})
+
+    async def restore_access(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        name = machine_name(request)
+        return json_response(self.app.restore_access(name, by=self._operator(request)))
 
     async def bookmark(self, request: web.Request) -> web.Response:
         self._admin(request)
         b = await self._json(request)
-        self.app.request_bookmark(request.match_info["name"], b.get("tag"))
-        return web.json_response({"requested": True})
+        name = machine_name(request)
+        self.app.request_bookmark(name, b.name("tag", "bookmark tag"))
+        return json_response({"requested": True})
 
     async def resync(self, request: web.Request) -> web.Response:
         self._admin(request)
         b = await self._json(request)
-        return web.json_response(self.app.request_resync(request.match_info["name"], now=bool(b.get("now"))))
+        return json_response(self.app.request_resync(machine_name(request), now=b.boolean("now", False)))
 
     async def verify(self, request: web.Request) -> web.Response:
         self._admin(request)
         b = await self._json(request)
-        return web.json_response(await self.app.verify(request.match_info["name"], heal=b.get("heal", True)))
+        return json_response(await self.app.verify(machine_name(request), heal=b.boolean("heal", True)))
 
     async def failover(self, request: web.Request) -> web.Response:
         self._admin(request)
         b = await self._json(request)
-        job = await self.app.recovery.test_failover(request.match_info["name"], str(b.get("point", "latest")),
-                                                    export_dir=b.get("export_dir"), nbd=b.get("nbd"))
-        return web.json_response(job.to_dict())
+        name = machine_name(request)
+        point = b.text("point", default="latest", max_len=256)
+        export_dir = b.absolute_path("export_dir")
+        nbd = b.host_port("nbd")
+        job = await self.app.recovery.test_failover(name, point, export_dir=export_dir,
+                                                    nbd=f"{nbd[0]}:{nbd[1]}" if nbd else None)
+        return json_response(job.to_dict())
 
     async def failover_cleanup(self, request: web.Request) -> web.Response:
         self._admin(request)
-        return web.json_response(await self.app.recovery.cleanup(request.match_info["name"]))
+        return json_response(await self.app.recovery.cleanup(machine_name(request)))
 
     # engine jobs (engine/jobs) ---------------------------------------------------------------------------
     async def jobs(self, request: web.Request) -> web.Response:
@@ -184,27 +229,36 @@ class ControlAPI:
         q = request.query
         unknown = set(q) - {"machine", "active"}
         if unknown:
-            raise InvalidInput(f"unknown query parameter(s): {', '.join(sorted(unknown))}",
+            raise InvalidInput(f"unknown query parameter(s): {', '.join(sorted(unknown))[:200]}", field="query",
                                advice="GET /v1/jobs takes machine=NAME and active=0|1.")
+        if any(len(q.getall(k)) > 1 for k in q):
+            raise InvalidInput("a query parameter is given twice", field="query")
         active = q.get("active", "0")
         if active not in ("0", "1", "true", "false"):
-            raise InvalidInput(f"active={active!r} is not 0 or 1")
-        machine = q.get("machine") or None
-        assert self.app.jobs is not None
-        return web.json_response([j.to_dict() for j in self.app.jobs.list(machine,
-                                                                          active_only=active in ("1", "true"))])
+            raise InvalidInput(f"active={active[:20]!r} is not 0 or 1", field="active")
+        machine = check_name(q["machine"], "machine name") if "machine" in q else None
+        return json_response([j.to_dict() for j in self._jobs().list(machine, active_only=active in ("1", "true"))])
 
     async def job(self, request: web.Request) -> web.Response:
         self._admin(request)
-        assert self.app.jobs is not None
-        return web.json_response(self.app.jobs.get(request.match_info["id"]).to_dict())
+        return json_response(self._jobs().get(job_id(request)).to_dict())
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         self._admin(request)
-        assert self.app.jobs is not None
-        return web.json_response((await self.app.jobs.cancel(request.match_info["id"])).to_dict())
+        return json_response((await self._jobs().cancel(job_id(request))).to_dict())
 
     async def resume_job(self, request: web.Request) -> web.Response:
         self._admin(request)
-        assert self.app.jobs is not None
-        return web.json_response(self.app.jobs.resume(request.match_info["id"]).to_dict())
+        return json_response(self._jobs().resume(job_id(request)).to_dict())
+
+    def _jobs(self) -> JobManager:
+        assert self.app.jobs is not None, "the job manager starts before the control API"
+        return self.app.jobs
+
+    @staticmethod
+    def _operator(request: web.Request) -> str:
+        """Who acts: the admin certificate, and the operator the client names (``X-Lifeboat-Operator``, the OS
+        user of the CLI or console; informative, the certificate is what authorises)."""
+        who = request.headers.get("X-Lifeboat-Operator", "")[:64]
+        who = "".join(c for c in who if c.isprintable())
+        return f"lifeboat-admin ({who})" if who else "lifeboat-admin"

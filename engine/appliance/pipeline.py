@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..codec import Sealer
 from ..errors import IntegrityError
 from ..events import PointCreated
+from ..names import valid_name
 from ..records import HEADER_SIZE, Kind, Record
 from ..vault.base import MachineVault, Point, SealedRecord
 from ..segment_log import SegmentLog as MachineCache
@@ -355,15 +356,21 @@ class MachineRuntime:
             if r.kind == Kind.SYNC_DONE:
                 self.app.disk_synced(self.name, r.disk, r.seq)
             elif r.kind == Kind.RESYNC_START:
-                info = json.loads(bytes(r.data))
-                self.app.resync_started(self.name, r.seq, info.get("reason") or "resync")
+                info = _record_info(r)
+                reason = info.get("reason")
+                self.app.resync_started(self.name, r.seq, reason[:200] if isinstance(reason, str) and reason
+                                        else "resync")
             elif r.kind == Kind.RESYNC_DONE:
                 self.app.resync_finished(self.name, r.seq)
             elif r.kind == Kind.BOOKMARK:
-                info = json.loads(bytes(r.data))
+                tag = _record_info(r).get("tag")
+                if tag is not None and not valid_name(tag):
+                    # The protected machine chose it: a tag is a short name, never an object or a megabyte.
+                    log.warning("machine %s: bookmark tag refused by the name rule; the point is kept untagged",
+                                self.name)
+                    tag = None
                 if self.app.is_consistent(self.name, r.seq):
-                    await self._add_point(Point(f"a-{r.seq}", r.seq, r.ts_ns / 1e9, "app-consistent",
-                                                info.get("tag")))
+                    await self._add_point(Point(f"a-{r.seq}", r.seq, r.ts_ns / 1e9, "app-consistent", tag))
         await self._maybe_crash_point()
 
     async def _maybe_crash_point(self) -> None:
@@ -382,6 +389,15 @@ class MachineRuntime:
         self.last_point_time = time.time()
         self.last_point_seq = max(self.last_point_seq, p.seq)
         self.app.bus.emit(PointCreated(self.name, p.id, p.kind, p.time, p.tag))
+
+
+def _record_info(r: Record) -> dict[str, Any]:
+    """The JSON payload of a marker record (written by the agent: parsed without trusting it)."""
+    try:
+        info = json.loads(bytes(r.data))
+    except (ValueError, RecursionError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 class _Rate:

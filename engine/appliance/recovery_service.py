@@ -20,10 +20,12 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import Conflict, InvalidInput, LifeboatError, NotFound, NotReady, UnknownPoint
+from ..errors import Conflict, InvalidInput, LifeboatError, ListenFailed, NotFound, NotReady, UnknownPoint
 from ..jobs import Job, JobKind, JobManager, JobState, Plan, StepContext, StepSpec, StepState
+from ..names import inside
 from ..nbd.server import NBDServer
 from ..vault.base import DiskView, MachineVault, Point
+from .export_target import ExportTarget
 from .overlay import OverlayBackend
 
 if TYPE_CHECKING:
@@ -34,18 +36,23 @@ log = logging.getLogger(__name__)
 EXPORT_CHUNK = 4 * 1024 * 1024
 
 
+#: Latest instant a point spec may name (9999-12-31): beyond it no clock or date type can follow.
+MAX_TIME = 253402300799.0
+
+
 def parse_time(text: str) -> float | None:
+    """ISO 8601 or epoch seconds → epoch seconds; None unless it is a finite instant in years 1970-9999."""
     try:
-        return float(text)
+        t = float(text)
     except ValueError:
-        pass
-    try:
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return t.timestamp()
+        try:
+            d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=dt.timezone.utc)
+        t = d.timestamp()
+    return t if 0 <= t <= MAX_TIME else None   # also refuses nan and ±inf
 
 
 async def resolve_point(mv: MachineVault, spec: str, is_consistent: Callable[[int], bool],
@@ -101,7 +108,7 @@ class Drill:
         self.views: list[DiskView] = []
         self.backends: list[OverlayBackend] = []
         self.server: NBDServer | None = None
-        self.export_dir: str | None = None
+        self.export: ExportTarget | None = None
         self.job_id: str | None = None
         self.files: list[str] = []
         self._closed = False
@@ -147,10 +154,13 @@ class RecoveryService:
         # Scratch left by a drill of an earlier run (appliance killed) holds nothing worth keeping; its job was
         # marked interrupted by the job manager.
         shutil.rmtree(self.app.home.drills, ignore_errors=True)
+        self.app.home.drills.mkdir(mode=0o700, exist_ok=True)
 
     async def stop(self) -> None:
         for d in list(self.drills.values()):
             await d.close()
+            if d.export:
+                d.export.close()   # the exported images stay: they are the drill's result
         self.drills.clear()
 
     def busy(self, machine: str) -> bool:
@@ -160,9 +170,12 @@ class RecoveryService:
         return self.manager.get(job_id)
 
     async def _drop(self, drill: Drill) -> None:
+        """A drill whose setup failed: nothing of it stays (the export folder only if Lifeboat made it)."""
         if self.drills.get(drill.machine) is drill:
             del self.drills[drill.machine]
         await drill.close()
+        if drill.export:
+            drill.export.cleanup()
 
     async def test_failover(self, machine: str, spec: str, *, export_dir: str | None, nbd: str | None) -> Job:
         # plan: validate and resolve the point; nothing is opened or written yet
@@ -184,11 +197,13 @@ class RecoveryService:
                 raise InvalidInput(f"--nbd {nbd!r} is not HOST:PORT")
             port = int(p)
         if export_dir is not None and not os.path.isabs(export_dir):
-            raise InvalidInput("--export needs an absolute folder path")
+            raise InvalidInput("--export needs an absolute folder path", field="export_dir")
         if machine in self.drills:   # another drill was planned while the point was resolved
             raise Conflict(f"a drill of {machine!r} is already running",
                            advice=f"Clean it up first: `lifeboat failover-cleanup --home DIR {machine}`.")
-        drill = Drill(machine, point, self.app.home.drills / machine)
+        drill = Drill(machine, point, inside(self.app.home.drills, machine))
+        if export_dir is not None:   # checked (or created) now, so a refusal reaches the operator at once
+            drill.export = ExportTarget.prepare(Path(export_dir))
         self.drills[machine] = drill
         disks = rt.vault.disks()
         vault = rt.vault
@@ -210,7 +225,12 @@ class RecoveryService:
                     drill.backends.append(b)
                     exports[d.name] = b
                 drill.server = NBDServer(exports, name=f"drill-{machine}")
-                bound = await drill.server.start(host, port)
+                try:
+                    bound = await drill.server.start(host, port)
+                except OSError as exc:  # port taken, unknown host, address not on this machine
+                    drill.server = None
+                    raise ListenFailed(f"cannot serve the drill on {host}:{port}: {exc.strerror or exc}",
+                                       field="nbd") from None
             except BaseException:
                 await self._drop(drill)
                 raise
@@ -219,9 +239,7 @@ class RecoveryService:
             ctx.note("drill served over NBD")
 
         async def export_disks(ctx: StepContext) -> None:
-            assert export_dir is not None
-            drill.export_dir = export_dir
-            await self._export(ctx, drill, disks, Path(export_dir))
+            await self._export(ctx, drill, disks)
 
         last = (StepSpec("serve-nbd", "Serve the disks over NBD", serve_nbd, 0.0) if nbd is not None else
                 StepSpec("export-disks", "Export the disks as raw images", export_disks, 1.0,
@@ -243,16 +261,16 @@ class RecoveryService:
             raise _job_error(job, self.manager.exception(job.id))
         return job
 
-    async def _export(self, ctx: StepContext, drill: Drill, disks: list, folder: Path) -> None:
+    async def _export(self, ctx: StepContext, drill: Drill, disks: list) -> None:
         loop = asyncio.get_running_loop()
-        folder.mkdir(parents=True, exist_ok=True)
+        target = drill.export
+        assert target is not None
         total = sum(d.size for d in disks) or 1
         done = 0
         files = []
         for d, view in zip(disks, drill.views):
-            path = folder / f"{d.name}.img"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            drill.files.append(str(path))
+            fd, path = target.create(d.name)
+            drill.files.append(path)
             try:
                 os.ftruncate(fd, d.size)
                 for off in range(0, d.size, EXPORT_CHUNK):
@@ -264,8 +282,8 @@ class RecoveryService:
                     ctx.progress(done / total)
                 await loop.run_in_executor(self.app.pool, os.fsync, fd)
             finally:
-                os.close(fd)
-            files.append(str(path))
+                target.finish(fd, path)
+            files.append(path)
         ctx.result["files"] = files
 
     async def cleanup(self, machine: str) -> dict[str, Any]:
@@ -283,12 +301,8 @@ class RecoveryService:
                 await drill.close()
 
             async def remove_images(ctx: StepContext) -> None:
-                removed = []
-                for f in drill.files:  # the images this drill exported (also when cut short)
-                    if os.path.exists(f):
-                        os.unlink(f)
-                        removed.append(f)
-                ctx.result["removed"] = removed
+                # the images this drill exported (also when cut short), identified by inode: never a file by name
+                ctx.result["removed"] = drill.export.cleanup() if drill.export else []
 
             job = self.manager.submit(
                 JobKind.FAILOVER_CLEANUP, machine,

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import AlreadyExists, UnknownMachine, UnknownPolicy
+from ..errors import AlreadyExists, MachineRevoked, UnknownMachine, UnknownPolicy
 from ..jobs.store import JOBS_SCHEMA
 from ..policy import DEFAULT_POLICY, Policy
 
-SCHEMA_VERSION = 3   # 3: the jobs table (engine/jobs/store.py)
+SCHEMA_VERSION = 4   # 3: who revoked a machine, and when; 4: the jobs table (engine/jobs/store.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,10 +36,13 @@ class StateDB:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
-        self.db.executescript(JOBS_SCHEMA)   # schema 2 → 3: CREATE IF NOT EXISTS, idempotent
+        self.db.executescript(JOBS_SCHEMA)   # schema 3 → 4: CREATE IF NOT EXISTS, idempotent
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(machines)")}
         if "resync" not in cols:  # schema 1 → 2: resync bookkeeping
             self.db.execute("ALTER TABLE machines ADD COLUMN resync TEXT NOT NULL DEFAULT '{}'")
+        if "revoked_at" not in cols:  # schema 2 → 3: who revoked a machine, and when
+            self.db.execute("ALTER TABLE machines ADD COLUMN revoked_at REAL")
+            self.db.execute("ALTER TABLE machines ADD COLUMN revoked_by TEXT")
         pcols = {r[1] for r in self.db.execute("PRAGMA table_info(policies)")}
         if "resync_window" not in pcols:
             self.db.execute("ALTER TABLE policies ADD COLUMN resync_window TEXT NOT NULL DEFAULT '22:00-06:00'")
@@ -76,12 +79,42 @@ class StateDB:
 
     # machines
     def add_machine(self, name: str, cert_serial: int) -> None:
-        row = self.db.execute("SELECT revoked FROM machines WHERE name=?", (name,)).fetchone()
-        if row and not row[0]:
+        """Register ``name`` (or give a restored machine its new certificate).
+
+        Names are unique regardless of case (they name folders). A revoked name stays refused until an operator
+        restores its access (:meth:`restore_access`); a restored machine keeps its row, vault and points.
+        """
+        row = self.db.execute("SELECT name, revoked, cert_serial, revoked_at, revoked_by FROM machines "
+                              "WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO machines(name, cert_serial, registered) VALUES (?, ?, ?)",
+                            (name, str(cert_serial), time.time()))
+            return
+        existing, revoked, serial, revoked_at, revoked_by = row
+        if existing != name:
+            raise AlreadyExists(f"machine name {name!r} is taken by {existing!r} (names differ only in case)",
+                                advice="Register the machine under another name.")
+        if revoked:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(revoked_at)) if revoked_at else "earlier"
+            raise MachineRevoked(f"machine {name!r} was revoked ({when}, by {revoked_by or 'an operator'}); "
+                                 "its name cannot be registered again without an operator's decision")
+        if serial:
             raise AlreadyExists(f"machine {name!r} is already registered",
                                 advice="Revoke it first (`lifeboat machine revoke`) to register it again.")
-        self.db.execute("INSERT OR REPLACE INTO machines(name, cert_serial, registered) VALUES (?, ?, ?)",
-                        (name, str(cert_serial), time.time()))
+        self.db.execute("UPDATE machines SET cert_serial=?, registered=? WHERE name=?",
+                        (str(cert_serial), time.time(), name))
+
+    def revoke(self, name: str, by: str) -> None:
+        self.machine(name)
+        self.db.execute("UPDATE machines SET revoked=1, revoked_at=?, revoked_by=? WHERE name=?",
+                        (time.time(), by, name))
+
+    def restore_access(self, name: str) -> None:
+        """Undo a revocation: the old certificate stays refused (its serial is forgotten); the machine must
+        register again with the passphrase, and then continues with its vault and points."""
+        self.machine(name)
+        self.db.execute("UPDATE machines SET revoked=0, cert_serial='', revoked_at=NULL, revoked_by=NULL "
+                        "WHERE name=?", (name,))
 
     def machine(self, name: str) -> dict[str, Any]:
         cur = self.db.execute("SELECT * FROM machines WHERE name=?", (name,))
@@ -105,6 +138,15 @@ class StateDB:
         cols = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE machines SET {cols} WHERE name=?", (*fields.values(), name))
 
-    def add_event(self, kind: str, machine: str | None, **data: Any) -> None:
-        self.db.execute("INSERT INTO events(time, machine, kind, data) VALUES (?, ?, ?, ?)",
-                        (time.time(), machine, kind, json.dumps(data)))
+    def add_event(self, kind: str, machine: str | None, **data: Any) -> int:
+        cur = self.db.execute("INSERT INTO events(time, machine, kind, data) VALUES (?, ?, ?, ?)",
+                              (time.time(), machine, kind, json.dumps(data)))
+        return int(cur.lastrowid or 0)
+
+    def update_event(self, event_id: int, **data: Any) -> None:
+        self.db.execute("UPDATE events SET data=? WHERE id=?", (json.dumps(data), event_id))
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT id, time, machine, kind, data FROM events" +
+                               (" WHERE kind=?" if kind else "") + " ORDER BY id", (kind,) if kind else ())
+        return [{"id": i, "time": t, "machine": m, "kind": k, "data": json.loads(d)} for i, t, m, k, d in rows]

@@ -1,6 +1,6 @@
 """Jobs in the state database: one row per job, its wire form as JSON beside the columns queries need.
 
-The table lives in ``state.db`` (``StateDB`` creates it with the rest of its schema, schema version 3); the store
+The table lives in ``state.db`` (``StateDB`` creates it with the rest of its schema, schema version 4); the store
 also creates it on a bare connection, so it works on any SQLite file (tests). Writes are rare — a state change, a
 step change, progress at most every ``PROGRESS_SECONDS`` — because every one is an fsync (``synchronous=FULL``).
 """

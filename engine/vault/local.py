@@ -40,6 +40,7 @@ from typing import Any, Callable, TypeVar
 from ..codec import Sealer
 from ..errors import AlreadyExists, Conflict, IntegrityError, InvalidInput, LifeboatError, StorageError
 from ..errors import UnknownMachine, UnknownPoint
+from ..names import check_name, inside
 from ..records import MAX_PAYLOAD, Kind
 from .base import DiskInfo, MachineVault, Point, SealedRecord, Vault
 from .journal import SEGMENT_BYTES, Entry, Journal, atomic_write, check_envelope, fsync_dir, make_private_dir
@@ -58,11 +59,7 @@ RANGE_KINDS = DATA_KINDS + ZERO_KINDS
 
 
 def _check_machine_name(machine: str) -> None:
-    bad = (not isinstance(machine, str) or not 0 < len(machine) <= 128 or machine.startswith(".")
-           or any(c in machine for c in "/\\") or any(ord(c) < 32 for c in machine))
-    if bad:
-        raise InvalidInput(f"invalid machine name {machine!r}: 1-128 characters, no '/', '\\', control "
-                           "characters or leading '.'")
+    check_name(machine, "machine name")  # the one name rule (engine/names.py), again here: defence in depth
 
 
 class LocalMachineVault(MachineVault):
@@ -551,7 +548,7 @@ class LocalVault(Vault):
             if mv is not None:
                 return mv
             make_private_dir(self.root)
-            mv = LocalMachineVault(self, machine, self.root / machine)
+            mv = LocalMachineVault(self, machine, inside(self.root, machine))
             await mv._run(mv._open_sync)
             self._machines[machine] = mv
             return mv
@@ -567,7 +564,7 @@ class LocalVault(Vault):
             mv = self._machines.get(machine)
             if mv is not None:
                 await mv.close()
-            folder = self.root / machine
+            folder = inside(self.root, machine)
             if not folder.is_dir():
                 raise UnknownMachine(f"machine {machine} has no vault under {self.root}")
             loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
+from ..appliance.request_body import MAX_BODY, Body, json_response
 from ..errors import AlreadyExists, InvalidInput
 from ..events import Alert
 from ..secrets import delete_secret, get_secret, set_secret
@@ -334,33 +335,44 @@ class VSphereService:
                 web.put("/v1/vcenters/{host}/credentials", self._h_update),
                 web.get("/v1/inventory", self._h_inventory)]
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def _body(self, request: web.Request) -> Body:
         self.app.control._admin(request)
         return await self.app.control._json(request)  # type: ignore[no-any-return]
 
+    @staticmethod
+    def _trust(b: Body) -> dict[str, Any]:
+        return {"ca_pem": b.text("ca_pem", max_len=MAX_BODY, multiline=True), "thumbprint": b.text("thumbprint", max_len=200),
+                "insecure": b.boolean("insecure", False) if b.data.get("insecure") is not None else None}
+
     async def _h_register(self, request: web.Request) -> web.Response:
         b = await self._body(request)
-        return web.json_response(await self.register(
-            b.get("host", ""), b.get("port", 443), b.get("user", ""), b.get("password", ""), ca_pem=b.get("ca_pem"),
-            thumbprint=b.get("thumbprint"), insecure=bool(b.get("insecure"))))
+        port = b.data.get("port", 443)
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise InvalidInput(f"field 'port' must be an integer, got {type(port).__name__}", field="port")
+        trust = self._trust(b)
+        return json_response(await self.register(
+            b.text("host", default="", max_len=253) or "", port, b.text("user", default="", max_len=256) or "",
+            b.text("password", default="", max_len=1024) or "", ca_pem=trust["ca_pem"],
+            thumbprint=trust["thumbprint"], insecure=bool(trust["insecure"])))
 
     async def _h_update(self, request: web.Request) -> web.Response:
         b = await self._body(request)
-        return web.json_response(await self.update(
-            request.match_info["host"], user=b.get("user"), password=b.get("password"), ca_pem=b.get("ca_pem"),
-            thumbprint=b.get("thumbprint"), insecure=b.get("insecure")))
+        trust = self._trust(b)
+        return json_response(await self.update(
+            request.match_info["host"], user=b.text("user", max_len=256), password=b.text("password", max_len=1024),
+            ca_pem=trust["ca_pem"], thumbprint=trust["thumbprint"], insecure=trust["insecure"]))
 
     async def _h_list(self, request: web.Request) -> web.Response:
         self.app.control._admin(request)
-        return web.json_response(self.list_endpoints())
+        return json_response(self.list_endpoints())
 
     async def _h_remove(self, request: web.Request) -> web.Response:
         self.app.control._admin(request)
-        return web.json_response(await self.remove(request.match_info["host"]))
+        return json_response(await self.remove(request.match_info["host"]))
 
     async def _h_inventory(self, request: web.Request) -> web.Response:
         self.app.control._admin(request)
-        return web.json_response(self.snapshot())
+        return json_response(self.snapshot())
 
     list = list_endpoints  # the engine API name (defined last: above, "list" in annotations is the builtin)
 

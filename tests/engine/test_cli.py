@@ -125,8 +125,10 @@ def test_cli_contract(tmp_path: Path) -> None:
         assert p.returncode != 0 and "LB_JOB_FINISHED" in p.stderr
         p = lb("job", "resume", "--home", str(home), jobs[0]["id"], check=False)
         assert p.returncode != 0 and "LB_JOB_NOT_PAUSED" in p.stderr
-        p = lb("job", "show", "--home", str(home), "nope", check=False)
+        p = lb("job", "show", "--home", str(home), "0123456789ab", check=False)
         assert p.returncode != 0 and "LB_UNKNOWN_JOB" in p.stderr
+        p = lb("job", "show", "--home", str(home), "nope", check=False)
+        assert p.returncode != 0 and "LB_INVALID_INPUT" in p.stderr
     finally:
         for pr in reversed(procs):
             pr.terminate()

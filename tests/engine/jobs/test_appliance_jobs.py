@@ -58,7 +58,11 @@ async def test_drills_are_jobs_with_steps_and_survive_a_restart_as_history(tmp_p
             assert k in shown
         for call, code in ((lambda: client.cancel_job(job.id), "LB_JOB_FINISHED"),
                            (lambda: client.resume_job(job.id), "LB_JOB_NOT_PAUSED"),
-                           (lambda: client.job("../status"), "LB_UNKNOWN_JOB"),
+                           (lambda: client.job("0123456789ab"), "LB_UNKNOWN_JOB"),
+                           (lambda: client.job("../status"), "LB_INVALID_INPUT"),
+                           (lambda: client.job("ABCDEF012345"), "LB_INVALID_INPUT"),
+                           (lambda: client.call("GET", "/v1/jobs?machine=../x"), "LB_INVALID_NAME"),
+                           (lambda: client.call("GET", "/v1/jobs?active=1&active=0"), "LB_INVALID_INPUT"),
                            (lambda: client.call("GET", "/v1/jobs?active=maybe"), "LB_INVALID_INPUT"),
                            (lambda: client.call("GET", "/v1/jobs?colour=red"), "LB_INVALID_INPUT")):
             with pytest.raises(LifeboatError) as ei:
@@ -70,10 +74,10 @@ async def test_drills_are_jobs_with_steps_and_survive_a_restart_as_history(tmp_p
         gate = asyncio.Event()
         real_export = recovery_service.RecoveryService._export
 
-        async def held_export(self, ctx, drill, disks, folder):  # type: ignore[no-untyped-def]
+        async def held_export(self, ctx, drill, disks):  # type: ignore[no-untyped-def]
             ctx.progress(0.01)
             await gate.wait()
-            await real_export(self, ctx, drill, disks, folder)
+            await real_export(self, ctx, drill, disks)
         monkeypatch.setattr(recovery_service.RecoveryService, "_export", held_export)
         ex = await app.recovery.test_failover("vm1", "latest", export_dir=str(tmp_path / "out"), nbd=None)
         assert ex.state.value == "running" and ex.step("export-disks").state.value == "running"

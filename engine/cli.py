@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import platform
 from .errors import InvalidInput, LifeboatError
 from .policy import format_duration, parse_duration
 
@@ -116,10 +117,8 @@ def _agent_call(home: Path, req: dict[str, Any], timeout: float = 120) -> dict[s
     from .home import AgentHome
     h = AgentHome(home)
     h.load_config()
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(timeout)
     try:
-        s.connect(str(h.socket))
+        s = platform.connect_control(h.socket, timeout)
     except OSError:
         raise LifeboatError("the agent is not running", code="LB_AGENT_NOT_RUNNING",
                             advice=f"Start it: `lifeboat agent run --home {home} --disk NAME=PATH --nbd HOST:PORT`.") from None

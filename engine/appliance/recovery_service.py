@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .. import platform
 from ..errors import Conflict, InvalidInput, LifeboatError, NotFound, NotReady, UnknownPoint
 from ..events import JobProgress
 from ..nbd.server import NBDServer
@@ -232,7 +233,7 @@ class RecoveryService:
                         n = min(EXPORT_CHUNK, d.size - off)
                         data = await view.read(off, n)
                         if data.count(0) != len(data):  # keep zero runs sparse
-                            await loop.run_in_executor(self.app.pool, os.pwrite, fd, data, off)
+                            await loop.run_in_executor(self.app.pool, platform.pwrite, fd, data, off)
                         done += n
                         self._progress(job, done / total)
                     await loop.run_in_executor(self.app.pool, os.fsync, fd)

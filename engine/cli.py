@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -67,9 +66,7 @@ def cmd_appliance_run(a: argparse.Namespace) -> int:
         assert app.control_address and app.data_address
         print(f"appliance running: control {app.control_address[1]}, data {app.data_address[1]}", flush=True)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        platform.on_terminate(asyncio.get_running_loop(), stop.set)
         await stop.wait()
         await app.stop()
         app.home.pidfile.unlink(missing_ok=True)
@@ -104,9 +101,7 @@ def cmd_agent_run(a: argparse.Namespace) -> int:
         print(f"agent {agent.name} serving {', '.join(disks)} on nbd://{agent.nbd_address[0]}:{agent.nbd_address[1]}",
               flush=True)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        platform.on_terminate(asyncio.get_running_loop(), stop.set)
         await stop.wait()
         await agent.stop()
     asyncio.run(main())

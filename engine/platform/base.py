@@ -12,7 +12,8 @@ storage layer's tests can run on Linux without any POSIX-only call. Each functio
 - directory fsync is a no-op (no portable way to open a directory);
 - file locks exclude other holders in this process only;
 - the kernel's unsent byte count is unknown (``0``);
-- the agent's control channel is a loopback TCP socket whose port and token are in a mode-0600 file.
+- the agent's control channel is a loopback TCP socket whose port and token are in a mode-0600 file;
+- stop signals are plain ``signal.signal`` handlers.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import mmap
 import os
 import secrets
 import select
+import signal
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "connect_control", "fallocate",
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
-           "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev"]
+           "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev"]
 
 ControlHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -210,6 +213,21 @@ new_buffer = _uninitialized_buffer()
 
 def tune_malloc(arenas: int | None) -> None:
     """Tune the C heap for large, short-lived buffers (``engine/buffers.py``). Here: nothing to tune."""
+
+
+# -- process signals ---------------------------------------------------------------------------------------------
+
+def on_terminate(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+    """Run ``callback`` on ``loop`` when the process is asked to stop (Ctrl+C, and SIGTERM or Ctrl+Break where
+    they exist). Here: ``signal.signal`` handlers (the main thread only; Windows loops have no
+    ``add_signal_handler``)."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, handler)
 
 
 # -- the agent's control channel ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from .base import ControlHandler, Poller, new_buffer
 
 __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "connect_control", "fallocate",
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
-           "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev"]
+           "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev"]
 
 # The guard tells ``mypy --platform win32`` that nothing below exists there (it checks windows.py instead).
 if sys.platform != "win32":
@@ -24,9 +24,11 @@ if sys.platform != "win32":
     import mmap
     import os
     import select
+    import signal
     import socket
     import struct
     import termios
+    from collections.abc import Callable
     from pathlib import Path
 
     # -- positioned I/O: the calls themselves ---------------------------------------------------------------------
@@ -142,6 +144,12 @@ if sys.platform != "win32":
                 libc.mallopt(-8, arenas)  # M_ARENA_MAX
         except (OSError, AttributeError):
             pass   # not glibc: only slower
+
+    # -- process signals ---------------------------------------------------------------------------------------
+    def on_terminate(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+        """SIGINT and SIGTERM handled by the loop itself (``add_signal_handler``)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, callback)
 
     # -- the agent's control channel: a Unix socket -----------------------------------------------------------
     async def serve_control(handler: ControlHandler, path: Path) -> asyncio.AbstractServer:

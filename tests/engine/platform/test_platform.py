@@ -194,3 +194,16 @@ async def test_portable_control_channel_drops_clients_without_the_token(tmp_path
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_portable_stop_signal_reaches_the_loop() -> None:
+    import signal
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = asyncio.Event()
+    try:
+        base.on_terminate(asyncio.get_running_loop(), stop.set)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(stop.wait(), 10)
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)

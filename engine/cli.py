@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -16,6 +15,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from . import platform
 from .errors import InvalidInput, LifeboatError
 from .policy import format_duration, parse_duration
 
@@ -75,9 +75,7 @@ def cmd_appliance_run(a: argparse.Namespace) -> int:
         assert app.control_address and app.data_address
         print(f"appliance running: control {app.control_address[1]}, data {app.data_address[1]}", flush=True)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        platform.on_terminate(asyncio.get_running_loop(), stop.set)
         await stop.wait()
         await app.stop()
         app.home.pidfile.unlink(missing_ok=True)
@@ -112,9 +110,7 @@ def cmd_agent_run(a: argparse.Namespace) -> int:
         print(f"agent {agent.name} serving {', '.join(disks)} on nbd://{agent.nbd_address[0]}:{agent.nbd_address[1]}",
               flush=True)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        platform.on_terminate(asyncio.get_running_loop(), stop.set)
         await stop.wait()
         await agent.stop()
     asyncio.run(main())
@@ -125,10 +121,8 @@ def _agent_call(home: Path, req: dict[str, Any], timeout: float = 120) -> dict[s
     from .home import AgentHome
     h = AgentHome(home)
     h.load_config()
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(timeout)
     try:
-        s.connect(str(h.socket))
+        s = platform.connect_control(h.socket, timeout)
     except OSError:
         raise LifeboatError("the agent is not running", code="LB_AGENT_NOT_RUNNING",
                             advice=f"Start it: `lifeboat agent run --home {home} --disk NAME=PATH --nbd HOST:PORT`.") from None

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .. import platform
 from ..errors import Conflict, InvalidInput, LifeboatError, ListenFailed, NotFound, NotReady, UnknownPoint
 from ..jobs import Job, JobKind, JobManager, JobState, Plan, StepContext, StepSpec, StepState
 from ..names import inside
@@ -277,7 +278,7 @@ class RecoveryService:
                     n = min(EXPORT_CHUNK, d.size - off)
                     data = await view.read(off, n)
                     if data.count(0) != len(data):  # keep zero runs sparse
-                        await loop.run_in_executor(self.app.pool, os.pwrite, fd, data, off)
+                        await loop.run_in_executor(self.app.pool, platform.pwrite, fd, data, off)
                     done += n
                     ctx.progress(done / total)
                 await loop.run_in_executor(self.app.pool, os.fsync, fd)

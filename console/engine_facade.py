@@ -171,7 +171,25 @@ class EngineFacade:
         return bool(app and app.recovery and app.recovery.busy(name))
 
     def engine_job(self, job_id: str) -> dict[str, Any]:
-        return self._app().recovery.job(job_id).to_dict()  # type: ignore[no-any-return]
+        return self._job_manager().get(job_id).to_dict()  # type: ignore[no-any-return]
+
+    def engine_jobs(self) -> list[dict[str, Any]]:
+        """Every engine job the appliance remembers (``Job.to_dict()``, steps included), oldest first."""
+        jobs = getattr(self.app, "jobs", None) if self.app is not None else None
+        return [j.to_dict() for j in jobs.list()] if jobs is not None else []
+
+    def _job_manager(self) -> Any:
+        jobs = getattr(self._app(), "jobs", None)
+        if jobs is None:
+            raise NotFound("this engine build has no job manager", code="LB_NOT_SUPPORTED",
+                           advice="Update Lifeboat.")
+        return jobs
+
+    async def cancel_engine_job(self, job_id: str) -> dict[str, Any]:
+        return (await self._job_manager().cancel(job_id)).to_dict()  # type: ignore[no-any-return]
+
+    async def resume_engine_job(self, job_id: str) -> dict[str, Any]:
+        return self._job_manager().resume(job_id).to_dict()  # type: ignore[no-any-return]
 
     # operations ------------------------------------------------------------------------------------------
     def save_policy(self, spec: PolicySpec) -> PolicySpec:

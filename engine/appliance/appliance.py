@@ -1,8 +1,9 @@
 """The appliance: configuration-server and process-server roles in one asyncio program.
 
-``Appliance`` is the composition root: it builds the parts, wires each to the narrow collaborators it needs, starts
-and stops them, and runs the 1-second ticker. It holds no behaviour of its own; its public methods are thin
-delegations kept for the console (``console/engine_facade.py``), the CLI and the tests.
+``Appliance`` is the composition root: it builds the parts, wires each to the narrow collaborators it needs, and
+starts and stops them; its periodic work is scheduler tasks (``engine/jobs/appliance_tasks.py``) over those parts.
+It holds no behaviour of its own; its public methods are thin delegations kept for the console
+(``console/engine_facade.py``), the CLI and the tests.
 
 Start it in-process inside any running loop (the console does) with ``await Appliance(home).start()`` and stop it
 with ``await app.stop()``; ``lifeboat appliance run`` runs it headless.
@@ -15,15 +16,14 @@ Who owns what (docs/ARCHITECTURE.md §1.1):
   status, corruption healing, verify;
 - ``runtimes.Runtimes``: the per-machine runtimes (``pipeline.MachineRuntime``: cache → seal → vault → points);
 - ``process_server.ProcessServer``: the data port; ``control.ControlAPI``: the control port;
-- ``recovery_service.RecoveryService``: drills; ``retention.Retention``: prune; ``bookmarks.ScheduledBookmarks``;
+- ``recovery_service.RecoveryService``: drills (as jobs of ``engine.jobs.JobManager``); ``retention.Retention``:
+  prune; ``bookmarks.ScheduledBookmarks``;
 - ``engine.vsphere.service.VSphereService``: vCenters, inventory, machine ↔ VM matching.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from .. import pki
 from ..codec import Sealer
 from ..events import EventBus
 from ..home import ApplianceHome
+from ..jobs import JobManager, JobStore, Scheduler
+from ..jobs.appliance_tasks import ApplianceTasks
 from ..policy import Policy
 from ..secrets import load_vault_key
 from ..vault.base import Vault
@@ -55,10 +57,6 @@ from .sync_cursor import SyncCursor
 __all__ = ["ADMIN_CN", "Appliance", "init_home"]
 
 log = logging.getLogger(__name__)
-
-#: Seconds between retention rounds of the ticker.
-PRUNE_INTERVAL = 30.0
-
 
 class Appliance:
     """The composition root. The parts exist from ``start()`` on (None before)."""
@@ -84,7 +82,8 @@ class Appliance:
         self.control: ControlAPI | None = None
         self.recovery: RecoveryService | None = None
         self.vsphere: VSphereService | None = None
-        self._tasks: list[asyncio.Task] = []
+        self.jobs: JobManager | None = None     # engine jobs: one queue per machine (engine/jobs)
+        self.scheduler = Scheduler()            # periodic work: statuses, resync window, bookmarks, retention
         self.control_address: tuple[str, int] | None = None
         self.data_address: tuple[str, int] | None = None
 
@@ -93,6 +92,8 @@ class Appliance:
         h = self.home
         h.make_private()
         self.db = db = StateDB(h.db)
+        self.jobs = JobManager(JobStore(db.db), self.bus)
+        await self.jobs.start()   # jobs a previous run left unfinished are marked interrupted, never re-run
         key = load_vault_key(self.cfg["appliance_id"])
         self.sealer = Sealer(key)
         self.vault = open_vault(self.cfg["vault"], key, executor=self.pool)
@@ -110,7 +111,7 @@ class Appliance:
         self.ps = ProcessServer(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=True),
                                 state=state, runtimes=runtimes, resync=resync, cursor=cursor, pool=self.pool)
         self.data_address = await self.ps.start(self.listen, self.cfg["data_port"])
-        self.recovery = RecoveryService(h.drills, state=state, runtimes=runtimes, cursor=cursor, bus=self.bus,
+        self.recovery = RecoveryService(h.drills, state=state, runtimes=runtimes, cursor=cursor, manager=self.jobs,
                                         pool=self.pool)
         await self.recovery.start()
         self.retention = Retention(state, runtimes, busy=self.recovery.busy)
@@ -120,21 +121,22 @@ class Appliance:
         runtimes.on_attach.append(self.vsphere.agent_attached)
         self.control = ControlAPI(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=False),
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
-                                  recovery=self.recovery, status=self.status, register_guard=RegisterGuard(db),
+                                  recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
                                   extra_routes=self.vsphere.routes())
         self.control_address = await self.control.start(self.listen, self.cfg["control_port"])
-        self._tasks.append(asyncio.create_task(self._ticker(), name="appliance-ticker"))
+        ApplianceTasks(runtimes=runtimes, machines=self.machines, resync=resync, bookmarks=self.bookmarks,
+                       retention=self.retention).register(self.scheduler)
+        await self.scheduler.start()
         log.info("appliance started: control %s data %s", self.control_address, self.data_address)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.scheduler.stop()
         if self.control:
             await self.control.stop()
         if self.vsphere:
             await self.vsphere.stop()
+        if self.jobs:
+            await self.jobs.stop()   # running jobs end interrupted (stored) before their drills are closed
         if self.recovery:
             await self.recovery.stop()
         if self.ps:
@@ -153,27 +155,6 @@ class Appliance:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    # background ------------------------------------------------------------------------------------------
-    async def _ticker(self) -> None:
-        """Every second: status events, resync delivery and window, scheduled bookmarks; retention every 30 s."""
-        assert self.machines and self.resync_service and self.bookmarks and self.retention
-        machines, resync, bookmarks, retention = self.machines, self.resync_service, self.bookmarks, self.retention
-        last_prune = time.monotonic()
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                statuses = machines.status_tick()
-                for name in statuses:
-                    resync.tick(name)
-                bookmarks.tick(statuses)
-                if time.monotonic() - last_prune > PRUNE_INTERVAL:
-                    last_prune = time.monotonic()
-                    await retention.prune_all()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("appliance ticker")
 
     # thin delegations (console facade, CLI, tests) ----------------------------------------------------------
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .machines import MachineState
 
@@ -23,16 +23,13 @@ class ScheduledBookmarks:
         self.runtimes = runtimes
         self._last: dict[str, float] = {}
 
-    def tick(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
-        """``statuses``: the machines' current status by name (only "protected" ones get bookmarks). The interval
-        of a machine counts from the first tick that sees it."""
-        for name, st in statuses.items():
-            rt = self.runtimes.get(name)
-            if rt is None:
-                continue
-            pol = self.state.policy_of(name)
-            now = time.monotonic()
-            if st["state"] == "protected" and rt.connection is not None:
-                if now - self._last.setdefault(name, now) >= pol.app_consistent:
-                    self._last[name] = now
-                    rt.connection.send_control({"bookmark": {"tag": "scheduled"}})
+    def tick(self, name: str, state: str | None) -> None:
+        """One machine, whose current state is ``state``: only a connected, "protected" one gets bookmarks. Its
+        interval counts from the first tick that sees it so."""
+        rt = self.runtimes.get(name)
+        if rt is None or rt.connection is None or state != "protected":
+            return
+        now = time.monotonic()
+        if now - self._last.setdefault(name, now) >= self.state.policy_of(name).app_consistent:
+            self._last[name] = now
+            rt.connection.send_control({"bookmark": {"tag": "scheduled"}})

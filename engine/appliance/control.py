@@ -8,6 +8,7 @@ Errors are ``{"error": {"code", "message", "advice"}}`` with a 4xx status; nothi
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,12 +23,14 @@ from .register_guard import RegisterGuard
 from .request_body import MAX_BODY, json_response
 
 if TYPE_CHECKING:
+    from ..jobs import JobManager
     from .machines import Machines, MachineState
     from .recovery_service import RecoveryService
     from .resync import Resync
 
 log = logging.getLogger(__name__)
 
+_JOB_ID = re.compile(r"[0-9a-f]{12}")
 _STATUS = {NotFound: 404, AuthError: 403, Conflict: 409, InvalidInput: 400, RateLimited: 429}
 
 
@@ -57,6 +60,15 @@ async def _errors(request: web.Request, handler):  # type: ignore[no-untyped-def
                                         "advice": "See the appliance log."}}, status=500)
 
 
+def job_id(request: web.Request) -> str:
+    """The ``{id}`` of a job route: 12 lowercase hex digits (``engine.jobs.model.new_job_id``)."""
+    jid = request.match_info["id"]
+    if not _JOB_ID.fullmatch(jid):
+        raise InvalidInput(f"{jid[:40]!r} is not a job id (12 hex digits)", field="job id",
+                           advice="List the appliance's jobs with `lifeboat jobs --home DIR`.")
+    return jid
+
+
 def machine_name(request: web.Request) -> str:
     """The ``{name}`` of a machine route, checked by the name rule (a hostile path never reaches a lookup)."""
     return check_name(request.match_info["name"], "machine name")
@@ -65,12 +77,12 @@ def machine_name(request: web.Request) -> str:
 class ControlAPI:
     """The control port's routes over the appliance's services (no appliance back-pointer): ``machines``
     (register, protect, revoke, restore-access, bookmark, points, status), ``state`` (policies), ``resync``
-    (resync, verify), ``recovery`` (drills), ``status`` (the whole appliance's status), ``register_guard`` (the
+    (resync, verify), ``recovery`` (drills), ``jobs`` (the job manager), ``status`` (the whole appliance's status), ``register_guard`` (the
     rate limit of refused registrations), plus ``extra_routes`` of other parts (vSphere); every route but
     registration is behind ``require_admin``."""
 
     def __init__(self, tls: ssl.SSLContext, *, require_admin: AdminCheck, machines: Machines, state: MachineState,
-                 resync: Resync, recovery: RecoveryService, status: Callable[[], dict[str, Any]],
+                 resync: Resync, recovery: RecoveryService, jobs: JobManager, status: Callable[[], dict[str, Any]],
                  register_guard: RegisterGuard, extra_routes: list[web.RouteDef] | None = None) -> None:
         self.tls = tls
         self.require_admin = require_admin
@@ -78,6 +90,7 @@ class ControlAPI:
         self.state = state
         self.resync_service = resync
         self.recovery = recovery
+        self.job_manager = jobs
         self.appliance_status = status
         self.register_guard = register_guard
         self.extra_routes = list(extra_routes or [])
@@ -99,7 +112,10 @@ class ControlAPI:
         r.add_post("/v1/machines/{name}/resync", self.resync)
         r.add_post("/v1/machines/{name}/verify", self.verify)
         r.add_post("/v1/machines/{name}/failover-cleanup", self.failover_cleanup)
+        r.add_get("/v1/jobs", self.jobs)
         r.add_get("/v1/jobs/{id}", self.job)
+        r.add_post("/v1/jobs/{id}/cancel", self.cancel_job)
+        r.add_post("/v1/jobs/{id}/resume", self.resume_job)
         r.add_routes(self.extra_routes)
         self.runner = web.AppRunner(wa, access_log=None)
         await self.runner.setup()
@@ -207,9 +223,35 @@ class ControlAPI:
         self.require_admin(request)
         return json_response(await self.recovery.cleanup(machine_name(request)))
 
+    # engine jobs (engine/jobs) ---------------------------------------------------------------------------
+    async def jobs(self, request: web.Request) -> web.Response:
+        """``GET /v1/jobs[?machine=NAME][&active=1]``: jobs oldest first (active: queued, running or paused)."""
+        self.require_admin(request)
+        q = request.query
+        unknown = set(q) - {"machine", "active"}
+        if unknown:
+            raise InvalidInput(f"unknown query parameter(s): {', '.join(sorted(unknown))[:200]}", field="query",
+                               advice="GET /v1/jobs takes machine=NAME and active=0|1.")
+        if any(len(q.getall(k)) > 1 for k in q):
+            raise InvalidInput("a query parameter is given twice", field="query")
+        active = q.get("active", "0")
+        if active not in ("0", "1", "true", "false"):
+            raise InvalidInput(f"active={active[:20]!r} is not 0 or 1", field="active")
+        machine = check_name(q["machine"], "machine name") if "machine" in q else None
+        return json_response([j.to_dict() for j in self.job_manager.list(machine,
+                                                                          active_only=active in ("1", "true"))])
+
     async def job(self, request: web.Request) -> web.Response:
         self.require_admin(request)
-        return json_response(self.recovery.job(request.match_info["id"]).to_dict())
+        return json_response(self.job_manager.get(job_id(request)).to_dict())
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        self.require_admin(request)
+        return json_response((await self.job_manager.cancel(job_id(request))).to_dict())
+
+    async def resume_job(self, request: web.Request) -> web.Response:
+        self.require_admin(request)
+        return json_response(self.job_manager.resume(job_id(request)).to_dict())
 
     @staticmethod
     def _operator(request: web.Request) -> str:

@@ -190,12 +190,10 @@ class Machines:
         rt = self.runtimes.get(name)
         return [p.to_dict() for p in rt.vault.points()] if rt else []
 
-    def status_tick(self) -> dict[str, dict[str, Any]]:
-        """Emit a MachineStatus event for every machine with a runtime; returns their status by name."""
-        out = {}
-        for name in list(self.runtimes):
-            st = out[name] = self.machine_status(name)
-            self.bus.emit(MachineStatus(name, st["state"], st["health"], st["rpo_seconds"], st["sync_progress"],
-                                        (st["last_point"] or {}).get("time"), st["churn_bytes_per_s"],
-                                        st["upload_bytes_per_s"]))
-        return out
+    def emit_status(self, name: str) -> dict[str, Any]:
+        """Emit the machine's MachineStatus event; returns its status."""
+        st = self.machine_status(name)
+        self.bus.emit(MachineStatus(name, st["state"], st["health"], st["rpo_seconds"], st["sync_progress"],
+                                    (st["last_point"] or {}).get("time"), st["churn_bytes_per_s"],
+                                    st["upload_bytes_per_s"]))
+        return st

@@ -24,6 +24,12 @@ OUTBOUND = {
     "ssl.create_default_context", "ssl.SSLContext",
 }
 OUTBOUND_MODULES = {"urllib.request", "requests", "httpx", "aiohttp.client"}
+#: Connections that are not egress, by (file, call), with why. Keep this short.
+NOT_EGRESS = {
+    # the portable implementation of the agent's local control channel (agent.sock's stand-in where there are no
+    # Unix sockets): a loopback connection to a listener of the same host, found through a 0600 file
+    ("engine/platform/base.py", "socket.create_connection"),
+}
 
 
 def _dotted(node: ast.AST) -> str:
@@ -61,7 +67,8 @@ def _direct_outbound(path: Path) -> list[str]:
 
 
 def test_no_outbound_connection_bypasses_net() -> None:
-    offenders = [hit for p in sorted(ENGINE.rglob("*.py")) if p != ENGINE / "net.py" for hit in _direct_outbound(p)]
+    offenders = [hit for p in sorted(ENGINE.rglob("*.py")) if p != ENGINE / "net.py" for hit in _direct_outbound(p)
+                 if (hit.split(":", 1)[0], hit.rsplit(": ", 1)[1]) not in NOT_EGRESS]
     assert offenders == [], "outbound connections must go through engine/net.py:\n" + "\n".join(offenders)
 
 

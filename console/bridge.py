@@ -16,11 +16,11 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from engine.api import Alert, Event, JobProgress, MachineStatus, PointCreated
+from engine.api import Alert, Event, JobChanged, JobProgress, MachineStatus, PointCreated
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineBridge", "Alert", "Event", "JobProgress", "MachineStatus", "PointCreated"]
+__all__ = ["EngineBridge", "Alert", "Event", "JobChanged", "JobProgress", "MachineStatus", "PointCreated"]
 
 
 class EngineBridge(QObject):
@@ -30,6 +30,7 @@ class EngineBridge(QObject):
     statuses = Signal(list)          # list[MachineStatus], newest per machine, coalesced
     point_created = Signal(object)   # PointCreated
     job_progress = Signal(object)    # JobProgress
+    job_changed = Signal(object)     # JobChanged (a job queued, started, paused, ended; a step's state)
     alert = Signal(object)           # Alert
     other_event = Signal(object)     # any other engine event (for example vCenter inventory changes)
 
@@ -57,6 +58,8 @@ class EngineBridge(QObject):
             self.point_created.emit(event)
         elif isinstance(event, JobProgress):
             self.job_progress.emit(event)
+        elif isinstance(event, JobChanged):
+            self.job_changed.emit(event)
         elif isinstance(event, Alert):
             self.alert.emit(event)
         else:

@@ -20,7 +20,7 @@ from .bridge import Alert, EngineBridge, MachineStatus
 from .engine_facade import CleanupView, DrillView, EngineFacade, Policy
 from .errors import Notification, NotificationCenter
 from .event_log import EventLogModel, LogEntry
-from .jobs import ConsoleJob, JobManager, JobsModel
+from .jobs import ConsoleJob, JobManager, JobsModel, JobStepsModel
 from .models import DashboardSeries, MachineTableModel, RpoHistory
 from .settings import ConsoleSettings
 
@@ -50,11 +50,14 @@ class ConsoleContext(QObject):
         self.fleet = DashboardSeries(minutes)
         self.jobs = JobManager(self.notes, self)
         self.jobs_model = JobsModel(self.jobs, self)
+        self.steps_model = JobStepsModel(self.jobs, self)
+        self.jobs.set_engine_actions(facade.cancel_engine_job, facade.resume_engine_job)
         self.log = EventLogModel(parent=self)
         facade.subscribe(self.bridge)
         self.bridge.statuses.connect(self._on_statuses)
         self.bridge.alert.connect(self._on_alert)
         self.bridge.job_progress.connect(self.jobs.on_engine_progress)
+        self.bridge.job_changed.connect(self.jobs.on_engine_job)
         self.notes.notified.connect(self._on_notification)
         self.jobs.finished.connect(self._on_job_finished)
         self._inventory = QTimer(self)
@@ -64,6 +67,10 @@ class ConsoleContext(QObject):
     # lifecycle -------------------------------------------------------------------------------------------
     async def start_appliance(self) -> None:
         await self.facade.start()
+        try:   # what ran before (and what a restart interrupted) shows beside what runs now
+            self.jobs.load_engine_jobs(self.facade.engine_jobs())
+        except Exception as exc:
+            self.notes.handle(exc, "listing the engine's jobs")
         self.refresh_inventory()
         self._inventory.start()
         self.appliance_started.emit()
@@ -158,7 +165,8 @@ class ConsoleContext(QObject):
 
     def test_failover(self, machine: str, point: str, *, nbd: str | None = None,
                       export_dir: str | None = None) -> ConsoleJob:
-        """A drill of ``point`` over NBD (ready at once) or exported to a folder (followed, cancel = clean up)."""
+        """A drill of ``point`` over NBD (ready at once) or exported to a folder. The row is the engine's
+        test-failover job and ends with it; cancelling an export cleans the drill up (removing partial images)."""
         async def work(job: ConsoleJob) -> DrillView:
             started = await self.facade.test_failover(machine, point, nbd=nbd, export_dir=export_dir)
             job.engine_job = started.job_id
@@ -168,7 +176,7 @@ class ConsoleContext(QObject):
                 job.cancel = lambda: self.facade.cleanup(machine)
             return started
         return self._job(f"Test failover of {machine} ({point})", "test-failover", machine, work,
-                         follow_engine=export_dir is not None)
+                         engine_kind="test-failover")
 
     def cleanup(self, machine: str) -> ConsoleJob:
         async def work(job: ConsoleJob) -> CleanupView:
@@ -177,7 +185,8 @@ class ConsoleContext(QObject):
             if res.removed:
                 job.message += f", {len(res.removed)} exported image(s) removed"
             return res
-        return self._job(f"Clean up drill of {machine}", "cleanup", machine, work, cancellable=False)
+        return self._job(f"Clean up drill of {machine}", "cleanup", machine, work, cancellable=False,
+                         engine_kind="failover-cleanup")
 
     def save_policy(self, policy: Policy) -> Policy:
         """Synchronous (one SQLite write); raises ``UserError`` with the engine's message when invalid."""

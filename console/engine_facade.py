@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.api import (Appliance, ApplianceStatus, CleanupView, Conflict, DrillView, EmbeddedAppliance, Event,
-                        JobView, LifeboatError, MachineView, PointView, Policy, format_duration, is_initialised,
+                        LifeboatError, MachineView, PointView, Policy, format_duration, is_initialised,
                         parse_duration, parse_window)
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,19 @@ class EngineFacade:
     def drill_active(self, name: str) -> bool:
         return self.embedded is not None and self.embedded.drill_active(name)
 
-    def engine_job(self, job_id: str) -> JobView:
+    def engine_job(self, job_id: str) -> dict[str, Any]:
+        """An engine job in its wire form (``Job.to_dict()``, what ``JobChanged.job`` carries; console/jobs.py)."""
         return self._emb().job(job_id)
+
+    def engine_jobs(self) -> list[dict[str, Any]]:
+        """Every engine job the appliance remembers (wire form, steps included), oldest first."""
+        return self.embedded.jobs() if self.embedded is not None else []
+
+    async def cancel_engine_job(self, job_id: str) -> dict[str, Any]:
+        return await self._emb().cancel_job(job_id)
+
+    async def resume_engine_job(self, job_id: str) -> dict[str, Any]:
+        return self._emb().resume_job(job_id)
 
     # operations ------------------------------------------------------------------------------------------
     def save_policy(self, policy: Policy) -> Policy:

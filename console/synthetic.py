@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.api import (ApplianceStatus, CleanupView, Conflict, DiskView, DrillView, EventBus, JobProgress,
+from engine.api import (ApplianceStatus, CleanupView, Conflict, DiskView, DrillView, EventBus, JobChanged, JobProgress,
                         MachineStatus, MachineView, NotFound, PointCreated, PointView, Policy, ResyncView, health_for)
 
 from .engine_facade import EngineFacade, validate_policy
@@ -34,6 +34,7 @@ class SyntheticFacade(EngineFacade):
         self._state: dict[str, dict[str, Any]] = {}
         self._points: dict[str, list[PointView]] = {n: [] for n in self.names}
         self._drills: set[str] = set()
+        self._jobs: dict[str, dict[str, Any]] = {}   # engine jobs in their wire form (Job.to_dict())
         self._seq = 0
         self._running = False
         self._task: asyncio.Task[None] | None = None
@@ -147,20 +148,90 @@ class SyntheticFacade(EngineFacade):
         self._state[name]["last_done"] = time.time()
         return ResyncView()
 
+    def _job(self, kind: str, machine: str, steps: list[str], title: str) -> dict[str, Any]:
+        jid = f"{self.rnd.getrandbits(48):012x}"
+        job: dict[str, Any] = {"id": jid, "operation": kind, "kind": kind, "machine": machine,
+               "target": machine, "title": title, "state": "queued", "progress": 0.0, "finished": False,
+               "error": None, "result": {}, "message": "", "created": time.time(), "started": None, "ended": None,
+               "steps": [{"name": n, "title": n, "group": i, "weight": 1.0, "state": "pending", "progress": 0.0,
+                          "message": "", "started": None, "ended": None, "error": None} for i, n in enumerate(steps)]}
+        self._jobs[jid] = job
+        self._job_changed(job)
+        return job
+
+    def _job_changed(self, job: dict[str, Any], step: str | None = None) -> None:
+        st = next((s["state"] for s in job["steps"] if s["name"] == step), None)
+        self.bus.emit(JobChanged(job["id"], job["kind"], job["machine"], job["state"], step, st,
+                                 {**job, "steps": [dict(s) for s in job["steps"]]}))
+
+    def _job_step(self, job: dict[str, Any], name: str, state: str) -> None:
+        step = next(s for s in job["steps"] if s["name"] == name)
+        step["state"] = state
+        step["started" if state == "running" else "ended"] = time.time()
+        if state == "succeeded":
+            step["progress"] = 1.0
+        job["state"] = "running"
+        self._job_changed(job, name)
+
+    def _job_end(self, job: dict[str, Any], message: str = "") -> None:
+        job.update(state="succeeded", finished=True, progress=1.0, ended=time.time(), message=message)
+        self._job_changed(job)
+        self.bus.emit(JobProgress(job["id"], job["kind"], job["machine"], 1.0, True, None, message))
+
+    def engine_jobs(self) -> list[dict[str, Any]]:
+        return list(self._jobs.values())
+
+    def engine_job(self, job_id: str) -> dict[str, Any]:
+        if job_id not in self._jobs:
+            raise NotFound(f"no job {job_id!r}", code="LB_UNKNOWN_JOB")
+        return self._jobs[job_id]
+
+    async def cancel_engine_job(self, job_id: str) -> dict[str, Any]:
+        job = self.engine_job(job_id)
+        if job["finished"]:
+            raise Conflict(f"job {job_id} has already ended", code="LB_JOB_FINISHED")
+        job.update(state="cancelled", finished=True, ended=time.time(),
+                   error={"code": "LB_CANCELLED", "message": "the job was cancelled", "advice": ""})
+        self._job_changed(job)
+        return job
+
+    async def resume_engine_job(self, job_id: str) -> dict[str, Any]:
+        job = self.engine_job(job_id)
+        if job["state"] != "paused-for-operator":
+            raise Conflict(f"job {job_id} is not waiting for an operator", code="LB_JOB_NOT_PAUSED")
+        job["state"] = "running"
+        self._job_changed(job)
+        return job
+
     async def test_failover(self, name: str, point: str, *, nbd: str | None = None,
                             export_dir: str | None = None) -> DrillView:
         if name in self._drills:
             raise Conflict(f"a drill of {name!r} is already running")
         self._drills.add(name)
-        job_id = f"{self.rnd.getrandbits(48):012x}"
+        last = "serve-nbd" if nbd is not None else "export-disks"
+        job = self._job("test-failover", name, ["resolve-point", "open-views", last],
+                        f"Test failover of {name} ({point})")
+        job_id = job["id"]
+        for step in ("resolve-point", "open-views"):
+            self._job_step(job, step, "running")
+            self._job_step(job, step, "succeeded")
+        self._job_step(job, last, "running")
         if nbd is not None:
-            self.bus.emit(JobProgress(job_id, "test-failover", name, 1.0, True, None, "drill served over NBD"))
+            job["result"] = {"nbd": "127.0.0.1:10809", "exports": ["sys", "data"]}
+            self._job_step(job, last, "succeeded")
+            self._job_end(job, "drill served over NBD")
             return DrillView(job_id, True, point, "127.0.0.1:10809", ("sys", "data"))
 
         async def export() -> None:
             for i in range(1, 5):
                 await asyncio.sleep(0.05)
-                self.bus.emit(JobProgress(job_id, "test-failover", name, i / 4, i == 4))
+                if job["finished"]:
+                    return
+                job["progress"] = i / 4
+                if i < 4:
+                    self.bus.emit(JobProgress(job_id, "test-failover", name, i / 4, False))
+            self._job_step(job, last, "succeeded")
+            self._job_end(job)
         asyncio.ensure_future(export())
         return DrillView(job_id, False, point, export_dir=export_dir)
 
@@ -168,4 +239,12 @@ class SyntheticFacade(EngineFacade):
         if name not in self._drills:
             raise NotFound(f"no drill of {name!r} is running", advice="Nothing to clean up.")
         self._drills.discard(name)
-        return CleanupView(name, "?")
+        for j in self._jobs.values():   # cleanup ends a drill still exporting, as the engine does
+            if j["kind"] == "test-failover" and j["machine"] == name and not j["finished"]:
+                await self.cancel_engine_job(j["id"])
+        job = self._job("failover-cleanup", name, ["stop-drill", "remove-images"], f"Clean up drill of {name}")
+        for step in ("stop-drill", "remove-images"):
+            self._job_step(job, step, "running")
+            self._job_step(job, step, "succeeded")
+        self._job_end(job)
+        return CleanupView(name, "?", job=job["id"])

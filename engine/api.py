@@ -34,8 +34,9 @@ from .errors import (AlreadyExists, ApplianceUnreachable, AuthError, Certificate
                      IntegrityError, InvalidInput, InvalidName, KeyringError, LifeboatError, ListenFailed,
                      MachineRevoked, NotFound, NotInitialised, NotReady, ProtocolError, RateLimited, StorageError,
                      UnknownMachine, UnknownPoint, UnknownPolicy, WrongPassphrase)
-from .events import Alert, Event, EventBus, JobProgress, MachineStatus, PointCreated
+from .events import Alert, Event, EventBus, JobChanged, JobProgress, MachineStatus, PointCreated
 from .home import ApplianceHome
+from .jobs import JobManager
 from .policy import DEFAULT_POLICY, Policy, format_duration, health_for, parse_duration, parse_window
 from .secrets import delete_secret, vault_key_name
 from .vault import local as _local_vault  # noqa: F401
@@ -201,20 +202,26 @@ class ApplianceStatus:
 
 @dataclass(frozen=True, slots=True)
 class JobView:
-    """An engine job (test failover): ``error`` is an error object ``{"code", "message", "advice"}`` or None."""
+    """An engine job (engine/jobs) read from its wire form ``Job.to_dict()``: ``kind`` (``operation`` in older
+    engines), ``state``, ``result``; ``error`` is an error object ``{"code", "message", "advice"}`` or None.
+    Steps stay in the wire form (``JobChanged.job["steps"]``), which the console's jobs view reads."""
     id: str
-    operation: str
+    kind: str
     machine: str | None = None
+    state: str = ""
+    title: str = ""
     progress: float = 0.0
     finished: bool = False
+    message: str = ""
     error: Mapping[str, Any] | None = None
     result: Mapping[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobView:
         k = _known(cls, d)
-        return cls(str(k["id"]), str(k.get("operation", "")), k.get("machine"), float(k.get("progress") or 0.0),
-                   bool(k.get("finished")), k.get("error"), k.get("result"))
+        return cls(str(k["id"]), str(k.get("kind") or d.get("operation") or ""), k.get("machine"),
+                   str(k.get("state") or ""), str(k.get("title") or ""), float(k.get("progress") or 0.0),
+                   bool(k.get("finished")), str(k.get("message") or ""), k.get("error"), k.get("result"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,15 +243,16 @@ class DrillView:
 
 @dataclass(frozen=True, slots=True)
 class CleanupView:
-    """A drill cleaned up: the point it showed and the exported images removed with it."""
+    """A drill cleaned up: the point it showed, the exported images removed with it, the clean-up's engine job."""
     machine: str
     point: str | None = None
     removed: tuple[str, ...] = ()
+    job: str | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CleanupView:
         return cls(str(d.get("cleaned", d.get("machine", ""))), d.get("point"),
-                   tuple(str(x) for x in d.get("removed") or ()))
+                   tuple(str(x) for x in d.get("removed") or ()), d.get("job"))
 
 
 # home set-up ---------------------------------------------------------------------------------------------------------
@@ -340,8 +348,27 @@ class EmbeddedAppliance:
         rec = self.appliance.recovery
         return bool(rec and rec.busy(name))
 
-    def job(self, job_id: str) -> JobView:
-        return JobView.from_dict(self.appliance.recovery.job(job_id).to_dict())
+    # engine jobs, in their wire form (``Job.to_dict()``, what ``JobChanged.job`` carries) ------------------------
+    def _jobs(self) -> JobManager:
+        jobs = self.appliance.jobs
+        if jobs is None:
+            raise Conflict("the appliance is not running", advice="Start it first.")
+        return jobs
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._jobs().get(job_id).to_dict()
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job the appliance remembers (history and jobs a restart interrupted included), oldest first."""
+        jobs = self.appliance.jobs
+        return [j.to_dict() for j in jobs.list()] if jobs is not None else []
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return (await self._jobs().cancel(job_id)).to_dict()
+
+    def resume_job(self, job_id: str) -> dict[str, Any]:
+        """Let a job paused for an operator go on."""
+        return self._jobs().resume(job_id).to_dict()
 
     # operations ----------------------------------------------------------------------------------------------------
     def set_policy(self, policy: Policy) -> Policy:
@@ -397,7 +424,7 @@ __all__ = [
     "ApplianceStatus", "MachineView", "DiskView", "ResyncView", "PointView", "RevokedView", "JobView", "DrillView",
     "CleanupView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "parse_window", "health_for",
     # events
-    "Event", "EventBus", "MachineStatus", "PointCreated", "JobProgress", "Alert",
+    "Event", "EventBus", "MachineStatus", "PointCreated", "JobProgress", "JobChanged", "Alert",
     # errors
     "LifeboatError", "InvalidInput", "InvalidName", "ExportRefused", "RateLimited", "NotFound", "UnknownMachine",
     "UnknownPoint", "UnknownPolicy", "AlreadyExists", "Conflict", "NotInitialised", "AuthError", "WrongPassphrase",

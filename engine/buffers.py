@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from . import platform
 
 __all__ = ["new_buffer", "tune_malloc"]
 
-
-def _uninitialized_buffer() -> Callable[[int], bytearray]:
-    """``bytearray(n)`` zero-fills: a whole pass over memory that a received payload overwrites right away.
-    CPython's ``PyByteArray_FromStringAndSize(NULL, n)`` leaves the bytes as they are; used only for buffers that
-    are filled completely before anything reads them (or dropped unread)."""
-    try:
-        import ctypes
-        fn = ctypes.pythonapi.PyByteArray_FromStringAndSize
-        fn.restype = ctypes.py_object
-        fn.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-        if len(fn(None, 4096)) != 4096:
-            raise RuntimeError("unexpected bytearray")
-    except Exception:  # not CPython: zero-filled then
-        return bytearray
-    return lambda n: fn(None, n)
-
-
-#: ``new_buffer(n)``: a bytearray of ``n`` bytes whose content is undefined until written.
-new_buffer = _uninitialized_buffer()
+#: ``new_buffer(n)``: a bytearray of ``n`` bytes whose content is undefined until written (CPython's
+#: ``PyByteArray_FromStringAndSize(NULL, n)``: ``bytearray(n)`` would zero-fill memory a payload overwrites at once).
+new_buffer = platform.new_buffer
 
 _tuned: set[int | None] = set()
 
@@ -38,12 +22,4 @@ def tune_malloc(*, arenas: int | None = None) -> None:
     if arenas in _tuned:
         return
     _tuned.add(arenas)
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)    # M_MMAP_THRESHOLD (its maximum on 64-bit)
-        libc.mallopt(-1, 64 << 20)    # M_TRIM_THRESHOLD
-        if arenas:
-            libc.mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass   # not glibc: only slower
+    platform.tune_malloc(arenas)

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -16,6 +15,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from . import platform
 from .errors import InvalidInput, LifeboatError
 from .policy import format_duration, parse_duration
 
@@ -75,9 +75,7 @@ def cmd_appliance_run(a: argparse.Namespace) -> int:
         assert app.control_address and app.data_address
         print(f"appliance running: control {app.control_address[1]}, data {app.data_address[1]}", flush=True)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        platform.on_terminate(asyncio.get_running_loop(), stop.set)
         await stop.wait()
         await app.stop()
         app.home.pidfile.unlink(missing_ok=True)
@@ -112,9 +110,7 @@ def cmd_agent_run(a: argparse.Namespace) -> int:
         print(f"agent {agent.name} serving {', '.join(disks)} on nbd://{agent.nbd_address[0]}:{agent.nbd_address[1]}",
               flush=True)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        platform.on_terminate(asyncio.get_running_loop(), stop.set)
         await stop.wait()
         await agent.stop()
     asyncio.run(main())
@@ -125,10 +121,8 @@ def _agent_call(home: Path, req: dict[str, Any], timeout: float = 120) -> dict[s
     from .home import AgentHome
     h = AgentHome(home)
     h.load_config()
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(timeout)
     try:
-        s.connect(str(h.socket))
+        s = platform.connect_control(h.socket, timeout)
     except OSError:
         raise LifeboatError("the agent is not running", code="LB_AGENT_NOT_RUNNING",
                             advice=f"Start it: `lifeboat agent run --home {home} --disk NAME=PATH --nbd HOST:PORT`.") from None
@@ -301,6 +295,69 @@ def cmd_machine_restore_access(a: argparse.Namespace) -> int:
     return 0
 
 
+def _when(t: float | None) -> str:
+    return dt.datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def _job_line(j: dict[str, Any]) -> str:
+    note = f"{j['error']['code']}: {j['error']['message']}" if j.get("error") else j.get("message", "")
+    return (f"{j['id']:<13} {j.get('kind', j['operation']):<17} {j['machine'] or '-':<18} "
+            f"{j.get('state', 'succeeded' if j['finished'] else 'running'):<20} {j['progress'] * 100:5.1f}%  "
+            f"{_when(j.get('created'))}  {note}")
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    jobs = _client(a).jobs(a.machine, active=a.active)
+    if a.json:
+        _print(jobs, True)
+        return 0
+    if not jobs:
+        print("no jobs")
+        return 0
+    print(f"{'ID':<13} {'KIND':<17} {'MACHINE':<18} {'STATE':<20} {'PROGRESS':>6}  {'CREATED':<19}  MESSAGE")
+    for j in jobs:
+        print(_job_line(j))
+    return 0
+
+
+def cmd_job_show(a: argparse.Namespace) -> int:
+    j = _client(a).job(a.id)
+    if a.json:
+        _print(j, True)
+        return 0
+    print(f"job {j['id']}: {j.get('title') or j['operation']}")
+    print(f"  kind {j['operation']}, machine {j['machine'] or '-'}, state {j.get('state')}, "
+          f"progress {j['progress'] * 100:.1f}%")
+    print(f"  created {_when(j.get('created'))}, started {_when(j.get('started'))}, ended {_when(j.get('ended'))}")
+    if j.get("error"):
+        e = j["error"]
+        print(f"  error {e['code']}: {e['message']}\n    what to do: {e.get('advice', '')}")
+    elif j.get("message"):
+        print(f"  {j['message']}")
+    if j.get("steps"):
+        print(f"  {'#':<3} {'STEP':<16} {'STATE':<20} {'PROGRESS':>8}  {'STARTED':<19}  {'ENDED':<19}  TITLE")
+        for st in j["steps"]:
+            note = f" ({st['error']['code']}: {st['error']['message']})" if st.get("error") else (
+                f" ({st['message']})" if st.get("message") else "")
+            print(f"  {st['group']:<3} {st['name']:<16} {st['state']:<20} {st['progress'] * 100:7.1f}%  "
+                  f"{_when(st.get('started')):<19}  {_when(st.get('ended')):<19}  {st['title']}{note}")
+    if j.get("result"):
+        print(f"  result {json.dumps(j['result'])}")
+    return 0
+
+
+def cmd_job_cancel(a: argparse.Namespace) -> int:
+    j = _client(a).cancel_job(a.id)
+    _print(j if a.json else f"job {j['id']} ({j['operation']}): {j.get('state')}", a.json)
+    return 0
+
+
+def cmd_job_resume(a: argparse.Namespace) -> int:
+    j = _client(a).resume_job(a.id)
+    _print(j if a.json else f"job {j['id']} ({j['operation']}) resumed: {j.get('state')}", a.json)
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
     return asyncio.run(run_demo(Path(a.home), a.size_mib))
@@ -356,6 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     home(s); s.add_argument("machine"); s.add_argument("--no-heal", action="store_true")
     s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("failover-cleanup"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_failover_cleanup)
+    s = sub.add_parser("jobs", help="engine jobs, oldest first (drills, cleanups, recovery plans)"); home(s)
+    s.add_argument("--machine", help="only this machine's jobs")
+    s.add_argument("--active", action="store_true", help="only queued, running or paused jobs")
+    s.set_defaults(fn=cmd_jobs)
+    jb = sub.add_parser("job", help="one engine job: show, cancel, resume").add_subparsers(dest="sub", required=True)
+    s = jb.add_parser("show", help="a job with its steps"); home(s); s.add_argument("id"); s.set_defaults(fn=cmd_job_show)
+    s = jb.add_parser("cancel", help="cancel a queued, running or paused job"); home(s); s.add_argument("id")
+    s.set_defaults(fn=cmd_job_cancel)
+    s = jb.add_parser("resume", help="resume a job paused for an operator"); home(s); s.add_argument("id")
+    s.set_defaults(fn=cmd_job_resume)
     s = sub.add_parser("demo", help="protect a sample disk, write to it, run test failovers (embedded defaults)")
     s.add_argument("--home", default="demo-home"); s.add_argument("--size-mib", type=int, default=256)
     s.set_defaults(fn=cmd_demo)

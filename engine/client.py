@@ -7,6 +7,7 @@ import http.client
 import json
 import socket
 import ssl
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,18 @@ class AdminClient:
             err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
             raise errors.from_dict(err, f"HTTP {resp.status}")
         return data
+
+    # engine jobs (GET/POST /v1/jobs…) ----------------------------------------------------------------------
+    def jobs(self, machine: str | None = None, *, active: bool = False) -> list[dict[str, Any]]:
+        """Jobs oldest first (``Job.to_dict()``): of one machine if given; only unfinished ones with ``active``."""
+        q = {k: v for k, v in (("machine", machine), ("active", "1" if active else None)) if v}
+        return self.call("GET", "/v1/jobs" + ("?" + urllib.parse.urlencode(q) if q else ""))  # type: ignore[no-any-return]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.call("GET", f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}")  # type: ignore[no-any-return]
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self.call("POST", f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}/cancel")  # type: ignore[no-any-return]
+
+    def resume_job(self, job_id: str) -> dict[str, Any]:
+        return self.call("POST", f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}/resume")  # type: ignore[no-any-return]

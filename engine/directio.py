@@ -30,6 +30,8 @@ import os
 import threading
 from collections.abc import Sequence
 
+from . import platform
+
 __all__ = ["BLOCK", "DirectAppender", "padded", "skip_padding"]
 
 #: Alignment of every direct append (covers 512-byte and 4 KiB logical block sizes).
@@ -48,7 +50,7 @@ def _staging_buffer(size: int) -> mmap.mmap:
     if buf is None or len(buf) < size:
         if buf is not None:
             buf.close()
-        buf = _staging.buf = mmap.mmap(-1, max(size, 1 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buf = _staging.buf = platform.anonymous_map(max(size, 1 << 20))
     return buf
 
 
@@ -80,11 +82,8 @@ class DirectAppender:
         self.fd = os.open(self.path, flags, 0o600)
         self.pos = os.fstat(self.fd).st_size
         self._dfd: int | None = None
-        if direct and hasattr(os, "O_DIRECT"):
-            try:
-                self._dfd = os.open(self.path, os.O_WRONLY | os.O_DIRECT)
-            except OSError:   # EINVAL on tmpfs and the like: buffered it is
-                self._dfd = None
+        if direct:   # None on tmpfs and the like (EINVAL), or without unbuffered I/O: buffered it is
+            self._dfd = platform.open_direct(self.path)
 
     @property
     def direct(self) -> bool:
@@ -109,7 +108,7 @@ class DirectAppender:
         else:
             self._write_buffered(pieces, total - n)
         if sync:
-            os.fdatasync(self.fd)
+            platform.fdatasync(self.fd)
         self.pos += total
         return total
 
@@ -139,11 +138,11 @@ class DirectAppender:
     def _pwrite_all(self, data: memoryview, at: int) -> None:
         assert self._dfd is not None
         while data:
-            k = os.pwrite(self._dfd, data, at)
+            k = platform.pwrite(self._dfd, data, at)
             if k <= 0:
                 raise OSError(errno.EIO, "short write")
             if k % BLOCK:   # never seen with O_DIRECT; finish it through the page cache
-                os.pwrite(self.fd, data[k:], at + k)
+                platform.pwrite(self.fd, data[k:], at + k)
                 return
             data, at = data[k:], at + k
 
@@ -152,7 +151,7 @@ class DirectAppender:
         for p in [*pieces, bytes(pad)] if pad else pieces:
             mv = memoryview(p).cast("B")
             while mv:
-                k = os.pwrite(self.fd, mv, at)
+                k = platform.pwrite(self.fd, mv, at)
                 if k <= 0:
                     raise OSError(errno.EIO, "short write")
                 mv, at = mv[k:], at + k
@@ -169,7 +168,7 @@ class DirectAppender:
         self.pos = size
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        platform.fdatasync(self.fd)
 
     def close(self) -> None:
         self._drop_direct()

@@ -53,6 +53,21 @@ class JobProgress(Event):
 
 
 @dataclass(slots=True)
+class JobChanged(Event):
+    """A job was queued, changed state, or one of its steps changed state (engine/jobs, docs/CONTRACT.md §2).
+
+    ``job`` is the job's whole wire form (``Job.to_dict()``: steps included), so a consumer needs no other call;
+    ``step``/``step_state`` name the step whose change this is (None for a change of the job itself)."""
+    job_id: str
+    kind: str
+    machine: str | None
+    state: str
+    step: str | None = None
+    step_state: str | None = None
+    job: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Alert(Event):
     machine: str | None
     code: str

@@ -1,19 +1,18 @@
 """Low-level file helpers: hole punching, zeroing ranges, and walking the data regions of sparse files.
 
-Python's ``os`` module has ``posix_fallocate`` but no way to pass ``fallocate(2)`` mode flags, so the Linux call is
-reached through ``ctypes``. Every helper degrades gracefully: where the platform or filesystem lacks the feature it
-says so (returns ``False`` / yields one whole region) instead of raising, and callers fall back to writing zeros or
+Python's ``os`` module has ``posix_fallocate`` but no way to pass ``fallocate(2)`` mode flags: the Linux call is
+:func:`engine.platform.fallocate` (unsupported elsewhere). Every helper degrades gracefully: where the platform or
+filesystem lacks the feature it says so (returns ``False`` / yields one whole region) instead of raising, and callers fall back to writing zeros or
 reading everything.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
-import sys
 from typing import Iterator
+
+from . import platform
 
 __all__ = ["punch_hole", "zero_range", "data_extents", "write_zeros", "FALLOC_FL_KEEP_SIZE",
            "FALLOC_FL_PUNCH_HOLE", "FALLOC_FL_ZERO_RANGE"]
@@ -22,29 +21,10 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 
-# errnos meaning "this filesystem/kernel cannot do that mode": the caller should fall back, not fail.
+# errnos meaning "this filesystem/kernel cannot do that": the caller should fall back, not fail.
 _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL, errno.ENODEV, errno.ENOTTY}
 
 _ZERO_CHUNK = bytes(1 << 20)
-
-
-def _load_fallocate():  # -> ctypes function or None
-    """Find libc's ``fallocate64`` (64-bit offsets even on 32-bit builds), or ``None`` off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    except OSError:
-        return None
-    fn = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
-    if fn is None:
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_fallocate = _load_fallocate()
 
 
 def _fallocate_mode(fd: int, mode: int, offset: int, length: int) -> bool:
@@ -53,17 +33,7 @@ def _fallocate_mode(fd: int, mode: int, offset: int, length: int) -> bool:
         return True  # nothing to do; fallocate itself rejects length 0 with EINVAL
     if offset < 0:
         raise OSError(errno.EINVAL, "negative offset")
-    if _fallocate is None:
-        return False
-    while True:
-        if _fallocate(fd, mode, offset, length) == 0:
-            return True
-        err = ctypes.get_errno()
-        if err == errno.EINTR:
-            continue
-        if err in _UNSUPPORTED:
-            return False
-        raise OSError(err, os.strerror(err))
+    return platform.fallocate(fd, mode, offset, length)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> bool:
@@ -87,7 +57,7 @@ def write_zeros(fd: int, offset: int, length: int) -> None:
     """Write explicit zero bytes over ``[offset, offset+length)`` in 1 MiB ``pwrite`` calls."""
     end = offset + length
     while offset < end:
-        n = os.pwrite(fd, memoryview(_ZERO_CHUNK)[: min(len(_ZERO_CHUNK), end - offset)], offset)
+        n = platform.pwrite(fd, memoryview(_ZERO_CHUNK)[: min(len(_ZERO_CHUNK), end - offset)], offset)
         if n <= 0:
             raise OSError(errno.EIO, "short write while zeroing")
         offset += n

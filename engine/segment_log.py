@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from . import platform
 from .directio import DirectAppender, skip_padding
 from .errors import IntegrityError, ProtocolError
 from .records import HEADER_SIZE, Record, decode_header
@@ -128,11 +129,11 @@ class SegmentLog:
                 total = self._app.append(encoded, sync=True)
             else:
                 total = sum(len(e) for e in encoded)
-                done = os.writev(self._wfd, encoded) if len(encoded) < 1000 else self._write_all(encoded)
+                done = platform.writev(self._wfd, encoded) if len(encoded) < 1000 else self._write_all(encoded)
                 if done != total:
                     raise OSError(f"short write to {self.folder}")
                 if self.fsync_each:
-                    os.fdatasync(self._wfd)
+                    platform.fdatasync(self._wfd)
                 else:
                     self._dirty = True
         except OSError:
@@ -159,7 +160,7 @@ class SegmentLog:
         for i in range(0, len(encoded), 512):
             chunk = encoded[i:i + 512]
             want = sum(len(e) for e in chunk)
-            got = os.writev(self._wfd, chunk)  # type: ignore[arg-type]
+            got = platform.writev(self._wfd, chunk)  # type: ignore[arg-type]
             if got != want:
                 return n + got
             n += got
@@ -195,11 +196,7 @@ class SegmentLog:
             os.close(fd)
 
     def _sync_dir(self) -> None:
-        dfd = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        platform.fsync_dir(self.folder)
         self._dir_unsynced = False
 
     def read_after(self, after_seq: int, max_bytes: int) -> list[Record]:
@@ -281,7 +278,7 @@ class SegmentLog:
             while True:
                 off = pos - win_at
                 if off + HEADER_SIZE > len(win):
-                    win, win_at, off = os.pread(fd, 65536, pos), pos, 0
+                    win, win_at, off = platform.pread(fd, 65536, pos), pos, 0
                     if len(win) < HEADER_SIZE:
                         break
                 nxt = skip_padding(win, off, win_at)
@@ -354,12 +351,12 @@ class SegmentLog:
                 pass   # trimmed meanwhile: its records are no longer needed
             else:
                 try:
-                    os.fdatasync(fd)
+                    platform.fdatasync(fd)
                 finally:
                     os.close(fd)
             self._unsynced.pop(0)
         if self._wfd is not None and (self._dirty or self.fsync_each):
-            os.fdatasync(self._wfd)
+            platform.fdatasync(self._wfd)
             self._dirty = False
         if self._dir_unsynced:
             self._sync_dir()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import pki
+from .. import pki, platform
 from ..buffers import tune_malloc
 from ..errors import IntegrityError, InvalidInput, LifeboatError, ProtocolError
 from ..fileio import data_extents
@@ -107,10 +107,7 @@ class Agent:
             self._journal_corrupt(IntegrityError(self.capture.journal.corruption))
         self.nbd = NBDServer({b.name: b for b in self.backends}, name=f"agent-{self.name}")
         self.nbd_address = await self.nbd.start(*self.nbd_addr)
-        if self.home.socket.exists():
-            self.home.socket.unlink()
-        self.control_server = await asyncio.start_unix_server(self._control, path=str(self.home.socket))
-        os.chmod(self.home.socket, 0o600)
+        self.control_server = await platform.serve_control(self._control, self.home.socket)
         self._tasks.append(asyncio.create_task(self._ship_forever(), name="agent-shipper"))
         log.info("agent %s serving %s on %s", self.name, list(self.disk_paths), self.nbd_address)
 
@@ -124,7 +121,7 @@ class Agent:
             self.control_server.close()
         self.capture.sync()
         for b in self.backends:
-            os.fdatasync(b.fd)
+            platform.fdatasync(b.fd)
             b.close()
         self.capture.al.clear()        # everything is durable: nothing at risk
         self.capture.journal.close()
@@ -524,7 +521,7 @@ class Agent:
             self.capture.append([rec])
             self.capture.sync()
             for b in self.backends:
-                os.fdatasync(b.fd)
+                platform.fdatasync(b.fd)
         finally:
             if self.post_bookmark:
                 await _run_hook(self.post_bookmark)  # thaw even when freeze or marker failed

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .. import platform
 from ..fileio import punch_hole
 from ..home import atomic_write
 from ..nbd.server import NBDError
@@ -274,7 +275,7 @@ class MachineCapture:
         backing's fdatasync runs in a thread while acknowledgements keep arriving; then the flush waits (bounded,
         see FLUSH_ACK_WAIT) for the rest to be acknowledged and journals only what is still unacknowledged."""
         target, changes = self.last_seq, self.changes
-        await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, backend.fd)
+        await asyncio.get_running_loop().run_in_executor(None, platform.fdatasync, backend.fd)
         await self._await_acked(target)
         # Extents may be retired only if no change came while we waited: the fdatasync may not cover it.
         self.sync(backend.index if self.changes == changes else None, upto=target)
@@ -338,14 +339,14 @@ class CaptureBackend:
 
     async def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length, errno.EINVAL)
-        return os.pread(self.fd, length, offset)
+        return platform.pread(self.fd, length, offset)
 
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
         self._check(offset, len(data), errno.ENOSPC)
         await self.machine.room()
         if self.machine.capturing:
             self.machine.al.touch(self.index, offset, len(data))
-        n = os.pwrite(self.fd, data, offset)
+        n = platform.pwrite(self.fd, data, offset)
         if n != len(data):
             raise NBDError(errno.EIO, "short write to the backing disk")
         if self.machine.capturing and len(data):
@@ -381,12 +382,12 @@ class CaptureBackend:
             pos = offset
             while pos < offset + length:
                 n = min(len(chunk), offset + length - pos)
-                os.pwrite(self.fd, chunk[:n], pos)
+                platform.pwrite(self.fd, chunk[:n], pos)
                 pos += n
 
     def read_block(self, offset: int, length: int) -> Record:
         """Resync: read a block now and give it the next seq in the same step (like initial replication)."""
-        data = os.pread(self.fd, length, offset)
+        data = platform.pread(self.fd, length, offset)
         return self.machine.next(Kind.SYNC, self.index, offset, len(data), data)
 
     def read_sync_chunk(self, offset: int, length: int) -> Record | None:
@@ -394,7 +395,7 @@ class CaptureBackend:
 
         All-zero chunks return None: the replica starts as zeros, so they cost nothing.
         """
-        data = os.pread(self.fd, length, offset)
+        data = platform.pread(self.fd, length, offset)
         if data == (_ZEROS if len(data) == len(_ZEROS) else bytes(len(data))):
             return None
         return self.machine.next(Kind.SYNC, self.index, offset, len(data), data)

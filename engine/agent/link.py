@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fcntl
 import json
-import select
 import socket
 import ssl
-import struct
-import termios
 import threading
 import time
 from typing import Any
 
+from .. import platform
 from ..errors import ProtocolError
 from ..wire import HEAD, Frame, frame_header, parse_head
 
@@ -157,12 +154,7 @@ class Link:
         n = self.queued + self._raw_bytes
         if self.error is not None:   # the thread closes the socket: its descriptor may be reused
             return n
-        try:
-            buf = fcntl.ioctl(self._fd, termios.TIOCOUTQ, b"\0\0\0\0")   # unsent bytes in the kernel
-            n += struct.unpack("i", buf)[0]
-        except OSError:
-            pass
-        return n
+        return n + platform.unsent_bytes(self._fd)   # unsent bytes in the kernel (0 where it cannot tell)
 
     def close(self) -> None:
         """Stop the thread and close the connection (queued data is dropped)."""
@@ -178,9 +170,9 @@ class Link:
     # I/O thread ------------------------------------------------------------------------------------------------
     def _run(self) -> None:
         sock = self.sock
-        poller = select.poll()
-        poller.register(self._wake_r.fileno(), select.POLLIN)
-        poller.register(self._fd, select.POLLIN)
+        poller = platform.new_poller()
+        poller.register(self._wake_r.fileno(), platform.POLLIN)
+        poller.register(self._fd, platform.POLLIN)
         rbuf = bytearray()
         writing = False
         try:
@@ -189,7 +181,7 @@ class Link:
                     want_out = bool(self._raw) or bool(self._out)
                 if want_out != writing:
                     writing = want_out
-                    poller.modify(self._fd, select.POLLIN | (select.POLLOUT if writing else 0))
+                    poller.modify(self._fd, platform.POLLIN | (platform.POLLOUT if writing else 0))
                 poller.poll(1000)
                 with self._lock:
                     self._poked = False

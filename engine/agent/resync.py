@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from .. import platform
 from ..home import atomic_write
 
 BLOCK = 64 * 1024
@@ -149,7 +150,7 @@ class ActivityLog:
         self.path = path
         self.active: set[tuple[int, int]] = set()
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        raw = os.pread(self.fd, 1 << 20, 0)
+        raw = platform.pread(self.fd, 1 << 20, 0)
         self.recovered: set[tuple[int, int]] = set()
         for line in raw.decode(errors="ignore").splitlines():
             parts = line.split()
@@ -164,9 +165,9 @@ class ActivityLog:
         if not new:
             return
         line = "".join(f"{d} {e}\n" for d, e in new).encode()
-        os.pwrite(self.fd, line, self._size)
+        platform.pwrite(self.fd, line, self._size)
         self._size += len(line)
-        os.fdatasync(self.fd)
+        platform.fdatasync(self.fd)
         self.active.update(new)
 
     def clear(self, disk: int | None = None) -> None:
@@ -179,7 +180,7 @@ class ActivityLog:
             return
         data = self._encode(keep)
         if data:
-            os.pwrite(self.fd, data, 0)
+            platform.pwrite(self.fd, data, 0)
         os.ftruncate(self.fd, len(data))
         self._size = len(data)
         self.active = keep

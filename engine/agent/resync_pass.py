@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import mmap
 import os
 import struct
 import time
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
+from .. import platform
 from ..records import Kind, Record
 from ..wire import DIFF_HEAD, RESYNC_HEAD
 from .resync import BLOCK
@@ -150,8 +150,7 @@ class ResyncPass:
             # A contiguous run (a full-disk compare): hash straight from the page cache, no copies.
             start = first * BLOCK
             length = min((last + 1) * BLOCK, backend.size) - start
-            with mmap.mmap(backend.fd, length, prot=mmap.PROT_READ, offset=start,
-                           flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)) as m:
+            with platform.map_readonly(backend.fd, length, start) as m:
                 mv = memoryview(m)
                 try:
                     return b"".join(xxhash.xxh3_128_digest(mv[k:k + BLOCK]) for k in range(0, length, BLOCK))
@@ -164,7 +163,7 @@ class ResyncPass:
             while j + 1 < len(blocks) and blocks[j + 1] == blocks[j] + 1 and (j + 2 - i) * BLOCK <= READ_RUN:
                 j += 1
             start = blocks[i] * BLOCK
-            data = memoryview(os.pread(backend.fd, min((j - i + 1) * BLOCK, backend.size - start), start))
+            data = memoryview(platform.pread(backend.fd, min((j - i + 1) * BLOCK, backend.size - start), start))
             for k in range(j - i + 1):
                 hashes += xxhash.xxh3_128_digest(data[k * BLOCK:(k + 1) * BLOCK])
             i = j + 1

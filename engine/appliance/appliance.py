@@ -20,8 +20,10 @@ from cryptography import x509
 from .. import pki
 from ..codec import Sealer
 from ..errors import (Conflict, InvalidInput, LifeboatError, UnknownMachine, WrongPassphrase)
-from ..events import Alert, EventBus, MachineStatus
+from ..events import Alert, EventBus
 from ..home import ApplianceHome
+from ..jobs import JobManager, JobStore, Scheduler
+from ..jobs.appliance_tasks import ApplianceTasks
 from ..names import check_name, check_unique, inside
 from ..policy import DEFAULT_POLICY, Policy, health_for, parse_window
 from ..records import Kind, Record
@@ -116,6 +118,8 @@ class Appliance:
         self.ps: ProcessServer | None = None
         self.control: Any = None
         self.recovery: Any = None
+        self.jobs: JobManager | None = None     # engine jobs: one queue per machine (engine/jobs)
+        self.scheduler = Scheduler()            # periodic work: statuses, resync window, bookmarks, retention
         self._tasks: list[asyncio.Task] = []
         self.control_address: tuple[str, int] | None = None
         self.data_address: tuple[str, int] | None = None
@@ -126,6 +130,8 @@ class Appliance:
     async def start(self) -> None:
         self.home.make_private()
         self.db = StateDB(self.home.db)
+        self.jobs = JobManager(JobStore(self.db.db), self.bus)
+        await self.jobs.start()   # jobs a previous run left unfinished are marked interrupted, never re-run
         key = load_vault_key(self.cfg["appliance_id"])
         self.sealer = Sealer(key)
         vcfg = self.cfg["vault"]
@@ -145,10 +151,12 @@ class Appliance:
         await self.vsphere.start()
         self.control = ControlAPI(self)
         self.control_address = await self.control.start(self.listen, self.cfg["control_port"])
-        self._tasks.append(asyncio.create_task(self._ticker(), name="appliance-ticker"))
+        ApplianceTasks(self).register(self.scheduler)
+        await self.scheduler.start()
         log.info("appliance started: control %s data %s", self.control_address, self.data_address)
 
     async def stop(self) -> None:
+        await self.scheduler.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -157,6 +165,8 @@ class Appliance:
             await self.control.stop()
         if getattr(self, "vsphere", None):
             await self.vsphere.stop()
+        if self.jobs:
+            await self.jobs.stop()   # running jobs end interrupted (stored) before their drills are closed
         if self.recovery:
             await self.recovery.stop()
         if self.ps:
@@ -575,32 +585,6 @@ class Appliance:
         return [p.to_dict() for p in rt.vault.points()] if rt else []
 
     # background ------------------------------------------------------------------------------------------
-    async def _ticker(self) -> None:
-        last_bookmark: dict[str, float] = {}
-        last_prune = time.monotonic()
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                for name, rt in list(self.runtimes.items()):
-                    st = self.machine_status(name)
-                    self.bus.emit(MachineStatus(name, st["state"], st["health"], st["rpo_seconds"],
-                                                st["sync_progress"], (st["last_point"] or {}).get("time"),
-                                                st["churn_bytes_per_s"], st["upload_bytes_per_s"]))
-                    self._resync_tick(name)
-                    pol = self.policy_of(name)
-                    now = time.monotonic()
-                    if st["state"] == "protected" and rt.connection is not None:
-                        if now - last_bookmark.setdefault(name, now) >= pol.app_consistent:
-                            last_bookmark[name] = now
-                            rt.connection.send_control({"bookmark": {"tag": "scheduled"}})
-                if time.monotonic() - last_prune > 30:
-                    last_prune = time.monotonic()
-                    await self.prune_all()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("appliance ticker")
-
     async def prune_all(self) -> None:
         """Retention: fold history older than each policy's window into the replica."""
         for name, rt in list(self.runtimes.items()):

@@ -8,6 +8,7 @@ Errors are ``{"error": {"code", "message", "advice"}}`` with a 4xx status; nothi
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -21,10 +22,12 @@ from .register_guard import RegisterGuard
 from .request_body import MAX_BODY, Body, json_response, parse_body
 
 if TYPE_CHECKING:
+    from ..jobs import JobManager
     from .appliance import Appliance
 
 log = logging.getLogger(__name__)
 
+_JOB_ID = re.compile(r"[0-9a-f]{12}")
 _STATUS = {NotFound: 404, AuthError: 403, Conflict: 409, InvalidInput: 400, RateLimited: 429}
 
 
@@ -52,6 +55,15 @@ async def _errors(request: web.Request, handler):  # type: ignore[no-untyped-def
         log.exception("control API %s %s failed", request.method, request.path)
         return json_response({"error": {"code": "LB_INTERNAL", "message": str(exc),
                                         "advice": "See the appliance log."}}, status=500)
+
+
+def job_id(request: web.Request) -> str:
+    """The ``{id}`` of a job route: 12 lowercase hex digits (``engine.jobs.model.new_job_id``)."""
+    jid = request.match_info["id"]
+    if not _JOB_ID.fullmatch(jid):
+        raise InvalidInput(f"{jid[:40]!r} is not a job id (12 hex digits)", field="job id",
+                           advice="List the appliance's jobs with `lifeboat jobs --home DIR`.")
+    return jid
 
 
 def machine_name(request: web.Request) -> str:
@@ -97,7 +109,10 @@ class ControlAPI:
         r.add_post("/v1/machines/{name}/resync", self.resync)
         r.add_post("/v1/machines/{name}/verify", self.verify)
         r.add_post("/v1/machines/{name}/failover-cleanup", self.failover_cleanup)
+        r.add_get("/v1/jobs", self.jobs)
         r.add_get("/v1/jobs/{id}", self.job)
+        r.add_post("/v1/jobs/{id}/cancel", self.cancel_job)
+        r.add_post("/v1/jobs/{id}/resume", self.resume_job)
         if getattr(self.app, "vsphere", None):
             r.add_routes(self.app.vsphere.routes())
         self.runner = web.AppRunner(wa, access_log=None)
@@ -207,9 +222,38 @@ class ControlAPI:
         self._admin(request)
         return json_response(await self.app.recovery.cleanup(machine_name(request)))
 
+    # engine jobs (engine/jobs) ---------------------------------------------------------------------------
+    async def jobs(self, request: web.Request) -> web.Response:
+        """``GET /v1/jobs[?machine=NAME][&active=1]``: jobs oldest first (active: queued, running or paused)."""
+        self._admin(request)
+        q = request.query
+        unknown = set(q) - {"machine", "active"}
+        if unknown:
+            raise InvalidInput(f"unknown query parameter(s): {', '.join(sorted(unknown))[:200]}", field="query",
+                               advice="GET /v1/jobs takes machine=NAME and active=0|1.")
+        if any(len(q.getall(k)) > 1 for k in q):
+            raise InvalidInput("a query parameter is given twice", field="query")
+        active = q.get("active", "0")
+        if active not in ("0", "1", "true", "false"):
+            raise InvalidInput(f"active={active[:20]!r} is not 0 or 1", field="active")
+        machine = check_name(q["machine"], "machine name") if "machine" in q else None
+        return json_response([j.to_dict() for j in self._jobs().list(machine, active_only=active in ("1", "true"))])
+
     async def job(self, request: web.Request) -> web.Response:
         self._admin(request)
-        return json_response(self.app.recovery.job(request.match_info["id"]).to_dict())
+        return json_response(self._jobs().get(job_id(request)).to_dict())
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        return json_response((await self._jobs().cancel(job_id(request))).to_dict())
+
+    async def resume_job(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        return json_response(self._jobs().resume(job_id(request)).to_dict())
+
+    def _jobs(self) -> JobManager:
+        assert self.app.jobs is not None, "the job manager starts before the control API"
+        return self.app.jobs
 
     @staticmethod
     def _operator(request: web.Request) -> str:

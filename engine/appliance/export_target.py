@@ -17,13 +17,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import platform
 from ..errors import ExportRefused
 from ..names import check_name
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_DIR_FD = os.open in os.supports_dir_fd and os.unlink in os.supports_dir_fd
 
 
 @dataclass
@@ -64,9 +60,8 @@ class ExportTarget:
             raise ExportRefused(f"{folder} exists and is not a folder", field="export_dir")
         if not made and any(os.scandir(folder)):
             raise ExportRefused(f"the export folder {folder} is not empty", field="export_dir")
-        fd = None
-        if _DIR_FD:
-            fd = os.open(folder, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
+        fd = platform.open_folder(folder)
+        if fd is not None:
             fst = os.fstat(fd)
             if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):   # swapped between the check and the open
                 os.close(fd)
@@ -78,10 +73,9 @@ class ExportTarget:
     def create(self, disk_name: str) -> tuple[int, str]:
         """Create ``DISK.img`` exclusively, 0600; returns (descriptor, path)."""
         fname = f"{check_name(disk_name, 'disk name')}.img"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
         path = str(self.folder / fname)
         try:
-            fd = os.open(fname, flags, 0o600, dir_fd=self.fd) if self.fd is not None else os.open(path, flags, 0o600)
+            fd = platform.create_in(self.fd, self.folder, fname, 0o600)
         except FileExistsError:
             raise ExportRefused(f"{path} already exists (or is a link): Lifeboat never overwrites a file",
                                 field="export_dir") from None
@@ -106,14 +100,10 @@ class ExportTarget:
         removed = []
         for fname, ident in self.made_files.items():
             try:
-                st = os.stat(fname, dir_fd=self.fd, follow_symlinks=False) if self.fd is not None else \
-                    os.lstat(self.folder / fname)
+                st = platform.lstat_in(self.fd, self.folder, fname)
                 if (st.st_dev, st.st_ino, st.st_ctime_ns) != ident:
                     continue   # replaced by something else since: not ours to delete
-                if self.fd is not None:
-                    os.unlink(fname, dir_fd=self.fd)
-                else:
-                    os.unlink(self.folder / fname)
+                platform.unlink_in(self.fd, self.folder, fname)
                 removed.append(str(self.folder / fname))
             except FileNotFoundError:
                 pass

@@ -12,6 +12,7 @@ import errno
 import os
 from pathlib import Path
 
+from .. import platform
 from ..nbd.server import NBDError
 from ..vault.base import DiskView
 
@@ -51,7 +52,7 @@ class OverlayBackend:
             while run_end < end and bool(self.present[run_end // BLOCK]) == mine:
                 run_end = min((run_end // BLOCK + 1) * BLOCK, end)
             n = run_end - pos
-            out += os.pread(self.fd, n, pos) if mine else await self.view.read(pos, n)
+            out += platform.pread(self.fd, n, pos) if mine else await self.view.read(pos, n)
             pos = run_end
         return bytes(out)
 
@@ -61,7 +62,7 @@ class OverlayBackend:
             if not self.present[b]:
                 start = b * BLOCK
                 n = min(BLOCK, self.size - start)
-                os.pwrite(self.fd, await self.view.read(start, n), start)
+                platform.pwrite(self.fd, await self.view.read(start, n), start)
                 self.present[b] = 1
 
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
@@ -70,7 +71,7 @@ class OverlayBackend:
             return
         async with self._lock:
             await self._materialise(offset, len(data))
-            os.pwrite(self.fd, data, offset)
+            platform.pwrite(self.fd, data, offset)
             self.present[offset // BLOCK:(offset + len(data) - 1) // BLOCK + 1] = b"\x01" * (
                 (offset + len(data) - 1) // BLOCK + 1 - offset // BLOCK)
 

@@ -2,6 +2,12 @@
 
 A drill never touches the replica or the journal: the NBD drill reads through a vault view and sends writes to a
 scratch overlay under ``HOME/drills/MACHINE``; cleanup stops the server and removes the scratch data.
+
+Both are engine jobs (engine/jobs) on the machine's queue. ``test_failover`` validates and resolves the point first
+(nothing is opened while planning), then submits a ``test-failover`` job: resolve-point (done while planning),
+open-views, then serve-nbd or export-disks. It returns as it always did: an NBD drill once it is served, an export
+drill once its views are open (the export runs on as the job). ``cleanup`` is a ``failover-cleanup`` job; it first
+cancels the drill's own job if that is still exporting. A drill outlives its job: it stays until cleaned up.
 """
 
 from __future__ import annotations
@@ -11,13 +17,12 @@ import datetime as dt
 import logging
 import os
 import shutil
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .. import platform
 from ..errors import Conflict, InvalidInput, LifeboatError, ListenFailed, NotFound, NotReady, UnknownPoint
-from ..events import JobProgress
+from ..jobs import Job, JobKind, JobManager, JobState, Plan, StepContext, StepSpec, StepState
 from ..names import inside
 from ..nbd.server import NBDServer
 from ..vault.base import DiskView, MachineVault, Point
@@ -30,21 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPORT_CHUNK = 4 * 1024 * 1024
-
-
-@dataclass
-class Job:
-    id: str
-    operation: str
-    machine: str | None
-    progress: float = 0.0
-    finished: bool = False
-    error: dict[str, Any] | None = None
-    result: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "operation": self.operation, "machine": self.machine, "progress": self.progress,
-                "finished": self.finished, "error": self.error, "result": self.result}
 
 
 #: Latest instant a point spec may name (9999-12-31): beyond it no clock or date type can follow.
@@ -120,13 +110,14 @@ class Drill:
         self.backends: list[OverlayBackend] = []
         self.server: NBDServer | None = None
         self.export: ExportTarget | None = None
-        self.task: asyncio.Task | None = None
+        self.job_id: str | None = None
         self.files: list[str] = []
+        self._closed = False
 
     async def close(self) -> None:
-        if self.task and not self.task.done():
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        if self._closed:   # a failing step and a cleanup may both close it
+            return
+        self._closed = True
         if self.server:
             await self.server.stop()
         for b in self.backends:
@@ -136,22 +127,37 @@ class Drill:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+def _job_error(job: Job, exc: BaseException | None) -> BaseException:
+    """What an in-process caller sees when the job it waited for did not succeed."""
+    if exc is not None:
+        return exc
+    e = job.error or {}
+    return LifeboatError(e.get("message", f"job {job.id} {job.state.value}"), code=e.get("code"),
+                         advice=e.get("advice"))
+
+
 class RecoveryService:
     def __init__(self, app: Appliance) -> None:
         self.app = app
-        self.jobs: dict[str, Job] = {}
         self.drills: dict[str, Drill] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._closing: set[str] = set()
+
+    @property
+    def manager(self) -> JobManager:
+        assert self.app.jobs is not None, "the appliance's job manager is not started"
+        return self.app.jobs  # type: ignore[no-any-return]
+
+    @property
+    def jobs(self) -> dict[str, Job]:
+        return self.manager.jobs  # type: ignore[no-any-return]
 
     async def start(self) -> None:
-        # Scratch left by a drill of an earlier run (appliance killed) holds nothing worth keeping.
+        # Scratch left by a drill of an earlier run (appliance killed) holds nothing worth keeping; its job was
+        # marked interrupted by the job manager.
         shutil.rmtree(self.app.home.drills, ignore_errors=True)
         self.app.home.drills.mkdir(mode=0o700, exist_ok=True)
 
     async def stop(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         for d in list(self.drills.values()):
             await d.close()
             if d.export:
@@ -159,18 +165,21 @@ class RecoveryService:
         self.drills.clear()
 
     def busy(self, machine: str) -> bool:
-        return machine in self.drills
+        return machine in self.drills or machine in self._closing
 
     def job(self, job_id: str) -> Job:
-        if job_id not in self.jobs:
-            raise NotFound(f"no job {job_id!r}")
-        return self.jobs[job_id]
+        return self.manager.get(job_id)
 
-    def _progress(self, job: Job, progress: float, message: str = "") -> None:
-        job.progress = progress
-        self.app.bus.emit(JobProgress(job.id, job.operation, job.machine, progress, job.finished, job.error, message))
+    async def _drop(self, drill: Drill) -> None:
+        """A drill whose setup failed: nothing of it stays (the export folder only if Lifeboat made it)."""
+        if self.drills.get(drill.machine) is drill:
+            del self.drills[drill.machine]
+        await drill.close()
+        if drill.export:
+            drill.export.cleanup()
 
     async def test_failover(self, machine: str, spec: str, *, export_dir: str | None, nbd: str | None) -> Job:
+        # plan: validate and resolve the point; nothing is opened or written yet
         if (export_dir is None) == (nbd is None):
             raise InvalidInput("choose exactly one of --export DIR or --nbd HOST:PORT")
         if machine in self.drills:
@@ -190,18 +199,27 @@ class RecoveryService:
             port = int(p)
         if export_dir is not None and not os.path.isabs(export_dir):
             raise InvalidInput("--export needs an absolute folder path", field="export_dir")
+        if machine in self.drills:   # another drill was planned while the point was resolved
+            raise Conflict(f"a drill of {machine!r} is already running",
+                           advice=f"Clean it up first: `lifeboat failover-cleanup --home DIR {machine}`.")
         drill = Drill(machine, point, inside(self.app.home.drills, machine))
+        if export_dir is not None:   # checked (or created) now, so a refusal reaches the operator at once
+            drill.export = ExportTarget.prepare(Path(export_dir))
         self.drills[machine] = drill
-        job = Job(uuid.uuid4().hex[:12], "test-failover", machine, result={"point": point.to_dict()})
-        self.jobs[job.id] = job
-        for old in [j for j in self.jobs.values() if j.finished][:-100]:  # keep recent history only
-            del self.jobs[old.id]
-        try:
-            drill.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
-            disks = rt.vault.disks()
-            for d in disks:
-                drill.views.append(await rt.vault.open_view(point.seq, d.index))
-            if nbd is not None:
+        disks = rt.vault.disks()
+        vault = rt.vault
+
+        async def open_views(ctx: StepContext) -> None:
+            try:
+                drill.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
+                for d in disks:
+                    drill.views.append(await vault.open_view(point.seq, d.index))
+            except BaseException:
+                await self._drop(drill)
+                raise
+
+        async def serve_nbd(ctx: StepContext) -> None:
+            try:
                 exports = {}
                 for d, v in zip(disks, drill.views):
                     b = OverlayBackend(v, drill.scratch / f"{d.index}.overlay")
@@ -214,62 +232,88 @@ class RecoveryService:
                     drill.server = None
                     raise ListenFailed(f"cannot serve the drill on {host}:{port}: {exc.strerror or exc}",
                                        field="nbd") from None
-                job.result["nbd"] = f"{bound[0]}:{bound[1]}"
-                job.result["exports"] = [d.name for d in disks]
-                job.finished = True
-                self._progress(job, 1.0, "drill served over NBD")
-            else:
-                drill.export = ExportTarget.prepare(Path(export_dir))  # type: ignore[arg-type]
-                t = asyncio.create_task(self._export(job, drill, disks))
-                drill.task = t
-                self._tasks.add(t)
-                t.add_done_callback(self._tasks.discard)
+            except BaseException:
+                await self._drop(drill)
+                raise
+            ctx.result["nbd"] = f"{bound[0]}:{bound[1]}"
+            ctx.result["exports"] = [d.name for d in disks]
+            ctx.note("drill served over NBD")
+
+        async def export_disks(ctx: StepContext) -> None:
+            await self._export(ctx, drill, disks)
+
+        last = (StepSpec("serve-nbd", "Serve the disks over NBD", serve_nbd, 0.0) if nbd is not None else
+                StepSpec("export-disks", "Export the disks as raw images", export_disks, 1.0,
+                         error_code="LB_EXPORT_FAILED", advice="Check the target folder."))
+        plan = Plan.sequence(StepSpec("open-views", "Open the point's disk views", open_views, 0.0), last)
+        plan.done.append(("resolve-point", f"Resolve point {spec!r} → {point.id}"))
+        try:
+            job = self.manager.submit(JobKind.TEST_FAILOVER, machine, plan,
+                                      title=f"Test failover of {machine} ({spec})", result={"point": point.to_dict()})
         except BaseException:
-            self.drills.pop(machine, None)
-            await drill.close()
+            await self._drop(drill)
             raise
+        drill.job_id = job.id
+        # Return when the drill is usable, as before the job layer: served (NBD) or its views open (export).
+        await self.manager.wait(job.id, None if nbd is not None else
+                                lambda j: j.step("export-disks").state != StepState.PENDING)
+        if job.state in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED) and (
+                nbd is not None or job.step("export-disks").state == StepState.SKIPPED):
+            raise _job_error(job, self.manager.exception(job.id))
         return job
 
-    async def _export(self, job: Job, drill: Drill, disks: list) -> None:
+    async def _export(self, ctx: StepContext, drill: Drill, disks: list) -> None:
         loop = asyncio.get_running_loop()
         target = drill.export
         assert target is not None
-        try:
-            total = sum(d.size for d in disks) or 1
-            done = 0
-            files = []
-            for d, view in zip(disks, drill.views):
-                fd, path = target.create(d.name)
-                drill.files.append(path)
-                try:
-                    os.ftruncate(fd, d.size)
-                    for off in range(0, d.size, EXPORT_CHUNK):
-                        n = min(EXPORT_CHUNK, d.size - off)
-                        data = await view.read(off, n)
-                        if data.count(0) != len(data):  # keep zero runs sparse
-                            await loop.run_in_executor(self.app.pool, os.pwrite, fd, data, off)
-                        done += n
-                        self._progress(job, done / total)
-                    await loop.run_in_executor(self.app.pool, os.fsync, fd)
-                finally:
-                    target.finish(fd, path)
-                files.append(path)
-            job.result["files"] = files
-        except LifeboatError as exc:
-            job.error = exc.to_dict()
-        except Exception as exc:
-            log.exception("export failed")
-            job.error = {"code": "LB_EXPORT_FAILED", "message": str(exc), "advice": "Check the target folder."}
-        finally:
-            job.finished = True
-            self._progress(job, 1.0 if not job.error else job.progress)
+        total = sum(d.size for d in disks) or 1
+        done = 0
+        files = []
+        for d, view in zip(disks, drill.views):
+            fd, path = target.create(d.name)
+            drill.files.append(path)
+            try:
+                os.ftruncate(fd, d.size)
+                for off in range(0, d.size, EXPORT_CHUNK):
+                    n = min(EXPORT_CHUNK, d.size - off)
+                    data = await view.read(off, n)
+                    if data.count(0) != len(data):  # keep zero runs sparse
+                        await loop.run_in_executor(self.app.pool, platform.pwrite, fd, data, off)
+                    done += n
+                    ctx.progress(done / total)
+                await loop.run_in_executor(self.app.pool, os.fsync, fd)
+            finally:
+                target.finish(fd, path)
+            files.append(path)
+        ctx.result["files"] = files
 
     async def cleanup(self, machine: str) -> dict[str, Any]:
         self.app.machine_row(machine)
         drill = self.drills.pop(machine, None)
         if drill is None:
             raise NotFound(f"no drill of {machine!r} is running", advice="Nothing to clean up.")
-        await drill.close()
-        # the images this drill exported (also when cut short), identified by inode: never a file by name
-        removed = drill.export.cleanup() if drill.export else []
-        return {"cleaned": machine, "point": drill.point.id, "removed": removed}
+        self._closing.add(machine)
+        try:
+            own = self.manager.jobs.get(drill.job_id or "")
+            if own is not None and not own.finished:   # an export still writing ends first (its slot frees)
+                await self.manager.cancel(own.id)
+
+            async def stop_drill(ctx: StepContext) -> None:
+                await drill.close()
+
+            async def remove_images(ctx: StepContext) -> None:
+                # the images this drill exported (also when cut short), identified by inode: never a file by name
+                ctx.result["removed"] = drill.export.cleanup() if drill.export else []
+
+            job = self.manager.submit(
+                JobKind.FAILOVER_CLEANUP, machine,
+                Plan.sequence(StepSpec("stop-drill", "Stop the drill and remove its scratch data", stop_drill),
+                              StepSpec("remove-images", "Remove the exported images", remove_images)),
+                title=f"Clean up drill of {machine}", result={"cleaned": machine, "point": drill.point.id})
+            await self.manager.wait(job.id)
+        finally:
+            self._closing.discard(machine)
+        if job.state != JobState.SUCCEEDED:
+            raise _job_error(job, self.manager.exception(job.id))
+        return {"cleaned": machine, "point": drill.point.id, "removed": job.result.get("removed", []),
+                "job": job.id}

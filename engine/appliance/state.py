@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AlreadyExists, MachineRevoked, UnknownMachine, UnknownPolicy
+from ..jobs.store import JOBS_SCHEMA
 from ..policy import DEFAULT_POLICY, Policy
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4   # 3: who revoked a machine, and when; 4: the jobs table (engine/jobs/store.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,6 +36,7 @@ class StateDB:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        self.db.executescript(JOBS_SCHEMA)   # schema 3 → 4: CREATE IF NOT EXISTS, idempotent
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(machines)")}
         if "resync" not in cols:  # schema 1 → 2: resync bookkeeping
             self.db.execute("ALTER TABLE machines ADD COLUMN resync TEXT NOT NULL DEFAULT '{}'")

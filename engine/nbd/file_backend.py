@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 
-from engine import fileio
+from engine import fileio, platform
 from engine.nbd.server import NBDError
 
 __all__ = ["FileBackend"]
@@ -62,13 +62,13 @@ class FileBackend:
 
     async def read(self, offset: int, length: int) -> bytes:
         """Read exactly ``length`` bytes at ``offset``; a short read (file shrank) is an EIO."""
-        data = os.pread(self.fd, length, offset)
+        data = platform.pread(self.fd, length, offset)
         if len(data) == length:
             return data
         parts = [data]
         got = len(data)
         while got < length:  # rare: pread may legally return less; retry until EOF
-            more = os.pread(self.fd, length - got, offset + got)
+            more = platform.pread(self.fd, length - got, offset + got)
             if not more:
                 raise NBDError(errno.EIO, f"{self.path}: short read at {offset + got}")
             parts.append(more)
@@ -81,7 +81,7 @@ class FileBackend:
         fd = self.fd
         view = memoryview(data)
         while view:
-            n = os.pwrite(fd, view, offset)
+            n = platform.pwrite(fd, view, offset)
             if n <= 0:
                 raise NBDError(errno.EIO, f"{self.path}: short write at {offset}")
             view = view[n:]
@@ -115,7 +115,7 @@ class FileBackend:
         fd = self.fd
         if self.read_only:
             return  # nothing of ours to persist; fdatasync on an O_RDONLY fd is legal but pointless
-        await asyncio.to_thread(os.fdatasync, fd)
+        await asyncio.to_thread(platform.fdatasync, fd)
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 

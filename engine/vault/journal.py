@@ -37,6 +37,7 @@ from typing import Any, Iterator
 
 import xxhash
 
+from .. import platform
 from ..directio import BLOCK, DirectAppender, padded, skip_padding
 from ..codec import HEAD as ENV_HEAD
 from ..codec import HEAD_SIZE as ENV_HEAD_SIZE
@@ -71,18 +72,14 @@ def make_private_dir(path: Path) -> None:
 
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (created, renamed, deleted files) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    platform.fsync_dir(path)
 
 
 def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """``pwrite`` everything (pwrite may write less than asked on some filesystems / signals)."""
     mv = memoryview(data)
     while mv:
-        n = os.pwrite(fd, mv, offset)
+        n = platform.pwrite(fd, mv, offset)
         if n <= 0:
             raise OSError("short write")
         mv = mv[n:]
@@ -432,7 +429,7 @@ class Journal:
         except FileNotFoundError:
             raise StorageError(f"journal segment of record seq={r.seq} is missing", **where) from None
         try:
-            buf = os.pread(fd, ENTRY_HEAD_SIZE + e.envlen, e.pos)
+            buf = platform.pread(fd, ENTRY_HEAD_SIZE + e.envlen, e.pos)
         finally:
             os.close(fd)
         hdr = buf[:HEADER_SIZE]

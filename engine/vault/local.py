@@ -7,7 +7,7 @@ Per machine, ``<root>/<machine>/`` holds::
     journal/*.lbj      sealed records after base_seq, in segments (journal.py)
     points.jsonl       one Point per line: appended + fsynced; rewritten atomically on prune
     fold.redo          only during a fold batch (replica.py)
-    lock               flock: one process per machine
+    lock               locked (platform.try_lock: flock, LockFileEx): one process per machine
 
 Views of a disk at a seq, the decrypted-payload cache and verify reports are in :mod:`engine.vault.local_view`.
 ``prune(keep)`` folds records ``<= keep`` into the replica in bounded batches through a redo file, so a crash at any
@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import fcntl
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from .. import platform
 from ..codec import Sealer
 from ..errors import AlreadyExists, Conflict, IntegrityError, InvalidInput, LifeboatError, StorageError
 from ..errors import UnknownMachine, UnknownPoint
@@ -121,12 +121,10 @@ class LocalMachineVault(MachineVault):
         make_private_dir(self.folder)
         make_private_dir(self.folder / "replica")
         self._lock_fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not platform.try_lock(self._lock_fd):
             os.close(self._lock_fd)
             self._lock_fd = None
-            raise Conflict(f"machine {self.machine} is open in another process") from None
+            raise Conflict(f"machine {self.machine} is open in another process")
         try:
             self._load_sync()
         except BaseException:
@@ -496,7 +494,8 @@ class LocalMachineVault(MachineVault):
             for rep in self._replicas.values():
                 rep.close()
             if self._lock_fd is not None:
-                os.close(self._lock_fd)   # releases the flock
+                platform.unlock(self._lock_fd)
+                os.close(self._lock_fd)
                 self._lock_fd = None
 
 
@@ -573,14 +572,15 @@ class LocalVault(Vault):
     def _remove_sync(self, folder: Path) -> None:
         fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            if not platform.try_lock(fd):
+                raise Conflict(f"machine {folder.name} is open in another process")
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Conflict(f"machine {folder.name} is open in another process") from None
-            # rename first: the machine disappears atomically even if the delete is interrupted
-            trash = self.root / f".removing-{uuid.uuid4().hex}"
-            os.rename(folder, trash)
-            fsync_dir(self.root)
+                # rename first: the machine disappears atomically even if the delete is interrupted
+                trash = self.root / f".removing-{uuid.uuid4().hex}"
+                os.rename(folder, trash)
+                fsync_dir(self.root)
+            finally:
+                platform.unlock(fd)
         finally:
             os.close(fd)
         shutil.rmtree(trash, ignore_errors=True)

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .. import platform
 from ..errors import IntegrityError, StorageError
 from ..fileio import punch_hole, write_zeros
 from .journal import fsync_dir, write_all
@@ -138,7 +139,7 @@ class ReplicaFile:
     def read_block(self, block: int) -> bytes:
         fd = self._acquire()
         try:
-            slot = os.pread(fd, SLOT, block * SLOT)
+            slot = platform.pread(fd, SLOT, block * SLOT)
         finally:
             self._release()
         if len(slot) < SLOT:   # beyond the end of the file (not grown yet) reads as a hole
@@ -159,7 +160,7 @@ class ReplicaFile:
             n = min(READ_SLOTS, last - b + 1)
             fd = self._acquire()
             try:
-                buf = os.pread(fd, n * SLOT, b * SLOT)
+                buf = platform.pread(fd, n * SLOT, b * SLOT)
             finally:
                 self._release()
             for k in range(n):
@@ -190,7 +191,7 @@ class ReplicaFile:
             n = min(READ_SLOTS, total - b)
             fd = self._acquire()
             try:
-                buf = os.pread(fd, n * SLOT, b * SLOT)
+                buf = platform.pread(fd, n * SLOT, b * SLOT)
             finally:
                 self._release()
             for k in range(n):

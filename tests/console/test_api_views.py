@@ -82,10 +82,14 @@ def test_jobs_drills_and_cleanups() -> None:
                              "finished": True, "error": None, "new": 1,
                              "result": {"point": {"id": "c-3"}, "nbd": "127.0.0.1:10809", "exports": ["sys"]}})
     assert DrillView.from_job(job, "latest") == DrillView("abc", True, "c-3", "127.0.0.1:10809", ("sys",))
-    running = JobView.from_dict({"id": "def", "operation": "test-failover"})
+    assert (job.kind, job.state) == ("test-failover", "")  # an engine before engine/jobs: "operation" only
+    running = JobView.from_dict({"id": "def", "operation": "test-failover", "kind": "test-failover",
+                                 "state": "running", "title": "Test failover of vm1", "steps": [{"name": "x"}]})
+    assert (running.kind, running.state, running.title) == ("test-failover", "running", "Test failover of vm1")
     assert DrillView.from_job(running, "c-1", "/x") == DrillView("def", False, "c-1", export_dir="/x")
     assert CleanupView.from_dict({"cleaned": "vm1", "point": "c-3", "removed": ["/x/sys.img"], "new": 2}) \
         == CleanupView("vm1", "c-3", ("/x/sys.img",))
+    assert CleanupView.from_dict({"cleaned": "vm1", "point": "c-3", "removed": [], "job": "j1"}).job == "j1"
 
 
 def test_policy_is_the_engines_one_type() -> None:

@@ -109,6 +109,26 @@ def test_cli_contract(tmp_path: Path) -> None:
                str(tmp_path / "o3"), check=False)
         assert p.returncode != 0 and "LB_UNKNOWN_POINT" in p.stderr
         assert not (tmp_path / "o3").exists()
+
+        # Drills and cleanups are engine jobs with steps: listed, shown, and refused with stable codes.
+        jobs = lbj("jobs", "--home", str(home))
+        assert [j["kind"] for j in jobs] == ["test-failover", "failover-cleanup"] * 3
+        assert all(j["state"] == "succeeded" and j["finished"] and j["machine"] == "vm1" for j in jobs)
+        assert [s["name"] for s in jobs[0]["steps"]] == ["resolve-point", "open-views", "export-disks"]
+        assert lbj("jobs", "--home", str(home), "--active") == []
+        table = lb("jobs", "--home", str(home), "--machine", "vm1").stdout
+        assert table.splitlines()[0].split()[:4] == ["ID", "KIND", "MACHINE", "STATE"] and jobs[0]["id"] in table
+        shown = lb("job", "show", "--home", str(home), jobs[4]["id"]).stdout
+        assert "serve-nbd" in shown and "succeeded" in shown and jobs[4]["id"] in shown
+        assert lbj("job", "show", "--home", str(home), jobs[0]["id"])["result"]["files"]
+        p = lb("job", "cancel", "--home", str(home), jobs[0]["id"], check=False)
+        assert p.returncode != 0 and "LB_JOB_FINISHED" in p.stderr
+        p = lb("job", "resume", "--home", str(home), jobs[0]["id"], check=False)
+        assert p.returncode != 0 and "LB_JOB_NOT_PAUSED" in p.stderr
+        p = lb("job", "show", "--home", str(home), "0123456789ab", check=False)
+        assert p.returncode != 0 and "LB_UNKNOWN_JOB" in p.stderr
+        p = lb("job", "show", "--home", str(home), "nope", check=False)
+        assert p.returncode != 0 and "LB_INVALID_INPUT" in p.stderr
     finally:
         for pr in reversed(procs):
             pr.terminate()

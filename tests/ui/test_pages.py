@@ -124,6 +124,13 @@ async def test_jobs_on_synthetic_engine_and_cancel(tmp_path: Path, screenshot) -
         page = win.show_page("jobs")
         page.jobs.selectRow(0)
         assert not page.cancel_btn.isEnabled()  # finished jobs cannot be cancelled
+        assert not page.resume_btn.isEnabled()
+        # the drill's row is the engine's test-failover job (one row, not one per side) and shows its steps
+        kinds = [ctx.jobs_model.job_at(r).kind for r in range(ctx.jobs_model.rowCount())]
+        assert kinds == ["test-failover", "cleanup", "resync", "cleanup"]
+        assert [page.steps.model().index(r, 1).data() for r in range(page.steps.model().rowCount())] == [
+            "succeeded"] * 3
+        assert "export-disks" in page.steps.model().index(2, 0).data()
         screenshot(win, "synthetic-jobs")
     finally:
         await _close(win, ctx)

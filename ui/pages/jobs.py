@@ -1,4 +1,5 @@
-"""Jobs and events: running and past jobs (progress, cancel) above the event log."""
+"""Jobs and events: running and past jobs (progress, cancel, resume) with the selected job's steps, above the
+event log. Engine jobs (drills, cleanups, whatever the CLI started) are rows like the console's own actions."""
 
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ class JobsPage(QWidget):
         self.jobs.setItemDelegateForColumn(3, ProgressDelegate(self.jobs))
         for col, w in enumerate((260, 110, 90, 120, 300)):
             self.jobs.horizontalHeader().resizeSection(col, w)
+        self.steps = _table("Job steps")
+        self.steps.setModel(ctx.steps_model)
+        self.steps.setItemDelegateForColumn(2, ProgressDelegate(self.steps))
+        for col, w in enumerate((280, 130, 100, 80, 80)):
+            self.steps.horizontalHeader().resizeSection(col, w)
         self.events = _table("Events")
         self.events.setModel(ctx.log)
         for col, w in enumerate((80, 70, 120, 360)):
@@ -58,15 +64,27 @@ class JobsPage(QWidget):
         self.cancel_btn = QPushButton(theme.icon("cancel"), "&Cancel job")
         self.cancel_btn.setShortcut(QKeySequence(Qt.Key.Key_Delete))
         self.cancel_btn.clicked.connect(self.cancel_selected)
+        self.resume_btn = QPushButton("&Resume job")
+        self.resume_btn.setToolTip("Let a job that waits for an operator go on")
+        self.resume_btn.clicked.connect(self.resume_selected)
         bar = QHBoxLayout()
         bar.addWidget(forms.title("Jobs", "sectionTitle"))
         bar.addStretch(1)
+        bar.addWidget(self.resume_btn)
         bar.addWidget(self.cancel_btn)
         top = QWidget()
         tl = QVBoxLayout(top)
         tl.setContentsMargins(0, 0, 0, 0)
         tl.addLayout(bar)
-        tl.addWidget(self.jobs)
+        inner = QSplitter(Qt.Orientation.Vertical)
+        inner.addWidget(self.jobs)
+        steps_box = QWidget()
+        sl = QVBoxLayout(steps_box)
+        sl.setContentsMargins(0, 0, 0, 0)
+        sl.addWidget(forms.title("Steps of the selected job", "sectionTitle"))
+        sl.addWidget(self.steps)
+        inner.addWidget(steps_box)
+        tl.addWidget(inner)
         bottom = QWidget()
         bl = QVBoxLayout(bottom)
         bl.setContentsMargins(0, 0, 0, 0)
@@ -88,9 +106,17 @@ class JobsPage(QWidget):
 
     def _update(self, *_: object) -> None:
         job = self.selected_job()
+        if job is not self.ctx.steps_model.job:
+            self.ctx.steps_model.set_job(job)
         self.cancel_btn.setEnabled(bool(job and job.cancellable))
+        self.resume_btn.setEnabled(bool(job and job.resumable))
 
     def cancel_selected(self) -> None:
         job = self.selected_job()
         if job is not None:
             self.ctx.jobs.cancel(job)
+
+    def resume_selected(self) -> None:
+        job = self.selected_job()
+        if job is not None:
+            self.ctx.jobs.resume(job)

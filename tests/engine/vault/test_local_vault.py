@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import platform
 from engine.codec import Sealer
 from engine.errors import (AlreadyExists, Conflict, IntegrityError, InvalidInput, StorageError, UnknownMachine,
                            UnknownPoint)
@@ -417,8 +418,10 @@ async def test_views_stay_valid_and_prune_waits_for_them(tmp_path):
     await mv.prune(3)
     async with await mv.open_view(3, 0) as v:
         assert await v.read(0, MiB) == bytes(MiB)
-    # the replica is all holes again after folding a TRIM of the whole disk
-    assert os.stat(tmp_path / "m" / "replica" / "0.rep").st_blocks == 0
+    # the replica is all holes again after folding a TRIM of the whole disk (where holes can be punched: the
+    # portable implementation writes zeros instead, tests/engine/platform/test_portable_storage.py)
+    if platform.NAME == "posix":
+        assert os.stat(tmp_path / "m" / "replica" / "0.rep").st_blocks == 0
     await vault.close()
 
 

@@ -97,3 +97,28 @@ def test_policy_is_the_engines_one_type() -> None:
     assert facade.Policy is Policy and not hasattr(facade, "PolicySpec")
     p = Policy("gold", rpo_threshold=15.0)
     assert facade.validate_policy(p) == p and facade.validate_policy(p) is not p
+
+
+async def test_open_appliance_answers_with_typed_views(tmp_path) -> None:
+    """The door itself: a real appliance started through engine.api answers with the views, not dicts."""
+    import asyncio
+
+    from engine.api import UnknownMachine, init_home, is_initialised, open_appliance
+    from tests.conftest import free_port
+
+    home = tmp_path / "home"
+    assert not is_initialised(home)
+    await asyncio.to_thread(init_home, home, control_port=free_port(), data_port=free_port(), listen="127.0.0.1")
+    assert is_initialised(home)
+    emb = await open_appliance(home)
+    try:
+        st = emb.status()
+        assert isinstance(st, ApplianceStatus) and st.machines == () and st.registered == () and st.revoked == ()
+        assert st.control_port == int(emb.addresses["control"].rsplit(":", 1)[1])
+        assert [p.name for p in emb.policies()] == ["default"] and isinstance(emb.policies()[0], Policy)
+        saved = emb.set_policy(Policy("gold", rpo_threshold=15.0))
+        assert emb.policies()[1] == saved and emb.jobs() == [] and not emb.drill_active("vm1")
+        with pytest.raises(UnknownMachine):
+            emb.machine_status("vm1")
+    finally:
+        await emb.stop()

@@ -133,7 +133,7 @@ async def part1(size_mib: int) -> list[tuple]:
 
 
 async def part2(sparse_gib: int) -> list[tuple]:
-    from engine.agent.resync import EXTENT
+    from engine.agent.dirty_map import EXTENT
     tmp = bench_tmp("resync-sparse")
     try:
         disk = tmp / "sparse.img"

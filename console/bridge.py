@@ -16,7 +16,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from engine.events import Alert, Event, JobChanged, JobProgress, MachineStatus, PointCreated
+from engine.api import Alert, Event, JobChanged, JobProgress, MachineStatus, PointCreated
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from .bridge import Alert, EngineBridge, MachineStatus
-from .engine_facade import DrillStarted, EngineFacade, PolicySpec
+from .engine_facade import CleanupView, DrillView, EngineFacade, Policy
 from .errors import Notification, NotificationCenter
 from .event_log import EventLogModel, LogEntry
 from .jobs import ConsoleJob, JobManager, JobsModel, JobStepsModel
@@ -130,38 +130,34 @@ class ConsoleContext(QObject):
             away_since: float | None = None
             while True:
                 st = self.facade.machine_status(machine)
-                if st["state"] not in ("initial-sync", "unprotected"):
-                    self.jobs.update(job, 1.0, f"state {st['state']}")
+                if st.state not in ("initial-sync", "unprotected"):
+                    self.jobs.update(job, 1.0, f"state {st.state}")
                     return
-                if st.get("agent_connected", True):
+                if st.agent_connected:
                     away_since = None
                 elif away_since is None:
                     away_since = time.monotonic()
                 elif time.monotonic() - away_since > AGENT_AWAY_SECONDS:  # not a reconnect: the agent is away
                     job.message = "protection enabled; the initial sync starts when the agent connects"
                     return
-                self.jobs.update(job, st.get("sync_progress") or 0.0, "initial sync")
+                self.jobs.update(job, st.sync_progress or 0.0, "initial sync")
                 await asyncio.sleep(0.5)
         return self._job(f"Enable protection of {machine}", "protect", machine, work, cancellable=False)
 
     def resync(self, machine: str) -> ConsoleJob:
-        """Resync now, then follow ``machine_status()['resync']`` until this resync is done.
-
-        Done means a newer ``last_done`` (the engine stamps it when RESYNC_DONE reaches the vault) and nothing
-        required any more; an engine without ``last_done`` is followed until ``required`` clears."""
+        """Resync now, then follow ``machine_status().resync`` until this resync is done: a newer ``last_done``
+        (the engine stamps it when RESYNC_DONE reaches the vault) and nothing required any more."""
         async def work(job: ConsoleJob) -> None:
-            before = (self.facade.machine_status(machine).get("resync") or {}).get("last_done")
+            before = self.facade.machine_status(machine).resync.last_done
             await self.facade.resync(machine, now=True)
             self.refresh_inventory()
             while True:
-                rs = self.facade.machine_status(machine).get("resync") or {}
-                finished = rs.get("last_done") != before if "last_done" in rs else True
-                if finished and not rs.get("required"):
+                rs = self.facade.machine_status(machine).resync
+                if rs.last_done != before and not rs.required:
                     self.jobs.update(job, 1.0, "resync done")
                     return
-                if rs.get("running"):
-                    self.jobs.update(job, float(rs.get("progress") or 0.0),
-                                     f"resyncing, {rs.get('blocks_pending', '?')} block(s) to compare")
+                if rs.running:
+                    self.jobs.update(job, rs.progress, f"resyncing, {rs.blocks_pending} block(s) to compare")
                 else:
                     self.jobs.update(job, None, "waiting for the agent")
                 await asyncio.sleep(0.5)
@@ -171,7 +167,7 @@ class ConsoleContext(QObject):
                       export_dir: str | None = None) -> ConsoleJob:
         """A drill of ``point`` over NBD (ready at once) or exported to a folder. The row is the engine's
         test-failover job and ends with it; cancelling an export cleans the drill up (removing partial images)."""
-        async def work(job: ConsoleJob) -> DrillStarted:
+        async def work(job: ConsoleJob) -> DrillView:
             started = await self.facade.test_failover(machine, point, nbd=nbd, export_dir=export_dir)
             job.engine_job = started.job_id
             if started.nbd:
@@ -183,19 +179,19 @@ class ConsoleContext(QObject):
                          engine_kind="test-failover")
 
     def cleanup(self, machine: str) -> ConsoleJob:
-        async def work(job: ConsoleJob) -> dict[str, Any]:
+        async def work(job: ConsoleJob) -> CleanupView:
             res = await self.facade.cleanup(machine)
-            job.message = f"drill of point {res.get('point')} cleaned up"
-            if res.get("removed"):
-                job.message += f", {len(res['removed'])} exported image(s) removed"
+            job.message = f"drill of point {res.point} cleaned up"
+            if res.removed:
+                job.message += f", {len(res.removed)} exported image(s) removed"
             return res
         return self._job(f"Clean up drill of {machine}", "cleanup", machine, work, cancellable=False,
                          engine_kind="failover-cleanup")
 
-    def save_policy(self, spec: PolicySpec) -> PolicySpec:
+    def save_policy(self, policy: Policy) -> Policy:
         """Synchronous (one SQLite write); raises ``UserError`` with the engine's message when invalid."""
-        saved = self.facade.save_policy(spec)
-        self.notes.info(f"Policy {spec.name} saved")
+        saved = self.facade.save_policy(policy)
+        self.notes.info(f"Policy {policy.name} saved")
         return saved
 
     def register_vcenter(self, host: str, user: str, password: str, thumbprint: str) -> ConsoleJob:

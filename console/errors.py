@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Signal
 
-from engine.errors import LifeboatError
+from engine.api import LifeboatError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -20,9 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.appliance.appliance import init_home
-from engine.home import ApplianceHome
-from engine.secrets import delete_secret, vault_key_name
+from engine.api import (CertificateUntrusted, LifeboatError, LoginFailed, check_vcenter_login as _login, configure_home,
+                        delete_vault_key, init_home, is_initialised)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +49,7 @@ def validate_home(text: str) -> str | None:
     p = Path(text).expanduser()
     if not p.is_absolute():
         return "Use an absolute path."
-    if ApplianceHome(p).config.exists():
+    if is_initialised(p):
         return "This folder is already an appliance home; start the console with --home to use it."
     if p.exists() and (not p.is_dir() or any(p.iterdir())):
         return "The folder exists and is not empty."
@@ -149,17 +147,8 @@ async def check_vcenter_login(address: str, user: str, password: str, thumbprint
     hp = parse_host_port(address)
     if hp is None:
         return {"host": "Enter HOST or HOST:PORT."}
-    if not vsphere_available():
-        return {}
-    from engine.errors import LifeboatError
-    from engine.vsphere.connect import Target, connect, disconnect
-    from engine.vsphere.errors import CertificateUntrusted, LoginFailed
-
-    def probe() -> None:
-        si, _ = connect(Target(hp[0], hp[1], user, "thumbprint", thumbprint=thumbprint), password, timeout=timeout)
-        disconnect(si)
     try:
-        await asyncio.to_thread(probe)
+        await asyncio.to_thread(_login, hp[0], hp[1], user, password, thumbprint, timeout=timeout)
     except LoginFailed:
         return {"password": "The vCenter refused the login: check the user name and password."}
     except CertificateUntrusted as exc:
@@ -202,11 +191,8 @@ class PendingHome:
         """Write the plan's configuration and move the home into place. Raises if the target appeared meanwhile."""
         assert self.path is not None, "create() first"
         src = self.path
-        home = ApplianceHome(src)
-        cfg = json.loads(home.config.read_text())
-        cfg.update(control_port=plan.control_port, data_port=plan.data_port, listen=plan.listen,
-                   vault={"kind": "local", "path": str(plan.vault.expanduser().resolve())})
-        await asyncio.to_thread(home.save_config, cfg)
+        await asyncio.to_thread(configure_home, src, control_port=plan.control_port, data_port=plan.data_port,
+                                listen=plan.listen, vault=plan.vault)
         await asyncio.to_thread(_move_into_place, src, plan.home.expanduser())
         self.path, self._made = None, []
         return plan.home
@@ -224,7 +210,7 @@ class PendingHome:
                 break
         self._made = []
         if self.appliance_id:
-            await asyncio.to_thread(delete_secret, vault_key_name(self.appliance_id))
+            await asyncio.to_thread(delete_vault_key, self.appliance_id)
         self.passphrase = ""
 
 
@@ -244,9 +230,8 @@ def _move_into_place(src: Path, dst: Path) -> None:
 
 
 def vsphere_available() -> bool:
-    """Whether this engine build has vCenter support (engine/vsphere, issue 4)."""
-    import importlib.util
-    return importlib.util.find_spec("engine.vsphere") is not None
+    """Whether the engine has vCenter support: it always has since issue 4 (kept for the wizard's vCenter page)."""
+    return True
 
 
 def default_control_port() -> int:

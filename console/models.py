@@ -9,12 +9,14 @@ objects): an hour of 1 Hz samples for 500 machines is ~21 MB.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QColor, QIcon
+
+from engine.api import ApplianceStatus, ResyncView
 
 from .bridge import MachineStatus
 
@@ -61,19 +63,19 @@ class MachineRow:
     churn: float = 0.0
     upload: float = 0.0
     protected: bool = False
-    resync: dict[str, Any] = field(default_factory=dict)
+    resync: ResyncView = ResyncView()
 
     @property
     def resync_text(self) -> str:
-        """From ``machine_status()['resync']``: {required, reason, progress, scheduled_for, running, last_done}."""
-        r = self.resync or {}
-        if self.state == "resyncing" or r.get("running"):
-            return f"resyncing {100 * float(r.get('progress') or 0):.0f}%"
-        if self.state == "resync-required" or r.get("required"):
-            when = r.get("scheduled_for")
+        """From ``machine_status().resync`` (running, required, scheduled_for, last_done …)."""
+        r = self.resync
+        if self.state == "resyncing" or r.running:
+            return f"resyncing {100 * r.progress:.0f}%"
+        if self.state == "resync-required" or r.required:
+            when = r.scheduled_for
             return f"required, at {format_time(when)}" if when else "required"
-        if r.get("last_done"):
-            return f"done {format_time(r['last_done'])}"
+        if r.last_done:
+            return f"done {format_time(r.last_done)}"
         return "—"
 
     @property
@@ -197,10 +199,10 @@ class MachineTableModel(QAbstractTableModel):
         self._insert(new)
         return transitions
 
-    def set_inventory(self, status: dict[str, Any]) -> None:
+    def set_inventory(self, status: ApplianceStatus) -> None:
         """Sync the row set with ``status()``: protected machines with their details, registered ones, no others."""
-        seen: dict[str, dict[str, Any]] = {m["name"]: m for m in status.get("machines", [])}
-        registered = {m["name"] for m in status.get("registered", [])}
+        seen = {m.name: m for m in status.machines}
+        registered = set(status.registered)
         gone = [r.name for r in self._rows if r.name not in seen and r.name not in registered]
         for name in gone:
             i = self._index[name]
@@ -219,11 +221,11 @@ class MachineTableModel(QAbstractTableModel):
             if m is None:
                 r.protected, r.state, r.health = False, "unprotected", ""
                 continue
-            r.protected, r.state, r.health = True, m["state"], m["health"]
-            r.rpo, r.sync_progress = float(m["rpo_seconds"]), m.get("sync_progress")
-            r.last_point_time = (m.get("last_point") or {}).get("time")
-            r.churn, r.upload = m.get("churn_bytes_per_s", 0.0), m.get("upload_bytes_per_s", 0.0)
-            r.resync = dict(m.get("resync") or {})
+            r.protected, r.state, r.health = True, m.state, m.health
+            r.rpo, r.sync_progress = m.rpo_seconds, m.sync_progress
+            r.last_point_time = m.last_point_time
+            r.churn, r.upload = m.churn_bytes_per_s, m.upload_bytes_per_s
+            r.resync = m.resync
         if self._rows:
             self.dataChanged.emit(self.index(0, 0), self.index(len(self._rows) - 1, len(COLUMNS) - 1))
         self._insert(new)

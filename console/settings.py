@@ -152,9 +152,6 @@ class ConsoleSettings:
         qs.sync()
         self.stored_version = SCHEMA_VERSION
 
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in self.values.items()}
-
 
 def visible_settings() -> list[SettingSpec]:
     return [s for s in SETTINGS if s.user_visible]

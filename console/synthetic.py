@@ -11,15 +11,13 @@ import asyncio
 import math
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from engine.errors import Conflict, NotFound
-from engine.events import EventBus, JobChanged, JobProgress, MachineStatus, PointCreated
-from engine.policy import health_for
+from engine.api import (ApplianceStatus, CleanupView, Conflict, DiskView, DrillView, EventBus, JobChanged, JobProgress,
+                        MachineStatus, MachineView, NotFound, PointCreated, PointView, Policy, ResyncView, health_for)
 
-from .engine_facade import DrillStarted, EngineFacade, PointInfo, PolicySpec, validate_policy
+from .engine_facade import EngineFacade, validate_policy
 
 
 class SyntheticFacade(EngineFacade):
@@ -32,9 +30,9 @@ class SyntheticFacade(EngineFacade):
         self.rnd = random.Random(seed)
         self.names = [f"vm-{i:04d}" for i in range(count)]
         self.registered = [f"new-{i:02d}" for i in range(registered)]
-        self._policies = {"default": PolicySpec("default"), "gold": PolicySpec("gold", rpo_threshold=15.0)}
+        self._policies = {"default": Policy("default"), "gold": Policy("gold", rpo_threshold=15.0)}
         self._state: dict[str, dict[str, Any]] = {}
-        self._points: dict[str, list[PointInfo]] = {n: [] for n in self.names}
+        self._points: dict[str, list[PointView]] = {n: [] for n in self.names}
         self._drills: set[str] = set()
         self._jobs: dict[str, dict[str, Any]] = {}   # engine jobs in their wire form (Job.to_dict())
         self._seq = 0
@@ -90,7 +88,7 @@ class SyntheticFacade(EngineFacade):
             if self.rnd.random() < 0.2:
                 self._seq += 1
                 kind = "app-consistent" if self._seq % 12 == 0 else "crash-consistent"
-                p = PointInfo(f"{kind[0]}-{self._seq}", self._seq, now - rpo, kind, "scheduled" if kind[0] == "a"
+                p = PointView(f"{kind[0]}-{self._seq}", self._seq, now - rpo, kind, "scheduled" if kind[0] == "a"
                               else None)
                 pts.append(p)
                 del pts[:-200]
@@ -100,45 +98,36 @@ class SyntheticFacade(EngineFacade):
                                         pts[-1].time if pts else None, churn, churn * 0.45))
 
     # queries ---------------------------------------------------------------------------------------------
-    def machine_status(self, name: str) -> dict[str, Any]:
+    def machine_status(self, name: str) -> MachineView:
         if name in self.registered:
-            return {"name": name, "state": "unprotected", "health": "ok", "rpo_seconds": 0.0, "disks": [],
-                    "policy": "default", "rpo_threshold": 30.0, "points": 0}
+            return MachineView(name, "unprotected")
         if name not in self._state:
             raise NotFound(f"no machine named {name!r}")
         rpo = self._rpo(name, time.time())
         st = self._state[name]["state"]
         pts = self._points[name]
-        return {"name": name, "state": st, "health": health_for(rpo, 30.0, st), "rpo_seconds": rpo,
-                "policy": "default", "rpo_threshold": 30.0, "sync_progress": 1.0, "agent_connected": True,
-                "last_point": {"time": pts[-1].time} if pts else None, "points": len(pts), "error": None,
-                "churn_bytes_per_s": 1e6, "upload_bytes_per_s": 4.5e5, "cache_bytes": 0,
-                "resync": {"required": False, "reason": None, "progress": 1.0, "scheduled_for": None,
-                           "running": False, "last_done": self._state[name].get("last_done")},
-                "disks": [{"index": 0, "name": "sys", "size": 64 << 30, "synced": True, "sync_cursor": 64 << 30},
-                          {"index": 1, "name": "data", "size": 256 << 30, "synced": True,
-                           "sync_cursor": 256 << 30}]}
+        return MachineView(name, st, health_for(rpo, 30.0, st), rpo, 30.0, "default", sync_progress=1.0,
+                           agent_connected=True, last_point=pts[-1] if pts else None, points=len(pts),
+                           churn_bytes_per_s=1e6, upload_bytes_per_s=4.5e5,
+                           resync=ResyncView(last_done=self._state[name].get("last_done")),
+                           disks=(DiskView(0, "sys", 64 << 30, True, 64 << 30),
+                                  DiskView(1, "data", 256 << 30, True, 256 << 30)))
 
-    def status(self) -> dict[str, Any]:
-        return {"machines": [self.machine_status(n) for n in self.names],
-                "registered": [{"name": n, "protected": False} for n in self.registered]}
+    def status(self) -> ApplianceStatus:
+        return ApplianceStatus(tuple(self.machine_status(n) for n in self.names), tuple(self.registered))
 
-    def points(self, name: str) -> list[PointInfo]:
+    def points(self, name: str) -> list[PointView]:
         return list(self._points.get(name, []))
 
-    def policies(self) -> list[PolicySpec]:
+    def policies(self) -> list[Policy]:
         return sorted(self._policies.values(), key=lambda p: p.name)
 
-    def save_policy(self, spec: PolicySpec) -> PolicySpec:
-        self._policies[spec.name] = validate_policy(replace(spec))
-        return spec
+    def save_policy(self, policy: Policy) -> Policy:
+        saved = self._policies[policy.name] = validate_policy(policy)
+        return saved
 
     def drill_active(self, name: str) -> bool:
         return name in self._drills
-
-    @property
-    def can_resync(self) -> bool:
-        return True
 
     @property
     def has_vsphere(self) -> bool:
@@ -152,12 +141,12 @@ class SyntheticFacade(EngineFacade):
             self._points[name] = []
             self._state[name] = {"phase": 0.0, "base": 3, "state": "protected"}
 
-    async def resync(self, name: str, now: bool = True) -> Any:
+    async def resync(self, name: str, now: bool = True) -> ResyncView:
         self._state[name]["state"] = "resyncing"
         await asyncio.sleep(0.2)
         self._state[name]["state"] = "protected"
         self._state[name]["last_done"] = time.time()
-        return {}
+        return ResyncView()
 
     def _job(self, kind: str, machine: str, steps: list[str], title: str) -> dict[str, Any]:
         jid = f"{self.rnd.getrandbits(48):012x}"
@@ -215,7 +204,7 @@ class SyntheticFacade(EngineFacade):
         return job
 
     async def test_failover(self, name: str, point: str, *, nbd: str | None = None,
-                            export_dir: str | None = None) -> DrillStarted:
+                            export_dir: str | None = None) -> DrillView:
         if name in self._drills:
             raise Conflict(f"a drill of {name!r} is already running")
         self._drills.add(name)
@@ -231,7 +220,7 @@ class SyntheticFacade(EngineFacade):
             job["result"] = {"nbd": "127.0.0.1:10809", "exports": ["sys", "data"]}
             self._job_step(job, last, "succeeded")
             self._job_end(job, "drill served over NBD")
-            return DrillStarted(job_id, True, point, "127.0.0.1:10809", ("sys", "data"))
+            return DrillView(job_id, True, point, "127.0.0.1:10809", ("sys", "data"))
 
         async def export() -> None:
             for i in range(1, 5):
@@ -244,9 +233,9 @@ class SyntheticFacade(EngineFacade):
             self._job_step(job, last, "succeeded")
             self._job_end(job)
         asyncio.ensure_future(export())
-        return DrillStarted(job_id, False, point, export_dir=export_dir)
+        return DrillView(job_id, False, point, export_dir=export_dir)
 
-    async def cleanup(self, name: str) -> dict[str, Any]:
+    async def cleanup(self, name: str) -> CleanupView:
         if name not in self._drills:
             raise NotFound(f"no drill of {name!r} is running", advice="Nothing to clean up.")
         self._drills.discard(name)
@@ -258,4 +247,4 @@ class SyntheticFacade(EngineFacade):
             self._job_step(job, step, "running")
             self._job_step(job, step, "succeeded")
         self._job_end(job)
-        return {"cleaned": name, "point": "?", "removed": [], "job": job["id"]}
+        return CleanupView(name, "?", job=job["id"])

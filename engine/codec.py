@@ -124,8 +124,3 @@ class Sealer:
         if comp == COMP_ZSTD:
             return self._dctx().decompress(body, max_output_size=max_size) if body else b""
         raise IntegrityError(f"unknown compressor id {comp}")
-
-    @staticmethod
-    def envelope_size(env_head: bytes) -> int:
-        *_, ctlen = HEAD.unpack_from(env_head)
-        return HEAD_SIZE + ctlen

@@ -3,13 +3,12 @@
 The process server's cache and the vault journal are append-only logs whose every append is followed by an
 ``fdatasync`` before anything is acknowledged. Through the page cache, each appended byte first costs a fresh
 page-cache page (allocated, copied into, written back, later reclaimed), which on the appliance's machine made the
-``write`` call itself cost more CPU than everything else the pipeline does with the byte; a buffered write + fsync
-of a fresh file ran at 300-1,000 MB/s, an ``O_DIRECT`` one at 2,400-3,000 MB/s with ~1 % of the system time
-(``bench/README.md``). The data still reaches the page cache when it is read back (rarely: the applier takes its
+``write`` call itself cost more CPU than everything else the pipeline does with the byte (the numbers, side by side
+with buffered appends: ``bench/append_io.py`` and ``bench/README.md``). The data still reaches the page cache when it is read back (rarely: the applier takes its
 records from memory, recovery reads are cold anyway).
 
 ``O_DIRECT`` wants the memory address, file offset and length of every write aligned to the device's logical block
-size. The appender copies each append into one page-aligned buffer (a memcpy, ~10 GB/s) and pads it with zero bytes
+size. The appender copies each append into one page-aligned buffer (a memcpy) and pads it with zero bytes
 up to the next :data:`BLOCK` boundary, so every append starts aligned. Earlier data is never rewritten: a crash
 during an append can only tear that append, never one that was acknowledged before.
 

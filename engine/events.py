@@ -21,7 +21,7 @@ class Event:
 
 @dataclass(slots=True)
 class MachineStatus(Event):
-    """Sent about once a second per machine, and at once on a state change."""
+    """Sent about once a second per machine (the scheduler's status task); a state change shows in the next one."""
     machine: str
     state: str
     health: str

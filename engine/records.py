@@ -42,6 +42,10 @@ assert HEADER_SIZE == 56
 _HEAD48 = struct.Struct("<4sBBHQQQQQ")   # bytes 0..47, covered by the crc
 _TAIL = struct.Struct("<I4x")            # crc32 of bytes 0..47, reserved
 
+#: The block: the unit of the vault's replica (one sealed slot each), of the resync checksum compare (one hash each)
+#: and of the agent's dirty map (one bit each). One value for all three, or a compare would not line up with a slot.
+BLOCK = 64 * 1024
+
 #: Largest payload of one record. Writes larger than this are split by the agent.
 MAX_PAYLOAD = 4 * 1024 * 1024
 
@@ -54,7 +58,7 @@ class Kind(enum.IntEnum):
     BOOKMARK = 5     #: app-consistent bookmark across all disks; payload is JSON {"tag", "id"}
     SYNC_DONE = 6    #: initial replication of ``disk`` complete: the replica is consistent from this seq on
     RESIZE = 7       #: disk size is now ``length``
-    CUT = 8          #: crash-consistent marker (no data); used to make points at quiet times
+    # 8 is reserved (it was a never-emitted "CUT" marker; FORMATS.md §2): readers refuse it like any unknown kind
     RESYNC_START = 9  #: the replica may differ from the source from here on; payload JSON {"reason", "id"}
     RESYNC_DONE = 10  #: resync finished: the replica equals the source again from here; payload JSON {"id"}
 

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QComboBox, QDial
                                QFormLayout, QHeaderView, QLabel, QLineEdit, QPushButton, QRadioButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from console.engine_facade import PointInfo, PolicySpec, duration_text
+from console.engine_facade import PointView, Policy, duration_text
 from console.home_setup import parse_host_port
 
 from . import forms, theme
@@ -24,7 +24,7 @@ from . import forms, theme
 class ProtectDialog(QDialog):
     """Enable protection of a machine with a chosen policy."""
 
-    def __init__(self, machine: str, policies: Sequence[PolicySpec], current: str | None = None,
+    def __init__(self, machine: str, policies: Sequence[Policy], current: str | None = None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle(f"Enable protection of {machine}")
@@ -53,7 +53,7 @@ class ProtectDialog(QDialog):
 class FailoverDialog(QDialog):
     """Choose a recovery point (kind, tag, time) and how to run the drill: served over NBD, or exported."""
 
-    def __init__(self, machine: str, points: Sequence[PointInfo], parent: QWidget | None = None) -> None:
+    def __init__(self, machine: str, points: Sequence[PointView], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle(f"Test failover of {machine}")
         self.resize(640, 480)

@@ -9,7 +9,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 
-from console.engine_facade import PointInfo
+from console.engine_facade import PointView
 
 from .plots import calm
 
@@ -52,7 +52,7 @@ class RpoGraph(pg.PlotWidget):
         self._points: dict[str, list[float]] = {"crash-consistent": [], "app-consistent": []}
         self._ymax = 1.0
 
-    def show_machine(self, machine: str | None, threshold: float, points: Sequence[PointInfo] = ()) -> None:
+    def show_machine(self, machine: str | None, threshold: float, points: Sequence[PointView] = ()) -> None:
         self.machine = machine
         self.threshold.setValue(threshold)
         self._points = {"crash-consistent": [], "app-consistent": []}
@@ -108,6 +108,6 @@ class RpoGraph(pg.PlotWidget):
         self.setYRange(0, self._ymax, padding=0.02)
 
 
-def recent(points: Iterable[PointInfo], seconds: float = WINDOW_SECONDS) -> list[PointInfo]:
+def recent(points: Iterable[PointView], seconds: float = WINDOW_SECONDS) -> list[PointView]:
     cutoff = time.time() - seconds
     return [p for p in points if p.time >= cutoff]

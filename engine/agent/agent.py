@@ -24,12 +24,12 @@ from ..home import AgentHome
 from ..names import check_name, check_unique
 from ..nbd.server import NBDServer
 from ..records import Kind, Record
-from ..vsphere.identity import local_identity
+from ..identity import local_identity
 from ..home import atomic_write
 from ..wire import BATCH_HEAD, Frame, frame_header, parse_json
 from .capture import CaptureBackend, MachineCapture
 from .link import Link, Liveness
-from .resync import EXTENT, DirtyMap
+from .dirty_map import EXTENT, DirtyMap
 from .resync_pass import ResyncPass
 
 log = logging.getLogger(__name__)

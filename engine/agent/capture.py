@@ -23,7 +23,7 @@ from ..home import atomic_write
 from ..nbd.server import NBDError
 from ..records import MAX_PAYLOAD, Kind, Record
 from ..segment_log import SegmentLog
-from .resync import ActivityLog, DirtyMap
+from .dirty_map import ActivityLog, DirtyMap
 
 
 SEQ_BLOCK = 1 << 20

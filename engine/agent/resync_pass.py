@@ -30,7 +30,7 @@ import xxhash
 from .. import platform
 from ..records import Kind, Record
 from ..wire import DIFF_HEAD, RESYNC_HEAD
-from .resync import BLOCK
+from .dirty_map import BLOCK
 
 if TYPE_CHECKING:
     from .agent import Agent

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import xxhash
 
-from ..records import Kind, Record
+from ..records import BLOCK, Kind, Record
 
-BLOCK = 64 * 1024
 HEAD = struct.Struct("<4sB3xIQ8x")
 ENTRY = struct.Struct("<16sQ")
 UNKNOWN = 1 << 63

@@ -16,7 +16,7 @@ off    size  field
 
 then entries back to back: the 56-byte record header (:meth:`Record.pack_header`), a u32 envelope length and the
 envelope (:meth:`Sealer.seal` of the payload with the header as associated data). Markers (ZERO, TRIM, SYNC_DONE,
-RESIZE, CUT) have no envelope (length 0). Seqs strictly increase within and across segments.
+RESIZE) have no envelope (length 0). Seqs strictly increase within and across segments.
 
 Appends are group commits: one ``pwrite`` + ``fsync`` per call. Only the last segment can hold unsynced bytes (a
 segment is fsynced before the next one is created), so only it is checked for a torn tail on open.

@@ -79,11 +79,6 @@ class LocalDiskView(DiskView):
         self._map = emap
         self._closed = False
 
-    @property
-    def extent_count(self) -> int:
-        """Number of journal extents overlaying the replica (memory of this view is proportional to it)."""
-        return self._map.count
-
     async def read(self, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset+length)``: InvalidInput (a ValueError) out of range, IntegrityError if corrupt."""
         if self._closed:

@@ -37,12 +37,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .. import platform
+from .. import platform, records
 from ..errors import IntegrityError, StorageError
 from ..fileio import punch_hole, write_zeros
 from .journal import fsync_dir, write_all
 
-BLOCK = 64 * 1024
+BLOCK = records.BLOCK
 NONCE = 12
 TAG = 16
 SLOT = NONCE + BLOCK + TAG  # 65,564

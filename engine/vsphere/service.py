@@ -24,7 +24,7 @@ from .discovery import build_inventory
 from .errors import LoginFailed, UnknownVCenter
 from .events import (InventorySynced, MachineMatched, VCenterStatus, VMAdded, VMDiskResized, VMPowerChanged,
                      VMRemoved, VMUpdated)
-from .identity import clean_identity
+from ..identity import clean_identity
 from .inventory import Batch, Delta, InventoryState, Watcher
 from .matching import VMIndex, mark_resync, resized_disks
 from .store import VSphereStore, disk_sizes, secret_name

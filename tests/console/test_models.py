@@ -9,6 +9,7 @@ from PySide6.QtCore import QSortFilterProxyModel, Qt
 
 from console.bridge import Alert, EngineBridge, JobProgress, MachineStatus, PointCreated
 from console.models import (HEALTH, NAME_ROLE, RPO, SORT_ROLE, MachineTableModel, Ring, RpoHistory)
+from engine.api import ApplianceStatus
 from engine.events import EventBus
 
 
@@ -39,14 +40,14 @@ def test_rows_update_in_place_with_one_data_changed(qapp) -> None:
 def test_inventory_adds_registered_and_drops_gone(qapp) -> None:
     m = MachineTableModel()
     m.apply_statuses([_status(1)])
-    m.set_inventory({"machines": [{"name": "vm001", "state": "protected", "health": "warning", "rpo_seconds": 20,
+    m.set_inventory(ApplianceStatus.from_dict({"machines": [{"name": "vm001", "state": "protected", "health": "warning", "rpo_seconds": 20,
                                    "resync": {"required": True, "reason": "agent crash", "progress": None,
                                               "scheduled_for": None}}],
-                     "registered": [{"name": "new", "protected": False}]})
+                     "registered": [{"name": "new", "protected": False}]}))
     assert m.names() == ["vm001", "new"]
     assert m.row("vm001").resync_text == "required" and m.row("new").protected is False
     assert m.index(1, RPO).data() == "—"
-    m.set_inventory({"machines": [], "registered": [{"name": "new", "protected": False}]})
+    m.set_inventory(ApplianceStatus(registered=("new",)))
     assert m.names() == ["new"]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from engine.agent import capture as C
 from engine.agent.capture import CaptureBackend, MachineCapture
-from engine.agent.resync import EXTENT
+from engine.agent.dirty_map import EXTENT
 
 MiB = 1024 * 1024
 

@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 
-from engine.agent.resync import BLOCK, EXTENT
+from engine.agent.dirty_map import BLOCK, EXTENT
 from engine.policy import Policy
 from tests.conftest import need_tool
 from tests.engine.harness import Site, make_disk, run_tool, sha256_file

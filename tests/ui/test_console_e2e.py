@@ -141,7 +141,7 @@ async def test_console_end_to_end(qtbot, tmp_path: Path, screenshot, console_set
             resynced = asyncio.ensure_future(_job_done(ctrl, "resync", 120))
             machines.acts["resync"].trigger()
             await resynced
-            await until(lambda: ctx.facade.machine_status("vm1")["state"] == "protected", 60, "protected again")
+            await until(lambda: ctx.facade.machine_status("vm1").state == "protected", 60, "protected again")
         else:
             assert not machines.acts["resync"].isEnabled()
             print("engine has no Appliance.resync yet: the resync step was skipped")

@@ -78,8 +78,7 @@ class MachineDetail(QWidget):
         threshold = 30.0
         if name and self.ctx.facade.running:
             try:
-                st = self.ctx.facade.machine_status(name)
-                threshold = float(st.get("rpo_threshold", threshold))
+                threshold = self.ctx.facade.machine_status(name).rpo_threshold
                 points = self.ctx.facade.points(name)
             except Exception as exc:
                 self.ctx.notes.handle(exc, f"reading {name}")
@@ -129,14 +128,13 @@ class MachineDetail(QWidget):
         except Exception as exc:
             self.ctx.notes.handle(exc, f"reading {name}")
             return
-        self.facts["Policy"].setText(f"{st.get('policy')} (threshold {format_seconds(st.get('rpo_threshold'))})")
-        self.graph.set_threshold(float(st.get("rpo_threshold", 30.0)))
-        self.facts["Agent"].setText("connected" if st.get("agent_connected") else "not connected")
-        self.facts["Points"].setText(str(st.get("points", 0)))
+        self.facts["Policy"].setText(f"{st.policy} (threshold {format_seconds(st.rpo_threshold)})")
+        self.graph.set_threshold(st.rpo_threshold)
+        self.facts["Agent"].setText("connected" if st.agent_connected else "not connected")
+        self.facts["Points"].setText(str(st.points))
         self.facts["Drill"].setText("running" if self.ctx.facade.drill_active(name) else "none")
-        disks = st.get("disks", [])
-        self.disks.setRowCount(len(disks))
-        for r, d in enumerate(disks):
-            pct = 100.0 * d.get("sync_cursor", 0) / max(1, d["size"])
-            for c, text in enumerate((d["name"], _size(d["size"]), f"{pct:.0f}%", "yes" if d.get("synced") else "no")):
+        self.disks.setRowCount(len(st.disks))
+        for r, d in enumerate(st.disks):
+            pct = 100.0 * d.sync_cursor / max(1, d.size)
+            for c, text in enumerate((d.name, _size(d.size), f"{pct:.0f}%", "yes" if d.synced else "no")):
                 self.disks.setItem(r, c, QTableWidgetItem(text))

@@ -7,7 +7,7 @@ from PySide6.QtWidgets import (QFormLayout, QHBoxLayout, QLineEdit, QListWidget,
                                QVBoxLayout, QWidget)
 
 from console.context import ConsoleContext
-from console.engine_facade import PolicySpec, check_window, duration_text, parse_duration_text, validate_policy
+from console.engine_facade import Policy, check_window, duration_text, parse_duration_text, validate_policy
 from console.errors import UserError
 
 from .. import forms, theme
@@ -73,7 +73,7 @@ class PoliciesPage(QWidget):
         self.save_btn.clicked.connect(self.save)
         self.new_btn.clicked.connect(self.new)
         self.revert_btn.clicked.connect(lambda: self.load(self._loaded))
-        self._loaded: PolicySpec | None = None
+        self._loaded: Policy | None = None
         ctx.appliance_started.connect(self.reload)
 
     def showEvent(self, event) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
@@ -99,9 +99,9 @@ class PoliciesPage(QWidget):
             self.list.setCurrentItem(item)
             self.load(item.data(Qt.ItemDataRole.UserRole))
 
-    def load(self, spec: PolicySpec | None) -> None:
+    def load(self, spec: Policy | None) -> None:
         self._loaded = spec
-        spec = spec or PolicySpec("")
+        spec = spec or Policy("")
         self.name.setText(spec.name)
         for key, _l, _h in DURATIONS:
             self.edits[key].setText(duration_text(getattr(spec, key)))
@@ -111,14 +111,14 @@ class PoliciesPage(QWidget):
 
     def new(self) -> None:
         self.list.clearSelection()
-        base = self._loaded or PolicySpec("")
+        base = self._loaded or Policy("")
         self.load(None)
         for key, _l, _h in DURATIONS:
             self.edits[key].setText(duration_text(getattr(base, key)))
         self.window_edit.setText(base.resync_window)
         self.name.setFocus()
 
-    def spec(self) -> tuple[PolicySpec | None, dict[str, str]]:
+    def spec(self) -> tuple[Policy | None, dict[str, str]]:
         """The edited policy and the message of every invalid field."""
         errs: dict[str, str] = {}
         values: dict[str, float] = {}
@@ -133,7 +133,7 @@ class PoliciesPage(QWidget):
             errs["resync_window"] = f"{exc.message}. {exc.advice}"
         if errs:
             return None, errs
-        spec = PolicySpec(self.name.text().strip(), resync_window=self.window_edit.text().strip(), **values)
+        spec = Policy(self.name.text().strip(), resync_window=self.window_edit.text().strip(), **values)
         try:
             validate_policy(spec)
         except UserError as exc:

@@ -73,7 +73,7 @@ def gen(rng: random.Random, model: Model, n: int, *, big: bool = False) -> list[
             off = rng.randint(0, size - length)
             r = Record(rng.choice([Kind.ZERO, Kind.TRIM]), disk, model.seq, time.time_ns(), off, length)
         elif roll < 0.9:
-            r = Record(Kind.CUT, 0, model.seq, time.time_ns())
+            r = Record(Kind.SYNC_DONE, 0, model.seq, time.time_ns())
         else:
             data = b'{"tag": "app", "id": "b%d"}' % model.seq
             r = Record(Kind.BOOKMARK, 0, model.seq, time.time_ns(), 0, len(data), data)
@@ -336,7 +336,7 @@ async def test_bad_input(tmp_path):
     mv = await vault.open_machine("m")
     await mv.ensure_disks([DiskInfo(0, "d", MiB)])
     s = mv._sealer
-    await append(mv, [Record(Kind.WRITE, 0, 5, 1, 0, 3, b"abc"), Record(Kind.CUT, 0, 6, 2)])
+    await append(mv, [Record(Kind.WRITE, 0, 5, 1, 0, 3, b"abc"), Record(Kind.SYNC_DONE, 0, 6, 2)])
     for seq in (7, -1):                            # base_seq <= seq <= last_seq (4 is fine: nothing yet)
         with pytest.raises(UnknownPoint):
             await mv.open_view(seq, 0)

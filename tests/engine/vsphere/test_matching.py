@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from engine.vsphere.events import InventorySynced, MachineMatched, VMDiskResized
-from engine.vsphere.identity import clean_identity
+from engine.identity import clean_identity
 from engine.vsphere.matching import VMIndex, swapped_uuid
 from tests.engine.harness import make_disk
 from tests.engine.vsphere.helpers import Recorder, wait_until

@@ -16,10 +16,10 @@ import json
 import os
 from pathlib import Path
 
-from .. import platform
+from .. import platform, records
 from ..home import atomic_write
 
-BLOCK = 64 * 1024
+BLOCK = records.BLOCK
 EXTENT = 64 * 1024 * 1024
 
 

@@ -43,7 +43,8 @@ from ..errors import UnknownMachine, UnknownPoint
 from ..names import check_name, inside
 from ..records import MAX_PAYLOAD, Kind
 from .base import DiskInfo, MachineVault, Point, SealedRecord, Vault
-from .journal import SEGMENT_BYTES, Entry, Journal, atomic_write, check_envelope, fsync_dir, make_private_dir
+from ..fileio import atomic_write, make_private_dir
+from .journal import SEGMENT_BYTES, Entry, Journal, check_envelope, fsync_dir
 # LocalDiskView and VerifyReport live in local_view; importing them here keeps `from .local import ...` working
 from .local_view import DATA_KINDS, ZERO_KINDS, LocalDiskView, VerifyReport, _PayloadCache, build_extent_map
 from .local_view import seq_at_time_scan, verify_all

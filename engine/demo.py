@@ -8,7 +8,6 @@ test failover of the bookmark and of the latest point and checks both byte for b
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import shutil
 import socket
@@ -17,20 +16,13 @@ import time
 from pathlib import Path
 
 from .errors import LifeboatError
+from .fileio import sha256_file
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _bar(fraction: float, label: str) -> None:
@@ -96,9 +88,9 @@ async def run_demo(root: Path, size_mib: int = 256) -> int:
         print(f"  initial replication of {size_mib} MiB done in {time.monotonic() - t0:.1f}s")
         await _qemu_io(url, "write -P 0xa5 1M 3M", "write -z 40M 2M", "discard 64M 1M")
         bm = await agent.bookmark("demo-bookmark")
-        at_bookmark = _sha(disk)
+        at_bookmark = sha256_file(disk)
         await _qemu_io(url, "write -P 0x5a 100M 5M", "write -P 0x01 7 12345")
-        latest = _sha(disk)
+        latest = sha256_file(disk)
         while app.machine_status("demo-vm")["rpo_seconds"] > 0 or app.runtimes["demo-vm"].vault.last_seq < agent.capture.seq:
             await asyncio.sleep(0.1)
         st = app.machine_status("demo-vm")
@@ -111,7 +103,7 @@ async def run_demo(root: Path, size_mib: int = 256) -> int:
                 _bar(job.progress, f"drill {spec}")
                 await asyncio.sleep(0.1)
             _bar(1.0, f"drill {spec}")
-            got = _sha(root / "drill" / "disk0.img")
+            got = sha256_file(root / "drill" / "disk0.img")
             same = got == want
             ok &= same
             print(f"  test failover to {spec:<18} sha256 {got[:16]}… {'identical to the source' if same else 'DIFFERS'}")

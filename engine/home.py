@@ -7,21 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import platform
 from .errors import NotInitialised
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write-temp, fsync, rename, fsync dir: the file is either old or new after a crash."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    platform.fsync_dir(path.parent)
+from .fileio import atomic_write
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..names import check_name, check_unique
 from ..nbd.server import NBDServer
 from ..records import Kind, Record
 from ..identity import local_identity
-from ..home import atomic_write
+from ..fileio import atomic_write
 from ..wire import BATCH_HEAD, Frame, frame_header, parse_json
 from .capture import CaptureBackend, MachineCapture
 from .link import Link, Liveness

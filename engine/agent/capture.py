@@ -19,7 +19,7 @@ from typing import Callable
 
 from .. import platform
 from ..fileio import punch_hole
-from ..home import atomic_write
+from ..fileio import atomic_write
 from ..nbd.server import NBDError
 from ..records import MAX_PAYLOAD, Kind, Record
 from ..segment_log import SegmentLog

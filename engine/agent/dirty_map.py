@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from .. import platform, records
-from ..home import atomic_write
+from ..fileio import atomic_write
 
 BLOCK = records.BLOCK
 EXTENT = 64 * 1024 * 1024

@@ -39,6 +39,7 @@ import xxhash
 
 from .. import platform
 from ..directio import BLOCK, DirectAppender, padded, skip_padding
+from ..fileio import make_private_dir
 from ..codec import HEAD as ENV_HEAD
 from ..codec import HEAD_SIZE as ENV_HEAD_SIZE
 from ..codec import MAGIC as ENV_MAGIC
@@ -63,13 +64,6 @@ SUFFIX = ".lbj"
 
 # ---------------------------------------------------------------------------------------------- file helpers
 
-def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) with mode 0700; chmod explicitly because the umask may widen nothing but
-    could leave an existing directory more open than we want."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-
-
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (created, renamed, deleted files) durable."""
     platform.fsync_dir(path)
@@ -84,19 +78,6 @@ def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
             raise OSError("short write")
         mv = mv[n:]
         offset += n
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` crash-safely: temp file, fsync, rename, fsync directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_all(fd, data, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def machine_tag(machine: str) -> int:

@@ -42,8 +42,9 @@ from ..errors import AlreadyExists, Conflict, IntegrityError, InvalidInput, Life
 from ..errors import UnknownMachine, UnknownPoint
 from ..names import check_name, inside
 from ..records import MAX_PAYLOAD, Kind
+from ..fileio import atomic_write, make_private_dir
 from .base import DiskInfo, MachineVault, Point, SealedRecord, Vault, VerifyReport
-from .journal import SEGMENT_BYTES, Entry, Journal, atomic_write, check_envelope, fsync_dir, make_private_dir
+from .journal import SEGMENT_BYTES, Entry, Journal, check_envelope, fsync_dir
 # LocalDiskView lives in local_view (VerifyReport in base); importing them here keeps `from .local import ...` working
 from .local_view import DATA_KINDS, ZERO_KINDS, LocalDiskView, _PayloadCache, build_extent_map
 from .local_view import seq_at_time_scan, verify_all

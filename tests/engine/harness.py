@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from pathlib import Path
 
 from engine.agent.agent import Agent
 from engine.agent.register import register
 from engine.appliance.appliance import Appliance, init_home
+from engine.fileio import sha256_file  # noqa: F401  (tests import it from here)
 from engine.policy import Policy
 from tests.conftest import free_port
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_disk(path: Path, size: int, seed: int = 1, fill: float = 0.3) -> None:

@@ -12,7 +12,6 @@ Used by tests/engine/test_torture.py (dozens of kills) and bench/torture.py (man
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 
 import random
@@ -22,11 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.fileio import sha256_file
+
 LB = [sys.executable, "-m", "engine.cli"]
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _free_port() -> int:
@@ -122,7 +119,7 @@ async def run_torture(tmp: Path, *, kills: int, disk_mib: int = 8, seed: int = 7
     await _cli("policy", "set", "--home", str(home), "default", "--crash-interval", "1s", "--resync-window", "always")
     await agent.start()
     await _cli("protect", "--home", str(home), "vm1")
-    states: set[str] = {_sha(disk)}
+    states: set[str] = {sha256_file(disk)}
     tags: dict[str, str] = {}
     url = f"nbd://127.0.0.1:{nport}/d0"
     stop = asyncio.Event()
@@ -137,12 +134,12 @@ async def run_torture(tmp: Path, *, kills: int, disk_mib: int = 8, seed: int = 7
             if not ok:
                 rep.failed_steps += 1
                 await asyncio.sleep(0.2)
-            states.add(_sha(disk))
+            states.add(sha256_file(disk))
             if ok and step % 4 == 0:
                 tag = f"s{step}"
                 rc, out = await _cli("agent", "bookmark", "--home", str(ahome), "--tag", tag, "--json")
                 if rc == 0:
-                    tags[tag] = _sha(disk)
+                    tags[tag] = sha256_file(disk)
                     rep.bookmarks += 1
 
     async def killer() -> None:
@@ -159,7 +156,7 @@ async def run_torture(tmp: Path, *, kills: int, disk_mib: int = 8, seed: int = 7
     await killer()
     await w
     # Let everything settle: both roles up, resyncs done, the vault caught up with the source.
-    final = _sha(disk)
+    final = sha256_file(disk)
     deadline = time.monotonic() + 120
     status: dict = {}
     while time.monotonic() < deadline:
@@ -182,7 +179,7 @@ async def run_torture(tmp: Path, *, kills: int, disk_mib: int = 8, seed: int = 7
         if rc != 0:
             rep.mismatches.append(f"{p['id']}: failover failed: {out.strip()[-300:]}")
             continue
-        got = _sha(dst / "d0.img")
+        got = sha256_file(dst / "d0.img")
         await _cli("failover-cleanup", "--home", str(home), "vm1")
         rep.points_checked += 1
         if p["kind"] == "latest":

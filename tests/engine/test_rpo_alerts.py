@@ -330,3 +330,53 @@ async def test_cli_alerts_and_events(tmp_path: Path) -> None:
         assert "-> critical (RPO " in text and "-> protected" in text
     finally:
         await site.stop()
+
+
+def test_appliance_alert_sources(tmp_path: Path) -> None:
+    """vCenter unreachable raises and clears, a failed job raises, a certificate near its end raises, the vault key
+    warning is raised at start: all kept by the store off the bus."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from engine.appliance.health_watch import ApplianceWatch
+    from engine.events import JobChanged
+    from engine.vsphere.events import VCenterStatus
+
+    def cert(days: float) -> Path:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
+        now = dt.datetime.now(dt.timezone.utc)
+        c = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+             .serial_number(1).not_valid_before(now - dt.timedelta(days=1))
+             .not_valid_after(now + dt.timedelta(days=days)).sign(key, hashes.SHA256()))
+        p = tmp_path / f"{days}.crt"
+        p.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        return p
+    db = StateDB(tmp_path / "state.db")
+    bus = EventBus()
+    store = AlertStore(db, bus)
+    watch = ApplianceWatch(bus, certificates={"server": cert(10), "CA": cert(3650)})
+    watch.start()
+    bus.emit(VCenterStatus("vc1.example", "error", {"code": "LB_VCENTER_UNREACHABLE", "message": "refused"}))
+    bus.emit(VCenterStatus("vc1.example", "error", {"code": "LB_VCENTER_UNREACHABLE", "message": "refused"}))
+    bus.emit(JobChanged("abcdef012345", "test-failover", "vm1", "failed", job={
+        "title": "Test failover of vm1", "error": {"code": "LB_EXPORT_REFUSED", "message": "folder not writable",
+                                                   "advice": "Choose a writable folder."}}))
+    by_id = {a["id"]: a for a in store.list()}
+    assert set(by_id) == {"LB_VAULT_KEY_NOT_BACKED_UP", "LB_CERT_EXPIRING:server", "LB_VCENTER_UNREACHABLE:vc1.example",
+                          "LB_JOB_FAILED:abcdef012345"}
+    assert by_id["LB_CERT_EXPIRING:server"]["component"] == "certificate"
+    assert by_id["LB_VCENTER_UNREACHABLE:vc1.example"]["subject"] == "vc1.example"
+    assert by_id["LB_VCENTER_UNREACHABLE:vc1.example"]["count"] == 1
+    job = by_id["LB_JOB_FAILED:abcdef012345"]
+    assert job["subject"] == "vm1" and "folder not writable" in job["message"] and job["advice"] == "Choose a writable folder."
+    assert by_id["LB_VAULT_KEY_NOT_BACKED_UP"]["component"] == "keyring"
+    bus.emit(VCenterStatus("vc1.example", "connected"))
+    assert "LB_VCENTER_UNREACHABLE:vc1.example" not in store.active_ids()
+    watch.close()
+    store.close()
+    db.close()

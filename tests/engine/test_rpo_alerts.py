@@ -326,6 +326,20 @@ async def test_cli_alerts_and_events(tmp_path: Path) -> None:
         events = json.loads(await lb("events", "--since", "10m", "--json"))
         kinds = {e["kind"] for e in events}
         assert {"protect", "state", "health", "alert", "alert-acknowledged"} <= kinds
+        # the control API refuses malformed queries with a code naming the field, and serves the RPO history
+        from engine.client import AdminClient
+        from engine.errors import InvalidInput
+        client = AdminClient(site.ahome)
+        for path, field in (("/v1/events?limit=abc", "limit"), ("/v1/events?since=nan", "since"),
+                            ("/v1/alerts?active=maybe", "active"), ("/v1/events?evil=1", "query"),
+                            ("/v1/machines/vm1/rpo-history?since=-5", "since")):
+            with pytest.raises(InvalidInput) as ei:
+                await asyncio.to_thread(client.call, "GET", path)
+            assert ei.value.details.get("field") == field, (path, ei.value.to_dict())
+        with pytest.raises(InvalidInput):
+            await asyncio.to_thread(client.call, "POST", "/v1/alerts/not%20an%20id/ack")
+        hist = await asyncio.to_thread(client.rpo_history, "vm1")
+        assert hist and all(len(x) == 2 for x in hist)
         text = await lb("events", "--since", "1h")
         assert "-> critical (RPO " in text and "-> protected" in text
     finally:

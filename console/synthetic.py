@@ -95,8 +95,8 @@ class SyntheticFacade(EngineFacade):
                 if s["progress"] >= 1.0:
                     s["state"] = "protected"
                 else:
-                    self.bus.emit(MachineStatus(name, "initial-sync", "warning", 0.0, s["progress"], None, 0.0, 0.0,
-                                                f"initial sync {100 * s['progress']:.0f}%", False, now,
+                    self.bus.emit(MachineStatus(name, "initial-sync", "ok", 0.0, s["progress"], None, 0.0, 0.0,
+                                                "", False, now,
                                                 (1.0 - s["progress"]) / SYNC_STEP))
                     continue
             rpo = self._rpo(name, now)
@@ -166,7 +166,7 @@ class SyntheticFacade(EngineFacade):
         st = self._state[name]["state"]
         pts = self._points[name]
         if st == "initial-sync":
-            return MachineView(name, st, "warning", 0.0, THRESHOLD, "default",
+            return MachineView(name, st, "ok", 0.0, THRESHOLD, "default",
                                sync_progress=self._state[name].get("progress", 0.0), agent_connected=True,
                                disks=(DiskView(0, "sys", 64 << 30, False,
                                                int((64 << 30) * self._state[name].get("progress", 0.0))),))

@@ -5,7 +5,6 @@ folder gone. Each must exit non-zero with an LB_ code, a cause and what to do on
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess

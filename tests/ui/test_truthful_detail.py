@@ -130,7 +130,7 @@ async def test_small_fixes(tmp_path: Path, screenshot, monkeypatch) -> None:
         qss = QApplication.instance().styleSheet()
         assert "@ICONS@" not in qss
         for name in ("arrow-up", "arrow-down"):
-            url = qss.split(f"url(")[1 if name == "arrow-up" else 2].split(")")[0]
+            url = qss.split("url(")[1 if name == "arrow-up" else 2].split(")")[0]
             assert Path(url).name == f"{name}.svg" and Path(url).is_file()
         settings = win.show_page("settings")
         screenshot(settings, "settings-spin-boxes")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from engine.api import (Appliance, ApplianceStatus, CleanupView, Conflict, DrillView, EmbeddedAppliance, Event,
                         LifeboatError, MachineView, PointView, Policy, format_duration, is_initialised,
-                        parse_duration, parse_window)
+                        parse_address, parse_duration, parse_window)
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +176,8 @@ class EngineFacade:
 
     async def register_vcenter(self, address: str, user: str, password: str, thumbprint: str) -> Any:
         """Register ``HOST[:PORT]`` trusting exactly the certificate ``thumbprint`` the operator accepted."""
-        host, sep, port = address.strip().rpartition(":")
-        if not sep or not port.isdigit():
-            host, port = address.strip(), "443"
-        return await self._emb().register_vcenter(host.strip("[]"), int(port), user, password, thumbprint=thumbprint)
+        host, port = parse_address(address, 443, what="vCenter address")
+        return await self._emb().register_vcenter(host, port, user, password, thumbprint=thumbprint)
 
     async def remove_vcenter(self, host: str) -> Any:
         return await self._emb().remove_vcenter(host)

@@ -1,7 +1,7 @@
 """The appliance: configuration-server and process-server roles in one asyncio program.
 
 ``Appliance`` is the composition root: it builds the parts, wires each to the narrow collaborators it needs, and
-starts and stops them; its periodic work is scheduler tasks (``engine/jobs/appliance_tasks.py``) over those parts.
+starts and stops them; its periodic work is scheduler tasks (``scheduled_tasks.py``) over those parts.
 It holds no behaviour of its own; its public methods are thin delegations kept for the console
 (``console/engine_facade.py``), the CLI and the tests.
 
@@ -34,7 +34,7 @@ from ..errors import ListenFailed
 from ..events import EventBus
 from ..home import ApplianceHome
 from ..jobs import JobManager, JobStore, Scheduler
-from ..jobs.appliance_tasks import ApplianceTasks
+from .scheduled_tasks import ApplianceTasks
 from ..policy import Policy
 from ..secrets import load_vault_key
 from ..vault.base import Vault

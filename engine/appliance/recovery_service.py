@@ -28,6 +28,7 @@ from ..errors import (Conflict, InvalidInput, LifeboatError, ListenFailed, NotFo
                       UnknownPoint)
 from ..jobs import Job, JobKind, JobManager, JobState, Plan, StepContext, StepSpec, StepState
 from ..names import inside
+from ..net import parse_address
 from ..nbd.server import NBDServer
 from ..vault.base import DiskView, MachineVault, Point
 from .export_target import ExportTarget
@@ -204,10 +205,7 @@ class RecoveryService:
                                     rt.last_applied_ts if rt.last_applied_seq == rt.vault.last_seq else None)
         host, port = "", 0
         if nbd is not None:
-            host, _, p = nbd.rpartition(":")
-            if not host or not p.isdigit() or not 0 <= int(p) < 65536:
-                raise InvalidInput(f"--nbd {nbd!r} is not HOST:PORT")
-            port = int(p)
+            host, port = parse_address(nbd, any_port=True, what="nbd")
         if export_dir is not None and not os.path.isabs(export_dir):
             raise InvalidInput("--export needs an absolute folder path", field="export_dir")
         if machine in self.drills:   # another drill was planned while the point was resolved

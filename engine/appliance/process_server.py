@@ -29,7 +29,7 @@ from ..wire import write_frame, write_json
 from .shielded import wait_done
 
 if TYPE_CHECKING:
-    from .machines import MachineState
+    from .machine_state import MachineState
     from .pipeline import MachineRuntime
     from .resync import Resync
     from .runtimes import Runtimes

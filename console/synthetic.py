@@ -3,6 +3,11 @@
 For the console benchmark (bench/console.py), UI tests of single pages, and ``lifeboat-console --synthetic N`` to
 look at a large fleet. Events are real engine event classes on a real ``EventBus``, emitted in one burst per second
 like the appliance's ticker, so they take the same path through the bridge as in production.
+
+The fleet is mixed the way a real one is, deterministically by index: about one machine in 40 has an agent not heard
+from (its RPO grows, critical), one in 61 needs a resync, one in 53 is in its initial sync (no point yet, so no RPO),
+one in 5 uses the "gold" policy (15 s threshold); machines are spread over two vCenters (a third in none). Statuses
+carry the issue-12 contract's fields (``health_reason``, ``rpo_known``, ``last_heard``, ``sync_eta_seconds``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import math
 import random
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,32 @@ from engine.api import (ApplianceStatus, CleanupView, Conflict, DiskView, DrillV
                         MachineStatus, MachineView, NotFound, PointCreated, PointView, Policy, ResyncView, health_for)
 
 from .engine_facade import EngineFacade, validate_policy
+
+_CONTRACT_FIELDS = {"health_reason", "rpo_known", "last_heard", "sync_eta_seconds"}
+
+# The issue-12 contract adds these fields to the engine's MachineStatus and MachineView. Until the engine has them,
+# the synthetic engine sends subclasses that carry them, so the console is built and tested against the contract.
+if _CONTRACT_FIELDS <= {f.name for f in fields(MachineStatus)}:
+    Status = MachineStatus
+else:
+    @dataclass(slots=True)
+    class Status(MachineStatus):  # type: ignore[no-redef]
+        health_reason: str = ""
+        rpo_known: bool = True
+        last_heard: float | None = None
+        sync_eta_seconds: float | None = None
+
+if _CONTRACT_FIELDS <= {f.name for f in fields(MachineView)}:
+    View = MachineView
+else:
+    @dataclass(frozen=True, slots=True)
+    class View(MachineView):  # type: ignore[no-redef]
+        health_reason: str = ""
+        rpo_known: bool = True
+        last_heard: float | None = None
+        sync_eta_seconds: float | None = None
+
+VCENTERS = ("vc1.lab", "vc2.lab", "")
 
 
 class SyntheticFacade(EngineFacade):
@@ -38,8 +70,13 @@ class SyntheticFacade(EngineFacade):
         self._seq = 0
         self._running = False
         self._task: asyncio.Task[None] | None = None
+        self._created = time.time()
         for i, n in enumerate(self.names):
-            self._state[n] = {"phase": self.rnd.random() * math.tau, "base": 2 + (i % 17), "state": "protected"}
+            st = "resync-required" if i % 61 == 60 else "initial-sync" if i % 53 == 52 else "protected"
+            self._state[n] = {"phase": self.rnd.random() * math.tau, "base": 2 + (i % 17), "state": st,
+                              "policy": "gold" if i % 5 == 4 else "default", "vcenter": VCENTERS[i % 3],
+                              "away_since": self._created - 200 - i if i % 40 == 39 else None,
+                              "sync_start": self._created - 300}
 
     # lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -76,16 +113,44 @@ class SyntheticFacade(EngineFacade):
     # the fleet -------------------------------------------------------------------------------------------
     def _rpo(self, name: str, now: float) -> float:
         s = self._state[name]
+        if s["away_since"] is not None:   # nothing heard since: what a failover now would lose keeps growing
+            return now - s["away_since"]
         return max(0.0, s["base"] * (1 + 0.6 * math.sin(now / 20 + s["phase"])) + self.rnd.random())
+
+    def _sync(self, name: str, now: float) -> tuple[float, float]:
+        """Initial-sync progress and ETA: one hour for the whole copy."""
+        done = min(0.99, (now - self._state[name]["sync_start"]) / 3600)
+        return done, (1 - done) * 3600
+
+    def _health(self, name: str, rpo: float, now: float) -> tuple[str, str, bool]:
+        """(health, reason, rpo_known) as the issue-12 engine reports them."""
+        s = self._state[name]
+        thr = self._policies[s["policy"]].rpo_threshold
+        st = s["state"]
+        if st == "initial-sync":
+            done, eta = self._sync(name, now)
+            return "ok", f"initial sync {100 * done:.0f}%, about {eta / 60:.0f} min left", False
+        if s["away_since"] is not None:
+            return "critical", f"agent not heard from for {(now - s['away_since']) / 60:.0f} min", True
+        health = health_for(rpo, thr, st)
+        if st == "resync-required":
+            return health, "resync required: disk resized", True
+        if health == "critical":
+            return health, f"RPO {rpo:.0f} s over the {thr:.0f} s threshold", True
+        if health == "warning":
+            return health, f"RPO {rpo:.0f} s over half the {thr:.0f} s threshold", True
+        return health, "", True
 
     def tick(self, now: float | None = None) -> None:
         """One ticker burst: a MachineStatus for every machine; a point for about one in five."""
         now = time.time() if now is None else now
         for name in self.names:
             rpo = self._rpo(name, now)
-            st = self._state[name]["state"]
+            s = self._state[name]
+            st = s["state"]
             pts = self._points[name]
-            if self.rnd.random() < 0.2:
+            health, reason, known = self._health(name, rpo, now)
+            if known and s["away_since"] is None and self.rnd.random() < 0.2:
                 self._seq += 1
                 kind = "app-consistent" if self._seq % 12 == 0 else "crash-consistent"
                 p = PointView(f"{kind[0]}-{self._seq}", self._seq, now - rpo, kind, "scheduled" if kind[0] == "a"
@@ -93,9 +158,11 @@ class SyntheticFacade(EngineFacade):
                 pts.append(p)
                 del pts[:-200]
                 self.bus.emit(PointCreated(name, p.id, p.kind, p.time, p.tag))
-            churn = 1e6 * (1 + math.sin(now / 30 + self._state[name]["phase"]))
-            self.bus.emit(MachineStatus(name, st, health_for(rpo, 30.0, st), round(rpo, 3), 1.0,
-                                        pts[-1].time if pts else None, churn, churn * 0.45))
+            churn = 1e6 * (1 + math.sin(now / 30 + s["phase"]))
+            sync = self._sync(name, now) if st == "initial-sync" else (1.0, None)
+            self.bus.emit(Status(name, st, health, round(rpo, 3) if known else 0.0, sync[0],
+                                 pts[-1].time if pts else None, churn, churn * 0.45, health_reason=reason,
+                                 rpo_known=known, last_heard=s["away_since"] or now, sync_eta_seconds=sync[1]))
 
     # queries ---------------------------------------------------------------------------------------------
     def machine_status(self, name: str) -> MachineView:
@@ -103,15 +170,39 @@ class SyntheticFacade(EngineFacade):
             return MachineView(name, "unprotected")
         if name not in self._state:
             raise NotFound(f"no machine named {name!r}")
-        rpo = self._rpo(name, time.time())
-        st = self._state[name]["state"]
+        now = time.time()
+        rpo = self._rpo(name, now)
+        s = self._state[name]
+        st = s["state"]
         pts = self._points[name]
-        return MachineView(name, st, health_for(rpo, 30.0, st), rpo, 30.0, "default", sync_progress=1.0,
-                           agent_connected=True, last_point=pts[-1] if pts else None, points=len(pts),
-                           churn_bytes_per_s=1e6, upload_bytes_per_s=4.5e5,
-                           resync=ResyncView(last_done=self._state[name].get("last_done")),
-                           disks=(DiskView(0, "sys", 64 << 30, True, 64 << 30),
-                                  DiskView(1, "data", 256 << 30, True, 256 << 30)))
+        health, reason, known = self._health(name, rpo, now)
+        thr = self._policies[s["policy"]].rpo_threshold
+        sync = self._sync(name, now) if st == "initial-sync" else (1.0, None)
+        return View(name, st, health, rpo if known else 0.0, thr, s["policy"], sync_progress=sync[0],
+                    agent_connected=s["away_since"] is None, last_point=pts[-1] if pts else None, points=len(pts),
+                    churn_bytes_per_s=1e6, upload_bytes_per_s=4.5e5,
+                    resync=ResyncView(required=st == "resync-required", last_done=s.get("last_done")),
+                    disks=(DiskView(0, "sys", 64 << 30, True, 64 << 30),
+                           DiskView(1, "data", 256 << 30, True, 256 << 30)),
+                    health_reason=reason, rpo_known=known, last_heard=s["away_since"] or now,
+                    sync_eta_seconds=sync[1])
+
+    def machine_vcenters(self) -> dict[str, str]:
+        return {n: s["vcenter"] for n, s in self._state.items() if s["vcenter"]}
+
+    def rpo_history(self, name: str, since: float | None = None) -> list[tuple[float, float]]:
+        """The last hour at one sample every 10 s (what the appliance keeps, downsampled)."""
+        if name not in self._state:
+            raise NotFound(f"no machine named {name!r}")
+        s, now = self._state[name], time.time()
+        start = max(since or 0.0, now - 3590, s["sync_start"] if s["state"] == "initial-sync" else 0.0)
+        out = []
+        for t in range(int(start), int(now), 10):
+            rpo = (t - s["away_since"] if s["away_since"] is not None
+                   else s["base"] * (1 + 0.6 * math.sin(t / 20 + s["phase"])))
+            if s["state"] != "initial-sync" and rpo >= 0:
+                out.append((float(t), max(0.0, rpo)))
+        return out
 
     def status(self) -> ApplianceStatus:
         return ApplianceStatus(tuple(self.machine_status(n) for n in self.names), tuple(self.registered))
@@ -139,7 +230,8 @@ class SyntheticFacade(EngineFacade):
             self.registered.remove(name)
             self.names.append(name)
             self._points[name] = []
-            self._state[name] = {"phase": 0.0, "base": 3, "state": "protected"}
+            self._state[name] = {"phase": 0.0, "base": 3, "state": "protected", "policy": policy or "default",
+                                 "vcenter": "", "away_since": None, "sync_start": time.time()}
 
     async def resync(self, name: str, now: bool = True) -> ResyncView:
         self._state[name]["state"] = "resyncing"

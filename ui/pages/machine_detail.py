@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import (QAbstractItemView, QFormLayout, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
@@ -61,7 +63,8 @@ class MachineDetail(QWidget):
         lay.addLayout(grid)
         lay.addWidget(self.graph, 1)
         form = QFormLayout()
-        form.addRow("Disks:", self.disks)
+        self.disks_label = QLabel("Disks:")
+        form.addRow(self.disks_label, self.disks)
         lay.addLayout(form)
         self._redraw = QTimer(self)
         self._redraw.setSingleShot(True)
@@ -71,12 +74,25 @@ class MachineDetail(QWidget):
         ctx.inventory_refreshed.connect(self.refresh_details)
         ctx.bridge.point_created.connect(self._on_point)
 
+    def set_compact(self, on: bool) -> None:
+        """A smaller graph and no disk table, so the machines table gets the room."""
+        self.graph.setMinimumHeight(90 if on else 180)
+        self.disks.setVisible(not on)
+        self.disks_label.setVisible(not on)
+
     def show_machine(self, name: str | None) -> None:
         self.machine = name
         self.title.setText(name or "No machine selected")
+        # Nothing of the previous machine may stay: every fact is rewritten below or shows "—".
+        for lab in self.facts.values():
+            lab.setText("—")
+        self.health_icon.clear()
+        self.health.setText("")
+        self.disks.setRowCount(0)
         points = []
         threshold = 30.0
         if name and self.ctx.facade.running:
+            self.ctx.load_history(name)   # the appliance's kept history first (a restarted console draws the past)
             try:
                 threshold = self.ctx.facade.machine_status(name).rpo_threshold
                 points = self.ctx.facade.points(name)
@@ -99,6 +115,7 @@ class MachineDetail(QWidget):
 
     def redraw_graph(self) -> None:
         if self.machine is None:
+            self.graph.set_series(np.zeros(0), np.zeros(0, dtype=np.float32))
             return
         t, rpo = self.ctx.history.series(self.machine, since=time.time() - WINDOW_SECONDS)
         self.graph.set_series(t, rpo)
@@ -111,7 +128,7 @@ class MachineDetail(QWidget):
         self.health_icon.setPixmap(theme.health_icons()[health].pixmap(16, 16))
         theme.set_health(self.health, health)
         self.facts["State"].setText(row.state_text)
-        self.facts["RPO"].setText(format_seconds(row.rpo) if row.protected else "—")
+        self.facts["RPO"].setText(row.rpo_text if row.protected else "—")
         self.facts["Resync"].setText(row.resync_text)
         if row.last_point_time and not self.facts["Last point"].text().startswith(format_time(row.last_point_time)):
             self.facts["Last point"].setText(format_time(row.last_point_time))

@@ -54,7 +54,7 @@ class SparklineDelegate(QStyledItemDelegate):
         painter.save()
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         thr_y = r.bottom() - row.rpo_threshold / top * r.height()
-        painter.setPen(QPen(QColor("#c62828"), 1, Qt.PenStyle.DotLine))
+        painter.setPen(QPen(QColor(198, 40, 40, 110), 1, Qt.PenStyle.DotLine))
         painter.drawLine(QPointF(r.left(), thr_y), QPointF(r.right(), thr_y))
         painter.setPen(QPen(QColor(COLORS.get(row.health, COLORS[""])), 1.4))
         painter.drawPolyline(QPolygonF([QPointF(x, y) for x, y in zip(xs.tolist(), ys.tolist())]))

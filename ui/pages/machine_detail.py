@@ -86,8 +86,9 @@ class MachineDetail(QWidget):
         # Nothing of the previous machine may stay: every fact is rewritten below or shows "—".
         for lab in self.facts.values():
             lab.setText("—")
-        self.health_icon.clear()
-        self.health.setText("")
+        if name is None:
+            self.health_icon.clear()
+            self.health.setText("")
         self.disks.setRowCount(0)
         points = []
         threshold = 30.0

@@ -26,8 +26,8 @@ from ..sparkline import SparklineDelegate
 from .machine_detail import MachineDetail
 
 # Name, State, Health, RPO, RPO trend, Since point, Reason, Last point, Resync, Churn, Upload, Policy, vCenter
-COLUMN_WIDTHS = (150, 130, 95, 75, 100, 85, 230, 80, 110, 80, 80, 80, 90)
-ROW_HEIGHT, COMPACT_ROW_HEIGHT = 26, 19
+COLUMN_WIDTHS = (150, 130, 100, 75, 100, 100, 230, 90, 110, 80, 80, 80, 90)
+ROW_HEIGHT, COMPACT_ROW_HEIGHT = 26, 18
 AUTO_RESORT_SECONDS = 30
 ICON_ONLY_BELOW = 700    # page width under which the action buttons drop their text
 HEALTH_FILTERS = (("Any health", ""), ("OK", "ok"), ("Warning", "warning"), ("Critical", "critical"),
@@ -107,7 +107,7 @@ class MachinesPage(QWidget):
         # A tool bar, not a row of buttons: it can never force the page wider (extra actions go to its » menu).
         self.toolbar = QToolBar("Machine actions")
         self.toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.toolbar.setIconSize(QSize(18, 18))
+        self.toolbar.setIconSize(QSize(16, 16))
         for key, text, icon, shortcut, slot in (
                 ("protect", "Enable protection", "protect", "Ctrl+P", self.protect),
                 ("resync", "Resync now", "resync", "Ctrl+R", self.resync),
@@ -133,11 +133,13 @@ class MachinesPage(QWidget):
         self.resort_btn.setToolTip("Sort again by the current column: live values have changed since (Ctrl+Shift+S)")
         self.resort_btn.setShortcut(QKeySequence("Ctrl+Shift+S"))
         self.resort_btn.clicked.connect(ctx.machines.resort)
-        self.auto_resort = QCheckBox(f"every {AUTO_RESORT_SECONDS} s")
-        self.auto_resort.setToolTip("Re-sort by itself, but never while the pointer is over the table")
+        self.auto_resort = QCheckBox("auto")
+        self.auto_resort.setToolTip(f"Re-sort by itself every {AUTO_RESORT_SECONDS} s, but never while the pointer "
+                                    "is over the table")
         self.compact = QCheckBox("Co&mpact")
         self.compact.setToolTip("Smaller rows and a smaller detail pane: more machines on screen")
         head = QHBoxLayout()
+        head.setSpacing(5)
         head.addWidget(forms.title("Protected machines"))
         head.addStretch(1)
         for w in (self.shown, self.sort_info, self.resort_btn, self.auto_resort, self.compact):
@@ -160,8 +162,11 @@ class MachinesPage(QWidget):
         self.splitter.setChildrenCollapsible(False)
         self.splitter.addWidget(top)
         self.splitter.addWidget(self.detail)
-        self.splitter.setSizes([320, 420])
+        self.splitter.setSizes([420, 320])
+        self.splitter.setStretchFactor(0, 1)   # a taller window gives the table the rows
+        self.splitter.setStretchFactor(1, 0)
         lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)   # the main window has its margins: every pixel here is a row
         lay.addWidget(self.splitter)
         self.table.selectionModel().selectionChanged.connect(self._selection_changed)
         # Rows leaving the view (filtered out, machine gone) leave the selection: the detail follows at once.
@@ -255,7 +260,9 @@ class MachinesPage(QWidget):
             return
         arrow = "↑" if m.sort_order == Qt.SortOrder.AscendingOrder else "↓"
         ago = time.monotonic() - m.sorted_at
-        self.sort_info.setText(f"by {COLUMNS[m.sort_column]} {arrow}, sorted {ago:.0f} s ago")
+        self.sort_info.setText(f"{COLUMNS[m.sort_column]} {arrow}, sorted {ago:.0f} s ago")
+        self.sort_info.setToolTip(f"Sorted by {COLUMNS[m.sort_column]} {ago:.0f} s ago; rows keep their places while "
+                                  "values change until you re-sort (or click a column header)")
 
     def _on_tick(self) -> None:
         if not self.isVisible():
@@ -270,13 +277,27 @@ class MachinesPage(QWidget):
         """Compact rows (at least 20 visible at 1366×768) and a smaller detail pane."""
         self.table.verticalHeader().setDefaultSectionSize(COMPACT_ROW_HEIGHT if on else ROW_HEIGHT)
         self.detail.set_compact(on)
-        total = sum(self.splitter.sizes()) or 740
-        self.splitter.setSizes([int(total * 0.68), int(total * 0.32)] if on else [320, 420])
+        if on:
+            self._fit_compact()
+            QTimer.singleShot(0, self._fit_compact)   # again once a pending window resize has been laid out
+        else:
+            self.splitter.setSizes([420, 320])
         if bool(self.ctx.settings.get("ui/compact_rows")) != on:
             self.ctx.settings.set("ui/compact_rows", on)
 
+    def _fit_compact(self) -> None:
+        """In compact mode the detail keeps only its minimum height; the table takes the rest."""
+        if not self.compact.isChecked():
+            return
+        self.layout().activate()
+        total = sum(self.splitter.sizes()) or 740
+        detail = self.detail.minimumSizeHint().height()
+        self.splitter.setSizes([max(100, total - detail), detail])
+
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
         super().resizeEvent(event)
+        if self.compact.isChecked():
+            QTimer.singleShot(0, self._fit_compact)
         self.toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly if event.size().width() < ICON_ONLY_BELOW
                                         else Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
 

@@ -84,7 +84,9 @@ async def test_live_table_keyboard_and_window_state(tmp_path: Path, screenshot) 
     again, ctx2, _f = await _window(tmp_path, 3)
     try:
         assert again.stack.currentWidget() is again.pages["machines"]
-        assert abs(again.size().width() - 1000) < 40 and again.size().height() == 700  # (offscreen frame quirks)
+        # The offscreen platform's restoreGeometry takes its frame off the width once more (measured: 1000 → 957);
+        # the window used to be clamped to its minimum width (1018) instead, which hid that. Height is exact.
+        assert abs(again.size().width() - 1000) <= 45 and again.size().height() == 700
     finally:
         await _close(again, ctx2)
 

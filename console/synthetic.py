@@ -20,25 +20,21 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from engine.api import (ApplianceStatus, CleanupView, Conflict, DiskView, DrillView, EventBus, JobChanged, JobProgress,
-                        MachineStatus, MachineView, NotFound, PointCreated, PointView, Policy, ResyncView, health_for)
+from engine.api import (Alert, ApplianceStatus, CleanupView, Conflict, DiskView, DrillView, EventBus, JobChanged,
+                        JobProgress, MachineStatus, MachineView, NotFound, PointCreated, PointView, Policy, ResyncView,
+                        health_for)
 
+from .alerts import AlertRow, alert_id
 from .engine_facade import EngineFacade, validate_policy
+
+THRESHOLD = 30.0
+SYNC_STEP = 0.25      # initial-sync progress per tick of a machine protected here
+VCENTERS = ("vc1.lab", "vc2.lab", "")
 
 _CONTRACT_FIELDS = {"health_reason", "rpo_known", "last_heard", "sync_eta_seconds"}
 
-# The issue-12 contract adds these fields to the engine's MachineStatus and MachineView. Until the engine has them,
-# the synthetic engine sends subclasses that carry them, so the console is built and tested against the contract.
-if _CONTRACT_FIELDS <= {f.name for f in fields(MachineStatus)}:
-    Status = MachineStatus
-else:
-    @dataclass(slots=True)
-    class Status(MachineStatus):  # type: ignore[no-redef]
-        health_reason: str = ""
-        rpo_known: bool = True
-        last_heard: float | None = None
-        sync_eta_seconds: float | None = None
-
+# The issue-12 contract adds these fields to machine_status(); until engine.api's MachineView has them, the synthetic
+# engine returns a subclass that carries them, so the console is built and tested against the contract.
 if _CONTRACT_FIELDS <= {f.name for f in fields(MachineView)}:
     View = MachineView
 else:
@@ -48,8 +44,6 @@ else:
         rpo_known: bool = True
         last_heard: float | None = None
         sync_eta_seconds: float | None = None
-
-VCENTERS = ("vc1.lab", "vc2.lab", "")
 
 
 class SyntheticFacade(EngineFacade):
@@ -67,6 +61,7 @@ class SyntheticFacade(EngineFacade):
         self._points: dict[str, list[PointView]] = {n: [] for n in self.names}
         self._drills: set[str] = set()
         self._jobs: dict[str, dict[str, Any]] = {}   # engine jobs in their wire form (Job.to_dict())
+        self._alerts: dict[str, AlertRow] = {}        # the appliance's alert store, in AlertView's shape
         self._seq = 0
         self._running = False
         self._task: asyncio.Task[None] | None = None
@@ -118,19 +113,22 @@ class SyntheticFacade(EngineFacade):
         return max(0.0, s["base"] * (1 + 0.6 * math.sin(now / 20 + s["phase"])) + self.rnd.random())
 
     def _sync(self, name: str, now: float) -> tuple[float, float]:
-        """Initial-sync progress and ETA: one hour for the whole copy."""
+        """Initial-sync progress and ETA of the fleet's long syncs: one hour for the whole copy."""
         done = min(0.99, (now - self._state[name]["sync_start"]) / 3600)
         return done, (1 - done) * 3600
+
+    def _threshold(self, name: str) -> float:
+        return self._policies[self._state[name].get("policy", "default")].rpo_threshold
 
     def _health(self, name: str, rpo: float, now: float) -> tuple[str, str, bool]:
         """(health, reason, rpo_known) as the issue-12 engine reports them."""
         s = self._state[name]
-        thr = self._policies[s["policy"]].rpo_threshold
+        thr = self._threshold(name)
         st = s["state"]
         if st == "initial-sync":
             done, eta = self._sync(name, now)
             return "ok", f"initial sync {100 * done:.0f}%, about {eta / 60:.0f} min left", False
-        if s["away_since"] is not None:
+        if s.get("away_since") is not None:
             return "critical", f"agent not heard from for {(now - s['away_since']) / 60:.0f} min", True
         health = health_for(rpo, thr, st)
         if st == "resync-required":
@@ -138,19 +136,29 @@ class SyntheticFacade(EngineFacade):
         if health == "critical":
             return health, f"RPO {rpo:.0f} s over the {thr:.0f} s threshold", True
         if health == "warning":
-            return health, f"RPO {rpo:.0f} s over half the {thr:.0f} s threshold", True
+            return health, f"RPO {rpo:.0f} s, over half the {thr:.0f} s threshold", True
         return health, "", True
 
     def tick(self, now: float | None = None) -> None:
-        """One ticker burst: a MachineStatus for every machine; a point for about one in five."""
+        """One ticker burst: a MachineStatus for every machine; a point for about one in five; an RPO alert raised
+        when a machine crosses its threshold and cleared when it is back under it."""
         now = time.time() if now is None else now
         for name in self.names:
-            rpo = self._rpo(name, now)
             s = self._state[name]
+            if s["state"] == "initial-sync" and "progress" in s:   # protected here: a quick initial sync
+                s["progress"] = min(1.0, s.get("progress", 0.0) + SYNC_STEP)
+                if s["progress"] >= 1.0:
+                    s["state"] = "protected"
+                else:
+                    self.bus.emit(MachineStatus(name, "initial-sync", "ok", 0.0, s["progress"], None, 0.0, 0.0,
+                                                "", False, now,
+                                                (1.0 - s["progress"]) / SYNC_STEP))
+                    continue
+            rpo = self._rpo(name, now)
             st = s["state"]
             pts = self._points[name]
             health, reason, known = self._health(name, rpo, now)
-            if known and s["away_since"] is None and self.rnd.random() < 0.2:
+            if known and s.get("away_since") is None and self.rnd.random() < 0.2:
                 self._seq += 1
                 kind = "app-consistent" if self._seq % 12 == 0 else "crash-consistent"
                 p = PointView(f"{kind[0]}-{self._seq}", self._seq, now - rpo, kind, "scheduled" if kind[0] == "a"
@@ -160,47 +168,97 @@ class SyntheticFacade(EngineFacade):
                 self.bus.emit(PointCreated(name, p.id, p.kind, p.time, p.tag))
             churn = 1e6 * (1 + math.sin(now / 30 + s["phase"]))
             sync = self._sync(name, now) if st == "initial-sync" else (1.0, None)
-            self.bus.emit(Status(name, st, health, round(rpo, 3) if known else 0.0, sync[0],
-                                 pts[-1].time if pts else None, churn, churn * 0.45, health_reason=reason,
-                                 rpo_known=known, last_heard=s["away_since"] or now, sync_eta_seconds=sync[1]))
+            self.bus.emit(MachineStatus(name, st, health, round(rpo, 3) if known else 0.0, sync[0],
+                                        pts[-1].time if pts else None, churn, churn * 0.45, reason, known,
+                                        s.get("away_since") or now, sync[1]))
+            if not known:
+                continue
+            thr = self._threshold(name)
+            breach = self._alerts.get(alert_id("LB_RPO_BREACH", name))
+            if rpo > thr and (breach is None or not breach.active):
+                self.raise_alert("LB_RPO_BREACH", name, f"RPO {rpo:.0f} s is over the {thr:.0f} s threshold",
+                                 "Check the agent and the network; the RPO recovers once changes reach the vault.",
+                                 "critical", now=now)
+            elif rpo <= thr and breach is not None and breach.active:
+                self.clear_alert(breach.id, now=now)
+
+    # alerts (the appliance's store, CONTRACT) --------------------------------------------------------------
+    def raise_alert(self, code: str, subject: str, message: str, advice: str = "", severity: str = "warning",
+                    component: str = "machine", *, now: float | None = None) -> AlertRow:
+        """Raise (or repeat) an alert and emit its ``Alert`` event, as the engine's store does."""
+        now = time.time() if now is None else now
+        aid = alert_id(code, subject)
+        row = self._alerts.get(aid)
+        if row is not None and row.active:
+            row.count += 1
+            row.message = message
+        else:
+            row = self._alerts[aid] = AlertRow(aid, code, severity, component, subject, message, advice, now)
+        self.bus.emit(Alert(subject if component == "machine" else None, code, message, advice, severity,
+                            {"subject": subject}, aid, component, "raised", now))
+        return row
+
+    def clear_alert(self, aid: str, *, now: float | None = None) -> None:
+        row = self._alerts[aid]
+        row.cleared_at = time.time() if now is None else now
+        self.bus.emit(Alert(row.subject if row.component == "machine" else None, row.code, row.message, row.advice,
+                            row.severity, {"subject": row.subject}, aid, row.component, "cleared", row.cleared_at))
+
+    def alerts(self, active_only: bool = True) -> list[AlertRow]:
+        return [AlertRow(**{f: getattr(r, f) for f in AlertRow.__slots__})   # copies, as views are
+                for r in self._alerts.values() if r.active or not active_only]
+
+    def acknowledge_alert(self, aid: str, by: str) -> AlertRow:
+        if aid not in self._alerts:
+            raise NotFound(f"no alert {aid!r}", code="LB_UNKNOWN_ALERT", advice="List the alerts again.")
+        row = self._alerts[aid]
+        row.acknowledged_at, row.acknowledged_by = time.time(), by
+        return AlertRow(**{f: getattr(row, f) for f in AlertRow.__slots__})
 
     # queries ---------------------------------------------------------------------------------------------
     def machine_status(self, name: str) -> MachineView:
         if name in self.registered:
             return MachineView(name, "unprotected")
         if name not in self._state:
-            raise NotFound(f"no machine named {name!r}")
-        now = time.time()
-        rpo = self._rpo(name, now)
+            raise NotFound(f"no machine named {name!r}", code="LB_UNKNOWN_MACHINE")
         s = self._state[name]
         st = s["state"]
         pts = self._points[name]
+        thr = self._threshold(name)
+        if st == "initial-sync" and "progress" in s:
+            return View(name, st, "ok", 0.0, thr, s.get("policy", "default"),
+                        sync_progress=s.get("progress", 0.0), agent_connected=True,
+                        disks=(DiskView(0, "sys", 64 << 30, False, int((64 << 30) * s.get("progress", 0.0))),),
+                        health_reason="", rpo_known=False, last_heard=time.time(),
+                        sync_eta_seconds=(1.0 - s.get("progress", 0.0)) / SYNC_STEP)
+        now = time.time()
+        rpo = self._rpo(name, now)
         health, reason, known = self._health(name, rpo, now)
-        thr = self._policies[s["policy"]].rpo_threshold
         sync = self._sync(name, now) if st == "initial-sync" else (1.0, None)
-        return View(name, st, health, rpo if known else 0.0, thr, s["policy"], sync_progress=sync[0],
-                    agent_connected=s["away_since"] is None, last_point=pts[-1] if pts else None, points=len(pts),
-                    churn_bytes_per_s=1e6, upload_bytes_per_s=4.5e5,
+        return View(name, st, health, rpo if known else 0.0, thr, s.get("policy", "default"), sync_progress=sync[0],
+                    agent_connected=s.get("away_since") is None, last_point=pts[-1] if pts else None,
+                    points=len(pts), churn_bytes_per_s=1e6, upload_bytes_per_s=4.5e5,
                     resync=ResyncView(required=st == "resync-required", last_done=s.get("last_done")),
                     disks=(DiskView(0, "sys", 64 << 30, True, 64 << 30),
                            DiskView(1, "data", 256 << 30, True, 256 << 30)),
-                    health_reason=reason, rpo_known=known, last_heard=s["away_since"] or now,
+                    health_reason=reason, rpo_known=known, last_heard=s.get("away_since") or now,
                     sync_eta_seconds=sync[1])
 
     def machine_vcenters(self) -> dict[str, str]:
-        return {n: s["vcenter"] for n, s in self._state.items() if s["vcenter"]}
+        return {n: s["vcenter"] for n, s in self._state.items() if s.get("vcenter")}
 
     def rpo_history(self, name: str, since: float | None = None) -> list[tuple[float, float]]:
         """The last hour at one sample every 10 s (what the appliance keeps, downsampled)."""
         if name not in self._state:
-            raise NotFound(f"no machine named {name!r}")
+            raise NotFound(f"no machine named {name!r}", code="LB_UNKNOWN_MACHINE")
         s, now = self._state[name], time.time()
-        start = max(since or 0.0, now - 3590, s["sync_start"] if s["state"] == "initial-sync" else 0.0)
+        if s["state"] == "initial-sync" or "sync_start" not in s:
+            return []   # no point yet (or protected only now): no history
         out = []
-        for t in range(int(start), int(now), 10):
+        for t in range(int(max(since or 0.0, now - 3590)), int(now), 10):
             rpo = (t - s["away_since"] if s["away_since"] is not None
                    else s["base"] * (1 + 0.6 * math.sin(t / 20 + s["phase"])))
-            if s["state"] != "initial-sync" and rpo >= 0:
+            if rpo >= 0:
                 out.append((float(t), max(0.0, rpo)))
         return out
 
@@ -230,8 +288,8 @@ class SyntheticFacade(EngineFacade):
             self.registered.remove(name)
             self.names.append(name)
             self._points[name] = []
-            self._state[name] = {"phase": 0.0, "base": 3, "state": "protected", "policy": policy or "default",
-                                 "vcenter": "", "away_since": None, "sync_start": time.time()}
+            self._state[name] = {"phase": 0.0, "base": 3, "state": "initial-sync", "progress": 0.0,
+                                 "policy": policy or "default", "vcenter": "", "away_since": None}
 
     async def resync(self, name: str, now: bool = True) -> ResyncView:
         self._state[name]["state"] = "resyncing"

@@ -179,7 +179,7 @@ class SyntheticFacade(EngineFacade):
                 self.raise_alert("LB_RPO_BREACH", name, f"RPO {rpo:.0f} s is over the {thr:.0f} s threshold",
                                  "Check the agent and the network; the RPO recovers once changes reach the vault.",
                                  "critical", now=now)
-            elif rpo <= thr and breach is not None and breach.active:
+            elif rpo <= 0.8 * thr and breach is not None and breach.active:   # hysteresis: no flapping
                 self.clear_alert(breach.id, now=now)
 
     # alerts (the appliance's store, CONTRACT) --------------------------------------------------------------

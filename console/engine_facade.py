@@ -168,6 +168,18 @@ class EngineFacade:
         ``protected_machine`` and ``protection_state``. None while the appliance is stopped."""
         return self.embedded.inventory() if self.embedded is not None else None
 
+    def machine_vcenters(self) -> dict[str, str]:
+        """Protected machine → the vCenter its VM is in (machines not matched to a VM are absent)."""
+        inv = self.inventory() if self.has_vsphere else None
+        return {str(vm["protected_machine"]): str(vm.get("vcenter") or "") for vm in (inv or {}).get("vms", ())
+                if vm.get("protected_machine")}
+
+    def rpo_history(self, name: str, since: float | None = None) -> list[tuple[float, float]]:
+        """The appliance's kept RPO history of ``name`` as (epoch, seconds), oldest first; [] from an engine that
+        keeps none (before issue 12) or while stopped."""
+        fn = getattr(self.embedded, "rpo_history", None)
+        return [(float(t), float(v)) for t, v in fn(name, since)] if fn is not None else []
+
     def vcenters(self) -> list[dict[str, Any]]:
         return self.embedded.vcenters() if self.embedded is not None else []
 

@@ -4,6 +4,7 @@ window state remembered, notifications and the crash dialog, infrastructure from
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -52,11 +53,14 @@ async def test_live_table_keyboard_and_window_state(tmp_path: Path, screenshot) 
         machines.filter.setText("vm-00")
         assert machines.proxy.rowCount() == 100
         machines.filter.setText("")
+        live_from = time.time()
         for _ in range(3):
             facade.tick()
             ctx.bridge.flush()
         machines.detail.redraw_graph()
-        assert machines.detail.graph.samples == 4
+        t, _v = ctx.history.series("vm-0007")
+        # the appliance's kept hour (seeded at selection) and the 4 samples this console saw
+        assert machines.detail.graph.samples == len(t) > 300 and int((t >= live_from).sum()) == 3
 
         # Keyboard: the navigation list has focus and arrows move between pages; Ctrl+N jumps.
         win.show_page(0)
@@ -80,7 +84,9 @@ async def test_live_table_keyboard_and_window_state(tmp_path: Path, screenshot) 
     again, ctx2, _f = await _window(tmp_path, 3)
     try:
         assert again.stack.currentWidget() is again.pages["machines"]
-        assert abs(again.size().width() - 1000) < 40 and again.size().height() == 700  # (offscreen frame quirks)
+        # The offscreen platform's restoreGeometry takes its frame off the width once more (measured: 1000 → 957);
+        # the window used to be clamped to its minimum width (1018) instead, which hid that. Height is exact.
+        assert abs(again.size().width() - 1000) <= 45 and again.size().height() == 700
     finally:
         await _close(again, ctx2)
 

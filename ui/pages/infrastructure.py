@@ -15,7 +15,7 @@ from collections import defaultdict
 from typing import Any
 
 from PySide6.QtCore import QPoint, Qt, QTimer
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QMenu, QMessageBox, QPushButton, QSplitter,
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QMenu, QMessageBox, QPushButton,
                                QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from console.context import ConsoleContext
@@ -96,20 +96,12 @@ class InfrastructurePage(QWidget):
         self.selection_note.setAccessibleName("Selected item")
         self.guide = AgentGuide(intro="<b>No Lifeboat agent is registered for this VM yet.</b>")
         self.guide.setVisible(False)
-        below = QWidget()
-        below_lay = QVBoxLayout(below)
-        below_lay.setContentsMargins(0, 0, 0, 0)
-        below_lay.addWidget(self.selection_note)
-        below_lay.addWidget(self.guide, 1)
-        split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(self.tree)
-        split.addWidget(below)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 1)
         lay = QVBoxLayout(self)
         lay.addWidget(forms.title("Infrastructure"))
         lay.addLayout(bar)
-        lay.addWidget(split, 1)
+        lay.addWidget(self.tree, 1)
+        lay.addWidget(self.selection_note)
+        lay.addWidget(self.guide)
         self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.tree.customContextMenuRequested.connect(self._context_menu)
         self.tree.currentItemChanged.connect(lambda *_: self._selection_changed())
@@ -152,6 +144,7 @@ class InfrastructurePage(QWidget):
         self.remove_btn.setEnabled(fac.has_vsphere)
         current = self.tree.currentItem()
         keep = (current.text(0), current.text(1)) if current is not None else None
+        expanded = {(i.text(0), i.text(1)) for i in self._items() if i.isExpanded()}
         self.tree.blockSignals(True)
         self.tree.clear()
         matched: set[str] = set()
@@ -201,13 +194,25 @@ class InfrastructurePage(QWidget):
             it.setIcon(3, theme.health_icons()[health])
             agents.addChild(it)
         agents.setExpanded(True)
-        if keep is not None:   # the inventory refreshes often: keep the operator's selection
+        for i in self._items():   # the inventory refreshes often: keep what the operator opened and selected
+            if (i.text(0), i.text(1)) in expanded:
+                i.setExpanded(True)
+        if keep is not None:
             found = [i for i in self.tree.findItems(keep[0], Qt.MatchFlag.MatchExactly | Qt.MatchFlag.MatchRecursive)
                      if i.text(1) == keep[1]]
             if found:
                 self.tree.setCurrentItem(found[0])
         self.tree.blockSignals(False)
         self._selection_changed()
+
+    def _items(self) -> list[QTreeWidgetItem]:
+        out: list[QTreeWidgetItem] = []
+        todo = [self.tree.topLevelItem(i) for i in range(self.tree.topLevelItemCount())]
+        while todo:
+            it = todo.pop()
+            out.append(it)
+            todo += [it.child(i) for i in range(it.childCount())]
+        return out
 
     # protect from the inventory --------------------------------------------------------------------------
     def protectable(self, item: QTreeWidgetItem | None) -> str | None:
@@ -229,9 +234,8 @@ class InfrastructurePage(QWidget):
         if item is None or item.text(1) not in ("VM", "agent"):
             self.selection_note.setText("")
         elif unmatched:
-            self.selection_note.setText(f"VM {item.text(0)}: install the Lifeboat agent in it and register it; "
-                                        "the appliance then matches the agent to this VM (BIOS UUID, host name or "
-                                        "IP address) and it can be protected from here.")
+            self.selection_note.setText(f"VM {item.text(0)} has no agent: install the Lifeboat agent in it and "
+                                        "register it; the appliance matches it to this VM (BIOS UUID, host name, IP).")
         elif machine is not None:
             self.selection_note.setText(f"{item.text(0)} is machine {machine}, registered and not protected yet: "
                                         "Protect… enables protection with a policy.")

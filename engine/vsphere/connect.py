@@ -141,11 +141,10 @@ def certificate_details(der: bytes) -> dict[str, Any]:
     import time
 
     from cryptography import x509
-    from cryptography.x509.oid import ExtensionOID
 
     cert = x509.load_der_x509_certificate(der)
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = [str(n) for n in san.get_values_for_type(x509.DNSName)] + \
                 [str(a) for a in san.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from PySide6.QtCore import QModelIndex, Qt
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QLabel, QLineEdit, QPlainTextEdit, QTextEdit,
-                               QWidget, QWizard)
+                               QWizard)
 
 from console.app import ConsoleController
 from console.jobs import FAILED, FINISHED

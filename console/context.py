@@ -243,9 +243,11 @@ class ConsoleContext(QObject):
         self.notes.info(f"Policy {policy.name} saved")
         return saved
 
-    def register_vcenter(self, host: str, user: str, password: str, thumbprint: str) -> ConsoleJob:
+    def register_vcenter(self, host: str, user: str, password: str, thumbprint: str, *,
+                         ca_pem: str | None = None) -> ConsoleJob:
+        """Register trusting the accepted ``thumbprint``, or the CA ``ca_pem`` (then ``thumbprint`` is "")."""
         async def work(job: ConsoleJob) -> Any:
-            return await self.facade.register_vcenter(host, user, password, thumbprint)
+            return await self.facade.register_vcenter(host, user, password, thumbprint, ca_pem=ca_pem)
         return self._job(f"Register vCenter {host}", "vcenter", None, work, cancellable=True)
 
     @property

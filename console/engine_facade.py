@@ -183,9 +183,13 @@ class EngineFacade:
     def vcenters(self) -> list[dict[str, Any]]:
         return self.embedded.vcenters() if self.embedded is not None else []
 
-    async def register_vcenter(self, address: str, user: str, password: str, thumbprint: str) -> Any:
-        """Register ``HOST[:PORT]`` trusting exactly the certificate ``thumbprint`` the operator accepted."""
+    async def register_vcenter(self, address: str, user: str, password: str, thumbprint: str, *,
+                               ca_pem: str | None = None) -> Any:
+        """Register ``HOST[:PORT]`` trusting exactly the certificate ``thumbprint`` the operator accepted, or (with
+        ``ca_pem``, the console's ``--ca FILE``) the certificates that CA signed for it."""
         host, port = parse_address(address, 443, what="vCenter address")
+        if ca_pem:
+            return await self._emb().register_vcenter(host, port, user, password, ca_pem=ca_pem)
         return await self._emb().register_vcenter(host, port, user, password, thumbprint=thumbprint)
 
     async def remove_vcenter(self, host: str) -> Any:

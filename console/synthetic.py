@@ -282,6 +282,10 @@ class SyntheticFacade(EngineFacade):
     def has_vsphere(self) -> bool:
         return False
 
+    def vcenters(self) -> list[dict[str, Any]]:
+        """No vCenter in the synthetic fleet (tests patch ``inventory`` and ``has_vsphere`` for one)."""
+        return []
+
     # operations ------------------------------------------------------------------------------------------
     async def protect(self, name: str, policy: str | None) -> None:
         if name in self.registered:

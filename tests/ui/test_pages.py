@@ -159,7 +159,7 @@ async def test_infrastructure_from_a_vcenter_snapshot(tmp_path: Path, monkeypatc
         assert (vc.text(0), vc.text(3)) == ("vc1.lab", "connected")
         host = vc.child(0)
         vms = {host.child(i).text(0): host.child(i) for i in range(host.childCount())}
-        assert vms["web"].text(3).startswith("protected") and vms["db"].text(3) == "not protected"
+        assert vms["web"].text(3).startswith("protected") and vms["db"].text(3) == "no agent"
         agents = page.tree.topLevelItem(1)
         names = {agents.child(i).text(0) for i in range(agents.childCount())}
         assert "vm-0001" not in names and {"vm-0000", "vm-0002", "new-00"} <= names

@@ -210,8 +210,14 @@ def cmd_points(a: argparse.Namespace) -> int:
 
 def cmd_failover(a: argparse.Namespace) -> int:
     if not a.test:
-        raise InvalidInput("only test failover (--test) is available in this version",
-                           advice="Run a drill with --test; planned failover comes with recovery plans.")
+        if a.export or a.nbd or not a.host:
+            raise InvalidInput("a failover (without --test) needs --host NAME and takes no --export/--nbd",
+                               advice="Fail over with `lifeboat failover --home DIR MACHINE --host NAME --point P`, "
+                                      "or run a drill with --test --export DIR | --nbd HOST:PORT.")
+        from .recovery.cli import cmd_failover_host
+        return cmd_failover_host(a)
+    if bool(a.export) == bool(a.nbd):
+        raise InvalidInput("a drill (--test) needs one of --export DIR or --nbd HOST:PORT")
     export = os.path.abspath(a.export) if a.export else None   # not resolve(): a link is refused, not followed
     c = _client(a)
     job = c.call("POST", f"/v1/machines/{_q(a.machine)}/failover", {"point": a.point, "export_dir": export, "nbd": a.nbd})
@@ -473,8 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("points"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_points)
     s = sub.add_parser("failover"); home(s); s.add_argument("machine")
     s.add_argument("--test", action="store_true"); s.add_argument("--point", default="latest")
-    g = s.add_mutually_exclusive_group(required=True); g.add_argument("--export", metavar="DIR")
-    g.add_argument("--nbd", metavar="HOST:PORT"); s.set_defaults(fn=cmd_failover)
+    g = s.add_mutually_exclusive_group(); g.add_argument("--export", metavar="DIR")
+    g.add_argument("--nbd", metavar="HOST:PORT")
+    s.add_argument("--host", help="fail over to this recovery host (not a drill)"); s.set_defaults(fn=cmd_failover)
     s = sub.add_parser("resync", help="compare checksums and send only differing blocks")
     home(s); s.add_argument("machine"); s.add_argument("--now", action="store_true", help="do not wait for the window")
     s.set_defaults(fn=cmd_resync)
@@ -511,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = m.add_parser("revoke"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_machine_revoke)
     s = m.add_parser("restore-access", help="let a revoked machine register again (it keeps its vault and points)")
     home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_machine_restore_access)
+    from .recovery.cli import add_subcommands as add_recovery  # host add/list, machine settings, vm list, cancel
+    add_recovery(sub, m)
     from .vsphere.cli import add_subcommands as add_vsphere  # vcenter add/list/update/remove, inventory
     add_vsphere(sub)
     return p

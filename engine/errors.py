@@ -153,6 +153,25 @@ class NotReady(LifeboatError):
     advice = "Wait for initial replication to finish (`lifeboat status`)."
 
 
+class HypervisorError(LifeboatError, OSError):
+    """The recovery host's hypervisor (libvirt) refused or failed an operation."""
+    code = "LB_HYPERVISOR"
+    advice = ("Check that the recovery host runs (`scripts/recovery-host.sh status`, `virsh -c URI list --all`) and "
+              "see its log; then try again.")
+
+
+class BootTimeout(LifeboatError, TimeoutError):
+    """A recovered VM did not say it booted in time; the message carries the console's last lines."""
+    code = "LB_BOOT_TIMEOUT"
+    advice = ("Read the VM's serial log (`lifeboat vm list` names it); fix the boot pattern with `lifeboat machine "
+              "settings --boot-pattern`, or choose another point.")
+
+
+class AlreadyFailedOver(Conflict):
+    code = "LB_FAILED_OVER"
+    advice = "Cancel the failover first (`lifeboat failover-cancel --home DIR MACHINE`)."
+
+
 def from_dict(err: dict[str, Any], fallback: str) -> LifeboatError:
     """Rebuild the error an appliance sent (``{"code", "message", "advice", "details"}``) as its class."""
     code = str(err.get("code") or "LB_ERROR")

@@ -40,6 +40,8 @@ class ApplianceHome:
     @property
     def drills(self) -> Path: return self.root / "drills"
     @property
+    def failovers(self) -> Path: return self.root / "failovers"
+    @property
     def log(self) -> Path: return self.root / "appliance.log"
     @property
     def pidfile(self) -> Path: return self.root / "appliance.pid"

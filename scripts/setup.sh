@@ -20,6 +20,11 @@ SYSTEM_PACKAGES=(
   python3-venv
   gnome-keyring dbus # the OS keyring (Secret Service) on a headless Linux appliance
   golang-go golang-github-vmware-govmomi-dev # vcsim (vSphere simulator) built from source for tests/bench
+  # the recovery host (issue 13): libvirt + QEMU (TCG), driven through virsh (engine/recovery/hosts/libvirt.py)
+  qemu-system-x86 libvirt-daemon-system libvirt-clients
+  genisoimage       # NoCloud cidata config drives (re-IP)
+  # the boot image of the recovery tests: Debian's kernel, busybox, syslinux on FAT16 (tests/engine/recovery)
+  linux-image-amd64 busybox-static syslinux syslinux-common mtools dosfstools kmod
 )
 
 missing=()
@@ -45,4 +50,6 @@ printf '%s\n' "$pip_out" | grep -v -e "^WARNING: Location" -e '^$' || true
 .venv/bin/python -c "import engine, zstandard, cryptography, keyring" 
 echo "==> building vcsim (tests/vcsim, cached in .cache/vcsim)"
 tests/vcsim/build.sh >/dev/null
+echo "==> the recovery host (libvirtd, started by hand when no systemd runs it): scripts/recovery-host.sh start"
+scripts/recovery-host.sh start || echo "WARNING: the recovery host did not start; its tests will skip with the reason" >&2
 echo "==> setup done"

@@ -41,6 +41,8 @@ from ..policy import Policy
 from ..secrets import load_vault_key
 from ..vault.base import Vault
 from ..vault.registry import open_vault
+from ..recovery.failover import FailoverService
+from ..recovery.store import RecoveryStore
 from ..vsphere.service import VSphereService
 from .alerts import AlertStore
 from .bookmarks import ScheduledBookmarks
@@ -88,6 +90,7 @@ class Appliance:
         self.ps: ProcessServer | None = None
         self.control: ControlAPI | None = None
         self.recovery: RecoveryService | None = None
+        self.failover: FailoverService | None = None
         self.vsphere: VSphereService | None = None
         self.alerts: AlertStore | None = None
         self.rpo_history: RpoHistory | None = None
@@ -128,15 +131,21 @@ class Appliance:
         self.recovery = RecoveryService(h.drills, state=state, runtimes=runtimes, cursor=cursor, manager=self.jobs,
                                         pool=self.pool)
         await self.recovery.start()
-        self.retention = Retention(state, runtimes, busy=self.recovery.busy)
         require_admin = AdminCheck(self.cfg["admin_serial"])
+        failover = self.failover = FailoverService(h.failovers, state=state, store=RecoveryStore(db.db),
+                                                   runtimes=runtimes, cursor=cursor, manager=self.jobs,
+                                                   require_admin=require_admin)
+        await failover.start()
+        self.machines.failover_of = failover.failover_of
+        drills = self.recovery
+        self.retention = Retention(state, runtimes, busy=lambda m: drills.busy(m) or failover.busy(m))
         self.vsphere = VSphereService(state=state, resync=resync, bus=self.bus, require_admin=require_admin)
         await self.vsphere.start()
         runtimes.on_attach.append(self.vsphere.agent_attached)
         self.control = ControlAPI(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=False),
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
-                                  alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes())
+                                  alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes())
         self.control_address = await _listening("control", self.listen, self.cfg["control_port"], self.control.start)
         self.appliance_watch.start()
         ApplianceTasks(runtimes=runtimes, machines=self.machines, resync=resync, bookmarks=self.bookmarks,
@@ -155,6 +164,8 @@ class Appliance:
             await self.jobs.stop()   # running jobs end interrupted (stored) before their drills are closed
         if self.recovery:
             await self.recovery.stop()
+        if self.failover:
+            await self.failover.stop()
         if self.ps:
             await self.ps.stop()
         if self.runtimes_registry:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -43,6 +44,9 @@ class Machines:
         self.home = home
         self.data_port = data_port
         self._sync_samples: dict[str, collections.deque[tuple[float, int]]] = {}
+        #: What ``machine_status`` shows of a failed-over machine (host, point): set by the composition root to
+        #: the failover service's lookup (engine/recovery/failover.py).
+        self.failover_of: Callable[[str], dict[str, Any] | None] = lambda name: None
 
     def register(self, name: str, csr_pem: str, nonce: str, proof: str) -> dict[str, Any]:
         """``POST /v1/register``: sign the agent's CSR when its proof shows it knows the connection passphrase.
@@ -155,6 +159,7 @@ class Machines:
             "upload_bytes_per_s": rt.upload.rate() if rt else 0.0,
             "cache_bytes": rt.cache.bytes if rt else 0,
             "disks": disks,
+            "failover": self.failover_of(name) if state == "failed-over" else None,
         }
 
     def _sync_eta(self, name: str, done: int, total: int) -> float | None:

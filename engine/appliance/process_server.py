@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import pki
 from ..buffers import new_buffer, tune_malloc
-from ..errors import (CertificateRefused, LifeboatError, MachineRevoked, ProtocolError, UnknownMachine)
+from ..errors import (AlreadyFailedOver, CertificateRefused, LifeboatError, MachineRevoked, ProtocolError, UnknownMachine)
 from ..records import BLOCK, Kind, Record, decode_records
 from ..wire import BATCH_HEAD, DIFF_HEAD, HEAD, RESYNC_HEAD, Frame, parse_head, parse_json
 from ..wire import write_frame, write_json
@@ -282,6 +282,9 @@ class ProcessServer:
             raise CertificateRefused(f"certificate for {cn!r} does not belong to a registered machine") from None
         if row["revoked"]:
             raise MachineRevoked(f"machine {cn!r} has been revoked")
+        if row["state"] == "failed-over":   # replication stops at failover (engine/recovery/failover.py)
+            raise AlreadyFailedOver(f"machine {cn!r} is failed over; the appliance takes no replication from it "
+                                    "until the failover is cancelled")
         if row["cert_serial"] != str(serial):
             raise CertificateRefused(f"certificate for {cn!r} is not the machine's current certificate")
         conn.machine = cn

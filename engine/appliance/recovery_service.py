@@ -14,25 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import datetime as dt
 import logging
 import os
 import shutil
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import platform
-from ..errors import (Conflict, InvalidInput, LifeboatError, ListenFailed, NotFound, NotReady, StorageError,
-                      UnknownPoint)
+from ..errors import (Conflict, InvalidInput, LifeboatError, NotFound, NotReady, StorageError)
 from ..jobs import Job, JobKind, JobManager, JobState, Plan, StepContext, StepSpec, StepState
 from ..names import inside
 from ..net import parse_address
-from ..nbd.server import NBDServer
-from ..vault.base import DiskView, MachineVault, Point
+from ..recovery.vault_disks import PointDisks
+from ..recovery.points import parse_time, resolve_point  # noqa: F401  (parse_time: re-exported)
+from ..vault.base import DiskView, Point
 from .export_target import ExportTarget
-from .overlay import OverlayBackend
 
 if TYPE_CHECKING:
     from .machine_state import MachineState
@@ -44,94 +42,22 @@ log = logging.getLogger(__name__)
 EXPORT_CHUNK = 4 * 1024 * 1024
 
 
-#: Latest instant a point spec may name (9999-12-31): beyond it no clock or date type can follow.
-MAX_TIME = 253402300799.0
-
-
-def parse_time(text: str) -> float | None:
-    """ISO 8601 or epoch seconds → epoch seconds; None unless it is a finite instant in years 1970-9999."""
-    try:
-        t = float(text)
-    except ValueError:
-        try:
-            d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if d.tzinfo is None:
-            d = d.replace(tzinfo=dt.timezone.utc)
-        t = d.timestamp()
-    return t if 0 <= t <= MAX_TIME else None   # also refuses nan and ±inf
-
-
-async def resolve_point(mv: MachineVault, spec: str, is_consistent: Callable[[int], bool],
-                        latest_time: float | None = None) -> Point:
-    """latest | ID | tag:TAG | TIME (ISO 8601 or epoch seconds) → the point to recover.
-
-    ``is_consistent(seq)`` says whether the replica at a seq is a faithful image of the source (not during
-    initial replication or a resync): only such states are handed out.
-    A TIME gives the disks as they were at that instant: after the last write captured at or before it.
-    """
-    consistent = is_consistent(mv.last_seq)
-    pts = mv.points()
-    if spec == "latest":
-        if not pts:
-            raise NotReady("the machine has no recovery point yet")
-        if not consistent:
-            return pts[-1]   # a resync is under way: the newest state is not one the source was in
-        seq = mv.last_seq
-        newest = pts[-1]
-        if newest.seq == seq:
-            return newest
-        return Point(f"s-{seq}", seq, latest_time or newest.time, "crash-consistent", None)
-    if spec.startswith("tag:"):
-        tag = spec[4:]
-        tagged = [p for p in pts if p.kind == "app-consistent" and p.tag == tag]
-        if not tagged:
-            raise UnknownPoint(f"no app-consistent point tagged {tag!r}")
-        return tagged[-1]
-    for p in pts:
-        if p.id == spec:
-            return p
-    t = parse_time(spec)
-    if t is not None and not spec.startswith(("c-", "a-")):
-        found = await mv.seq_at_time(t)
-        if found is not None and not is_consistent(found[0]) and pts and found[0] >= pts[0].seq:
-            raise UnknownPoint(f"at {spec} the replica was being brought in line with the source (initial "
-                               "replication or resync), so it holds no faithful state then",
-                               advice="Choose a time before or after it; `lifeboat points` lists the points.")
-        if found is None or not is_consistent(found[0]):
-            start = dt.datetime.fromtimestamp(pts[0].time, dt.timezone.utc).isoformat() if pts else "nowhere"
-            raise UnknownPoint(f"no recoverable state at {spec} (history starts {start})")
-        seq, _ = found
-        exact = [p for p in pts if p.seq == seq]
-        return exact[0] if exact else Point(f"t-{seq}", seq, t, "crash-consistent", None)
-    raise UnknownPoint(f"no recovery point {spec!r}")
-
-
 class Drill:
     def __init__(self, machine: str, point: Point, scratch: Path) -> None:
         self.machine = machine
         self.point = point
         self.scratch = scratch
-        self.views: list[DiskView] = []
-        self.backends: list[OverlayBackend] = []
-        self.server: NBDServer | None = None
+        self.disks = PointDisks(scratch)   # views, overlays and the NBD server (engine/recovery/vault_disks.py)
         self.export: ExportTarget | None = None
         self.job_id: str | None = None
         self.files: list[str] = []
-        self._closed = False
+
+    @property
+    def views(self) -> list[DiskView]:
+        return self.disks.views
 
     async def close(self) -> None:
-        if self._closed:   # a failing step and a cleanup may both close it
-            return
-        self._closed = True
-        if self.server:
-            await self.server.stop()
-        for b in self.backends:
-            b.close()
-        for v in self.views:
-            await v.close()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        await self.disks.close()   # idempotent: a failing step and a cleanup may both close it
 
 
 def _job_error(job: Job, exc: BaseException | None) -> BaseException:
@@ -220,27 +146,14 @@ class RecoveryService:
 
         async def open_views(ctx: StepContext) -> None:
             try:
-                drill.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
-                for d in disks:
-                    drill.views.append(await vault.open_view(point.seq, d.index))
+                await drill.disks.open_views(vault, point.seq)
             except BaseException:
                 await self._drop(drill)
                 raise
 
         async def serve_nbd(ctx: StepContext) -> None:
             try:
-                exports = {}
-                for d, v in zip(disks, drill.views):
-                    b = OverlayBackend(v, drill.scratch / f"{d.index}.overlay")
-                    drill.backends.append(b)
-                    exports[d.name] = b
-                drill.server = NBDServer(exports, name=f"drill-{machine}")
-                try:
-                    bound = await drill.server.start(host, port)
-                except OSError as exc:  # port taken, unknown host, address not on this machine
-                    drill.server = None
-                    raise ListenFailed(f"cannot serve the drill on {host}:{port}: {exc.strerror or exc}",
-                                       field="nbd") from None
+                bound = await drill.disks.serve(host, port, server_name=f"drill-{machine}", what="the drill")
             except BaseException:
                 await self._drop(drill)
                 raise

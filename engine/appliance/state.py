@@ -12,9 +12,10 @@ from ..errors import AlreadyExists, MachineRevoked, UnknownMachine, UnknownPolic
 from ..jobs.store import JOBS_SCHEMA
 from ..policy import DEFAULT_POLICY, Policy
 
-SCHEMA_VERSION = 5   # 3: who revoked a machine, and when; 4: the jobs table (engine/jobs/store.py);
+SCHEMA_VERSION = 6   # 3: who revoked a machine, and when; 4: the jobs table (engine/jobs/store.py);
 #                      5: when each machine was last known recoverable and last heard from, the alerts and
-#                         rpo_history tables (engine/appliance/alerts.py, rpo.py)
+#                         rpo_history tables (engine/appliance/alerts.py, rpo.py);
+#                      6: recovery hosts, per-machine recovery settings and failovers (engine/recovery/store.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,6 +39,15 @@ CREATE INDEX IF NOT EXISTS alerts_id ON alerts(id);
 CREATE TABLE IF NOT EXISTS rpo_history (
     machine TEXT NOT NULL, tier INTEGER NOT NULL, time REAL NOT NULL, rpo REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rpo_history_machine ON rpo_history(machine, time);
+CREATE TABLE IF NOT EXISTS recovery_hosts (
+    name TEXT PRIMARY KEY, kind TEXT NOT NULL, uri TEXT NOT NULL, accel TEXT NOT NULL DEFAULT 'tcg',
+    networks TEXT NOT NULL DEFAULT '[]', added REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS recovery_settings (
+    machine TEXT PRIMARY KEY, settings TEXT NOT NULL DEFAULT '{}', updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS failovers (
+    machine TEXT PRIMARY KEY, host TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL, point TEXT NOT NULL,
+    job TEXT, vm TEXT NOT NULL, serial_log TEXT NOT NULL, scratch TEXT NOT NULL, nbd TEXT,
+    started_at REAL NOT NULL, booted_at REAL, boot_seconds REAL, error TEXT);
 """
 
 

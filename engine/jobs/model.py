@@ -19,6 +19,8 @@ from typing import Any, Awaitable, Callable, Protocol
 class JobKind(str, enum.Enum):
     """What a job does. New kinds are additive (docs/CONTRACT.md §5)."""
     TEST_FAILOVER = "test-failover"
+    FAILOVER = "failover"
+    FAILOVER_CANCEL = "failover-cancel"
     FAILOVER_CLEANUP = "failover-cleanup"
     RECOVERY_PLAN = "recovery-plan"
     FAILBACK = "failback"

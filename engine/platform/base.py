@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "connect_control", "fallocate",
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
            "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev",
-           "open_folder", "create_in", "lstat_in", "unlink_in"]
+           "open_folder", "create_in", "lstat_in", "unlink_in", "run_tool", "user_ids"]
 
 ControlHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -305,3 +305,25 @@ def connect_control(path: Path, timeout: float) -> socket.socket:
         s.close()
         raise
     return s
+
+
+def user_ids() -> tuple[int, int] | None:
+    """The process's (uid, gid), where the system has them (None: no POSIX ids)."""
+    return None
+
+
+# -- external tools (the recovery host's clients: virsh, genisoimage) -----------------------------------------------
+async def run_tool(argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = 60.0) -> tuple[int, bytes, bytes]:
+    """Run a program to its end: (exit code, stdout, stderr). ``FileNotFoundError`` when it is not installed,
+    ``TimeoutError`` (the process killed) when it runs longer than ``timeout`` seconds."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    return proc.returncode or 0, out, err

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from .base import ControlHandler, Poller, new_buffer
+from .base import ControlHandler, Poller, new_buffer, run_tool
 
 __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "connect_control", "fallocate",
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
            "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev",
-           "open_folder", "create_in", "lstat_in", "unlink_in"]
+           "open_folder", "create_in", "lstat_in", "unlink_in", "run_tool", "user_ids"]
 
 # The guard tells ``mypy --platform win32`` that nothing below exists there (it checks windows.py instead).
 if sys.platform != "win32":
@@ -157,6 +157,10 @@ if sys.platform != "win32":
 
     def anonymous_map(size: int) -> mmap.mmap:
         return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+    def user_ids() -> tuple[int, int] | None:
+        """The process's (uid, gid): a local recovery host runs QEMU as them (engine/recovery/hosts/libvirt.py)."""
+        return os.getuid(), os.getgid()
 
     def tune_malloc(arenas: int | None) -> None:
         """Keep large buffers in glibc's heap for reuse (``engine/buffers.py``); a no-op off glibc."""

@@ -264,6 +264,13 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v1/vcenters", {"host": "127.0.0.1", "port": 1, "user": "u", "password": "p", "ca_pem": None,
                               "thumbprint": None, "insecure": False}),
     ("PUT", "/v1/vcenters/127.0.0.1/credentials", {"user": "u", "password": "p", "thumbprint": None}),
+    # recovery hosts (a URI no hypervisor answers: refused before any virsh call), settings, failover
+    ("POST", "/v1/hosts", {"name": "fz", "kind": "qemu", "uri": "qemu:///nowhere", "accel": "tcg",
+                           "networks": ["lan=isolated"]}),
+    ("PUT", "/v1/machines/vm1/recovery-settings", {"cpus": 1, "memory_mib": 256, "nics": {"eth0": "lan"},
+                                                   "ips": {"eth0": "10.0.0.2/24"}, "gateway": "10.0.0.1",
+                                                   "dns": ["10.0.0.53"], "boot_pattern": "login:", "boot_timeout": 60}),
+    ("POST", "/v1/machines/vm1/failover-vm", {"host": "nohost", "point": "latest"}),
 ]
 
 

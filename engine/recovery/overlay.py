@@ -1,4 +1,4 @@
-"""Copy-on-write overlay for drills: reads come from a vault view, writes land in a sparse scratch file.
+"""Copy-on-write overlay for drills and failovers: reads come from a vault view, writes land in a sparse scratch file.
 
 Granularity is 4 KiB blocks; a partial write first copies the block from the view, so reads of a block are
 served wholly from one side. A bytearray marks which blocks live in the scratch file (1 byte per 4 KiB:

@@ -23,6 +23,8 @@ MARKER_OFFSET = 62 * 1024 * 1024   # the marker sector, after the partition
 DISK_SIZE = 64 * 1024 * 1024
 BOOTED = "LIFEBOAT-BOOTED"
 MODULES = ("virtio_pci", "virtio_blk", "isofs")
+#: Bumped when the image's content changes, so a cached older build is replaced.
+IMAGE_VERSION = "2"
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /mnt /bin
@@ -36,12 +38,22 @@ echo "LIFEBOAT-MARKER: $(dd if=/dev/vda bs=512 skip=__MARKER_SECTOR__ count=1 2>
 if [ -b /dev/vdb ] && mount -t iso9660 -o ro /dev/vdb /mnt 2>/dev/null; then
   for f in /mnt/*; do echo "LIFEBOAT-CIDATA: $(basename $f)"; sed 's/^/LIFEBOAT-CIDATA|  /' $f; done
   umount /mnt
+  echo "__BOOTED__"
 else
   echo "LIFEBOAT-CIDATA: none"
+  echo "__BOOTED__"
+  # no config drive: this is the protected machine itself; it writes its markers through its own disk
+  # (fsync: the flush reaches whatever serves the disk: the agent's NBD export)
+  for n in 1 2; do
+    [ $n = 2 ] && sleep __GAP__
+    printf "source-marker-$n" | dd of=/dev/vda bs=512 seek=__MARKER_SECTOR__ conv=sync,notrunc,fsync 2>/dev/null
+    echo "LIFEBOAT-SOURCE-WROTE: source-marker-$n"
+  done
 fi
-echo "__BOOTED__"
 while true; do sleep 3600; done
 """
+#: Seconds between the source's two marker writes: the test takes its bookmark in between.
+SOURCE_GAP = 8
 
 
 def _cpio(entries: list[tuple[str, int, bytes]]) -> bytes:
@@ -77,7 +89,8 @@ def _initramfs(kver: str) -> bytes:
         for line in out.splitlines():
             if line.startswith("insmod ") and line.split()[1] not in mods:
                 mods.append(line.split()[1])
-    init = INIT.replace("__MARKER_SECTOR__", str(MARKER_OFFSET // SECTOR)).replace("__BOOTED__", BOOTED)
+    init = (INIT.replace("__MARKER_SECTOR__", str(MARKER_OFFSET // SECTOR)).replace("__BOOTED__", BOOTED)
+            .replace("__GAP__", str(SOURCE_GAP)))
     entries: list[tuple[str, int, bytes]] = [("bin", 0o40755, b""), ("lib", 0o40755, b""),
                                              ("lib/modules", 0o40755, b""),
                                              ("bin/busybox", 0o100755, Path("/bin/busybox").read_bytes()),
@@ -98,7 +111,8 @@ def _initramfs(kver: str) -> bytes:
 def build(cache: Path) -> Path:
     """The cached boot image (built once): a raw disk of DISK_SIZE bytes."""
     image = cache / "boot.img"
-    if image.exists():
+    version = cache / "version"
+    if image.exists() and version.exists() and version.read_text() == IMAGE_VERSION:
         return image
     cache.mkdir(parents=True, exist_ok=True)
     kernel = sorted(Path("/boot").glob("vmlinuz-*"))[-1]
@@ -130,6 +144,7 @@ def build(cache: Path) -> Path:
         with open(fat, "rb") as src:
             shutil.copyfileobj(src, out)
     os.replace(tmp, image)
+    (cache / "version").write_text(IMAGE_VERSION)
     shutil.rmtree(work, ignore_errors=True)
     return image
 

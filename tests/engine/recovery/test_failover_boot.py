@@ -1,6 +1,6 @@
-"""Unplanned failover for real, every role in its own process: a protected machine whose disk is a bootable image
-served by the agent; markers written through the agent's NBD export with qemu-io (a real NBD client); a bookmark
-between two markers; failover at the bookmark's tag to the local libvirt recovery host. The recovered VM boots from
+"""Unplanned failover for real, every role in its own process: the protected machine is a QEMU VM whose disk (a
+bootable image) is the agent's NBD export, and it writes two markers through its own disk; a bookmark between
+them; the source VM killed; failover at the bookmark's tag to the local libvirt recovery host. The recovered VM boots from
 the vault through the NBD overlay and prints the bookmark's marker (not the later one) and its re-IP configuration;
 a second failover is refused; the VM's writes land in the overlay, never in the vault; cancel leaves no VM and no
 overlay, and the machine is protected again."""
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, need_tool
-from tests.engine.recovery.boot_image import MARKER_OFFSET, SECTOR, write_marker_file
+from tests.engine.recovery.boot_image import MARKER_OFFSET, SECTOR
 from tests.engine.test_cli import LIFEBOAT, lb, lbj, wait
 
 
@@ -25,6 +25,10 @@ def _write_marker(url: str, text: str, tmp: Path) -> None:
     src.write_bytes(text.encode().ljust(SECTOR, b"\0"))
     subprocess.run(["qemu-io", "-f", "raw", url, "-c", f"write -s {src} {MARKER_OFFSET} {SECTOR}"], check=True,
                    capture_output=True)
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _marker(image: Path) -> str:
@@ -37,11 +41,10 @@ def _marker(image: Path) -> str:
 @pytest.mark.timeout(300)
 def test_failover_boots_the_bookmark_and_cancel_leaves_nothing(recovery_host: str, boot_disk: Path,
                                                                tmp_path: Path) -> None:
-    need_tool("qemu-io")
+    need_tool("qemu-io", "qemu-system-x86_64")
     home, ahome = tmp_path / "appliance", tmp_path / "agent"
     disk = tmp_path / "disk.img"
     disk.write_bytes(boot_disk.read_bytes())
-    write_marker_file(disk, "marker-0")
     machine, hostname = f"boot{os.getpid()}", f"rh{os.getpid()}"
     cport, dport, nport = free_port(), free_port(), free_port()
     H = ("--home", str(home))
@@ -61,12 +64,22 @@ def test_failover_boots_the_bookmark_and_cancel_leaves_nothing(recovery_host: st
         lb("protect", *H, machine, "--policy", "fast")
         wait(lambda: (s := lbj("status", *H))["machines"] and s["machines"][0]["state"] == "protected", 60,
              "protected")
-        url = f"nbd://127.0.0.1:{nport}/d0"
-        _write_marker(url, "marker-1", tmp_path)
+        # the protected machine is itself a QEMU VM whose disk is the agent's NBD export; it writes its markers
+        # through its own disk, SOURCE_GAP seconds apart: the bookmark is taken in between
+        serial = tmp_path / "source-serial.log"
+        procs.append(subprocess.Popen(["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-display", "none",
+                                       "-nic", "none", "-serial", f"file:{serial}", "-drive",
+                                       f"file=nbd://127.0.0.1:{nport}/d0,format=raw,if=virtio,cache=none"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        source_vm = procs[-1]
+        wait(lambda: "WROTE: source-marker-1" in _text(serial), 90, "the source VM's first marker")
         bm = json.loads(lb("agent", "bookmark", "--home", str(ahome), "--tag", "m1", "--json").stdout)
-        _write_marker(url, "marker-2", tmp_path)
+        assert "source-marker-2" not in _text(serial), "the bookmark came too late to be between the two markers"
+        wait(lambda: "WROTE: source-marker-2" in _text(serial), 60, "the source VM's second marker")
         wait(lambda: (s := lbj("status", *H)["machines"][0])["rpo_seconds"] == 0 and s["health"] == "ok", 30, "RPO 0")
         time.sleep(1.5)   # a crash-consistent point after marker 2: "latest" would show it
+        source_vm.kill()  # the disaster: the source is gone (unplanned failover)
+        source_vm.wait(10)
 
         # the recovery host and the machine's recovery settings
         p = lb("host", "add", *H, hostname, "--network", "lan=nat", check=False)
@@ -84,6 +97,16 @@ def test_failover_boots_the_bookmark_and_cancel_leaves_nothing(recovery_host: st
         p = lb("failover", *H, machine, "--host", "nowhere", "--point", "tag:m1", check=False)
         assert p.returncode != 0 and "LB_UNKNOWN_HOST" in p.stderr
 
+        # a guest that never says it booted: the step fails with the console's tail, nothing is left behind
+        lb("machine", "settings", *H, machine, "--boot-pattern", "never-printed", "--boot-timeout", "4")
+        p = lb("failover", *H, machine, "--host", hostname, "--point", "tag:m1", check=False)
+        assert p.returncode != 0 and "LB_BOOT_TIMEOUT" in p.stderr and "last console lines" in p.stderr
+        assert lbj("vm", "list", *H) == [] and lbj("status", *H)["machines"][0]["state"] == "protected"
+        assert not (home / "failovers" / machine / "overlay").exists()
+        assert subprocess.run(["virsh", "-c", recovery_host, "domstate", f"lifeboat-{machine}"],
+                              capture_output=True).returncode != 0
+        lb("machine", "settings", *H, machine, "--boot-pattern", "LIFEBOAT-BOOTED", "--boot-timeout", "90")
+
         # fail over at the bookmark
         t0 = time.monotonic()
         r = lbj("failover", *H, machine, "--host", hostname, "--point", "tag:m1")
@@ -99,10 +122,10 @@ def test_failover_boots_the_bookmark_and_cancel_leaves_nothing(recovery_host: st
             machine, hostname, "booted", "running", bm["point_id"])
         assert vm["booted_at"] and vm["serial_log"]
         console = Path(vm["serial_log"]).read_text()
-        assert "LIFEBOAT-MARKER: marker-1" in console and "marker-2" not in console
+        assert "LIFEBOAT-MARKER: source-marker-1" in console and "source-marker-2" not in console
         assert "- 192.0.2.10/24" in console and "via: 192.0.2.1" in console and "192.0.2.53" in console
         st = lbj("status", *H)["machines"][0]
-        assert st["state"] == "failed-over" and st["failover"]["host"] == hostname
+        assert st["state"] == "failed-over" and st["failover"]["host"] == hostname and not st["agent_connected"]
         assert st["failover"]["point"] == bm["point_id"]
         p = lb("failover", *H, machine, "--host", hostname, "--point", "latest", check=False)
         assert p.returncode != 0 and "LB_FAILED_OVER" in p.stderr and "what to do" in p.stderr
@@ -123,15 +146,24 @@ def test_failover_boots_the_bookmark_and_cancel_leaves_nothing(recovery_host: st
         assert virsh.returncode != 0   # no such domain any more
         assert not (home / "failovers" / machine).exists()
         assert lbj("status", *H)["machines"][0]["state"] == "protected"
+        t0 = time.monotonic()   # replication resumes: the agent, refused while failed over, is taken again
+        wait(lambda: lbj("status", *H)["machines"][0]["agent_connected"], 60, "the agent reconnected")
+        print(f"agent reconnected {time.monotonic() - t0:.1f} s after the cancel")
         p = lb("failover-cancel", *H, machine, check=False)
         assert p.returncode != 0 and "LB_NOT_FAILED_OVER" in p.stderr
 
         # the vault still holds marker 1 at the bookmark (the overlay write never reached it)
         lbj("failover", *H, machine, "--test", "--point", "tag:m1", "--export", str(tmp_path / "out"))
-        assert _marker(tmp_path / "out" / "d0.img") == "marker-1"
+        assert _marker(tmp_path / "out" / "d0.img") == "source-marker-1"
         lb("failover-cleanup", *H, machine)
-        kinds = [j["kind"] for j in lbj("jobs", *H)]
-        assert kinds[:2] == ["failover", "failover-cancel"]
+        lbj("failover", *H, machine, "--test", "--point", "latest", "--export", str(tmp_path / "latest"))
+        assert _marker(tmp_path / "latest" / "d0.img") == "source-marker-2"
+        lb("failover-cleanup", *H, machine)
+        jobs = lbj("jobs", *H)
+        assert [j["kind"] for j in jobs[:3]] == ["failover", "failover", "failover-cancel"]
+        assert jobs[0]["state"] == "failed" and jobs[0]["error"]["code"] == "LB_BOOT_TIMEOUT"
+        assert [st["state"] for st in jobs[0]["steps"]][-1] == "failed"
+        assert jobs[1]["state"] == jobs[2]["state"] == "succeeded"
     finally:
         for pr in reversed(procs):
             pr.terminate()

@@ -188,6 +188,10 @@ def cmd_status(a: argparse.Namespace) -> int:
                   + (f"; error {rs['error']['code']}: {rs['error']['message']}" if rs.get("error") else ""))
         if m.get("error"):
             print(f"{'':<24} error: {m['error']}")
+        if m.get("failover"):
+            fo = m["failover"]
+            print(f"{'':<24} failed over to {fo['host']} at point {fo['point']} (VM {fo['state']}); replication "
+                  "stopped")
     for m in st["registered"]:
         print(f"{m['name']:<24} registered, not protected")
     for m in st.get("revoked", []):

@@ -127,6 +127,8 @@ def test_failover_boots_the_bookmark_and_cancel_leaves_nothing(recovery_host: st
         st = lbj("status", *H)["machines"][0]
         assert st["state"] == "failed-over" and st["failover"]["host"] == hostname and not st["agent_connected"]
         assert st["failover"]["point"] == bm["point_id"]
+        text = lb("status", *H).stdout
+        assert "failed-over" in text and f"failed over to {hostname} at point {bm['point_id']}" in text
         p = lb("failover", *H, machine, "--host", hostname, "--point", "latest", check=False)
         assert p.returncode != 0 and "LB_FAILED_OVER" in p.stderr and "what to do" in p.stderr
         virsh = subprocess.run(["virsh", "-c", recovery_host, "domstate", f"lifeboat-{machine}"],

@@ -69,12 +69,19 @@ class JobChanged(Event):
 
 @dataclass(slots=True)
 class Alert(Event):
+    """A condition an operator must know about (docs/CONTRACT.md): raised, and later cleared, under a stable ``id``
+    per cause and subject (e.g. "LB_HISTORY_SHRUNK:vm1"). ``severity`` is info | warning | critical; ``component``
+    is machine | vcenter | vault | appliance | job | certificate | keyring; ``state`` is raised | cleared."""
     machine: str | None
     code: str
     message: str
     advice: str = ""
     severity: str = "warning"
     details: dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+    component: str = "machine"
+    state: str = "raised"
+    time: float = 0.0
 
 
 Subscriber = Callable[[Event], None]

@@ -40,6 +40,7 @@ from ..vault.base import Vault
 from ..vault.registry import open_vault
 from ..vsphere.service import VSphereService
 from .bookmarks import ScheduledBookmarks
+from .capacity import Capacity, ConfigReserve, VaultGate
 from .control import ControlAPI
 from .control_http import ADMIN_CN, AdminCheck
 from .machines import Machines, MachineState
@@ -77,6 +78,8 @@ class Appliance:
         self.runtimes_registry: Runtimes | None = None
         self.machines: Machines | None = None
         self.retention: Retention | None = None
+        self.capacity: Capacity | None = None
+        self.gate = VaultGate()                 # closed while the vault's filesystem is full (replication paused)
         self.bookmarks: ScheduledBookmarks | None = None
         self.ps: ProcessServer | None = None
         self.control: ControlAPI | None = None
@@ -102,19 +105,23 @@ class Appliance:
         resync = self.resync_service = Resync(state, self._live, self.bus)
         runtimes = self.runtimes_registry = Runtimes(
             self._live, vault=self.vault, state=state, cursor=cursor, resync=resync, bus=self.bus, pool=self.pool,
-            sealer=self.sealer, cache_dir=h.cache)
+            sealer=self.sealer, cache_dir=h.cache, gate=self.gate)
         self.machines = Machines(state, runtimes, resync, self.bus, h, self.cfg["data_port"])
         self.bookmarks = ScheduledBookmarks(state, runtimes)
         for row in state.rows():
             if row["protected"] and not row["revoked"]:
                 await runtimes.open(row["name"])
         self.ps = ProcessServer(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=True),
-                                state=state, runtimes=runtimes, resync=resync, cursor=cursor, pool=self.pool)
+                                state=state, runtimes=runtimes, resync=resync, cursor=cursor, pool=self.pool,
+                                gate=self.gate)
         self.data_address = await self.ps.start(self.listen, self.cfg["data_port"])
         self.recovery = RecoveryService(h.drills, state=state, runtimes=runtimes, cursor=cursor, manager=self.jobs,
                                         pool=self.pool)
         await self.recovery.start()
         self.retention = Retention(state, runtimes, busy=self.recovery.busy)
+        self.capacity = Capacity(state=state, runtimes=runtimes, vault_path=self.vault.storage_path(),
+                                 cache_dir=h.cache, bus=self.bus, gate=self.gate, busy=self.recovery.busy,
+                                 reserve=ConfigReserve(h.config))
         require_admin = AdminCheck(self.cfg["admin_serial"])
         self.vsphere = VSphereService(state=state, resync=resync, bus=self.bus, require_admin=require_admin)
         await self.vsphere.start()
@@ -125,7 +132,7 @@ class Appliance:
                                   extra_routes=self.vsphere.routes())
         self.control_address = await self.control.start(self.listen, self.cfg["control_port"])
         ApplianceTasks(runtimes=runtimes, machines=self.machines, resync=resync, bookmarks=self.bookmarks,
-                       retention=self.retention).register(self.scheduler)
+                       retention=self.retention, capacity=self.capacity).register(self.scheduler)
         await self.scheduler.start()
         log.info("appliance started: control %s data %s", self.control_address, self.data_address)
 

@@ -16,6 +16,7 @@ from ..events import EventBus
 from ..names import check_name, check_unique, inside
 from ..segment_log import SegmentLog as MachineCache
 from ..vault.base import DiskInfo, Vault
+from .capacity import VaultGate
 from .machines import MachineState
 from .pipeline import MachineRuntime
 from .resync import Resync
@@ -31,8 +32,10 @@ class Runtimes(Mapping[str, MachineRuntime]):
     """The live runtimes by machine name (a read-only mapping over ``live``, which the resync part shares)."""
 
     def __init__(self, live: dict[str, MachineRuntime], *, vault: Vault, state: MachineState, cursor: SyncCursor,
-                 resync: Resync, bus: EventBus, pool: Executor, sealer: Sealer, cache_dir: Path) -> None:
+                 resync: Resync, bus: EventBus, pool: Executor, sealer: Sealer, cache_dir: Path,
+                 gate: VaultGate | None = None) -> None:
         self._live = live
+        self.gate = gate
         self.vault = vault
         self.state = state
         self.cursor = cursor
@@ -66,7 +69,7 @@ class Runtimes(Mapping[str, MachineRuntime]):
                                                                      inside(self.cache_dir, name))
             rt = MachineRuntime(name, cache, mv, state=self.state, cursor=self.cursor, resync=self.resync,
                                 bus=self.bus, pool=self.pool, sealer=self.sealer,
-                                hashes_dir=self.cache_dir / f"{name}.hashes")
+                                hashes_dir=self.cache_dir / f"{name}.hashes", gate=self.gate)
             rt.last_seen = time.monotonic()  # RPO of an absent agent grows from now, not from never
             if cache.last_seq > mv.last_seq:
                 rt.cache_pending.append((time.time_ns(), cache.last_seq))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import random
 import re
 import shutil
@@ -28,16 +27,10 @@ from _common import bench_tmp, ensure_venv  # noqa: E402
 
 ensure_venv()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from engine.fileio import sha256_file  # noqa: E402
+from engine.records import BLOCK  # noqa: E402
 
-MiB, GiB, BLOCK = 1 << 20, 1 << 30, 65536
-
-
-def sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+MiB, GiB = 1 << 20, 1 << 30
 
 
 def warm(*paths: Path) -> None:
@@ -65,7 +58,7 @@ async def latest_sha(s, tmp: Path) -> str:  # type: ignore[no-untyped-def]
     job = await s.app.recovery.test_failover("vm1", "latest", export_dir=str(tmp / "out"), nbd=None)
     await s.wait_for(lambda: s.app.recovery.job(job.id).finished, 600, "export")
     assert s.app.recovery.job(job.id).error is None
-    d = sha(tmp / "out" / "d0.img")
+    d = sha256_file(tmp / "out" / "d0.img")
     await s.app.recovery.cleanup("vm1")
     return d
 
@@ -116,10 +109,10 @@ async def part1(size_mib: int) -> list[tuple]:
         rsync_t = time.perf_counter() - t0
         sent = int(re.search(r"Total bytes sent: ([\d,]+)", out).group(1).replace(",", ""))
         recv = int(re.search(r"Total bytes received: ([\d,]+)", out).group(1).replace(",", ""))
-        assert sha(copy) == sha(disk)
+        assert sha256_file(copy) == sha256_file(disk)
         warm(disk)
         lb_t, lb_bytes, compared, sent_blocks = await resync_once(s, disk)
-        ok = await latest_sha(s, tmp) == sha(disk)
+        ok = await latest_sha(s, tmp) == sha256_file(disk)
         await s.stop()
         return [("1% of 64 KiB blocks changed", f"{size_mib} MiB", len(changed)),
                 ("rsync --inplace --no-whole-file -B 65536 -I", f"{rsync_t:.3f} s", f"{sent:,} B sent ({recv:,} B back)"),

@@ -29,7 +29,10 @@ from _common import REPO, VENV_PY, ensure_venv, table
 BENCHES: dict[str, tuple[list[str], list[tuple[str, str, bool]]]] = {
     "capture": (["bench/capture.py", "--quick"], [
         ("nbdcopy vs nbdkit (x)", r"\| nbdcopy --flush \(MB/s\)\s*\|[^|]*\|[^|]*\|\s*([\d.]+)x", True),
-        ("4K QD32 vs nbdkit (x)", r"\| 4 KiB random writes QD32 \(IOPS\)\s*\|[^|]*\|[^|]*\|\s*([\d.]+)x", True)]),
+        ("4K QD32 vs nbdkit (x)", r"\| 4 KiB random writes QD32 \(IOPS\)\s*\|[^|]*\|[^|]*\|\s*([\d.]+)x", True),
+        # absolute numbers too: on a loaded machine the nbdkit baseline itself swings, and with it the ratio
+        ("lifeboat nbdcopy (MB/s)", r"lifeboat\s+nbdcopy\s+([\d.]+) MB/s", True),
+        ("lifeboat 4K QD32 (IOPS)", r"lifeboat\s+nbdcopy\s+[\d.]+ MB/s\s+4K QD32\s+([\d,]+) IOPS", True)]),
     "initial": (["bench/initial_replication.py", "--quick"], [
         ("initial sync vs ceiling (x)", r"lifeboat protect -> protected.*?\|\s*([\d.]+)x \(target", True)]),
     "churn": (["bench/churn.py", "--quick"], [
@@ -89,7 +92,7 @@ def main() -> int:
                     for label, rx, _ in metrics:
                         m = re.search(rx, out, re.M)
                         if m:
-                            found[side].setdefault(label, []).append(float(m.group(1)))
+                            found[side].setdefault(label, []).append(float(m.group(1).replace(",", "")))
             for label, _, higher in metrics:
                 pick = max if higher else min
                 b = pick(found["base"].get(label, [float("nan")]))

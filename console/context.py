@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from .alerts import AlertRow, AlertsModel
 from .bridge import Alert, EngineBridge, MachineStatus
 from .engine_facade import CleanupView, DrillView, EngineFacade, Policy
 from .errors import Notification, NotificationCenter
@@ -37,6 +38,7 @@ class ConsoleContext(QObject):
     inventory_refreshed = Signal()
     appliance_started = Signal()
     appliance_stopped = Signal()
+    alert_raised = Signal(object)      # AlertRow that just became active (warning or critical): notify the desktop
 
     def __init__(self, facade: EngineFacade, settings: ConsoleSettings, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -53,6 +55,8 @@ class ConsoleContext(QObject):
         self.steps_model = JobStepsModel(self.jobs, self)
         self.jobs.set_engine_actions(facade.cancel_engine_job, facade.resume_engine_job)
         self.log = EventLogModel(parent=self)
+        self.alerts = AlertsModel(self)
+        self.alerts.raised.connect(self._on_alert_raised)
         facade.subscribe(self.bridge)
         self.bridge.statuses.connect(self._on_statuses)
         self.bridge.alert.connect(self._on_alert)
@@ -71,6 +75,7 @@ class ConsoleContext(QObject):
             self.jobs.load_engine_jobs(self.facade.engine_jobs())
         except Exception as exc:
             self.notes.handle(exc, "listing the engine's jobs")
+        self.reload_alerts()
         self.refresh_inventory()
         self._inventory.start()
         self.appliance_started.emit()
@@ -103,10 +108,41 @@ class ConsoleContext(QObject):
         self.fleet.sample(self.machines, now)
         self.statuses_applied.emit({ev.machine for ev in batch})
 
+    def reload_alerts(self) -> None:
+        """The appliance's alerts, active and past (at start; the events keep the list current after)."""
+        try:
+            self.alerts.load(self.facade.alerts(active_only=False))
+        except Exception as exc:
+            self.notes.handle(exc, "listing the alerts")
+
     def _on_alert(self, ev: Alert) -> None:
-        # The applier re-alerts every retry (CONTRACT.md §2): one notification per (machine, code) a minute.
-        level = "error" if ev.severity == "critical" else "warning"
-        self.notes.notify(Notification(level, ev.message, ev.code, ev.advice, ev.machine), dedupe_seconds=60)
+        # Repeats fold into one row (the applier re-alerts every retry, CONTRACT.md §2); only a raise notifies.
+        row = self.alerts.apply_event(ev)
+        level = "info" if ev.state == "cleared" else ("error" if ev.severity == "critical" else "warning")
+        if row.count == 1 or ev.state == "cleared":
+            what = "cleared" if ev.state == "cleared" else "raised"
+            self.log.add(LogEntry(level, "alert", f"{ev.code} {what}: {ev.message}", row.subject or None, ev.advice))
+
+    def _on_alert_raised(self, row: AlertRow) -> None:
+        if row.severity in ("warning", "critical"):
+            self.alert_raised.emit(row)
+
+    def acknowledge_alert(self, alert_id: str) -> AlertRow | None:
+        """Acknowledge as the OS user running the console (who saw it, and when, are kept by the appliance)."""
+        import getpass
+        row = self.alerts.get(alert_id)
+        if row is None:
+            return None
+        try:
+            by = getpass.getuser()
+        except (KeyError, OSError):   # no passwd entry (containers): still say who, as far as we know
+            by = "unknown user"
+        view = self.facade.acknowledge_alert(alert_id, by)
+        if view is not None:
+            return self.alerts.update_view(view)
+        row.acknowledged_at, row.acknowledged_by = time.time(), by
+        self.alerts.update_view(row)
+        return row
 
     def _on_notification(self, note: Notification) -> None:
         self.log.add(LogEntry(note.level, "notification", note.title, note.machine, note.advice))

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from engine.api import (Appliance, ApplianceStatus, CleanupView, Conflict, DrillView, EmbeddedAppliance, Event,
                         LifeboatError, MachineView, PointView, Policy, format_duration, is_initialised,
-                        parse_duration, parse_window)
+                        parse_address, parse_duration, parse_window)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,18 @@ class EngineFacade:
     async def resume_engine_job(self, job_id: str) -> dict[str, Any]:
         return self._emb().resume_job(job_id)
 
+    # alerts (CONTRACT: the appliance's alert store) ----------------------------------------------------------
+    def alerts(self, active_only: bool = True) -> list[Any]:
+        """The appliance's alerts (``AlertView``s), active ones only unless ``active_only`` is False."""
+        fn = getattr(self._emb(), "alerts", None)   # until the engine's alert store lands (issue 12, item 2)
+        return list(fn(active_only)) if fn is not None else []
+
+    def acknowledge_alert(self, alert_id: str, by: str) -> Any:
+        """Record that ``by`` (the OS user) saw the alert; returns the updated ``AlertView`` (None when this engine
+        keeps no alert store: the console then records it in its own list only)."""
+        fn = getattr(self._emb(), "acknowledge_alert", None)
+        return fn(alert_id, by) if fn is not None else None
+
     # operations ------------------------------------------------------------------------------------------
     def save_policy(self, policy: Policy) -> Policy:
         return self._emb().set_policy(validate_policy(policy))
@@ -164,10 +176,8 @@ class EngineFacade:
 
     async def register_vcenter(self, address: str, user: str, password: str, thumbprint: str) -> Any:
         """Register ``HOST[:PORT]`` trusting exactly the certificate ``thumbprint`` the operator accepted."""
-        host, sep, port = address.strip().rpartition(":")
-        if not sep or not port.isdigit():
-            host, port = address.strip(), "443"
-        return await self._emb().register_vcenter(host.strip("[]"), int(port), user, password, thumbprint=thumbprint)
+        host, port = parse_address(address, 443, what="vCenter address")
+        return await self._emb().register_vcenter(host, port, user, password, thumbprint=thumbprint)
 
     async def remove_vcenter(self, host: str) -> Any:
         return await self._emb().remove_vcenter(host)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.api import (CertificateUntrusted, LifeboatError, LoginFailed, check_vcenter_login as _login, configure_home,
-                        delete_vault_key, init_home, is_initialised)
+                        delete_vault_key, init_home, is_initialised, InvalidInput, parse_address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +112,11 @@ def validate_ports(control: str, data: str, listen: str) -> dict[str, str]:
 
 
 def parse_host_port(text: str, default_port: int = 443) -> tuple[str, int] | None:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit():
-        host, port = text.strip(), str(default_port)
-    host = host.strip("[]")
-    if not host or not 0 < int(port) < 65536 or " " in host:
+    """``HOST[:PORT]`` → (host, port), or None when it is not an address (the engine's one parser)."""
+    try:
+        return parse_address(text, default_port if default_port > 0 else None)
+    except InvalidInput:
         return None
-    return host, int(port)
 
 
 async def fetch_thumbprint(host: str, port: int = 443, timeout: float = 10.0) -> str:

@@ -14,10 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.api import (ApplianceStatus, CleanupView, Conflict, DiskView, DrillView, EventBus, JobChanged, JobProgress,
-                        MachineStatus, MachineView, NotFound, PointCreated, PointView, Policy, ResyncView, health_for)
+from engine.api import (Alert, ApplianceStatus, CleanupView, Conflict, DiskView, DrillView, EventBus, JobChanged,
+                        JobProgress, MachineStatus, MachineView, NotFound, PointCreated, PointView, Policy, ResyncView,
+                        health_for)
 
+from .alerts import AlertRow, alert_id
 from .engine_facade import EngineFacade, validate_policy
+
+THRESHOLD = 30.0
+SYNC_STEP = 0.25      # initial-sync progress per tick of a machine protected here
 
 
 class SyntheticFacade(EngineFacade):
@@ -35,6 +40,7 @@ class SyntheticFacade(EngineFacade):
         self._points: dict[str, list[PointView]] = {n: [] for n in self.names}
         self._drills: set[str] = set()
         self._jobs: dict[str, dict[str, Any]] = {}   # engine jobs in their wire form (Job.to_dict())
+        self._alerts: dict[str, AlertRow] = {}        # the appliance's alert store, in AlertView's shape
         self._seq = 0
         self._running = False
         self._task: asyncio.Task[None] | None = None
@@ -79,11 +85,22 @@ class SyntheticFacade(EngineFacade):
         return max(0.0, s["base"] * (1 + 0.6 * math.sin(now / 20 + s["phase"])) + self.rnd.random())
 
     def tick(self, now: float | None = None) -> None:
-        """One ticker burst: a MachineStatus for every machine; a point for about one in five."""
+        """One ticker burst: a MachineStatus for every machine; a point for about one in five; an RPO alert raised
+        when a machine crosses its threshold and cleared when it is back under it."""
         now = time.time() if now is None else now
         for name in self.names:
+            s = self._state[name]
+            if s["state"] == "initial-sync":
+                s["progress"] = min(1.0, s.get("progress", 0.0) + SYNC_STEP)
+                if s["progress"] >= 1.0:
+                    s["state"] = "protected"
+                else:
+                    self.bus.emit(MachineStatus(name, "initial-sync", "ok", 0.0, s["progress"], None, 0.0, 0.0,
+                                                "", False, now,
+                                                (1.0 - s["progress"]) / SYNC_STEP))
+                    continue
             rpo = self._rpo(name, now)
-            st = self._state[name]["state"]
+            st = s["state"]
             pts = self._points[name]
             if self.rnd.random() < 0.2:
                 self._seq += 1
@@ -94,18 +111,66 @@ class SyntheticFacade(EngineFacade):
                 del pts[:-200]
                 self.bus.emit(PointCreated(name, p.id, p.kind, p.time, p.tag))
             churn = 1e6 * (1 + math.sin(now / 30 + self._state[name]["phase"]))
-            self.bus.emit(MachineStatus(name, st, health_for(rpo, 30.0, st), round(rpo, 3), 1.0,
-                                        pts[-1].time if pts else None, churn, churn * 0.45))
+            health = health_for(rpo, THRESHOLD, st)
+            reason = "" if health == "ok" else (f"RPO {rpo:.0f} s over the {THRESHOLD:.0f} s threshold"
+                                                 if rpo > THRESHOLD else f"RPO {rpo:.0f} s, over half the threshold")
+            self.bus.emit(MachineStatus(name, st, health, round(rpo, 3), 1.0, pts[-1].time if pts else None, churn,
+                                        churn * 0.45, reason, True, now, None))
+            breach = self._alerts.get(alert_id("LB_RPO_BREACH", name))
+            if rpo > THRESHOLD and (breach is None or not breach.active):
+                self.raise_alert("LB_RPO_BREACH", name, f"RPO {rpo:.0f} s is over the {THRESHOLD:.0f} s threshold",
+                                 "Check the agent and the network; the RPO recovers once changes reach the vault.",
+                                 "critical", now=now)
+            elif rpo <= THRESHOLD and breach is not None and breach.active:
+                self.clear_alert(breach.id, now=now)
+
+    # alerts (the appliance's store, CONTRACT) --------------------------------------------------------------
+    def raise_alert(self, code: str, subject: str, message: str, advice: str = "", severity: str = "warning",
+                    component: str = "machine", *, now: float | None = None) -> AlertRow:
+        """Raise (or repeat) an alert and emit its ``Alert`` event, as the engine's store does."""
+        now = time.time() if now is None else now
+        aid = alert_id(code, subject)
+        row = self._alerts.get(aid)
+        if row is not None and row.active:
+            row.count += 1
+            row.message = message
+        else:
+            row = self._alerts[aid] = AlertRow(aid, code, severity, component, subject, message, advice, now)
+        self.bus.emit(Alert(subject if component == "machine" else None, code, message, advice, severity,
+                            {"subject": subject}, aid, component, "raised", now))
+        return row
+
+    def clear_alert(self, aid: str, *, now: float | None = None) -> None:
+        row = self._alerts[aid]
+        row.cleared_at = time.time() if now is None else now
+        self.bus.emit(Alert(row.subject if row.component == "machine" else None, row.code, row.message, row.advice,
+                            row.severity, {"subject": row.subject}, aid, row.component, "cleared", row.cleared_at))
+
+    def alerts(self, active_only: bool = True) -> list[AlertRow]:
+        return [AlertRow(**{f: getattr(r, f) for f in AlertRow.__slots__})   # copies, as views are
+                for r in self._alerts.values() if r.active or not active_only]
+
+    def acknowledge_alert(self, aid: str, by: str) -> AlertRow:
+        if aid not in self._alerts:
+            raise NotFound(f"no alert {aid!r}", code="LB_UNKNOWN_ALERT", advice="List the alerts again.")
+        row = self._alerts[aid]
+        row.acknowledged_at, row.acknowledged_by = time.time(), by
+        return AlertRow(**{f: getattr(row, f) for f in AlertRow.__slots__})
 
     # queries ---------------------------------------------------------------------------------------------
     def machine_status(self, name: str) -> MachineView:
         if name in self.registered:
             return MachineView(name, "unprotected")
         if name not in self._state:
-            raise NotFound(f"no machine named {name!r}")
-        rpo = self._rpo(name, time.time())
+            raise NotFound(f"no machine named {name!r}", code="LB_UNKNOWN_MACHINE")
         st = self._state[name]["state"]
         pts = self._points[name]
+        if st == "initial-sync":
+            return MachineView(name, st, "ok", 0.0, THRESHOLD, "default",
+                               sync_progress=self._state[name].get("progress", 0.0), agent_connected=True,
+                               disks=(DiskView(0, "sys", 64 << 30, False,
+                                               int((64 << 30) * self._state[name].get("progress", 0.0))),))
+        rpo = self._rpo(name, time.time())
         return MachineView(name, st, health_for(rpo, 30.0, st), rpo, 30.0, "default", sync_progress=1.0,
                            agent_connected=True, last_point=pts[-1] if pts else None, points=len(pts),
                            churn_bytes_per_s=1e6, upload_bytes_per_s=4.5e5,
@@ -139,7 +204,7 @@ class SyntheticFacade(EngineFacade):
             self.registered.remove(name)
             self.names.append(name)
             self._points[name] = []
-            self._state[name] = {"phase": 0.0, "base": 3, "state": "protected"}
+            self._state[name] = {"phase": 0.0, "base": 3, "state": "initial-sync", "progress": 0.0}
 
     async def resync(self, name: str, now: bool = True) -> ResyncView:
         self._state[name]["state"] = "resyncing"

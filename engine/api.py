@@ -11,6 +11,7 @@ A front end imports this module and nothing else under ``engine`` (the console's
   dataclass with ``from_dict`` that ignores unknown keys and defaults missing optional ones (CONTRACT.md §5:
   additive changes never break a front end);
 - the one policy type, :class:`Policy`, with ``format_duration``, ``parse_duration``, ``parse_window`` and ``health_for``;
+- ``parse_address``: the one ``HOST:PORT`` parser;
 - the error classes (``LifeboatError`` and its subclasses) and the event classes (``MachineStatus`` …, ``EventBus``);
 - the admin client of the control API (:class:`AdminClient`) and a vCenter login check for set-up wizards.
 
@@ -38,6 +39,7 @@ from .errors import (AlreadyExists, ApplianceUnreachable, AuthError, Certificate
 from .events import Alert, Event, EventBus, JobChanged, JobProgress, MachineStatus, PointCreated
 from .home import ApplianceHome
 from .jobs import JobManager
+from .net import parse_address
 from .policy import DEFAULT_POLICY, Policy, format_duration, health_for, parse_duration, parse_window
 from .secrets import delete_secret, vault_key_name
 from .vault import local as _local_vault  # noqa: F401
@@ -436,7 +438,7 @@ __all__ = [
     "check_vcenter_login", "AdminClient",
     # typed views and the policy type
     "ApplianceStatus", "MachineView", "DiskView", "ResyncView", "PointView", "RevokedView", "JobView", "DrillView",
-    "CleanupView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "parse_window", "health_for",
+    "CleanupView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "parse_window", "health_for", "parse_address",
     # events
     "Event", "EventBus", "MachineStatus", "PointCreated", "JobProgress", "JobChanged", "Alert",
     # errors

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import platform
 from .errors import InvalidInput, LifeboatError
+from .net import parse_address
 from .policy import format_duration, format_size, parse_duration, parse_size
 
 
@@ -42,11 +43,6 @@ def _print(obj: Any, as_json: bool) -> None:
 def _q(name: str) -> str:
     """A name as one URL path segment (the appliance checks it by the name rule; a '/' must not add segments)."""
     return urllib.parse.quote(name, safe="")
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    from .agent.register import parse_hostport
-    return parse_hostport(text)
 
 
 # appliance ---------------------------------------------------------------------------------------------------
@@ -103,7 +99,7 @@ def cmd_agent_run(a: argparse.Namespace) -> int:
         disks[name] = Path(path)
 
     async def main() -> None:
-        agent = Agent(Path(a.home), disks, _hostport(a.nbd), pre_bookmark=a.pre_bookmark,
+        agent = Agent(Path(a.home), disks, parse_address(a.nbd, any_port=True, what="--nbd"), pre_bookmark=a.pre_bookmark,
                       post_bookmark=a.post_bookmark)
         await agent.start()
         assert agent.nbd_address

@@ -30,6 +30,10 @@ class MachineStatus(Event):
     last_point_time: float | None = None
     churn_bytes_per_s: float = 0.0
     upload_bytes_per_s: float = 0.0
+    health_reason: str = ""
+    rpo_known: bool = True
+    last_heard: float | None = None
+    sync_eta_seconds: float | None = None
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from .errors import EgressRefused
+from .errors import EgressRefused, InvalidInput
 
 __all__ = ["EgressPolicy", "EgressRefused", "HTTPSConnection", "HTTPSResponse", "Route", "client_context",
            "egress_policy", "https_request", "open_connection", "open_tls", "route", "set_egress_policy",
@@ -79,6 +79,25 @@ def _matches(pattern: str, host: str, port: int) -> bool:
 
 
 _policy = EgressPolicy()
+
+
+def parse_address(text: str, default_port: int | None = None, *, any_port: bool = False,
+                  what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (or ``[v6]:PORT``; ``HOST`` alone when ``default_port`` is given) → ``(host, port)``.
+
+    The one parser of addresses the operator types, for connecting and for listening (``any_port``: port 0 = any
+    free port). Raises :class:`InvalidInput` naming ``what``.
+    """
+    text = text.strip()
+    host, sep, port = text.rpartition(":")
+    if (not sep or "]" in port) and default_port is not None:   # no port, or a bare [v6] address
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    low = 0 if any_port else 1
+    if not host or " " in host or not port.isdigit() or not low <= int(port) < 65536:
+        raise InvalidInput(f"{what} {text!r} is not HOST:PORT", field=what,
+                           advice="Give a host name or address and a TCP port, e.g. 192.0.2.10:443.")
+    return host, int(port)
 
 
 def egress_policy() -> EgressPolicy:

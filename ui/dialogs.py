@@ -98,7 +98,9 @@ class FailoverDialog(QDialog):
         self.buttons.accepted.connect(self._accept)
         self.buttons.rejected.connect(self.reject)
         lay = QVBoxLayout(self)
-        lay.addWidget(QLabel("Recovery &point:"))
+        point_label = QLabel("Recovery &point:")
+        point_label.setBuddy(self.table)   # Alt+P focuses the table; without a buddy the & shows literally
+        lay.addWidget(point_label)
         lay.addWidget(self.table, 1)
         form = QFormLayout()
         form.addRow(self.nbd)

@@ -1,5 +1,6 @@
-"""The main window: navigation list (Dashboard, Protected machines, Infrastructure, Jobs and events, Policies,
-Settings), a notification banner, and a status bar. Closing it stops the embedded appliance first."""
+"""The main window: navigation list (Dashboard, Protected machines, Infrastructure, Jobs and events, Alerts with a
+badge counting the active alerts nobody acknowledged, Policies, Settings), a notification banner, desktop
+notifications for new alerts, and a status bar. Closing it stops the embedded appliance first."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from console.context import ConsoleContext
 from console.errors import Notification
 
 from . import theme
-from .notifications import Banner, CrashDialog
+from .notifications import Banner, CrashDialog, DesktopNotifier
+from .pages.alerts import AlertsPage
 from .pages.dashboard import DashboardPage
 from .pages.infrastructure import InfrastructurePage
 from .pages.jobs import JobsPage
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 PAGES = (("dashboard", "Dashboard", "dashboard"), ("machines", "Protected machines", "machines"),
          ("infrastructure", "Infrastructure", "infrastructure"), ("jobs", "Jobs and events", "jobs"),
-         ("policies", "Policies", "policies"), ("settings", "Settings", "settings"))
+         ("alerts", "Alerts", "alerts"), ("policies", "Policies", "policies"), ("settings", "Settings", "settings"))
 
 
 class MainWindow(QMainWindow):
@@ -52,7 +54,8 @@ class MainWindow(QMainWindow):
         self.stack = QStackedWidget()
         self.pages: dict[str, QWidget] = {
             "dashboard": DashboardPage(ctx), "machines": MachinesPage(ctx), "infrastructure": InfrastructurePage(ctx),
-            "jobs": JobsPage(ctx), "policies": PoliciesPage(ctx), "settings": SettingsPage(ctx)}
+            "jobs": JobsPage(ctx), "alerts": AlertsPage(ctx), "policies": PoliciesPage(ctx),
+            "settings": SettingsPage(ctx)}
         for i, (key, label, icon) in enumerate(PAGES):
             item = QListWidgetItem(theme.icon(icon), label)
             item.setToolTip(f"{label} (Ctrl+{i + 1})")
@@ -82,8 +85,16 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         self.appliance_label = QLabel()
         self.jobs_label = QLabel()
+        self.alerts_label = QLabel()
+        self.alerts_label.setAccessibleName("Alerts needing attention")
+        self.alerts_label.setContentsMargins(0, 0, 12, 0)
         self.statusBar().addWidget(self.appliance_label, 1)
+        self.statusBar().addPermanentWidget(self.alerts_label)
         self.statusBar().addPermanentWidget(self.jobs_label)
+        self.desktop = DesktopNotifier(ctx.notes, self)
+        ctx.alert_raised.connect(self.desktop.notify)
+        ctx.alerts.attention_changed.connect(self._update_badge)
+        self._update_badge(ctx.alerts.attention)
         self.setTabOrder(self.nav, self.stack)
         ctx.notes.notified.connect(self._on_notification)
         ctx.notes.crashed.connect(self.show_crash)
@@ -111,6 +122,16 @@ class MainWindow(QMainWindow):
         return page
 
     # notifications ---------------------------------------------------------------------------------------
+    def _update_badge(self, n: int) -> None:
+        """The Alerts entry says how many active alerts nobody acknowledged yet (and turns red when any)."""
+        item = self.nav.item([k for k, _l, _i in PAGES].index("alerts"))
+        item.setText(f"Alerts ({n})" if n else "Alerts")
+        item.setForeground(theme.health_colors()["critical"] if n else self.nav.palette().text())
+        item.setToolTip(f"Alerts: {n} active, not acknowledged" if n else "Alerts")
+        self.alerts_label.setText(f"{n} alert{'s' if n != 1 else ''} to acknowledge" if n else "")
+        self.alerts_label.setMinimumWidth(self.alerts_label.sizeHint().width())
+        self.alerts_label.setVisible(bool(n))
+
     def _on_notification(self, note: Notification) -> None:
         self.banner.show_notification(note)
         self.statusBar().showMessage(note.title, 5000)

@@ -1,14 +1,17 @@
-"""Notifications in the main window: a banner with the engine's code, the message and what to do; and the crash
-dialog for unexpected errors (versions and a copyable report)."""
+"""Notifications in the main window: a banner with the engine's code, the message and what to do; desktop
+notifications for new alerts (the system tray's, or the banner where there is no tray); and the crash dialog for
+unexpected errors (versions and a copyable report)."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QTimer
+from typing import Any
+
+from PySide6.QtCore import QObject, QTimer
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
-                               QVBoxLayout, QWidget)
+                               QSystemTrayIcon, QVBoxLayout, QWidget)
 
-from console.errors import Notification
+from console.errors import Notification, NotificationCenter
 
 from . import theme
 
@@ -90,3 +93,33 @@ class CrashDialog(QDialog):
 
     def copy(self) -> None:
         QGuiApplication.clipboard().setText(self.report.toPlainText())
+
+
+class DesktopNotifier(QObject):
+    """New warning and critical alerts as desktop notifications: the system tray's balloon when the desktop has a
+    tray, otherwise the in-app banner (``notes``). ``sent`` records (channel, title) for tests and diagnostics."""
+
+    def __init__(self, notes: NotificationCenter, parent: QWidget | None = None, *,
+                 tray: bool | None = None) -> None:
+        super().__init__(parent)
+        self.notes = notes
+        self.sent: list[tuple[str, str]] = []
+        use_tray = QSystemTrayIcon.isSystemTrayAvailable() if tray is None else tray
+        self.tray: QSystemTrayIcon | None = None
+        if use_tray:
+            self.tray = QSystemTrayIcon(theme.icon("app"), self)
+            self.tray.setToolTip("Lifeboat")
+            self.tray.show()
+
+    def notify(self, alert: Any) -> None:
+        """``alert`` is a ``console.alerts.AlertRow`` that just became active."""
+        title = f"{alert.severity.capitalize()}: {alert.subject or alert.component}"
+        if self.tray is not None:
+            icon = (QSystemTrayIcon.MessageIcon.Critical if alert.severity == "critical"
+                    else QSystemTrayIcon.MessageIcon.Warning)
+            self.tray.showMessage(title, f"{alert.code}: {alert.message}\n{alert.advice}".strip(), icon, 15000)
+            self.sent.append(("tray", title))
+            return
+        level = "error" if alert.severity == "critical" else "warning"
+        self.notes.notify(Notification(level, alert.message, alert.code, alert.advice, alert.subject or None))
+        self.sent.append(("banner", title))

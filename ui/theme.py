@@ -60,6 +60,7 @@ def apply(app: QApplication) -> None:
     import pyqtgraph as pg
     qss = resources_dir() / "style.qss"
     if qss.exists():
-        app.setStyleSheet(qss.read_text())
+        # url(@ICONS@/x.svg): the stylesheet's own images, wherever the resources are (source tree or bundle)
+        app.setStyleSheet(qss.read_text().replace("@ICONS@", (resources_dir() / "icons").as_posix()))
     app.setWindowIcon(icon("app"))
     pg.setConfigOptions(background="w", foreground="#33414f", antialias=True)

@@ -124,8 +124,13 @@ class SummaryPage(KeepOnBackPage):
         self.summary.setTextInteractionFlags(self.summary.textInteractionFlags().TextSelectableByMouse)
         self.progress = QLabel()
         self.state = forms.Field(self.progress)
+        self.checklist = QLabel()
+        self.checklist.setObjectName("checklist")
+        self.checklist.setWordWrap(True)
+        self.checklist.setAccessibleName("What to do after Finish")
         form = QFormLayout(self)
         form.addRow(self.summary)
+        form.addRow(self.checklist)
         form.addRow(self.state)
 
     def initializePage(self) -> None:  # noqa: N802
@@ -138,6 +143,16 @@ class SummaryPage(KeepOnBackPage):
                 ("vCenter", f"{p.vcenter.host} (thumbprint accepted)" if p.vcenter else "none")]
         self.summary.setText("<table cellpadding=3>" + "".join(
             f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows) + "</table>")
+        items = ["The connection passphrase is copied or saved (agents need it to register)",
+                 f"Port {p.control_port} (control) and {p.data_port} (data) are open to the agents in the firewall",
+                 "Install the agent on each machine and register it (the Protected machines page shows the "
+                 "command, with this appliance's address)",
+                 "Enable protection of each machine, then run a test failover once its first point exists",
+                 "Back up the vault key (it is in this computer's keyring only)"]
+        if p.vcenter is None:
+            items.insert(3, "Optional: add your vCenter under Infrastructure to protect VMs from its inventory")
+        self.checklist.setText("<b>After Finish, check:</b><ul>" + "".join(f"<li>☐ {t}</li>" for t in items)
+                               + "</ul>")
 
 
 class FirstRunWizard(QWizard):
@@ -160,8 +175,10 @@ class FirstRunWizard(QWizard):
         self.passphrase_page = PassphrasePage(self.pending)
         self.vcenter_page = VCenterPage()
         self.summary_page = SummaryPage()
-        for page in (self.home_page, self.vault_page, self.ports_page, self.passphrase_page, self.vcenter_page,
-                     self.summary_page):
+        pages = (self.home_page, self.vault_page, self.ports_page, self.passphrase_page, self.vcenter_page,
+                 self.summary_page)
+        for n, page in enumerate(pages, 1):
+            page.setTitle(f"Step {n} of {len(pages)}: {page.title()}")
             self.addPage(page)
         self.resize(720, 520)
         self._finishing = False

@@ -18,16 +18,6 @@ from ..names import check_name
 from ..registration import agent_proof, appliance_proof, check
 
 
-def parse_hostport(text: str, default_port: int = 443) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, str(default_port)
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidInput(f"{text!r} is not HOST:PORT")
-    return host, int(port)
-
-
 def register(home_dir: Path, appliance: str, passphrase_file: Path, name: str, timeout: float = 15.0) -> dict:
     check_name(name, "machine name")
     home = AgentHome(home_dir)
@@ -38,7 +28,7 @@ def register(home_dir: Path, appliance: str, passphrase_file: Path, name: str, t
         passphrase = passphrase_file.read_text().strip()
     except OSError as exc:
         raise InvalidInput(f"cannot read the passphrase file: {exc.strerror}") from None
-    host, port = parse_hostport(appliance)
+    host, port = net.parse_address(appliance, 443, what="--appliance")
     key = pki.new_key()
     csr = pki.make_csr(key, name)
     nonce = secrets.token_hex(16)

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import xxhash
 
@@ -33,7 +33,18 @@ from ..wire import DIFF_HEAD, RESYNC_HEAD
 from .dirty_map import BLOCK
 
 if TYPE_CHECKING:
-    from .agent import Agent
+    from ..home import AgentHome
+    from .capture import CaptureBackend, MachineCapture
+
+
+class AgentSide(Protocol):
+    """What a resync pass uses of the agent that runs it (the agent passes itself; nothing here imports it)."""
+    capture: MachineCapture
+    backends: list[CaptureBackend]
+    cfg: dict[str, Any]
+    home: AgentHome
+    sent_seq: int
+    acked_seq: int
 
 CHUNK_BLOCKS = 2048          # 128 MiB of source per checksum round trip
 MAX_COMPARES = 2             # checksum round trips in flight (hash the next chunk while one is compared)
@@ -52,7 +63,7 @@ class Chunk:
 
 
 class ResyncPass:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentSide) -> None:
         self.agent = agent
         self.chunks: dict[int, Chunk] = {}
         self.next_id = 1

@@ -1,7 +1,7 @@
 """The appliance: configuration-server and process-server roles in one asyncio program.
 
 ``Appliance`` is the composition root: it builds the parts, wires each to the narrow collaborators it needs, and
-starts and stops them; its periodic work is scheduler tasks (``engine/jobs/appliance_tasks.py``) over those parts.
+starts and stops them; its periodic work is scheduler tasks (``scheduled_tasks.py``) over those parts.
 It holds no behaviour of its own; its public methods are thin delegations kept for the console
 (``console/engine_facade.py``), the CLI and the tests.
 
@@ -30,10 +30,11 @@ from typing import Any
 
 from .. import pki
 from ..codec import Sealer
+from ..errors import ListenFailed
 from ..events import EventBus
 from ..home import ApplianceHome
 from ..jobs import JobManager, JobStore, Scheduler
-from ..jobs.appliance_tasks import ApplianceTasks
+from .scheduled_tasks import ApplianceTasks
 from ..policy import Policy
 from ..secrets import load_vault_key
 from ..vault.base import Vault
@@ -114,7 +115,7 @@ class Appliance:
         self.ps = ProcessServer(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=True),
                                 state=state, runtimes=runtimes, resync=resync, cursor=cursor, pool=self.pool,
                                 gate=self.gate)
-        self.data_address = await self.ps.start(self.listen, self.cfg["data_port"])
+        self.data_address = await _listening("data", self.listen, self.cfg["data_port"], self.ps.start)
         self.recovery = RecoveryService(h.drills, state=state, runtimes=runtimes, cursor=cursor, manager=self.jobs,
                                         pool=self.pool)
         await self.recovery.start()
@@ -130,7 +131,7 @@ class Appliance:
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
                                   extra_routes=self.vsphere.routes())
-        self.control_address = await self.control.start(self.listen, self.cfg["control_port"])
+        self.control_address = await _listening("control", self.listen, self.cfg["control_port"], self.control.start)
         ApplianceTasks(runtimes=runtimes, machines=self.machines, resync=resync, bookmarks=self.bookmarks,
                        retention=self.retention, capacity=self.capacity).register(self.scheduler)
         await self.scheduler.start()
@@ -230,3 +231,15 @@ class Appliance:
     async def prune_all(self) -> None:
         assert self.retention is not None
         await self.retention.prune_all()
+
+
+async def _listening(what: str, host: str, port: int, start: Any) -> Any:
+    """``await start(host, port)``; a port taken (or an address not on this machine) is the operator's to fix, so it
+    is a ``ListenFailed`` naming the port and the setting, never a raw errno."""
+    try:
+        return await start(host, port)
+    except OSError as exc:
+        raise ListenFailed(f"cannot listen for the {what} port on {host}:{port}: {exc.strerror or exc}",
+                           advice=f"Another program uses port {port} (or {host} is not an address of this machine): "
+                                  f"stop it, or choose another {what} port (`lifeboat appliance init --{what}-port`, "
+                                  "or the console's first-run wizard).", field=f"{what}_port") from None

@@ -17,7 +17,7 @@ Zerto's journal hard limit, and what to do when the disk fills anyway:
 - ``LB_VAULT_SPACE_LOW`` (warning): free space is below twice the reserve, or the current churn reaches the reserve
   within a day; the message gives the projected days.
 
-Free space is measured on a timer (the scheduler's ``vault-capacity`` task, every 2 s: engine/jobs/appliance_tasks.py),
+Free space is measured on a timer (the scheduler's ``vault-capacity`` task, every 2 s: scheduled_tasks.py),
 never per write: the data path only reads ``gate.closed``.
 """
 

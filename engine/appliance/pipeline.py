@@ -17,8 +17,9 @@ from ..events import Alert, EventBus, PointCreated
 from ..names import valid_name
 from ..records import HEADER_SIZE, Kind, Record
 from ..vault.base import MachineVault, Point, SealedRecord
-from ..segment_log import SegmentLog as MachineCache
+from ..segment_log import SegmentLog
 from .blockhash import UNKNOWN, BlockHashIndex, full_block_hashes
+from .shielded import wait_done
 
 if TYPE_CHECKING:
     from .capacity import VaultGate
@@ -80,7 +81,7 @@ class MachineRuntime:
     ``hashes_dir`` (the block-hash index files of this machine).
     """
 
-    def __init__(self, name: str, cache: MachineCache, vault: MachineVault, *, state: MachineState,
+    def __init__(self, name: str, cache: SegmentLog, vault: MachineVault, *, state: MachineState,
                  cursor: SyncCursor, resync: Resync, bus: EventBus, pool: Executor, sealer: Sealer,
                  hashes_dir: Path, gate: VaultGate | None = None) -> None:
         self.state = state
@@ -358,7 +359,7 @@ class MachineRuntime:
                 fetched = self._fetched = recs[-1].seq
         finally:
             if writing is not None:
-                await _wait_done(writing)   # never abandon a vault append half way
+                await wait_done(writing)   # never abandon a vault append half way
 
     async def _commit(self, recs: list[Record], sealed: list[SealedRecord], pre: list[Any]) -> None:
         await self.vault.append(sealed)
@@ -454,13 +455,3 @@ class _Rate:
             self.samples.popleft()
         return sum(n for _, n in self.samples) / self.window
 
-
-async def _wait_done(fut: asyncio.Future) -> None:
-    """Wait until ``fut`` is done, through cancellations; its exception is retrieved (the caller reports it)."""
-    while not fut.done():
-        try:
-            await asyncio.wait({fut})
-        except asyncio.CancelledError:
-            continue
-    if not fut.cancelled():
-        fut.exception()

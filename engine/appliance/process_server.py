@@ -24,9 +24,10 @@ from .. import pki
 from ..buffers import new_buffer, tune_malloc
 from ..errors import (CertificateRefused, LifeboatError, MachineRevoked, ProtocolError, UnknownMachine,
                       is_no_space)
-from ..records import Kind, Record, decode_records
+from ..records import BLOCK, Kind, Record, decode_records
 from ..wire import BATCH_HEAD, DIFF_HEAD, HEAD, RESYNC_HEAD, Frame, parse_head, parse_json
 from ..wire import write_frame, write_json
+from .shielded import wait_done
 
 if TYPE_CHECKING:
     from .capacity import VaultGate
@@ -353,7 +354,7 @@ class ProcessServer:
             if len(body) < RESYNC_HEAD.size:
                 raise ProtocolError("short resync frame")
             disk, bsize, seq, chunk, count = RESYNC_HEAD.unpack_from(body)
-            if bsize != 65536 or len(body) != RESYNC_HEAD.size + count * 24 or count > 1 << 20:
+            if bsize != BLOCK or len(body) != RESYNC_HEAD.size + count * 24 or count > 1 << 20:
                 raise ProtocolError("malformed resync frame")
             off = RESYNC_HEAD.size
             blocks = list(struct.unpack_from(f"<{count}Q", body, off))
@@ -460,7 +461,7 @@ class _Committer:
             await asyncio.wait_for(asyncio.shield(self.task), IDLE_TIMEOUT)
         except (asyncio.CancelledError, TimeoutError):
             self.task.cancel()
-            await _wait_done(self.task)
+            await wait_done(self.task)
             raise
         except Exception:
             pass   # reported through check(), or the connection is going away anyway
@@ -500,7 +501,7 @@ class _Committer:
             except asyncio.CancelledError:
                 # Hold the append lock until the thread is done: no other append may interleave with it, and
                 # the file must not be closed under it.
-                await _wait_done(fut)
+                await wait_done(fut)
                 if not fut.cancelled() and fut.exception() is None and fut.result()[0]:
                     rt.cache_pending.extend(fut.result()[2])   # written: the applier finds them in the cache
                     rt.new_data.set()
@@ -559,16 +560,6 @@ def _verify_append(cache: Any, group: list[_Batch]) -> tuple[list[Record], int, 
         cache.append(recs, encoded)
     return recs, sum(len(e) for e in encoded), entries, bad
 
-
-async def _wait_done(fut: asyncio.Future) -> None:
-    """Wait until ``fut`` is done, through cancellations (used for work that must not be abandoned half way)."""
-    while not fut.done():
-        try:
-            await asyncio.wait({fut})
-        except asyncio.CancelledError:
-            continue
-    if not fut.cancelled():
-        fut.exception()   # retrieved: the caller reports its own error
 
 
 def _note_sync(cursor: SyncCursor, rt: MachineRuntime, recs: list[Record]) -> None:

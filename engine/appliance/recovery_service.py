@@ -13,6 +13,7 @@ cancels the drill's own job if that is still exporting. A drill outlives its job
 from __future__ import annotations
 
 import asyncio
+import errno
 import datetime as dt
 import logging
 import os
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import platform
-from ..errors import Conflict, InvalidInput, LifeboatError, ListenFailed, NotFound, NotReady, UnknownPoint
+from ..errors import (Conflict, InvalidInput, LifeboatError, ListenFailed, NotFound, NotReady, StorageError,
+                      UnknownPoint)
 from ..jobs import Job, JobKind, JobManager, JobState, Plan, StepContext, StepSpec, StepState
 from ..names import inside
+from ..net import parse_address
 from ..nbd.server import NBDServer
 from ..vault.base import DiskView, MachineVault, Point
 from .export_target import ExportTarget
@@ -202,10 +205,7 @@ class RecoveryService:
                                     rt.last_applied_ts if rt.last_applied_seq == rt.vault.last_seq else None)
         host, port = "", 0
         if nbd is not None:
-            host, _, p = nbd.rpartition(":")
-            if not host or not p.isdigit() or not 0 <= int(p) < 65536:
-                raise InvalidInput(f"--nbd {nbd!r} is not HOST:PORT")
-            port = int(p)
+            host, port = parse_address(nbd, any_port=True, what="nbd")
         if export_dir is not None and not os.path.isabs(export_dir):
             raise InvalidInput("--export needs an absolute folder path", field="export_dir")
         if machine in self.drills:   # another drill was planned while the point was resolved
@@ -249,7 +249,11 @@ class RecoveryService:
             ctx.note("drill served over NBD")
 
         async def export_disks(ctx: StepContext) -> None:
-            await self._export(ctx, drill, disks)
+            try:
+                await self._export(ctx, drill, disks)
+            except Exception:   # a failed export cleans itself up: no drill left running, no partial images
+                await self._drop(drill)
+                raise
 
         last = (StepSpec("serve-nbd", "Serve the disks over NBD", serve_nbd, 0.0) if nbd is not None else
                 StepSpec("export-disks", "Export the disks as raw images", export_disks, 1.0,
@@ -287,10 +291,21 @@ class RecoveryService:
                     n = min(EXPORT_CHUNK, d.size - off)
                     data = await view.read(off, n)
                     if data.count(0) != len(data):  # keep zero runs sparse
-                        await loop.run_in_executor(self.pool, platform.pwrite, fd, data, off)
+                        mv, pos = memoryview(data), 0
+                        while pos < n:   # a short write (a filesystem filling up) is not the end of the chunk
+                            w = await loop.run_in_executor(self.pool, platform.pwrite, fd, mv[pos:], off + pos)
+                            if w <= 0:
+                                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                            pos += w
                     done += n
                     ctx.progress(done / total)
                 await loop.run_in_executor(self.pool, os.fsync, fd)
+            except OSError as exc:   # full, read-only, gone: the operator's to fix, not a bug
+                raise StorageError(f"cannot write the drill image of disk {d.name} to {path}: "
+                                   f"{exc.strerror or exc}",
+                                   advice=f"Choose a folder on a filesystem with {d.size} bytes free per disk (or "
+                                          "free space there) and start the drill again; the failed drill and its "
+                                          "partial images were removed.", field="export_dir") from None
             finally:
                 target.finish(fd, path)
             files.append(path)

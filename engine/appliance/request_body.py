@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..errors import InvalidInput
 from ..names import check_name
+from ..net import parse_address
 from ..policy import parse_duration, parse_size
 
 #: Largest request body the control API reads (a certificate request is ~1 KiB; nothing needs more).
@@ -130,11 +131,7 @@ class Body:
         v = self.text(key, max_len=300)
         if v is None:
             return None
-        host, _, p = v.rpartition(":")
-        host = host.strip("[]")
-        if not host or not p.isdigit() or not 0 <= int(p) < 65536:
-            raise InvalidInput(f"field {key!r}: {v!r} is not HOST:PORT", field=key)
-        return host, int(p)
+        return parse_address(v, any_port=True, what=key)
 
 
 def _finite(obj: Any) -> Any:

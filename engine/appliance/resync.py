@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import Conflict
 from ..events import Alert, EventBus
 from ..policy import parse_window
+from ..records import BLOCK
 from .machines import MachineState
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class Resync:
             raise Conflict(f"machine {name!r} is not protected")
         rep = await rt.vault.verify()
         problems = list(rep.problems)
-        ranges = [[p["disk"], p["offset"], p.get("length") or 65536] for p in problems
+        ranges = [[p["disk"], p["offset"], p.get("length") or BLOCK] for p in problems
                   if p.get("disk") is not None and p.get("offset") is not None]
         if problems and heal:
             full = any(p.get("disk") is None for p in problems)

@@ -14,7 +14,7 @@ from ..codec import Sealer
 from ..errors import InvalidInput
 from ..events import EventBus
 from ..names import check_name, check_unique, inside
-from ..segment_log import SegmentLog as MachineCache
+from ..segment_log import SegmentLog
 from ..vault.base import DiskInfo, Vault
 from .capacity import VaultGate
 from .machines import MachineState
@@ -65,7 +65,7 @@ class Runtimes(Mapping[str, MachineRuntime]):
         rt = self._live.get(name)
         if rt is None:
             mv = await self.vault.open_machine(name)
-            cache = await asyncio.get_running_loop().run_in_executor(self.pool, MachineCache,
+            cache = await asyncio.get_running_loop().run_in_executor(self.pool, SegmentLog,
                                                                      inside(self.cache_dir, name))
             rt = MachineRuntime(name, cache, mv, state=self.state, cursor=self.cursor, resync=self.resync,
                                 bus=self.bus, pool=self.pool, sealer=self.sealer,

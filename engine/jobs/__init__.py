@@ -3,8 +3,8 @@
 ``model`` (plain data), ``store`` (state.db), ``manager`` (queues, running, pause/resume, cancel), ``scheduler``.
 """
 
-from .manager import JobManager, StepContext
-from .model import (FINAL_JOB_STATES, Job, JobKind, JobState, Plan, Step, StepSpec, StepState)
+from .manager import JobManager
+from .model import (FINAL_JOB_STATES, Job, JobKind, JobState, Plan, Step, StepContext, StepSpec, StepState)
 from .scheduler import ScheduledTask, Scheduler
 from .store import JobStore
 

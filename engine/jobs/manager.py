@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from ..errors import Conflict, LifeboatError, NotFound
 from ..events import EventBus, JobChanged, JobProgress
-from .model import (CANCELLED_CODE, INTERRUPTED_CODE, Job, JobState, Plan, Step, StepSpec, StepState,
+from .model import (CANCELLED_CODE, INTERRUPTED_CODE, Job, JobState, Plan, Step, StepContext, StepSpec, StepState,
                     new_job_id)
 from .store import KEEP_FINISHED, JobStore
 
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 2.0     # progress is stored at most this often (state changes always)
 
 
-class StepContext:
-    """What a running step sees: its job and step, the job's ``result`` to fill, progress and operator pauses."""
+class RunningStep(StepContext):
+    """The manager's :class:`StepContext`: a step's view of its job, reporting back to the manager."""
 
     def __init__(self, manager: JobManager, job: Job, step: Step) -> None:
         self._manager = manager
@@ -277,7 +277,7 @@ class JobManager:
         step.state, step.started = StepState.RUNNING, time.time()
         self._changed(job, step)
         try:
-            await spec.run(StepContext(self, job, step))
+            await spec.run(RunningStep(self, job, step))
         except asyncio.CancelledError:
             stop = self._stopping and job.id not in self._cancel_requested
             self._end_step(job, step, StepState.INTERRUPTED if stop else StepState.CANCELLED)

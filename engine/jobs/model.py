@@ -13,10 +13,7 @@ import enum
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
-
-if TYPE_CHECKING:
-    from .manager import StepContext
+from typing import Any, Awaitable, Callable, Protocol
 
 
 class JobKind(str, enum.Enum):
@@ -66,7 +63,26 @@ CANCELLED_CODE = "LB_CANCELLED"
 INTERRUPTED_CODE = "LB_INTERRUPTED"
 STEP_FAILED_CODE = "LB_JOB_FAILED"
 
-StepFn = Callable[["StepContext"], Awaitable[None]]
+class StepContext(Protocol):
+    """What a running step sees (the manager provides it): its job and step, the job's ``result`` to fill,
+    progress, a message, and pauses for an operator."""
+    job: Job
+    step: Step
+
+    @property
+    def result(self) -> dict[str, Any]: ...
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report the step's progress (0..1); sends ``JobProgress`` for the job."""
+
+    def note(self, message: str) -> None:
+        """Set the step's (and job's) message without sending a progress event."""
+
+    async def pause_for_operator(self, message: str) -> None:
+        """Pause the step (and the job: ``paused-for-operator``) until ``JobManager.resume(job_id)``."""
+
+
+StepFn = Callable[[StepContext], Awaitable[None]]
 
 
 @dataclass(slots=True)

@@ -596,9 +596,17 @@ class LocalVault(Vault):
             mv = self._machines.get(machine)
             if mv is not None:
                 return mv
-            make_private_dir(self.root)
-            mv = LocalMachineVault(self, machine, inside(self.root, machine))
-            await mv._run(mv._open_sync)
+            try:
+                make_private_dir(self.root)
+                mv = LocalMachineVault(self, machine, inside(self.root, machine))
+                await mv._run(mv._open_sync)
+            except LifeboatError:
+                raise
+            except OSError as exc:   # the vault folder is gone, a file, on a full or read-only filesystem
+                raise StorageError(f"cannot open the vault of {machine} in {self.root}: {exc.strerror or exc}",
+                                   advice=f"Make {self.root} a writable folder with free space (or restore it if it "
+                                          "was moved), then try again; `lifeboat status` shows the vault path.",
+                                   machine=machine) from None
             self._machines[machine] = mv
             return mv
 

@@ -14,15 +14,35 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, TypeVar
 
 from ..errors import IntegrityError, InvalidInput, StorageError
 from ..records import Kind
-from .base import DiskView, VerifyReport
+from .base import DiskInfo, DiskView, Point, VerifyReport
 from .replica import ExtentMap
 
 if TYPE_CHECKING:
-    from .local import LocalMachineVault
+    from .journal import Entry, Journal
+    from .replica import ReplicaFile
+
+T = TypeVar("T")
+
+
+class VaultInternals(Protocol):
+    """What views, time look-ups and verification read of a local machine vault (``LocalMachineVault``, which
+    passes itself; this module is its reading half and imports nothing of it)."""
+    _journal: Journal
+    _replicas: dict[int, ReplicaFile]
+    _cache: _PayloadCache
+    _base_seq: int
+    _last_seq: int
+
+    def disks(self) -> list[DiskInfo]: ...
+    def points(self) -> list[Point]: ...
+    def _payload(self, e: Entry) -> bytes: ...
+    def _check_open(self) -> None: ...
+    def _run(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]: ...
+    def _view_closed(self) -> Awaitable[None]: ...
 
 DATA_KINDS = (Kind.WRITE, Kind.SYNC)
 ZERO_KINDS = (Kind.ZERO, Kind.TRIM)
@@ -71,7 +91,7 @@ class _PayloadCache:
 class LocalDiskView(DiskView):
     """One disk as at one seq. Stays valid while records are appended; blocks ``prune`` until closed."""
 
-    def __init__(self, owner: LocalMachineVault, seq: int, disk: int, size: int, emap: ExtentMap) -> None:
+    def __init__(self, owner: VaultInternals, seq: int, disk: int, size: int, emap: ExtentMap) -> None:
         self._owner = owner
         self.seq = seq
         self.disk = disk
@@ -128,7 +148,7 @@ class LocalDiskView(DiskView):
         await self.close()
 
 
-def build_extent_map(mv: LocalMachineVault, seq: int, disk: int) -> ExtentMap:
+def build_extent_map(mv: VaultInternals, seq: int, disk: int) -> ExtentMap:
     """Extent map of ``disk`` as at ``seq``: the journal records ``base_seq < seq' <= seq`` over the replica.
     Runs in a worker thread; scans record headers only."""
     emap = ExtentMap()
@@ -143,7 +163,7 @@ def build_extent_map(mv: LocalMachineVault, seq: int, disk: int) -> ExtentMap:
     return emap
 
 
-def seq_at_time_scan(mv: LocalMachineVault, t_ns: int) -> tuple[int, float] | None:
+def seq_at_time_scan(mv: VaultInternals, t_ns: int) -> tuple[int, float] | None:
     """The newest record captured at or before ``t_ns`` (headers only), else ``base_seq`` when a point at it is old
     enough, else None. Runs in a worker thread (:meth:`LocalMachineVault.seq_at_time`)."""
     best: tuple[int, float] | None = None
@@ -157,7 +177,7 @@ def seq_at_time_scan(mv: LocalMachineVault, t_ns: int) -> tuple[int, float] | No
     return best
 
 
-def verify_all(mv: LocalMachineVault) -> VerifyReport:
+def verify_all(mv: VaultInternals) -> VerifyReport:
     """Authenticate and hash-check every journal record after base_seq and every stored replica slot; corruption
     goes into the report. Runs in a worker thread (:meth:`LocalMachineVault.verify`)."""
     rep = VerifyReport()

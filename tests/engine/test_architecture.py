@@ -61,7 +61,7 @@ def test_no_part_holds_an_appliance_back_pointer() -> None:
     parts = ["appliance/control.py", "appliance/pipeline.py", "appliance/process_server.py",
              "appliance/recovery_service.py", "appliance/machines.py", "appliance/resync.py",
              "appliance/sync_cursor.py", "appliance/runtimes.py", "appliance/retention.py", "appliance/bookmarks.py",
-             "vsphere/service.py", "vsphere/matching.py", "jobs/appliance_tasks.py"]
+             "vsphere/service.py", "vsphere/matching.py", "appliance/scheduled_tasks.py"]
     reach = re.compile(r"\bself\.app\b|\bapp: Appliance\b")
     found = [p for p in parts if reach.search((ENGINE / p).read_text())]
     assert found == []

@@ -191,7 +191,8 @@ async def test_console_end_to_end(qtbot, tmp_path: Path, screenshot, console_set
 
         # Every main view, with live data.
         await signal(ctx.statuses_applied, lambda names: "vm1" in names, 10, "a status batch")
-        for i, key in enumerate(("dashboard", "machines", "infrastructure", "jobs", "policies", "settings")):
+        for i, key in enumerate(("dashboard", "machines", "infrastructure", "jobs", "alerts", "policies",
+                                 "settings")):
             page = win.show_page(key)
             if key == "dashboard":
                 page.refresh()
@@ -209,7 +210,7 @@ async def test_console_end_to_end(qtbot, tmp_path: Path, screenshot, console_set
         win.close()
         await closed
         assert not ctx.facade.running
-        assert console_settings.get("window/page") == 5  # window state remembered
+        assert console_settings.get("window/page") == 6  # window state remembered (Settings, the last page)
     finally:
         if agent is not None:
             await agent.stop()

@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QPushButton, QTreeWidget,
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QMessageBox, QPushButton, QTreeWidget,
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from console.context import ConsoleContext
@@ -84,7 +84,7 @@ class InfrastructurePage(QWidget):
         self.add_btn.clicked.connect(self.add_vcenter)
         self.remove_btn.clicked.connect(self.remove_vcenter)
         self.refresh_btn.clicked.connect(self.refresh)
-        self.dialog: VCenterDialog | None = None
+        self.dialog: VCenterDialog | QMessageBox | None = None
         self._pending = QTimer(self)
         self._pending.setSingleShot(True)
         self._pending.setInterval(500)
@@ -183,6 +183,20 @@ class InfrastructurePage(QWidget):
             self.note.setText("Select a vCenter to remove.")
             return
         name = item.text(0)
-        self.ctx.jobs.start(f"Remove vCenter {name}", "vcenter", None,
-                            lambda _job: self.ctx.facade.remove_vcenter(name))
+        box = QMessageBox(QMessageBox.Icon.Warning, "Remove vCenter",
+                          f"Remove vCenter {name}? Its VMs are no longer discovered and its credentials are deleted "
+                          "from the keyring. Protected machines keep replicating through their agents.",
+                          QMessageBox.StandardButton.Cancel, self)
+        remove = box.addButton("&Remove", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        self.dialog = box
+
+        def done(_r: int) -> None:
+            self.dialog = None
+            if box.clickedButton() is remove:
+                self.ctx.jobs.start(f"Remove vCenter {name}", "vcenter", None,
+                                    lambda _job: self.ctx.facade.remove_vcenter(name))
+            box.deleteLater()
+        box.finished.connect(done)
+        box.open()
 

@@ -50,8 +50,10 @@ class JobsPage(QWidget):
         self.jobs = _table("Jobs")
         self.jobs.setModel(ctx.jobs_model)
         self.jobs.setItemDelegateForColumn(3, ProgressDelegate(self.jobs))
-        for col, w in enumerate((260, 110, 90, 120, 300)):
+        fm = self.jobs.fontMetrics()   # the widest state ("paused-for-operator") and a time must fit unclipped
+        for col, w in enumerate((300, 120, fm.horizontalAdvance("paused-for-operator") + 24, 120, 360)):
             self.jobs.horizontalHeader().resizeSection(col, w)
+        self.jobs.horizontalHeader().setMinimumSectionSize(fm.horizontalAdvance("00:00:00") + 24)
         self.steps = _table("Job steps")
         self.steps.setModel(ctx.steps_model)
         self.steps.setItemDelegateForColumn(2, ProgressDelegate(self.steps))

@@ -1,18 +1,23 @@
-"""The selected machine: health in words, live RPO graph, disks and drill state."""
+"""The selected machine: health in words and why, live RPO graph, disks and drill state (with its NBD address).
+
+Nothing shown belongs to another machine: selecting a machine clears every field before it is filled from that
+machine's own status. During the initial sync the state says how far it is and when it should end, and the RPO
+reads "—" until the first recovery point exists (the engine's ``rpo_known``)."""
 
 from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QAbstractItemView, QFormLayout, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from console.bridge import PointCreated
+from console.bridge import MachineStatus, PointCreated
 from console.context import ConsoleContext
 from console.models import format_seconds, format_time
 
 from .. import forms, theme
+from ..empty_state import AgentGuide
 from ..rpo_graph import WINDOW_SECONDS, RpoGraph
 
 
@@ -34,11 +39,17 @@ class MachineDetail(QWidget):
         self.health_icon = QLabel()
         self.health = QLabel()
         self.health.setAccessibleName("Health")
+        self.reason = QLabel()
+        self.reason.setObjectName("hint")
+        self.reason.setAccessibleName("Health reason")
+        self.reason.setWordWrap(True)
+        self.status: MachineStatus | None = None   # the newest status event of the machine shown
         self.facts: dict[str, QLabel] = {}
         grid = QGridLayout()
         for i, key in enumerate(("State", "RPO", "Policy", "Last point", "Points", "Agent", "Drill", "Resync")):
             lab = QLabel("—")
             lab.setAccessibleName(key)
+            lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # addresses to copy
             self.facts[key] = lab
             grid.addWidget(QLabel(f"{key}:"), i // 4, (i % 4) * 2)
             grid.addWidget(lab, i // 4, (i % 4) * 2 + 1)
@@ -46,7 +57,7 @@ class MachineDetail(QWidget):
         head.addWidget(self.title)
         head.addWidget(self.health_icon)
         head.addWidget(self.health)
-        head.addStretch(1)
+        head.addWidget(self.reason, 1)
         self.graph = RpoGraph()
         self.disks = QTableWidget(0, 4)
         self.disks.setHorizontalHeaderLabels(["Disk", "Size", "Initial sync", "Synced"])
@@ -55,7 +66,8 @@ class MachineDetail(QWidget):
         self.disks.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.disks.setMaximumHeight(130)
         self.disks.setAccessibleName("Disks")
-        lay = QVBoxLayout(self)
+        self.body = QWidget()
+        lay = QVBoxLayout(self.body)
         lay.setContentsMargins(0, 6, 0, 0)
         lay.addLayout(head)
         lay.addLayout(grid)
@@ -63,15 +75,30 @@ class MachineDetail(QWidget):
         form = QFormLayout()
         form.addRow("Disks:", self.disks)
         lay.addLayout(form)
+        self.guide = AgentGuide()
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.body, 1)
+        outer.addWidget(self.guide, 1)
+        self._show_guide()
         self._redraw = QTimer(self)
         self._redraw.setSingleShot(True)
         self._redraw.setInterval(1000)  # the graph redraws at most once a second
         self._redraw.timeout.connect(self.redraw_graph)
+        ctx.bridge.statuses.connect(self._keep_status)
         ctx.statuses_applied.connect(self._on_statuses)
         ctx.inventory_refreshed.connect(self.refresh_details)
+        ctx.inventory_refreshed.connect(self._show_guide)
+        ctx.appliance_started.connect(self._show_guide)
         ctx.bridge.point_created.connect(self._on_point)
 
     def show_machine(self, name: str | None) -> None:
+        if name != self.machine:   # nothing of the previous selection may stay on screen
+            self.status = None
+            for lab in self.facts.values():
+                lab.setText("—")
+            self.reason.setText("")
+            self.disks.setRowCount(0)
         self.machine = name
         self.title.setText(name or "No machine selected")
         points = []
@@ -83,8 +110,24 @@ class MachineDetail(QWidget):
             except Exception as exc:
                 self.ctx.notes.handle(exc, f"reading {name}")
         self.graph.show_machine(name, threshold, points)
+        self._show_guide()
         self.refresh_details()
         self.redraw_graph()
+
+    def _show_guide(self) -> None:
+        """With no machine at all, the detail area explains how to register the first one."""
+        empty = self.machine is None and self.ctx.machines.rowCount() == 0
+        if empty:
+            self.guide.set_control_address(self.ctx.facade.addresses.get("control", ""))
+        self.guide.setVisible(empty)
+        self.body.setVisible(not empty)
+
+    def _keep_status(self, batch: list[MachineStatus]) -> None:
+        # The table model applies the batch first (it is connected earlier), so the header is redone here.
+        for ev in batch:
+            if ev.machine == self.machine:
+                self.status = ev
+                self._update_header()
 
     def _on_statuses(self, names: set[str]) -> None:
         if self.machine in names:
@@ -108,10 +151,16 @@ class MachineDetail(QWidget):
         if row is None:
             return
         health = row.health if row.protected else ""
+        ev = self.status
+        rpo_known = row.protected and (ev is None or ev.rpo_known) and row.state != "initial-sync"
         self.health_icon.setPixmap(theme.health_icons()[health].pixmap(16, 16))
         theme.set_health(self.health, health)
-        self.facts["State"].setText(row.state_text)
-        self.facts["RPO"].setText(format_seconds(row.rpo) if row.protected else "—")
+        self.reason.setText(ev.health_reason if ev is not None and health not in ("", "ok") else "")
+        state = row.state_text
+        if row.state == "initial-sync" and ev is not None and ev.sync_eta_seconds is not None:
+            state += f", about {format_seconds(ev.sync_eta_seconds)} left"
+        self.facts["State"].setText(state)
+        self.facts["RPO"].setText(format_seconds(row.rpo) if rpo_known else "—")
         self.facts["Resync"].setText(row.resync_text)
         if row.last_point_time and not self.facts["Last point"].text().startswith(format_time(row.last_point_time)):
             self.facts["Last point"].setText(format_time(row.last_point_time))
@@ -132,9 +181,27 @@ class MachineDetail(QWidget):
         self.graph.set_threshold(st.rpo_threshold)
         self.facts["Agent"].setText("connected" if st.agent_connected else "not connected")
         self.facts["Points"].setText(str(st.points))
-        self.facts["Drill"].setText("running" if self.ctx.facade.drill_active(name) else "none")
+        lp = st.last_point
+        self.facts["Last point"].setText(f"{format_time(lp.time)} ({lp.kind}{', ' + lp.tag if lp.tag else ''})"
+                                         if lp else "none yet")
+        self.facts["Drill"].setText(self.drill_text(name))
         self.disks.setRowCount(len(st.disks))
-        for r, d in enumerate(st.disks):
-            pct = 100.0 * d.sync_cursor / max(1, d.size)
+        for r, d in enumerate(st.disks):   # the same fraction the state's % is made of (synced disks are 100 %)
+            pct = 100.0 * d.sync_fraction
             for c, text in enumerate((d.name, _size(d.size), f"{pct:.0f}%", "yes" if d.synced else "no")):
                 self.disks.setItem(r, c, QTableWidgetItem(text))
+
+    def drill_text(self, name: str) -> str:
+        """'none', or the running drill and where it is served (the NBD address clients connect to)."""
+        if not self.ctx.facade.drill_active(name):
+            return "none"
+        for job in reversed(self.ctx.jobs.jobs):
+            drill = job.result
+            if job.kind == "test-failover" and job.machine == name and drill is not None:
+                if getattr(drill, "nbd", None):
+                    exports = ", ".join(drill.exports)
+                    return f"running, NBD {drill.nbd}" + (f" ({exports})" if exports else "")
+                if getattr(drill, "export_dir", None):
+                    return f"running, exported to {drill.export_dir}"
+                break
+        return "running"

@@ -12,8 +12,8 @@
 Crash-consistent points need no task here: the agent cuts them every ``policy.crash_interval`` (sent in WELCOME).
 Each machine is handled on its own, so one machine's error does not skip the others in the same tick.
 
-The tasks call into the appliance's parts (engine/appliance: machines, resync, bookmarks, retention), never into
-the ``Appliance`` composition root.
+The tasks call into the appliance's parts (machines, resync, bookmarks, retention, capacity), never into the ``Appliance``
+composition root; the scheduler that runs them (``engine/jobs/scheduler.py``) knows nothing of the appliance.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .scheduler import Scheduler
+from ..jobs.scheduler import Scheduler
 
 if TYPE_CHECKING:
-    from ..appliance.bookmarks import ScheduledBookmarks
-    from ..appliance.capacity import Capacity
-    from ..appliance.machines import Machines
-    from ..appliance.resync import Resync
-    from ..appliance.retention import Retention
+    from .bookmarks import ScheduledBookmarks
+    from .capacity import Capacity
+    from .machines import Machines
+    from .resync import Resync
+    from .retention import Retention
 
 log = logging.getLogger(__name__)
 

@@ -133,7 +133,9 @@ class PoliciesPage(QWidget):
             errs["resync_window"] = f"{exc.message}. {exc.advice}"
         if errs:
             return None, errs
-        spec = Policy(self.name.text().strip(), resync_window=self.window_edit.text().strip(), **values)
+        # the history limit is not edited here yet (`lifeboat policy set --history-limit`): keep the stored one
+        spec = Policy(self.name.text().strip(), resync_window=self.window_edit.text().strip(),
+                      history_limit=self._loaded.history_limit if self._loaded else 0, **values)
         try:
             validate_policy(spec)
         except UserError as exc:

@@ -131,14 +131,11 @@ class EngineFacade:
     # alerts (CONTRACT: the appliance's alert store) ----------------------------------------------------------
     def alerts(self, active_only: bool = True) -> list[Any]:
         """The appliance's alerts (``AlertView``s), active ones only unless ``active_only`` is False."""
-        fn = getattr(self._emb(), "alerts", None)   # until the engine's alert store lands (issue 12, item 2)
-        return list(fn(active_only)) if fn is not None else []
+        return list(self._emb().alerts(active_only))
 
     def acknowledge_alert(self, alert_id: str, by: str) -> Any:
-        """Record that ``by`` (the OS user) saw the alert; returns the updated ``AlertView`` (None when this engine
-        keeps no alert store: the console then records it in its own list only)."""
-        fn = getattr(self._emb(), "acknowledge_alert", None)
-        return fn(alert_id, by) if fn is not None else None
+        """Record that ``by`` (the OS user) saw the alert; returns the updated ``AlertView``."""
+        return self._emb().acknowledge_alert(alert_id, by)
 
     # operations ------------------------------------------------------------------------------------------
     def save_policy(self, policy: Policy) -> Policy:

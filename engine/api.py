@@ -145,6 +145,10 @@ class MachineView:
     cache_bytes: int = 0
     disks: tuple[DiskView, ...] = ()
     resync: ResyncView = ResyncView()
+    health_reason: str = ""
+    rpo_known: bool = True
+    last_heard: float | None = None
+    sync_eta_seconds: float | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MachineView:
@@ -162,7 +166,9 @@ class MachineView:
             churn_bytes_per_s=float(k.get("churn_bytes_per_s") or 0.0),
             upload_bytes_per_s=float(k.get("upload_bytes_per_s") or 0.0), cache_bytes=int(k.get("cache_bytes") or 0),
             disks=tuple(DiskView.from_dict(x) for x in k.get("disks") or ()),
-            resync=ResyncView.from_dict(k.get("resync")))
+            resync=ResyncView.from_dict(k.get("resync")), health_reason=str(k.get("health_reason") or ""),
+            rpo_known=bool(k.get("rpo_known", True)), last_heard=_opt_float(k.get("last_heard")),
+            sync_eta_seconds=_opt_float(k.get("sync_eta_seconds")))
 
     @property
     def last_point_time(self) -> float | None:
@@ -202,6 +208,56 @@ class ApplianceStatus:
 
     def machine(self, name: str) -> MachineView | None:
         return next((m for m in self.machines if m.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertView:
+    """An alert as the appliance keeps it (CONTRACT.md §2.4): ``id`` stable per cause and subject
+    ("LB_RPO_BREACH:vm1"), ``severity`` info | warning | critical, ``component`` machine | vcenter | vault |
+    appliance | job | certificate | keyring, ``subject`` the machine or host ("" for the appliance); times in epoch
+    seconds, ``cleared_at`` None while active; ``count`` how many raises are folded into it (a flapping cause)."""
+    id: str
+    code: str
+    severity: str = "warning"
+    component: str = "machine"
+    subject: str = ""
+    message: str = ""
+    advice: str = ""
+    raised_at: float = 0.0
+    cleared_at: float | None = None
+    acknowledged_at: float | None = None
+    acknowledged_by: str | None = None
+    count: int = 1
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AlertView:
+        k = _known(cls, d)
+        return cls(str(k["id"]), str(k.get("code") or ""), str(k.get("severity") or "warning"),
+                   str(k.get("component") or "machine"), str(k.get("subject") or ""), str(k.get("message") or ""),
+                   str(k.get("advice") or ""), float(k.get("raised_at") or 0.0), _opt_float(k.get("cleared_at")),
+                   _opt_float(k.get("acknowledged_at")), k.get("acknowledged_by"), int(k.get("count") or 1))
+
+    @property
+    def active(self) -> bool:
+        return self.cleared_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class EventView:
+    """One entry of the appliance's event log: ``kind`` (``state``, ``health``, ``alert``, ``protect``,
+    ``resync-started`` ...) and its ``data`` (``state``/``health``: ``from``, ``to``, ``reason``)."""
+    id: int
+    time: float
+    machine: str | None = None
+    kind: str = ""
+    data: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EventView:
+        k = _known(cls, d)
+        data = k.get("data")
+        return cls(int(k.get("id") or 0), float(k.get("time") or 0.0), k.get("machine"), str(k.get("kind") or ""),
+                   dict(data) if isinstance(data, Mapping) else {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +420,24 @@ class EmbeddedAppliance:
             raise Conflict("the appliance is not running", advice="Start it first.")
         return vs
 
+    # alerts, events, RPO history -----------------------------------------------------------------------------
+    def alerts(self, active_only: bool = True) -> list[AlertView]:
+        """Alerts newest first; only the active ones (not cleared) by default."""
+        return [AlertView.from_dict(a) for a in self.appliance.alerts_list(active_only)]
+
+    def acknowledge_alert(self, alert_id: str, by: str) -> AlertView:
+        """Record that ``by`` has seen the alert (NotFound when there is no such alert)."""
+        return AlertView.from_dict(self.appliance.acknowledge_alert(alert_id, by))
+
+    def events(self, since: float | None = None, limit: int = 1000) -> list[EventView]:
+        """The event log oldest first: from ``since`` (epoch) on, the newest ``limit`` entries."""
+        return [EventView.from_dict(e) for e in self.appliance.events(since, limit)]
+
+    def rpo_history(self, machine: str, since: float | None = None) -> list[tuple[float, float]]:
+        """(epoch, RPO seconds) oldest first: 5 s samples for the last hour, 1-minute ones for 25 h before; each
+        the worst RPO of its step. Kept in state.db: a restarted console draws the past."""
+        return self.appliance.rpo_history_of(machine, since)
+
     # engine jobs, in their wire form (``Job.to_dict()``, what ``JobChanged.job`` carries) ------------------------
     def _jobs(self) -> JobManager:
         jobs = self.appliance.jobs
@@ -438,7 +512,8 @@ __all__ = [
     "check_vcenter_login", "AdminClient",
     # typed views and the policy type
     "ApplianceStatus", "MachineView", "DiskView", "ResyncView", "PointView", "RevokedView", "JobView", "DrillView",
-    "CleanupView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "parse_window", "health_for", "parse_address",
+    "CleanupView", "AlertView", "EventView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration",
+    "parse_window", "health_for", "parse_address",
     # events
     "Event", "EventBus", "MachineStatus", "PointCreated", "JobProgress", "JobChanged", "Alert",
     # errors

@@ -384,6 +384,79 @@ def cmd_job_resume(a: argparse.Namespace) -> int:
     return 0
 
 
+# alerts and events ---------------------------------------------------------------------------------------------
+def _since(text: str | None) -> float | None:
+    """--since: epoch seconds, a duration ago ("15m", "2h", "1d") or an ISO date/time (local unless it says)."""
+    if text is None:
+        return None
+    try:
+        v = float(text)
+        if v >= 0:
+            return v
+    except ValueError:
+        pass
+    try:
+        return time.time() - parse_duration(text, what="--since")
+    except InvalidInput:
+        pass
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise InvalidInput(f"--since {text!r} is not a time", field="since",
+                           advice="Give a duration ago (15m, 2h, 1d), an ISO time (2026-12-04T15:25) or epoch "
+                                  "seconds.") from None
+
+
+def cmd_alerts_list(a: argparse.Namespace) -> int:
+    alerts = _client(a).alerts(active=not a.all)
+    if a.json:
+        _print(alerts, True)
+        return 0
+    if not alerts:
+        print("no active alerts" if not a.all else "no alerts")
+        return 0
+    print(f"{'SEVERITY':<9} {'ID':<40} {'RAISED':<19}  {'STATE':<12} {'COUNT':>5}  MESSAGE")
+    for al in alerts:
+        state = "cleared" if al.get("cleared_at") else ("acknowledged" if al.get("acknowledged_at") else "active")
+        print(f"{al['severity']:<9} {al['id']:<40} {_when(al.get('raised_at')):<19}  {state:<12} "
+              f"{al.get('count', 1):>5}  {al['message']}")
+        if al.get("advice") and not al.get("cleared_at"):
+            print(f"{'':<9} what to do: {al['advice']}")
+        if al.get("acknowledged_at"):
+            print(f"{'':<9} acknowledged {_when(al['acknowledged_at'])} by {al.get('acknowledged_by')}")
+    return 0
+
+
+def cmd_alerts_ack(a: argparse.Namespace) -> int:
+    al = _client(a).acknowledge_alert(a.id)
+    _print(al if a.json else f"alert {al['id']} acknowledged by {al['acknowledged_by']} at "
+           f"{_when(al['acknowledged_at'])}", a.json)
+    return 0
+
+
+def _event_text(e: dict[str, Any]) -> str:
+    d = e.get("data") or {}
+    if e["kind"] in ("state", "health"):
+        text = f"{d.get('from') or '-'} -> {d.get('to')}"
+        return text + (f" ({d['reason']})" if d.get("reason") else "")
+    if e["kind"] == "alert":
+        return f"{d.get('state')} {d.get('severity')} {d.get('id')}: {d.get('message')}"
+    return " ".join(f"{k}={v}" for k, v in d.items())
+
+
+def cmd_events(a: argparse.Namespace) -> int:
+    events = _client(a).events(_since(a.since), a.limit)
+    if a.json:
+        _print(events, True)
+        return 0
+    if not events:
+        print("no events")
+        return 0
+    for e in events:
+        print(f"{_when(e['time'])}  {e['machine'] or '-':<18} {e['kind']:<18} {_event_text(e)}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
     return asyncio.run(run_demo(Path(a.home), a.size_mib))
@@ -456,6 +529,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_job_cancel)
     s = jb.add_parser("resume", help="resume a job paused for an operator"); home(s); s.add_argument("id")
     s.set_defaults(fn=cmd_job_resume)
+    al = sub.add_parser("alerts", help="the appliance's alerts: list, acknowledge").add_subparsers(dest="sub",
+                                                                                                  required=True)
+    s = al.add_parser("list", help="active alerts, newest first"); home(s)
+    s.add_argument("--all", action="store_true", help="cleared alerts too")
+    s.set_defaults(fn=cmd_alerts_list)
+    s = al.add_parser("ack", help="record that you have seen an alert"); home(s); s.add_argument("id")
+    s.set_defaults(fn=cmd_alerts_ack)
+    s = sub.add_parser("events", help="the event log: state and health transitions with reasons, alerts, "
+                                      "operations"); home(s)
+    s.add_argument("--since", metavar="TIME", help="a duration ago (15m, 2h), an ISO time or epoch seconds")
+    s.add_argument("--limit", type=int, default=1000, help="at most this many (the newest)")
+    s.set_defaults(fn=cmd_events)
     s = sub.add_parser("demo", help="protect a sample disk, write to it, run test failovers (embedded defaults)")
     s.add_argument("--home", default="demo-home"); s.add_argument("--size-mib", type=int, default=256)
     s.set_defaults(fn=cmd_demo)

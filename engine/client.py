@@ -66,3 +66,18 @@ class AdminClient:
 
     def resume_job(self, job_id: str) -> dict[str, Any]:
         return self.call("POST", f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}/resume")  # type: ignore[no-any-return]
+
+    # alerts and events ------------------------------------------------------------------------------------------
+    def alerts(self, *, active: bool = True) -> list[dict[str, Any]]:
+        return self.call("GET", "/v1/alerts?active=" + ("true" if active else "false"))  # type: ignore[no-any-return]
+
+    def acknowledge_alert(self, alert_id: str) -> dict[str, Any]:
+        return self.call("POST", f"/v1/alerts/{urllib.parse.quote(alert_id, safe='')}/ack")  # type: ignore[no-any-return]
+
+    def events(self, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        q = {"limit": str(limit), **({"since": repr(since)} if since is not None else {})}
+        return self.call("GET", "/v1/events?" + urllib.parse.urlencode(q))  # type: ignore[no-any-return]
+
+    def rpo_history(self, machine: str, since: float | None = None) -> list[list[float]]:
+        q = "" if since is None else "?since=" + repr(since)
+        return self.call("GET", f"/v1/machines/{urllib.parse.quote(machine, safe='')}/rpo-history{q}")  # type: ignore[no-any-return]

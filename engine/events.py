@@ -30,10 +30,10 @@ class MachineStatus(Event):
     last_point_time: float | None = None
     churn_bytes_per_s: float = 0.0
     upload_bytes_per_s: float = 0.0
-    health_reason: str = ""
-    rpo_known: bool = True
-    last_heard: float | None = None
-    sync_eta_seconds: float | None = None
+    health_reason: str = ""               # why health is not ok ("agent not heard from for 6 min"); "" when ok
+    rpo_known: bool = True                # False before the first recovery point: no RPO to show ("—")
+    last_heard: float | None = None       # epoch of the last frame the appliance had from the agent
+    sync_eta_seconds: float | None = None  # initial sync: seconds left at the recent rate (None: unknown)
 
 
 @dataclass(slots=True)
@@ -73,9 +73,12 @@ class JobChanged(Event):
 
 @dataclass(slots=True)
 class Alert(Event):
-    """A condition an operator must know about (docs/CONTRACT.md): raised, and later cleared, under a stable ``id``
-    per cause and subject (e.g. "LB_HISTORY_SHRUNK:vm1"). ``severity`` is info | warning | critical; ``component``
-    is machine | vcenter | vault | appliance | job | certificate | keyring; ``state`` is raised | cleared."""
+    """Something an operator should know about (CONTRACT.md §2.4). Any part may emit one on the bus; the
+    appliance's alert store (``engine/appliance/alerts.py``) keeps one row per ``id`` while it is raised.
+
+    ``id`` is stable per cause and subject ("LB_RPO_BREACH:vm1"; "" means ``code:machine``); ``state`` is
+    ``raised`` or ``cleared`` (the cause is gone); ``severity`` info | warning | critical; ``component`` machine |
+    vcenter | vault | appliance | job | certificate | keyring; ``time`` epoch seconds (0: when recorded)."""
     machine: str | None
     code: str
     message: str

@@ -154,3 +154,58 @@ def health_for(rpo_seconds: float, threshold: float, state: str) -> str:
     if state in ("resync-required", "resyncing", "paused", "initial-sync") or rpo_seconds > threshold / 2:
         return "warning"
     return "ok"
+
+
+#: A protected machine's agent silent this long is a warning of its own (and the LB_AGENT_SILENT alert).
+AGENT_SILENT_AFTER = 10.0
+
+
+def say_duration(seconds: float) -> str:
+    """A duration as an operator reads it: "45 s", "6 min", "2 h 5 min", "3 d 4 h"."""
+    s = max(0.0, seconds)
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s // 60:.0f} min"
+    if s < 86400:
+        h, m = divmod(int(s // 60), 60)
+        return f"{h} h {m} min" if m else f"{h} h"
+    d, h = divmod(int(s // 3600), 24)
+    return f"{d} d {h} h" if h else f"{d} d"
+
+
+def assess_health(*, state: str, rpo_seconds: float, rpo_known: bool, threshold: float,
+                  silent_for: float | None, sync_progress: float | None = None, resync_reason: str | None = None,
+                  resync_progress: float | None = None, error: str | None = None) -> tuple[str, str]:
+    """(health, reason): ``health_for``'s rules with the reason an operator reads, and two truths more: before the
+    first recovery point there is no RPO to judge (the sync state is the health), and an agent silent for
+    :data:`AGENT_SILENT_AFTER` is a warning of its own. ``silent_for``: seconds since the agent was last heard
+    from, None while it is heard."""
+    silent = (f"agent not heard from for {say_duration(silent_for)}"
+              if silent_for is not None and silent_for >= AGENT_SILENT_AFTER else "")
+
+    def why(*parts: str) -> str:
+        return "; ".join(p for p in parts if p)
+    if state == "error":
+        return "critical", why(f"error: {error or 'see the appliance log'}", silent)
+    if rpo_known and rpo_seconds > threshold:
+        return "critical", why(silent, f"RPO {say_duration(rpo_seconds)} over the {say_duration(threshold)} "
+                                       "threshold")
+    if state == "initial-sync":
+        pct = f" {sync_progress * 100:.0f} %" if sync_progress is not None else ""
+        return "warning", why(f"initial sync{pct}, no recovery point yet", silent)
+    if state == "resync-required":
+        return "warning", why(f"resync required: {resync_reason or 'unknown reason'}", silent)
+    if state == "resyncing":
+        pct = f" {resync_progress * 100:.0f} %" if resync_progress is not None else ""
+        return "warning", why(f"resyncing{pct}: {resync_reason or 'resync'}", silent)
+    if state == "paused":
+        return "warning", why("replication paused", silent)
+    if rpo_known and rpo_seconds > threshold / 2:
+        return "warning", why(silent, f"RPO {say_duration(rpo_seconds)}, over half the {say_duration(threshold)} "
+                                      "threshold")
+    if silent:
+        return "warning", silent
+    return "ok", ""

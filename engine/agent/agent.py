@@ -349,7 +349,8 @@ class Agent:
             if now - last_hb >= 1.0:
                 last_hb = now
                 link.write_json(Frame.HEARTBEAT, {
-                    "oldest_pending_ns": self.oldest_pending_ns(), "journal_bytes": self.capture.journal.bytes,
+                    # now_ns lets the appliance put capture times on its own clock (a skewed clock changes no RPO)
+                    "now_ns": time.time_ns(), "oldest_pending_ns": self.oldest_pending_ns(), "journal_bytes": self.capture.journal.bytes,
                     "spilled_bytes": self.capture.spilled_bytes,
                     "sync": {str(k): v for k, v in self.sync_pos.items()}, "resync": self.resync.status(),
                     "error": self.last_error})

@@ -18,7 +18,9 @@ Who owns what (docs/ARCHITECTURE.md §1.1):
 - ``process_server.ProcessServer``: the data port; ``control.ControlAPI``: the control port;
 - ``recovery_service.RecoveryService``: drills (as jobs of ``engine.jobs.JobManager``); ``retention.Retention``:
   prune; ``bookmarks.ScheduledBookmarks``;
-- ``engine.vsphere.service.VSphereService``: vCenters, inventory, machine ↔ VM matching.
+- ``engine.vsphere.service.VSphereService``: vCenters, inventory, machine ↔ VM matching;
+- ``alerts.AlertStore``: every Alert on the bus, kept (acknowledge); ``health_watch.MachineWatch`` /
+  ``ApplianceWatch``: transitions to the event log and the alerts' sources; ``rpo.RpoHistory``: RPO samples.
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ from ..secrets import load_vault_key
 from ..vault.base import Vault
 from ..vault.registry import open_vault
 from ..vsphere.service import VSphereService
+from .alerts import AlertStore
 from .bookmarks import ScheduledBookmarks
 from .capacity import Capacity, ConfigReserve, VaultGate
 from .control import ControlAPI
 from .control_http import ADMIN_CN, AdminCheck
+from .health_watch import ApplianceWatch, MachineWatch
 from .machines import Machines, MachineState
 from .new_home import init_home
 from .pipeline import MachineRuntime
@@ -52,6 +56,7 @@ from .recovery_service import RecoveryService
 from .register_guard import RegisterGuard
 from .resync import Resync
 from .retention import Retention
+from .rpo import RpoHistory
 from .runtimes import Runtimes
 from .state import StateDB
 from .sync_cursor import SyncCursor
@@ -86,6 +91,9 @@ class Appliance:
         self.control: ControlAPI | None = None
         self.recovery: RecoveryService | None = None
         self.vsphere: VSphereService | None = None
+        self.alerts: AlertStore | None = None
+        self.rpo_history: RpoHistory | None = None
+        self.appliance_watch: ApplianceWatch | None = None
         self.jobs: JobManager | None = None     # engine jobs: one queue per machine (engine/jobs)
         self.scheduler = Scheduler()            # periodic work: statuses, resync window, bookmarks, retention
         self.control_address: tuple[str, int] | None = None
@@ -96,6 +104,10 @@ class Appliance:
         h = self.home
         h.make_private()
         self.db = db = StateDB(h.db)
+        self.alerts = AlertStore(db, self.bus)       # first: every alert from here on is kept
+        self.appliance_watch = ApplianceWatch(self.bus, certificates={
+            "CA": h.ca_cert, "server": h.server_cert, "admin": h.admin_cert})
+        self.rpo_history = RpoHistory(db)
         self.jobs = JobManager(JobStore(db.db), self.bus)
         await self.jobs.start()   # jobs a previous run left unfinished are marked interrupted, never re-run
         key = load_vault_key(self.cfg["appliance_id"])
@@ -130,10 +142,13 @@ class Appliance:
         self.control = ControlAPI(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=False),
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
-                                  extra_routes=self.vsphere.routes())
+                                  alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes())
         self.control_address = await _listening("control", self.listen, self.cfg["control_port"], self.control.start)
+        self.appliance_watch.start()
         ApplianceTasks(runtimes=runtimes, machines=self.machines, resync=resync, bookmarks=self.bookmarks,
-                       retention=self.retention, capacity=self.capacity).register(self.scheduler)
+                       retention=self.retention, watch=MachineWatch(state, self.bus, self.alerts.active_ids()),
+                       rpo_history=self.rpo_history, appliance_watch=self.appliance_watch,
+                       capacity=self.capacity).register(self.scheduler)
         await self.scheduler.start()
         log.info("appliance started: control %s data %s", self.control_address, self.data_address)
 
@@ -151,6 +166,12 @@ class Appliance:
             await self.ps.stop()
         if self.runtimes_registry:
             await self.runtimes_registry.close_all()
+        if self.rpo_history:
+            self.rpo_history.flush(final=True)
+        if self.appliance_watch:
+            self.appliance_watch.close()
+        if self.alerts:
+            self.alerts.close()
         if self.vault:
             await self.vault.close()
         if self.db:
@@ -227,6 +248,23 @@ class Appliance:
     def is_consistent(self, name: str, seq: int) -> bool:
         assert self.cursor is not None
         return self.cursor.is_consistent(name, seq)
+
+    def alerts_list(self, active_only: bool = True) -> list[dict[str, Any]]:
+        assert self.alerts is not None, "the appliance is not started"
+        return self.alerts.list(active_only)
+
+    def acknowledge_alert(self, alert_id: str, by: str) -> dict[str, Any]:
+        assert self.alerts is not None, "the appliance is not started"
+        return self.alerts.acknowledge(alert_id, by)
+
+    def events(self, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        assert self.db is not None, "the appliance is not started"
+        return self.db.events(since=since, limit=limit)
+
+    def rpo_history_of(self, name: str, since: float | None = None) -> list[tuple[float, float]]:
+        assert self.rpo_history is not None, "the appliance is not started"
+        self._parts()[0].row(name)
+        return self.rpo_history.history(name, since)
 
     async def prune_all(self) -> None:
         assert self.retention is not None

@@ -20,17 +20,22 @@ from ..names import check_name
 from ..policy import Policy
 from .control_http import AdminCheck, read_json
 from .register_guard import RegisterGuard
-from .request_body import MAX_BODY, json_response
+from .request_body import MAX_BODY, json_response, query_count, query_epoch, query_params
 
 if TYPE_CHECKING:
     from ..jobs import JobManager
+    from .alerts import AlertStore
     from .machines import Machines, MachineState
     from .recovery_service import RecoveryService
     from .resync import Resync
+    from .rpo import RpoHistory
 
 log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(r"[0-9a-f]{12}")
+#: An alert id: CODE or CODE:subject (a machine name, a host, a job id, a certificate's role).
+_ALERT_ID = re.compile(r"LB_[A-Z0-9_]{1,60}(:[A-Za-z0-9._\-\[\]:]{1,255})?")
+MAX_EVENTS = 10000
 _STATUS = {NotFound: 404, AuthError: 403, Conflict: 409, InvalidInput: 400, RateLimited: 429}
 
 
@@ -83,7 +88,8 @@ class ControlAPI:
 
     def __init__(self, tls: ssl.SSLContext, *, require_admin: AdminCheck, machines: Machines, state: MachineState,
                  resync: Resync, recovery: RecoveryService, jobs: JobManager, status: Callable[[], dict[str, Any]],
-                 register_guard: RegisterGuard, extra_routes: list[web.RouteDef] | None = None) -> None:
+                 register_guard: RegisterGuard, alerts: AlertStore | None = None,
+                 rpo_history: RpoHistory | None = None, extra_routes: list[web.RouteDef] | None = None) -> None:
         self.tls = tls
         self.require_admin = require_admin
         self.machines = machines
@@ -93,6 +99,8 @@ class ControlAPI:
         self.job_manager = jobs
         self.appliance_status = status
         self.register_guard = register_guard
+        self.alert_store = alerts
+        self.rpo_store = rpo_history
         self.extra_routes = list(extra_routes or [])
         self.runner: web.AppRunner | None = None
 
@@ -116,6 +124,10 @@ class ControlAPI:
         r.add_get("/v1/jobs/{id}", self.job)
         r.add_post("/v1/jobs/{id}/cancel", self.cancel_job)
         r.add_post("/v1/jobs/{id}/resume", self.resume_job)
+        r.add_get("/v1/alerts", self.alerts)
+        r.add_post("/v1/alerts/{id}/ack", self.ack_alert)
+        r.add_get("/v1/events", self.events)
+        r.add_get("/v1/machines/{name}/rpo-history", self.rpo_history)
         r.add_routes(self.extra_routes)
         self.runner = web.AppRunner(wa, access_log=None)
         await self.runner.setup()
@@ -255,6 +267,46 @@ class ControlAPI:
     async def resume_job(self, request: web.Request) -> web.Response:
         self.require_admin(request)
         return json_response(self.job_manager.resume(job_id(request)).to_dict())
+
+    # alerts, events, RPO history (engine/appliance/alerts.py, rpo.py) -------------------------------------------
+    async def alerts(self, request: web.Request) -> web.Response:
+        """``GET /v1/alerts?active=true|false``: newest first; the active ones by default."""
+        self.require_admin(request)
+        q = query_params(request, {"active"}, "GET /v1/alerts takes active=true|false.")
+        active = q.get("active", "true")
+        if active not in ("0", "1", "true", "false"):
+            raise InvalidInput(f"active={active[:20]!r} is not true or false", field="active")
+        assert self.alert_store is not None
+        return json_response(self.alert_store.list(active_only=active in ("1", "true")))
+
+    async def ack_alert(self, request: web.Request) -> web.Response:
+        """``POST /v1/alerts/{id}/ack``: record who has seen the alert (the operator), and when."""
+        self.require_admin(request)
+        await read_json(request)   # no fields; a body, if any, must still be a JSON object
+        aid = request.match_info["id"]
+        if not _ALERT_ID.fullmatch(aid):
+            raise InvalidInput(f"{aid[:60]!r} is not an alert id (LB_CODE:subject)", field="alert id",
+                               advice="List the alerts with `lifeboat alerts list --home DIR`.")
+        assert self.alert_store is not None
+        return json_response(self.alert_store.acknowledge(aid, self._operator(request)))
+
+    async def events(self, request: web.Request) -> web.Response:
+        """``GET /v1/events?since=EPOCH&limit=N``: events oldest first (the newest ``limit``, default 1000)."""
+        self.require_admin(request)
+        q = query_params(request, {"since", "limit"}, "GET /v1/events takes since=EPOCH and limit=N.")
+        since = query_epoch(q.get("since"), "since")
+        limit = query_count(q.get("limit"), "limit", 1000, MAX_EVENTS)
+        return json_response(self.state.db.events(since=since, limit=limit))
+
+    async def rpo_history(self, request: web.Request) -> web.Response:
+        """``GET /v1/machines/{name}/rpo-history?since=EPOCH``: ``[[epoch, rpo seconds], ...]`` oldest first."""
+        self.require_admin(request)
+        name = machine_name(request)
+        q = query_params(request, {"since"}, "GET /v1/machines/NAME/rpo-history takes since=EPOCH.")
+        since = query_epoch(q.get("since"), "since")
+        self.state.row(name)
+        assert self.rpo_store is not None
+        return json_response([[t, r] for t, r in self.rpo_store.history(name, since)])
 
     @staticmethod
     def _operator(request: web.Request) -> str:

@@ -8,6 +8,8 @@ on-demand bookmark, and the status the console shows.
 
 from __future__ import annotations
 
+import collections
+import time
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -17,7 +19,7 @@ from ..errors import Conflict, InvalidInput, UnknownMachine, WrongPassphrase
 from ..events import EventBus, MachineStatus
 from ..home import ApplianceHome
 from ..names import check_name
-from ..policy import DEFAULT_POLICY, Policy, health_for
+from ..policy import DEFAULT_POLICY, Policy, assess_health
 from ..registration import agent_proof, appliance_proof, check
 from .state import StateDB
 
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from .runtimes import Runtimes
 
 __all__ = ["MachineState", "Machines"]
+
+#: The initial sync's ETA is taken from the progress of about this many seconds.
+ETA_WINDOW = 30.0
 
 
 class MachineState:
@@ -83,6 +88,7 @@ class Machines:
         self.bus = bus
         self.home = home
         self.data_port = data_port
+        self._sync_samples: dict[str, collections.deque[tuple[float, int]]] = {}
 
     def register(self, name: str, csr_pem: str, nonce: str, proof: str) -> dict[str, Any]:
         """``POST /v1/register``: sign the agent's CSR when its proof shows it knows the connection passphrase.
@@ -152,29 +158,63 @@ class Machines:
         rt = self.runtimes.get(name)
         pol = self.state.policy_of(name)
         state = row["state"]
+        if row["protected"] and state == "unprotected":
+            state = "initial-sync"   # protection is on: the first status already says so
+        points = rt.vault.points() if rt else []
+        rpo_known = bool(points)     # no recovery point yet: there is no RPO to show
         rpo = rt.rpo_seconds() if rt else 0.0
         resync = self.resync.status(name)
         if state == "protected" and resync["required"]:
             state = "resyncing" if resync["running"] else "resync-required"
         if rt and rt.error and state not in ("resync-required",):
             state = "error"
-        total = sum(d["size"] for d in row["disks"]) or 1
-        done = sum(d["size"] if d.get("synced") else d.get("sync_cursor", 0) for d in row["disks"])
-        points = rt.vault.points() if rt else []
+        # One cursor per disk for the disk rows and the machine's percentage: the durable one in state.db, or the
+        # runtime's newer one (written to state.db at most once a second).
+        live = rt.sync if rt else {}
+        disks = []
+        for d in row["disks"]:
+            cur = d["size"] if d.get("synced") else min(d["size"], max(d.get("sync_cursor", 0), live.get(d["index"], 0)))
+            disks.append({"index": d["index"], "name": d["name"], "size": d["size"], "synced": bool(d.get("synced")),
+                          "sync_cursor": cur})
+        total = sum(d["size"] for d in disks)
+        done = sum(d["sync_cursor"] for d in disks)
+        progress = round(min(done / total, 1.0), 4) if total else 0.0
+        eta = self._sync_eta(name, done, total) if state == "initial-sync" else None
+        connected = bool(rt and rt.connection)
+        last_heard = rt.clock.last_heard if rt else row.get("last_heard")
+        fresh = bool(rt and rt.clock.fresh(connected))
+        silent_for = None if fresh or last_heard is None else max(0.0, time.time() - last_heard)
+        health, reason = assess_health(state=state, rpo_seconds=rpo, rpo_known=rpo_known, threshold=pol.rpo_threshold,
+                                       silent_for=silent_for, sync_progress=progress, resync_reason=resync.get("reason"),
+                                       resync_progress=resync.get("progress"), error=rt.error if rt else None)
         return {
-            "name": name, "state": state, "rpo_seconds": round(rpo, 3), "health": health_for(rpo, pol.rpo_threshold, state),
+            "name": name, "state": state, "rpo_seconds": round(rpo, 3) if rpo_known else 0.0, "health": health,
+            "health_reason": reason, "rpo_known": rpo_known, "last_heard": last_heard,
+            "agent_silent_seconds": None if silent_for is None else round(silent_for, 1),
             "policy": pol.name, "rpo_threshold": pol.rpo_threshold,
-            "sync_progress": round(min(done / total, 1.0), 4),
-            "agent_connected": bool(rt and rt.connection),
+            "sync_progress": progress, "sync_eta_seconds": eta,
+            "agent_connected": connected,
             "last_point": points[-1].to_dict() if points else None, "points": len(points),
             "error": rt.error if rt else None, "resync": resync,
             "agent_error": (rt.agent_stats.get("error") if rt and rt.connection else None),
             "churn_bytes_per_s": rt.churn.rate() if rt else 0.0,
             "upload_bytes_per_s": rt.upload.rate() if rt else 0.0,
             "cache_bytes": rt.cache.bytes if rt else 0,
-            "disks": [{"index": d["index"], "name": d["name"], "size": d["size"], "synced": bool(d.get("synced")),
-                       "sync_cursor": d["size"] if d.get("synced") else d.get("sync_cursor", 0)} for d in row["disks"]],
+            "disks": disks,
         }
+
+    def _sync_eta(self, name: str, done: int, total: int) -> float | None:
+        """Seconds left of the initial sync at the rate of the last :data:`ETA_WINDOW` seconds (None: no rate)."""
+        now = time.monotonic()
+        samples = self._sync_samples.setdefault(name, collections.deque())
+        if not samples or now - samples[-1][0] >= 1.0:
+            samples.append((now, done))
+        while len(samples) > 2 and now - samples[1][0] >= ETA_WINDOW:
+            samples.popleft()
+        t0, d0 = samples[0]
+        if now - t0 < 1.0 or done <= d0:
+            return None
+        return round((total - done) / ((done - d0) / (now - t0)), 1)
 
     def status(self) -> dict[str, Any]:
         """Every registered machine: the protected ones with their status, and the revoked ones (when, by whom)."""
@@ -195,5 +235,6 @@ class Machines:
         st = self.machine_status(name)
         self.bus.emit(MachineStatus(name, st["state"], st["health"], st["rpo_seconds"], st["sync_progress"],
                                     (st["last_point"] or {}).get("time"), st["churn_bytes_per_s"],
-                                    st["upload_bytes_per_s"]))
+                                    st["upload_bytes_per_s"], st["health_reason"], st["rpo_known"],
+                                    st["last_heard"], st["sync_eta_seconds"]))
         return st

@@ -19,6 +19,7 @@ from ..records import HEADER_SIZE, Kind, Record
 from ..vault.base import MachineVault, Point, SealedRecord
 from ..segment_log import SegmentLog
 from .blockhash import UNKNOWN, BlockHashIndex, full_block_hashes
+from .rpo import RecoveryClock
 from .shielded import wait_done
 
 if TYPE_CHECKING:
@@ -96,10 +97,11 @@ class MachineRuntime:
         self.cache = cache
         self.vault = vault
         self.connection: Any = None          # the agent's live data connection (process_server.AgentConnection)
-        self.last_seen = 0.0                 # monotonic time of the last frame from the agent
-        self.agent_pending_ns = 0            # capture time of the oldest record the agent holds unacknowledged
+        # when the machine was last known recoverable and last heard from (appliance clock; runtimes.open
+        # loads the persisted times)
+        self.clock = RecoveryClock()
         self.agent_stats: dict[str, Any] = {}
-        # (first capture ns, last seq) of batches in the cache not yet in the vault, oldest first
+        # (first capture ns on the appliance's clock, last seq) of batches in the cache not yet in the vault
         self.cache_pending: collections.deque[tuple[int, int]] = collections.deque()
         self.sync: dict[int, int] = {}       # disk index → bytes of initial replication durable at the PS
         self.new_data = asyncio.Event()
@@ -128,15 +130,12 @@ class MachineRuntime:
         self.sync_note_time = 0.0
         self.open_hash_indexes()
 
-    # RPO: the age of the oldest acknowledged write that the vault cannot recover yet.
-    def rpo_seconds(self, now_ns: int | None = None) -> float:
-        now_ns = now_ns or time.time_ns()
-        oldest = [t for t in (self.agent_pending_ns, self.cache_pending[0][0] if self.cache_pending else 0) if t]
-        rpo = (now_ns - min(oldest)) / 1e9 if oldest else 0.0
-        if self.connection is None and self.state.row(self.name)["protected"]:
-            # We cannot see writes made while the agent is away: count the time since it was last heard from.
-            rpo = max(rpo, time.monotonic() - self.last_seen if self.last_seen else 0.0)
-        return max(rpo, 0.0)
+    # RPO: what a failover now would lose (engine/appliance/rpo.py).
+    def rpo_seconds(self) -> float:
+        if not self.state.row(self.name)["protected"]:
+            return 0.0
+        return self.clock.rpo(connected=self.connection is not None,
+                              cache_oldest_ns=self.cache_pending[0][0] if self.cache_pending else 0)
 
     def open_hash_indexes(self) -> None:
         folder = self.hashes_dir
@@ -378,9 +377,10 @@ class MachineRuntime:
         self.last_applied_seq, self.last_applied_ts = last, recs[-1].ts_ns / 1e9
         while self.cache_pending and self.cache_pending[0][1] <= last:
             self.cache_pending.popleft()
-        if self.cache_pending and self.cache_pending[0][0] < recs[-1].ts_ns:
+        last_ns = self.clock.to_local_ns(recs[-1].ts_ns)
+        if self.cache_pending and self.cache_pending[0][0] < last_ns:
             # The oldest pending batch is partly applied: what remains was captured later.
-            self.cache_pending[0] = (recs[-1].ts_ns, self.cache_pending[0][1])
+            self.cache_pending[0] = (last_ns, self.cache_pending[0][1])
         await self._after_apply(recs)
         if self.cache.bytes >= self.cache.segment_bytes:   # else the cache is one segment: nothing to delete
             async with self.append_lock:   # not while the next batch is read back from the cache (_fetch)

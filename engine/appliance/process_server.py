@@ -262,6 +262,10 @@ class ProcessServer:
             log.exception("agent connection %s failed", conn.machine)
         finally:
             if rt is not None and rt.connection is conn:
+                try:
+                    self.runtimes.persist_clock(rt.name, force=True)   # the last moment it was recoverable
+                except Exception:
+                    log.exception("persisting the recovery time of %s", rt.name)
                 rt.connection = None
             self._conns.discard(conn)
             writer.close()
@@ -306,18 +310,18 @@ class ProcessServer:
             while True:
                 committer.check()
                 kind, body = await asyncio.wait_for(conn.reader.read_frame(), IDLE_TIMEOUT)
-                rt.last_seen = time.monotonic()
                 if conn.dropping and not (self.gate and self.gate.closed):
                     # Room again: the agent re-sends what was dropped from WELCOME's last_seq after a reconnect.
                     raise ConnectionResetError("the vault has room again; reconnect to send the dropped batches")
                 if kind == Frame.HEARTBEAT:
                     hb = parse_json(body)
-                    rt.agent_pending_ns = int(hb.get("oldest_pending_ns") or 0)
+                    rt.clock.heartbeat(_int(hb.get("now_ns")), _int(hb.get("oldest_pending_ns")))
                     rt.agent_stats = hb
                     # Answering every heartbeat lets the agent tell a stalled link from a quiet one. The cache's
                     # last_seq only moves after the fdatasync: this never claims more than is durable.
                     write_json(conn.writer, Frame.ACK, {"batch": 0, "last_seq": rt.cache.last_seq})
                     continue
+                rt.clock.heard()
                 if kind == Frame.RESYNC_HASHES:
                     self._spawn(self._resync_compare(conn, rt, body))
                     continue
@@ -503,11 +507,12 @@ class _Committer:
                 # the file must not be closed under it.
                 await wait_done(fut)
                 if not fut.cancelled() and fut.exception() is None and fut.result()[0]:
-                    rt.cache_pending.extend(fut.result()[2])   # written: the applier finds them in the cache
+                    # written: the applier finds them in the cache
+                    rt.cache_pending.extend((rt.clock.to_local_ns(t), s) for t, s in fut.result()[2])
                     rt.new_data.set()
                 raise
             if recs:
-                rt.cache_pending.extend(entries)
+                rt.cache_pending.extend((rt.clock.to_local_ns(t), s) for t, s in entries)
                 rt.cached(recs, prev, nbytes)           # in-memory hand-off to the applier
                 rt.churn.add(sum(r.payload_size for r in recs if r.kind == Kind.WRITE))
                 _note_sync(self.ps.cursor, rt, recs)
@@ -560,6 +565,11 @@ def _verify_append(cache: Any, group: list[_Batch]) -> tuple[list[Record], int, 
         cache.append(recs, encoded)
     return recs, sum(len(e) for e in encoded), entries, bad
 
+
+
+def _int(v: object) -> int:
+    """A heartbeat's nanosecond field (the agent's word: anything else than a non-negative int counts as 0)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63 else 0
 
 
 def _note_sync(cursor: SyncCursor, rt: MachineRuntime, recs: list[Record]) -> None:

@@ -134,6 +134,40 @@ class Body:
         return parse_address(v, any_port=True, what=key)
 
 
+def query_params(request: web.Request, allowed: set[str], advice: str) -> dict[str, str]:
+    """The request's query parameters: only ``allowed`` ones, each at most once."""
+    q = request.query
+    unknown = set(q) - allowed
+    if unknown:
+        raise InvalidInput(f"unknown query parameter(s): {', '.join(sorted(unknown))[:200]}", field="query",
+                           advice=advice)
+    if any(len(q.getall(k)) > 1 for k in q):
+        raise InvalidInput("a query parameter is given twice", field="query")
+    return dict(q)
+
+
+def query_epoch(text: str | None, field: str) -> float | None:
+    """A query parameter holding a time in epoch seconds (None when absent)."""
+    if text is None:
+        return None
+    try:
+        v = float(text[:40])
+    except ValueError:
+        v = float("nan")
+    if not 0 <= v < 1e11:   # NaN fails too
+        raise InvalidInput(f"{field}={text[:30]!r} is not a time in epoch seconds", field=field)
+    return v
+
+
+def query_count(text: str | None, field: str, default: int, most: int) -> int:
+    """A query parameter holding a count from 1 to ``most`` (``default`` when absent)."""
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 12) or not 1 <= int(text) <= most:
+        raise InvalidInput(f"{field}={text[:30]!r} is not a number from 1 to {most}", field=field)
+    return int(text)
+
+
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None

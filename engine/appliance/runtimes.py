@@ -20,6 +20,7 @@ from .capacity import VaultGate
 from .machines import MachineState
 from .pipeline import MachineRuntime
 from .resync import Resync
+from .rpo import RecoveryClock
 from .sync_cursor import SyncCursor
 
 __all__ = ["Runtimes"]
@@ -70,10 +71,16 @@ class Runtimes(Mapping[str, MachineRuntime]):
             rt = MachineRuntime(name, cache, mv, state=self.state, cursor=self.cursor, resync=self.resync,
                                 bus=self.bus, pool=self.pool, sealer=self.sealer,
                                 hashes_dir=self.cache_dir / f"{name}.hashes", gate=self.gate)
-            rt.last_seen = time.monotonic()  # RPO of an absent agent grows from now, not from never
-            if cache.last_seq > mv.last_seq:
-                rt.cache_pending.append((time.time_ns(), cache.last_seq))
             row = self.state.row(name)
+            # RPO of an absent agent grows from when it was last known recoverable (persisted), never from now;
+            # a state.db from before schema 5 has no such time: the newest point is the best lower bound.
+            points = mv.points()
+            recoverable = row.get("recoverable_at")
+            if recoverable is None and points:
+                recoverable = min(points[-1].time, time.time())
+            rt.clock = RecoveryClock(recoverable, row.get("last_heard"))
+            if cache.last_seq > mv.last_seq:
+                rt.cache_pending.append((int((recoverable or time.time()) * 1e9), cache.last_seq))
             rt.sync = {d["index"]: d.get("sync_cursor", 0) for d in row["disks"]}
             self._live[name] = rt
             if cache.corruption:   # found while opening the cache: set aside, heal by a resync
@@ -110,7 +117,7 @@ class Runtimes(Mapping[str, MachineRuntime]):
         if rt.connection is not None and rt.connection is not conn:
             rt.connection.close()  # the newest connection of a machine wins
         rt.connection = conn
-        rt.last_seen = time.monotonic()
+        rt.clock.heard()
         rt.open_hash_indexes()
         for hook in self.on_attach:
             hook(name, getattr(conn, "hello", None) or {})
@@ -125,8 +132,26 @@ class Runtimes(Mapping[str, MachineRuntime]):
                 "synced": {str(d["index"]): bool(d.get("synced")) for d in row["disks"]},
                 "crash_interval": self.state.policy_of(name).crash_interval}
 
+    def persist_clocks(self, *, force: bool = False) -> None:
+        """Write each machine's last recoverable and last heard times to state.db when they moved (every
+        ``rpo.PERSIST_EVERY`` seconds at most, or now with ``force``)."""
+        for name, rt in list(self._live.items()):
+            self.persist_clock(name, force=force)
+
+    def persist_clock(self, name: str, *, force: bool = False) -> None:
+        rt = self._live.get(name)
+        if rt is None:
+            return
+        rt.rpo_seconds()   # brings recoverable_at up to date while the agent's view is current
+        c = rt.clock
+        if force or c.needs_persist():
+            if (c.recoverable_at, c.last_heard) != c.persisted:
+                self.state.update(name, recoverable_at=c.recoverable_at, last_heard=c.last_heard)
+            c.persisted = (c.recoverable_at, c.last_heard)
+
     async def close_all(self) -> None:
         """Stop every applier and close its hash indexes, cache and machine vault."""
+        self.persist_clocks(force=True)
         for rt in self._live.values():
             await rt.stop()
             rt.close_hash_indexes()

@@ -5,6 +5,10 @@
 - ``scheduled-bookmarks`` (1 s): ask a connected, protected machine's agent for an app-consistent bookmark every
   ``policy.app_consistent`` seconds (the first one that long after the machine is first seen so);
 - ``retention`` (30 s): fold history older than each policy's retention into the replica;
+- ``rpo-history`` (5 s): write the finished RPO history samples and each machine's last recoverable / last heard
+  times to state.db (the samples themselves are taken by ``machine-status``, which also hands each status to the
+  machine watch: transitions to the event log, machine alerts);
+- ``certificates`` (daily): the appliance's certificates expiring within 30 days raise an alert;
 - ``vault-capacity`` (2 s): the vault's capacity policy: free space and history sizes measured, history folded to
   the history limits and the free-space reserve, replication paused while the vault is full
   (``engine/appliance/capacity.py``).
@@ -27,9 +31,11 @@ from ..jobs.scheduler import Scheduler
 if TYPE_CHECKING:
     from .bookmarks import ScheduledBookmarks
     from .capacity import Capacity
+    from .health_watch import ApplianceWatch, MachineWatch
     from .machines import Machines
     from .resync import Resync
     from .retention import Retention
+    from .rpo import RpoHistory
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,8 @@ STATUS_SECONDS = 1.0
 RESYNC_SECONDS = 1.0
 BOOKMARK_CHECK_SECONDS = 1.0
 RETENTION_SECONDS = 30.0
+RPO_HISTORY_SECONDS = 5.0
+CERTIFICATE_SECONDS = 86400.0
 CAPACITY_SECONDS = 2.0
 
 
@@ -45,8 +53,13 @@ class ApplianceTasks:
     ``resync`` (delivery and window), ``bookmarks`` (its clock per machine) and ``retention``."""
 
     def __init__(self, *, runtimes: Mapping[str, Any], machines: Machines, resync: Resync,
-                 bookmarks: ScheduledBookmarks, retention: Retention, capacity: Capacity | None = None) -> None:
+                 bookmarks: ScheduledBookmarks, retention: Retention, watch: MachineWatch | None = None,
+                 rpo_history: RpoHistory | None = None, appliance_watch: ApplianceWatch | None = None,
+                 capacity: Capacity | None = None) -> None:
         self.runtimes = runtimes
+        self.watch = watch
+        self.rpo_history_ = rpo_history
+        self.appliance_watch = appliance_watch
         self.machines = machines
         self.resync = resync
         self.bookmarks = bookmarks
@@ -59,15 +72,31 @@ class ApplianceTasks:
         s.every("resync-window", RESYNC_SECONDS, self.resync_window)
         s.every("scheduled-bookmarks", BOOKMARK_CHECK_SECONDS, self.scheduled_bookmarks)
         s.every("retention", RETENTION_SECONDS, self.retention)
+        if self.rpo_history_ is not None:
+            s.every("rpo-history", RPO_HISTORY_SECONDS, self.rpo_history)
+        if self.appliance_watch is not None:
+            s.every("certificates", CERTIFICATE_SECONDS, self.appliance_watch.check_certificates)
         if self.capacity_ is not None:
             s.every("vault-capacity", CAPACITY_SECONDS, self.capacity)
 
     def emit_statuses(self) -> None:
         for name in list(self.runtimes):
             try:
-                self.states[name] = self.machines.emit_status(name)["state"]
+                st = self.machines.emit_status(name)
+                self.states[name] = st["state"]
+                if self.rpo_history_ is not None and st.get("rpo_known"):
+                    self.rpo_history_.note(name, float(st["rpo_seconds"]))
+                if self.watch is not None:
+                    self.watch.observe(name, st)
             except Exception:
                 log.exception("status of %s", name)
+
+    def rpo_history(self) -> None:
+        persist = getattr(self.runtimes, "persist_clocks", None)
+        if persist is not None:
+            persist()
+        assert self.rpo_history_ is not None
+        self.rpo_history_.flush()
 
     def resync_window(self) -> None:
         for name in list(self.runtimes):

@@ -12,8 +12,10 @@ from ..errors import AlreadyExists, MachineRevoked, UnknownMachine, UnknownPolic
 from ..jobs.store import JOBS_SCHEMA
 from ..policy import DEFAULT_POLICY, Policy
 
-SCHEMA_VERSION = 5   # 3: who revoked a machine, and when; 4: the jobs table (engine/jobs/store.py);
-                     # 5: policies.history_limit (the vault's capacity policy)
+SCHEMA_VERSION = 6   # 3: who revoked a machine, and when; 4: the jobs table (engine/jobs/store.py);
+#                      5: when each machine was last known recoverable and last heard from, the alerts and
+#                         rpo_history tables (engine/appliance/alerts.py, rpo.py)
+#                      6: policies.history_limit (the vault's capacity policy)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -28,6 +30,16 @@ CREATE TABLE IF NOT EXISTS machines (
     disks TEXT NOT NULL DEFAULT '[]', resync TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, machine TEXT, kind TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS alerts (
+    row INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, code TEXT NOT NULL, severity TEXT NOT NULL,
+    component TEXT NOT NULL, subject TEXT NOT NULL, message TEXT NOT NULL, advice TEXT NOT NULL,
+    raised_at REAL NOT NULL, cleared_at REAL, acknowledged_at REAL, acknowledged_by TEXT,
+    count INTEGER NOT NULL DEFAULT 1, last_time REAL NOT NULL, details TEXT NOT NULL DEFAULT '{}');
+CREATE INDEX IF NOT EXISTS alerts_id ON alerts(id);
+CREATE TABLE IF NOT EXISTS rpo_history (
+    machine TEXT NOT NULL, tier INTEGER NOT NULL, time REAL NOT NULL, rpo REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rpo_history_machine ON rpo_history(machine, time);
 """
 
 #: The policies columns in Policy's field order (an older database has them in another order after migrations)
@@ -48,10 +60,13 @@ class StateDB:
         if "revoked_at" not in cols:  # schema 2 → 3: who revoked a machine, and when
             self.db.execute("ALTER TABLE machines ADD COLUMN revoked_at REAL")
             self.db.execute("ALTER TABLE machines ADD COLUMN revoked_by TEXT")
+        if "recoverable_at" not in cols:  # schema 4 → 5: RPO survives restarts (engine/appliance/rpo.py)
+            self.db.execute("ALTER TABLE machines ADD COLUMN recoverable_at REAL")
+            self.db.execute("ALTER TABLE machines ADD COLUMN last_heard REAL")
         pcols = {r[1] for r in self.db.execute("PRAGMA table_info(policies)")}
         if "resync_window" not in pcols:
             self.db.execute("ALTER TABLE policies ADD COLUMN resync_window TEXT NOT NULL DEFAULT '22:00-06:00'")
-        if "history_limit" not in pcols:  # schema 4 → 5: the history size limit (0 = none, as before)
+        if "history_limit" not in pcols:  # schema 5 → 6: the history size limit (0 = none, as before)
             self.db.execute("ALTER TABLE policies ADD COLUMN history_limit INTEGER NOT NULL DEFAULT 0")
         if self.get_meta("schema_version") != str(SCHEMA_VERSION):
             self.set_meta("schema_version", str(SCHEMA_VERSION))   # migrations above are idempotent
@@ -155,7 +170,29 @@ class StateDB:
     def update_event(self, event_id: int, **data: Any) -> None:
         self.db.execute("UPDATE events SET data=? WHERE id=?", (json.dumps(data), event_id))
 
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT id, time, machine, kind, data FROM events" +
-                               (" WHERE kind=?" if kind else "") + " ORDER BY id", (kind,) if kind else ())
+    def events(self, kind: str | None = None, *, since: float | None = None,
+               limit: int | None = None) -> list[dict[str, Any]]:
+        """Events oldest first: of one ``kind``, from ``since`` (epoch) on; with ``limit``, the newest that many."""
+        where: list[str] = []
+        args: list[Any] = []
+        if kind:
+            where.append("kind=?")
+            args.append(kind)
+        if since is not None:
+            where.append("time>=?")
+            args.append(since)
+        sql = "SELECT id, time, machine, kind, data FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY id"
+            args.append(limit)
+        else:
+            sql += " ORDER BY id"
+        rows = self.db.execute(sql, args)
         return [{"id": i, "time": t, "machine": m, "kind": k, "data": json.loads(d)} for i, t, m, k, d in rows]
+
+    def last_events(self, kind: str) -> dict[str, dict[str, Any]]:
+        """The newest event of ``kind`` per machine."""
+        rows = self.db.execute("SELECT e.machine, e.data FROM events e JOIN (SELECT machine, MAX(id) AS id FROM "
+                               "events WHERE kind=? AND machine IS NOT NULL GROUP BY machine) m ON e.id = m.id",
+                               (kind,))
+        return {m: json.loads(d) for m, d in rows}

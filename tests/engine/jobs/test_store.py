@@ -15,11 +15,13 @@ def test_statedb_migrates_a_schema_2_file_to_hold_jobs(tmp_path):
                      "INSERT INTO meta VALUES ('schema_version', '2');")
     db.close()
     s = StateDB(path)
-    assert SCHEMA_VERSION >= 4 and s.get_meta("schema_version") == str(SCHEMA_VERSION)   # 5: history_limit
+    assert SCHEMA_VERSION == 6 and s.get_meta("schema_version") == "6"   # 5: issue 12's alerts, RPO times; 6: history_limit
     store = JobStore(s.db)
     job = Job("abc123abc123", "test-failover", "vm", "Drill", JobState.RUNNING,
               steps=[Step("export", "Export disks", 1, state=StepState.RUNNING, started=1.0)], result={"point": {}})
     store.save(job)
+    s.db.execute("INSERT INTO machines(name, cert_serial, registered) VALUES ('vm', '1', 0)")
+    assert s.machine("vm")["recoverable_at"] is None and s.machine("vm")["last_heard"] is None
     s.close()
     s2 = StateDB(path)   # opening again is idempotent
     again = JobStore(s2.db).get(job.id)

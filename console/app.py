@@ -66,7 +66,7 @@ class ConsoleController(QObject):
         if plan.vcenter is not None:
             if self.facade.has_vsphere:
                 v = plan.vcenter
-                self.ctx.register_vcenter(v.host, v.user, v.password, v.thumbprint)
+                self.ctx.register_vcenter(v.host, v.user, v.password, v.thumbprint, ca_pem=v.ca_pem)
             else:
                 self.ctx.notes.notify(Notification("warning", f"vCenter {plan.vcenter.host} was not registered: "
                                                    "this engine build has no vCenter support"))

@@ -95,13 +95,26 @@ class ConsoleContext(QObject):
         except Exception as exc:  # a refresh failing must not stop the timer
             self.notes.handle(exc, "refreshing the machine list")
             return
+        try:
+            self.machines.set_vcenters(self.facade.machine_vcenters())
+        except Exception:  # a vCenter being away shows in Infrastructure; the table keeps its last matches
+            log.debug("no vCenter matches this refresh", exc_info=True)
         self.inventory_refreshed.emit()
+
+    def load_history(self, machine: str) -> int:
+        """Seed the console's RPO history of ``machine`` with what the appliance kept (before this console ran)."""
+        try:
+            return self.history.seed(machine, self.facade.rpo_history(machine, time.time() - self.history.capacity))
+        except Exception as exc:
+            self.notes.handle(exc, f"reading the RPO history of {machine}")
+            return 0
 
     # event wiring ----------------------------------------------------------------------------------------
     def _on_statuses(self, batch: list[MachineStatus]) -> None:
         now = time.time()
         for ev in batch:
-            self.history.append(ev.machine, now, ev.rpo_seconds)
+            if getattr(ev, "rpo_known", True):  # no point yet, no RPO: nothing to draw (not a zero)
+                self.history.append(ev.machine, now, ev.rpo_seconds)
         for name, old, new in self.machines.apply_statuses(batch):
             level = "error" if new == "error" else "info"
             self.log.add(LogEntry(level, "state", f"{old} → {new}", name))
@@ -230,9 +243,11 @@ class ConsoleContext(QObject):
         self.notes.info(f"Policy {policy.name} saved")
         return saved
 
-    def register_vcenter(self, host: str, user: str, password: str, thumbprint: str) -> ConsoleJob:
+    def register_vcenter(self, host: str, user: str, password: str, thumbprint: str, *,
+                         ca_pem: str | None = None) -> ConsoleJob:
+        """Register trusting the accepted ``thumbprint``, or the CA ``ca_pem`` (then ``thumbprint`` is "")."""
         async def work(job: ConsoleJob) -> Any:
-            return await self.facade.register_vcenter(host, user, password, thumbprint)
+            return await self.facade.register_vcenter(host, user, password, thumbprint, ca_pem=ca_pem)
         return self._job(f"Register vCenter {host}", "vcenter", None, work, cancellable=True)
 
     @property

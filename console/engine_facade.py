@@ -168,12 +168,28 @@ class EngineFacade:
         ``protected_machine`` and ``protection_state``. None while the appliance is stopped."""
         return self.embedded.inventory() if self.embedded is not None else None
 
+    def machine_vcenters(self) -> dict[str, str]:
+        """Protected machine → the vCenter its VM is in (machines not matched to a VM are absent)."""
+        inv = self.inventory() if self.has_vsphere else None
+        return {str(vm["protected_machine"]): str(vm.get("vcenter") or "") for vm in (inv or {}).get("vms", ())
+                if vm.get("protected_machine")}
+
+    def rpo_history(self, name: str, since: float | None = None) -> list[tuple[float, float]]:
+        """The appliance's kept RPO history of ``name`` as (epoch, seconds), oldest first; [] from an engine that
+        keeps none (before issue 12) or while stopped."""
+        fn = getattr(self.embedded, "rpo_history", None)
+        return [(float(t), float(v)) for t, v in fn(name, since)] if fn is not None else []
+
     def vcenters(self) -> list[dict[str, Any]]:
         return self.embedded.vcenters() if self.embedded is not None else []
 
-    async def register_vcenter(self, address: str, user: str, password: str, thumbprint: str) -> Any:
-        """Register ``HOST[:PORT]`` trusting exactly the certificate ``thumbprint`` the operator accepted."""
+    async def register_vcenter(self, address: str, user: str, password: str, thumbprint: str, *,
+                               ca_pem: str | None = None) -> Any:
+        """Register ``HOST[:PORT]`` trusting exactly the certificate ``thumbprint`` the operator accepted, or (with
+        ``ca_pem``, the console's ``--ca FILE``) the certificates that CA signed for it."""
         host, port = parse_address(address, 443, what="vCenter address")
+        if ca_pem:
+            return await self._emb().register_vcenter(host, port, user, password, ca_pem=ca_pem)
         return await self._emb().register_vcenter(host, port, user, password, thumbprint=thumbprint)
 
     async def remove_vcenter(self, host: str) -> Any:

@@ -10,26 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import os
 import shutil
 import socket
-import ssl
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.api import (CertificateUntrusted, LifeboatError, LoginFailed, check_vcenter_login as _login, configure_home,
-                        delete_vault_key, init_home, is_initialised, InvalidInput, parse_address)
+from engine.api import (CertificateUntrusted, CertificateView, LifeboatError, LoginFailed,
+                        check_vcenter_login as _login, configure_home, delete_vault_key, fetch_vcenter_certificate,
+                        init_home, is_initialised, InvalidInput, parse_address)
+
+#: Shown whenever a vCenter presents another certificate than the one accepted or pinned before (issue 12).
+INTERCEPTION_WARNING = ("The certificate changed: someone may be intercepting the connection, or the vCenter's "
+                        "certificate was replaced. Check with its administrator before trusting it.")
+#: The largest CA file the console reads (a PEM bundle of a few certificates is a few KiB).
+MAX_CA_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class VCenterPlan:
-    """A vCenter to register after the appliance starts; ``thumbprint`` is the one the operator accepted."""
+    """A vCenter to register after the appliance starts: trusting ``thumbprint`` (the one the operator accepted)
+    or, when ``ca_pem`` is set, the certificates that CA signed for this host."""
     host: str
     user: str
     password: str
     thumbprint: str
+    ca_pem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,39 +127,78 @@ def parse_host_port(text: str, default_port: int = 443) -> tuple[str, int] | Non
         return None
 
 
+async def fetch_certificate(host: str, port: int = 443, *, ca_pem: str | None = None,
+                            timeout: float = 10.0) -> CertificateView:
+    """The certificate a TLS server presents (subject, issuer, validity, SHA-256), read through the engine without
+    trusting it; with ``ca_pem``, also whether that CA vouches for it. Raises ``LifeboatError`` (unreachable, bad
+    CA file)."""
+    return await asyncio.to_thread(fetch_vcenter_certificate, host, port, ca_pem=ca_pem, timeout=timeout)
+
+
 async def fetch_thumbprint(host: str, port: int = 443, timeout: float = 10.0) -> str:
     """SHA-256 thumbprint (AA:BB:…) of the certificate a TLS server presents. Not verified: the operator accepts it."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx, server_hostname=host), timeout)
+    return (await fetch_certificate(host, port, timeout=timeout)).sha256
+
+
+def validity_text(cert: CertificateView, now: float | None = None) -> tuple[str, str | None]:
+    """("from … to …", a problem or None): "expired …" or "not valid yet …" by this computer's clock."""
+    fmt = "%Y-%m-%d %H:%M UTC"
+    span = f"from {time.strftime(fmt, time.gmtime(cert.not_before))} to {time.strftime(fmt, time.gmtime(cert.not_after))}"
+    now = time.time() if now is None else now
+    if now > cert.not_after:
+        return span, f"Expired {(now - cert.not_after) / 86400:.0f} day(s) ago: vCenter needs a new certificate."
+    if now < cert.not_before:
+        return span, ("Not valid yet (starts in the future): check this computer's clock and the vCenter's "
+                      "certificate.")
+    return span, None
+
+
+def read_ca_file(text: str) -> tuple[str | None, str | None]:
+    """(PEM text, None) for a readable PEM CA certificate file, else (None, why): the console's ``--ca FILE``."""
+    if not text.strip():
+        return None, "Choose the CA certificate file (PEM)."
+    p = Path(text.strip()).expanduser()
     try:
-        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except (OSError, ssl.SSLError):
-            pass
-    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+        if p.stat().st_size > MAX_CA_BYTES:
+            return None, f"{p} is larger than {MAX_CA_BYTES // 1024} KiB: not a CA certificate."
+        pem = p.read_text("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"Cannot read {p}: {getattr(exc, 'strerror', None) or exc}."
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        return None, f"{p} holds no PEM certificate (-----BEGIN CERTIFICATE-----)."
+    return pem, None
+
+
+def changed_certificate_message(address: str, seen: str, expected: str) -> str:
+    """The full text shown when ``address`` presents ``seen`` where ``expected`` was accepted or pinned."""
+    return (f"{INTERCEPTION_WARNING} {address} now presents SHA-256 {seen}; the one accepted before was "
+            f"{expected}.")
 
 
 async def check_vcenter_login(address: str, user: str, password: str, thumbprint: str,
-                              timeout: float = 30.0) -> dict[str, str]:
-    """Log in to the vCenter at ``address`` trusting exactly ``thumbprint``, then log out; nothing is stored.
+                              timeout: float = 30.0, *, ca_pem: str | None = None) -> dict[str, str]:
+    """Log in to the vCenter at ``address`` trusting exactly ``thumbprint`` (or the CA ``ca_pem``), then log out;
+    nothing is stored.
 
     Returns messages per field ('host', 'password', 'thumb'), empty when vCenter accepted the login: the wizard
-    checks before it moves on, so a wrong password is shown next to its field instead of failing after Finish."""
+    checks before it moves on, so a wrong password is shown next to its field instead of failing after Finish.
+    A certificate other than the accepted one gives the possible-interception warning under 'thumb', and its
+    thumbprint under 'seen'."""
     hp = parse_host_port(address)
     if hp is None:
         return {"host": "Enter HOST or HOST:PORT."}
     try:
-        await asyncio.to_thread(_login, hp[0], hp[1], user, password, thumbprint, timeout=timeout)
+        await asyncio.to_thread(_login, hp[0], hp[1], user, password, thumbprint, ca_pem=ca_pem, timeout=timeout)
     except LoginFailed:
         return {"password": "The vCenter refused the login: check the user name and password."}
     except CertificateUntrusted as exc:
+        seen = str(exc.details.get("thumbprint") or "")
+        if ca_pem:
+            return {"thumb": f"The CA does not vouch for this vCenter's certificate: {exc.message}."}
+        if seen and seen != thumbprint:
+            return {"thumb": changed_certificate_message(f"{hp[0]}:{hp[1]}", seen, thumbprint), "seen": seen}
         return {"thumb": f"The certificate is not the one accepted ({exc.message}): get it again and check it."}
-    except LifeboatError as exc:  # unreachable, TLS handshake, not a vSphere endpoint
+    except LifeboatError as exc:  # unreachable, TLS handshake, not a vSphere endpoint, a bad CA file
         return {"host": exc.message[:1].upper() + exc.message[1:].rstrip(".") + "."}
     return {}
 

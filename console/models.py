@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
 from PySide6.QtGui import QColor, QIcon
 
 from engine.api import ApplianceStatus, ResyncView
@@ -25,6 +25,7 @@ Index = QModelIndex | QPersistentModelIndex
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1     #: a sortable value (numbers for numeric columns)
 HEALTH_ROLE = Qt.ItemDataRole.UserRole + 2   #: "ok" | "warning" | "critical" | "" (not protected)
 NAME_ROLE = Qt.ItemDataRole.UserRole + 3     #: the machine name, from any column
+ROW_ROLE = Qt.ItemDataRole.UserRole + 4      #: the ``MachineRow`` itself (delegates read it; no copies)
 
 HEALTH_LABELS = {"ok": "OK", "warning": "Warning", "critical": "Critical", "": "Not protected"}
 HEALTH_ORDER = {"critical": 0, "warning": 1, "ok": 2, "": 3}
@@ -51,6 +52,18 @@ def format_time(t: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) if t else "—"
 
 
+def format_age(seconds: float | None) -> str:
+    """How long ago, coarse ("12 s", "4 m", "2 h 05 m"); "—" when there is nothing."""
+    if seconds is None:
+        return "—"
+    s = max(0.0, seconds)
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{int(s // 60)} m {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} m"
+
+
 @dataclass(slots=True)
 class MachineRow:
     """What one table row shows; updated in place."""
@@ -64,6 +77,29 @@ class MachineRow:
     upload: float = 0.0
     protected: bool = False
     resync: ResyncView = ResyncView()
+    # issue 12 contract (MachineStatus / machine_status): absent from older engines, hence the defaults
+    health_reason: str = ""
+    rpo_known: bool = True
+    last_heard: float | None = None
+    sync_eta: float | None = None
+    # from the periodic inventory (status() and the vCenter snapshot)
+    policy: str = ""
+    rpo_threshold: float = 30.0
+    vcenter: str = ""
+    agent_connected: bool = True
+
+    @property
+    def resync_required(self) -> bool:
+        return self.state == "resync-required" or self.resync.required
+
+    @property
+    def needs_attention(self) -> bool:
+        """A protected machine whose health is not OK, that needs a resync, or whose agent is not connected."""
+        return self.protected and (self.health != "ok" or self.resync_required or not self.agent_connected)
+
+    @property
+    def rpo_text(self) -> str:
+        return format_seconds(self.rpo) if self.rpo_known else "—"
 
     @property
     def resync_text(self) -> str:
@@ -85,12 +121,21 @@ class MachineRow:
         return self.state
 
 
-COLUMNS = ("Name", "State", "Health", "RPO", "Last point", "Resync", "Churn", "Upload")
-NAME, STATE, HEALTH, RPO, LAST_POINT, RESYNC, CHURN, UPLOAD = range(len(COLUMNS))
+COLUMNS = ("Name", "State", "Health", "RPO", "RPO trend", "Since point", "Reason", "Last point", "Resync", "Churn",
+           "Upload", "Policy", "vCenter")
+(NAME, STATE, HEALTH, RPO, TREND, SINCE_POINT, REASON, LAST_POINT, RESYNC, CHURN, UPLOAD, POLICY,
+ VCENTER) = range(len(COLUMNS))
 
 
 class MachineTableModel(QAbstractTableModel):
-    """Protected (and registered) machines, one row each, keyed by name."""
+    """Protected (and registered) machines, one row each, keyed by name.
+
+    Row order is the model's own and changes only in ``sort`` (a header click or the operator's re-sort), never on
+    a status update: live values change under a stable order, new machines are appended. ``resorted`` is emitted
+    after every ``sort``.
+    """
+
+    resorted = Signal()
 
     def __init__(self, parent: Any = None) -> None:
         super().__init__(parent)
@@ -98,6 +143,9 @@ class MachineTableModel(QAbstractTableModel):
         self._index: dict[str, int] = {}
         self._icons: dict[str, QIcon] = {}
         self._colors: dict[str, QColor] = {}
+        self.sort_column = -1
+        self.sort_order = Qt.SortOrder.AscendingOrder
+        self.sorted_at: float | None = None   # time.monotonic() of the last sort
 
     # appearance (given by ui, which owns the resources) ---------------------------------------------------
     def set_health_style(self, icons: dict[str, QIcon], colors: dict[str, QColor]) -> None:
@@ -114,6 +162,8 @@ class MachineTableModel(QAbstractTableModel):
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return COLUMNS[section]
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole:
+            return HEADER_TIPS.get(section)
         return None
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -122,6 +172,8 @@ class MachineTableModel(QAbstractTableModel):
         row, col = self._rows[index.row()], index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(row, col)
+        if role == ROW_ROLE:
+            return row
         if role == SORT_ROLE:
             return self._sort_key(row, col)
         if role == NAME_ROLE:
@@ -133,9 +185,13 @@ class MachineTableModel(QAbstractTableModel):
                 return self._icons.get(row.health)
             if role == Qt.ItemDataRole.ForegroundRole:
                 return self._colors.get(row.health)
-        if role == Qt.ItemDataRole.ToolTipRole and col == RPO and row.protected:
-            return "Age of the oldest change not yet in the vault"
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (RPO, CHURN, UPLOAD):
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if col == RPO and row.protected:
+                return ("Age of the oldest change not yet in the vault" if row.rpo_known
+                        else "No recovery point yet: the machine has no RPO until its first point")
+            if col == REASON and row.health_reason:
+                return row.health_reason
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (RPO, SINCE_POINT, CHURN, UPLOAD):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
@@ -147,10 +203,20 @@ class MachineTableModel(QAbstractTableModel):
             return row.state_text
         if col == HEALTH:
             return HEALTH_LABELS.get(row.health, row.health)
+        if col == REASON:
+            return row.health_reason
+        if col == POLICY:
+            return row.policy
+        if col == VCENTER:
+            return row.vcenter
+        if col == TREND:
+            return ""   # drawn by the sparkline delegate
         if not row.protected and col != RESYNC:
             return "—"
         if col == RPO:
-            return format_seconds(row.rpo)
+            return row.rpo_text
+        if col == SINCE_POINT:
+            return format_age(time.time() - row.last_point_time) if row.last_point_time else "—"
         if col == LAST_POINT:
             return format_time(row.last_point_time)
         if col == RESYNC:
@@ -159,8 +225,49 @@ class MachineTableModel(QAbstractTableModel):
 
     @staticmethod
     def _sort_key(row: MachineRow, col: int) -> Any:
-        return (row.name, row.state, HEALTH_ORDER.get(row.health, 9), row.rpo, row.last_point_time or 0.0,
-                row.resync_text, row.churn, row.upload)[col]
+        if col == NAME:
+            return row.name
+        if col == STATE:
+            return row.state_text
+        if col == HEALTH:
+            return HEALTH_ORDER.get(row.health if row.protected else "", 9)
+        if col in (RPO, TREND):   # unknown RPO sorts below every known one (worst-first puts it last)
+            return row.rpo if (row.protected and row.rpo_known) else -1.0
+        if col == SINCE_POINT:    # time since the last point: a machine without one is the oldest
+            return -(row.last_point_time or 0.0)
+        if col == LAST_POINT:
+            return row.last_point_time or 0.0
+        if col == REASON:
+            return row.health_reason
+        if col == RESYNC:
+            return row.resync_text
+        if col == CHURN:
+            return row.churn
+        if col == UPLOAD:
+            return row.upload
+        if col == POLICY:
+            return row.policy
+        return row.vcenter
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        """Reorder the rows once by ``column`` (ties by name); persistent indexes (selection, current) follow."""
+        self.sort_column, self.sort_order = column, order
+        self.layoutAboutToBeChanged.emit()
+        persistent = self.persistentIndexList()
+        held = [(self._rows[i.row()].name, i.column()) for i in persistent]
+        rows = sorted(self._rows, key=lambda r: r.name)
+        if 0 <= column < len(COLUMNS):
+            rows.sort(key=lambda r: self._sort_key(r, column), reverse=order == Qt.SortOrder.DescendingOrder)
+        self._rows = rows
+        self._index = {r.name: k for k, r in enumerate(rows)}
+        self.changePersistentIndexList(persistent, [self.index(self._index[n], c) for n, c in held])
+        self.layoutChanged.emit()
+        self.sorted_at = time.monotonic()
+        self.resorted.emit()
+
+    def resort(self) -> None:
+        """Sort again by the current column (values have changed since the last sort)."""
+        self.sort(self.sort_column, self.sort_order)
 
     # updates ---------------------------------------------------------------------------------------------
     def row(self, name: str) -> MachineRow | None:
@@ -169,6 +276,9 @@ class MachineTableModel(QAbstractTableModel):
 
     def rows(self) -> list[MachineRow]:
         return list(self._rows)
+
+    def row_at(self, i: int) -> MachineRow:
+        return self._rows[i]
 
     def names(self) -> list[str]:
         return [r.name for r in self._rows]
@@ -194,6 +304,11 @@ class MachineTableModel(QAbstractTableModel):
             r.state, r.health, r.rpo = ev.state, ev.health, float(ev.rpo_seconds)
             r.sync_progress, r.last_point_time = ev.sync_progress, ev.last_point_time
             r.churn, r.upload, r.protected = ev.churn_bytes_per_s, ev.upload_bytes_per_s, True
+            # the issue-12 fields; an engine without them reports none of them (and no reason)
+            r.health_reason = getattr(ev, "health_reason", "") or ""
+            r.rpo_known = bool(getattr(ev, "rpo_known", True))
+            r.last_heard = getattr(ev, "last_heard", None)
+            r.sync_eta = getattr(ev, "sync_eta_seconds", None)
         if hi >= 0:
             self.dataChanged.emit(self.index(lo, 0), self.index(hi, len(COLUMNS) - 1))
         self._insert(new)
@@ -219,16 +334,31 @@ class MachineTableModel(QAbstractTableModel):
                 self._index[name] = len(self._rows) + len(new) - 1
             m = seen.get(name)
             if m is None:
-                r.protected, r.state, r.health = False, "unprotected", ""
+                r.protected, r.state, r.health, r.health_reason = False, "unprotected", "", ""
+                r.policy, r.agent_connected, r.rpo_known = "", True, True
                 continue
             r.protected, r.state, r.health = True, m.state, m.health
             r.rpo, r.sync_progress = m.rpo_seconds, m.sync_progress
             r.last_point_time = m.last_point_time
             r.churn, r.upload = m.churn_bytes_per_s, m.upload_bytes_per_s
             r.resync = m.resync
+            r.policy, r.rpo_threshold, r.agent_connected = m.policy, m.rpo_threshold, m.agent_connected
+            if hasattr(m, "health_reason"):   # issue-12 engines; older ones leave the statuses' value
+                r.health_reason = getattr(m, "health_reason") or ""
+                r.rpo_known = bool(getattr(m, "rpo_known", True))
         if self._rows:
             self.dataChanged.emit(self.index(0, 0), self.index(len(self._rows) - 1, len(COLUMNS) - 1))
         self._insert(new)
+
+    def set_vcenters(self, by_machine: dict[str, str]) -> None:
+        """The vCenter each machine's VM is in (from the inventory snapshot); "" when not matched."""
+        changed = False
+        for r in self._rows:
+            vc = by_machine.get(r.name, "")
+            if r.vcenter != vc:
+                r.vcenter, changed = vc, True
+        if changed and self._rows:
+            self.dataChanged.emit(self.index(0, VCENTER), self.index(len(self._rows) - 1, VCENTER))
 
     def _insert(self, new: list[MachineRow]) -> None:
         if not new:
@@ -239,14 +369,23 @@ class MachineTableModel(QAbstractTableModel):
         self.endInsertRows()
 
     def health_counts(self) -> dict[str, int]:
-        counts = {"ok": 0, "warning": 0, "critical": 0, "": 0}
+        """Machines per health ("" = not protected), and "attention": those that need attention."""
+        counts = {"ok": 0, "warning": 0, "critical": 0, "": 0, "attention": 0}
         for r in self._rows:
-            counts[r.health if r.protected else ""] = counts.get(r.health if r.protected else "", 0) + 1
+            key = r.health if r.protected else ""
+            counts[key] = counts.get(key, 0) + 1
+            counts["attention"] += r.needs_attention
         return counts
 
     def worst(self) -> MachineRow | None:
-        prot = [r for r in self._rows if r.protected]
+        prot = [r for r in self._rows if r.protected and r.rpo_known]
         return max(prot, key=lambda r: r.rpo) if prot else None
+
+
+HEADER_TIPS = {RPO: "What a failover now would lose; — before the first recovery point",
+               TREND: "RPO over the last minutes (the dashed line is the policy's threshold)",
+               SINCE_POINT: "Time since the newest recovery point", REASON: "Why the health is what it is",
+               POLICY: "Replication policy", VCENTER: "The vCenter whose VM this machine is"}
 
 
 class Ring:
@@ -294,6 +433,22 @@ class RpoHistory:
             ring = self._rings[machine] = Ring(self.capacity)
         ring.append(t, rpo)
 
+    def seed(self, machine: str, samples: Iterable[tuple[float, float]]) -> int:
+        """Put the appliance's older history (``rpo_history``) before what this console sampled itself; returns
+        how many samples were added. Samples at or after the ring's oldest are ignored (the ring has them)."""
+        t_own, v_own = self.series(machine)
+        first = float(t_own[0]) if len(t_own) else float("inf")
+        room = self.capacity - len(t_own)
+        older = sorted((t, v) for t, v in samples if t < first)[-room:] if room > 0 else []
+        if not older:
+            return 0
+        ring = self._rings[machine] = Ring(self.capacity)
+        for t, v in older:
+            ring.append(t, v)
+        for t, v in zip(t_own.tolist(), v_own.tolist()):
+            ring.append(t, v)
+        return len(older)
+
     def series(self, machine: str, since: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         ring = self._rings.get(machine)
         if ring is None:
@@ -320,7 +475,7 @@ class DashboardSeries:
     def sample(self, model: MachineTableModel, now: float | None = None) -> None:
         now = time.time() if now is None else now
         prot = [r for r in model.rows() if r.protected]
-        self.ring.append(now, max((r.rpo for r in prot), default=0.0), sum(r.churn for r in prot),
+        self.ring.append(now, max((r.rpo for r in prot if r.rpo_known), default=0.0), sum(r.churn for r in prot),
                          sum(r.upload for r in prot))
         self.last_sample = now
 

@@ -48,6 +48,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "How long a notification stays before it fades to the Jobs and events log.", 2, 120),
     SettingSpec("ui/confirm_cleanup", bool, True, "Confirm drill clean-up",
                 "Ask before a drill's scratch data and exported images are deleted."),
+    SettingSpec("ui/compact_rows", bool, False),   # the machines table's Compact toggle (remembered)
     SettingSpec("window/geometry", bytes, b""),
     SettingSpec("window/state", bytes, b""),
     SettingSpec("window/page", int, 0),

@@ -3,6 +3,11 @@
 For the console benchmark (bench/console.py), UI tests of single pages, and ``lifeboat-console --synthetic N`` to
 look at a large fleet. Events are real engine event classes on a real ``EventBus``, emitted in one burst per second
 like the appliance's ticker, so they take the same path through the bridge as in production.
+
+The fleet is mixed the way a real one is, deterministically by index: about one machine in 40 has an agent not heard
+from (its RPO grows, critical), one in 61 needs a resync, one in 53 is in its initial sync (no point yet, so no RPO),
+one in 5 uses the "gold" policy (15 s threshold); machines are spread over two vCenters (a third in none). Statuses
+carry the issue-12 contract's fields (``health_reason``, ``rpo_known``, ``last_heard``, ``sync_eta_seconds``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import math
 import random
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,21 @@ from .engine_facade import EngineFacade, validate_policy
 
 THRESHOLD = 30.0
 SYNC_STEP = 0.25      # initial-sync progress per tick of a machine protected here
+VCENTERS = ("vc1.lab", "vc2.lab", "")
+
+_CONTRACT_FIELDS = {"health_reason", "rpo_known", "last_heard", "sync_eta_seconds"}
+
+# The issue-12 contract adds these fields to machine_status(); until engine.api's MachineView has them, the synthetic
+# engine returns a subclass that carries them, so the console is built and tested against the contract.
+if _CONTRACT_FIELDS <= {f.name for f in fields(MachineView)}:
+    View = MachineView
+else:
+    @dataclass(frozen=True, slots=True)
+    class View(MachineView):  # type: ignore[no-redef]
+        health_reason: str = ""
+        rpo_known: bool = True
+        last_heard: float | None = None
+        sync_eta_seconds: float | None = None
 
 
 class SyntheticFacade(EngineFacade):
@@ -44,8 +65,13 @@ class SyntheticFacade(EngineFacade):
         self._seq = 0
         self._running = False
         self._task: asyncio.Task[None] | None = None
+        self._created = time.time()
         for i, n in enumerate(self.names):
-            self._state[n] = {"phase": self.rnd.random() * math.tau, "base": 2 + (i % 17), "state": "protected"}
+            st = "resync-required" if i % 61 == 60 else "initial-sync" if i % 53 == 52 else "protected"
+            self._state[n] = {"phase": self.rnd.random() * math.tau, "base": 2 + (i % 17), "state": st,
+                              "policy": "gold" if i % 5 == 4 else "default", "vcenter": VCENTERS[i % 3],
+                              "away_since": self._created - 200 - i if i % 40 == 39 else None,
+                              "sync_start": self._created - 300}
 
     # lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -82,7 +108,36 @@ class SyntheticFacade(EngineFacade):
     # the fleet -------------------------------------------------------------------------------------------
     def _rpo(self, name: str, now: float) -> float:
         s = self._state[name]
+        if s["away_since"] is not None:   # nothing heard since: what a failover now would lose keeps growing
+            return now - s["away_since"]
         return max(0.0, s["base"] * (1 + 0.6 * math.sin(now / 20 + s["phase"])) + self.rnd.random())
+
+    def _sync(self, name: str, now: float) -> tuple[float, float]:
+        """Initial-sync progress and ETA of the fleet's long syncs: one hour for the whole copy."""
+        done = min(0.99, (now - self._state[name]["sync_start"]) / 3600)
+        return done, (1 - done) * 3600
+
+    def _threshold(self, name: str) -> float:
+        return self._policies[self._state[name].get("policy", "default")].rpo_threshold
+
+    def _health(self, name: str, rpo: float, now: float) -> tuple[str, str, bool]:
+        """(health, reason, rpo_known) as the issue-12 engine reports them."""
+        s = self._state[name]
+        thr = self._threshold(name)
+        st = s["state"]
+        if st == "initial-sync":
+            done, eta = self._sync(name, now)
+            return "ok", f"initial sync {100 * done:.0f}%, about {eta / 60:.0f} min left", False
+        if s.get("away_since") is not None:
+            return "critical", f"agent not heard from for {(now - s['away_since']) / 60:.0f} min", True
+        health = health_for(rpo, thr, st)
+        if st == "resync-required":
+            return health, "resync required: disk resized", True
+        if health == "critical":
+            return health, f"RPO {rpo:.0f} s over the {thr:.0f} s threshold", True
+        if health == "warning":
+            return health, f"RPO {rpo:.0f} s, over half the {thr:.0f} s threshold", True
+        return health, "", True
 
     def tick(self, now: float | None = None) -> None:
         """One ticker burst: a MachineStatus for every machine; a point for about one in five; an RPO alert raised
@@ -90,7 +145,7 @@ class SyntheticFacade(EngineFacade):
         now = time.time() if now is None else now
         for name in self.names:
             s = self._state[name]
-            if s["state"] == "initial-sync":
+            if s["state"] == "initial-sync" and "progress" in s:   # protected here: a quick initial sync
                 s["progress"] = min(1.0, s.get("progress", 0.0) + SYNC_STEP)
                 if s["progress"] >= 1.0:
                     s["state"] = "protected"
@@ -102,7 +157,8 @@ class SyntheticFacade(EngineFacade):
             rpo = self._rpo(name, now)
             st = s["state"]
             pts = self._points[name]
-            if self.rnd.random() < 0.2:
+            health, reason, known = self._health(name, rpo, now)
+            if known and s.get("away_since") is None and self.rnd.random() < 0.2:
                 self._seq += 1
                 kind = "app-consistent" if self._seq % 12 == 0 else "crash-consistent"
                 p = PointView(f"{kind[0]}-{self._seq}", self._seq, now - rpo, kind, "scheduled" if kind[0] == "a"
@@ -110,18 +166,20 @@ class SyntheticFacade(EngineFacade):
                 pts.append(p)
                 del pts[:-200]
                 self.bus.emit(PointCreated(name, p.id, p.kind, p.time, p.tag))
-            churn = 1e6 * (1 + math.sin(now / 30 + self._state[name]["phase"]))
-            health = health_for(rpo, THRESHOLD, st)
-            reason = "" if health == "ok" else (f"RPO {rpo:.0f} s over the {THRESHOLD:.0f} s threshold"
-                                                 if rpo > THRESHOLD else f"RPO {rpo:.0f} s, over half the threshold")
-            self.bus.emit(MachineStatus(name, st, health, round(rpo, 3), 1.0, pts[-1].time if pts else None, churn,
-                                        churn * 0.45, reason, True, now, None))
+            churn = 1e6 * (1 + math.sin(now / 30 + s["phase"]))
+            sync = self._sync(name, now) if st == "initial-sync" else (1.0, None)
+            self.bus.emit(MachineStatus(name, st, health, round(rpo, 3) if known else 0.0, sync[0],
+                                        pts[-1].time if pts else None, churn, churn * 0.45, reason, known,
+                                        s.get("away_since") or now, sync[1]))
+            if not known:
+                continue
+            thr = self._threshold(name)
             breach = self._alerts.get(alert_id("LB_RPO_BREACH", name))
-            if rpo > THRESHOLD and (breach is None or not breach.active):
-                self.raise_alert("LB_RPO_BREACH", name, f"RPO {rpo:.0f} s is over the {THRESHOLD:.0f} s threshold",
+            if rpo > thr and (breach is None or not breach.active):
+                self.raise_alert("LB_RPO_BREACH", name, f"RPO {rpo:.0f} s is over the {thr:.0f} s threshold",
                                  "Check the agent and the network; the RPO recovers once changes reach the vault.",
                                  "critical", now=now)
-            elif rpo <= THRESHOLD and breach is not None and breach.active:
+            elif rpo <= 0.8 * thr and breach is not None and breach.active:   # hysteresis: no flapping
                 self.clear_alert(breach.id, now=now)
 
     # alerts (the appliance's store, CONTRACT) --------------------------------------------------------------
@@ -163,20 +221,46 @@ class SyntheticFacade(EngineFacade):
             return MachineView(name, "unprotected")
         if name not in self._state:
             raise NotFound(f"no machine named {name!r}", code="LB_UNKNOWN_MACHINE")
-        st = self._state[name]["state"]
+        s = self._state[name]
+        st = s["state"]
         pts = self._points[name]
-        if st == "initial-sync":
-            return MachineView(name, st, "ok", 0.0, THRESHOLD, "default",
-                               sync_progress=self._state[name].get("progress", 0.0), agent_connected=True,
-                               disks=(DiskView(0, "sys", 64 << 30, False,
-                                               int((64 << 30) * self._state[name].get("progress", 0.0))),))
-        rpo = self._rpo(name, time.time())
-        return MachineView(name, st, health_for(rpo, 30.0, st), rpo, 30.0, "default", sync_progress=1.0,
-                           agent_connected=True, last_point=pts[-1] if pts else None, points=len(pts),
-                           churn_bytes_per_s=1e6, upload_bytes_per_s=4.5e5,
-                           resync=ResyncView(last_done=self._state[name].get("last_done")),
-                           disks=(DiskView(0, "sys", 64 << 30, True, 64 << 30),
-                                  DiskView(1, "data", 256 << 30, True, 256 << 30)))
+        thr = self._threshold(name)
+        if st == "initial-sync" and "progress" in s:
+            return View(name, st, "ok", 0.0, thr, s.get("policy", "default"),
+                        sync_progress=s.get("progress", 0.0), agent_connected=True,
+                        disks=(DiskView(0, "sys", 64 << 30, False, int((64 << 30) * s.get("progress", 0.0))),),
+                        health_reason="", rpo_known=False, last_heard=time.time(),
+                        sync_eta_seconds=(1.0 - s.get("progress", 0.0)) / SYNC_STEP)
+        now = time.time()
+        rpo = self._rpo(name, now)
+        health, reason, known = self._health(name, rpo, now)
+        sync = self._sync(name, now) if st == "initial-sync" else (1.0, None)
+        return View(name, st, health, rpo if known else 0.0, thr, s.get("policy", "default"), sync_progress=sync[0],
+                    agent_connected=s.get("away_since") is None, last_point=pts[-1] if pts else None,
+                    points=len(pts), churn_bytes_per_s=1e6, upload_bytes_per_s=4.5e5,
+                    resync=ResyncView(required=st == "resync-required", last_done=s.get("last_done")),
+                    disks=(DiskView(0, "sys", 64 << 30, True, 64 << 30),
+                           DiskView(1, "data", 256 << 30, True, 256 << 30)),
+                    health_reason=reason, rpo_known=known, last_heard=s.get("away_since") or now,
+                    sync_eta_seconds=sync[1])
+
+    def machine_vcenters(self) -> dict[str, str]:
+        return {n: s["vcenter"] for n, s in self._state.items() if s.get("vcenter")}
+
+    def rpo_history(self, name: str, since: float | None = None) -> list[tuple[float, float]]:
+        """The last hour at one sample every 10 s (what the appliance keeps, downsampled)."""
+        if name not in self._state:
+            raise NotFound(f"no machine named {name!r}", code="LB_UNKNOWN_MACHINE")
+        s, now = self._state[name], time.time()
+        if s["state"] == "initial-sync" or "sync_start" not in s:
+            return []   # no point yet (or protected only now): no history
+        out = []
+        for t in range(int(max(since or 0.0, now - 3590)), int(now), 10):
+            rpo = (t - s["away_since"] if s["away_since"] is not None
+                   else s["base"] * (1 + 0.6 * math.sin(t / 20 + s["phase"])))
+            if rpo >= 0:
+                out.append((float(t), max(0.0, rpo)))
+        return out
 
     def status(self) -> ApplianceStatus:
         return ApplianceStatus(tuple(self.machine_status(n) for n in self.names), tuple(self.registered))
@@ -198,13 +282,18 @@ class SyntheticFacade(EngineFacade):
     def has_vsphere(self) -> bool:
         return False
 
+    def vcenters(self) -> list[dict[str, Any]]:
+        """No vCenter in the synthetic fleet (tests patch ``inventory`` and ``has_vsphere`` for one)."""
+        return []
+
     # operations ------------------------------------------------------------------------------------------
     async def protect(self, name: str, policy: str | None) -> None:
         if name in self.registered:
             self.registered.remove(name)
             self.names.append(name)
             self._points[name] = []
-            self._state[name] = {"phase": 0.0, "base": 3, "state": "initial-sync", "progress": 0.0}
+            self._state[name] = {"phase": 0.0, "base": 3, "state": "initial-sync", "progress": 0.0,
+                                 "policy": policy or "default", "vcenter": "", "away_since": None}
 
     async def resync(self, name: str, now: bool = True) -> ResyncView:
         self._state[name]["state"] = "resyncing"

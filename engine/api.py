@@ -44,7 +44,7 @@ from .policy import DEFAULT_POLICY, Policy, format_duration, health_for, parse_d
 from .secrets import delete_secret, vault_key_name
 from .vault import local as _local_vault  # noqa: F401
 from .vsphere import service as _vsphere_service  # noqa: F401
-from .vsphere.errors import CertificateUntrusted, LoginFailed
+from .vsphere.errors import CertificateUntrusted, LoginFailed, VCenterUnreachable
 from .vsphere.service import VSphereService
 
 
@@ -335,13 +335,57 @@ def delete_vault_key(appliance_id: str) -> None:
     delete_secret(vault_key_name(appliance_id))
 
 
-def check_vcenter_login(host: str, port: int, user: str, password: str, thumbprint: str, *,
-                        timeout: float = 30.0) -> None:
-    """Log in to a vCenter trusting exactly ``thumbprint``, then log out; nothing is stored. Blocking.
+@dataclass(frozen=True, slots=True)
+class CertificateView:
+    """The TLS certificate a vCenter presents, as an operator checks it before trusting it: ``subject`` and
+    ``issuer`` (RFC 4514), validity in epoch seconds (``expired``/``not_yet_valid`` by this host's clock), the
+    SHA-256 thumbprint (``AA:BB:…``), the names it is for, and, when a CA was given, whether that CA vouches for it
+    (``trusted``; ``why`` is the verifier's reason when not)."""
+    subject: str
+    issuer: str
+    not_before: float
+    not_after: float
+    sha256: str
+    names: tuple[str, ...] = ()
+    serial: str = ""
+    self_signed: bool = False
+    expired: bool = False
+    not_yet_valid: bool = False
+    trusted: bool | None = None
+    why: str = ""
 
-    Raises ``LoginFailed``, ``CertificateUntrusted`` or another ``LifeboatError`` (unreachable, not vSphere)."""
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CertificateView:
+        k = _known(cls, d)
+        return cls(str(k.get("subject", "")), str(k.get("issuer", "")), float(k.get("not_before") or 0.0),
+                   float(k.get("not_after") or 0.0), str(k.get("sha256", "")), tuple(k.get("names") or ()),
+                   str(k.get("serial", "")), bool(k.get("self_signed")), bool(k.get("expired")),
+                   bool(k.get("not_yet_valid")), k.get("trusted"), str(k.get("why") or ""))
+
+
+def fetch_vcenter_certificate(host: str, port: int = 443, *, ca_pem: str | None = None,
+                              timeout: float = 10.0) -> CertificateView:
+    """The certificate ``host:port`` presents, read without trusting it (through ``engine.net``). With ``ca_pem``
+    the view also says whether that CA (and the host name) vouch for it. Blocking: use a thread.
+
+    Raises ``VCenterUnreachable`` (no TCP/TLS) or ``InvalidInput`` (``ca_pem`` is not a PEM certificate)."""
+    from .vsphere.connect import Target, certificate_details, fetch_certificate, probe_certificate
+    if ca_pem:
+        return CertificateView.from_dict(probe_certificate(Target(host, port, "", "ca", ca_pem=ca_pem), timeout))
+    return CertificateView.from_dict(certificate_details(fetch_certificate(Target(host, port, ""), timeout)))
+
+
+def check_vcenter_login(host: str, port: int, user: str, password: str, thumbprint: str = "", *,
+                        ca_pem: str | None = None, timeout: float = 30.0) -> None:
+    """Log in to a vCenter trusting exactly ``thumbprint`` (or, with ``ca_pem``, the certificates that CA signed
+    for this host name), then log out; nothing is stored. Blocking.
+
+    Raises ``LoginFailed``, ``CertificateUntrusted`` (its ``details["thumbprint"]`` is the certificate seen) or
+    another ``LifeboatError`` (unreachable, not vSphere)."""
     from .vsphere.connect import Target, connect, disconnect
-    si, _ = connect(Target(host, port, user, "thumbprint", thumbprint=thumbprint), password, timeout=timeout)
+    target = (Target(host, port, user, "ca", ca_pem=ca_pem) if ca_pem
+              else Target(host, port, user, "thumbprint", thumbprint=thumbprint))
+    si, _ = connect(target, password, timeout=timeout)
     disconnect(si)
 
 
@@ -492,8 +536,10 @@ class EmbeddedAppliance:
         return list(self._vsphere().list())
 
     async def register_vcenter(self, host: str, port: int, user: str, password: str, *,
-                               thumbprint: str) -> dict[str, Any]:
-        return await self._vsphere().register(host, port, user, password, thumbprint=thumbprint)
+                               thumbprint: str | None = None, ca_pem: str | None = None) -> dict[str, Any]:
+        """Register trusting exactly ``thumbprint``, or the certificates ``ca_pem`` signed (one of the two)."""
+        return await self._vsphere().register(host, port, user, password, thumbprint=thumbprint or None,
+                                              ca_pem=ca_pem or None)
 
     async def remove_vcenter(self, host: str) -> dict[str, Any]:
         return await self._vsphere().remove(host)
@@ -509,7 +555,7 @@ async def open_appliance(home: Path, *, listen: str | None = None) -> EmbeddedAp
 __all__ = [
     # embedded appliance and home set-up
     "EmbeddedAppliance", "open_appliance", "Appliance", "init_home", "is_initialised", "configure_home", "delete_vault_key",
-    "check_vcenter_login", "AdminClient",
+    "check_vcenter_login", "fetch_vcenter_certificate", "CertificateView", "AdminClient",
     # typed views and the policy type
     "ApplianceStatus", "MachineView", "DiskView", "ResyncView", "PointView", "RevokedView", "JobView", "DrillView",
     "CleanupView", "AlertView", "EventView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration",
@@ -520,5 +566,5 @@ __all__ = [
     "LifeboatError", "InvalidInput", "InvalidName", "ExportRefused", "RateLimited", "NotFound", "UnknownMachine",
     "UnknownPoint", "UnknownPolicy", "AlreadyExists", "Conflict", "NotInitialised", "AuthError", "WrongPassphrase",
     "CertificateRefused", "MachineRevoked", "ApplianceUnreachable", "ProtocolError", "IntegrityError", "StorageError",
-    "KeyringError", "ListenFailed", "NotReady", "LoginFailed", "CertificateUntrusted",
+    "KeyringError", "ListenFailed", "NotReady", "LoginFailed", "CertificateUntrusted", "VCenterUnreachable",
 ]

@@ -27,11 +27,11 @@ def register_command(control: str) -> str:
 class AgentGuide(QWidget):
     """"No machines yet": the steps, and the register command with a Copy button."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, *, intro: str = "<b>No machines yet.</b>") -> None:
         super().__init__(parent)
         self.setObjectName("emptyState")
-        steps = QLabel(
-            "<b>No machines yet.</b> To protect a machine:<ol>"
+        self.steps = steps = QLabel(
+            f"{intro} To protect a machine:<ol>"
             "<li>Install the Lifeboat agent on it (the <i>lifeboat</i> package or the Windows installer).</li>"
             "<li>Copy the connection passphrase file you saved during set-up to it.</li>"
             "<li>Register the agent with this appliance (run on the machine, as root or an administrator):</li></ol>")

@@ -70,6 +70,7 @@ class MainWindow(QMainWindow):
         quit_act.triggered.connect(self.close)
         self.addAction(quit_act)
         self.nav.currentRowChanged.connect(self.stack.setCurrentIndex)
+        self.pages["dashboard"].show_machines.connect(self.show_machines)  # type: ignore[attr-defined]
         self.banner = Banner(int(ctx.settings.get("ui/notification_seconds")))
         right = QWidget()
         rl = QVBoxLayout(right)
@@ -113,6 +114,13 @@ class MainWindow(QMainWindow):
         self.nav.setCurrentRow(index)
         page = self.stack.currentWidget()
         assert page is not None
+        return page
+
+    def show_machines(self, fleet_filter: object, worst_first: bool = False) -> MachinesPage:
+        """Protected machines, filtered (a dashboard tile's machines); ``worst_first`` sorts by RPO, worst on top."""
+        page = self.machines_page
+        self.show_page("machines")
+        page.show_filtered(fleet_filter, worst_first)
         return page
 
     @property

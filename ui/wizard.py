@@ -140,7 +140,8 @@ class SummaryPage(KeepOnBackPage):
         p = wiz.plan()
         rows = [("Home", str(p.home)), ("Vault", f"local folder {p.vault}"), ("Listen on", p.listen),
                 ("Control port", str(p.control_port)), ("Data port", str(p.data_port)),
-                ("vCenter", f"{p.vcenter.host} (thumbprint accepted)" if p.vcenter else "none")]
+                ("vCenter", (f"{p.vcenter.host} ({'signed by the CA file' if p.vcenter.ca_pem else 'thumbprint accepted'})"
+                             if p.vcenter else "none"))]
         self.summary.setText("<table cellpadding=3>" + "".join(
             f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows) + "</table>")
         items = ["The connection passphrase is copied or saved (agents need it to register)",
@@ -189,10 +190,11 @@ class FirstRunWizard(QWizard):
         home = self.home_page.value()
         vc = None
         v = self.vcenter_page
-        if v.enable.isChecked() and v.thumbprint:
+        ca_pem = v.ca_pem()
+        if v.enable.isChecked() and (ca_pem or (v.thumbprint and not v.by_ca.isChecked())):
             hp = parse_host_port(v.host.text())
             host = f"{hp[0]}:{hp[1]}" if hp else v.host.text().strip()
-            vc = VCenterPlan(host, v.user.text().strip(), v.password.text(), v.thumbprint)
+            vc = VCenterPlan(host, v.user.text().strip(), v.password.text(), "" if ca_pem else v.thumbprint, ca_pem)
         return SetupPlan(home, self.vault_page.value(home), int(self.ports_page.control.text()),
                          int(self.ports_page.data.text()), self.ports_page.listen.text().strip() or "0.0.0.0", vc)
 

@@ -7,13 +7,17 @@ valid. Pages keep what was typed when the operator goes Back (``cleanupPage`` do
 from __future__ import annotations
 
 import asyncio
+from html import escape
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QFileDialog, QFormLayout, QLabel, QLineEdit, QPushButton,
                                QRadioButton, QVBoxLayout, QWizardPage)
 
-from console.home_setup import (check_vcenter_login, default_control_port, fetch_thumbprint, parse_host_port,
-                                validate_home, validate_ports, validate_vault, vsphere_available)
+from console.errors import UserError
+from console.home_setup import (CertificateView, changed_certificate_message, check_vcenter_login,
+                                default_control_port, fetch_certificate, parse_host_port, read_ca_file, validate_home,
+                                validate_ports, validate_vault, validity_text, vsphere_available)
 
 from . import forms
 
@@ -142,9 +146,15 @@ class PortsPage(KeepOnBackPage):
 
 
 class VCenterPage(KeepOnBackPage):
-    """Optional: a vCenter to register, with its certificate thumbprint shown for the operator to accept.
+    """Optional: a vCenter to register, with its certificate shown for the operator to check and trust.
 
-    In the wizard, Next logs in to the vCenter with these answers (trusting only the accepted thumbprint) before
+    "Get certificate" reads the certificate the address presents (through the engine, untrusted) and shows its
+    subject, issuer, validity (in red when expired or not valid yet) and SHA-256; the operator ticks "I trust it",
+    or instead gives the CA file that signed it (as the CLI's ``--ca``). A certificate other than the one accepted
+    before at that address (or pinned by a registered vCenter: ``expect``) unticks the box and shows the
+    possible-interception warning in full.
+
+    In the wizard, Next logs in to the vCenter with these answers (trusting only the accepted certificate) before
     moving on: a refused password is shown next to its field and Next stays disabled until the answers change."""
 
     def __init__(self) -> None:
@@ -163,40 +173,113 @@ class VCenterPage(KeepOnBackPage):
         self.thumb = QLabel("—")
         self.thumb.setObjectName("thumbprint")
         self.thumb.setWordWrap(True)
-        self.thumb.setTextInteractionFlags(self.thumb.textInteractionFlags().TextSelectableByMouse)
+        self.thumb.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.cert = QLabel("—")
+        self.cert.setObjectName("certificate")
+        self.cert.setAccessibleName("Certificate details")
+        self.cert.setWordWrap(True)
+        self.cert.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.validity = QLabel()           # "expired" / "not valid yet", in red
+        self.validity.setObjectName("fieldError")
+        self.validity.setWordWrap(True)
+        self.validity.setVisible(False)
+        self.changed = QLabel()            # the possible-interception warning, in full
+        self.changed.setObjectName("fieldError")
+        self.changed.setAccessibleName("Certificate changed")
+        self.changed.setWordWrap(True)
+        self.changed.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.changed.setVisible(False)
         self.accept_thumb = QCheckBox("I checked this thumbprint against the vCenter and &trust it")
+        self.by_thumb = QRadioButton("Trust this certificate (its SHA-256 thumbprint is pinned)")
+        self.by_ca = QRadioButton("Trust the certificates a &CA signed for this address (CA file, PEM)")
+        self.by_thumb.setChecked(True)
+        trust = QButtonGroup(self)
+        trust.addButton(self.by_thumb)
+        trust.addButton(self.by_ca)
+        self.ca_file = QLineEdit()
+        self.ca_file.setPlaceholderText("/path/to/ca.pem")
+        self.ca_file.setAccessibleName("CA certificate file")
+        self.ca_browse = QPushButton("Bro&wse…")
+        self.ca_browse.clicked.connect(self._browse_ca)
         self.f_host = forms.Field(self.host, self.fetch)
         self.f_user, self.f_pass = forms.Field(self.user), forms.Field(self.password)
         self.f_thumb = forms.Field(self.accept_thumb)
+        self.f_ca = forms.Field(self.ca_file, self.ca_browse,
+                                hint="As `lifeboat vcenter add --ca FILE`: the vCenter's certificate must be signed by "
+                                     "it and name this address.")
         self.checking = forms.hint("")
         form = QFormLayout(self)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
         form.addRow(self.enable)
         if not self.supported:
             form.addRow(forms.hint("vCenter support is not in this build: add vCenters later under Infrastructure."))
         form.addRow("&Address:", self.f_host)
         form.addRow("&User:", self.f_user)
         form.addRow("&Password:", self.f_pass)
+        form.addRow("Certificate:", self.cert)
+        form.addRow("", self.validity)
         form.addRow("SHA-256:", self.thumb)
+        form.addRow(self.changed)
+        form.addRow("Trust:", self.by_thumb)
         form.addRow("", self.f_thumb)
+        form.addRow("", self.by_ca)
+        form.addRow("", self.f_ca)
         form.addRow("", self.checking)
         self.thumbprint = ""
+        self.certificate: CertificateView | None = None
+        self.expected: dict[str, str] = {}  # "host:port" → the thumbprint accepted (or pinned) there before
         self._fetching: asyncio.Future[None] | None = None
         self.verifying: asyncio.Future[None] | None = None
-        self._verified: tuple[str, str, str, str] | None = None  # answers vCenter accepted
-        self._refused: tuple[tuple[str, str, str, str], dict[str, str]] | None = None  # answers it refused, why
+        self._verified: tuple[str, ...] | None = None  # answers vCenter accepted
+        self._refused: tuple[tuple[str, ...], dict[str, str]] | None = None  # answers it refused, why
         self._unreachable: tuple[str, str] | None = None  # (address, why) when getting its certificate failed
         self.enable.setEnabled(self.supported)
         self.enable.toggled.connect(self._changed)
-        for w in (self.host, self.user, self.password):
+        for w in (self.host, self.user, self.password, self.ca_file):
             w.textChanged.connect(self._changed)
         self.host.textChanged.connect(self._forget_thumbprint)
-        self.accept_thumb.toggled.connect(self._changed)
+        self.accept_thumb.toggled.connect(self._accepted)
+        self.by_ca.toggled.connect(self._changed)
         self.fetch.clicked.connect(self._fetch)
+        self._changed()
+
+    # trust ---------------------------------------------------------------------------------------------------
+    def expect(self, address: str, thumbprint: str) -> None:
+        """A thumbprint already pinned for ``address`` (a registered vCenter): another one gets the warning."""
+        hp = parse_host_port(address)
+        if hp is not None and thumbprint:
+            self.expected[f"{hp[0]}:{hp[1]}"] = thumbprint
+
+    def _address(self) -> str:
+        hp = parse_host_port(self.host.text())
+        return f"{hp[0]}:{hp[1]}" if hp else self.host.text().strip()
+
+    def ca_pem(self) -> str | None:
+        """The CA file's PEM text when the CA option is chosen and the file is a PEM certificate."""
+        return read_ca_file(self.ca_file.text())[0] if self.by_ca.isChecked() else None
+
+    def _browse_ca(self) -> None:
+        dlg = QFileDialog(self, "CA certificate (PEM)", self.ca_file.text() or str(Path.home()))
+        dlg.setFileMode(QFileDialog.FileMode.ExistingFile)
+        dlg.setNameFilters(["PEM certificates (*.pem *.crt *.cer)", "All files (*)"])
+        dlg.fileSelected.connect(self.ca_file.setText)
+        dlg.fileSelected.connect(lambda _p: self.by_ca.setChecked(True))
+        dlg.finished.connect(dlg.deleteLater)
+        dlg.open()
+
+    def _accepted(self, on: bool) -> None:
+        if on and self.thumbprint:
+            self.expected[self._address()] = self.thumbprint
+            self.changed.setVisible(False)
         self._changed()
 
     def _forget_thumbprint(self) -> None:
         self.thumbprint = ""
+        self.certificate = None
         self.thumb.setText("—")
+        self.cert.setText("—")
+        self.validity.setVisible(False)
+        self.changed.setVisible(False)
         self.accept_thumb.setChecked(False)
 
     def _fetch(self) -> None:
@@ -208,19 +291,47 @@ class VCenterPage(KeepOnBackPage):
         self._fetching = asyncio.ensure_future(self._fetch_async(*hp))
 
     async def _fetch_async(self, host: str, port: int) -> None:
+        address = f"{host}:{port}"
         try:
-            self.thumbprint = await fetch_thumbprint(host, port)
-            self.thumb.setText(self.thumbprint[:47] + "\n" + self.thumbprint[48:])  # 2 × 16 bytes: readable
-            self.f_host.set_message(None)
-            self._unreachable = None
-        except (OSError, asyncio.TimeoutError) as exc:
-            self.thumbprint = ""
-            self.thumb.setText("—")
-            # Kept (and shown next to the address by _changed) until the address changes.
-            self._unreachable = (self.host.text(), f"Cannot reach {host}:{port}: {exc.strerror or exc or 'timed out'}")
+            cert = await fetch_certificate(host, port)
+        except UserError as exc:   # unreachable, not TLS: kept next to the address until it changes
+            self._forget_thumbprint()
+            self._unreachable = (self.host.text(), f"Cannot reach {address}: {exc.message}")
+            self._changed()
+            return
+        self._unreachable = None
+        self.f_host.set_message(None)
+        self.show_certificate(address, cert)
         self._changed()
 
-    def answers(self) -> tuple[str, str, str, str]:
+    def show_certificate(self, address: str, cert: CertificateView) -> None:
+        """Show what the operator checks; a thumbprint other than the one expected here unticks "I trust it"."""
+        self.certificate, self.thumbprint = cert, cert.sha256
+        self.thumb.setText(cert.sha256[:47] + "\n" + cert.sha256[48:])  # 2 × 16 bytes: readable
+        span, problem = validity_text(cert)
+        names = ", ".join(cert.names) or "—"
+        self.cert.setText(f"<b>Subject:</b> {escape(cert.subject)}<br><b>Issuer:</b> {escape(cert.issuer)}"
+                          f"{' (self-signed)' if cert.self_signed else ''}<br><b>Valid:</b> {span}"
+                          f"<br><b>For:</b> {escape(names)}")
+        self.validity.setText(problem or "")
+        self.validity.setVisible(bool(problem))
+        before = self.expected.get(address)
+        if before and before != cert.sha256:
+            self.accept_thumb.setChecked(False)
+            self.changed.setText(changed_certificate_message(address, cert.sha256, before))
+            self.changed.setVisible(True)
+        else:
+            self.changed.setVisible(False)
+            if before == cert.sha256 and not self.accept_thumb.isChecked():
+                self.accept_thumb.setChecked(True)   # the very certificate accepted before (Back, then Next)
+
+    # answers and the login check -------------------------------------------------------------------------
+    def answers(self) -> tuple[str, ...]:
+        """(address, user, password, thumbprint) trusting the thumbprint; with the CA option the thumbprint is ""
+        and the CA file's path comes fifth."""
+        if self.by_ca.isChecked():
+            return self.host.text().strip(), self.user.text().strip(), self.password.text(), "", \
+                self.ca_file.text().strip()
         return self.host.text().strip(), self.user.text().strip(), self.password.text(), self.thumbprint
 
     def _refusal(self) -> dict[str, str]:
@@ -229,19 +340,26 @@ class VCenterPage(KeepOnBackPage):
 
     async def verify(self, again: bool = False) -> bool:
         """Log in with the current answers (nothing is stored); when refused, the reason goes next to its field.
-        Answers already accepted are not checked again unless ``again`` (Finish re-checks them)."""
+        Answers already accepted are not checked again unless ``again`` (Finish re-checks them). A certificate
+        other than the accepted one is read again and shown with the possible-interception warning."""
         key = self.answers()
         if key == self._verified and not again:
             return True
         self.checking.setText("Checking the login with the vCenter…")
         try:
-            errs = await check_vcenter_login(*key)
+            errs = await check_vcenter_login(*key[:4], ca_pem=self.ca_pem())
         finally:
             self.checking.setText("")
+        seen = errs.pop("seen", "")
         if errs:
             self._refused, self._verified = (key, errs), None
         elif key == self.answers():
             self._refused, self._verified = None, key
+        if seen:   # the certificate changed since it was accepted: show the new one, untrusted
+            self.accept_thumb.setChecked(False)
+            hp = parse_host_port(self.host.text())
+            if hp is not None:
+                await self._fetch_async(*hp)
         self._changed()
         return not errs and key == self.answers()
 
@@ -271,7 +389,11 @@ class VCenterPage(KeepOnBackPage):
             out["user"] = "Enter the vCenter user."
         if not self.password.text():
             out["password"] = "Enter the password."
-        if not self.thumbprint:
+        if self.by_ca.isChecked():
+            why = read_ca_file(self.ca_file.text())[1]
+            if why:
+                out["ca"] = why
+        elif not self.thumbprint:
             out["thumb"] = "Get the certificate and check its thumbprint."
         elif not self.accept_thumb.isChecked():
             out["thumb"] = "Accept the thumbprint to continue."
@@ -281,17 +403,24 @@ class VCenterPage(KeepOnBackPage):
 
     def _changed(self) -> None:
         on = self.enable.isChecked()
-        for w in (self.host, self.user, self.password, self.fetch, self.accept_thumb):
+        by_ca = self.by_ca.isChecked()
+        for w in (self.host, self.user, self.password, self.fetch, self.by_thumb, self.by_ca):
             w.setEnabled(on)
+        self.accept_thumb.setEnabled(on and not by_ca)
+        self.ca_file.setEnabled(on and by_ca)
+        self.ca_browse.setEnabled(on and by_ca)
         errs = self.errors()
         if on:
             if self.host.text():
                 self.f_host.set_message(errs.get("host"))
             self.f_user.set_message(errs.get("user") if self.user.text() or self.password.text() else None)
             self.f_pass.set_message(errs.get("password") if self.password.isModified() or self._refusal() else None)
-            self.f_thumb.set_message(errs.get("thumb") if self.thumbprint else None)
+            self.f_thumb.set_message(errs.get("thumb") if self.thumbprint and not by_ca else None)
+            self.f_ca.set_message(errs.get("ca") if by_ca and (self.ca_file.text() or self._refusal()) else None)
+            if by_ca and "thumb" in self._refusal():
+                self.f_ca.set_message(self._refusal()["thumb"])
         else:
-            for f in (self.f_host, self.f_user, self.f_pass, self.f_thumb):
+            for f in (self.f_host, self.f_user, self.f_pass, self.f_thumb, self.f_ca):
                 f.set_message(None)
         self.completeChanged.emit()
 

@@ -48,7 +48,8 @@ from .capacity import Capacity, ConfigReserve, VaultGate
 from .control import ControlAPI
 from .control_http import ADMIN_CN, AdminCheck
 from .health_watch import ApplianceWatch, MachineWatch
-from .machines import Machines, MachineState
+from .machine_state import MachineState
+from .machines import Machines
 from .new_home import init_home
 from .pipeline import MachineRuntime
 from .process_server import ProcessServer

@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .machines import MachineState
+from .machine_state import MachineState
 
 if TYPE_CHECKING:
     from .pipeline import MachineRuntime

@@ -40,7 +40,7 @@ from ..policy import DEFAULT_VAULT_RESERVE, format_duration, format_size, parse_
 
 if TYPE_CHECKING:
     from ..vault.base import MachineVault
-    from .machines import MachineState
+    from .machine_state import MachineState
     from .pipeline import MachineRuntime
 
 __all__ = ["Capacity", "ConfigReserve", "VaultGate"]

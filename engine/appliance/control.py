@@ -25,7 +25,8 @@ from .request_body import MAX_BODY, json_response, query_count, query_epoch, que
 if TYPE_CHECKING:
     from ..jobs import JobManager
     from .alerts import AlertStore
-    from .machines import Machines, MachineState
+    from .machine_state import MachineState
+    from .machines import Machines
     from .recovery_service import RecoveryService
     from .resync import Resync
     from .rpo import RpoHistory

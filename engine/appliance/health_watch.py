@@ -28,7 +28,7 @@ from ..policy import AGENT_SILENT_AFTER, say_duration
 from ..vsphere.events import VCenterStatus
 
 if TYPE_CHECKING:
-    from .machines import MachineState
+    from .machine_state import MachineState
 
 __all__ = ["MachineWatch", "ApplianceWatch", "CLEAR_AFTER", "CERT_WARN_DAYS"]
 

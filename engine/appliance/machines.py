@@ -1,7 +1,5 @@
 """Protected machines on the appliance: their rows in state.db and the operations on them.
 
-``MachineState`` is the one reader and writer of the machine rows (and the policy lookup) that the other parts
-share: the process server, the applier, resync, recovery and the vSphere service get it instead of the appliance.
 ``Machines`` holds the operations of the control API and the console on a machine: register, protect, revoke, an
 on-demand bookmark, and the status the console shows.
 """
@@ -19,62 +17,18 @@ from ..errors import Conflict, InvalidInput, UnknownMachine, WrongPassphrase
 from ..events import EventBus, MachineStatus
 from ..home import ApplianceHome
 from ..names import check_name
-from ..policy import DEFAULT_POLICY, Policy, assess_health
+from ..policy import DEFAULT_POLICY, assess_health
 from ..registration import agent_proof, appliance_proof, check
-from .state import StateDB
+from .machine_state import MachineState
 
 if TYPE_CHECKING:
     from .resync import Resync
     from .runtimes import Runtimes
 
-__all__ = ["MachineState", "Machines"]
+__all__ = ["Machines"]
 
 #: The initial sync's ETA is taken from the progress of about this many seconds.
 ETA_WINDOW = 30.0
-
-
-class MachineState:
-    """The machine rows of state.db, the event log and the policy lookup."""
-
-    def __init__(self, db: StateDB) -> None:
-        self.db = db
-
-    def row(self, name: str) -> dict[str, Any]:
-        """The machine's row (UnknownMachine when it is not registered)."""
-        return self.db.machine(name)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return self.db.machines()
-
-    def revoke(self, name: str, by: str) -> None:
-        self.db.revoke(name, by)
-
-    def restore_access(self, name: str) -> None:
-        self.db.restore_access(name)
-
-    def add(self, name: str, cert_serial: int) -> None:
-        """Register a machine (again after a revoke: the new certificate serial replaces the old one)."""
-        self.db.add_machine(name, cert_serial)
-
-    def update(self, name: str, **fields: Any) -> None:
-        self.db.update_machine(name, **fields)
-
-    def event(self, kind: str, machine: str | None, **data: Any) -> None:
-        self.db.add_event(kind, machine, **data)
-
-    def policy_of(self, name: str) -> Policy:
-        """The policy the machine is protected under."""
-        return self.db.policy(self.row(name)["policy"] or DEFAULT_POLICY)
-
-    def policy(self, name: str) -> Policy:
-        return self.db.policy(name)
-
-    def policies(self) -> list[Policy]:
-        return self.db.policies()
-
-    def set_policy(self, policy: Policy) -> Policy:
-        self.db.put_policy(policy)
-        return policy
 
 
 class Machines:

@@ -9,7 +9,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..codec import Sealer
 from ..errors import IntegrityError, LifeboatError, is_no_space
@@ -24,8 +24,7 @@ from .shielded import wait_done
 
 if TYPE_CHECKING:
     from .capacity import VaultGate
-    from .machines import MachineState
-    from .resync import Resync
+    from .machine_state import MachineState
     from .sync_cursor import SyncCursor
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,16 @@ def _seal_all(sealer: Sealer, recs: list[Record]) -> tuple[list[SealedRecord], l
     return out, pre
 
 
+class ResyncMarkers(Protocol):
+    """Where the applier reports what it applied about resyncs and corruption (``resync.Resync`` is it; the applier
+    imports nothing of it, so resync may read the runtimes without a loop between the two)."""
+
+    def started(self, name: str, seq: int, reason: str) -> None: ...
+    def finished(self, name: str, seq: int) -> None: ...
+    def corruption_found(self, name: str, where: str, detail: str, from_seq: int,
+                         ranges: list[list[int]] | None = None) -> None: ...
+
+
 class MachineRuntime:
     """Everything the process server keeps for one machine while the appliance runs, and its applier.
 
@@ -83,7 +92,7 @@ class MachineRuntime:
     """
 
     def __init__(self, name: str, cache: SegmentLog, vault: MachineVault, *, state: MachineState,
-                 cursor: SyncCursor, resync: Resync, bus: EventBus, pool: Executor, sealer: Sealer,
+                 cursor: SyncCursor, resync: ResyncMarkers, bus: EventBus, pool: Executor, sealer: Sealer,
                  hashes_dir: Path, gate: VaultGate | None = None) -> None:
         self.state = state
         self.gate = gate     # closed while the vault's filesystem is full: the applier waits (capacity.py)

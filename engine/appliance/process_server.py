@@ -31,7 +31,7 @@ from .shielded import wait_done
 
 if TYPE_CHECKING:
     from .capacity import VaultGate
-    from .machines import MachineState
+    from .machine_state import MachineState
     from .pipeline import MachineRuntime
     from .resync import Resync
     from .runtimes import Runtimes

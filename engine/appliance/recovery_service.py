@@ -35,7 +35,7 @@ from .export_target import ExportTarget
 from .overlay import OverlayBackend
 
 if TYPE_CHECKING:
-    from .machines import MachineState
+    from .machine_state import MachineState
     from .pipeline import MachineRuntime
     from .sync_cursor import SyncCursor
 

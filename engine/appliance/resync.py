@@ -16,7 +16,7 @@ from ..errors import Conflict
 from ..events import Alert, EventBus
 from ..policy import parse_window
 from ..records import BLOCK
-from .machines import MachineState
+from .machine_state import MachineState
 
 if TYPE_CHECKING:
     from .pipeline import MachineRuntime

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from .machines import MachineState
+from .machine_state import MachineState
 
 if TYPE_CHECKING:
     from .pipeline import MachineRuntime

@@ -17,7 +17,7 @@ from ..names import check_name, check_unique, inside
 from ..segment_log import SegmentLog
 from ..vault.base import DiskInfo, Vault
 from .capacity import VaultGate
-from .machines import MachineState
+from .machine_state import MachineState
 from .pipeline import MachineRuntime
 from .resync import Resync
 from .rpo import RecoveryClock

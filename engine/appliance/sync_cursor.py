@@ -9,7 +9,7 @@ ask ``is_consistent`` before they hand out a state as a recovery point.
 from __future__ import annotations
 
 from ..records import Kind, Record
-from .machines import MachineState
+from .machine_state import MachineState
 
 __all__ = ["SyncCursor"]
 

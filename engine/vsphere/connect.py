@@ -134,6 +134,43 @@ def fetch_certificate(t: Target, timeout: float = PROBE_TIMEOUT) -> bytes:
                                      advice="Check that HOST:PORT is the vCenter/ESXi HTTPS endpoint.") from None
 
 
+def certificate_details(der: bytes) -> dict[str, Any]:
+    """What an operator checks before trusting a certificate: subject, issuer, validity, SHA-256, names.
+
+    Plain data (epoch seconds for the validity); ``expired``/``not_yet_valid`` are judged against this host's clock."""
+    import time
+
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n) for n in san.get_values_for_type(x509.DNSName)] + \
+                [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    before = cert.not_valid_before_utc.timestamp()
+    after = cert.not_valid_after_utc.timestamp()
+    now = time.time()
+    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+            "not_before": before, "not_after": after, "sha256": thumbprint_of(der), "names": names,
+            "serial": format(cert.serial_number, "X"), "self_signed": cert.subject == cert.issuer,
+            "expired": now > after, "not_yet_valid": now < before}
+
+
+def probe_certificate(t: Target, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
+    """The presented certificate's details (``certificate_details``), and whether ``t``'s trust accepts it:
+    ``trusted`` (bool) and ``why`` (the verifier's reason when not). Blocking: use a thread."""
+    der = fetch_certificate(t, timeout)
+    out = certificate_details(der)
+    try:
+        check_trust(t, timeout)
+        out.update(trusted=True, why="")
+    except CertificateUntrusted as exc:
+        out.update(trusted=False, why=exc.message)
+    return out
+
+
 def check_trust(t: Target, timeout: float = PROBE_TIMEOUT) -> str:
     """Verify the server certificate the way ``t`` says; return its thumbprint, or raise CertificateUntrusted."""
     seen = thumbprint_of(fetch_certificate(t, timeout))

@@ -12,7 +12,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..appliance.machines import MachineState
+    from ..appliance.machine_state import MachineState
     from ..appliance.resync import Resync
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from .store import VSphereStore, disk_sizes, secret_name
 
 if TYPE_CHECKING:
     from ..appliance.control_http import AdminCheck
-    from ..appliance.machines import MachineState
+    from ..appliance.machine_state import MachineState
     from ..appliance.resync import Resync
     from ..events import EventBus
 

@@ -59,7 +59,7 @@ def test_the_scan_sees_the_entry_points_imports() -> None:
 def test_no_part_holds_an_appliance_back_pointer() -> None:
     """No ``self.app`` attribute in the parts the appliance wires (they got collaborators instead)."""
     parts = ["appliance/control.py", "appliance/pipeline.py", "appliance/process_server.py",
-             "appliance/recovery_service.py", "appliance/machines.py", "appliance/resync.py",
+             "appliance/recovery_service.py", "appliance/machines.py", "appliance/machine_state.py", "appliance/resync.py",
              "appliance/sync_cursor.py", "appliance/runtimes.py", "appliance/retention.py", "appliance/bookmarks.py",
              "vsphere/service.py", "vsphere/matching.py", "appliance/scheduled_tasks.py"]
     reach = re.compile(r"\bself\.app\b|\bapp: Appliance\b")

@@ -4,6 +4,7 @@ window state remembered, notifications and the crash dialog, infrastructure from
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -52,11 +53,14 @@ async def test_live_table_keyboard_and_window_state(tmp_path: Path, screenshot) 
         machines.filter.setText("vm-00")
         assert machines.proxy.rowCount() == 100
         machines.filter.setText("")
+        live_from = time.time()
         for _ in range(3):
             facade.tick()
             ctx.bridge.flush()
         machines.detail.redraw_graph()
-        assert machines.detail.graph.samples == 4
+        t, _v = ctx.history.series("vm-0007")
+        # the appliance's kept hour (seeded at selection) and the 4 samples this console saw
+        assert machines.detail.graph.samples == len(t) > 300 and int((t >= live_from).sum()) == 3
 
         # Keyboard: the navigation list has focus and arrows move between pages; Ctrl+N jumps.
         win.show_page(0)
@@ -80,7 +84,9 @@ async def test_live_table_keyboard_and_window_state(tmp_path: Path, screenshot) 
     again, ctx2, _f = await _window(tmp_path, 3)
     try:
         assert again.stack.currentWidget() is again.pages["machines"]
-        assert abs(again.size().width() - 1000) < 40 and again.size().height() == 700  # (offscreen frame quirks)
+        # The offscreen platform's restoreGeometry takes its frame off the width once more (measured: 1000 → 957);
+        # the window used to be clamped to its minimum width (1018) instead, which hid that. Height is exact.
+        assert abs(again.size().width() - 1000) <= 45 and again.size().height() == 700
     finally:
         await _close(again, ctx2)
 
@@ -153,7 +159,7 @@ async def test_infrastructure_from_a_vcenter_snapshot(tmp_path: Path, monkeypatc
         assert (vc.text(0), vc.text(3)) == ("vc1.lab", "connected")
         host = vc.child(0)
         vms = {host.child(i).text(0): host.child(i) for i in range(host.childCount())}
-        assert vms["web"].text(3).startswith("protected") and vms["db"].text(3) == "not protected"
+        assert vms["web"].text(3).startswith("protected") and vms["db"].text(3) == "no agent"
         agents = page.tree.topLevelItem(1)
         names = {agents.child(i).text(0) for i in range(agents.childCount())}
         assert "vm-0001" not in names and {"vm-0000", "vm-0002", "new-00"} <= names

@@ -1,14 +1,19 @@
-"""Dashboard: machines by health, the worst RPO, and churn / upload throughput over time."""
+"""Dashboard: machines by health, the worst RPO, and churn / upload throughput over time.
+
+Every tile is a way in: clicking it (or Enter/Space on it) shows those machines in Protected machines, filtered
+(``show_machines`` carries the ``FleetFilter``); the worst-RPO tile shows the fleet worst first."""
 
 from __future__ import annotations
 
 import time
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QKeyEvent, QMouseEvent
 from PySide6.QtWidgets import QFrame, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from console.context import ConsoleContext
+from console.fleet_filter import FleetFilter
 from console.models import DashboardSeries, format_rate, format_seconds
 
 from .. import forms, theme
@@ -18,11 +23,16 @@ WINDOW = 3600.0
 
 
 class Tile(QFrame):
-    """A number with an icon and a word (health is never colour alone)."""
+    """A number with an icon and a word (health is never colour alone); clickable, and by keyboard."""
+
+    clicked = Signal()
 
     def __init__(self, label: str, health: str | None = None, icon: str | None = None) -> None:
         super().__init__()
         self.setObjectName("tile")
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setToolTip(f"Show these machines ({label})")
         self.value = QLabel("0")
         self.value.setObjectName("tileValue")
         if health is not None:
@@ -44,6 +54,17 @@ class Tile(QFrame):
     def set(self, text: str) -> None:
         self.value.setText(text)
 
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if event.button() == Qt.MouseButton.LeftButton and self.rect().contains(event.position().toPoint()):
+            self.clicked.emit()
+        super().mouseReleaseEvent(event)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space):
+            self.clicked.emit()
+            return
+        super().keyPressEvent(event)
+
 
 def _plot(title: str, units: str) -> pg.PlotWidget:
     w = time_plot()
@@ -54,16 +75,31 @@ def _plot(title: str, units: str) -> pg.PlotWidget:
     return w
 
 
+#: tile key → the machines it stands for
+TILE_FILTERS = {"ok": FleetFilter(health="ok"), "warning": FleetFilter(health="warning"),
+                "critical": FleetFilter(health="critical"), "": FleetFilter(health="unprotected"),
+                "attention": FleetFilter(attention=True)}
+
+
 class DashboardPage(QWidget):
-    """Redrawn at most once a second, and only while visible."""
+    """Redrawn at most once a second, and only while visible. ``show_machines(FleetFilter, worst_first)`` when
+    a tile is clicked."""
+
+    show_machines = Signal(object, bool)
 
     def __init__(self, ctx: ConsoleContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.ctx = ctx
         self.tiles = {"ok": Tile("OK", "ok", "ok"), "warning": Tile("Warning", "warning", "warning"),
                       "critical": Tile("Critical", "critical", "critical"),
-                      "": Tile("Not protected", "", "unprotected")}
+                      "": Tile("Not protected", "", "unprotected"),
+                      "attention": Tile("Needs attention", None, "warning")}
+        self.tiles["attention"].setToolTip("Health not OK, a resync required, or the agent not connected")
+        for key, tile in self.tiles.items():
+            tile.clicked.connect(lambda k=key: self.show_machines.emit(TILE_FILTERS[k], False))
         self.worst = Tile("Worst RPO")
+        self.worst.setToolTip("Show every machine, the worst RPO first")
+        self.worst.clicked.connect(lambda: self.show_machines.emit(FleetFilter(), True))
         self.worst_name = QLabel("—")
         self.worst_name.setObjectName("hint")
         self.worst.layout().addWidget(self.worst_name)
@@ -72,6 +108,13 @@ class DashboardPage(QWidget):
             grid.addWidget(t, 0, i)
         self.rpo_plot = _plot("Worst RPO", "s")
         self.rpo_curve = self.rpo_plot.plot([], [], pen=pg.mkPen("#c62828", width=2))
+        # The worst machine's policy threshold: where the curve turns critical.
+        self.threshold = pg.InfiniteLine(angle=0, movable=False,
+                                         pen=pg.mkPen("#c62828", width=1.2, style=Qt.PenStyle.DashLine),
+                                         label="threshold {value:.0f} s",
+                                         labelOpts={"position": 0.02, "color": "#c62828", "anchors": [(0, 1), (0, 1)]})
+        self.threshold.setVisible(False)
+        self.rpo_plot.addItem(self.threshold)
         self.rate_plot = _plot("Churn and upload", "B/s")
         self.rate_plot.addLegend(offset=(10, 5))
         self.churn_curve = self.rate_plot.plot([], [], pen=pg.mkPen("#b26a00", width=2), name="churn (writes)")
@@ -108,6 +151,8 @@ class DashboardPage(QWidget):
         self.worst_name.setText(worst.name if worst else "no protected machine")
         if worst:
             theme.set_health(self.worst.value, worst.health, format_seconds(worst.rpo))
+            self.threshold.setValue(worst.rpo_threshold)
+        self.threshold.setVisible(worst is not None)
         now = time.time()
         t, v = self.ctx.fleet.series(since=now - WINDOW)
         self.rpo_curve.setData(t, v[:, DashboardSeries.WORST])
@@ -117,9 +162,10 @@ class DashboardPage(QWidget):
         for p in (self.rpo_plot, self.rate_plot):
             p.setXRange(now - span, now, padding=0)
         if len(t):  # from zero: a flat line near the top must not look like a cliff
-            self.rpo_plot.setYRange(0, max(1.0, float(v[:, 0].max()) * 1.15), padding=0)
+            thr = worst.rpo_threshold if worst else 0.0
+            self.rpo_plot.setYRange(0, max(1.0, float(v[:, 0].max()) * 1.15, thr * 1.15), padding=0)
             self.rate_plot.setYRange(0, max(1.0, float(v[:, 1:].max()) * 1.15), padding=0)
         if len(t):
             self.rates.setText(f"Now: churn {format_rate(float(v[-1, 1]))}, upload {format_rate(float(v[-1, 2]))} "
-                               f"across {sum(counts.values()) - counts.get('', 0)} protected machine(s)")
+                               f"across {counts['ok'] + counts['warning'] + counts['critical']} protected machine(s)")
         self.rates.setAlignment(Qt.AlignmentFlag.AlignLeft)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QAbstractItemView, QFormLayout, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
@@ -73,7 +74,8 @@ class MachineDetail(QWidget):
         lay.addLayout(grid)
         lay.addWidget(self.graph, 1)
         form = QFormLayout()
-        form.addRow("Disks:", self.disks)
+        self.disks_label = QLabel("Disks:")
+        form.addRow(self.disks_label, self.disks)
         lay.addLayout(form)
         self.guide = AgentGuide()
         outer = QVBoxLayout(self)
@@ -92,6 +94,12 @@ class MachineDetail(QWidget):
         ctx.appliance_started.connect(self._show_guide)
         ctx.bridge.point_created.connect(self._on_point)
 
+    def set_compact(self, on: bool) -> None:
+        """A smaller graph and no disk table, so the machines table gets the room."""
+        self.graph.setMinimumHeight(90 if on else 180)
+        self.disks.setVisible(not on)
+        self.disks_label.setVisible(not on)
+
     def show_machine(self, name: str | None) -> None:
         if name != self.machine:   # nothing of the previous selection may stay on screen
             self.status = None
@@ -101,9 +109,13 @@ class MachineDetail(QWidget):
             self.disks.setRowCount(0)
         self.machine = name
         self.title.setText(name or "No machine selected")
+        if name is None:
+            self.health_icon.clear()
+            self.health.setText("")
         points = []
         threshold = 30.0
         if name and self.ctx.facade.running:
+            self.ctx.load_history(name)   # the appliance's kept history first (a restarted console draws the past)
             try:
                 threshold = self.ctx.facade.machine_status(name).rpo_threshold
                 points = self.ctx.facade.points(name)
@@ -142,6 +154,7 @@ class MachineDetail(QWidget):
 
     def redraw_graph(self) -> None:
         if self.machine is None:
+            self.graph.set_series(np.zeros(0), np.zeros(0, dtype=np.float32))
             return
         t, rpo = self.ctx.history.series(self.machine, since=time.time() - WINDOW_SECONDS)
         self.graph.set_series(t, rpo)

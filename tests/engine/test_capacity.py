@@ -214,6 +214,46 @@ async def test_a_full_filesystem_pauses_and_resumes_with_every_acknowledged_writ
         await site.stop()
 
 
+# (c) ---------------------------------------------------------------------------------------------------------------
+async def test_the_free_space_reserve_folds_the_oldest_history_and_warns(tmp_path: Path, small_fs: Path) -> None:
+    """No history limit at all: the vault filesystem's reserve alone shrinks the history (oldest first), warns that
+    space is low, and every point still held reads back byte-exact."""
+    need_tool("qemu-io")
+    rnd = random.Random(21)
+    src = tmp_path / "sys.img"
+    make_disk(src, 8 * MiB, seed=9)
+    site = _site_on(tmp_path, small_fs, reserve="30M")     # of a 48 MiB filesystem
+    try:
+        app = await site.start_appliance(crash_interval=0.5, rpo_threshold=30)
+        alerts = _alerts(app)
+        await site.register("vm1")
+        await site.start_agent({"sys": src})
+        await app.protect("vm1")
+        await site.wait_for(lambda: app.machine_status("vm1")["state"] == "protected", 60, "initial sync")
+        mv = app.runtimes["vm1"].vault
+        first_base = mv.base_seq
+        history: dict[int, str] = {}
+        for _ in range(40):            # write until the reserve is reached and history has been folded for it
+            await _write_round(site, rnd, 8 * MiB)
+            seq = await site.wait_caught_up()
+            history[seq] = sha256_file(src)
+            await site.wait_for(lambda: any(p.seq == seq for p in mv.points()), 10, "crash point")
+            if any(a.code == "LB_HISTORY_SHRUNK" for a in alerts) and mv.base_seq > first_base:
+                break
+        shrunk = [a for a in alerts if a.code == "LB_HISTORY_SHRUNK"]
+        assert shrunk and shrunk[0].state == "raised" and shrunk[0].machine == "vm1", [a.code for a in alerts]
+        assert "reserve" in shrunk[0].message
+        low = [a for a in alerts if a.code == "LB_VAULT_SPACE_LOW"]
+        assert low and low[0].state == "raised" and low[0].component == "vault" and low[0].severity == "warning"
+        assert mv.base_seq > first_base and app.gate.closed is False   # folded, not paused
+        kept = [p for p in mv.points() if p.seq in history]
+        assert kept and min(history) < mv.base_seq
+        for p in kept[:1] + kept[-1:]:
+            assert await _view_sha(mv, p.seq) == history[p.seq], f"point {p.id} differs from the source"
+    finally:
+        await site.stop()
+
+
 # settings ----------------------------------------------------------------------------------------------------------
 def test_sizes_and_reserves_parse() -> None:
     assert parse_size("50G") == 50 << 30 and parse_size("512m") == 512 << 20 and parse_size("2TiB") == 2 << 40

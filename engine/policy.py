@@ -178,7 +178,8 @@ def say_duration(seconds: float) -> str:
 
 def assess_health(*, state: str, rpo_seconds: float, rpo_known: bool, threshold: float,
                   silent_for: float | None, sync_progress: float | None = None, resync_reason: str | None = None,
-                  resync_progress: float | None = None, error: str | None = None) -> tuple[str, str]:
+                  resync_progress: float | None = None, error: str | None = None,
+                  paused_reason: str = "") -> tuple[str, str]:
     """(health, reason): ``health_for``'s rules with the reason an operator reads, and two truths more: before the
     first recovery point there is no RPO to judge (the sync state is the health), and an agent silent for
     :data:`AGENT_SILENT_AFTER` is a warning of its own. ``silent_for``: seconds since the agent was last heard
@@ -202,7 +203,7 @@ def assess_health(*, state: str, rpo_seconds: float, rpo_known: bool, threshold:
         pct = f" {resync_progress * 100:.0f} %" if resync_progress is not None else ""
         return "warning", why(f"resyncing{pct}: {resync_reason or 'resync'}", silent)
     if state == "paused":
-        return "warning", why("replication paused", silent)
+        return "warning", why(f"replication paused: {paused_reason}" if paused_reason else "replication paused", silent)
     if rpo_known and rpo_seconds > threshold / 2:
         return "warning", why(silent, f"RPO {say_duration(rpo_seconds)}, over half the {say_duration(threshold)} "
                                       "threshold")

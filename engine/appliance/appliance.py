@@ -120,7 +120,8 @@ class Appliance:
         runtimes = self.runtimes_registry = Runtimes(
             self._live, vault=self.vault, state=state, cursor=cursor, resync=resync, bus=self.bus, pool=self.pool,
             sealer=self.sealer, cache_dir=h.cache, gate=self.gate)
-        self.machines = Machines(state, runtimes, resync, self.bus, h, self.cfg["data_port"])
+        self.machines = Machines(state, runtimes, resync, self.bus, h, self.cfg["data_port"],
+                                 paused=lambda: (self.gate.reason or "the vault is full") if self.gate.closed else "")
         self.bookmarks = ScheduledBookmarks(state, runtimes)
         for row in state.rows():
             if row["protected"] and not row["revoked"]:

@@ -195,6 +195,9 @@ async def test_a_full_filesystem_pauses_and_resumes_with_every_acknowledged_writ
         await _write_round(site, rnd, 8 * MiB)                   # still accepted while paused
         want = sha256_file(src)
         assert app.gate.closed and rt.task is not None and not rt.task.done()   # no role crashed
+        st = app.machine_status("vm1")          # the operator is told: paused, and why
+        assert st["state"] == "paused" and st["health"] in ("warning", "critical"), st
+        assert "replication paused" in st["health_reason"], st
 
         filler.unlink()               # space returns: replication resumes by itself
         await site.wait_for(lambda: not app.gate.closed, 15, "replication to resume")
@@ -202,7 +205,7 @@ async def test_a_full_filesystem_pauses_and_resumes_with_every_acknowledged_writ
         assert [a.state for a in alerts if a.code == "LB_VAULT_FULL"] == ["raised", "cleared"]
         kinds = [e["kind"] for e in app.db.events()]
         assert "vault-full" in kinds and "vault-resumed" in kinds
-        assert rt.error is None
+        assert rt.error is None and app.machine_status("vm1")["state"] == "protected"
         assert await _view_sha(rt.vault, last) == want, "the latest point lost acknowledged writes"
         await site.wait_for(lambda: any(p.seq == last for p in rt.vault.points()), 10, "crash point")
         out = tmp_path / "export"

@@ -84,6 +84,7 @@ class AlertsModel(QAbstractTableModel):
         super().__init__(parent)
         self._rows: list[AlertRow] = []
         self._by_id: dict[str, AlertRow] = {}
+        self._pos: dict[str, int] = {}          # alert id → its row in _rows
         self._icons: dict[str, Any] = {}
         self._attention = 0
 
@@ -99,6 +100,7 @@ class AlertsModel(QAbstractTableModel):
             row = AlertRow.from_view(v)
             self._by_id[row.id] = row
         self._rows = sorted(self._by_id.values(), key=self._order)
+        self._pos = {r.id: n for n, r in enumerate(self._rows)}
         self.endResetModel()
         self._recount()
 
@@ -107,6 +109,7 @@ class AlertsModel(QAbstractTableModel):
         new = AlertRow.from_event(ev)
         row = self._by_id.get(new.id)
         became_active = False
+        key = self._order(row) if row is not None else None
         if row is None:
             row = new
             self._by_id[row.id] = row
@@ -120,7 +123,13 @@ class AlertsModel(QAbstractTableModel):
             row.raised_at, row.cleared_at, row.acknowledged_at, row.acknowledged_by = new.raised_at, None, None, None
             row.count, row.message, row.advice, row.severity = 1, new.message, new.advice, new.severity
             became_active = True
-        self._resort()
+        if key is not None and key == self._order(row):
+            # The common case under a fleet: a repeat of an active alert. Its place is unchanged: repaint its row
+            # only, instead of re-sorting and repainting every alert once per event.
+            i = self._pos[row.id]
+            self.dataChanged.emit(self.index(i, 0), self.index(i, len(ALERT_COLUMNS) - 1))
+        else:
+            self._resort()
         if became_active:
             self.raised.emit(row)
         return row
@@ -158,7 +167,8 @@ class AlertsModel(QAbstractTableModel):
         old = self.persistentIndexList()
         ids = [self._rows[i.row()].id if 0 <= i.row() < len(self._rows) else None for i in old]
         self._rows = sorted(self._by_id.values(), key=self._order)
-        pos = {r.id: n for n, r in enumerate(self._rows)}
+        self._pos = {r.id: n for n, r in enumerate(self._rows)}
+        pos = self._pos
         self.changePersistentIndexList(old, [self.index(pos[a], i.column()) if a in pos else QModelIndex()
                                              for a, i in zip(ids, old)])
         self.layoutChanged.emit()

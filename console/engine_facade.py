@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.api import (Appliance, ApplianceStatus, CleanupView, Conflict, DrillView, EmbeddedAppliance, Event,
-                        LifeboatError, MachineView, PointView, Policy, format_duration, is_initialised,
-                        parse_address, parse_duration, parse_window)
+                        LifeboatError, MachineView, PointView, Policy, format_duration, format_size, is_initialised,
+                        parse_address, parse_duration, parse_size, parse_window)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,16 @@ def duration_text(seconds: float) -> str:
 def parse_duration_text(text: str, what: str) -> float:
     """'30s', '5m', '24h' … → seconds; raises ``UserError`` (LB_INVALID_INPUT) with advice."""
     return parse_duration(text.strip(), what=what)
+
+
+def size_text(n: int) -> str:
+    """A history limit as the operator types it ("50G"); "0" is no limit."""
+    return format_size(n) if n else "0"
+
+
+def parse_size_text(text: str, what: str) -> int:
+    """'50G', '512M', '0' (no limit) → bytes; raises ``UserError`` (LB_INVALID_INPUT) with advice."""
+    return parse_size(text.strip() or "0", what=what)
 
 
 def check_window(text: str) -> None:

@@ -40,7 +40,8 @@ from .events import Alert, Event, EventBus, JobChanged, JobProgress, MachineStat
 from .home import ApplianceHome
 from .jobs import JobManager
 from .net import parse_address
-from .policy import DEFAULT_POLICY, Policy, format_duration, health_for, parse_duration, parse_window
+from .policy import (DEFAULT_POLICY, Policy, format_duration, format_size, health_for, parse_duration, parse_size,
+                     parse_window)
 from .secrets import delete_secret, vault_key_name
 from .vault import local as _local_vault  # noqa: F401
 from .vsphere import service as _vsphere_service  # noqa: F401
@@ -558,7 +559,7 @@ __all__ = [
     "check_vcenter_login", "fetch_vcenter_certificate", "CertificateView", "AdminClient",
     # typed views and the policy type
     "ApplianceStatus", "MachineView", "DiskView", "ResyncView", "PointView", "RevokedView", "JobView", "DrillView",
-    "CleanupView", "AlertView", "EventView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration",
+    "CleanupView", "AlertView", "EventView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "format_size", "parse_size",
     "parse_window", "health_for", "parse_address",
     # events
     "Event", "EventBus", "MachineStatus", "PointCreated", "JobProgress", "JobChanged", "Alert",

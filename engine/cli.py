@@ -18,7 +18,7 @@ from typing import Any
 from . import platform
 from .errors import InvalidInput, LifeboatError
 from .net import parse_address
-from .policy import format_duration, parse_duration
+from .policy import format_duration, format_size, parse_duration, parse_size
 
 
 def _progress(fraction: float, label: str) -> None:
@@ -155,15 +155,45 @@ def cmd_protect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_line(p: dict[str, Any]) -> str:
+    limit = p.get("history_limit") or 0
+    return (f"policy {p['name']}: rpo-threshold {format_duration(p['rpo_threshold'])}, "
+            f"retention {format_duration(p['retention'])}, app-consistent {format_duration(p['app_consistent'])}, "
+            f"crash-interval {format_duration(p['crash_interval'])}, resync-window {p['resync_window']}, "
+            f"history-limit {format_size(limit) if limit else 'none'}")
+
+
 def cmd_policy_set(a: argparse.Namespace) -> int:
-    body = {k: (parse_duration(v, what=k) if v is not None else None) for k, v in
-            (("rpo_threshold", a.rpo_threshold), ("retention", a.retention),
-             ("app_consistent", a.app_consistent), ("crash_interval", a.crash_interval))}
+    body: dict[str, Any] = {k: (parse_duration(v, what=k) if v is not None else None) for k, v in
+                            (("rpo_threshold", a.rpo_threshold), ("retention", a.retention),
+                             ("app_consistent", a.app_consistent), ("crash_interval", a.crash_interval))}
     body["resync_window"] = a.resync_window
+    if a.history_limit is not None:
+        body["history_limit"] = parse_size(a.history_limit, what="history-limit")
     p = _client(a).call("PUT", f"/v1/policies/{_q(a.name)}", body)
-    _print(p if a.json else f"policy {p['name']}: rpo-threshold {format_duration(p['rpo_threshold'])}, "
-           f"retention {format_duration(p['retention'])}, app-consistent {format_duration(p['app_consistent'])}, "
-           f"crash-interval {format_duration(p['crash_interval'])}, resync-window {p['resync_window']}", a.json)
+    _print(p if a.json else _policy_line(p), a.json)
+    return 0
+
+
+def cmd_policy_list(a: argparse.Namespace) -> int:
+    ps = _client(a).call("GET", "/v1/policies")
+    _print(ps if a.json else "\n".join(_policy_line(p) for p in ps), a.json)
+    return 0
+
+
+def cmd_appliance_set(a: argparse.Namespace) -> int:
+    """Appliance-wide settings in appliance.json; a running appliance picks them up at its next round."""
+    from .home import ApplianceHome
+    from .policy import DEFAULT_VAULT_RESERVE, parse_reserve
+    h = ApplianceHome(Path(a.home))
+    cfg = h.load_config()
+    if a.vault_reserve is not None:
+        cfg.setdefault("vault", {})["reserve"] = parse_reserve(a.vault_reserve)
+        h.save_config(cfg)
+    reserve = (cfg.get("vault") or {}).get("reserve", DEFAULT_VAULT_RESERVE)
+    shown = reserve if str(reserve).endswith("%") else format_size(int(reserve))
+    _print({"vault_reserve": reserve} if a.json else f"vault reserve {shown} (free space kept on the vault's "
+           "filesystem: below it the oldest history is folded)", a.json)
     return 0
 
 
@@ -458,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", default="0.0.0.0", help="address to listen on")
     s.set_defaults(fn=cmd_appliance_init)
     s = ap.add_parser("run"); home(s); s.add_argument("--listen", default=None); s.set_defaults(fn=cmd_appliance_run)
+    s = ap.add_parser("set", help="appliance-wide settings (shown when given none)"); home(s)
+    s.add_argument("--vault-reserve", metavar="SIZE|PCT",
+                   help="free space kept on the vault's filesystem, e.g. 10G or 5%% (default 5%%)")
+    s.set_defaults(fn=cmd_appliance_set)
 
     ag = sub.add_parser("agent", help="mobility agent").add_subparsers(dest="sub", required=True)
     s = ag.add_parser("register"); home(s)
@@ -478,7 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     for o in ("--rpo-threshold", "--retention", "--app-consistent", "--crash-interval"):
         s.add_argument(o)
     s.add_argument("--resync-window", help="HH:MM-HH:MM local time for scheduled resyncs, or 'always'")
+    s.add_argument("--history-limit", metavar="SIZE",
+                   help="most vault history per machine, e.g. 50G (0: no limit); beyond it the oldest is folded")
     s.set_defaults(fn=cmd_policy_set)
+    s = pol.add_parser("list"); home(s); s.set_defaults(fn=cmd_policy_list)
     s = sub.add_parser("status"); home(s); s.set_defaults(fn=cmd_status)
     s = sub.add_parser("points"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_points)
     s = sub.add_parser("failover"); home(s); s.add_argument("machine")

@@ -48,7 +48,10 @@ def _staging_buffer(size: int) -> mmap.mmap:
     buf: mmap.mmap | None = getattr(_staging, "buf", None)
     if buf is None or len(buf) < size:
         if buf is not None:
-            buf.close()
+            try:
+                buf.close()
+            except BufferError:
+                pass   # a failed write's traceback (ENOSPC) still views it: unmapped once that is collected
         buf = _staging.buf = platform.anonymous_map(max(size, 1 << 20))
     return buf
 

@@ -137,6 +137,23 @@ class StorageError(LifeboatError, OSError):
     advice = "Check free space and permissions of the appliance home and vault."
 
 
+class VaultFull(StorageError):
+    code = "LB_VAULT_FULL"
+    advice = ("The vault's filesystem is full: replication is paused (agents keep their changes) and resumes by "
+              "itself when space returns. Free space on it, or move the vault to a larger disk.")
+
+
+def is_no_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is a full filesystem or quota (ENOSPC, EDQUOT)."""
+    import errno
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, VaultFull) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 class KeyringError(LifeboatError, RuntimeError):
     code = "LB_KEYRING"
     advice = ("No usable OS keyring was found. On a Linux desktop start the Secret Service (gnome-keyring); "

@@ -46,6 +46,7 @@ from ..recovery.store import RecoveryStore
 from ..vsphere.service import VSphereService
 from .alerts import AlertStore
 from .bookmarks import ScheduledBookmarks
+from .capacity import Capacity, ConfigReserve, VaultGate
 from .control import ControlAPI
 from .control_http import ADMIN_CN, AdminCheck
 from .health_watch import ApplianceWatch, MachineWatch
@@ -86,6 +87,8 @@ class Appliance:
         self.runtimes_registry: Runtimes | None = None
         self.machines: Machines | None = None
         self.retention: Retention | None = None
+        self.capacity: Capacity | None = None
+        self.gate = VaultGate()                 # closed while the vault's filesystem is full (replication paused)
         self.bookmarks: ScheduledBookmarks | None = None
         self.ps: ProcessServer | None = None
         self.control: ControlAPI | None = None
@@ -119,14 +122,16 @@ class Appliance:
         resync = self.resync_service = Resync(state, self._live, self.bus)
         runtimes = self.runtimes_registry = Runtimes(
             self._live, vault=self.vault, state=state, cursor=cursor, resync=resync, bus=self.bus, pool=self.pool,
-            sealer=self.sealer, cache_dir=h.cache)
-        self.machines = Machines(state, runtimes, resync, self.bus, h, self.cfg["data_port"])
+            sealer=self.sealer, cache_dir=h.cache, gate=self.gate)
+        self.machines = Machines(state, runtimes, resync, self.bus, h, self.cfg["data_port"],
+                                 paused=lambda: (self.gate.reason or "the vault is full") if self.gate.closed else "")
         self.bookmarks = ScheduledBookmarks(state, runtimes)
         for row in state.rows():
             if row["protected"] and not row["revoked"]:
                 await runtimes.open(row["name"])
         self.ps = ProcessServer(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=True),
-                                state=state, runtimes=runtimes, resync=resync, cursor=cursor, pool=self.pool)
+                                state=state, runtimes=runtimes, resync=resync, cursor=cursor, pool=self.pool,
+                                gate=self.gate)
         self.data_address = await _listening("data", self.listen, self.cfg["data_port"], self.ps.start)
         self.recovery = RecoveryService(h.drills, state=state, runtimes=runtimes, cursor=cursor, manager=self.jobs,
                                         pool=self.pool)
@@ -138,7 +143,11 @@ class Appliance:
         await failover.start()
         self.machines.failover_of = failover.failover_of
         drills = self.recovery
-        self.retention = Retention(state, runtimes, busy=lambda m: drills.busy(m) or failover.busy(m))
+        busy = lambda m: drills.busy(m) or failover.busy(m)   # noqa: E731  (a drill or failover pins the point)
+        self.retention = Retention(state, runtimes, busy=busy)
+        self.capacity = Capacity(state=state, runtimes=runtimes, vault_path=self.vault.storage_path(),
+                                 cache_dir=h.cache, bus=self.bus, gate=self.gate, busy=busy,
+                                 reserve=ConfigReserve(h.config))
         self.vsphere = VSphereService(state=state, resync=resync, bus=self.bus, require_admin=require_admin)
         await self.vsphere.start()
         runtimes.on_attach.append(self.vsphere.agent_attached)
@@ -150,7 +159,8 @@ class Appliance:
         self.appliance_watch.start()
         ApplianceTasks(runtimes=runtimes, machines=self.machines, resync=resync, bookmarks=self.bookmarks,
                        retention=self.retention, watch=MachineWatch(state, self.bus, self.alerts.active_ids()),
-                       rpo_history=self.rpo_history, appliance_watch=self.appliance_watch).register(self.scheduler)
+                       rpo_history=self.rpo_history, appliance_watch=self.appliance_watch,
+                       capacity=self.capacity).register(self.scheduler)
         await self.scheduler.start()
         log.info("appliance started: control %s data %s", self.control_address, self.data_address)
 

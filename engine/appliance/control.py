@@ -179,6 +179,9 @@ class ControlAPI:
         window = b.text("resync_window", max_len=32)
         if window is not None:
             base.resync_window = window
+        limit = b.size("history_limit")
+        if limit is not None:
+            base.history_limit = limit
         return json_response(self.state.set_policy(base).to_dict())
 
     async def points(self, request: web.Request) -> web.Response:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from cryptography import x509
 
@@ -36,8 +35,10 @@ class Machines:
     """Operations on machines (control API and console): register, protect, revoke, bookmark, status."""
 
     def __init__(self, state: MachineState, runtimes: Runtimes, resync: Resync, bus: EventBus, home: ApplianceHome,
-                 data_port: int) -> None:
+                 data_port: int, paused: Callable[[], str] = lambda: "") -> None:
+        """``paused()``: why replication is paused appliance-wide (the vault's filesystem is full), "" when not."""
         self.state = state
+        self.paused = paused
         self.runtimes = runtimes
         self.resync = resync
         self.bus = bus
@@ -138,13 +139,17 @@ class Machines:
         done = sum(d["sync_cursor"] for d in disks)
         progress = round(min(done / total, 1.0), 4) if total else 0.0
         eta = self._sync_eta(name, done, total) if state == "initial-sync" else None
+        paused = self.paused() if row["protected"] else ""
+        if paused and state in ("protected", "initial-sync", "resync-required", "resyncing"):
+            state = "paused"      # nothing reaches the vault: the machine is not being protected right now
         connected = bool(rt and rt.connection)
         last_heard = rt.clock.last_heard if rt else row.get("last_heard")
         fresh = bool(rt and rt.clock.fresh(connected))
         silent_for = None if fresh or last_heard is None else max(0.0, time.time() - last_heard)
         health, reason = assess_health(state=state, rpo_seconds=rpo, rpo_known=rpo_known, threshold=pol.rpo_threshold,
                                        silent_for=silent_for, sync_progress=progress, resync_reason=resync.get("reason"),
-                                       resync_progress=resync.get("progress"), error=rt.error if rt else None)
+                                       resync_progress=resync.get("progress"), error=rt.error if rt else None,
+                                       paused_reason=paused)
         return {
             "name": name, "state": state, "rpo_seconds": round(rpo, 3) if rpo_known else 0.0, "health": health,
             "health_reason": reason, "rpo_known": rpo_known, "last_heard": last_heard,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..codec import Sealer
-from ..errors import IntegrityError, LifeboatError
+from ..errors import IntegrityError, LifeboatError, is_no_space
 from ..events import Alert, EventBus, PointCreated
 from ..names import valid_name
 from ..records import HEADER_SIZE, Kind, Record
@@ -23,6 +23,7 @@ from .rpo import RecoveryClock
 from .shielded import wait_done
 
 if TYPE_CHECKING:
+    from .capacity import VaultGate
     from .machine_state import MachineState
     from .sync_cursor import SyncCursor
 
@@ -92,8 +93,9 @@ class MachineRuntime:
 
     def __init__(self, name: str, cache: SegmentLog, vault: MachineVault, *, state: MachineState,
                  cursor: SyncCursor, resync: ResyncMarkers, bus: EventBus, pool: Executor, sealer: Sealer,
-                 hashes_dir: Path) -> None:
+                 hashes_dir: Path, gate: VaultGate | None = None) -> None:
         self.state = state
+        self.gate = gate     # closed while the vault's filesystem is full: the applier waits (capacity.py)
         self.cursor = cursor
         self.resync = resync
         self.bus = bus
@@ -298,6 +300,12 @@ class MachineRuntime:
                 log.error("%s: corrupt process-server cache (%s); set aside in %s, resyncing", self.name, exc, q)
                 self.resync.corruption_found(self.name, "process-server cache", str(exc), self.vault.last_seq + 1)
             except Exception as exc:  # never crash the role: show the error, retry
+                if is_no_space(exc) and self.gate is not None:
+                    # Nothing was written (a failed append is rolled back) and the records stay in the cache:
+                    # pause replication until space returns, instead of failing every 2 s.
+                    log.error("%s: the vault's filesystem is full; replication paused", self.name)
+                    self.gate.report_full(f"writing {self.name}'s records failed for lack of space")
+                    continue
                 log.exception("apply failed for %s", self.name)
                 self.error = str(exc)
                 self._alert(exc)
@@ -334,6 +342,11 @@ class MachineRuntime:
         writing: asyncio.Task | None = None
         try:
             while True:
+                if self.gate is not None and self.gate.closed:   # vault full: nothing is written until it has room
+                    if writing is not None:
+                        await asyncio.shield(writing)
+                        writing = None
+                    await self.gate.wait_open()
                 self.new_data.clear()
                 recs = await self._fetch(fetched)
                 if not recs:

@@ -22,13 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from .. import pki
 from ..buffers import new_buffer, tune_malloc
-from ..errors import (AlreadyFailedOver, CertificateRefused, LifeboatError, MachineRevoked, ProtocolError, UnknownMachine)
+from ..errors import (AlreadyFailedOver, CertificateRefused, LifeboatError, MachineRevoked, ProtocolError, UnknownMachine,
+                      is_no_space)
 from ..records import BLOCK, Kind, Record, decode_records
 from ..wire import BATCH_HEAD, DIFF_HEAD, HEAD, RESYNC_HEAD, Frame, parse_head, parse_json
 from ..wire import write_frame, write_json
 from .shielded import wait_done
 
 if TYPE_CHECKING:
+    from .capacity import VaultGate
     from .machine_state import MachineState
     from .pipeline import MachineRuntime
     from .resync import Resync
@@ -180,6 +182,8 @@ class AgentConnection:
         self.reader = reader
         self.writer = writer
         self.machine: str | None = None
+        #: a batch was dropped (vault full): later ones would leave a gap, so all are dropped until a reconnect
+        self.dropping = False
 
     def send_control(self, obj: dict) -> None:
         write_json(self.writer, Frame.CONTROL, obj)
@@ -191,11 +195,13 @@ class AgentConnection:
 class ProcessServer:
     """The data port. Collaborators: ``state`` (who may connect, the machine's disks), ``runtimes`` (attach an
     agent, its WELCOME), ``resync`` (a request waiting for the agent), ``cursor`` (initial-sync progress of durable
-    records) and ``pool`` (cache appends)."""
+    records), ``pool`` (cache appends) and ``gate`` (closed while the vault is full: batches are then dropped,
+    never acknowledged, and the agent keeps them; heartbeats are still answered, so the link stays up)."""
 
     def __init__(self, ssl_context: ssl.SSLContext, *, state: MachineState, runtimes: Runtimes, resync: Resync,
-                 cursor: SyncCursor, pool: Executor) -> None:
+                 cursor: SyncCursor, pool: Executor, gate: VaultGate | None = None) -> None:
         self.ssl = ssl_context
+        self.gate = gate
         self.state = state
         self.runtimes = runtimes
         self.resync = resync
@@ -307,6 +313,9 @@ class ProcessServer:
             while True:
                 committer.check()
                 kind, body = await asyncio.wait_for(conn.reader.read_frame(), IDLE_TIMEOUT)
+                if conn.dropping and not (self.gate and self.gate.closed):
+                    # Room again: the agent re-sends what was dropped from WELCOME's last_seq after a reconnect.
+                    raise ConnectionResetError("the vault has room again; reconnect to send the dropped batches")
                 if kind == Frame.HEARTBEAT:
                     hb = parse_json(body)
                     rt.clock.heartbeat(_int(hb.get("now_ns")), _int(hb.get("oldest_pending_ns")))
@@ -321,6 +330,9 @@ class ProcessServer:
                     continue
                 if kind != Frame.BATCH:
                     raise ProtocolError(f"unexpected frame {kind.name} from agent")
+                if conn.dropping or (self.gate is not None and self.gate.closed):
+                    conn.dropping = True   # vault full: not acknowledged, so the agent keeps it (capacity.py)
+                    continue
                 if len(body) < BATCH_HEAD.size:
                     raise ProtocolError("short batch")
                 (batch_id,) = BATCH_HEAD.unpack_from(body)
@@ -489,6 +501,10 @@ class _Committer:
             fut = asyncio.get_running_loop().run_in_executor(self.ps.pool, _verify_append, rt.cache, group)
             try:
                 recs, nbytes, entries, bad = await asyncio.shield(fut)
+            except OSError as exc:
+                if is_no_space(exc) and self.ps.gate is not None:   # nothing of this group is acknowledged
+                    self.ps.gate.report_full(f"the process-server cache of {rt.name} is out of space")
+                raise
             except asyncio.CancelledError:
                 # Hold the append lock until the thread is done: no other append may interleave with it, and
                 # the file must not be closed under it.

@@ -17,7 +17,7 @@ from aiohttp import web
 from ..errors import InvalidInput
 from ..names import check_name
 from ..net import parse_address
-from ..policy import parse_duration
+from ..policy import parse_duration, parse_size
 
 #: Largest request body the control API reads (a certificate request is ~1 KiB; nothing needs more).
 MAX_BODY = 64 * 1024
@@ -102,6 +102,19 @@ class Body:
                                field=key)
         try:
             return parse_duration(v, what=key.replace("_", "-"))
+        except InvalidInput as exc:
+            exc.details["field"] = key
+            raise
+
+    def size(self, key: str) -> int | None:
+        """A size in bytes: a number, or text such as "50G" (binary units)."""
+        v = self.data.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise InvalidInput(f"field {key!r} must be a size such as \"50G\" or a number of bytes", field=key)
+        try:
+            return parse_size(v, what=key.replace("_", "-"))
         except InvalidInput as exc:
             exc.details["field"] = key
             raise

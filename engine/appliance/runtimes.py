@@ -16,6 +16,7 @@ from ..events import EventBus
 from ..names import check_name, check_unique, inside
 from ..segment_log import SegmentLog
 from ..vault.base import DiskInfo, Vault
+from .capacity import VaultGate
 from .machine_state import MachineState
 from .pipeline import MachineRuntime
 from .resync import Resync
@@ -32,8 +33,10 @@ class Runtimes(Mapping[str, MachineRuntime]):
     """The live runtimes by machine name (a read-only mapping over ``live``, which the resync part shares)."""
 
     def __init__(self, live: dict[str, MachineRuntime], *, vault: Vault, state: MachineState, cursor: SyncCursor,
-                 resync: Resync, bus: EventBus, pool: Executor, sealer: Sealer, cache_dir: Path) -> None:
+                 resync: Resync, bus: EventBus, pool: Executor, sealer: Sealer, cache_dir: Path,
+                 gate: VaultGate | None = None) -> None:
         self._live = live
+        self.gate = gate
         self.vault = vault
         self.state = state
         self.cursor = cursor
@@ -67,7 +70,7 @@ class Runtimes(Mapping[str, MachineRuntime]):
                                                                      inside(self.cache_dir, name))
             rt = MachineRuntime(name, cache, mv, state=self.state, cursor=self.cursor, resync=self.resync,
                                 bus=self.bus, pool=self.pool, sealer=self.sealer,
-                                hashes_dir=self.cache_dir / f"{name}.hashes")
+                                hashes_dir=self.cache_dir / f"{name}.hashes", gate=self.gate)
             row = self.state.row(name)
             # RPO of an absent agent grows from when it was last known recoverable (persisted), never from now;
             # a state.db from before schema 5 has no such time: the newest point is the best lower bound.

@@ -8,12 +8,15 @@
 - ``rpo-history`` (5 s): write the finished RPO history samples and each machine's last recoverable / last heard
   times to state.db (the samples themselves are taken by ``machine-status``, which also hands each status to the
   machine watch: transitions to the event log, machine alerts);
-- ``certificates`` (daily): the appliance's certificates expiring within 30 days raise an alert.
+- ``certificates`` (daily): the appliance's certificates expiring within 30 days raise an alert;
+- ``vault-capacity`` (2 s): the vault's capacity policy: free space and history sizes measured, history folded to
+  the history limits and the free-space reserve, replication paused while the vault is full
+  (``engine/appliance/capacity.py``).
 
 Crash-consistent points need no task here: the agent cuts them every ``policy.crash_interval`` (sent in WELCOME).
 Each machine is handled on its own, so one machine's error does not skip the others in the same tick.
 
-The tasks call into the appliance's parts (machines, resync, bookmarks, retention), never into the ``Appliance``
+The tasks call into the appliance's parts (machines, resync, bookmarks, retention, capacity), never into the ``Appliance``
 composition root; the scheduler that runs them (``engine/jobs/scheduler.py``) knows nothing of the appliance.
 """
 
@@ -27,6 +30,7 @@ from ..jobs.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from .bookmarks import ScheduledBookmarks
+    from .capacity import Capacity
     from .health_watch import ApplianceWatch, MachineWatch
     from .machines import Machines
     from .resync import Resync
@@ -41,6 +45,7 @@ BOOKMARK_CHECK_SECONDS = 1.0
 RETENTION_SECONDS = 30.0
 RPO_HISTORY_SECONDS = 5.0
 CERTIFICATE_SECONDS = 86400.0
+CAPACITY_SECONDS = 2.0
 
 
 class ApplianceTasks:
@@ -49,7 +54,8 @@ class ApplianceTasks:
 
     def __init__(self, *, runtimes: Mapping[str, Any], machines: Machines, resync: Resync,
                  bookmarks: ScheduledBookmarks, retention: Retention, watch: MachineWatch | None = None,
-                 rpo_history: RpoHistory | None = None, appliance_watch: ApplianceWatch | None = None) -> None:
+                 rpo_history: RpoHistory | None = None, appliance_watch: ApplianceWatch | None = None,
+                 capacity: Capacity | None = None) -> None:
         self.runtimes = runtimes
         self.watch = watch
         self.rpo_history_ = rpo_history
@@ -58,6 +64,7 @@ class ApplianceTasks:
         self.resync = resync
         self.bookmarks = bookmarks
         self.retention_ = retention
+        self.capacity_ = capacity
         self.states: dict[str, str] = {}    # each machine's state as of this tick's status (read by bookmarks)
 
     def register(self, s: Scheduler) -> None:
@@ -69,6 +76,8 @@ class ApplianceTasks:
             s.every("rpo-history", RPO_HISTORY_SECONDS, self.rpo_history)
         if self.appliance_watch is not None:
             s.every("certificates", CERTIFICATE_SECONDS, self.appliance_watch.check_certificates)
+        if self.capacity_ is not None:
+            s.every("vault-capacity", CAPACITY_SECONDS, self.capacity)
 
     def emit_statuses(self) -> None:
         for name in list(self.runtimes):
@@ -105,3 +114,7 @@ class ApplianceTasks:
 
     async def retention(self) -> None:
         await self.retention_.prune_all()
+
+    async def capacity(self) -> None:
+        if self.capacity_ is not None:
+            await self.capacity_.tick()

@@ -12,16 +12,18 @@ from ..errors import AlreadyExists, MachineRevoked, UnknownMachine, UnknownPolic
 from ..jobs.store import JOBS_SCHEMA
 from ..policy import DEFAULT_POLICY, Policy
 
-SCHEMA_VERSION = 6   # 3: who revoked a machine, and when; 4: the jobs table (engine/jobs/store.py);
+SCHEMA_VERSION = 7   # 3: who revoked a machine, and when; 4: the jobs table (engine/jobs/store.py);
 #                      5: when each machine was last known recoverable and last heard from, the alerts and
 #                         rpo_history tables (engine/appliance/alerts.py, rpo.py);
-#                      6: recovery hosts, per-machine recovery settings and failovers (engine/recovery/store.py)
+#                      6: policies.history_limit (the vault's capacity policy);
+#                      7: recovery hosts, per-machine recovery settings and failovers (engine/recovery/store.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS policies (
     name TEXT PRIMARY KEY, rpo_threshold REAL NOT NULL, retention REAL NOT NULL,
-    app_consistent REAL NOT NULL, crash_interval REAL NOT NULL, resync_window TEXT NOT NULL DEFAULT '22:00-06:00');
+    app_consistent REAL NOT NULL, crash_interval REAL NOT NULL, resync_window TEXT NOT NULL DEFAULT '22:00-06:00',
+    history_limit INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS machines (
     name TEXT PRIMARY KEY, cert_serial TEXT NOT NULL, registered REAL NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0, protected INTEGER NOT NULL DEFAULT 0,
@@ -50,6 +52,9 @@ CREATE TABLE IF NOT EXISTS failovers (
     started_at REAL NOT NULL, booted_at REAL, boot_seconds REAL, error TEXT);
 """
 
+#: The policies columns in Policy's field order (an older database has them in another order after migrations)
+_POLICY_COLS = "name, rpo_threshold, retention, app_consistent, crash_interval, resync_window, history_limit"
+
 
 class StateDB:
     def __init__(self, path: Path) -> None:
@@ -71,6 +76,8 @@ class StateDB:
         pcols = {r[1] for r in self.db.execute("PRAGMA table_info(policies)")}
         if "resync_window" not in pcols:
             self.db.execute("ALTER TABLE policies ADD COLUMN resync_window TEXT NOT NULL DEFAULT '22:00-06:00'")
+        if "history_limit" not in pcols:  # schema 5 → 6: the history size limit (0 = none, as before)
+            self.db.execute("ALTER TABLE policies ADD COLUMN history_limit INTEGER NOT NULL DEFAULT 0")
         if self.get_meta("schema_version") != str(SCHEMA_VERSION):
             self.set_meta("schema_version", str(SCHEMA_VERSION))   # migrations above are idempotent
         if not self.db.execute("SELECT 1 FROM policies WHERE name=?", (DEFAULT_POLICY,)).fetchone():
@@ -90,17 +97,19 @@ class StateDB:
     # policies
     def put_policy(self, p: Policy) -> None:
         p.validate()
-        self.db.execute("INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?)",
-                        (p.name, p.rpo_threshold, p.retention, p.app_consistent, p.crash_interval, p.resync_window))
+        self.db.execute("INSERT OR REPLACE INTO policies(name, rpo_threshold, retention, app_consistent, "
+                        "crash_interval, resync_window, history_limit) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (p.name, p.rpo_threshold, p.retention, p.app_consistent, p.crash_interval, p.resync_window,
+                         p.history_limit))
 
     def policy(self, name: str) -> Policy:
-        row = self.db.execute("SELECT * FROM policies WHERE name=?", (name,)).fetchone()
+        row = self.db.execute(f"SELECT {_POLICY_COLS} FROM policies WHERE name=?", (name,)).fetchone()
         if not row:
             raise UnknownPolicy(f"no policy named {name!r}")
         return Policy(*row)
 
     def policies(self) -> list[Policy]:
-        return [Policy(*r) for r in self.db.execute("SELECT * FROM policies ORDER BY name")]
+        return [Policy(*r) for r in self.db.execute(f"SELECT {_POLICY_COLS} FROM policies ORDER BY name")]
 
     # machines
     def add_machine(self, name: str, cert_serial: int) -> None:

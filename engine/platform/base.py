@@ -26,13 +26,14 @@ import mmap
 import os
 import secrets
 import select
+import shutil
 import signal
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "connect_control", "fallocate",
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
            "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev",
-           "open_folder", "create_in", "lstat_in", "unlink_in", "run_tool", "user_ids"]
+           "open_folder", "create_in", "lstat_in", "unlink_in", "DiskSpace", "disk_free", "run_tool", "user_ids"]
 
 ControlHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -117,6 +118,18 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
     """Linux ``fallocate(2)`` with mode flags (``engine/fileio.py``): ``True`` done, ``False`` unsupported (the
     caller writes zeros instead); raises ``OSError`` on real errors. Here: always unsupported."""
     return False
+
+
+class DiskSpace(NamedTuple):
+    """A filesystem's size and the bytes an unprivileged writer may still use (the vault's capacity policy)."""
+    total: int
+    free: int
+
+
+def disk_free(path: os.PathLike[str] | str) -> DiskSpace:
+    """Size and free bytes of the filesystem holding ``path`` (``shutil.disk_usage``: every system has it)."""
+    u = shutil.disk_usage(path)
+    return DiskSpace(u.total, u.free)
 
 
 # -- locks --------------------------------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from .base import ControlHandler, Poller, new_buffer, run_tool
+from .base import ControlHandler, DiskSpace, Poller, new_buffer, run_tool
 
 __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "connect_control", "fallocate",
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
            "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev",
-           "open_folder", "create_in", "lstat_in", "unlink_in", "run_tool", "user_ids"]
+           "open_folder", "create_in", "lstat_in", "unlink_in", "DiskSpace", "disk_free", "run_tool", "user_ids"]
 
 # The guard tells ``mypy --platform win32`` that nothing below exists there (it checks windows.py instead).
 if sys.platform != "win32":
@@ -115,6 +115,13 @@ if sys.platform != "win32":
             if err in _UNSUPPORTED:
                 return False
             raise OSError(err, os.strerror(err))
+
+    # -- free space ---------------------------------------------------------------------------------------------
+    def disk_free(path: os.PathLike[str] | str) -> DiskSpace:
+        """``statvfs``: the filesystem's size and the blocks available to unprivileged writers (``f_bavail``: what
+        is left before the root-reserved blocks, which is where an appliance not running as root stops)."""
+        st = os.statvfs(path)
+        return DiskSpace(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
 
     # -- locks --------------------------------------------------------------------------------------------------
     def try_lock(fd: int) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ..records import Record
@@ -129,6 +130,15 @@ class MachineVault(abc.ABC):
     async def prune(self, keep_from_seq: int) -> None:
         """Drop history before ``keep_from_seq`` (fold it into the replica); drop points older than it."""
 
+    def history_bytes(self, keep_from_seq: int | None = None) -> int:
+        """Bytes the stored history takes now, or would take after ``prune(keep_from_seq)`` (the vault's capacity
+        policy: docs/ARCHITECTURE.md §6.1). 0 where the backend cannot tell (nothing is then folded for size)."""
+        return 0
+
+    def fold_space(self) -> int:
+        """Free bytes a prune may need on the vault's filesystem while it runs (0: none, or not local)."""
+        return 0
+
     @abc.abstractmethod
     async def verify(self) -> VerifyReport:
         """Re-read everything the backend holds for the machine and check it (authentication tags, the source's
@@ -148,6 +158,11 @@ class Vault(abc.ABC):
     def from_config(cls, cfg: dict[str, Any], key: bytes, *, executor: Executor | None = None) -> Vault:
         """The backend for the ``vault`` section of the appliance's config (``{"kind": ..., ...}``), with the
         32-byte vault key; blocking work runs in ``executor``."""
+
+    def storage_path(self) -> Path | None:
+        """A local folder on the filesystem that holds the vault (its free space is watched: the capacity policy),
+        or None when the backend is not on a local filesystem."""
+        return None
 
     @abc.abstractmethod
     async def open_machine(self, machine: str) -> MachineVault: ...

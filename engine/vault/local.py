@@ -39,7 +39,7 @@ from typing import Any, Callable, TypeVar
 from .. import platform
 from ..codec import Sealer
 from ..errors import AlreadyExists, Conflict, IntegrityError, InvalidInput, LifeboatError, StorageError
-from ..errors import UnknownMachine, UnknownPoint
+from ..errors import UnknownMachine, UnknownPoint, VaultFull, is_no_space
 from ..names import check_name, inside
 from ..records import MAX_PAYLOAD, Kind
 from ..fileio import atomic_write, make_private_dir
@@ -280,6 +280,9 @@ class LocalMachineVault(MachineVault):
             except OSError as e:
                 if self._journal.damaged:
                     self._failed = f"a failed append could not be undone ({e})"
+                if is_no_space(e):   # rolled back (truncation needs no space): the records are simply not in
+                    raise VaultFull(f"the vault's filesystem is full: {self.machine}'s records cannot be written",
+                                    machine=self.machine) from e
                 raise StorageError(f"could not write the journal of {self.machine}: {e}") from e
             self._last_seq = items[-1][0]
             if rolled:   # last_seq in meta is only a hint (recovery scans the journal): refresh it now and then
@@ -423,6 +426,25 @@ class LocalMachineVault(MachineVault):
                 self._pruning = False
                 self._cond.notify_all()
 
+    def history_bytes(self, keep_from_seq: int | None = None) -> int:
+        """Bytes of the journal's segment files now, or those ``prune(keep_from_seq)`` would leave: a prune deletes
+        the segments whose records are all folded, never the last (the writer's). Replica and points are not
+        history (they do not grow with churn)."""
+        segs = list(self._journal.segments)
+        total = 0
+        for i, first in enumerate(segs):
+            if keep_from_seq is not None and i + 1 < len(segs) and segs[i + 1] - 1 <= keep_from_seq:
+                continue   # folded and deleted by that prune
+            try:
+                total += os.stat(self._journal.path(first)).st_size
+            except FileNotFoundError:
+                pass   # deleted by a prune meanwhile
+        return total
+
+    def fold_space(self) -> int:
+        """A fold batch writes its redo, then replica slots that may be new: at most twice the batch."""
+        return 2 * min(self._owner.fold_batch_bytes, self.history_bytes()) + (1 << 20)
+
     def _fold_sync(self, keep: int) -> bool:
         """Apply records ``base_seq < seq <= keep`` to the replica in batches of bounded memory.
         False when stopped early by close (at a batch boundary: the state is consistent there)."""
@@ -490,7 +512,13 @@ class LocalMachineVault(MachineVault):
         self._journal.close()
         try:
             if write_meta and self._key_check:
-                self._write_meta()
+                try:
+                    self._write_meta()
+                except OSError as exc:
+                    if not is_no_space(exc):
+                        raise
+                    # meta's base_seq was made durable by its fold; last_seq is only a hint (open scans the journal)
+                    log.warning("machine %s: meta.json not refreshed at close: the vault's disk is full", self.machine)
         finally:
             for rep in self._replicas.values():
                 rep.close()
@@ -531,8 +559,23 @@ class LocalVault(Vault):
     @classmethod
     def from_config(cls, cfg: dict[str, Any], key: bytes, *,
                     executor: concurrent.futures.Executor | None = None) -> LocalVault:
-        """``{"kind": "local", "path": FOLDER}``."""
-        return cls(Path(cfg["path"]), key, executor=executor)
+        """``{"kind": "local", "path": FOLDER}``, with two optional sizes for small vaults: ``segment_bytes`` (the
+        journal segment, which is the unit history is deleted in when folded; default 64 MiB) and
+        ``fold_batch_bytes`` (the most replica blocks one fold batch holds, and so the free space it needs)."""
+        extra: dict[str, int] = {}
+        for opt in ("segment_bytes", "fold_batch_bytes"):
+            v = cfg.get(opt)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, int) or not 1 << 20 <= v <= 1 << 34:
+                    raise InvalidInput(f"vault.{opt} must be a number of bytes between 1 MiB and 16 GiB, got {v!r}")
+                extra[opt] = v
+        return cls(Path(cfg["path"]), key, executor=executor, **extra)
+
+    def storage_path(self) -> Path:
+        """The vault's root folder (created if missing, so its filesystem can be asked for free space)."""
+        make_private_dir(self.root)
+        return self.root
+
     def machines(self) -> list[str]:
         """Names of the machines stored under the root."""
         if not self.root.exists():

@@ -63,8 +63,9 @@ def test_cli_contract(tmp_path: Path) -> None:
                                        "--nbd", f"127.0.0.1:{nport}"], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
         pol = lbj("policy", "set", "--home", str(home), "fast", "--rpo-threshold", "30s", "--retention", "1h",
-                  "--app-consistent", "1h", "--crash-interval", "1s")
-        assert pol["crash_interval"] == 1 and pol["retention"] == 3600
+                  "--app-consistent", "1h", "--crash-interval", "1s", "--history-limit", "50G")
+        assert pol["crash_interval"] == 1 and pol["retention"] == 3600 and pol["history_limit"] == 50 << 30
+        assert "history-limit 50G" in lb("policy", "list", "--home", str(home)).stdout
         lb("protect", "--home", str(home), "vm1", "--policy", "fast")
         st = wait(lambda: (s := lbj("status", "--home", str(home)))["machines"] and
                   s["machines"][0]["state"] == "protected" and s, 60, "protected")

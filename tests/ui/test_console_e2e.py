@@ -89,8 +89,13 @@ async def test_console_end_to_end(qtbot, tmp_path: Path, screenshot, console_set
         assert "not a duration" in policies.fields["crash_interval"].error and not policies.save_btn.isEnabled()
         policies.edits["crash_interval"].setText("1s")
         policies.edits["rpo_threshold"].setText("20s")
+        assert policies.edits["history_limit"].text() == "0"            # no limit by default
+        policies.edits["history_limit"].setText("lots")
+        assert "lots" in policies.fields["history_limit"].error and not policies.save_btn.isEnabled()
+        policies.edits["history_limit"].setText("50G")
         policies.save_btn.click()
-        assert {p.name: p.crash_interval for p in ctx.facade.policies()}["default"] == 1.0
+        saved = {p.name: p for p in ctx.facade.policies()}["default"]
+        assert saved.crash_interval == 1.0 and saved.history_limit == 50 << 30
 
         # An agent registers (blocking HTTPS client: in a thread) and starts in this loop.
         control_port = int(ctx.facade.addresses["control"].rsplit(":", 1)[1])

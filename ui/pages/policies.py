@@ -1,4 +1,5 @@
-"""Policies: create and edit (RPO threshold, retention, app-consistent frequency, crash interval, resync window)."""
+"""Policies: create and edit (RPO threshold, retention, app-consistent frequency, crash interval, resync window,
+history limit)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from PySide6.QtWidgets import (QFormLayout, QHBoxLayout, QLineEdit, QListWidget,
                                QVBoxLayout, QWidget)
 
 from console.context import ConsoleContext
-from console.engine_facade import Policy, check_window, duration_text, parse_duration_text, validate_policy
+from console.engine_facade import (Policy, check_window, duration_text, parse_duration_text, parse_size_text, size_text,
+                                   validate_policy)
 from console.errors import UserError
 
 from .. import forms, theme
@@ -45,6 +47,13 @@ class PoliciesPage(QWidget):
         self.fields["resync_window"] = forms.Field(self.window_edit, hint="HH:MM-HH:MM local time for scheduled "
                                                                      "resyncs, or 'always'.")
         form.addRow("Resync &window:", self.fields["resync_window"])
+        self.limit_edit = QLineEdit()
+        self.limit_edit.setAccessibleName("History limit")
+        self.edits["history_limit"] = self.limit_edit
+        self.fields["history_limit"] = forms.Field(self.limit_edit, hint="Most vault space one machine's history may "
+                                                   "take (for example 50G); past it the oldest history is folded "
+                                                   "and an alert says how much remains. 0: no limit.")
+        form.addRow("&History limit:", self.fields["history_limit"])
         self.form_error = forms.Field(QWidget())
         form.addRow(self.form_error)
         self.save_btn = QPushButton(theme.icon("save"), "&Save policy")
@@ -106,6 +115,7 @@ class PoliciesPage(QWidget):
         for key, _l, _h in DURATIONS:
             self.edits[key].setText(duration_text(getattr(spec, key)))
         self.window_edit.setText(spec.resync_window)
+        self.limit_edit.setText(size_text(spec.history_limit))
         self.name.setReadOnly(self._loaded is not None)  # a policy is renamed by creating a new one
         self.validate()
 
@@ -116,6 +126,7 @@ class PoliciesPage(QWidget):
         for key, _l, _h in DURATIONS:
             self.edits[key].setText(duration_text(getattr(base, key)))
         self.window_edit.setText(base.resync_window)
+        self.limit_edit.setText(size_text(base.history_limit))
         self.name.setFocus()
 
     def spec(self) -> tuple[Policy | None, dict[str, str]]:
@@ -131,9 +142,15 @@ class PoliciesPage(QWidget):
             check_window(self.window_edit.text())
         except UserError as exc:
             errs["resync_window"] = f"{exc.message}. {exc.advice}"
+        limit = 0
+        try:
+            limit = parse_size_text(self.limit_edit.text(), "history limit")
+        except UserError as exc:
+            errs["history_limit"] = f"{exc.message}. {exc.advice}"
         if errs:
             return None, errs
-        spec = Policy(self.name.text().strip(), resync_window=self.window_edit.text().strip(), **values)
+        spec = Policy(self.name.text().strip(), resync_window=self.window_edit.text().strip(), history_limit=limit,
+                      **values)
         try:
             validate_policy(spec)
         except UserError as exc:

@@ -16,6 +16,7 @@ the appliance can read, and libvirt relabels nothing. Networks: ``isolated`` is 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from xml.sax.saxutils import escape, quoteattr
@@ -165,7 +166,6 @@ class LibvirtHost:
         await self._virsh("start", domain_name(name))
 
     async def stop(self, name: str, *, timeout: float = 10.0) -> None:
-        import asyncio
         if await self.state(name) != VMState.RUNNING:
             return
         await self._virsh("shutdown", domain_name(name), ok_errors=("not running",))

@@ -125,6 +125,8 @@ async def test_vm_boots_on_the_libvirt_host(recovery_host: str, boot_disk: Path,
         assert "LIFEBOAT-MARKER: host-test" in text and "192.0.2.9/24" in text
         with pytest.raises(Exception, match="already has"):
             await host.define(spec)
+        await host.stop(name, timeout=2)   # busybox has no ACPI daemon: powered off after the grace time
+        assert await host.state(name) == VMState.STOPPED
     finally:
         await host.destroy(name)
         subprocess.run(["virsh", "-c", recovery_host, "net-destroy", network_name(hostname, "iso")],

@@ -99,7 +99,7 @@ def test_failover_boots_the_bookmark_and_cancel_leaves_nothing(recovery_host: st
 
         # a guest that never says it booted: the step fails with the console's tail, nothing is left behind
         lb("machine", "settings", *H, machine, "--boot-pattern", "never-printed", "--boot-timeout", "4")
-        p = lb("failover", *H, machine, "--host", hostname, "--point", "tag:m1", check=False)
+        p = lb("failover", *H, machine, "--host", hostname, "--point", "latest-app", check=False)
         assert p.returncode != 0 and "LB_BOOT_TIMEOUT" in p.stderr and "last console lines" in p.stderr
         assert lbj("vm", "list", *H) == [] and lbj("status", *H)["machines"][0]["state"] == "protected"
         assert not (home / "failovers" / machine / "overlay").exists()
@@ -164,6 +164,7 @@ def test_failover_boots_the_bookmark_and_cancel_leaves_nothing(recovery_host: st
         jobs = lbj("jobs", *H)
         assert [j["kind"] for j in jobs[:3]] == ["failover", "failover", "failover-cancel"]
         assert jobs[0]["state"] == "failed" and jobs[0]["error"]["code"] == "LB_BOOT_TIMEOUT"
+        assert jobs[0]["result"]["point"]["id"] == bm["point_id"]   # latest-app: the bookmark
         assert [st["state"] for st in jobs[0]["steps"]][-1] == "failed"
         assert jobs[1]["state"] == jobs[2]["state"] == "succeeded"
     finally:

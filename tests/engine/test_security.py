@@ -73,12 +73,28 @@ async def test_registration_and_mutual_tls(tmp_path: Path) -> None:
 
         # The agent's own certificate is not an admin certificate.
         import http.client
-        def agent_as_admin() -> int:
+        def agent_as_admin(method: str = "GET", path: str = "/v1/status") -> int:
             conn = http.client.HTTPSConnection("127.0.0.1", app.control_address[1],
                                                context=pki.client_context(h.ca_cert, h.cert, h.key))
-            conn.request("GET", "/v1/status")
+            conn.request(method, path, body=b"{}" if method != "GET" else None)
             return conn.getresponse().status
         assert await asyncio.to_thread(agent_as_admin) == 403
+        for method, path in [("GET", "/v1/hosts"), ("POST", "/v1/hosts"), ("GET", "/v1/vms"),
+                             ("GET", "/v1/machines/vm1/recovery-settings"),
+                             ("PUT", "/v1/machines/vm1/recovery-settings"),
+                             ("POST", "/v1/machines/vm1/failover-vm"), ("POST", "/v1/machines/vm1/failover-cancel")]:
+            assert await asyncio.to_thread(agent_as_admin, method, path) == 403, path
+
+        # A failed-over machine's agent is refused at the data port (replication stopped), with its code.
+        assert app.state is not None
+        before = app.state.row("vm1")["state"]
+        app.state.update("vm1", state="failed-over")
+        r, w = await _data_connect(site, pki.client_context(h.ca_cert, h.cert, h.key))
+        write_json(w, Frame.HELLO, {"machine": "vm1", "disks": [{"index": 0, "name": "d", "size": 4096}]})
+        kind, body = await read_frame(r)
+        assert kind == Frame.ERROR and parse_json(body)["code"] == "LB_FAILED_OVER"
+        w.close()
+        app.state.update("vm1", state=before)
 
         # Revoked: the data port refuses it with a clear code, state unchanged otherwise.
         app.revoke("vm1")

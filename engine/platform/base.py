@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "connect_control", "fallocate",
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
            "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev",
-           "open_folder", "create_in", "lstat_in", "unlink_in", "DiskSpace", "disk_free", "run_tool", "user_ids"]
+           "open_folder", "create_in", "lstat_in", "unlink_in", "DiskSpace", "disk_free", "run_tool", "user_ids",
+           "open_private"]
 
 ControlHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -57,6 +58,15 @@ def open_folder(path: os.PathLike[str] | str) -> int | None:
 def create_in(folder_fd: int | None, folder: Path, name: str, mode: int) -> int:
     """Create ``folder/name`` exclusively for writing (``FileExistsError`` if anything, a link too, is there)."""
     return os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+
+
+def open_private(path: Path, *, create: bool) -> int:
+    """Open ``path`` read-write, 0600, never through a link at its last component (refused); ``create`` creates or
+    truncates it. Portable: the link is checked before opening (no O_NOFOLLOW)."""
+    if os.path.islink(path):
+        raise OSError(errno.ELOOP, "refusing to open through a symbolic link", str(path))
+    flags = os.O_RDWR | getattr(os, "O_BINARY", 0) | ((os.O_CREAT | os.O_TRUNC) if create else 0)
+    return os.open(path, flags, 0o600)
 
 
 def lstat_in(folder_fd: int | None, folder: Path, name: str) -> os.stat_result:

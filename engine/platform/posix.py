@@ -13,7 +13,8 @@ from .base import ControlHandler, DiskSpace, Poller, new_buffer, run_tool
 __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "connect_control", "fallocate",
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
            "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev",
-           "open_folder", "create_in", "lstat_in", "unlink_in", "DiskSpace", "disk_free", "run_tool", "user_ids"]
+           "open_folder", "create_in", "lstat_in", "unlink_in", "DiskSpace", "disk_free", "run_tool", "user_ids",
+           "open_private"]
 
 # The guard tells ``mypy --platform win32`` that nothing below exists there (it checks windows.py instead).
 if sys.platform != "win32":
@@ -60,6 +61,11 @@ if sys.platform != "win32":
         if folder_fd is None:
             return os.open(folder / name, flags, mode)
         return os.open(name, flags, mode, dir_fd=folder_fd)
+
+    def open_private(path: Path, *, create: bool) -> int:
+        """Open ``path`` read-write, 0600, never through a link at its last component (``O_NOFOLLOW``: ELOOP)."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | ((os.O_CREAT | os.O_TRUNC) if create else 0)
+        return os.open(path, flags, 0o600)
 
     def lstat_in(folder_fd: int | None, folder: Path, name: str) -> os.stat_result:
         if folder_fd is None:

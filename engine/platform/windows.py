@@ -22,12 +22,13 @@ import sys
 
 from .base import (POLLIN, POLLOUT, ControlHandler, DiskSpace, Poller, anonymous_map, connect_control, disk_free,
                    fallocate, fsync_dir, map_readonly, new_buffer, new_poller, on_terminate, serve_control, tune_malloc, unsent_bytes, writev,
-                   open_folder, create_in, lstat_in, unlink_in, run_tool, user_ids)
+                   open_folder, create_in, lstat_in, unlink_in, run_tool, user_ids, open_private)
 
 __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "connect_control", "fallocate",
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
            "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev",
-           "open_folder", "create_in", "lstat_in", "unlink_in", "DiskSpace", "disk_free", "run_tool", "user_ids"]
+           "open_folder", "create_in", "lstat_in", "unlink_in", "DiskSpace", "disk_free", "run_tool", "user_ids",
+           "open_private"]
 
 # The guard makes mypy check this body only with ``--platform win32`` (and posix.py's only without it).
 if sys.platform == "win32":

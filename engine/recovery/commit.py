@@ -19,8 +19,7 @@ CHUNK = 4 << 20
 async def materialise(disk: OverlayBackend, image: Path, blocks: list[int] | None) -> AsyncIterator[int]:
     """Copy ``disk`` into ``image`` (0600, never through a link): all of it when ``blocks`` is None (the image is
     created or truncated; zero chunks are left as holes), else only those 4 KiB blocks. Yields bytes copied."""
-    flags = os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(image, flags | (os.O_CREAT | os.O_TRUNC if blocks is None else 0), 0o600)
+    fd = platform.open_private(image, create=blocks is None)
     try:
         if blocks is None:
             os.ftruncate(fd, disk.size)

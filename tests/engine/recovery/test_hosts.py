@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import uuid
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -107,7 +109,7 @@ async def test_vm_boots_on_the_libvirt_host(recovery_host: str, boot_disk: Path,
     img = tmp_path / "disk.img"
     shutil.copyfile(boot_disk, img)
     write_marker_file(img, "host-test")
-    name = f"hosttest-{tmp_path.name[-20:]}".replace("_", "-")
+    name = f"hosttest-{os.getpid()}-{uuid.uuid4().hex[:6]}"   # unique: the host's libvirtd outlives test runs
     hostname = f"t{abs(hash(name)) % 10**6}"
     nets = {"iso": parse_network("iso=isolated")}
     host = LibvirtHost(hostname, recovery_host, nets)

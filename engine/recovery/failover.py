@@ -143,7 +143,10 @@ class FailoverService:
         return {"machine": machine, **RecoverySettings.from_dict(self.store.settings(machine)).to_dict()}
 
     # failover ----------------------------------------------------------------------------------------------
-    async def failover(self, machine: str, host_name: str, spec: str) -> Job:
+    async def failover(self, machine: str, host_name: str, spec: str, *,
+                       networks: Mapping[str, str] | None = None) -> Job:
+        """``networks``: NIC → network overrides for this failover only (a recovery plan's test run maps every NIC
+        to the host's isolated network: engine/recovery/plans.py)."""
         row = self.state.row(machine)
         existing = self.store.failover(machine)
         if existing is not None or row["state"] == FAILED_OVER or machine in self.active:
@@ -163,7 +166,7 @@ class FailoverService:
                                     rt.last_applied_ts if rt.last_applied_seq == rt.vault.last_seq else None)
         folder = inside(self.folder, machine)
         serial_log = folder / "serial.log"
-        nics = [NicSpec(nic, net, nic_mac(machine, nic)) for nic, net in settings.nics.items()]
+        nics = [NicSpec(nic, (networks or {}).get(nic, net), nic_mac(machine, nic)) for nic, net in settings.nics.items()]
         disks = rt.vault.disks()
         vm = VMSpec(machine, cpus=settings.cpus, memory_mib=settings.memory_mib, firmware=settings.firmware,
                     disks=[DiskSpec(d.name) for d in disks], nics=nics, serial_log=serial_log)

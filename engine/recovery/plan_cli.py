@@ -1,4 +1,4 @@
-"""``lifeboat plan create|add|action|show|list|run|cancel|cleanup`` (the running appliance's control API, admin
+"""``lifeboat plan create|add|action|show|list|run|skip|cancel|cleanup`` (the running appliance's control API, admin
 certificate) and ``lifeboat report list|show`` (the report files in the appliance home; no appliance needed)."""
 
 from __future__ import annotations
@@ -101,6 +101,16 @@ def cmd_plan_run(a: argparse.Namespace) -> int:
         body["cleanup_after"] = parse_duration(a.cleanup_after, what="cleanup-after")
     r = _client(a, RUN_TIMEOUT).call("POST", f"/v1/plans/{_q(a.plan)}/run", body)
     job = r["job"]
+    stopped = job["result"].get("stopped") or {}
+    if job["state"] == "paused-for-operator" and stopped:
+        for step, err in stopped.items():
+            print(f"{err.get('code', 'LB_JOB_FAILED')}: plan {a.plan} (run {r['id']}, job {job['id']}) stopped at step "
+                  f"{step}: {err.get('message', '')}\nwhat to do: {err.get('advice', '')} Then retry the step "
+                  f"(lifeboat job resume --home {a.home} {job['id']}), skip it (lifeboat plan skip --home {a.home} "
+                  f"{a.plan}) or cancel the plan (lifeboat plan cancel --home {a.home} {a.plan}).", file=sys.stderr)
+        if a.json:
+            _out(r, a, "")
+        return 2
     if job["state"] == "paused-for-operator":
         text = (f"plan {a.plan} (run {r['id']}, job {job['id']}) waits for an operator: {job['message']}\n"
                 f"When done, resume it: lifeboat job resume --home {a.home} {job['id']}")
@@ -126,6 +136,12 @@ def cmd_plan_run(a: argparse.Namespace) -> int:
 def cmd_plan_cancel(a: argparse.Namespace) -> int:
     r = _client(a, 600.0).call("POST", f"/v1/plans/{_q(a.plan)}/cancel", {})
     _out(r, a, f"run {r['run']} of plan {a.plan} cancelled; removed: {' '.join(r['removed']) or 'nothing'}")
+    return 0
+
+
+def cmd_plan_skip(a: argparse.Namespace) -> int:
+    r = _client(a).call("POST", f"/v1/plans/{_q(a.plan)}/skip", {})
+    _out(r, a, f"plan {a.plan}: skipped {' '.join(r['skipped'])}; the run goes on (job {r['job']})")
     return 0
 
 
@@ -188,6 +204,8 @@ def add_subcommands(sub: Any) -> None:
     s.set_defaults(fn=cmd_plan_run)
     s = ps.add_parser("cancel", help="cancel the plan's last run and remove its VMs"); home(s); s.add_argument("plan")
     s.set_defaults(fn=cmd_plan_cancel)
+    s = ps.add_parser("skip", help="skip the failed step the plan's run is stopped at"); home(s)
+    s.add_argument("plan"); s.set_defaults(fn=cmd_plan_skip)
     s = ps.add_parser("cleanup", help="remove what the plan's last test run made"); home(s); s.add_argument("plan")
     s.set_defaults(fn=cmd_plan_cleanup)
 

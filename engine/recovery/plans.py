@@ -11,9 +11,10 @@ A run's job (kind ``recovery-plan``, target ``plan:NAME``) has, per group N in o
 each, in order), ``gN-failover-MACHINE`` (the group's machines in parallel: each calls
 ``FailoverService.failover``, whose own job runs the per-machine steps resolve-point → … → wait-boot and is linked
 from the step's result), then ``gN-after-K``. Group N+1 starts only when every machine of group N has booted (the
-job layer starts a group when every step of the one before succeeded). A failed step stops the plan: the job's
-error names the machine (or action) and why. Retry and skip of a failed step are not implemented: the operator
-cancels (or cleans up) the run and runs the plan again.
+job layer starts a group when every step of the one before succeeded). A failed step stops the plan: its
+error names the machine (or action) and why; the job pauses there (``paused-for-operator``, the error in
+``result.stopped``) until the operator retries the step (``lifeboat job resume``), skips it (``lifeboat plan
+skip``) or cancels the plan (``lifeboat plan cancel``: the job ends cancelled, the run's VMs are removed).
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ class PlanService:
         self.require_admin = require_admin
         self._tasks: set[asyncio.Task[None]] = set()
         self._reported: dict[str, asyncio.Event] = {}   # run id → set once its report is written
+        self._skip: set[tuple[str, str]] = set()          # (job id, step name) the operator chose to skip
 
     async def start(self) -> None:
         self.reports.mkdir(mode=0o700, exist_ok=True)
@@ -324,8 +326,9 @@ class PlanService:
             t0 = time.time()
             entry: dict[str, Any] = {"group": n, "started": t0}
             ctx.result["machines"][machine] = entry
-            run["machines"].append(machine)   # before it starts: a cancel or cleanup finds a half-done failover too
-            self.store.put_run(run)
+            if machine not in run["machines"]:   # before it starts: a cancel or cleanup finds a half-done one too
+                run["machines"].append(machine)
+                self.store.put_run(run)
             try:
                 fjob = await self.failover.failover(machine, host, point, networks=nets)
             except LifeboatError as exc:
@@ -341,7 +344,8 @@ class PlanService:
                          address=self._address(machine), steps=[s.to_dict() for s in fjob.steps])
             ctx.note(f"{machine} booted in {fo.get('boot_seconds', 0):.1f} s")
 
-        return StepSpec(f"g{n}-failover-{machine}", f"Fail over {machine} (group {n})", go, 1.0,
+        return StepSpec(f"g{n}-failover-{machine}", f"Fail over {machine} (group {n})", self._retryable(
+                            f"g{n}-failover-{machine}", go), 1.0,
                         error_code="LB_FAILOVER")
 
     def _address(self, machine: str) -> str:
@@ -397,7 +401,31 @@ class PlanService:
                                            "report, fix the cause, then run the plan again.")
             ctx.note("script exited 0")
 
-        return StepSpec(name, _action_title(a), script, 0.1, error_code="LB_SCRIPT_FAILED")
+        return StepSpec(name, _action_title(a), self._retryable(name, script), 0.1, error_code="LB_SCRIPT_FAILED")
+
+    def _retryable(self, name: str, fn: Callable[[StepContext], Any]) -> Callable[[StepContext], Any]:
+        """A failed step stops the plan where it is: the job pauses with the step's error (which machine or
+        action, and why) until the operator retries it (``lifeboat job resume``), skips it (``lifeboat plan
+        skip``) or cancels the plan (``lifeboat plan cancel``). The other steps of its group go on."""
+        async def run(ctx: StepContext) -> None:
+            while True:
+                try:
+                    await fn(ctx)
+                    return
+                except LifeboatError as exc:
+                    err = exc.to_dict()
+                    ctx.result.setdefault("failures", []).append({"step": name, "at": time.time(), "error": err})
+                    ctx.result.setdefault("stopped", {})[name] = err
+                    await ctx.pause_for_operator(
+                        f"{err['code']}: {err['message']} (retry: lifeboat job resume {ctx.job.id}; skip: lifeboat "
+                        f"plan skip; cancel the plan: lifeboat plan cancel)")
+                    ctx.result["stopped"].pop(name, None)
+                    if (ctx.job.id, name) in self._skip:
+                        self._skip.discard((ctx.job.id, name))
+                        ctx.result.setdefault("skipped", []).append(name)
+                        ctx.note("skipped by the operator")
+                        return
+        return run
 
     async def _follow(self, job: Job, run: dict[str, Any]) -> None:
         """Track the run's job: its state into the run row; at its end the DR report; then the automatic cleanup."""
@@ -472,6 +500,20 @@ class PlanService:
                            advice="Cancel it with `lifeboat plan cancel` (that cleans up too).")
         return await self._cleanup_run(run)
 
+    def skip(self, name: str, by: str | None = None) -> dict[str, Any]:
+        """Skip the failed steps the plan's running job is stopped at; the plan goes on with the next ones."""
+        run = self._last_run(name)
+        job = self.manager.jobs.get(run["job"] or "")
+        stopped = list((job.result.get("stopped") or {}) if job is not None and not job.finished else {})
+        if job is None or not stopped:
+            raise Conflict(f"plan {name!r} is not stopped at a failed step", code="LB_NOTHING_TO_SKIP",
+                           advice="Only a failed step of a running plan can be skipped (`lifeboat plan show`).")
+        for st in stopped:
+            self._skip.add((job.id, st))
+        self.manager.resume(job.id, by=by)
+        self.state.event("plan-step-skipped", None, plan=name, run=run["id"], steps=stopped)
+        return {"plan": name, "run": run["id"], "job": job.id, "skipped": stopped}
+
     async def cancel(self, name: str) -> dict[str, Any]:
         """Cancel the plan's last run: its job if still going, then every failover it made (VMs removed, the
         machines protected again)."""
@@ -490,6 +532,7 @@ class PlanService:
                 web.post("/v1/plans/{name}/actions", self._h_action),
                 web.post("/v1/plans/{name}/run", self._h_run),
                 web.post("/v1/plans/{name}/cancel", self._h_cancel),
+                web.post("/v1/plans/{name}/skip", self._h_skip),
                 web.post("/v1/plans/{name}/cleanup", self._h_cleanup),
                 web.get("/v1/reports", self._h_reports)]
 
@@ -550,6 +593,12 @@ class PlanService:
     async def _h_cancel(self, request: web.Request) -> web.Response:
         self.require_admin(request)
         return json_response(await self.cancel(self._name(request)))
+
+    async def _h_skip(self, request: web.Request) -> web.Response:
+        self.require_admin(request)
+        who = request.headers.get("X-Lifeboat-Operator", "")[:64]
+        who = "".join(c for c in who if c.isprintable())
+        return json_response(self.skip(self._name(request), f"lifeboat-admin ({who})" if who else "lifeboat-admin"))
 
     async def _h_cleanup(self, request: web.Request) -> web.Response:
         self.require_admin(request)

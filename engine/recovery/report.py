@@ -36,7 +36,8 @@ def build_report(run: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     for g, group in enumerate(res.get("groups", []), start=1):
         for m in group["machines"]:
             e = res.get("machines", {}).get(m, {})
-            machines.append({"machine": m, "group": g, "state": e.get("state", "not started"),
+            skipped = f"g{g}-failover-{m}" in res.get("skipped", [])
+            machines.append({"machine": m, "group": g, "state": "skipped" if skipped else e.get("state", "not started"),
                              "point": e.get("point"), "point_kind": e.get("point_kind"),
                              "point_time": e.get("point_time"), "point_age_seconds": e.get("point_age_seconds"),
                              "boot_seconds": e.get("boot_seconds"), "started": e.get("started"),
@@ -50,6 +51,7 @@ def build_report(run: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
             "rto_seconds": round(job["ended"] - job["started"], 3) if job.get("ended") and job.get("started")
             else None, "max_boot_seconds": max(booted) if booted else None,
             "machines": machines, "actions": res.get("actions", {}), "resumed": res.get("resumed", []),
+            "failures": res.get("failures", []), "skipped": res.get("skipped", []),
             "steps": job.get("steps", [])}
 
 
@@ -77,6 +79,10 @@ def render_html(r: dict[str, Any]) -> str:
                   else f"exit {e(str(a.get('exit')))}<pre>{e(a.get('output', ''))}</pre>")
         acts += (f"<tr><td>{e(name)}</td><td>{e(a['kind'])}</td><td>{_when(a.get('started'))}</td>"
                  f"<td>{_when(a.get('ended'))}</td><td>{detail}</td></tr>")
+    fails = "".join(f"<tr><td>{e(f['step'])}</td><td>{_when(f['at'])}</td><td>{e(f['error'].get('code', ''))}: "
+                    f"{e(f['error'].get('message', ''))}</td></tr>" for f in r.get("failures", []))
+    who = "".join(f"<tr><td>{_when(x['at'])}</td><td>{e(str(x['by']))}</td><td>{e(' '.join(x['steps']))}</td></tr>"
+                  for x in r.get("resumed", []))
     err = r.get("error") or {}
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>DR report {e(r['plan'])} {e(r['id'])}</title>
@@ -90,6 +96,11 @@ Started {_when(r['started'])}, ended {_when(r['ended'])}; plan RTO {_secs(r['rto
 <th>Time to boot (RTO)</th><th>Address</th><th>Error</th></tr>{rows}</table>
 <h2>Actions</h2>
 <table><tr><th>Step</th><th>Kind</th><th>Start</th><th>End</th><th>Result</th></tr>{acts}</table>
+<h2>Failed attempts</h2>
+<table><tr><th>Step</th><th>When</th><th>Error</th></tr>{fails}</table>
+<p>Skipped by the operator: {e(', '.join(r.get('skipped', [])) or 'nothing')}.</p>
+<h2>Operator actions</h2>
+<table><tr><th>When</th><th>Operator (resume, retry or skip)</th><th>Steps</th></tr>{who}</table>
 <h2>Steps</h2>
 <table><tr><th>Step</th><th>What</th><th>Start</th><th>End</th><th>Result</th><th>Detail</th></tr>{steps}</table>
 </body></html>

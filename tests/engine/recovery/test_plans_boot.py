@@ -1,8 +1,8 @@
 """A two-group recovery plan on the local libvirt recovery host, every role in its own process: two protected
 machines whose agents serve copies of the boot image; plan validation refused with clear codes; a failing script
-stopping a plan before anything is failed over; then a test run: group 1 boots, its after-script sees the plan's
-variables, the run pauses at group 2's manual action, `lifeboat job resume` lets group 2 boot (only after group 1
-booted), every NIC was on the isolated network, the DR report lists both machines with point age and boot time and
+stopping a plan before anything is failed over (retried, failing again, the plan cancelled); then a test run: group 1 boots, its after-script sees the plan's
+variables, the run pauses at group 2's manual action, `lifeboat job resume` goes on to a failing script that stops the plan, `plan skip` lets group 2
+boot (only after group 1 booted), every NIC was on the isolated network, the DR report lists both machines with point age and boot time and
 who resumed, and the automatic cleanup leaves no domain, no overlay and no files."""
 
 from __future__ import annotations
@@ -89,9 +89,18 @@ def test_two_group_plan_pauses_resumes_reports_and_cleans_up(recovery_host: str,
         lb("plan", "create", *H, "fails")
         lb("plan", "add", *H, "fails", "--group", "1", m1)
         lb("plan", "action", *H, "fails", "--group", "1", "--before", "--script", str(bad), "--timeout", "30s")
-        _fails(lb("plan", "run", *H, "fails", "--host", hostname, "--test", check=False), "LB_SCRIPT_FAILED",
-               "exit code 3", "db not ready")
+        p = lb("plan", "run", *H, "fails", "--host", hostname, "--test", "--json", check=False)
+        _fails(p, "LB_SCRIPT_FAILED", "exit code 3", "db not ready", "g1-before-1", "plan skip", "plan cancel")
+        fjob = json.loads(p.stdout)["job"]
+        assert fjob["state"] == "paused-for-operator" and list(fjob["result"]["stopped"]) == ["g1-before-1"]
         assert lbj("vm", "list", *H) == []
+        lb("job", "resume", *H, fjob["id"])   # retry: fails again, stops again
+        wait(lambda: len(lbj("job", "show", *H, fjob["id"])["result"].get("failures", [])) == 2, 30, "the retry")
+        wait(lambda: lbj("job", "show", *H, fjob["id"])["state"] == "paused-for-operator", 30, "stopped again")
+        c = lbj("plan", "cancel", *H, "fails")
+        assert c["cancelled"] and c["removed"] == []
+        assert lbj("job", "show", *H, fjob["id"])["state"] == "cancelled"
+        _fails(lb("plan", "skip", *H, "fails", check=False), "LB_NOTHING_TO_SKIP")
 
         # the real plan: group 1 = m1 with an after-script, group 2 = m2 behind a manual action
         env_out = tmp_path / "env.txt"
@@ -103,6 +112,7 @@ def test_two_group_plan_pauses_resumes_reports_and_cleans_up(recovery_host: str,
         lb("plan", "add", *H, "dr", "--group", "2", m2)
         lb("plan", "action", *H, "dr", "--group", "1", "--after", "--script", str(ok), "--timeout", "1m")
         lb("plan", "action", *H, "dr", "--group", "2", "--before", "--manual", "Check the database on the first VM")
+        lb("plan", "action", *H, "dr", "--group", "2", "--before", "--script", str(bad))   # to be skipped
         assert lbj("plan", "show", *H, "dr")["valid"]
         t0 = time.monotonic()
         p = lb("plan", "run", *H, "dr", "--host", hostname, "--test", "--cleanup-after", "2s", "--json", timeout=200)
@@ -115,16 +125,21 @@ def test_two_group_plan_pauses_resumes_reports_and_cleans_up(recovery_host: str,
                              text=True).stdout
         assert f"lifeboat-{hostname}-iso" in xml and f"lifeboat-{hostname}-lan" not in xml   # a test: isolated
         env = env_out.read_text()
-        for line in (f"LIFEBOAT_PLAN=dr", "LIFEBOAT_GROUP=1", f"LIFEBOAT_MACHINES={m1}",
+        for line in ("LIFEBOAT_PLAN=dr", "LIFEBOAT_GROUP=1", f"LIFEBOAT_MACHINES={m1}",
                      f"LIFEBOAT_ADDRESSES={m1}=192.0.2.11", "LIFEBOAT_TEST=1", f"LIFEBOAT_HOST={hostname}"):
             assert line in env, env
         lb("job", "resume", *H, job["id"])
+        wait(lambda: "g2-before-2" in (lbj("job", "show", *H, job["id"])["result"].get("stopped") or {}), 30,
+             "the failing script before group 2")
+        assert set(v["machine"] for v in lbj("vm", "list", *H)) == {m1}   # group 2 waits
+        assert lbj("plan", "skip", *H, "dr")["skipped"] == ["g2-before-2"]
         wait(lambda: lbj("job", "show", *H, job["id"])["finished"], 120, "the plan's end")
         print(f"two-group plan run, both booted: {time.monotonic() - t0:.1f} s")
         j = lbj("job", "show", *H, job["id"])
         assert j["state"] == "succeeded" and j["kind"] == "recovery-plan", j
         steps = {s["name"]: s for s in j["steps"]}
-        assert list(steps) == [f"g1-failover-{m1}", "g1-after-1", "g2-before-1", f"g2-failover-{m2}"]
+        assert list(steps) == [f"g1-failover-{m1}", "g1-after-1", "g2-before-1", "g2-before-2", f"g2-failover-{m2}"]
+        assert j["result"]["skipped"] == ["g2-before-2"] and j["result"]["stopped"] == {}
         assert steps[f"g1-failover-{m1}"]["ended"] <= steps[f"g2-failover-{m2}"]["started"]   # groups in order
         assert j["result"]["actions"]["g1-after-1"]["output"].strip() == "group 1 up"
         assert j["result"]["actions"]["g2-before-1"]["resumed_by"].startswith("lifeboat-admin")
@@ -141,7 +156,8 @@ def test_two_group_plan_pauses_resumes_reports_and_cleans_up(recovery_host: str,
         text = html.read_text()
         assert m1 in text and m2 in text and "resumed by lifeboat-admin" in text and "group 1 up" in text
         fails = [x for x in lbj("report", "list", *H) if x["plan"] == "fails"]
-        assert fails and fails[0]["state"] == "failed"
+        assert fails and fails[0]["state"] == "cancelled"
+        assert "Skipped by the operator: g2-before-2" in text and "db not ready" in text
 
         # the automatic cleanup (2 s after the start): no VM, no domain, no overlay, no files
         wait(lambda: lbj("vm", "list", *H) == [], 60, "the automatic cleanup")

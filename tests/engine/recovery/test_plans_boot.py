@@ -89,7 +89,7 @@ def test_two_group_plan_pauses_resumes_reports_and_cleans_up(recovery_host: str,
         lb("plan", "create", *H, "fails")
         lb("plan", "add", *H, "fails", "--group", "1", m1)
         lb("plan", "action", *H, "fails", "--group", "1", "--before", "--script", str(bad), "--timeout", "30s")
-        p = lb("plan", "run", *H, "fails", "--host", hostname, "--test", "--json", check=False)
+        p = lb("plan", "run", *H, "fails", "--host", hostname, "--json", check=False)   # a real run
         _fails(p, "LB_SCRIPT_FAILED", "exit code 3", "db not ready", "g1-before-1", "plan skip", "plan cancel")
         fjob = json.loads(p.stdout)["job"]
         assert fjob["state"] == "paused-for-operator" and list(fjob["result"]["stopped"]) == ["g1-before-1"]
@@ -97,6 +97,7 @@ def test_two_group_plan_pauses_resumes_reports_and_cleans_up(recovery_host: str,
         lb("job", "resume", *H, fjob["id"])   # retry: fails again, stops again
         wait(lambda: len(lbj("job", "show", *H, fjob["id"])["result"].get("failures", [])) == 2, 30, "the retry")
         wait(lambda: lbj("job", "show", *H, fjob["id"])["state"] == "paused-for-operator", 30, "stopped again")
+        _fails(lb("plan", "cleanup", *H, "fails", check=False), "LB_NOT_A_TEST")
         c = lbj("plan", "cancel", *H, "fails")
         assert c["cancelled"] and c["removed"] == []
         assert lbj("job", "show", *H, fjob["id"])["state"] == "cancelled"

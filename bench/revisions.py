@@ -40,7 +40,11 @@ BENCHES: dict[str, tuple[list[str], list[tuple[str, str, bool]]]] = {
         ("highest churn held (MB/s)", r"\| highest churn held\s*\|\s*([\d.]+) MB/s", True)]),
     "resync": (["bench/resync.py", "--size-mib", "512", "--sparse-gib", "8"], [
         ("resync time vs rsync (x)", r"ratio lifeboat / rsync\s+time ([\d.]+)", False),
-        ("crash resync time vs full compare (x)", r"^\s*ratio\s+time ([\d.]+)", False)]),
+        ("crash resync time vs full compare (x)", r"^\s*ratio\s+time ([\d.]+)", False),
+        # absolute times too: both baselines move on a shared machine, and the full compare is Lifeboat's own code
+        ("lifeboat resync --now (s)", r"lifeboat resync --now\s+([\d.]+) s", False),
+        ("resync after a crash (s)", r"resync after crash \(activity-log extents\)\s+([\d.]+) s", False),
+        ("full-disk compare (s)", r"baseline: full-disk compare\s+([\d.]+) s", False)]),
 }
 
 

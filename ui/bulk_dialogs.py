@@ -8,7 +8,6 @@ own free port of the chosen host; exported, each machine's images go to ``BASE/<
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -96,11 +95,9 @@ class BulkDrillDialog(QDialog):
             if not host or ":" in host.strip("[]") and not host.startswith("["):
                 out["host"] = "Enter a host name or address without a port (IPv6 in brackets)."
         else:
-            text = self.folder.text().strip()
-            if not text or not os.path.isabs(text):
-                out["folder"] = "Enter an absolute folder path."
-            elif Path(text).exists() and not Path(text).is_dir():
-                out["folder"] = "This is a file, not a folder."
+            err = forms.export_folder_error(self.folder.text())
+            if err:
+                out["folder"] = err
         return out
 
     def _validate(self) -> None:

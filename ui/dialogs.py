@@ -5,7 +5,6 @@ Open them with ``open()`` (window-modal, no nested event loop); the caller conne
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -130,11 +129,9 @@ class FailoverDialog(QDialog):
             if hp is None and not port_zero:
                 out["nbd"] = "Enter HOST:PORT, for example 127.0.0.1:10809 (port 0 = any free port)."
         else:
-            text = self.folder.text().strip()
-            if not text or not os.path.isabs(text):
-                out["folder"] = "Enter an absolute folder path."
-            elif Path(text).exists() and not Path(text).is_dir():
-                out["folder"] = "This is a file, not a folder."
+            err = forms.export_folder_error(self.folder.text())
+            if err:
+                out["folder"] = err
         return out
 
     def _validate(self) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from . import theme
@@ -57,3 +60,14 @@ def hint(text: str) -> QLabel:
     label.setObjectName("hint")
     label.setWordWrap(True)
     return label
+
+
+def export_folder_error(text: str) -> str | None:
+    """Why ``text`` cannot be a drill's export folder as typed, or None (the appliance checks the rest: new or empty,
+    not a link; docs/SECURITY.md)."""
+    text = text.strip()
+    if not text or not os.path.isabs(text):
+        return "Enter an absolute folder path."
+    if Path(text).exists() and not Path(text).is_dir():
+        return "This is a file, not a folder."
+    return None

@@ -221,7 +221,7 @@ class PlanService:
         if (script is None) == (manual is None):
             raise plan_invalid("an action is either a script or a manual instruction", "action")
         if script is not None:
-            if not os.path.isabs(script):
+            if not os.path.isabs(script) or not script.isprintable():
                 raise plan_invalid(f"script {script!r} is not an absolute path", "script",
                                    "Give the script's absolute path on the appliance.")
             act: dict[str, Any] = {"kind": "script", "path": script,

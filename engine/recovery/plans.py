@@ -522,6 +522,9 @@ class PlanService:
         if job is not None and not job.finished:
             await self.manager.cancel(job.id)
             await self.manager.wait(job.id)
+        ev = self._reported.get(run["id"])
+        if ev is not None:   # the run's row and report are final before the cleanup marks the row
+            await ev.wait()
         return {**await self._cleanup_run(self._run(run["id"])), "cancelled": True}
 
     # control API -------------------------------------------------------------------------------------------

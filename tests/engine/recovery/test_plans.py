@@ -58,3 +58,51 @@ def test_report_is_self_contained_and_listed(tmp_path: Path) -> None:
     with pytest.raises(NotFound) as ei:
         report_path(tmp_path, "nope")
     assert ei.value.code == "LB_UNKNOWN_REPORT"
+
+
+async def test_plans_survive_a_restart_and_left_runs_are_settled(tmp_path: Path) -> None:
+    """In-process appliance, no boot: a plan with an unregistered-for-protection machine is shown not runnable with
+    the field; a relative script is refused; after a restart a run left `running` reads as the state of its job
+    (interrupted), and a test run's automatic cleanup that fell due while the appliance was down is carried out."""
+    import time
+
+    from engine.recovery.plans import PlanStore
+    from tests.engine.harness import Site
+
+    site = Site(tmp_path)
+    app = await site.start_appliance()
+    try:
+        await site.register("vm1")
+        assert app.plans is not None and app.db is not None
+        app.plans.create("p")
+        s = app.plans.add("p", 1, ["vm1"])
+        assert not s["valid"] and s["problem"]["code"] == "LB_PLAN_INVALID"
+        assert s["problem"]["details"]["field"] == "groups[1].machines" and "not protected" in s["problem"]["message"]
+        with pytest.raises(InvalidInput) as ei:
+            app.plans.action("p", 1, "before", script="relative.sh")
+        assert ei.value.code == "LB_PLAN_INVALID" and ei.value.details["field"] == "script"
+        with pytest.raises(InvalidInput) as ei:
+            app.plans.add("p", 3, ["vm1"])
+        assert ei.value.details["field"] == "group"
+        app.plans.action("p", 1, "after", manual="tell the DBA")
+        with pytest.raises(InvalidInput) as ei:
+            await app.plans.run("p", "nohost", test=True)
+        assert ei.value.code == "LB_PLAN_INVALID"
+        now = time.time()
+        store = PlanStore(app.db.db)
+        for rid, state, test in (("r1", "running", False), ("r2", "succeeded", True)):
+            store.put_run({"id": rid, "plan": "p", "job": f"job-{rid}", "host": "h", "test": test, "point": "latest",
+                           "state": state, "machines": [], "started": now - 10, "ended": None,
+                           "cleanup_at": now - 1 if test else None, "cleaned_at": None, "report": None})
+    finally:
+        await site.stop()
+    app = await site.start_appliance()
+    try:
+        assert app.plans is not None
+        await site.wait_for(lambda: app.plans.show("p")["runs"][-1]["cleaned_at"], 10, "the due cleanup")
+        runs = {r["id"]: r for r in app.plans.show("p")["runs"]}
+        assert runs["r1"]["state"] == "interrupted" and runs["r1"]["ended"]
+        assert app.plans.show("p")["groups"][0]["after"] == [{"kind": "manual", "text": "tell the DBA"}]
+        assert [p["name"] for p in app.plans.plans()] == ["p"]
+    finally:
+        await site.stop()

@@ -103,6 +103,21 @@ def test_two_group_plan_pauses_resumes_reports_and_cleans_up(recovery_host: str,
         assert lbj("job", "show", *H, fjob["id"])["state"] == "cancelled"
         _fails(lb("plan", "skip", *H, "fails", check=False), "LB_NOTHING_TO_SKIP")
 
+        # a machine that cannot fail over stops the plan with its name, group and why (no app-consistent point yet)
+        lb("plan", "create", *H, "nopoint")
+        lb("plan", "add", *H, "nopoint", "--group", "1", m1, m2)
+        p = lb("plan", "run", *H, "nopoint", "--host", hostname, "--test", "--point", "latest-app", "--json",
+               check=False)
+        _fails(p, "LB_UNKNOWN_POINT", "(group 1) did not fail over", "no app-consistent point")
+        njob = json.loads(p.stdout)["job"]["id"]
+        wait(lambda: len(lbj("job", "show", *H, njob)["result"].get("stopped") or {}) == 2, 30, "both stopped")
+        stopped = lbj("job", "show", *H, njob)["result"]["stopped"]   # each machine says why
+        assert {k: v["code"] for k, v in stopped.items()} == {f"g1-failover-{m1}": "LB_UNKNOWN_POINT",
+                                                             f"g1-failover-{m2}": "LB_UNKNOWN_POINT"}
+        assert f"machine '{m2}' (group 1) did not fail over" in stopped[f"g1-failover-{m2}"]["message"]
+        lb("plan", "cancel", *H, "nopoint")
+        assert lbj("vm", "list", *H) == []
+
         # the real plan: group 1 = m1 with an after-script, group 2 = m2 behind a manual action
         env_out = tmp_path / "env.txt"
         ok = tmp_path / "ok.sh"

@@ -48,6 +48,10 @@ def _plan_text(p: dict[str, Any]) -> str:
                 what = (f"script {act['path']} (timeout {act['timeout']:g} s)" if act["kind"] == "script"
                         else f"manual: {act['text']}")
                 lines.append(f"    {side}: {what}")
+    for r in p.get("runs", [])[-3:]:
+        lines.append(f"  run {r['id']} ({'test' if r['test'] else 'real'}, job {r['job']}): {r['state']} "
+                     f"{_when(r['started'])}" + (f", cleaned up {_when(r['cleaned_at'])}" if r.get("cleaned_at") else "")
+                     + (f"; report {r['report']}" if r.get("report") else ""))
     return "\n".join(lines)
 
 

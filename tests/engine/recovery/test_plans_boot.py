@@ -183,6 +183,10 @@ def test_two_group_plan_pauses_resumes_reports_and_cleans_up(recovery_host: str,
         st = {x["name"]: x["state"] for x in lbj("status", *H)["machines"]}
         assert st[m1] == st[m2] == "protected"
         assert lbj("plan", "show", *H, "dr")["runs"][-1]["cleaned_at"]
+        text = lb("plan", "show", *H, "dr").stdout
+        assert f"group 1: {m1}" in text and "manual: Check the database" in text and "cleaned up" in text, text
+        assert "; report " in text and "succeeded" in text
+        assert "dr " in lb("plan", "list", *H).stdout
         _fails(lb("plan", "cleanup", *H, "nosuch", check=False), "LB_UNKNOWN_PLAN")
     finally:
         for pr in reversed(procs):

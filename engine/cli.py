@@ -243,6 +243,11 @@ def cmd_points(a: argparse.Namespace) -> int:
 
 
 def cmd_failover(a: argparse.Namespace) -> int:
+    if a.planned and (a.test or a.point is not None):
+        raise InvalidInput("a planned failover takes no --test and no --point: it fails over to the final point "
+                           "taken after the source is quiesced", field="planned",
+                           advice="Drop --point (planned), or drop --planned and choose the point.")
+    a.point = a.point or "latest"
     if not a.test:
         if a.export or a.nbd or not a.host:
             raise InvalidInput("a failover (without --test) needs --host NAME and takes no --export/--nbd",
@@ -519,7 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status"); home(s); s.set_defaults(fn=cmd_status)
     s = sub.add_parser("points"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_points)
     s = sub.add_parser("failover"); home(s); s.add_argument("machine")
-    s.add_argument("--test", action="store_true"); s.add_argument("--point", default="latest")
+    s.add_argument("--test", action="store_true")
+    s.add_argument("--point", help="latest (default) | latest-app | ID | tag:TAG | TIME")
+    s.add_argument("--planned", action="store_true",
+                   help="the source runs: quiesce it, wait until all it wrote is in the vault, fail over to that "
+                        "final point (zero data loss; needs --host)")
     g = s.add_mutually_exclusive_group(); g.add_argument("--export", metavar="DIR")
     g.add_argument("--nbd", metavar="HOST:PORT")
     s.add_argument("--host", help="fail over to this recovery host (not a drill)"); s.set_defaults(fn=cmd_failover)

@@ -189,6 +189,27 @@ class AlreadyFailedOver(Conflict):
     advice = "Cancel the failover first (`lifeboat failover-cancel --home DIR MACHINE`)."
 
 
+class FailoverCommitted(Conflict):
+    """A committed failover is final: its point can no longer change, and it is not cancelled."""
+    code = "LB_FAILOVER_COMMITTED"
+    advice = ("The recovered machine runs from its committed images (`lifeboat vm list`); no other point can be "
+              "chosen any more.")
+
+
+class SourceUnreachable(NotReady):
+    """A planned failover needs the source's agent connected (to quiesce it)."""
+    code = "LB_SOURCE_UNREACHABLE"
+    advice = ("Wait until the agent is connected (`lifeboat status`), or fail over unplanned (without --planned) "
+              "from the latest point.")
+
+
+class QuiesceTimeout(LifeboatError, TimeoutError):
+    """The quiesced source's final point did not reach the vault in time."""
+    code = "LB_QUIESCE_TIMEOUT"
+    advice = ("The source stays quiesced until the agent reconnects; check the link (`lifeboat status`) and try "
+              "again, or fail over unplanned.")
+
+
 def from_dict(err: dict[str, Any], fallback: str) -> LifeboatError:
     """Rebuild the error an appliance sent (``{"code", "message", "advice", "details"}``) as its class."""
     code = str(err.get("code") or "LB_ERROR")

@@ -255,6 +255,11 @@ class Agent:
             link.close()
 
     def _welcome(self, w: dict[str, Any]) -> None:
+        # A connection the appliance accepts means the machine is not failed over (an agent of a failed-over
+        # machine is refused before WELCOME): a quiesce of a planned failover that did not complete ends here.
+        if self.capture.quiesced:
+            log.info("writes accepted again: the appliance took the machine back")
+        self.capture.quiesced = False
         self.acked_seq = int(w.get("last_seq", 0))
         self.capture.acked(self.acked_seq)
         self.capture.advance_to(self.acked_seq)
@@ -332,6 +337,18 @@ class Agent:
                     self.sync_pos.setdefault(b.index, int(msg.get("sync", {}).get(str(b.index), 0)))
                     self.sync_done.setdefault(b.index, False)
                 self._set_protected()
+            q = msg.get("quiesce")
+            if q is False and self.capture.quiesced:   # the planned failover did not go through
+                self.capture.quiesced = False
+                log.info("writes accepted again: the planned failover did not go through")
+            if isinstance(q, dict) and isinstance(q.get("tag"), str):
+                # planned failover: refuse every change from now on, then a bookmark (flush + marker) whose tag
+                # the appliance waits for in the vault: the final point, with nothing captured after it
+                self.capture.quiesced = True
+                log.info("quiesced for a planned failover: writes refused; final bookmark %s", q["tag"])
+                t = asyncio.create_task(self._scheduled_bookmark(q["tag"]))
+                self._bookmark_tasks.add(t)
+                t.add_done_callback(self._bookmark_tasks.discard)
             if msg.get("bookmark") is not None:
                 t = asyncio.create_task(self._scheduled_bookmark(msg["bookmark"].get("tag")))
                 self._bookmark_tasks.add(t)
@@ -536,7 +553,7 @@ class Agent:
                 resp: dict[str, Any] = {"ok": True, **await self.bookmark(req.get("tag"))}
             elif req.get("op") == "status":
                 resp = {"ok": True, "name": self.name, "connected": self.connected.is_set(),
-                        "protected": self.protected, "acked_seq": self.acked_seq, "seq": self.capture.seq,
+                        "protected": self.protected, "quiesced": self.capture.quiesced, "acked_seq": self.acked_seq, "seq": self.capture.seq,
                         "captured_bytes": self.capture.captured_bytes, "spilled_bytes": self.capture.spilled_bytes,
                         "congestion_waits": self.capture.congestion_waits,
                         "sync": self.sync_pos, "error": self.last_error}

@@ -75,6 +75,9 @@ class MachineCapture:
         self.journal_limit = journal_limit
         self.on_overflow: Callable[[], None] = lambda: None
         self.capturing = False
+        #: planned failover: the appliance asked the source to stop changing (every write, zero and trim is
+        #: refused with EPERM) until a connection of the appliance takes the machine back (``_welcome``)
+        self.quiesced = False
         self.on_record: Callable[[], None] = lambda: None
         self.captured_bytes = 0
         self.spilled_bytes = 0     # records written to the journal by the lazy journal's spills
@@ -337,6 +340,12 @@ class CaptureBackend:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise NBDError(err, "request beyond the end of the disk")
 
+    def _writable(self) -> None:
+        # Checked after the last await before the change is made: nothing can slip past a quiesce (its bookmark
+        # takes the next seq, so every change captured before it is below the final point and none comes after).
+        if self.machine.quiesced:
+            raise NBDError(errno.EPERM, "the machine is quiesced for a planned failover")
+
     async def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length, errno.EINVAL)
         return platform.pread(self.fd, length, offset)
@@ -344,6 +353,7 @@ class CaptureBackend:
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
         self._check(offset, len(data), errno.ENOSPC)
         await self.machine.room()
+        self._writable()
         if self.machine.capturing:
             self.machine.al.touch(self.index, offset, len(data))
         n = platform.pwrite(self.fd, data, offset)
@@ -356,6 +366,7 @@ class CaptureBackend:
 
     async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
         self._check(offset, length, errno.ENOSPC)
+        self._writable()
         if self.machine.capturing and length:
             self.machine.al.touch(self.index, offset, length)
         self._zero(offset, length)
@@ -366,6 +377,7 @@ class CaptureBackend:
 
     async def trim(self, offset: int, length: int) -> None:
         self._check(offset, length, errno.ENOSPC)
+        self._writable()
         # Lifeboat's trim punches a hole, so the range reads back as zeros: replicated as such, byte-exact.
         if self.machine.capturing and length:
             self.machine.al.touch(self.index, offset, length)

@@ -22,6 +22,8 @@ class JobKind(str, enum.Enum):
     FAILOVER = "failover"
     FAILOVER_CANCEL = "failover-cancel"
     FAILOVER_CLEANUP = "failover-cleanup"
+    FAILOVER_CHANGE_POINT = "failover-change-point"
+    FAILOVER_COMMIT = "failover-commit"
     RECOVERY_PLAN = "recovery-plan"
     FAILBACK = "failback"
     MAINTENANCE = "maintenance"     # appliance housekeeping run as a job (tests, future scheduled work)

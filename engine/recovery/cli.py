@@ -91,10 +91,11 @@ def cmd_machine_settings(a: argparse.Namespace) -> int:
 def cmd_failover_host(a: argparse.Namespace) -> int:
     t0 = time.monotonic()
     r = _client(a, FAILOVER_TIMEOUT).call("POST", f"/v1/machines/{_q(a.machine)}/failover-vm",
-                                          {"host": a.host, "point": a.point})
+                                          {"host": a.host, "point": a.point, "planned": bool(a.planned)})
     vm = r.get("vm") or {}
     p = r["result"]["point"]
-    _out(r, a, f"{a.machine} failed over to {a.host} at point {p['id']} ({p['kind']}): VM {vm.get('vm')} booted in "
+    how = "planned failover (source quiesced, RPO 0)" if a.planned else "failed over"
+    _out(r, a, f"{a.machine} {how} to {a.host} at point {p['id']} ({p['kind']}): VM {vm.get('vm')} booted in "
                f"{r['result'].get('boot_seconds', 0):.1f} s ({time.monotonic() - t0:.1f} s in all); serial console: "
                f"{vm.get('serial_log')}")
     return 0
@@ -104,6 +105,24 @@ def cmd_failover_cancel(a: argparse.Namespace) -> int:
     r = _client(a, 300.0).call("POST", f"/v1/machines/{_q(a.machine)}/failover-cancel", {})
     _out(r, a, f"failover of {r['machine']} cancelled: VM removed from {r['host']}, overlay discarded; the machine is "
                "protected again")
+    return 0
+
+
+def cmd_failover_change_point(a: argparse.Namespace) -> int:
+    r = _client(a, FAILOVER_TIMEOUT).call("POST", f"/v1/machines/{_q(a.machine)}/failover-change-point",
+                                          {"point": a.point})
+    p = r["result"]["point"]
+    _out(r, a, f"{a.machine} restarted from point {p['id']} ({p['kind']}; was {r['result']['previous']}): overlay "
+               f"discarded, booted in {r['result'].get('boot_seconds', 0):.1f} s")
+    return 0
+
+
+def cmd_failover_commit(a: argparse.Namespace) -> int:
+    body: dict[str, Any] = {} if a.stop_timeout is None else {"stop_timeout": a.stop_timeout}
+    r = _client(a, FAILOVER_TIMEOUT).call("POST", f"/v1/machines/{_q(a.machine)}/failover-commit", body)
+    imgs = ", ".join((r["result"].get("images") or {}).values())
+    _out(r, a, f"failover of {a.machine} committed at point {r['result']['point']['id']}: the VM runs from {imgs}; "
+               "no other point can be chosen")
     return 0
 
 
@@ -142,5 +161,16 @@ def add_subcommands(sub: Any, machine_sub: Any) -> None:
 
     s = sub.add_parser("failover-cancel", help="stop and remove a failed-over machine's VM; protect it again")
     home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_failover_cancel)
+    s = sub.add_parser("failover-change-point", help="before commit: restart the recovered VM from another point "
+                                                     "(its overlay is discarded)")
+    home(s); s.add_argument("machine"); s.add_argument("--point", required=True,
+                                                       help="latest | latest-app | ID | tag:TAG | TIME")
+    s.set_defaults(fn=cmd_failover_change_point)
+    s = sub.add_parser("failover-commit", help="keep the recovered machine: copy its disks into standalone images on "
+                                               "the recovery host and restart it on them")
+    home(s); s.add_argument("machine")
+    s.add_argument("--stop-timeout", metavar="DURATION",
+                   help="how long the guest may take to shut down before it is powered off (default 60s)")
+    s.set_defaults(fn=cmd_failover_commit)
     vs = sub.add_parser("vm", help="recovered VMs").add_subparsers(dest="sub", required=True)
     s = vs.add_parser("list", help="recovered VMs on the recovery hosts"); home(s); s.set_defaults(fn=cmd_vm_list)

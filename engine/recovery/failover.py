@@ -15,7 +15,9 @@ same pieces: a plan run is a composite job whose members are these steps.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -26,12 +28,15 @@ from aiohttp import web
 
 from ..appliance.control_http import read_json
 from ..appliance.request_body import Body, json_response
-from ..errors import AlreadyFailedOver, HypervisorError, InvalidInput, LifeboatError, NotFound, NotReady
+from ..errors import (AlreadyFailedOver, Conflict, FailoverCommitted, HypervisorError, InvalidInput, LifeboatError,
+                      NotFound, NotReady, QuiesceTimeout, SourceUnreachable, UnknownPoint)
 from ..jobs import Job, JobKind, JobManager, JobState, Plan, StepContext, StepSpec
 from ..names import check_name, inside
 from .config_drive import build_config_drive
 from .hosts.base import DiskSpec, NicSpec, VMSpec, parse_network, wait_for_boot
 from .hosts.libvirt import LibvirtHost, check_uri, domain_name
+from ..vault.base import MachineVault, Point
+from .commit import materialise
 from .points import resolve_point
 from .settings import RecoverySettings, nic_mac
 from .store import RecoveryStore
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 FAILED_OVER = "failed-over"
 #: Where a recovered VM's NBD disks are served: the recovery host is this machine (kind qemu, local URI).
 SERVE_HOST = "127.0.0.1"
+#: Planned failover: how long the quiesced source's final point may take to reach the vault.
+QUIESCE_TIMEOUT = 120.0
 
 
 class Failover:
@@ -59,6 +66,9 @@ class Failover:
         self.folder = folder
         self.disks = PointDisks(folder / "overlay")
         self.vm_defined = False
+        self.vm: VMSpec | None = None
+        self.point: Point | None = None
+        self.planned = False
 
 
 class FailoverService:
@@ -83,7 +93,7 @@ class FailoverService:
         # A failover of an earlier run lost its NBD server with that process: its VM cannot go on. Say so; the
         # operator cancels it (the VM and the overlay are removed then).
         for r in self.store.failovers():
-            if r["state"] in ("starting", "running", "booted"):
+            if r["state"] in ("starting", "running", "booted", "committing", "failed"):
                 self.store.update_failover(r["machine"], state="interrupted",
                                            error={"code": "LB_INTERRUPTED", "message": "the appliance stopped while "
                                                   "the recovered VM depended on it", "advice": "Cancel the failover "
@@ -143,10 +153,12 @@ class FailoverService:
         return {"machine": machine, **RecoverySettings.from_dict(self.store.settings(machine)).to_dict()}
 
     # failover ----------------------------------------------------------------------------------------------
-    async def failover(self, machine: str, host_name: str, spec: str, *,
+    async def failover(self, machine: str, host_name: str, spec: str = "latest", *, planned: bool = False,
                        networks: Mapping[str, str] | None = None) -> Job:
-        """``networks``: NIC → network overrides for this failover only (a recovery plan's test run maps every NIC
-        to the host's isolated network: engine/recovery/plans.py)."""
+        """Fail ``machine`` over to ``host_name`` at point ``spec`` (unplanned), or, ``planned``, at a final point
+        taken after the running source was quiesced (RPO 0; ``spec`` is not used). Returns the job once booted.
+        ``networks``: NIC → network overrides for this failover only (a recovery plan's test run maps every NIC to
+        the host's isolated network: engine/recovery/plans.py)."""
         row = self.state.row(machine)
         existing = self.store.failover(machine)
         if existing is not None or row["state"] == FAILED_OVER or machine in self.active:
@@ -162,8 +174,16 @@ class FailoverService:
                                "disks on the appliance's loopback address, which only a local host can reach",
                                field="host", advice="Fail over to a host registered with a qemu:/// URI.")
         settings = RecoverySettings.from_dict(self.store.settings(machine))
-        point = await resolve_point(rt.vault, spec, lambda seq: self.cursor.is_consistent(machine, seq),
-                                    rt.last_applied_ts if rt.last_applied_seq == rt.vault.last_seq else None)
+        conn = rt.connection
+        tag = f"planned-failover-{secrets.token_hex(4)}"
+        if planned:
+            if conn is None or row["state"] != "protected":
+                raise SourceUnreachable(f"a planned failover of {machine!r} needs its agent connected and the machine "
+                                        f"protected (it is {row['state']}, agent "
+                                        f"{'connected' if conn is not None else 'not connected'})")
+            point: Point | None = None
+        else:
+            point = await self._resolve(machine, spec)
         folder = inside(self.folder, machine)
         serial_log = folder / "serial.log"
         nics = [NicSpec(nic, (networks or {}).get(nic, net), nic_mac(machine, nic)) for nic, net in settings.nics.items()]
@@ -174,33 +194,108 @@ class FailoverService:
         if machine in self.active:   # another failover was planned while the point was resolved
             raise AlreadyFailedOver(f"machine {machine!r} is being failed over already")
         fo = self.active[machine] = Failover(machine, host, folder)
+        fo.vm, fo.point, fo.planned = vm, point, planned
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, mode=0o700)
         started = time.time()
-        self.store.put_failover({"machine": machine, "host": host.name, "kind": "unplanned", "state": "starting",
-                                 "point": point.to_dict(), "job": None, "vm": domain_name(machine),
-                                 "serial_log": str(serial_log), "scratch": str(fo.disks.scratch), "nbd": None,
-                                 "started_at": started, "booted_at": None, "boot_seconds": None, "error": None})
-        self._stop_replication(machine)
-        vault = rt.vault
+        pending = {"id": "pending", "seq": None, "time": None, "kind": "final", "tag": tag}
+        self.store.put_failover({"machine": machine, "host": host.name, "kind": "planned" if planned else "unplanned",
+                                 "state": "starting", "point": point.to_dict() if point else pending, "job": None,
+                                 "vm": domain_name(machine), "serial_log": str(serial_log),
+                                 "scratch": str(fo.disks.scratch), "nbd": None, "started_at": started,
+                                 "booted_at": None, "boot_seconds": None, "error": None})
+        if not planned:
+            self._stop_replication(machine)
 
-        async def open_views(ctx: StepContext) -> None:
-            await fo.disks.open_views(vault, point.seq)
+        async def quiesce(ctx: StepContext) -> None:
+            assert conn is not None
+            conn.send_control({"quiesce": {"tag": tag}})
+            ctx.note(f"source asked to refuse writes after a flush; final bookmark {tag}")
 
-        async def serve_overlay(ctx: StepContext) -> None:
-            addr = await fo.disks.serve(SERVE_HOST, 0, server_name=f"failover-{machine}", what="the failover")
-            self.store.update_failover(machine, nbd=f"{addr[0]}:{addr[1]}")
-            ctx.result["nbd"] = f"{addr[0]}:{addr[1]}"
+        async def final_point(ctx: StepContext) -> None:
+            # The bookmark is the first record after the last write the source accepted: once it is in the vault,
+            # so is everything the source captured (the vault applies records in seq order). RPO 0.
+            loop_end = time.monotonic() + QUIESCE_TIMEOUT
+            while True:
+                if rt.connection is not conn:
+                    raise SourceUnreachable(f"the source's link dropped while {machine} was quiescing; its writes "
+                                            "are accepted again", advice="Fail over again (planned or unplanned).")
+                try:
+                    fo.point = await resolve_point(rt.vault, f"tag:{tag}", lambda seq: True, None)
+                    break
+                except UnknownPoint:
+                    if time.monotonic() >= loop_end:
+                        raise QuiesceTimeout(f"the final point of {machine} did not reach the vault within "
+                                             f"{QUIESCE_TIMEOUT:g} s") from None
+                    await asyncio.sleep(0.2)
+            self.store.update_failover(machine, point=fo.point.to_dict())
+            self._stop_replication(machine)   # before any other frame: nothing follows the final point
+            ctx.result["point"] = fo.point.to_dict()
+            ctx.note(f"final point {fo.point.id} (seq {fo.point.seq}) is in the vault; replication stopped")
 
         async def config_drive(ctx: StepContext) -> None:
             vm.config_drive = await build_config_drive(folder, machine, f"lifeboat-{machine}-{int(started)}",
                                                        settings)
             ctx.result["config_drive"] = str(vm.config_drive)
 
+        open_views, serve, start_vm, wait_boot = self._boot_steps(fo, rt.vault, settings, started)
+        head = [StepSpec("quiesce", "Quiesce the source (flush, then refuse writes)", quiesce, 0.0,
+                         error_code="LB_SOURCE_UNREACHABLE"),
+                StepSpec("final-point", "Wait until everything captured is in the vault; take the final point",
+                         final_point, 0.1, error_code="LB_QUIESCE_TIMEOUT")] if planned else []
+        plan = Plan.sequence(*head, open_views, serve,
+                             StepSpec("config-drive", "Build the config drive (re-IP)", config_drive, 0.0,
+                                      error_code="LB_STORAGE"), start_vm, wait_boot)
+        if point is not None:
+            plan.done.append(("resolve-point", f"Resolve point {spec!r} → {point.id}"))
+        what = "planned, final point" if planned else spec
+        try:
+            job = self.manager.submit(JobKind.FAILOVER, machine, plan, title=f"Failover of {machine} to {host.name} "
+                                      f"({what})", result={"point": point.to_dict() if point else None,
+                                                           "host": host.name, "planned": planned})
+        except BaseException:
+            await self._teardown(fo, keep_log=True)
+            raise
+        self.store.update_failover(machine, job=job.id)
+        await self.manager.wait(job.id)
+        if job.state != JobState.SUCCEEDED:
+            err = job.error or {}
+            await self._teardown(fo, keep_log=True)
+            if planned and rt.connection is conn and conn is not None:
+                conn.send_control({"quiesce": False})   # the source goes on: it was not failed over
+            exc = self.manager.exception(job.id)
+            raise exc if isinstance(exc, LifeboatError) else LifeboatError(
+                err.get("message", f"failover job {job.id} {job.state.value}"), code=err.get("code"),
+                advice=err.get("advice"))
+        if fo.point is not None:
+            job.result["point"] = fo.point.to_dict()
+        return job
+
+    async def _resolve(self, machine: str, spec: str) -> Point:
+        rt = self.runtimes[machine]
+        return await resolve_point(rt.vault, spec, lambda seq: self.cursor.is_consistent(machine, seq),
+                                   rt.last_applied_ts if rt.last_applied_seq == rt.vault.last_seq else None)
+
+    def _boot_steps(self, fo: Failover, vault: MachineVault, settings: RecoverySettings,
+                    started: float) -> tuple[StepSpec, StepSpec, StepSpec, StepSpec]:
+        """open-views → serve-overlay, start-vm → wait-boot at ``fo.point``: shared by failover and change point."""
+        machine, host, vm = fo.machine, fo.host, fo.vm
+        assert vm is not None and vm.serial_log is not None
+        serial_log = vm.serial_log
+
+        async def open_views(ctx: StepContext) -> None:
+            assert fo.point is not None
+            await fo.disks.open_views(vault, fo.point.seq)
+
+        async def serve_overlay(ctx: StepContext) -> None:
+            addr = await fo.disks.serve(SERVE_HOST, 0, server_name=f"failover-{machine}", what="the failover")
+            self.store.update_failover(machine, nbd=f"{addr[0]}:{addr[1]}")
+            ctx.result["nbd"] = f"{addr[0]}:{addr[1]}"
+
         async def start_vm(ctx: StepContext) -> None:
             assert fo.disks.address is not None
             h, p = fo.disks.address
-            vm.disks = [DiskSpec(d.name, nbd_host=h, nbd_port=p, nbd_export=d.name) for d in disks]
+            vm.disks = [DiskSpec(n, nbd_host=h, nbd_port=p, nbd_export=n) for n in fo.disks.names]
             await host.define(vm)
             fo.vm_defined = True
             await host.start(machine)
@@ -213,31 +308,163 @@ class FailoverService:
             self.store.update_failover(machine, state="booted", booted_at=now, boot_seconds=round(now - started, 3))
             ctx.result["boot_seconds"] = round(now - started, 3)
             ctx.result["boot_line"] = line
-            self.state.event("failed-over", machine, host=host.name, point=point.id, boot_seconds=round(now - started, 3))
+            assert fo.point is not None
+            self.state.event("failed-over", machine, host=host.name, point=fo.point.id,
+                             boot_seconds=round(now - started, 3))
 
-        plan = Plan.sequence(
-            StepSpec("open-views", "Open the point's disk views", open_views, 0.0),
-            StepSpec("serve-overlay", "Serve the disks through a copy-on-write overlay", serve_overlay, 0.0),
-            StepSpec("config-drive", "Build the config drive (re-IP)", config_drive, 0.0, error_code="LB_STORAGE"),
-            StepSpec("start-vm", f"Define and start the VM on {host.name}", start_vm, 0.2,
-                     error_code="LB_HYPERVISOR"),
-            StepSpec("wait-boot", "Wait until the guest has booted", wait_boot, 0.8, error_code="LB_BOOT_TIMEOUT"))
-        plan.done.append(("resolve-point", f"Resolve point {spec!r} → {point.id}"))
-        try:
-            job = self.manager.submit(JobKind.FAILOVER, machine, plan, title=f"Failover of {machine} to {host.name} "
-                                      f"({spec})", result={"point": point.to_dict(), "host": host.name})
-        except BaseException:
-            await self._teardown(fo, keep_log=True)
-            raise
+        return (StepSpec("open-views", "Open the point's disk views", open_views, 0.0),
+                StepSpec("serve-overlay", "Serve the disks through a copy-on-write overlay", serve_overlay, 0.0),
+                StepSpec("start-vm", f"Define and start the VM on {host.name}", start_vm, 0.2,
+                         error_code="LB_HYPERVISOR"),
+                StepSpec("wait-boot", "Wait until the guest has booted", wait_boot, 0.8, error_code="LB_BOOT_TIMEOUT"))
+
+    def _live(self, machine: str, action: str) -> tuple[dict[str, Any], Failover]:
+        """The failover row and its live state for change point / commit: refused when committed, interrupted, or
+        while another job of it runs."""
+        self.state.row(machine)
+        r = self.store.failover(machine)
+        if r is None:
+            raise NotFound(f"machine {machine!r} is not failed over", advice=f"Nothing to {action}.",
+                           code="LB_NOT_FAILED_OVER")
+        if r["state"] in ("committing", "committed"):
+            raise FailoverCommitted(f"the failover of {machine!r} is {r['state']}: cannot {action}")
+        fo = self.active.get(machine)
+        if fo is None or fo.vm is None or r["state"] == "interrupted":
+            raise NotReady(f"the failover of {machine!r} is {r['state']}: it cannot {action}",
+                           advice="Cancel it (`lifeboat failover-cancel`) and fail over again.", code="LB_INTERRUPTED")
+        own = self.manager.jobs.get(r["job"] or "")
+        if own is not None and not own.finished:
+            raise Conflict(f"job {own.id} of {machine!r} ({own.kind}) is still running",
+                           advice="Wait for it to finish (`lifeboat jobs`).")
+        return r, fo
+
+    async def _run(self, machine: str, job: Job) -> Job:
         self.store.update_failover(machine, job=job.id)
         await self.manager.wait(job.id)
         if job.state != JobState.SUCCEEDED:
-            err = job.error or {}
-            await self._teardown(fo, keep_log=True)
             exc = self.manager.exception(job.id)
+            err = job.error or {}
             raise exc if isinstance(exc, LifeboatError) else LifeboatError(
-                err.get("message", f"failover job {job.id} {job.state.value}"), code=err.get("code"),
-                advice=err.get("advice"))
+                err.get("message", f"job {job.id} {job.state.value}"), code=err.get("code"), advice=err.get("advice"))
+        return job
+
+    async def change_point(self, machine: str, spec: str) -> Job:
+        """Before commit: restart the recovered VM from another point; its overlay (what it wrote) is discarded."""
+        r, fo = self._live(machine, "change the point")
+        point = await self._resolve(machine, spec)
+        rt = self.runtimes[machine]
+        settings = RecoverySettings.from_dict(self.store.settings(machine))
+        previous = r["point"]["id"]
+        started = time.time()
+
+        async def stop_vm(ctx: StepContext) -> None:
+            self.store.update_failover(machine, state="starting", booted_at=None, boot_seconds=None, nbd=None)
+            await fo.host.destroy(machine)   # powered off: what the guest wrote is thrown away anyway
+            fo.vm_defined = False
+            await fo.disks.close()           # stops serving; removes the overlay
+            fo.disks = PointDisks(fo.folder / "overlay")
+            fo.point = point
+            self.store.update_failover(machine, point=point.to_dict(), started_at=started)
+            assert fo.vm is not None and fo.vm.serial_log is not None
+            if fo.vm.serial_log.exists():
+                fo.vm.serial_log.replace(fo.vm.serial_log.with_name("serial.previous.log"))
+            ctx.note(f"VM stopped, overlay of point {previous} discarded")
+
+        steps = self._boot_steps(fo, rt.vault, settings, started)
+        plan = Plan.sequence(StepSpec("stop-vm", "Stop the VM and discard its overlay", stop_vm, 0.0,
+                                      error_code="LB_HYPERVISOR"), *steps)
+        plan.done.append(("resolve-point", f"Resolve point {spec!r} → {point.id}"))
+        job = self.manager.submit(JobKind.FAILOVER_CHANGE_POINT, machine, plan,
+                                  title=f"Change the point of {machine}: {previous} → {point.id}",
+                                  result={"point": point.to_dict(), "previous": previous, "host": fo.host.name})
+        try:
+            await self._run(machine, job)
+        except LifeboatError as exc:
+            self.store.update_failover(machine, state="failed", error=exc.to_dict())
+            raise
+        self.state.event("failover-point-changed", machine, host=fo.host.name, point=point.id, previous=previous)
+        return job
+
+    async def commit(self, machine: str, *, stop_timeout: float = 60.0) -> Job:
+        """Keep the recovered machine: copy overlay + vault view of every disk into a standalone image
+        (``HOME/failovers/<machine>/committed/<disk>.img``, 0600) while the VM runs, then stop the VM (guest
+        shutdown, power-off after ``stop_timeout``), copy what it wrote meanwhile, and start it on the images. The
+        vault views and the overlay are released; no other point can be chosen any more."""
+        r, fo = self._live(machine, "commit")
+        if r["state"] != "booted":
+            raise NotReady(f"the recovered VM of {machine!r} is {r['state']}, not booted",
+                           advice="Commit once it has booted (`lifeboat vm list`), or change the point.")
+        settings = RecoverySettings.from_dict(self.store.settings(machine))
+        target = fo.folder / "committed"
+        images = {n: target / f"{n}.img" for n in fo.disks.names}
+        started = time.time()
+        total = sum(b.size for b in fo.disks.backends) or 1
+        vm = fo.vm
+        assert vm is not None and vm.serial_log is not None
+        serial_log = vm.serial_log
+
+        async def copy(ctx: StepContext) -> None:
+            self.store.update_failover(machine, state="committing")
+            target.mkdir(mode=0o700, exist_ok=True)
+            done = 0
+            for name, b in zip(fo.disks.names, fo.disks.backends):
+                b.track_changes()
+                async for n in materialise(b, images[name], None):
+                    done += n
+                    ctx.progress(done / total, f"{name}: {done >> 20} of {total >> 20} MiB")
+            ctx.result["images"] = {n: str(p) for n, p in images.items()}
+
+        async def stop_vm(ctx: StepContext) -> None:
+            await fo.host.stop(machine, timeout=stop_timeout)
+            ctx.note("VM stopped")
+
+        async def copy_changed(ctx: StepContext) -> None:
+            blocks = 0
+            for name, b in zip(fo.disks.names, fo.disks.backends):
+                changed = b.take_changes()
+                blocks += len(changed)
+                async for _ in materialise(b, images[name], changed):
+                    pass
+            ctx.result["blocks_written_during_copy"] = blocks
+
+        async def switch(ctx: StepContext) -> None:
+            await fo.host.destroy(machine)
+            vm.disks = [DiskSpec(n, path=images[n]) for n in fo.disks.names]
+            if serial_log.exists():
+                serial_log.replace(serial_log.with_name("serial.previous.log"))
+            await fo.host.define(vm)
+            await fo.host.start(machine)
+            ctx.note(f"VM {domain_name(machine)} started on its committed images")
+
+        async def wait_boot(ctx: StepContext) -> None:
+            seconds, line = await wait_for_boot(serial_log, settings.boot_pattern, settings.boot_timeout, vm=machine)
+            ctx.result["boot_line"] = line
+
+        async def release(ctx: StepContext) -> None:
+            await fo.disks.close()   # the vault views, the NBD server and the overlay: no longer needed
+            now = time.time()
+            self.store.update_failover(machine, state="committed", nbd=None, booted_at=now,
+                                       boot_seconds=round(now - started, 3))
+            ctx.note("vault views and overlay released")
+
+        plan = Plan.sequence(
+            StepSpec("copy", "Copy overlay + point into standalone images (VM running)", copy, 0.7,
+                     error_code="LB_STORAGE"),
+            StepSpec("stop-vm", "Stop the VM", stop_vm, 0.05, error_code="LB_HYPERVISOR"),
+            StepSpec("copy-changed", "Copy what the VM wrote during the copy", copy_changed, 0.05,
+                     error_code="LB_STORAGE"),
+            StepSpec("switch", "Start the VM on its committed images", switch, 0.05, error_code="LB_HYPERVISOR"),
+            StepSpec("wait-boot", "Wait until the guest has booted", wait_boot, 0.15, error_code="LB_BOOT_TIMEOUT"),
+            StepSpec("release", "Release the vault views and the overlay", release, 0.0))
+        job = self.manager.submit(JobKind.FAILOVER_COMMIT, machine, plan, title=f"Commit the failover of {machine}",
+                                  result={"point": r["point"], "host": fo.host.name})
+        try:
+            await self._run(machine, job)
+        except LifeboatError as exc:
+            self.store.update_failover(machine, state="failed", error=exc.to_dict())
+            raise
+        self.active.pop(machine, None)   # nothing of it is held open any more
+        self.state.event("failover-committed", machine, host=fo.host.name, point=r["point"]["id"])
         return job
 
     def _stop_replication(self, machine: str) -> None:
@@ -271,6 +498,10 @@ class FailoverService:
         if r is None:
             raise NotFound(f"machine {machine!r} is not failed over", advice="Nothing to cancel.",
                            code="LB_NOT_FAILED_OVER")
+        if r["state"] in ("committing", "committed"):
+            raise FailoverCommitted(f"the failover of {machine!r} is {r['state']}: the recovered machine is kept and "
+                                    "is not cancelled", advice="Remove it on the recovery host by hand (`virsh "
+                                    "destroy` and `undefine`) if it must go; failback is still to come.")
         fo = self.active.get(machine)
         if fo is None:   # an earlier run's failover: only the VM and the files are left
             fo = Failover(machine, self._host(r["host"]), inside(self.folder, machine))
@@ -303,7 +534,11 @@ class FailoverService:
             out.append({"machine": r["machine"], "host": r["host"], "vm": r["vm"], "state": r["state"],
                         "vm_state": live, "point": r["point"]["id"], "point_time": r["point"].get("time"),
                         "serial_log": r["serial_log"], "started_at": r["started_at"], "booted_at": r["booted_at"],
-                        "boot_seconds": r["boot_seconds"], "nbd": r["nbd"], "job": r["job"], "error": r["error"]})
+                        "boot_seconds": r["boot_seconds"], "nbd": r["nbd"], "job": r["job"], "error": r["error"],
+                        "kind": r["kind"], "committed": r["state"] == "committed",
+                        "images": ({d.name: str(inside(self.folder, r["machine"]) / "committed" / f"{d.name}.img")
+                                    for d in self.runtimes[r["machine"]].vault.disks()}
+                                   if r["state"] == "committed" and r["machine"] in self.runtimes else None)})
         return out
 
     def failover_of(self, machine: str) -> dict[str, Any] | None:
@@ -319,6 +554,8 @@ class FailoverService:
                 web.put("/v1/machines/{name}/recovery-settings", self._h_settings),
                 web.post("/v1/machines/{name}/failover-vm", self._h_failover),
                 web.post("/v1/machines/{name}/failover-cancel", self._h_cancel),
+                web.post("/v1/machines/{name}/failover-change-point", self._h_change_point),
+                web.post("/v1/machines/{name}/failover-commit", self._h_commit),
                 web.get("/v1/vms", self._h_vms)]
 
     async def _body(self, request: web.Request) -> Body:
@@ -383,9 +620,25 @@ class FailoverService:
         b = await self._body(request)
         machine = self._machine(request)
         job = await self.failover(machine, b.name("host", "host name", required=True) or "",
-                                  b.text("point", default="latest", max_len=256) or "latest")
+                                  b.text("point", default="latest", max_len=256) or "latest",
+                                  planned=b.boolean("planned", False))
+        return await self._job_and_vm(job, machine)
+
+    async def _job_and_vm(self, job: Job, machine: str) -> web.Response:
         return json_response({**job.to_dict(), "vm": next((v for v in await self.vms() if v["machine"] == machine),
                                                           None)})
+
+    async def _h_change_point(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        machine = self._machine(request)
+        job = await self.change_point(machine, b.text("point", required=True, max_len=256) or "")
+        return await self._job_and_vm(job, machine)
+
+    async def _h_commit(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        machine = self._machine(request)
+        t = b.duration("stop_timeout")
+        return await self._job_and_vm(await self.commit(machine, stop_timeout=60.0 if t is None else t), machine)
 
     async def _h_cancel(self, request: web.Request) -> web.Response:
         self.require_admin(request)

@@ -29,6 +29,17 @@ class OverlayBackend:
         os.ftruncate(self.fd, self.size)
         self.present = bytearray((self.size + BLOCK - 1) // BLOCK)
         self._lock = asyncio.Lock()
+        #: commit: the blocks written since ``track_changes`` (copied again once the VM is stopped)
+        self._changed: set[int] | None = None
+
+    def track_changes(self) -> None:
+        self._changed = set()
+
+    def take_changes(self) -> list[int]:
+        """Blocks written since ``track_changes`` (sorted); tracking goes on with an empty set."""
+        out = sorted(self._changed or ())
+        self._changed = set()
+        return out
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -72,8 +83,10 @@ class OverlayBackend:
         async with self._lock:
             await self._materialise(offset, len(data))
             platform.pwrite(self.fd, data, offset)
-            self.present[offset // BLOCK:(offset + len(data) - 1) // BLOCK + 1] = b"\x01" * (
-                (offset + len(data) - 1) // BLOCK + 1 - offset // BLOCK)
+            first, last = offset // BLOCK, (offset + len(data) - 1) // BLOCK
+            self.present[first:last + 1] = b"\x01" * (last + 1 - first)
+            if self._changed is not None:
+                self._changed.update(range(first, last + 1))
 
     async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
         self._check(offset, length, errno.ENOSPC)

@@ -75,6 +75,8 @@ class RecoveryStore:
     def update_failover(self, machine: str, **fields: Any) -> None:
         if "error" in fields:
             fields["error"] = json.dumps(fields["error"]) if fields["error"] else None
+        if "point" in fields:
+            fields["point"] = json.dumps(fields["point"])
         cols = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE failovers SET {cols} WHERE machine=?", (*fields.values(), machine))
 

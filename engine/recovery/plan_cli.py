@@ -1,4 +1,4 @@
-"""``lifeboat plan create|add|action|show|list|run|skip|cancel|cleanup`` (the running appliance's control API, admin
+"""``lifeboat plan create|add|action|show|list|run|skip|commit|cancel|cleanup`` (the running appliance's control API, admin
 certificate) and ``lifeboat report list|show`` (the report files in the appliance home; no appliance needed)."""
 
 from __future__ import annotations
@@ -143,6 +143,12 @@ def cmd_plan_cancel(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan_commit(a: argparse.Namespace) -> int:
+    r = _client(a, 3600.0).call("POST", f"/v1/plans/{_q(a.plan)}/commit", {})
+    _out(r, a, f"plan {a.plan} (run {r['run']}): committed {' '.join(r['committed']) or 'nothing'}")
+    return 0
+
+
 def cmd_plan_skip(a: argparse.Namespace) -> int:
     r = _client(a).call("POST", f"/v1/plans/{_q(a.plan)}/skip", {})
     _out(r, a, f"plan {a.plan}: skipped {' '.join(r['skipped'])}; the run goes on (job {r['job']})")
@@ -208,6 +214,8 @@ def add_subcommands(sub: Any) -> None:
     s.set_defaults(fn=cmd_plan_run)
     s = ps.add_parser("cancel", help="cancel the plan's last run and remove its VMs"); home(s); s.add_argument("plan")
     s.set_defaults(fn=cmd_plan_cancel)
+    s = ps.add_parser("commit", help="keep the machines of the plan's last real run (standalone images)"); home(s)
+    s.add_argument("plan"); s.set_defaults(fn=cmd_plan_commit)
     s = ps.add_parser("skip", help="skip the failed step the plan's run is stopped at"); home(s)
     s.add_argument("plan"); s.set_defaults(fn=cmd_plan_skip)
     s = ps.add_parser("cleanup", help="remove what the plan's last test run made"); home(s); s.add_argument("plan")

@@ -500,6 +500,27 @@ class PlanService:
                            advice="Cancel it with `lifeboat plan cancel` (that cleans up too).")
         return await self._cleanup_run(run)
 
+    async def commit(self, name: str) -> dict[str, Any]:
+        """Keep the machines of the plan's last real run: each booted one is committed in turn
+        (``FailoverService.commit``: standalone images, the VM restarted on them)."""
+        run = self._last_run(name)
+        if run["test"]:
+            raise Conflict(f"the last run of plan {name!r} was a test failover; a test is never committed",
+                           code="LB_TEST_RUN", advice="Clean it up (`lifeboat plan cleanup`), then run the plan "
+                                                      "without --test.")
+        job = self.manager.jobs.get(run["job"] or "")
+        if job is not None and not job.finished:
+            raise Conflict(f"the run of plan {name!r} is still going (job {job.id})", code="LB_PLAN_RUNNING",
+                           advice="Let it finish (resume or skip its stopped steps) or cancel it first.")
+        committed, jobs = [], []
+        for m in run["machines"]:
+            fo = self.failover.failover_of(m)
+            if fo is not None and fo["state"] == "booted":
+                jobs.append((await self.failover.commit(m)).id)
+                committed.append(m)
+        self.state.event("plan-committed", None, plan=name, run=run["id"], machines=committed)
+        return {"plan": name, "run": run["id"], "committed": committed, "jobs": jobs}
+
     def skip(self, name: str, by: str | None = None) -> dict[str, Any]:
         """Skip the failed steps the plan's running job is stopped at; the plan goes on with the next ones."""
         run = self._last_run(name)
@@ -536,6 +557,7 @@ class PlanService:
                 web.post("/v1/plans/{name}/run", self._h_run),
                 web.post("/v1/plans/{name}/cancel", self._h_cancel),
                 web.post("/v1/plans/{name}/skip", self._h_skip),
+                web.post("/v1/plans/{name}/commit", self._h_commit),
                 web.post("/v1/plans/{name}/cleanup", self._h_cleanup),
                 web.get("/v1/reports", self._h_reports)]
 
@@ -602,6 +624,10 @@ class PlanService:
         who = request.headers.get("X-Lifeboat-Operator", "")[:64]
         who = "".join(c for c in who if c.isprintable())
         return json_response(self.skip(self._name(request), f"lifeboat-admin ({who})" if who else "lifeboat-admin"))
+
+    async def _h_commit(self, request: web.Request) -> web.Response:
+        self.require_admin(request)
+        return json_response(await self.commit(self._name(request)))
 
     async def _h_cleanup(self, request: web.Request) -> web.Response:
         self.require_admin(request)

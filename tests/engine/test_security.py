@@ -86,7 +86,8 @@ async def test_registration_and_mutual_tls(tmp_path: Path) -> None:
                              ("GET", "/v1/plans"), ("POST", "/v1/plans"), ("GET", "/v1/plans/p"),
                              ("POST", "/v1/plans/p/machines"), ("POST", "/v1/plans/p/actions"),
                              ("POST", "/v1/plans/p/run"), ("POST", "/v1/plans/p/cancel"),
-                             ("POST", "/v1/plans/p/cleanup"), ("GET", "/v1/reports")]:
+                             ("POST", "/v1/plans/p/cleanup"), ("POST", "/v1/plans/p/commit"),
+                             ("POST", "/v1/plans/p/skip"), ("GET", "/v1/reports")]:
             assert await asyncio.to_thread(agent_as_admin, method, path) == 403, path
 
         # A failed-over machine's agent is refused at the data port (replication stopped), with its code.

@@ -187,6 +187,7 @@ def test_two_group_plan_pauses_resumes_reports_and_cleans_up(recovery_host: str,
         assert f"group 1: {m1}" in text and "manual: Check the database" in text and "cleaned up" in text, text
         assert "; report " in text and "succeeded" in text
         assert "dr " in lb("plan", "list", *H).stdout
+        _fails(lb("plan", "commit", *H, "dr", check=False), "LB_TEST_RUN")
         _fails(lb("plan", "cleanup", *H, "nosuch", check=False), "LB_UNKNOWN_PLAN")
     finally:
         for pr in reversed(procs):

@@ -195,6 +195,12 @@ def test_planned_failover_change_point_cancel_failover_and_commit(recovery_host:
         assert _marker(tmp_path / "latest" / "d0.img") == "source-marker-2"
         lb("failover-cleanup", *H, machine)
 
+        # the disaster: the source VM and its agent die without a word; the unplanned failover needs neither
+        for pr in (procs[2], procs[1]):
+            pr.kill()
+            pr.wait(15)
+        wait(lambda: not lbj("status", *H)["machines"][0]["agent_connected"], 30, "the appliance to see the agent gone")
+
         # unplanned failover at the bookmark, then commit: the image holds the overlay over the point
         t0 = time.monotonic()
         r = lbj("failover", *H, machine, "--host", hostname, "--point", "tag:m1")

@@ -38,7 +38,6 @@ from ..errors import AlreadyExists, Conflict, InvalidInput, LifeboatError, NotFo
 from ..jobs import Job, JobKind, JobManager, JobState, Plan, StepContext, StepSpec
 from ..jobs.model import new_job_id
 from ..names import check_name
-from ..policy import parse_duration
 from .report import write_report
 from .settings import RecoverySettings
 
@@ -637,7 +636,3 @@ class PlanService:
         from .report import list_reports
         self.require_admin(request)
         return json_response(list_reports(self.reports))
-
-
-def parse_timeout(text: str) -> float:
-    return parse_duration(text, what="timeout")

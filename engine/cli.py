@@ -570,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_machine_restore_access)
     from .recovery.cli import add_subcommands as add_recovery  # host add/list, machine settings, vm list, cancel
     add_recovery(sub, m)
+    from .recovery.plan_cli import add_subcommands as add_plans  # plan …, report list/show
+    add_plans(sub)
     from .vsphere.cli import add_subcommands as add_vsphere  # vcenter add/list/update/remove, inventory
     add_vsphere(sub)
     return p

@@ -42,6 +42,8 @@ class ApplianceHome:
     @property
     def failovers(self) -> Path: return self.root / "failovers"
     @property
+    def reports(self) -> Path: return self.root / "reports"
+    @property
     def log(self) -> Path: return self.root / "appliance.log"
     @property
     def pidfile(self) -> Path: return self.root / "appliance.pid"

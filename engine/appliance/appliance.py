@@ -42,6 +42,7 @@ from ..secrets import load_vault_key
 from ..vault.base import Vault
 from ..vault.registry import open_vault
 from ..recovery.failover import FailoverService
+from ..recovery.plans import PlanService, PlanStore
 from ..recovery.store import RecoveryStore
 from ..vsphere.service import VSphereService
 from .alerts import AlertStore
@@ -94,6 +95,7 @@ class Appliance:
         self.control: ControlAPI | None = None
         self.recovery: RecoveryService | None = None
         self.failover: FailoverService | None = None
+        self.plans: PlanService | None = None
         self.vsphere: VSphereService | None = None
         self.alerts: AlertStore | None = None
         self.rpo_history: RpoHistory | None = None
@@ -142,6 +144,9 @@ class Appliance:
                                                    require_admin=require_admin)
         await failover.start()
         self.machines.failover_of = failover.failover_of
+        plans = self.plans = PlanService(PlanStore(db.db), state=state, failover=failover, manager=self.jobs,
+                                         reports=h.reports, require_admin=require_admin)
+        await plans.start()
         drills = self.recovery
         busy = lambda m: drills.busy(m) or failover.busy(m)   # noqa: E731  (a drill or failover pins the point)
         self.retention = Retention(state, runtimes, busy=busy)
@@ -154,7 +159,7 @@ class Appliance:
         self.control = ControlAPI(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=False),
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
-                                  alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes())
+                                  alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes() + plans.routes())
         self.control_address = await _listening("control", self.listen, self.cfg["control_port"], self.control.start)
         self.appliance_watch.start()
         ApplianceTasks(runtimes=runtimes, machines=self.machines, resync=resync, bookmarks=self.bookmarks,
@@ -172,6 +177,8 @@ class Appliance:
             await self.vsphere.stop()
         if self.jobs:
             await self.jobs.stop()   # running jobs end interrupted (stored) before their drills are closed
+        if self.plans:
+            await self.plans.stop()
         if self.recovery:
             await self.recovery.stop()
         if self.failover:

@@ -267,7 +267,7 @@ class ControlAPI:
 
     async def resume_job(self, request: web.Request) -> web.Response:
         self.require_admin(request)
-        return json_response(self.job_manager.resume(job_id(request)).to_dict())
+        return json_response(self.job_manager.resume(job_id(request), by=self._operator(request)).to_dict())
 
     # alerts, events, RPO history (engine/appliance/alerts.py, rpo.py) -------------------------------------------
     async def alerts(self, request: web.Request) -> web.Response:

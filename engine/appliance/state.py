@@ -12,11 +12,12 @@ from ..errors import AlreadyExists, MachineRevoked, UnknownMachine, UnknownPolic
 from ..jobs.store import JOBS_SCHEMA
 from ..policy import DEFAULT_POLICY, Policy
 
-SCHEMA_VERSION = 7   # 3: who revoked a machine, and when; 4: the jobs table (engine/jobs/store.py);
+SCHEMA_VERSION = 8   # 3: who revoked a machine, and when; 4: the jobs table (engine/jobs/store.py);
 #                      5: when each machine was last known recoverable and last heard from, the alerts and
 #                         rpo_history tables (engine/appliance/alerts.py, rpo.py);
 #                      6: policies.history_limit (the vault's capacity policy);
 #                      7: recovery hosts, per-machine recovery settings and failovers (engine/recovery/store.py)
+#                      8: recovery plans and their runs (engine/recovery/plans.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,6 +51,12 @@ CREATE TABLE IF NOT EXISTS failovers (
     machine TEXT PRIMARY KEY, host TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL, point TEXT NOT NULL,
     job TEXT, vm TEXT NOT NULL, serial_log TEXT NOT NULL, scratch TEXT NOT NULL, nbd TEXT,
     started_at REAL NOT NULL, booted_at REAL, boot_seconds REAL, error TEXT);
+CREATE TABLE IF NOT EXISTS recovery_plans (
+    name TEXT PRIMARY KEY, groups TEXT NOT NULL DEFAULT '[]', created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS plan_runs (
+    id TEXT PRIMARY KEY, plan TEXT NOT NULL, job TEXT, host TEXT NOT NULL, test INTEGER NOT NULL,
+    point TEXT NOT NULL, state TEXT NOT NULL, machines TEXT NOT NULL DEFAULT '[]', started REAL NOT NULL,
+    ended REAL, cleanup_at REAL, cleaned_at REAL, report TEXT);
 """
 
 #: The policies columns in Policy's field order (an older database has them in another order after migrations)

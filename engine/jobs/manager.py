@@ -184,12 +184,17 @@ class JobManager:
             await asyncio.gather(task, return_exceptions=True)
         return job
 
-    def resume(self, job_id: str) -> Job:
-        """Let every step of the job that waits for an operator continue."""
+    def resume(self, job_id: str, by: str | None = None) -> Job:
+        """Let every step of the job that waits for an operator continue. ``by`` (the operator, when known) is
+        recorded in the job's ``result["resumed"]`` with the steps it resumed (recovery-plan reports name who
+        resumed what)."""
         job = self.get(job_id)
         if job.state != JobState.PAUSED:
             raise Conflict(f"job {job_id} is not waiting for an operator ({job.state.value})",
                            code="LB_JOB_NOT_PAUSED", advice="Only a job in state paused-for-operator can be resumed.")
+        if by is not None:
+            job.result.setdefault("resumed", []).append(
+                {"by": by, "at": time.time(), "steps": [s.name for s in job.steps if s.state == StepState.PAUSED]})
         ev = self._resume.pop(job.id, None)
         if ev is not None:
             ev.set()

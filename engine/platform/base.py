@@ -336,12 +336,14 @@ def user_ids() -> tuple[int, int] | None:
 
 
 # -- external tools (the recovery host's clients: virsh, genisoimage) -----------------------------------------------
-async def run_tool(argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = 60.0) -> tuple[int, bytes, bytes]:
+async def run_tool(argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = 60.0,
+                   env: dict[str, str] | None = None) -> tuple[int, bytes, bytes]:
     """Run a program to its end: (exit code, stdout, stderr). ``FileNotFoundError`` when it is not installed,
-    ``TimeoutError`` (the process killed) when it runs longer than ``timeout`` seconds."""
+    ``TimeoutError`` (the process killed) when it runs longer than ``timeout`` seconds. ``env``: the whole
+    environment of the program (recovery-plan scripts get the plan's variables); None inherits ours."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except (asyncio.TimeoutError, asyncio.CancelledError):

@@ -153,9 +153,12 @@ class FailoverService:
         return {"machine": machine, **RecoverySettings.from_dict(self.store.settings(machine)).to_dict()}
 
     # failover ----------------------------------------------------------------------------------------------
-    async def failover(self, machine: str, host_name: str, spec: str = "latest", *, planned: bool = False) -> Job:
+    async def failover(self, machine: str, host_name: str, spec: str = "latest", *, planned: bool = False,
+                       networks: Mapping[str, str] | None = None) -> Job:
         """Fail ``machine`` over to ``host_name`` at point ``spec`` (unplanned), or, ``planned``, at a final point
-        taken after the running source was quiesced (RPO 0; ``spec`` is not used). Returns the job once booted."""
+        taken after the running source was quiesced (RPO 0; ``spec`` is not used). Returns the job once booted.
+        ``networks``: NIC → network overrides for this failover only (a recovery plan's test run maps every NIC to
+        the host's isolated network: engine/recovery/plans.py)."""
         row = self.state.row(machine)
         existing = self.store.failover(machine)
         if existing is not None or row["state"] == FAILED_OVER or machine in self.active:
@@ -183,7 +186,7 @@ class FailoverService:
             point = await self._resolve(machine, spec)
         folder = inside(self.folder, machine)
         serial_log = folder / "serial.log"
-        nics = [NicSpec(nic, net, nic_mac(machine, nic)) for nic, net in settings.nics.items()]
+        nics = [NicSpec(nic, (networks or {}).get(nic, net), nic_mac(machine, nic)) for nic, net in settings.nics.items()]
         disks = rt.vault.disks()
         vm = VMSpec(machine, cpus=settings.cpus, memory_mib=settings.memory_mib, firmware=settings.firmware,
                     disks=[DiskSpec(d.name) for d in disks], nics=nics, serial_log=serial_log)

@@ -274,6 +274,13 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
                                                    "ips": {"eth0": "10.0.0.2/24"}, "gateway": "10.0.0.1",
                                                    "dns": ["10.0.0.53"], "boot_pattern": "login:", "boot_timeout": 60}),
     ("POST", "/v1/machines/vm1/failover-vm", {"host": "nohost", "point": "latest"}),
+    # recovery plans (the plan "fzp" exists with vm1 in group 1; its run is refused: no such host)
+    ("POST", "/v1/plans", {"name": "fzq"}),
+    ("POST", "/v1/plans/fzp/machines", {"group": 2, "machines": ["vm1"]}),
+    ("POST", "/v1/plans/fzp/actions", {"group": 1, "when": "after", "manual": "check"}),
+    ("POST", "/v1/plans/fzp/actions", {"group": 1, "when": "before", "script": "/bin/true", "timeout": "30s"}),
+    ("POST", "/v1/plans/fzp/run", {"host": "nohost", "test": True, "point": "latest", "cleanup_after": "1h",
+                                   "wait": True}),
 ]
 
 
@@ -297,6 +304,9 @@ async def test_every_endpoint_field_against_hostile_values(tmp_path: Path) -> No
         assert site.app is not None
         site.app.control.register_guard.max_failures = 10_000   # this test probes fields, not the rate limit
         tried = 0
+        assert site.app.plans is not None
+        site.app.plans.create("fzp")
+        site.app.plans.add("fzp", 1, ["vm1"])
         for method, path, base in ENDPOINTS:
             for field in base:
                 for value in HOSTILE_VALUES:

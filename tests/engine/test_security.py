@@ -82,7 +82,12 @@ async def test_registration_and_mutual_tls(tmp_path: Path) -> None:
         for method, path in [("GET", "/v1/hosts"), ("POST", "/v1/hosts"), ("GET", "/v1/vms"),
                              ("GET", "/v1/machines/vm1/recovery-settings"),
                              ("PUT", "/v1/machines/vm1/recovery-settings"),
-                             ("POST", "/v1/machines/vm1/failover-vm"), ("POST", "/v1/machines/vm1/failover-cancel")]:
+                             ("POST", "/v1/machines/vm1/failover-vm"), ("POST", "/v1/machines/vm1/failover-cancel"),
+                             ("GET", "/v1/plans"), ("POST", "/v1/plans"), ("GET", "/v1/plans/p"),
+                             ("POST", "/v1/plans/p/machines"), ("POST", "/v1/plans/p/actions"),
+                             ("POST", "/v1/plans/p/run"), ("POST", "/v1/plans/p/cancel"),
+                             ("POST", "/v1/plans/p/cleanup"), ("POST", "/v1/plans/p/commit"),
+                             ("POST", "/v1/plans/p/skip"), ("GET", "/v1/reports")]:
             assert await asyncio.to_thread(agent_as_admin, method, path) == 403, path
 
         # A failed-over machine's agent is refused at the data port (replication stopped), with its code.

@@ -173,9 +173,11 @@ async def test_parallel_pauses_resume_together(mgr):
 
     job = mgr.submit("recovery-plan", "p", Plan([[StepSpec("a", "A", pause), StepSpec("b", "B", pause)]]))
     await mgr.wait(job.id, lambda j: all(s.state == StepState.PAUSED for s in j.steps))
-    mgr.resume(job.id)
+    mgr.resume(job.id, by="lifeboat-admin (ops)")   # who resumed which steps is recorded (recovery-plan reports)
     await mgr.wait(job.id)
     assert job.state == JobState.SUCCEEDED
+    [r] = job.result["resumed"]
+    assert r["by"] == "lifeboat-admin (ops)" and r["steps"] == ["a", "b"] and r["at"] > 0
 
 
 async def test_cancel_running_paused_and_queued_jobs(mgr):

@@ -15,7 +15,7 @@ def test_statedb_migrates_a_schema_2_file_to_hold_jobs(tmp_path):
                      "INSERT INTO meta VALUES ('schema_version', '2');")
     db.close()
     s = StateDB(path)
-    assert SCHEMA_VERSION == 7 and s.get_meta("schema_version") == "7"   # 6: history_limit; 7: issue 13's recovery tables
+    assert SCHEMA_VERSION == 8 and s.get_meta("schema_version") == "8"   # 6: history_limit; 7: issue 13's recovery tables; 8: recovery plans
     assert {"recovery_hosts", "recovery_settings", "failovers"} <= {
         r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     store = JobStore(s.db)

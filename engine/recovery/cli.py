@@ -17,16 +17,17 @@ from ..errors import InvalidInput
 FAILOVER_TIMEOUT = 3600.0
 
 
-def _client(a: argparse.Namespace, timeout: float = 120.0) -> Any:
+def client_for(a: argparse.Namespace, timeout: float = 120.0) -> Any:
+    """The admin client of ``--home`` (the recovery and plan commands share these three helpers)."""
     from ..client import AdminClient
     return AdminClient(Path(a.home), timeout=timeout)
 
 
-def _q(name: str) -> str:
+def url_name(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-def _out(obj: Any, a: argparse.Namespace, text: str) -> None:
+def emit(obj: Any, a: argparse.Namespace, text: str) -> None:
     if a.json:
         json.dump(obj, sys.stdout)
         sys.stdout.write("\n")
@@ -45,18 +46,18 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
 
 
 def cmd_host_add(a: argparse.Namespace) -> int:
-    h = _client(a).call("POST", "/v1/hosts", {"name": a.name, "kind": a.kind, "uri": a.uri, "accel": a.accel,
+    h = client_for(a).call("POST", "/v1/hosts", {"name": a.name, "kind": a.kind, "uri": a.uri, "accel": a.accel,
                                               "networks": a.network or []})
     nets = ", ".join(f"{k}={v}" for k, v in h["networks"].items()) or "no networks"
-    _out(h, a, f"recovery host {h['name']} ({h['kind']}, {h['uri']}, {h['accel']}) added: {nets}")
+    emit(h, a, f"recovery host {h['name']} ({h['kind']}, {h['uri']}, {h['accel']}) added: {nets}")
     return 0
 
 
 def cmd_host_list(a: argparse.Namespace) -> int:
-    hosts = _client(a).call("GET", "/v1/hosts")
+    hosts = client_for(a).call("GET", "/v1/hosts")
     lines = [f"{h['name']:<20} {h['kind']:<6} {h['uri']:<32} {h['accel']:<4} "
              + (", ".join(f"{k}={v}" for k, v in h["networks"].items()) or "-") for h in hosts]
-    _out(hosts, a, "\n".join(lines) if lines else "no recovery hosts")
+    emit(hosts, a, "\n".join(lines) if lines else "no recovery hosts")
     return 0
 
 
@@ -78,11 +79,11 @@ def cmd_machine_settings(a: argparse.Namespace) -> int:
         body["boot_pattern"] = a.boot_pattern
     if a.boot_timeout is not None:
         body["boot_timeout"] = a.boot_timeout
-    c = _client(a)
-    path = f"/v1/machines/{_q(a.machine)}/recovery-settings"
+    c = client_for(a)
+    path = f"/v1/machines/{url_name(a.machine)}/recovery-settings"
     s = c.call("PUT", path, body) if body else c.call("GET", path)
     nics = ", ".join(f"{n}→{net}" + (f" {s['ips'][n]}" if n in s["ips"] else " dhcp") for n, net in s["nics"].items())
-    _out(s, a, f"{s['machine']}: {s['cpus']} CPU, {s['memory_mib']} MiB, {s['firmware']}; NICs: {nics or 'none'}; "
+    emit(s, a, f"{s['machine']}: {s['cpus']} CPU, {s['memory_mib']} MiB, {s['firmware']}; NICs: {nics or 'none'}; "
                f"gateway {s['gateway'] or '-'}; DNS {', '.join(s['dns']) or '-'}; boot /{s['boot_pattern']}/ within "
                f"{s['boot_timeout']:g} s")
     return 0
@@ -90,47 +91,47 @@ def cmd_machine_settings(a: argparse.Namespace) -> int:
 
 def cmd_failover_host(a: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    r = _client(a, FAILOVER_TIMEOUT).call("POST", f"/v1/machines/{_q(a.machine)}/failover-vm",
+    r = client_for(a, FAILOVER_TIMEOUT).call("POST", f"/v1/machines/{url_name(a.machine)}/failover-vm",
                                           {"host": a.host, "point": a.point, "planned": bool(a.planned)})
     vm = r.get("vm") or {}
     p = r["result"]["point"]
     how = "planned failover (source quiesced, RPO 0)" if a.planned else "failed over"
-    _out(r, a, f"{a.machine} {how} to {a.host} at point {p['id']} ({p['kind']}): VM {vm.get('vm')} booted in "
+    emit(r, a, f"{a.machine} {how} to {a.host} at point {p['id']} ({p['kind']}): VM {vm.get('vm')} booted in "
                f"{r['result'].get('boot_seconds', 0):.1f} s ({time.monotonic() - t0:.1f} s in all); serial console: "
                f"{vm.get('serial_log')}")
     return 0
 
 
 def cmd_failover_cancel(a: argparse.Namespace) -> int:
-    r = _client(a, 300.0).call("POST", f"/v1/machines/{_q(a.machine)}/failover-cancel", {})
-    _out(r, a, f"failover of {r['machine']} cancelled: VM removed from {r['host']}, overlay discarded; the machine is "
+    r = client_for(a, 300.0).call("POST", f"/v1/machines/{url_name(a.machine)}/failover-cancel", {})
+    emit(r, a, f"failover of {r['machine']} cancelled: VM removed from {r['host']}, overlay discarded; the machine is "
                "protected again")
     return 0
 
 
 def cmd_failover_change_point(a: argparse.Namespace) -> int:
-    r = _client(a, FAILOVER_TIMEOUT).call("POST", f"/v1/machines/{_q(a.machine)}/failover-change-point",
+    r = client_for(a, FAILOVER_TIMEOUT).call("POST", f"/v1/machines/{url_name(a.machine)}/failover-change-point",
                                           {"point": a.point})
     p = r["result"]["point"]
-    _out(r, a, f"{a.machine} restarted from point {p['id']} ({p['kind']}; was {r['result']['previous']}): overlay "
+    emit(r, a, f"{a.machine} restarted from point {p['id']} ({p['kind']}; was {r['result']['previous']}): overlay "
                f"discarded, booted in {r['result'].get('boot_seconds', 0):.1f} s")
     return 0
 
 
 def cmd_failover_commit(a: argparse.Namespace) -> int:
     body: dict[str, Any] = {} if a.stop_timeout is None else {"stop_timeout": a.stop_timeout}
-    r = _client(a, FAILOVER_TIMEOUT).call("POST", f"/v1/machines/{_q(a.machine)}/failover-commit", body)
+    r = client_for(a, FAILOVER_TIMEOUT).call("POST", f"/v1/machines/{url_name(a.machine)}/failover-commit", body)
     imgs = ", ".join((r["result"].get("images") or {}).values())
-    _out(r, a, f"failover of {a.machine} committed at point {r['result']['point']['id']}: the VM runs from {imgs}; "
+    emit(r, a, f"failover of {a.machine} committed at point {r['result']['point']['id']}: the VM runs from {imgs}; "
                "no other point can be chosen")
     return 0
 
 
 def cmd_vm_list(a: argparse.Namespace) -> int:
-    vms = _client(a).call("GET", "/v1/vms")
+    vms = client_for(a).call("GET", "/v1/vms")
     lines = [f"{v['machine']:<20} {v['host']:<16} {v['state']:<12} {v['vm_state']:<10} point {v['point']:<16} "
              f"serial {v['serial_log']}" for v in vms]
-    _out(vms, a, "\n".join(lines) if lines else "no recovered VMs")
+    emit(vms, a, "\n".join(lines) if lines else "no recovered VMs")
     return 0
 
 

@@ -5,33 +5,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from ..policy import parse_duration
+from .cli import client_for, emit, url_name
 
 #: ``plan run`` waits until the run ends or pauses for an operator: as long as the plan's boots take.
 RUN_TIMEOUT = 3600.0
-
-
-def _client(a: argparse.Namespace, timeout: float = 120.0) -> Any:
-    from ..client import AdminClient
-    return AdminClient(Path(a.home), timeout=timeout)
-
-
-def _q(name: str) -> str:
-    return urllib.parse.quote(name, safe="")
-
-
-def _out(obj: Any, a: argparse.Namespace, text: str) -> None:
-    if a.json:
-        json.dump(obj, sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        print(text)
 
 
 def _when(t: float | None) -> str:
@@ -56,14 +38,14 @@ def _plan_text(p: dict[str, Any]) -> str:
 
 
 def cmd_plan_create(a: argparse.Namespace) -> int:
-    p = _client(a).call("POST", "/v1/plans", {"name": a.plan})
-    _out(p, a, f"recovery plan {p['name']} created")
+    p = client_for(a).call("POST", "/v1/plans", {"name": a.plan})
+    emit(p, a, f"recovery plan {p['name']} created")
     return 0
 
 
 def cmd_plan_add(a: argparse.Namespace) -> int:
-    p = _client(a).call("POST", f"/v1/plans/{_q(a.plan)}/machines", {"group": a.group, "machines": a.machines})
-    _out(p, a, _plan_text(p))
+    p = client_for(a).call("POST", f"/v1/plans/{url_name(a.plan)}/machines", {"group": a.group, "machines": a.machines})
+    emit(p, a, _plan_text(p))
     return 0
 
 
@@ -75,23 +57,23 @@ def cmd_plan_action(a: argparse.Namespace) -> int:
             body["timeout"] = parse_duration(a.timeout, what="timeout")
     else:
         body["manual"] = a.manual
-    p = _client(a).call("POST", f"/v1/plans/{_q(a.plan)}/actions", body)
-    _out(p, a, _plan_text(p))
+    p = client_for(a).call("POST", f"/v1/plans/{url_name(a.plan)}/actions", body)
+    emit(p, a, _plan_text(p))
     return 0
 
 
 def cmd_plan_show(a: argparse.Namespace) -> int:
-    p = _client(a).call("GET", f"/v1/plans/{_q(a.plan)}")
-    _out(p, a, _plan_text(p))
+    p = client_for(a).call("GET", f"/v1/plans/{url_name(a.plan)}")
+    emit(p, a, _plan_text(p))
     return 0
 
 
 def cmd_plan_list(a: argparse.Namespace) -> int:
-    ps = _client(a).call("GET", "/v1/plans")
+    ps = client_for(a).call("GET", "/v1/plans")
     lines = [f"{p['name']:<24} {p['groups']} group(s), {p['machines']} machine(s); last run: "
              + (f"{p['last_run']['state']} {_when(p['last_run']['started'])}" if p["last_run"] else "never")
              for p in ps]
-    _out(ps, a, "\n".join(lines) if lines else "no recovery plans")
+    emit(ps, a, "\n".join(lines) if lines else "no recovery plans")
     return 0
 
 
@@ -103,7 +85,7 @@ def cmd_plan_run(a: argparse.Namespace) -> int:
     body: dict[str, Any] = {"host": a.host, "test": a.test, "point": a.point}
     if a.cleanup_after is not None:
         body["cleanup_after"] = parse_duration(a.cleanup_after, what="cleanup-after")
-    r = _client(a, RUN_TIMEOUT).call("POST", f"/v1/plans/{_q(a.plan)}/run", body)
+    r = client_for(a, RUN_TIMEOUT).call("POST", f"/v1/plans/{url_name(a.plan)}/run", body)
     job = r["job"]
     stopped = job["result"].get("stopped") or {}
     if job["state"] == "paused-for-operator" and stopped:
@@ -113,7 +95,7 @@ def cmd_plan_run(a: argparse.Namespace) -> int:
                   f"(lifeboat job resume --home {a.home} {job['id']}), skip it (lifeboat plan skip --home {a.home} "
                   f"{a.plan}) or cancel the plan (lifeboat plan cancel --home {a.home} {a.plan}).", file=sys.stderr)
         if a.json:
-            _out(r, a, "")
+            emit(r, a, "")
         return 2
     if job["state"] == "paused-for-operator":
         text = (f"plan {a.plan} (run {r['id']}, job {job['id']}) waits for an operator: {job['message']}\n"
@@ -131,33 +113,33 @@ def cmd_plan_run(a: argparse.Namespace) -> int:
               f"{err.get('message', '')}\nwhat to do: {err.get('advice', 'See the DR report.')}\nDR report: "
               f"{r['report']}", file=sys.stderr)
         if a.json:
-            _out(r, a, "")
+            emit(r, a, "")
         return 2
-    _out(r, a, text)
+    emit(r, a, text)
     return 0
 
 
 def cmd_plan_cancel(a: argparse.Namespace) -> int:
-    r = _client(a, 600.0).call("POST", f"/v1/plans/{_q(a.plan)}/cancel", {})
-    _out(r, a, f"run {r['run']} of plan {a.plan} cancelled; removed: {' '.join(r['removed']) or 'nothing'}")
+    r = client_for(a, 600.0).call("POST", f"/v1/plans/{url_name(a.plan)}/cancel", {})
+    emit(r, a, f"run {r['run']} of plan {a.plan} cancelled; removed: {' '.join(r['removed']) or 'nothing'}")
     return 0
 
 
 def cmd_plan_commit(a: argparse.Namespace) -> int:
-    r = _client(a, 3600.0).call("POST", f"/v1/plans/{_q(a.plan)}/commit", {})
-    _out(r, a, f"plan {a.plan} (run {r['run']}): committed {' '.join(r['committed']) or 'nothing'}")
+    r = client_for(a, 3600.0).call("POST", f"/v1/plans/{url_name(a.plan)}/commit", {})
+    emit(r, a, f"plan {a.plan} (run {r['run']}): committed {' '.join(r['committed']) or 'nothing'}")
     return 0
 
 
 def cmd_plan_skip(a: argparse.Namespace) -> int:
-    r = _client(a).call("POST", f"/v1/plans/{_q(a.plan)}/skip", {})
-    _out(r, a, f"plan {a.plan}: skipped {' '.join(r['skipped'])}; the run goes on (job {r['job']})")
+    r = client_for(a).call("POST", f"/v1/plans/{url_name(a.plan)}/skip", {})
+    emit(r, a, f"plan {a.plan}: skipped {' '.join(r['skipped'])}; the run goes on (job {r['job']})")
     return 0
 
 
 def cmd_plan_cleanup(a: argparse.Namespace) -> int:
-    r = _client(a, 600.0).call("POST", f"/v1/plans/{_q(a.plan)}/cleanup", {})
-    _out(r, a, f"test run {r['run']} of plan {a.plan} cleaned up; removed: {' '.join(r['removed']) or 'nothing'}")
+    r = client_for(a, 600.0).call("POST", f"/v1/plans/{url_name(a.plan)}/cleanup", {})
+    emit(r, a, f"test run {r['run']} of plan {a.plan} cleaned up; removed: {' '.join(r['removed']) or 'nothing'}")
     return 0
 
 
@@ -169,7 +151,7 @@ def cmd_report_list(a: argparse.Namespace) -> int:
              f"{_when(r['started'])}  " + ", ".join(f"{m['machine']} (point age {m['point_age_seconds'] or 0:.0f} s, "
                                                    f"boot {m['boot_seconds'] or 0:.1f} s)" for m in r["machines"])
              for r in rs]
-    _out(rs, a, "\n".join(lines) if lines else "no DR reports")
+    emit(rs, a, "\n".join(lines) if lines else "no DR reports")
     return 0
 
 
@@ -177,7 +159,7 @@ def cmd_report_show(a: argparse.Namespace) -> int:
     from ..home import ApplianceHome
     from .report import report_path
     p = report_path(ApplianceHome(Path(a.home)).reports, a.id)
-    _out({"id": a.id, "html": str(p), "json": str(p.with_suffix(".json"))}, a, str(p))
+    emit({"id": a.id, "html": str(p), "json": str(p.with_suffix(".json"))}, a, str(p))
     return 0
 
 

@@ -47,7 +47,8 @@ from ..recovery.store import RecoveryStore
 from ..vsphere.service import VSphereService
 from .alerts import AlertStore
 from .bookmarks import ScheduledBookmarks
-from .capacity import Capacity, ConfigReserve, VaultGate
+from .capacity import Capacity, ConfigReserve
+from .vault_gate import VaultGate
 from .control import ControlAPI
 from .control_http import ADMIN_CN, AdminCheck
 from .health_watch import ApplianceWatch, MachineWatch

@@ -23,7 +23,6 @@ never per write: the data path only reads ``gate.closed``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from .. import platform
 from ..errors import LifeboatError, is_no_space
 from ..events import Alert, EventBus
 from ..policy import DEFAULT_VAULT_RESERVE, format_duration, format_size, parse_reserve, reserve_bytes
+from .vault_gate import VaultGate
 
 if TYPE_CHECKING:
     from ..vault.base import MachineVault
@@ -60,38 +60,6 @@ RETENTION_SLACK = 90.0
 SPACE_LOW_DAYS = 1.0
 #: Folding steps planned in one round for the reserve (each frees at least one journal segment).
 MAX_STEPS = 10_000
-
-
-class VaultGate:
-    """Open while the vault can take writes; closed (replication paused) while its filesystem is full. The process
-    server drops batches (never acknowledging them) and the appliers wait while it is closed."""
-
-    def __init__(self) -> None:
-        self._open = asyncio.Event()
-        self._open.set()
-        self.reason = ""
-        #: set by :class:`Capacity`: called with a reason when a write failed for lack of space
-        self.on_full: Callable[[str], None] = self.close
-
-    @property
-    def closed(self) -> bool:
-        return not self._open.is_set()
-
-    def close(self, reason: str) -> None:
-        self.reason = reason
-        self._open.clear()
-
-    def open(self) -> None:
-        self.reason = ""
-        self._open.set()
-
-    async def wait_open(self) -> None:
-        await self._open.wait()
-
-    def report_full(self, reason: str) -> None:
-        """A vault or cache write failed with ENOSPC: pause now, not at the next measurement."""
-        if not self.closed:
-            self.on_full(reason)
 
 
 class Capacity:

@@ -23,7 +23,7 @@ from .rpo import RecoveryClock
 from .shielded import wait_done
 
 if TYPE_CHECKING:
-    from .capacity import VaultGate
+    from .vault_gate import VaultGate
     from .machine_state import MachineState
     from .sync_cursor import SyncCursor
 

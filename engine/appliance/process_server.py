@@ -30,7 +30,7 @@ from ..wire import write_frame, write_json
 from .shielded import wait_done
 
 if TYPE_CHECKING:
-    from .capacity import VaultGate
+    from .vault_gate import VaultGate
     from .machine_state import MachineState
     from .pipeline import MachineRuntime
     from .resync import Resync

@@ -16,7 +16,7 @@ from ..events import EventBus
 from ..names import check_name, check_unique, inside
 from ..segment_log import SegmentLog
 from ..vault.base import DiskInfo, Vault
-from .capacity import VaultGate
+from .vault_gate import VaultGate
 from .machine_state import MachineState
 from .pipeline import MachineRuntime
 from .resync import Resync

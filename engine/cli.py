@@ -497,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vault-reserve", metavar="SIZE|PCT",
                    help="free space kept on the vault's filesystem, e.g. 10G or 5%% (default 5%%)")
     s.set_defaults(fn=cmd_appliance_set)
+    from .backup.cli import add_subcommands as add_service  # export-kit, import-kit, backup [list], restore
+    add_service(ap)
 
     ag = sub.add_parser("agent", help="mobility agent").add_subparsers(dest="sub", required=True)
     s = ag.add_parser("register"); home(s)

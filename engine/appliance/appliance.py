@@ -48,6 +48,7 @@ from ..vsphere.service import VSphereService
 from .alerts import AlertStore
 from .bookmarks import ScheduledBookmarks
 from .capacity import Capacity, ConfigReserve
+from .config_backups import CHECK_SECONDS as CONFIG_BACKUP_CHECK, ConfigBackups, resync_after_restore
 from .vault_gate import VaultGate
 from .control import ControlAPI
 from .control_http import ADMIN_CN, AdminCheck
@@ -90,6 +91,7 @@ class Appliance:
         self.machines: Machines | None = None
         self.retention: Retention | None = None
         self.capacity: Capacity | None = None
+        self.config_backups: ConfigBackups | None = None   # scheduled configuration backups (engine/backup)
         self.gate = VaultGate()                 # closed while the vault's filesystem is full (replication paused)
         self.bookmarks: ScheduledBookmarks | None = None
         self.ps: ProcessServer | None = None
@@ -162,11 +164,14 @@ class Appliance:
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
                                   alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes() + plans.routes())
         self.control_address = await _listening("control", self.listen, self.cfg["control_port"], self.control.start)
+        resync_after_restore(state, resync)   # a restored appliance: every machine checked once (checksums)
+        self.config_backups = ConfigBackups(h, self.vault, state, self.bus)
         self.appliance_watch.start()
         ApplianceTasks(runtimes=runtimes, machines=self.machines, resync=resync, bookmarks=self.bookmarks,
                        retention=self.retention, watch=MachineWatch(state, self.bus, self.alerts.active_ids()),
                        rpo_history=self.rpo_history, appliance_watch=self.appliance_watch,
                        capacity=self.capacity).register(self.scheduler)
+        self.scheduler.every("config-backup", CONFIG_BACKUP_CHECK, self.config_backups.tick, first_in=30.0)
         await self.scheduler.start()
         log.info("appliance started: control %s data %s", self.control_address, self.data_address)
 

@@ -60,21 +60,18 @@ def cmd_appliance_init(a: argparse.Namespace) -> int:
 
 
 def cmd_appliance_run(a: argparse.Namespace) -> int:
-    from .appliance.appliance import Appliance
+    from .home import ApplianceHome
+    from .service.core import ServiceCore, setup_logging
 
     os.umask(0o077)   # the appliance role runs as root: every file and folder it creates is its own only
+    home = ApplianceHome(Path(a.home))
+    home.load_config()
+    setup_logging(home, debug=a.debug)
 
     async def main() -> None:
-        app = Appliance(Path(a.home), listen=a.listen)
-        await app.start()
-        app.home.pidfile.write_text(str(os.getpid()))
-        assert app.control_address and app.data_address
-        print(f"appliance running: control {app.control_address[1]}, data {app.data_address[1]}", flush=True)
         stop = asyncio.Event()
         platform.on_terminate(asyncio.get_running_loop(), stop.set)
-        await stop.wait()
-        await app.stop()
-        app.home.pidfile.unlink(missing_ok=True)
+        await ServiceCore(home.root, listen=a.listen, on_ready=lambda line: print(line, flush=True)).run(stop)
     asyncio.run(main())
     return 0
 
@@ -497,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vault-reserve", metavar="SIZE|PCT",
                    help="free space kept on the vault's filesystem, e.g. 10G or 5%% (default 5%%)")
     s.set_defaults(fn=cmd_appliance_set)
-    from .backup.cli import add_subcommands as add_service  # export-kit, import-kit, backup [list], restore
+    from .backup.cli import add_subcommands as add_backup  # export-kit, import-kit, backup [list], restore
+    add_backup(ap)
+    from .service.cli import add_subcommands as add_service  # install-service, uninstall-service, service-status
     add_service(ap)
 
     ag = sub.add_parser("agent", help="mobility agent").add_subparsers(dest="sub", required=True)

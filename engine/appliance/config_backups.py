@@ -75,7 +75,7 @@ class ConfigBackups:
             self._running = False
         self.bus.emit(Alert(None, "LB_BACKUP_FAILED", "The configuration backup works again.", component="appliance",
                             state="cleared"))
-        self.state.event("config-backup", None, name=name, kind=kind, size=len(data))
+        self.state.event("config-backup", None, name=name, trigger=kind, size=len(data))
         return {"name": name, "path": str(path), "size": len(data), "vault": name}
 
 

@@ -146,6 +146,28 @@ def _client(a: argparse.Namespace):  # type: ignore[no-untyped-def]
     return AdminClient(Path(a.home))
 
 
+def cmd_bookmark(a: argparse.Namespace) -> int:
+    """An app-consistent bookmark asked by the appliance of the machine's agent; waits until its point is in the
+    vault (``--wait``, default 60 s) and prints it."""
+    tag = a.tag or "bookmark-" + time.strftime("%Y%m%d-%H%M%S")
+    c = _client(a)
+    c.call("POST", f"/v1/machines/{_q(a.machine)}/bookmark", {"tag": tag})
+    deadline = time.monotonic() + a.wait
+    while True:
+        pts = [p for p in c.call("GET", f"/v1/machines/{_q(a.machine)}/points") if p.get("tag") == tag]
+        if pts:
+            p = pts[-1]
+            _print({"machine": a.machine, "point_id": p["id"], "tag": tag, "seq": p.get("seq"), "time": p["time"]}
+                   if a.json else f"{a.machine}: bookmark {p['id']} tag={tag} is in the vault", a.json)
+            return 0
+        if time.monotonic() >= deadline:
+            raise LifeboatError(f"the agent of {a.machine!r} was asked for bookmark {tag!r}, but its point did not "
+                                f"reach the vault within {a.wait:g} s", code="LB_BOOKMARK_TIMEOUT",
+                                advice="Check the machine's state and RPO (`lifeboat status`); the point appears "
+                                       "in `lifeboat points` once the backlog is in the vault.")
+        time.sleep(0.2)
+
+
 def cmd_protect(a: argparse.Namespace) -> int:
     st = _client(a).call("POST", f"/v1/machines/{_q(a.machine)}/protect", {"policy": a.policy})
     _print(st if a.json else f"{a.machine}: protection enabled (policy {st['policy']}), state {st['state']}", a.json)
@@ -202,7 +224,11 @@ def cmd_status(a: argparse.Namespace) -> int:
     if not st["machines"] and not st["registered"] and not st.get("revoked"):
         print("no machines registered")
     for m in st["machines"]:
-        extra = f" {m['sync_progress'] * 100:.1f}%" if m["state"] == "initial-sync" else ""
+        extra = ""
+        if m["state"] == "initial-sync":
+            eta = m.get("sync_eta_seconds")
+            extra = f" {m['sync_progress'] * 100:.1f}%" + (f" ETA {eta / 60:.0f} min" if eta is not None and eta >= 90 else
+                                                     f" ETA {eta:.0f}s" if eta is not None else "")
         rs = m.get("resync") or {}
         if m["state"] == "resyncing":
             extra = f" {rs['progress'] * 100:.1f}%" + (f" ETA {rs['eta_seconds']:.0f}s" if rs.get("eta_seconds") else "")
@@ -511,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_agent_run)
     s = ag.add_parser("bookmark"); home(s); s.add_argument("--tag"); s.set_defaults(fn=cmd_agent_bookmark)
 
+    s = sub.add_parser("bookmark", help="ask a machine's agent for an app-consistent point now (from the appliance)")
+    home(s); s.add_argument("machine"); s.add_argument("--tag", help="the point's tag (default bookmark-DATE-TIME)")
+    s.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the point to reach the vault")
+    s.set_defaults(fn=cmd_bookmark)
     s = sub.add_parser("protect"); home(s); s.add_argument("machine"); s.add_argument("--policy")
     s.set_defaults(fn=cmd_protect)
     pol = sub.add_parser("policy").add_subparsers(dest="sub", required=True)

@@ -42,6 +42,7 @@ from .jobs import JobManager
 from .net import parse_address
 from .policy import (DEFAULT_POLICY, Policy, format_duration, format_size, health_for, parse_duration, parse_size,
                      parse_window)
+from .backup.kit import MIN_PASSPHRASE as KIT_MIN_PASSPHRASE
 from .secrets import delete_secret, vault_key_name
 from .vault import local as _local_vault  # noqa: F401
 from .vsphere import service as _vsphere_service  # noqa: F401
@@ -332,8 +333,22 @@ def configure_home(home: Path, *, control_port: int, data_port: int, listen: str
 
 
 def delete_vault_key(appliance_id: str) -> None:
-    """Remove an appliance's vault key from the OS keyring (a set-up that is abandoned leaves nothing behind)."""
+    """Remove an appliance's vault key (and backup key) from the OS keyring (a set-up that is abandoned leaves
+    nothing behind)."""
+    from .backup.archive import backup_key_name
     delete_secret(vault_key_name(appliance_id))
+    delete_secret(backup_key_name(appliance_id))
+
+
+def export_recovery_kit(home: Path, out: Path, passphrase: str) -> Path:
+    """Write the appliance's recovery kit (vault key, backup key, CA; sealed with ``passphrase``, at least
+    ``KIT_MIN_PASSPHRASE`` characters) to the new file ``out`` (printable text, 0600). Slow on purpose (scrypt):
+    run it off the GUI thread. InvalidInput for a short passphrase or an existing file."""
+    from .backup.archive import kit_from_home
+    from .backup.kit import seal, write_kit
+    kit = kit_from_home(ApplianceHome(Path(home)))
+    write_kit(Path(out), seal(kit, passphrase), kit.appliance_id)
+    return Path(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,6 +572,8 @@ __all__ = [
     # embedded appliance and home set-up
     "EmbeddedAppliance", "open_appliance", "Appliance", "init_home", "is_initialised", "configure_home", "delete_vault_key",
     "check_vcenter_login", "fetch_vcenter_certificate", "CertificateView", "AdminClient",
+    # the appliance's own recovery (issue 16)
+    "export_recovery_kit", "KIT_MIN_PASSPHRASE",
     # typed views and the policy type
     "ApplianceStatus", "MachineView", "DiskView", "ResyncView", "PointView", "RevokedView", "JobView", "DrillView",
     "CleanupView", "AlertView", "EventView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "format_size", "parse_size",

@@ -65,6 +65,8 @@ class ServiceCore:
         app = Appliance(self.home.root, listen=self.listen)
         started = time.monotonic()
         await app.start()
+        from ..api import serve_consoles
+        serve_consoles(app, on_stop=lambda reason: stop.set())   # consoles attach; their Stop drains like SIGTERM
         self.home.pidfile.write_text(str(os.getpid()))
         assert app.control_address and app.data_address
         line = f"appliance running: control {app.control_address[1]}, data {app.data_address[1]}"

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.api import (CertificateUntrusted, CertificateView, LifeboatError, LoginFailed,
-                        check_vcenter_login as _login, configure_home, delete_vault_key, fetch_vcenter_certificate,
-                        init_home, is_initialised, InvalidInput, parse_address)
+                        check_vcenter_login as _login, configure_home, delete_vault_key, export_recovery_kit,
+                        fetch_vcenter_certificate, init_home, is_initialised, InvalidInput, KIT_MIN_PASSPHRASE,
+                        parse_address)
 
 #: Shown whenever a vCenter presents another certificate than the one accepted or pinned before (issue 12).
 INTERCEPTION_WARNING = ("The certificate changed: someone may be intercepting the connection, or the vCenter's "
@@ -211,6 +212,7 @@ class PendingHome:
         self.passphrase: str = ""
         self.appliance_id: str = ""
         self._made: list[Path] = []  # parent folders create() made, removed again by discard()
+        self.kit_path: Path | None = None   # where the recovery kit was saved (the wizard needs one)
 
     async def create(self, near: Path) -> str:
         """Initialise a home next to ``near`` (the folder the operator chose) and return its passphrase."""
@@ -231,6 +233,12 @@ class PendingHome:
         self.path, self.appliance_id = tmp, cfg["appliance_id"]
         self.passphrase = (tmp / "passphrase.txt").read_text().strip()
         return self.passphrase
+
+    async def save_kit(self, out: Path, passphrase: str) -> Path:
+        """Write the new appliance's recovery kit to ``out`` (InvalidInput: short passphrase, existing file)."""
+        assert self.path is not None, "create() first"
+        self.kit_path = await asyncio.to_thread(export_recovery_kit, self.path, out, passphrase)
+        return self.kit_path
 
     async def commit(self, plan: SetupPlan) -> Path:
         """Write the plan's configuration and move the home into place. Raises if the target appeared meanwhile."""

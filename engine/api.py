@@ -36,12 +36,14 @@ from .errors import (AlreadyExists, ApplianceUnreachable, AuthError, Certificate
                      IntegrityError, InvalidInput, InvalidName, KeyringError, LifeboatError, ListenFailed,
                      MachineRevoked, NotFound, NotInitialised, NotReady, ProtocolError, RateLimited, StorageError,
                      UnknownMachine, UnknownPoint, UnknownPolicy, WrongPassphrase)
-from .events import Alert, Event, EventBus, JobChanged, JobProgress, MachineStatus, PointCreated
+from .console_remote import RemoteAppliance
+from .events import Alert, ApplianceLink, Event, EventBus, JobChanged, JobProgress, MachineStatus, PointCreated
 from .home import ApplianceHome
 from .jobs import JobManager
 from .net import parse_address
 from .policy import (DEFAULT_POLICY, Policy, format_duration, format_size, health_for, parse_duration, parse_size,
                      parse_window)
+from .backup.kit import MIN_PASSPHRASE as KIT_MIN_PASSPHRASE
 from .secrets import delete_secret, vault_key_name
 from .vault import local as _local_vault  # noqa: F401
 from .vsphere import service as _vsphere_service  # noqa: F401
@@ -332,8 +334,22 @@ def configure_home(home: Path, *, control_port: int, data_port: int, listen: str
 
 
 def delete_vault_key(appliance_id: str) -> None:
-    """Remove an appliance's vault key from the OS keyring (a set-up that is abandoned leaves nothing behind)."""
+    """Remove an appliance's vault key (and backup key) from the OS keyring (a set-up that is abandoned leaves
+    nothing behind)."""
+    from .backup.archive import backup_key_name
     delete_secret(vault_key_name(appliance_id))
+    delete_secret(backup_key_name(appliance_id))
+
+
+def export_recovery_kit(home: Path, out: Path, passphrase: str) -> Path:
+    """Write the appliance's recovery kit (vault key, backup key, CA; sealed with ``passphrase``, at least
+    ``KIT_MIN_PASSPHRASE`` characters) to the new file ``out`` (printable text, 0600). Slow on purpose (scrypt):
+    run it off the GUI thread. InvalidInput for a short passphrase or an existing file."""
+    from .backup.archive import kit_from_home
+    from .backup.kit import seal, write_kit
+    kit = kit_from_home(ApplianceHome(Path(home)))
+    write_kit(Path(out), seal(kit, passphrase), kit.appliance_id)
+    return Path(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +415,14 @@ class EmbeddedAppliance:
 
     def __init__(self, home: Path, *, listen: str | None = None) -> None:
         self.appliance = Appliance(Path(home), listen=listen)
+
+    @classmethod
+    def over(cls, appliance: Appliance) -> EmbeddedAppliance:
+        """The console API over an appliance someone else runs (the service core serves it to attached
+        consoles: engine/appliance/console_link.py); its ``start``/``stop`` are not this object's to call."""
+        self = cls.__new__(cls)
+        self.appliance = appliance
+        return self
 
     async def start(self) -> None:
         """Start in the running loop; on failure nothing is left running and the error propagates."""
@@ -546,6 +570,32 @@ class EmbeddedAppliance:
         return await self._vsphere().remove(host)
 
 
+def console_types() -> dict[str, type]:
+    """The classes the console link carries (engine/rpc_codec.py): every typed view and event, and Policy."""
+    import dataclasses
+
+    def events(c: type) -> list[type]:
+        return [c, *(s for sub in c.__subclasses__() for s in events(sub))]
+    views = [v for v in globals().values() if isinstance(v, type) and dataclasses.is_dataclass(v)
+             and v.__module__ == __name__]
+    return {c.__name__: c for c in (*views, *events(Event), Policy)}
+
+
+def serve_consoles(appliance: Appliance, *, on_stop: Callable[[str], None] | None = None) -> None:
+    """Let consoles attach to ``appliance`` (a started one) through its control API; ``on_stop(reason)`` is how a
+    console's explicit Stop reaches the program that runs it (None: consoles cannot stop it)."""
+    assert appliance.console_link is not None, "start the appliance first"
+    appliance.console_link.bind(EmbeddedAppliance.over(appliance), console_types(), on_stop=on_stop)
+
+
+async def attach_appliance(home: Path) -> RemoteAppliance:
+    """Attach to the running appliance of ``home`` (admin certificate of the home; nothing secret on a command
+    line). ApplianceUnreachable when it does not run."""
+    remote = RemoteAppliance(Path(home), console_types())
+    await remote.start()
+    return remote
+
+
 async def open_appliance(home: Path, *, listen: str | None = None) -> EmbeddedAppliance:
     """Start the appliance of ``home`` in the running loop; stop it with ``await emb.stop()`` (or ``async with``)."""
     emb = EmbeddedAppliance(home, listen=listen)
@@ -557,6 +607,10 @@ __all__ = [
     # embedded appliance and home set-up
     "EmbeddedAppliance", "open_appliance", "Appliance", "init_home", "is_initialised", "configure_home", "delete_vault_key",
     "check_vcenter_login", "fetch_vcenter_certificate", "CertificateView", "AdminClient",
+    # the appliance's own recovery (issue 16)
+    "export_recovery_kit", "KIT_MIN_PASSPHRASE",
+    # consoles attached to a running appliance (issue 16)
+    "RemoteAppliance", "attach_appliance", "serve_consoles", "console_types", "ApplianceLink",
     # typed views and the policy type
     "ApplianceStatus", "MachineView", "DiskView", "ResyncView", "PointView", "RevokedView", "JobView", "DrillView",
     "CleanupView", "AlertView", "EventView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "format_size", "parse_size",

@@ -60,21 +60,18 @@ def cmd_appliance_init(a: argparse.Namespace) -> int:
 
 
 def cmd_appliance_run(a: argparse.Namespace) -> int:
-    from .appliance.appliance import Appliance
+    from .home import ApplianceHome
+    from .service.core import ServiceCore, setup_logging
 
     os.umask(0o077)   # the appliance role runs as root: every file and folder it creates is its own only
+    home = ApplianceHome(Path(a.home))
+    home.load_config()
+    setup_logging(home, debug=a.debug)
 
     async def main() -> None:
-        app = Appliance(Path(a.home), listen=a.listen)
-        await app.start()
-        app.home.pidfile.write_text(str(os.getpid()))
-        assert app.control_address and app.data_address
-        print(f"appliance running: control {app.control_address[1]}, data {app.data_address[1]}", flush=True)
         stop = asyncio.Event()
         platform.on_terminate(asyncio.get_running_loop(), stop.set)
-        await stop.wait()
-        await app.stop()
-        app.home.pidfile.unlink(missing_ok=True)
+        await ServiceCore(home.root, listen=a.listen, on_ready=lambda line: print(line, flush=True)).run(stop)
     asyncio.run(main())
     return 0
 
@@ -149,6 +146,28 @@ def _client(a: argparse.Namespace):  # type: ignore[no-untyped-def]
     return AdminClient(Path(a.home))
 
 
+def cmd_bookmark(a: argparse.Namespace) -> int:
+    """An app-consistent bookmark asked by the appliance of the machine's agent; waits until its point is in the
+    vault (``--wait``, default 60 s) and prints it."""
+    tag = a.tag or "bookmark-" + time.strftime("%Y%m%d-%H%M%S")
+    c = _client(a)
+    c.call("POST", f"/v1/machines/{_q(a.machine)}/bookmark", {"tag": tag})
+    deadline = time.monotonic() + a.wait
+    while True:
+        pts = [p for p in c.call("GET", f"/v1/machines/{_q(a.machine)}/points") if p.get("tag") == tag]
+        if pts:
+            p = pts[-1]
+            _print({"machine": a.machine, "point_id": p["id"], "tag": tag, "seq": p.get("seq"), "time": p["time"]}
+                   if a.json else f"{a.machine}: bookmark {p['id']} tag={tag} is in the vault", a.json)
+            return 0
+        if time.monotonic() >= deadline:
+            raise LifeboatError(f"the agent of {a.machine!r} was asked for bookmark {tag!r}, but its point did not "
+                                f"reach the vault within {a.wait:g} s", code="LB_BOOKMARK_TIMEOUT",
+                                advice="Check the machine's state and RPO (`lifeboat status`); the point appears "
+                                       "in `lifeboat points` once the backlog is in the vault.")
+        time.sleep(0.2)
+
+
 def cmd_protect(a: argparse.Namespace) -> int:
     st = _client(a).call("POST", f"/v1/machines/{_q(a.machine)}/protect", {"policy": a.policy})
     _print(st if a.json else f"{a.machine}: protection enabled (policy {st['policy']}), state {st['state']}", a.json)
@@ -205,7 +224,11 @@ def cmd_status(a: argparse.Namespace) -> int:
     if not st["machines"] and not st["registered"] and not st.get("revoked"):
         print("no machines registered")
     for m in st["machines"]:
-        extra = f" {m['sync_progress'] * 100:.1f}%" if m["state"] == "initial-sync" else ""
+        extra = ""
+        if m["state"] == "initial-sync":
+            eta = m.get("sync_eta_seconds")
+            extra = f" {m['sync_progress'] * 100:.1f}%" + (f" ETA {eta / 60:.0f} min" if eta is not None and eta >= 90 else
+                                                     f" ETA {eta:.0f}s" if eta is not None else "")
         rs = m.get("resync") or {}
         if m["state"] == "resyncing":
             extra = f" {rs['progress'] * 100:.1f}%" + (f" ETA {rs['eta_seconds']:.0f}s" if rs.get("eta_seconds") else "")
@@ -497,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vault-reserve", metavar="SIZE|PCT",
                    help="free space kept on the vault's filesystem, e.g. 10G or 5%% (default 5%%)")
     s.set_defaults(fn=cmd_appliance_set)
+    from .backup.cli import add_subcommands as add_backup  # export-kit, import-kit, backup [list], restore
+    add_backup(ap)
+    from .service.cli import add_subcommands as add_service  # install-service, uninstall-service, service-status
+    add_service(ap)
 
     ag = sub.add_parser("agent", help="mobility agent").add_subparsers(dest="sub", required=True)
     s = ag.add_parser("register"); home(s)
@@ -510,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_agent_run)
     s = ag.add_parser("bookmark"); home(s); s.add_argument("--tag"); s.set_defaults(fn=cmd_agent_bookmark)
 
+    s = sub.add_parser("bookmark", help="ask a machine's agent for an app-consistent point now (from the appliance)")
+    home(s); s.add_argument("machine"); s.add_argument("--tag", help="the point's tag (default bookmark-DATE-TIME)")
+    s.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the point to reach the vault")
+    s.set_defaults(fn=cmd_bookmark)
     s = sub.add_parser("protect"); home(s); s.add_argument("machine"); s.add_argument("--policy")
     s.set_defaults(fn=cmd_protect)
     pol = sub.add_parser("policy").add_subparsers(dest="sub", required=True)

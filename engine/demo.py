@@ -45,6 +45,26 @@ async def _qemu_io(url: str, *cmds: str) -> None:
         raise LifeboatError(f"qemu-io failed: {err.decode().strip()}", code="LB_DEMO_WRITER")
 
 
+def next_steps(root: Path, ahome: Path, agent_home: Path, disk: Path) -> str:
+    """What to try next on the home the demo leaves. ``LIFEBOAT_DEMO_RUNNER`` names the command that runs
+    ``lifeboat`` with the demo's keyring (scripts/demo.sh on a headless machine), else ``lifeboat``."""
+    import os
+    import shlex
+    run = os.environ.get("LIFEBOAT_DEMO_RUNNER") or "lifeboat"
+    q = shlex.quote
+    return "\n".join([
+        "next, try (the demo's home stays):",
+        f"  {run} appliance run --home {q(str(ahome))} &            # the appliance again",
+        f"  {run} agent run --home {q(str(agent_home))} --disk disk0={q(str(disk))} --nbd 127.0.0.1:10809 &",
+        f"  {run} status --home {q(str(ahome))}",
+        f"  {run} points --home {q(str(ahome))} demo-vm",
+        f"  {run} bookmark --home {q(str(ahome))} demo-vm --tag my-first",
+        f"  {run} failover --home {q(str(ahome))} demo-vm --test --point latest --export {q(str(root / 'drill'))}",
+        f"  {run} failover-cleanup --home {q(str(ahome))} demo-vm",
+        f"  lifeboat-console --home {q(str(ahome))}                # where a screen exists",
+    ])
+
+
 async def run_demo(root: Path, size_mib: int = 256) -> int:
     from .agent.agent import Agent
     from .agent.register import register
@@ -110,6 +130,8 @@ async def run_demo(root: Path, size_mib: int = 256) -> int:
             await app.recovery.cleanup("demo-vm")
         print(f"  bookmark point {bm['point_id']}; drill cleaned up")
         print("demo passed" if ok else "demo FAILED")
+        if ok:
+            print(next_steps(root, ahome, agent_home, disk))
         return 0 if ok else 1
     finally:
         if agent:

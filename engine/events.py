@@ -91,6 +91,15 @@ class Alert(Event):
     time: float = 0.0
 
 
+@dataclass(slots=True)
+class ApplianceLink(Event):
+    """An attached console's link to its appliance (CONTRACT.md §7), sent by the console side of the link itself:
+    ``state`` connected | lost (``detail`` says why; the link retries on its own) | stopped (the console let go)."""
+    state: str
+    detail: str = ""
+    time: float = 0.0
+
+
 Subscriber = Callable[[Event], None]
 
 

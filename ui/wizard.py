@@ -1,4 +1,5 @@
-"""First-run wizard: home, vault, ports, the connection passphrase (shown once), optional vCenter, summary.
+"""First-run wizard: home, vault, ports, the connection passphrase (shown once), the recovery kit (saved before
+Finish), optional vCenter, summary.
 
 Finish initialises and starts the appliance through the ``start`` coroutine the console passes in. The home is
 made in a hidden temporary folder when the passphrase page opens (the passphrase must exist to be shown) and is
@@ -16,11 +17,11 @@ from typing import Awaitable, Callable
 
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout,
-                               QWizard)
+from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+                               QVBoxLayout, QWizard)
 
 from console.errors import UserError
-from console.home_setup import PendingHome, SetupPlan, VCenterPlan, parse_host_port
+from console.home_setup import KIT_MIN_PASSPHRASE, PendingHome, SetupPlan, VCenterPlan, parse_host_port
 
 from . import forms, theme
 from .wizard_pages import HomePage, KeepOnBackPage, PortsPage, VaultPage, VCenterPage
@@ -114,6 +115,94 @@ class PassphrasePage(KeepOnBackPage):
         return bool(self.pending.passphrase) and self.confirm.isChecked()
 
 
+class RecoveryKitPage(KeepOnBackPage):
+    """The recovery kit must be saved before Finish: without it, a lost keyring means lost points."""
+
+    def __init__(self, pending: PendingHome) -> None:
+        super().__init__()
+        self.pending = pending
+        self.setTitle("Recovery kit")
+        self.setSubTitle("The vault key exists only in this computer's keyring. If this computer or its keyring is "
+                         "lost, every recovery point is unreadable, unless you have the recovery kit.")
+        warn = QLabel("<b>Without the kit, a lost keyring means lost recovery points.</b> Save it now, print it "
+                      "(it is plain text), and keep it away from this computer. Keep its passphrase apart from it: "
+                      "with both, anyone can read the vault.")
+        warn.setWordWrap(True)
+        self.passphrase = QLineEdit()
+        self.passphrase.setEchoMode(QLineEdit.EchoMode.Password)
+        self.passphrase.setAccessibleName("Kit passphrase")
+        self.repeat = QLineEdit()
+        self.repeat.setEchoMode(QLineEdit.EchoMode.Password)
+        self.repeat.setAccessibleName("Kit passphrase again")
+        self.f_pass = forms.Field(self.passphrase, hint=f"At least {KIT_MIN_PASSPHRASE} characters; a few words "
+                                                        "are easy to keep and hard to guess.")
+        self.f_repeat = forms.Field(self.repeat)
+        self.save = QPushButton(theme.icon("save"), "&Save the recovery kit…")
+        self.status = QLabel()
+        self.status.setObjectName("hint")
+        self.status.setWordWrap(True)
+        self.status.setAccessibleName("Recovery kit status")
+        form = QFormLayout()
+        form.addRow("Kit &passphrase", self.f_pass)
+        form.addRow("&Again", self.f_repeat)
+        lay = QVBoxLayout(self)
+        lay.addWidget(warn)
+        lay.addLayout(form)
+        lay.addWidget(self.save)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        self.passphrase.textChanged.connect(self._changed)
+        self.repeat.textChanged.connect(self._changed)
+        self.save.clicked.connect(self._ask_save)
+        self.saving: asyncio.Future[None] | None = None
+        self._changed()
+
+    def errors(self) -> dict[str, str | None]:
+        p, r = self.passphrase.text(), self.repeat.text()
+        return {"passphrase": (f"Use at least {KIT_MIN_PASSPHRASE} characters ({len(p)} so far)."
+                               if p and len(p) < KIT_MIN_PASSPHRASE else None),
+                "repeat": "The two passphrases differ." if r and r != p else None}
+
+    def _changed(self) -> None:
+        e = self.errors()
+        self.f_pass.set_message(e["passphrase"])
+        self.f_repeat.set_message(e["repeat"])
+        p = self.passphrase.text()
+        self.save.setEnabled(len(p) >= KIT_MIN_PASSPHRASE and self.repeat.text() == p and self.pending.path is not None)
+
+    def initializePage(self) -> None:  # noqa: N802
+        self._changed()
+
+    def _ask_save(self) -> None:
+        dlg = QFileDialog(self, "Save the recovery kit", str(Path.home() / "lifeboat-recovery-kit.txt"))
+        dlg.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dlg.fileSelected.connect(lambda p: self._start_save(Path(p)))
+        dlg.finished.connect(dlg.deleteLater)
+        dlg.open()
+
+    def _start_save(self, path: Path) -> None:
+        self.saving = asyncio.ensure_future(self.save_to(path))
+
+    async def save_to(self, path: Path) -> None:
+        """Seal and write the kit (scrypt takes a moment: off the GUI thread)."""
+        self.save.setEnabled(False)
+        self.status.setText("Sealing the recovery kit…")
+        try:
+            await self.pending.save_kit(path, self.passphrase.text())
+        except (UserError, OSError) as exc:
+            msg = exc.message if isinstance(exc, UserError) else (exc.strerror or str(exc))
+            self.status.setText(f"Not saved: {msg}")
+            return
+        finally:
+            self._changed()
+        self.status.setText(f"Saved to {path} (0600). Print it, store it away from this computer, and keep the "
+                            "passphrase apart.")
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802
+        return self.pending.kit_path is not None
+
+
 class SummaryPage(KeepOnBackPage):
     def __init__(self) -> None:
         super().__init__()
@@ -149,7 +238,8 @@ class SummaryPage(KeepOnBackPage):
                  "Install the agent on each machine and register it (the Protected machines page shows the "
                  "command, with this appliance's address)",
                  "Enable protection of each machine, then run a test failover once its first point exists",
-                 "Back up the vault key (it is in this computer's keyring only)"]
+                 (f"The recovery kit ({wiz.pending.kit_path}) is printed or stored away from this computer, its "
+                  "passphrase kept apart")]
         if p.vcenter is None:
             items.insert(3, "Optional: add your vCenter under Infrastructure to protect VMs from its inventory")
         self.checklist.setText("<b>After Finish, check:</b><ul>" + "".join(f"<li>☐ {t}</li>" for t in items)
@@ -174,10 +264,11 @@ class FirstRunWizard(QWizard):
         self.vault_page = VaultPage()
         self.ports_page = PortsPage()
         self.passphrase_page = PassphrasePage(self.pending)
+        self.kit_page = RecoveryKitPage(self.pending)
         self.vcenter_page = VCenterPage()
         self.summary_page = SummaryPage()
-        pages = (self.home_page, self.vault_page, self.ports_page, self.passphrase_page, self.vcenter_page,
-                 self.summary_page)
+        pages = (self.home_page, self.vault_page, self.ports_page, self.passphrase_page, self.kit_page,
+                 self.vcenter_page, self.summary_page)
         for n, page in enumerate(pages, 1):
             page.setTitle(f"Step {n} of {len(pages)}: {page.title()}")
             self.addPage(page)

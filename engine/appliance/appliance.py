@@ -48,6 +48,8 @@ from ..vsphere.service import VSphereService
 from .alerts import AlertStore
 from .bookmarks import ScheduledBookmarks
 from .capacity import Capacity, ConfigReserve
+from .console_link import ConsoleLink
+from .config_backups import CHECK_SECONDS as CONFIG_BACKUP_CHECK, ConfigBackups, resync_after_restore
 from .vault_gate import VaultGate
 from .control import ControlAPI
 from .control_http import ADMIN_CN, AdminCheck
@@ -90,6 +92,8 @@ class Appliance:
         self.machines: Machines | None = None
         self.retention: Retention | None = None
         self.capacity: Capacity | None = None
+        self.config_backups: ConfigBackups | None = None   # scheduled configuration backups (engine/backup)
+        self.console_link: ConsoleLink | None = None        # consoles attached over the control API
         self.gate = VaultGate()                 # closed while the vault's filesystem is full (replication paused)
         self.bookmarks: ScheduledBookmarks | None = None
         self.ps: ProcessServer | None = None
@@ -157,21 +161,28 @@ class Appliance:
         self.vsphere = VSphereService(state=state, resync=resync, bus=self.bus, require_admin=require_admin)
         await self.vsphere.start()
         runtimes.on_attach.append(self.vsphere.agent_attached)
+        self.console_link = ConsoleLink(self.bus, require_admin)   # attached consoles (bound by the entry point)
         self.control = ControlAPI(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=False),
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
-                                  alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes() + plans.routes())
+                                  alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes() + plans.routes()
+                                  + self.console_link.routes())
         self.control_address = await _listening("control", self.listen, self.cfg["control_port"], self.control.start)
+        resync_after_restore(state, resync)   # a restored appliance: every machine checked once (checksums)
+        self.config_backups = ConfigBackups(h, self.vault, state, self.bus)
         self.appliance_watch.start()
         ApplianceTasks(runtimes=runtimes, machines=self.machines, resync=resync, bookmarks=self.bookmarks,
                        retention=self.retention, watch=MachineWatch(state, self.bus, self.alerts.active_ids()),
                        rpo_history=self.rpo_history, appliance_watch=self.appliance_watch,
                        capacity=self.capacity).register(self.scheduler)
+        self.scheduler.every("config-backup", CONFIG_BACKUP_CHECK, self.config_backups.tick, first_in=30.0)
         await self.scheduler.start()
         log.info("appliance started: control %s data %s", self.control_address, self.data_address)
 
     async def stop(self) -> None:
         await self.scheduler.stop()
+        if self.console_link:
+            await self.console_link.close()   # attached consoles' streams end first (they retry on their own)
         if self.control:
             await self.control.stop()
         if self.vsphere:

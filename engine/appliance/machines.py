@@ -107,6 +107,7 @@ class Machines:
     def request_bookmark(self, name: str, tag: str | None) -> None:
         if tag is not None:
             check_name(tag, "bookmark tag")
+        self.state.row(name)   # an unknown machine says so (not "its agent is not connected")
         rt = self.runtimes.get(name)
         if rt is None or rt.connection is None:
             raise Conflict(f"the agent of {name!r} is not connected", advice="Start the agent, then try again.")

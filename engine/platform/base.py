@@ -42,7 +42,7 @@ __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "co
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
            "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev",
            "open_folder", "create_in", "lstat_in", "unlink_in", "DiskSpace", "disk_free", "run_tool", "user_ids",
-           "open_private"]
+           "open_private", "pid_alive"]
 
 ControlHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -328,6 +328,20 @@ def connect_control(path: Path, timeout: float) -> socket.socket:
         s.close()
         raise
     return s
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (the appliance's pid file: engine/service). Here: signal 0 where signals are
+    POSIX ones; elsewhere (Windows: ``os.kill`` would terminate it) the answer is "maybe", so True."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True    # it exists, owned by someone else
+    return True
 
 
 def user_ids() -> tuple[int, int] | None:

@@ -14,7 +14,7 @@ __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "co
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
            "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev",
            "open_folder", "create_in", "lstat_in", "unlink_in", "DiskSpace", "disk_free", "run_tool", "user_ids",
-           "open_private"]
+           "open_private", "pid_alive"]
 
 # The guard tells ``mypy --platform win32`` that nothing below exists there (it checks windows.py instead).
 if sys.platform != "win32":
@@ -187,6 +187,16 @@ if sys.platform != "win32":
             pass   # not glibc: only slower
 
     # -- process signals ---------------------------------------------------------------------------------------
+    def pid_alive(pid: int) -> bool:
+        """Signal 0: the process exists (EPERM: it does, owned by another user)."""
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     def on_terminate(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
         """SIGINT and SIGTERM handled by the loop itself (``add_signal_handler``)."""
         for sig in (signal.SIGINT, signal.SIGTERM):

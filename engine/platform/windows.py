@@ -28,7 +28,7 @@ __all__ = ["POLLIN", "POLLOUT", "ControlHandler", "Poller", "anonymous_map", "co
            "fdatasync", "fsync_dir", "map_readonly", "new_buffer", "new_poller", "open_direct", "pread", "pwrite",
            "on_terminate", "serve_control", "try_lock", "tune_malloc", "unlock", "unsent_bytes", "writev",
            "open_folder", "create_in", "lstat_in", "unlink_in", "DiskSpace", "disk_free", "run_tool", "user_ids",
-           "open_private"]
+           "open_private", "pid_alive"]
 
 # The guard makes mypy check this body only with ``--platform win32`` (and posix.py's only without it).
 if sys.platform == "win32":
@@ -159,3 +159,17 @@ if sys.platform == "win32":
             pass
 
     _binary_by_default()
+
+    _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+    _STILL_ACTIVE = 259
+
+    def pid_alive(pid: int) -> bool:
+        """OpenProcess + GetExitCodeProcess: exists and has not exited (never a signal: it would kill it)."""
+        h = _k32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        if not h:
+            return ctypes.get_last_error() == 5   # ERROR_ACCESS_DENIED: it exists, owned by another user
+        try:
+            code = wintypes.DWORD()
+            return bool(_k32.GetExitCodeProcess(h, ctypes.byref(code))) and code.value == _STILL_ACTIVE
+        finally:
+            _k32.CloseHandle(h)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..records import Record
+from ..errors import NotFound, StorageError
 
 PointKind = Literal["crash-consistent", "app-consistent"]
 
@@ -169,6 +170,23 @@ class Vault(abc.ABC):
 
     @abc.abstractmethod
     async def remove_machine(self, machine: str) -> None: ...
+
+    # The appliance's own configuration backups (engine/backup/archive.py) are kept in the vault too, so an
+    # off-site vault holds what it takes to rebuild the appliance. They are sealed by the backup itself; a backend
+    # stores them as opaque files beside the machines, under names ``backup_name_ok`` accepts.
+    async def put_config_backup(self, name: str, data: bytes) -> None:
+        raise StorageError(f"a {self.kind} vault cannot hold configuration backups in this version",
+                           advice="Keep the backups of the appliance home (`lifeboat appliance backup --out FILE`).")
+
+    async def config_backups(self) -> list[str]:
+        """Names of the configuration backups held, oldest first."""
+        return []
+
+    async def get_config_backup(self, name: str) -> bytes:
+        raise NotFound(f"the vault holds no configuration backup {name!r}")
+
+    async def remove_config_backup(self, name: str) -> None:
+        pass
 
     @abc.abstractmethod
     async def close(self) -> None: ...

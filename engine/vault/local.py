@@ -29,6 +29,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import threading
@@ -50,6 +51,9 @@ from .local_view import DATA_KINDS, ZERO_KINDS, LocalDiskView, _PayloadCache, bu
 from .local_view import seq_at_time_scan, verify_all
 from .replica import BLOCK, FoldBatch, ReplicaCipher, ReplicaFile, apply_redo, derive_replica_key
 from .replica import read_redo_seq, write_redo
+
+#: a configuration backup's file name (engine/backup/archive.py names them so)
+BACKUP_NAME = re.compile(r"lifeboat-[0-9a-f]{8}-\d{8}T\d{6}(\d{3})?Z\.lbbk")
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -613,6 +617,46 @@ class LocalVault(Vault):
     def _forget(self, mv: LocalMachineVault) -> None:
         if self._machines.get(mv.machine) is mv:
             del self._machines[mv.machine]
+
+    # configuration backups (engine/backup/archive.py): ``<root>/.appliance-backups/<name>``; a leading dot keeps
+    # the folder apart from machines (the name rule makes every machine name start with a letter or digit).
+    def _backups(self) -> Path:
+        return self.root / ".appliance-backups"
+
+    @staticmethod
+    def _backup_file(folder: Path, name: str) -> Path:
+        if not BACKUP_NAME.fullmatch(name):
+            raise InvalidInput(f"{name!r} is not a configuration backup's name", field="name")
+        return folder / name
+
+    async def put_config_backup(self, name: str, data: bytes) -> None:
+        folder = self._backups()
+        path = self._backup_file(folder, name)
+
+        def put() -> None:
+            make_private_dir(folder)
+            atomic_write(path, data, 0o600)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, put)
+        except OSError as exc:
+            raise StorageError(f"cannot write the configuration backup into the vault {self.root}: {exc}") from exc
+
+    async def config_backups(self) -> list[str]:
+        folder = self._backups()
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if BACKUP_NAME.fullmatch(p.name) and p.is_file())
+
+    async def get_config_backup(self, name: str) -> bytes:
+        path = self._backup_file(self._backups(), name)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise UnknownPoint(f"the vault {self.root} holds no configuration backup {name!r}",
+                               code="LB_NOT_FOUND") from None
+
+    async def remove_config_backup(self, name: str) -> None:
+        self._backup_file(self._backups(), name).unlink(missing_ok=True)
 
     async def remove_machine(self, machine: str) -> None:
         """Delete a machine's vault (closing it first). UnknownMachine when it does not exist."""

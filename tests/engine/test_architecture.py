@@ -14,7 +14,8 @@ from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parents[2] / "engine"
 ROOT_MODULE = "engine.appliance.appliance"
-ALLOWED = {"engine.cli", "engine.demo", "engine.api", ROOT_MODULE}
+# entry points: the CLI, the demo, the console's door, and the service core (what systemd / Windows start)
+ALLOWED = {"engine.cli", "engine.demo", "engine.api", "engine.service.core", ROOT_MODULE}
 
 
 def _module_name(path: Path) -> str:

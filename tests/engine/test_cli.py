@@ -77,6 +77,11 @@ def test_cli_contract(tmp_path: Path) -> None:
         out = lb("agent", "bookmark", "--home", str(ahome), "--tag", "before-upgrade", "--json")
         bm = json.loads(out.stdout)
         at_bookmark = sha256_file(disk)
+        # The same from the appliance (issue 16): it asks the agent and waits for the point in the vault.
+        ab = lbj("bookmark", "--home", str(home), "vm1", "--tag", "from-appliance")
+        assert ab["tag"] == "from-appliance" and ab["point_id"] != bm["point_id"]
+        p = lb("bookmark", "--home", str(home), "ghost", check=False)
+        assert p.returncode != 0 and "LB_UNKNOWN_MACHINE" in p.stderr
         subprocess.run(["qemu-io", "-f", "raw", f"nbd://127.0.0.1:{nport}/d0", "-c", "write -z 0 2M",
                         "-c", "discard 8M 1M"], check=True, capture_output=True)
         latest = sha256_file(disk)

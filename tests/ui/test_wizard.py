@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 import keyring
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QLabel
 
 from tests.conftest import free_port
 from tests.ui.helpers import signal, until
@@ -94,6 +94,29 @@ async def test_validation_back_and_cancel_leave_nothing(qtbot, tmp_path: Path, s
     assert pending_dir is not None and pending_dir.exists() and not home.exists()
     appliance_id = json.loads((pending_dir / "appliance.json").read_text())["appliance_id"]
 
+    # The recovery kit: Next stays off until it is saved; the passphrase is checked by its field.
+    wiz.next()
+    kit = wiz.kit_page
+    assert wiz.currentPage() is kit and not kit.isComplete() and not kit.save.isEnabled()
+    assert "lost keyring means lost recovery points" in " ".join(w.text() for w in kit.findChildren(QLabel))
+    kit.passphrase.setText("short")
+    assert "at least 12 characters" in kit.f_pass.error and not kit.save.isEnabled()
+    kit.passphrase.setText("correct horse battery staple")
+    kit.repeat.setText("correct horse battery stapel")
+    assert kit.f_repeat.error == "The two passphrases differ." and not kit.save.isEnabled()
+    kit.repeat.setText("correct horse battery staple")
+    assert kit.f_pass.error == kit.f_repeat.error == "" and kit.save.isEnabled()
+    kit_file = tmp_path / "kit.txt"
+    kit_file.write_text("an older kit")
+    await kit.save_to(kit_file)   # never over an existing file
+    assert not kit.isComplete() and "exists" in kit.status.text() and kit_file.read_text() == "an older kit"
+    kit_file = tmp_path / "recovery-kit.txt"
+    await kit.save_to(kit_file)
+    assert kit.isComplete() and str(kit_file) in kit.status.text()
+    assert kit_file.read_text().startswith("LIFEBOAT RECOVERY KIT") and (kit_file.stat().st_mode & 0o777) == 0o600
+    screenshot(wiz, "wizard-5-recovery-kit")
+    wiz.back()
+
     # Back keeps what was typed, on every page; the passphrase is not regenerated.
     first = wiz.pending.passphrase
     wiz.back()
@@ -105,6 +128,8 @@ async def test_validation_back_and_cancel_leave_nothing(qtbot, tmp_path: Path, s
     assert (pp.listen.text(), pp.control.text(), pp.data.text()) == ("127.0.0.1", str(control), str(data))
     wiz.next()
     assert wiz.pending.passphrase == first and page.confirm.isChecked()
+    wiz.next()
+    assert kit.isComplete()
     wiz.next()
     vc = wiz.vcenter_page
     assert vc.isComplete()  # optional: skipping is fine
@@ -121,7 +146,7 @@ async def test_validation_back_and_cancel_leave_nothing(qtbot, tmp_path: Path, s
             assert vc.thumbprint == thumb and vc.thumb.text().replace("\n", ":") == thumb and not vc.isComplete()
             vc.accept_thumb.setChecked(True)
             assert vc.isComplete()
-            screenshot(wiz, "wizard-5-vcenter-thumbprint")
+            screenshot(wiz, "wizard-6-vcenter-thumbprint")
             # Next logs in first: this stand-in speaks TLS but is no vCenter, so the wizard stays, and says why
             # next to the address (a real vCenter, vcsim, is driven in test_wizard_vcenter.py).
             refused = signal(vc.completeChanged, lambda: bool(vc.f_host.error), 30, "the login check")
@@ -137,11 +162,13 @@ async def test_validation_back_and_cancel_leave_nothing(qtbot, tmp_path: Path, s
     assert wiz.currentPage() is wiz.summary_page
     text = wiz.summary_page.summary.text()
     assert "127.0.0.1" in text and str(control) in text and "<td>none</td>" in text
-    screenshot(wiz, "wizard-6-summary")
+    assert str(kit_file) in wiz.summary_page.checklist.text()
+    screenshot(wiz, "wizard-7-summary")
 
     finished = asyncio.ensure_future(signal(wiz.finished, what="wizard closed"))
     wiz.reject()
     await finished
     assert not pending_dir.exists() and not (tmp_path / "site").exists(), os.listdir(tmp_path)
     assert keyring.get_password("lifeboat", f"vault-key/{appliance_id}") is None
+    assert keyring.get_password("lifeboat", f"backup-key/{appliance_id}") is None
     await until(lambda: not wiz.isVisible(), 5, "wizard hidden")

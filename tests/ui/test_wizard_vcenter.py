@@ -108,6 +108,11 @@ async def to_vcenter_page(wiz: FirstRunWizard, home: Path, tmp_path: Path) -> VC
     page.save_to(tmp_path / "passphrase.txt")
     page.confirm.setChecked(True)
     wiz.next()
+    kit = wiz.kit_page
+    kit.passphrase.setText("a kit passphrase for the test")
+    kit.repeat.setText("a kit passphrase for the test")
+    await kit.save_to(tmp_path / "recovery-kit.txt")
+    wiz.next()
     vc = wiz.vcenter_page
     assert wiz.currentPage() is vc and vc.supported, "this engine build has vCenter support"
     return vc

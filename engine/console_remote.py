@@ -1,0 +1,208 @@
+"""A console's side of the console link (docs/CONTRACT.md §7): the running appliance of a home, reached through its
+control API with the admin certificate of that home, behind the same methods as an in-process appliance.
+
+``RemoteAppliance(home, types)`` learns at ``start()`` which calls the appliance serves (``GET /v1/console/hello``)
+and then answers them as attributes: a coroutine method of the console API is an ``async`` call here (the request
+runs in a worker thread), a plain one a blocking call with a short timeout (the appliance is on this machine), a
+property a read. Events arrive on one long-lived ``GET /v1/console/events`` read by a thread and are handed to the
+subscribers on the caller's event loop, as an in-process bus would. When the link drops (the appliance restarted or
+stopped) the subscribers get ``ApplianceLink("lost", why)``; the thread reconnects on its own (0.5 s, doubling to
+5 s) and sends ``ApplianceLink("connected")``, after which a console reads the state afresh. ``stop()`` lets the
+appliance go; it never stops it: that is ``stop_appliance(reason)``, an explicit request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from . import errors, net, rpc_codec
+from .errors import ApplianceUnreachable, ProtocolError
+from .events import ApplianceLink, Event
+from .home import ApplianceHome
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RemoteAppliance", "CALL_TIMEOUT"]
+
+CALL_TIMEOUT = 30.0
+#: a stream silent this long is dead (the appliance sends a heartbeat every 5 s)
+STREAM_SILENCE = 15.0
+
+
+class RemoteAppliance:
+    def __init__(self, home: Path, types: Mapping[str, type], *, timeout: float = CALL_TIMEOUT) -> None:
+        self.home = ApplianceHome(Path(home))
+        self.cfg = self.home.load_config()
+        self.port = int(self.cfg["control_port"])
+        self.types = types
+        self.timeout = timeout
+        self.ctx = net.client_context(self.home.ca_cert, self.home.admin_cert, self.home.admin_key)
+        self.calls: dict[str, str] = {}
+        self.hello: dict[str, Any] = {}
+        self.connected = False
+        self._subs: list[Callable[[Event], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: net.HTTPSConnection | None = None
+        self.appliance = None   # an in-process appliance has its engine object here; an attached one does not
+
+    # plumbing ------------------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        try:
+            resp = net.https_request("127.0.0.1", self.port, method, path, context=self.ctx,
+                                     timeout=timeout or self.timeout, purpose="admin",
+                                     body=json.dumps(body or {}), headers={"Content-Type": "application/json"})
+        except ConnectionRefusedError:
+            raise ApplianceUnreachable(f"the appliance of {self.home.root} is not running (port {self.port})",
+                                       advice="Start it (`lifeboat appliance run --home DIR`, or its service), "
+                                              "then attach again.") from None
+        except (OSError, ssl.SSLError, socket.timeout) as exc:
+            raise ApplianceUnreachable(f"cannot talk to the appliance on port {self.port}: {exc}") from None
+        try:
+            data = json.loads(resp.body or b"null")
+        except json.JSONDecodeError:
+            raise ProtocolError("the appliance answered with something that is not JSON") from None
+        if resp.status >= 400:
+            err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+            raise errors.from_dict(err, f"HTTP {resp.status}")
+        return data
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One console call, blocking (the caller's thread)."""
+        data = self._request("POST", "/v1/console/call", {"method": method, "args": rpc_codec.encode(list(args)),
+                                                          "kwargs": rpc_codec.encode(kwargs)})
+        return rpc_codec.decode(data.get("result"), self.types)
+
+    def __getattr__(self, name: str) -> Any:
+        kind = self.__dict__.get("calls", {}).get(name)
+        if kind is None:
+            raise AttributeError(f"the attached appliance serves no call {name!r}")
+        if kind == "property":
+            return self.call(name)
+        if kind == "async":
+            async def acall(*args: Any, **kwargs: Any) -> Any:
+                return await asyncio.to_thread(self.call, name, *args, **kwargs)
+            acall.__name__ = name
+            return acall
+
+        def scall(*args: Any, **kwargs: Any) -> Any:
+            return self.call(name, *args, **kwargs)
+        scall.__name__ = name
+        return scall
+
+    # lifecycle -----------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Attach: ApplianceUnreachable when nothing answers; NotReady when the appliance serves no consoles."""
+        self._loop = asyncio.get_running_loop()
+        self.hello = await asyncio.to_thread(self._request, "GET", "/v1/console/hello", None, 10.0)
+        if not self.hello.get("served"):
+            raise errors.NotReady("the appliance of this home runs embedded in another program and serves no "
+                                  "console", advice="Close that program, or start the appliance as a service.")
+        self.calls = dict(self.hello.get("methods") or {})
+        self.connected = True
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._stream, name="lifeboat-console-link", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Let go of the appliance (it goes on running)."""
+        self._stopping.set()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.sock and conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+        self.connected = False
+
+    async def __aenter__(self) -> RemoteAppliance:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def stop_appliance(self, reason: str) -> None:
+        """Ask the appliance to stop (it drains, then exits); Conflict when its program does not allow it."""
+        self._request("POST", "/v1/console/stop", {"reason": reason})
+
+    def subscribe(self, fn: Callable[[Event], None]) -> Callable[[], None]:
+        self._subs.append(fn)
+
+        def unsubscribe() -> None:
+            if fn in self._subs:
+                self._subs.remove(fn)
+        return unsubscribe
+
+    # events --------------------------------------------------------------------------------------------------
+    def _deliver(self, ev: Event) -> None:
+        if isinstance(ev, ApplianceLink):
+            self.connected = ev.state == "connected"
+        for fn in list(self._subs):
+            try:
+                fn(ev)
+            except Exception:
+                log.exception("console subscriber failed on %s", type(ev).__name__)
+
+    def _post(self, ev: Event) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._deliver, ev)
+
+    def _stream(self) -> None:
+        delay, lost = 0.5, False
+        while not self._stopping.is_set():
+            try:
+                self._read_stream(on_open=lambda: self._post(ApplianceLink("connected", "", time.time()))
+                                  if lost else None)
+                why = "the appliance closed the event stream"
+            except (OSError, ssl.SSLError, ProtocolError, ValueError, http.client.HTTPException) as exc:
+                why = str(exc) or type(exc).__name__
+            if self._stopping.is_set():
+                break
+            if not lost:
+                lost = True
+                self._post(ApplianceLink("lost", why, time.time()))
+            self._stopping.wait(delay)
+            delay = min(delay * 2, 5.0)
+        self._post(ApplianceLink("stopped", "", time.time()))
+
+    def _read_stream(self, on_open: Callable[[], Any]) -> None:
+        conn = net.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=STREAM_SILENCE, purpose="admin")
+        self._conn = conn
+        try:
+            conn.connect()
+            conn.request("GET", "/v1/console/events")
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise ProtocolError(f"the event stream was refused (HTTP {resp.status})")
+            on_open()
+            while not self._stopping.is_set():
+                line = resp.readline()
+                if not line:
+                    return
+                obj = json.loads(line)
+                if isinstance(obj, dict) and obj.get("__type__") in ("hello", "heartbeat"):
+                    continue
+                try:
+                    ev = rpc_codec.decode(obj, self.types)
+                except rpc_codec.CodecError:
+                    continue    # an event this console does not know (a newer appliance): skipped
+                if isinstance(ev, Event):
+                    self._post(ev)
+        finally:
+            self._conn = None
+            conn.close()
+

@@ -1,0 +1,80 @@
+"""The Windows service front end (pywin32's service framework): install, remove, query, and host one service.
+
+What the service runs is not known here (the platform layer knows no appliance): ``host(name, body)`` hands
+``body`` a ``threading.Event`` that the service manager's Stop sets, and runs it on the service's thread; the
+appliance's body is engine/service/core.py's ``ServiceCore`` (engine/service/windows.py binds the two). The program
+the service manager starts is ``lifeboat.exe appliance service-host --home DIR`` (the NSIS installer installs it with
+``lifeboat.exe appliance install-service --home DIR``). Recovery actions restart a crashed service after 5 s.
+
+Windows only: the bodies type-check with ``mypy --platform win32`` (tests/test_static.py) and cannot run here.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Callable
+
+__all__ = ["install", "remove", "query", "host", "event_log_handler"]
+
+if sys.platform == "win32":
+    import logging
+    import logging.handlers
+
+    import servicemanager
+    import win32service
+    import win32serviceutil
+
+    def install(name: str, display: str, description: str, command: list[str]) -> None:
+        """Register the service (automatic start, LocalSystem) with its full command line, and restart on
+        failure; then start it."""
+        import subprocess
+        exe, args = command[0], subprocess.list2cmdline(command[1:])
+        win32serviceutil.InstallService(None, name, display, startType=win32service.SERVICE_AUTO_START,
+                                        exeName=exe, exeArgs=args, description=description)
+        # sc.exe failure: restart after 5 s, three times, counter reset after a day
+        subprocess.run(["sc.exe", "failure", name, "reset=", "86400", "actions=",
+                        "restart/5000/restart/5000/restart/5000"], check=False, capture_output=True)
+        win32serviceutil.StartService(name)
+
+    def remove(name: str) -> None:
+        try:
+            win32serviceutil.StopService(name)
+            win32serviceutil.WaitForServiceStatus(name, win32service.SERVICE_STOPPED, 90)
+        except Exception:  # not running
+            pass
+        win32serviceutil.RemoveService(name)
+
+    def query(name: str) -> dict[str, str]:
+        try:
+            state = win32serviceutil.QueryServiceStatus(name)[1]
+        except Exception:
+            return {}
+        names = {win32service.SERVICE_RUNNING: "active", win32service.SERVICE_STOPPED: "inactive",
+                 win32service.SERVICE_START_PENDING: "activating", win32service.SERVICE_STOP_PENDING: "deactivating"}
+        return {"ActiveState": names.get(state, "unknown"), "UnitFileState": "enabled"}
+
+    def host(name: str, body: Callable[[threading.Event], None]) -> None:
+        """Run as the service ``name`` under the service manager (called by the program it started)."""
+        stop = threading.Event()
+
+        class _Service(win32serviceutil.ServiceFramework):  # type: ignore[misc]
+            _svc_name_ = name
+            _svc_display_name_ = name
+
+            def SvcStop(self) -> None:
+                self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING, waitHint=90_000)
+                stop.set()
+
+            def SvcDoRun(self) -> None:
+                servicemanager.LogInfoMsg(f"{name} starting")
+                self.ReportServiceStatus(win32service.SERVICE_RUNNING)
+                body(stop)
+                servicemanager.LogInfoMsg(f"{name} stopped")
+
+        servicemanager.Initialize()
+        servicemanager.PrepareToHostSingle(_Service)
+        servicemanager.StartServiceCtrlDispatcher()
+
+    def event_log_handler(name: str) -> logging.Handler:
+        return logging.handlers.NTEventLogHandler(name)

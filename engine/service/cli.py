@@ -1,0 +1,188 @@
+"""``lifeboat appliance install-service | uninstall-service | service-status``.
+
+On Linux the service is a systemd unit (engine/platform/systemd.py); on Windows the NSIS installer registers the
+pywin32 service (engine/platform/windows_service.py) and these commands drive it. ``--unit-dir`` writes the unit
+into another folder without asking systemd (to inspect it, or on a machine where systemd does not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import LifeboatError, NotReady
+from ..home import ApplianceHome
+from ..platform import systemd
+
+#: environment the service needs to find the same keyring as the operator who installs it
+KEYRING_ENV = ("PYTHON_KEYRING_BACKEND", "XDG_DATA_HOME", "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS")
+
+
+class NoServiceManager(NotReady):
+    code = "LB_NO_SERVICE_MANAGER"
+    advice = ("systemd does not run this machine: start the appliance another way (`lifeboat appliance run "
+              "--home DIR` under your supervisor), or pass --unit-dir to only write the unit file.")
+
+
+def _out(obj: Any, text: str, as_json: bool) -> None:
+    if as_json:
+        json.dump(obj, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+
+
+def service_command(home: Path) -> list[str]:
+    """How the service starts the appliance: the frozen ``lifeboat`` program, the installed entry point, or this
+    Python with ``-m engine.cli``."""
+    args = ["appliance", "run", "--home", str(home)]
+    if getattr(sys, "frozen", False):
+        return [sys.executable, *args]
+    exe = shutil.which("lifeboat")
+    if exe and Path(exe).resolve().parent == Path(sys.executable).resolve().parent:
+        return [str(Path(exe).resolve()), *args]
+    return [str(Path(sys.executable).absolute()), "-m", "engine.cli", *args]
+
+
+def _unit(home: ApplianceHome) -> tuple[str, str]:
+    cfg = home.load_config()
+    root = home.root.resolve()
+    env = {k: os.environ[k] for k in KEYRING_ENV if os.environ.get(k)}
+    src = Path(__file__).resolve().parents[2]
+    if not getattr(sys, "frozen", False) and (src / "engine" / "cli.py").exists():
+        env.setdefault("PYTHONPATH", str(src))   # a source checkout: the module is found from any folder
+    text = systemd.unit_text(command=service_command(root), home=root,
+                             description=f"Lifeboat appliance {cfg['appliance_id'][:8]} ({root})", environment=env)
+    return systemd.unit_name(cfg["appliance_id"]), text
+
+
+def _install_windows(home: ApplianceHome, as_json: bool) -> int:   # pragma: no cover  (Windows only)
+    if sys.platform == "win32":
+        from ..platform import windows_service
+        from .windows import service_name
+        aid = home.load_config()["appliance_id"]
+        name = service_name(aid)
+        cmd = service_command(home.root.resolve())
+        cmd[cmd.index("run")] = "service-host"
+        windows_service.install(name, f"Lifeboat appliance {aid[:8]}", f"Lifeboat appliance ({home.root})", cmd)
+        _out({"service": name, "enabled": True, "started": True}, f"service {name} installed and started", as_json)
+    return 0
+
+
+def cmd_install(a: argparse.Namespace) -> int:
+    home = ApplianceHome(Path(a.home))
+    if sys.platform == "win32" and a.unit_dir is None:
+        return _install_windows(home, a.json)
+    name, text = _unit(home)
+    if a.unit_dir is None and not systemd.available():
+        raise NoServiceManager("systemd does not run this machine; the service cannot be installed here")
+    folder = Path(a.unit_dir) if a.unit_dir else systemd.UNIT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    from ..fileio import atomic_write
+    atomic_write(path, text.encode(), 0o644)
+    complaints = systemd.verify(path)
+    if complaints:
+        path.unlink(missing_ok=True)
+        raise LifeboatError(f"systemd does not accept the unit: {complaints}", code="LB_SERVICE_UNIT",
+                            advice="Report this; the unit file was removed.")
+    started = False
+    if a.unit_dir is None:
+        for args in (("daemon-reload",), ("enable", "--now", name)):
+            r = systemd.systemctl(*args)
+            if r.returncode:
+                raise LifeboatError(f"systemctl {' '.join(args)} failed: {r.stderr.strip()}", code="LB_SERVICE",
+                                    advice="See `journalctl -u " + name + "`.")
+        started = True
+    out = {"unit": name, "path": str(path), "enabled": started, "started": started}
+    _out(out, f"service {name} written to {path}" + (" and started (enabled at boot)" if started else
+                                                 " (not enabled: --unit-dir)"), a.json)
+    return 0
+
+
+def cmd_uninstall(a: argparse.Namespace) -> int:
+    home = ApplianceHome(Path(a.home))
+    if sys.platform == "win32" and a.unit_dir is None:   # pragma: no cover
+        from ..platform import windows_service
+        from .windows import service_name
+        windows_service.remove(service_name(home.load_config()["appliance_id"]))
+        _out({"removed": True}, "service removed (the home is kept)", a.json)
+        return 0
+    name, _ = _unit(home)
+    folder = Path(a.unit_dir) if a.unit_dir else systemd.UNIT_DIR
+    if a.unit_dir is None and systemd.available():
+        systemd.systemctl("disable", "--now", name, timeout=120)
+    (folder / name).unlink(missing_ok=True)
+    if a.unit_dir is None and systemd.available():
+        systemd.systemctl("daemon-reload")
+    _out({"unit": name, "removed": True}, f"service {name} stopped and removed (the home {home.root} is kept)",
+         a.json)
+    return 0
+
+
+def status(home: ApplianceHome) -> dict[str, Any]:
+    """What runs for this home: the service manager's view and the appliance's own (pid file, control API)."""
+    from ..platform import pid_alive
+    cfg = home.load_config()
+    name = systemd.unit_name(cfg["appliance_id"])
+    shown = systemd.show(name)
+    pid = None
+    try:
+        pid = int(home.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    alive = pid is not None and pid_alive(pid)
+    api: dict[str, Any] = {"port": cfg["control_port"]}
+    try:
+        from ..client import AdminClient
+        AdminClient(home.root, timeout=5).call("GET", "/v1/status")
+        api["reachable"] = True
+    except LifeboatError as exc:
+        api.update(reachable=False, error=exc.to_dict())
+    return {"home": str(home.root), "appliance_id": cfg["appliance_id"],
+            "manager": "systemd" if systemd.available() else "none", "unit": name,
+            "installed": (systemd.UNIT_DIR / name).exists(),
+            "enabled": shown.get("UnitFileState") == "enabled", "active": shown.get("ActiveState") == "active",
+            "restarts": int(shown.get("NRestarts") or 0), "pid": pid if alive else None, "running": alive,
+            "control_api": api}
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    s = status(ApplianceHome(Path(a.home)))
+    api = s["control_api"]
+    text = (f"appliance {s['appliance_id'][:8]}: " + ("running, pid " + str(s["pid"]) if s["running"] else "not running")
+            + f"; control API {'answers' if api['reachable'] else 'does not answer'} on port {api['port']}"
+            + f"\n  service {s['unit']}: " + (("installed" + (", enabled" if s["enabled"] else "")
+                                                + (", active" if s["active"] else ", inactive"))
+                                               if s["installed"] else "not installed")
+            + ("" if s["manager"] == "systemd" else " (systemd does not run this machine)"))
+    _out(s, text, a.json)
+    return 0 if s["running"] and api["reachable"] else 3
+
+
+def cmd_host(a: argparse.Namespace) -> int:   # pragma: no cover  (Windows only)
+    from .windows import host
+    home = ApplianceHome(Path(a.home))
+    host(home.root, home.load_config()["appliance_id"])
+    return 0
+
+
+def add_subcommands(ap: Any) -> None:
+    def home(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--home", required=True, help="the appliance's home folder")
+        sp.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    s = ap.add_parser("install-service", help="run the appliance as a service (systemd): starts now and at boot")
+    home(s); s.add_argument("--unit-dir", help="only write the unit into this folder (systemd is not asked)")
+    s.set_defaults(fn=cmd_install)
+    s = ap.add_parser("uninstall-service", help="stop the service and remove it (the home is kept)")
+    home(s); s.add_argument("--unit-dir"); s.set_defaults(fn=cmd_uninstall)
+    s = ap.add_parser("service-host", help=argparse.SUPPRESS)   # what the Windows service manager starts
+    s.add_argument("--home", required=True); s.set_defaults(fn=cmd_host)
+    s = ap.add_parser("service-status", help="is the appliance running, as a service, and answering")
+    home(s); s.set_defaults(fn=cmd_status)

@@ -201,8 +201,8 @@ class EngineFacade:
     async def change_failover_point(self, machine: str, point: str) -> JobView:
         return await self._emb().change_failover_point(machine, point)
 
-    async def commit_failover(self, machine: str) -> JobView:
-        return await self._emb().commit_failover(machine)
+    async def commit_failover(self, machine: str, *, stop_timeout: float = 60.0) -> JobView:
+        return await self._emb().commit_failover(machine, stop_timeout=stop_timeout)
 
     async def cancel_failover(self, machine: str) -> dict[str, Any]:
         return await self._emb().cancel_failover(machine)
@@ -252,8 +252,8 @@ class EngineFacade:
     async def cancel_plan(self, name: str) -> dict[str, Any]:
         return await self._emb().cancel_plan(name)
 
-    async def commit_plan(self, name: str) -> dict[str, Any]:
-        return await self._emb().commit_plan(name)
+    async def commit_plan(self, name: str, *, stop_timeout: float = 60.0) -> dict[str, Any]:
+        return await self._emb().commit_plan(name, stop_timeout=stop_timeout)
 
     async def cleanup_plan(self, name: str) -> dict[str, Any]:
         return await self._emb().cleanup_plan(name)

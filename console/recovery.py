@@ -205,6 +205,8 @@ class RecoveryModel(QObject):
         self._plan_job: dict[str, Any] | None = None
         self._failover_jobs: dict[str, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: How long a recovered guest may take to shut down at commit before it is powered off (seconds).
+        self.commit_stop_timeout = 60.0
 
     # engine events ---------------------------------------------------------------------------------------
     def on_job_changed(self, ev: JobChanged) -> None:
@@ -220,6 +222,8 @@ class RecoveryModel(QObject):
                 if new_run or d.get("finished"):
                     self._reload_plan()   # the run row (its report) and the plan's runs
                 self._rebuild()
+                if d.get("finished"):
+                    self._spawn(self._await_report(self.plan.name, str(d.get("id"))), "reading the DR report")
             if d.get("finished"):
                 self.refresh_plans()
         elif kind in (FAILOVER_KIND, "failover-change-point", "failover-commit", "failover-cancel"):
@@ -239,6 +243,21 @@ class RecoveryModel(QObject):
                 self._failover_jobs[m] = d
                 self._rebuild()
                 return
+
+    async def _await_report(self, plan: str, job_id: str, timeout: float = 15.0) -> None:
+        """The appliance writes the DR report just after the run's job ends (no event says so): look again a
+        few times, then show it."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            view = self.facade.plan(plan)
+            run = view.last_run
+            if run is None or run.job != job_id or run.report:
+                break
+            await asyncio.sleep(0.25)
+        if self.plan is not None and self.plan.name == plan:
+            self._reload_plan()
+            self._rebuild()
 
     def _rebuild(self) -> None:
         if self.plan is None:
@@ -409,7 +428,8 @@ class RecoveryModel(QObject):
 
     def commit(self) -> asyncio.Task[Any]:
         plan = self._need_plan()
-        return self._spawn(self._then_reload(self.facade.commit_plan(plan)), f"commit plan {plan}", "commit")
+        return self._spawn(self._then_reload(self.facade.commit_plan(plan, stop_timeout=self.commit_stop_timeout)),
+                           f"commit plan {plan}", "commit")
 
     def cleanup(self) -> asyncio.Task[Any]:
         plan = self._need_plan()
@@ -449,7 +469,7 @@ class RecoveryModel(QObject):
 
     def commit_machine(self, machine: str) -> ConsoleJob:
         async def work(job: ConsoleJob) -> Any:
-            res = await self.facade.commit_failover(machine)
+            res = await self.facade.commit_failover(machine, stop_timeout=self.commit_stop_timeout)
             job.engine_job = res.id
             self.refresh_vms()
             return res

@@ -787,9 +787,10 @@ class EmbeddedAppliance:
         """Before commit: restart the recovered VM from another point (its overlay is discarded)."""
         return JobView.from_dict((await self._failover().change_point(machine, point)).to_dict())
 
-    async def commit_failover(self, machine: str) -> JobView:
-        """Keep the recovered machine: standalone images on the recovery host; no other point afterwards."""
-        return JobView.from_dict((await self._failover().commit(machine)).to_dict())
+    async def commit_failover(self, machine: str, *, stop_timeout: float = 60.0) -> JobView:
+        """Keep the recovered machine: standalone images on the recovery host; no other point afterwards.
+        ``stop_timeout``: how long the guest may take to shut down before it is powered off."""
+        return JobView.from_dict((await self._failover().commit(machine, stop_timeout=stop_timeout)).to_dict())
 
     async def cancel_failover(self, machine: str) -> dict[str, Any]:
         """Stop and remove the recovered VM, discard its overlay; the machine is protected again."""
@@ -861,9 +862,9 @@ class EmbeddedAppliance:
         """Cancel the plan's last run and remove every VM it made (the machines are protected again)."""
         return await self._plans().cancel(name)
 
-    async def commit_plan(self, name: str) -> dict[str, Any]:
+    async def commit_plan(self, name: str, *, stop_timeout: float = 60.0) -> dict[str, Any]:
         """Keep the machines of the plan's last real run (each booted one committed)."""
-        return await self._plans().commit(name)
+        return await self._plans().commit(name, stop_timeout=stop_timeout)
 
     async def cleanup_plan(self, name: str) -> dict[str, Any]:
         """Remove what the plan's last test run made."""

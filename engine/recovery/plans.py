@@ -567,9 +567,10 @@ class PlanService:
                            advice="Cancel it with `lifeboat plan cancel` (that cleans up too).")
         return await self._cleanup_run(run)
 
-    async def commit(self, name: str) -> dict[str, Any]:
+    async def commit(self, name: str, *, stop_timeout: float = 60.0) -> dict[str, Any]:
         """Keep the machines of the plan's last real run: each booted one is committed in turn
-        (``FailoverService.commit``: standalone images, the VM restarted on them)."""
+        (``FailoverService.commit``: standalone images, the VM restarted on them; ``stop_timeout``: how long a
+        guest may take to shut down before it is powered off)."""
         run = self._last_run(name)
         if run["test"]:
             raise Conflict(f"the last run of plan {name!r} was a test failover; a test is never committed",
@@ -583,7 +584,7 @@ class PlanService:
         for m in run["machines"]:
             fo = self.failover.failover_of(m)
             if fo is not None and fo["state"] == "booted":
-                jobs.append((await self.failover.commit(m)).id)
+                jobs.append((await self.failover.commit(m, stop_timeout=stop_timeout)).id)
                 committed.append(m)
         self.state.event("plan-committed", None, plan=name, run=run["id"], machines=committed)
         return {"plan": name, "run": run["id"], "committed": committed, "jobs": jobs}

@@ -135,16 +135,22 @@ class GroupBox(QGroupBox):
         self.remove_action.clicked.connect(self._remove_action)
         self.remove_group.clicked.connect(lambda: page.remove_group(self.number))
         self.page = page
-        buttons = QHBoxLayout()
-        for b in (self.up, self.down, self.remove_machines, self.add_action, self.remove_action, self.remove_group):
-            buttons.addWidget(b)
-        buttons.addStretch(1)
-        lay = QVBoxLayout(self)
-        row = QHBoxLayout()
-        row.addWidget(self.field, 1)
-        row.addWidget(self.actions, 1)
-        lay.addLayout(row)
-        lay.addLayout(buttons)
+        left, right = QVBoxLayout(), QVBoxLayout()
+        left.addWidget(self.field, 1)
+        lb = QHBoxLayout()
+        for b in (self.up, self.down, self.remove_machines, self.remove_group):
+            lb.addWidget(b)
+        lb.addStretch(1)
+        left.addLayout(lb)
+        right.addWidget(self.actions, 1)
+        rb = QHBoxLayout()
+        for b in (self.add_action, self.remove_action):
+            rb.addWidget(b)
+        rb.addStretch(1)
+        right.addLayout(rb)
+        lay = QHBoxLayout(self)
+        lay.addLayout(left, 1)
+        lay.addLayout(right, 1)
 
     def show_group(self, g: Any, count: int) -> None:
         self.machines.clear()
@@ -154,6 +160,7 @@ class GroupBox(QGroupBox):
         for when in ("before", "after"):
             for k, a in enumerate(getattr(g, when), start=1):
                 item = QListWidgetItem(f"{when}: {a.label}")
+                item.setToolTip(f"{when} the group: {a.label}")
                 item.setData(Qt.ItemDataRole.UserRole, (when, k))
                 item.setIcon(theme.icon("jobs" if a.kind == "manual" else "resync"))
                 self.actions.addItem(item)
@@ -177,6 +184,7 @@ class PlansPage(QWidget):
         #: Opens the DR report; a test sets its own to see the URL that would open.
         self.open_url: Callable[[QUrl], Any] = QDesktopServices.openUrl
         self.dialog: QWidget | None = None
+        self._host_missing: str | None = None
 
         # plans list ----------------------------------------------------------------------------------------
         self.plan_list = QListWidget()
@@ -215,7 +223,7 @@ class PlansPage(QWidget):
         avail = QWidget()
         al = QVBoxLayout(avail)
         al.setContentsMargins(0, 0, 0, 0)
-        al.addWidget(QLabel("Protected machines (drag onto a group):"))
+        al.addWidget(forms.hint("Protected machines: drag them onto a group, or select them and add them:"))
         al.addWidget(self.available, 1)
         row = QHBoxLayout()
         row.addWidget(self.target_group, 1)
@@ -223,6 +231,7 @@ class PlansPage(QWidget):
         al.addLayout(row)
         build = QWidget()
         bl = QHBoxLayout(build)
+        avail.setMaximumWidth(220)
         bl.addWidget(avail, 1)
         right = QVBoxLayout()
         right.addWidget(self.plan_field)
@@ -340,7 +349,7 @@ class PlansPage(QWidget):
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
         split.addWidget(body)
-        split.setSizes([220, 900])
+        split.setSizes([190, 1000])
         split.setChildrenCollapsible(False)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -406,6 +415,8 @@ class PlansPage(QWidget):
         while self.group_boxes:
             box = self.group_boxes.pop()
             self.groups_layout.removeWidget(box)
+            box.hide()
+            box.setParent(None)  # type: ignore[call-overload]
             box.deleteLater()
         if plan is None:
             return
@@ -414,6 +425,7 @@ class PlansPage(QWidget):
             box = GroupBox(i, self)
             box.show_group(g, n)
             self.groups_layout.insertWidget(i - 1, box)
+            box.show()   # now, not at the next turn of the loop: its messages are shown by what follows
             self.group_boxes.append(box)
         self.target_group.clear()
         for i in range(1, n + 1):
@@ -489,6 +501,7 @@ class PlansPage(QWidget):
             self.plan_field.set_message(None)
             for f in self.run_fields.values():
                 f.set_message(None)
+            self.run_fields["host"].set_message(self._host_missing)   # a state, not a refusal: it stays
             return
         if field.startswith("groups[") and field.endswith("].machines"):
             try:
@@ -519,8 +532,9 @@ class PlansPage(QWidget):
             for h in hosts:
                 iso = ", ".join(h.isolated_networks) or "none"
                 self.host.addItem(f"{h.name} ({h.uri}; isolated: {iso})", h.name)
-        self.run_fields["host"].set_message(None if hosts else "No recovery host is registered yet "
-                                            "(lifeboat host add --home DIR NAME --kind qemu --network NAME=isolated).")
+        self._host_missing = None if hosts else ("No recovery host is registered yet (lifeboat host add --home DIR "
+                                                 "NAME --kind qemu --network NAME=isolated).")
+        self.run_fields["host"].set_message(self._host_missing)
 
     def showEvent(self, event: Any) -> None:  # noqa: N802
         super().showEvent(event)

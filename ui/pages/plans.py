@@ -291,8 +291,10 @@ class PlansPage(QWidget):
         self.run_tree.setAccessibleName("Run steps")
         self.run_tree.setColumnCount(5)
         self.run_tree.setHeaderLabels(["Step", "State", "Boot", "Point", "Detail"])
-        self.run_tree.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.run_tree.header().setStretchLastSection(True)
+        head = self.run_tree.header()
+        head.setStretchLastSection(True)
+        for col, width in enumerate((330, 110, 240, 90)):
+            head.resizeSection(col, width)
         self.prompt = QFrame()
         self.prompt.setObjectName("operatorPrompt")
         self.prompt.setFrameShape(QFrame.Shape.StyledPanel)
@@ -545,6 +547,9 @@ class PlansPage(QWidget):
         self.run_btn.setText("Run &test failover" if on else "Run &failover…")
 
     def _fill_points(self, plan: PlanView) -> None:
+        """One point choice per machine of the plan; a choice made already is kept across plan reloads."""
+        before = {self.points_table.item(r, 0).text(): self.points_table.cellWidget(r, 1).currentData()  # type: ignore[union-attr]
+                  for r in range(self.points_table.rowCount()) if self.points_table.cellWidget(r, 1) is not None}
         self.points_table.setRowCount(0)
         for r, m in enumerate(plan.machines):
             self.points_table.insertRow(r)
@@ -553,7 +558,10 @@ class PlansPage(QWidget):
                 pts = self.ctx.facade.points(m)
             except Exception:   # an unprotected machine has none: its row offers latest only
                 pts = []
-            self.points_table.setCellWidget(r, 1, point_combo(pts, f"Point of {m}"))
+            combo = point_combo(pts, f"Point of {m}")
+            if m in before:
+                combo.setCurrentIndex(max(0, combo.findData(before[m])))
+            self.points_table.setCellWidget(r, 1, combo)
 
     def point_combo_of(self, machine: str) -> QComboBox:
         for r in range(self.points_table.rowCount()):
@@ -634,8 +642,11 @@ class PlansPage(QWidget):
                     bar = QProgressBar()
                     bar.setRange(0, 100)
                     bar.setValue(int(100 * st.boot_progress))
-                    bar.setFormat((st.boot_step or "waiting") + " %p%"
-                                  + (f" ({st.boot_seconds:.1f} s)" if st.boot_seconds else ""))
+                    if st.state == "succeeded":
+                        bar.setFormat(f"booted in {st.boot_seconds:.1f} s" if st.boot_seconds else "booted")
+                    else:
+                        bar.setFormat(f"{st.boot_step or 'waiting'} %p%")
+                    bar.setToolTip(st.boot_step)
                     bar.setAccessibleName(f"Boot of {st.machine}")
                     self.run_tree.setItemWidget(child, 2, bar)
             gi.setExpanded(True)

@@ -204,7 +204,7 @@ class RecoveryModel(QObject):
         self.vms: dict[str, RecoveredVMView] = {}
         self._plan_job: dict[str, Any] | None = None
         self._failover_jobs: dict[str, dict[str, Any]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         #: How long a recovered guest may take to shut down at commit before it is powered off (seconds).
         self.commit_stop_timeout = 60.0
 
@@ -373,25 +373,25 @@ class RecoveryModel(QObject):
         return self.plan.name
 
     # runs (asyncio tasks) ----------------------------------------------------------------------------------
-    def _spawn(self, coro: Awaitable[Any], what: str, done: str | None = None) -> asyncio.Task[Any]:
-        async def go() -> Any:
-            try:
-                res = await coro
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._refused(exc, what)
-                return None
-            if done is not None:
-                self.action_done.emit(done, res)
-            return res
-        task = asyncio.ensure_future(go())
+    def _spawn(self, coro: Awaitable[Any], what: str, done: str | None = None) -> asyncio.Future[Any]:
+        """Run ``coro`` as a task: an error becomes a notification (and a field message), success ``action_done``."""
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def finished(t: asyncio.Future[Any]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is not None:
+                self._refused(exc, what)
+            elif done is not None:
+                self.action_done.emit(done, t.result())
+        task.add_done_callback(finished)
         return task
 
     def run_plan(self, host: str, *, test: bool, point: str = "latest", points: dict[str, str] | None = None,
-                 cleanup_after: float | None = None) -> asyncio.Task[Any]:
+                 cleanup_after: float | None = None) -> asyncio.Future[Any]:
         plan = self._need_plan()
         self.field_error.emit("", "")
 
@@ -422,16 +422,16 @@ class RecoveryModel(QObject):
             return
         self.action_done.emit("skip", res)
 
-    def cancel(self) -> asyncio.Task[Any]:
+    def cancel(self) -> asyncio.Future[Any]:
         plan = self._need_plan()
         return self._spawn(self._then_reload(self.facade.cancel_plan(plan)), f"cancel plan {plan}", "cancel")
 
-    def commit(self) -> asyncio.Task[Any]:
+    def commit(self) -> asyncio.Future[Any]:
         plan = self._need_plan()
         return self._spawn(self._then_reload(self.facade.commit_plan(plan, stop_timeout=self.commit_stop_timeout)),
                            f"commit plan {plan}", "commit")
 
-    def cleanup(self) -> asyncio.Task[Any]:
+    def cleanup(self) -> asyncio.Future[Any]:
         plan = self._need_plan()
         return self._spawn(self._then_reload(self.facade.cleanup_plan(plan)), f"clean up plan {plan}", "cleanup")
 

@@ -136,9 +136,9 @@ async def test_plan_builder_buttons_drag_and_drop_reorder_actions_and_field_mess
         dlg.buttons.button(dlg.buttons.StandardButton.Ok).click()
         await until(lambda: page.dialog is None, 5, "the dialog to close")
         assert [a.text for a in ctx.recovery.plan.groups[1].after] == ["Tell the service desk"]
-        assert page.group_box(1).actions.item(0).text().startswith("before: Manual: Call the DBA")
+        assert page.group_box(1).action_list.item(0).text().startswith("before: Manual: Call the DBA")
         screenshot(win, "plans-3-builder")
-        page.group_box(2).actions.setCurrentRow(0)
+        page.group_box(2).action_list.setCurrentRow(0)
         page.group_box(2).remove_action.click()
         assert ctx.recovery.plan.groups[1].after == ()
 

@@ -114,9 +114,9 @@ class GroupBox(QGroupBox):
         self.machines = MachineList(f"Machines of group {number}", accepts=True)
         self.machines.setMaximumHeight(96)
         self.machines.dropped.connect(lambda names: page.add_to_group(self.number, names))
-        self.actions = QListWidget()
-        self.actions.setAccessibleName(f"Actions of group {number}")
-        self.actions.setMaximumHeight(72)
+        self.action_list = QListWidget()
+        self.action_list.setAccessibleName(f"Actions of group {number}")
+        self.action_list.setMaximumHeight(72)
         self.field = forms.Field(self.machines)
         self.up = QPushButton("↑")
         self.up.setToolTip("Move this group up (it fails over earlier)")
@@ -142,7 +142,7 @@ class GroupBox(QGroupBox):
             lb.addWidget(b)
         lb.addStretch(1)
         left.addLayout(lb)
-        right.addWidget(self.actions, 1)
+        right.addWidget(self.action_list, 1)
         rb = QHBoxLayout()
         for b in (self.add_action, self.remove_action):
             rb.addWidget(b)
@@ -156,19 +156,19 @@ class GroupBox(QGroupBox):
         self.machines.clear()
         for m in g.machines:
             self.machines.addItem(m)
-        self.actions.clear()
+        self.action_list.clear()
         for when in ("before", "after"):
             for k, a in enumerate(getattr(g, when), start=1):
                 item = QListWidgetItem(f"{when}: {a.label}")
                 item.setToolTip(f"{when} the group: {a.label}")
                 item.setData(Qt.ItemDataRole.UserRole, (when, k))
                 item.setIcon(theme.icon("jobs" if a.kind == "manual" else "resync"))
-                self.actions.addItem(item)
+                self.action_list.addItem(item)
         self.up.setEnabled(self.number > 1)
         self.down.setEnabled(self.number < count)
 
     def _remove_action(self) -> None:
-        item = self.actions.currentItem()
+        item = self.action_list.currentItem()
         if item is not None:
             when, k = item.data(Qt.ItemDataRole.UserRole)
             self.page.ctx.recovery.remove_action(self.number, when, k)
@@ -311,8 +311,8 @@ class PlansPage(QWidget):
         self.skip_btn.clicked.connect(self.rec.skip)
         pl = QHBoxLayout(self.prompt)
         pl.addWidget(self.prompt_text, 1)
-        for b in (self.resume_btn, self.retry_btn, self.skip_btn):
-            pl.addWidget(b)
+        for pb in (self.resume_btn, self.retry_btn, self.skip_btn):
+            pl.addWidget(pb)
         self.prompt.setVisible(False)
         self.commit_btn = QPushButton("&Commit…")
         self.change_btn = QPushButton("C&hange point…")
@@ -325,8 +325,8 @@ class PlansPage(QWidget):
         self.cleanup_btn.clicked.connect(self.cleanup)
         self.report_btn.clicked.connect(self.open_report)
         ends = QHBoxLayout()
-        for b in (self.commit_btn, self.change_btn, self.cancel_btn, self.cleanup_btn, self.report_btn):
-            ends.addWidget(b)
+        for pb in (self.commit_btn, self.change_btn, self.cancel_btn, self.cleanup_btn, self.report_btn):
+            ends.addWidget(pb)
         ends.addStretch(1)
         runw = QWidget()
         rl = QVBoxLayout(runw)

@@ -732,6 +732,7 @@ class PlansPage(QWidget):
     def _open(self, dlg: QWidget) -> None:
         self.dialog = dlg
         dlg.finished.connect(dlg.deleteLater)  # type: ignore[attr-defined]
-        dlg.finished.connect(lambda _r: setattr(self, "dialog", None))  # type: ignore[attr-defined]
+        # a dialog that opens the next one (failover → confirmation) must not clear it when it closes
+        dlg.finished.connect(lambda _r: setattr(self, "dialog", None) if self.dialog is dlg else None)  # type: ignore[attr-defined]
         dlg.open()  # type: ignore[attr-defined]
 

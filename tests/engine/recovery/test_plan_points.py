@@ -1,10 +1,12 @@
 """A plan run's per-machine point choice and the plan editor's operations, in-process, without a boot: the run
 pauses at a manual action before its first group, so the point each machine will boot is checked before any VM
-starts (the libvirt recovery host is registered for real; nothing is defined on it)."""
+starts (the libvirt recovery host is registered for real; nothing is defined on it). The CLI's
+``plan run --point-of MACHINE=POINT`` goes through the control route to the same place."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -16,6 +18,7 @@ from engine.errors import InvalidInput, LifeboatError
 from engine.jobs import JobState
 from tests.conftest import need_tool
 from tests.engine.harness import Site, make_disk, sh
+from tests.engine.test_cli import lb
 
 MiB = 1 << 20
 
@@ -81,11 +84,23 @@ async def test_per_machine_point_is_resolved_before_the_run_and_edits(tmp_path: 
         assert ei2.value.code == "LB_UNKNOWN_POINT" and ei2.value.details["field"] == "points.vm1"
         assert "vm1" in ei2.value.message and plans.show("p")["runs"] == []
 
+        # the CLI form: --point-of MACHINE=POINT (a malformed one refused before any request; a wrong point by the
+        # control route, with its code and what to do)
+        H = ("--home", str(site.ahome))
+        p = await asyncio.to_thread(lb, "plan", "run", *H, "p", "--host", host, "--test", "--point-of", "vm1",
+                                    check=False)
+        assert p.returncode != 0 and "LB_PLAN_INVALID" in p.stderr and "MACHINE=POINT" in p.stderr, p.stderr
+        p = await asyncio.to_thread(lb, "plan", "run", *H, "p", "--host", host, "--test", "--point-of",
+                                    "vm1=tag:nosuch", check=False)
+        assert p.returncode != 0 and "LB_UNKNOWN_POINT" in p.stderr and "vm1" in p.stderr, p.stderr
+
         # a good one: the run pauses at the manual action, the machine's point is the bookmark's, not the latest
-        run = await plans.run("p", host, test=True, points={"vm1": "tag:before"})
-        job = app.jobs.get(run["job"]) if app.jobs else None
-        assert job is not None
-        await app.jobs.wait(job.id, until=lambda j: j.state == JobState.PAUSED)
+        p = await asyncio.to_thread(lb, "plan", "run", *H, "p", "--host", host, "--test", "--point-of",
+                                    "vm1=tag:before", "--json")
+        out = json.loads(p.stdout)
+        assert out["job"]["state"] == "paused-for-operator" and out["job"]["result"]["points"]["vm1"]["tag"] == "before"
+        job = app.jobs.get(out["job"]["id"]) if app.jobs else None
+        assert job is not None and job.state == JobState.PAUSED
         assert job.message == "Check the network first"
         chosen = job.result["points"]["vm1"]
         latest = app.points("vm1")[-1]

@@ -23,6 +23,7 @@ from .errors import Notification, NotificationCenter
 from .event_log import EventLogModel, LogEntry
 from .jobs import ConsoleJob, JobManager, JobsModel, JobStepsModel
 from .models import DashboardSeries, MachineTableModel, RpoHistory
+from .recovery import RecoveryModel
 from .settings import ConsoleSettings
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,14 @@ class ConsoleContext(QObject):
         self.log = EventLogModel(parent=self)
         self.alerts = AlertsModel(self)
         self.alerts.raised.connect(self._on_alert_raised)
+        self.recovery = RecoveryModel(facade, self.jobs, self.notes, self)
         facade.subscribe(self.bridge)
         self.bridge.statuses.connect(self._on_statuses)
         self.bridge.alert.connect(self._on_alert)
         self.bridge.job_progress.connect(self.jobs.on_engine_progress)
         self.bridge.job_changed.connect(self.jobs.on_engine_job)
+        self.bridge.job_changed.connect(self.recovery.on_job_changed)
+        self.bridge.job_progress.connect(self.recovery.on_job_progress)
         self.notes.notified.connect(self._on_notification)
         self.jobs.finished.connect(self._on_job_finished)
         self._inventory = QTimer(self)
@@ -77,11 +81,14 @@ class ConsoleContext(QObject):
             self.notes.handle(exc, "listing the engine's jobs")
         self.reload_alerts()
         self.refresh_inventory()
+        self.recovery.refresh_plans()
+        self.recovery.refresh_vms()
         self._inventory.start()
         self.appliance_started.emit()
 
     async def stop_appliance(self) -> None:
         self._inventory.stop()
+        await self.recovery.shutdown()
         await self.jobs.shutdown()
         await self.facade.stop()
         self.bridge.flush()

@@ -14,9 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.api import (Appliance, ApplianceStatus, CleanupView, Conflict, DrillView, EmbeddedAppliance, Event,
-                        LifeboatError, MachineView, PointView, Policy, format_duration, format_size, is_initialised,
-                        parse_address, parse_duration, parse_size, parse_window)
+from engine.api import (Appliance, ApplianceStatus, CleanupView, Conflict, DrillView, EmbeddedAppliance, Event, JobView,
+                        LifeboatError, MachineView, PlanActionView, PlanGroupView, PlanRunView, PlanSummaryView,
+                        PlanView, PointView, Policy, RecoveredVMView, RecoveryHostView, RecoverySettingsView,
+                        ReportView, format_duration, format_size, is_initialised, parse_address, parse_duration,
+                        parse_size, parse_window)
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,101 @@ class EngineFacade:
     def request_bookmark(self, name: str, tag: str | None = None) -> None:
         self._emb().request_bookmark(name, tag)
 
+    # recovery (issue 13): hosts, settings, failover of one machine, plans, runs, reports ---------------------
+    @property
+    def has_recovery(self) -> bool:
+        """Recovery hosts and plans are part of the engine; there whenever the appliance runs."""
+        return self.embedded is not None
+
+    def recovery_hosts(self) -> list[RecoveryHostView]:
+        return self._emb().recovery_hosts() if self.has_recovery else []
+
+    async def add_recovery_host(self, name: str, *, uri: str = "qemu:///system",
+                                networks: list[str] | None = None) -> RecoveryHostView:
+        return await self._emb().add_recovery_host(name, uri=uri, networks=networks)
+
+    def recovery_settings(self, machine: str, changes: dict[str, Any] | None = None) -> RecoverySettingsView:
+        return self._emb().recovery_settings(machine, changes)
+
+    async def recovered_vms(self) -> list[RecoveredVMView]:
+        return await self._emb().recovered_vms() if self.has_recovery else []
+
+    def failover_state(self, machine: str) -> dict[str, Any] | None:
+        """A failed-over machine's host, point and state (None when it is not failed over)."""
+        if not self.has_recovery:
+            return None
+        st = self._emb().failover_state(machine)
+        return dict(st) if st is not None else None
+
+    async def failover(self, machine: str, host: str, point: str, *, planned: bool = False) -> JobView:
+        return await self._emb().failover(machine, host, point, planned=planned)
+
+    async def change_failover_point(self, machine: str, point: str) -> JobView:
+        return await self._emb().change_failover_point(machine, point)
+
+    async def commit_failover(self, machine: str, *, stop_timeout: float = 60.0) -> JobView:
+        return await self._emb().commit_failover(machine, stop_timeout=stop_timeout)
+
+    async def cancel_failover(self, machine: str) -> dict[str, Any]:
+        return await self._emb().cancel_failover(machine)
+
+    def plans(self) -> list[PlanSummaryView]:
+        return self._emb().plans() if self.has_recovery else []
+
+    def plan(self, name: str) -> PlanView:
+        return self._emb().plan(name)
+
+    def create_plan(self, name: str) -> PlanView:
+        return self._emb().create_plan(name.strip())
+
+    def plan_add_machines(self, name: str, group: int, machines: list[str]) -> PlanView:
+        return self._emb().plan_add_machines(name, group, machines)
+
+    def plan_remove_machines(self, name: str, machines: list[str]) -> PlanView:
+        return self._emb().plan_remove_machines(name, machines)
+
+    def plan_move_group(self, name: str, group: int, to: int) -> PlanView:
+        return self._emb().plan_move_group(name, group, to)
+
+    def plan_remove_group(self, name: str, group: int) -> PlanView:
+        return self._emb().plan_remove_group(name, group)
+
+    def plan_add_action(self, name: str, group: int, when: str, *, script: str | None = None,
+                        timeout: float | None = None, manual: str | None = None) -> PlanView:
+        return self._emb().plan_add_action(name, group, when, script=script, timeout=timeout, manual=manual)
+
+    def plan_remove_action(self, name: str, group: int, when: str, index: int) -> PlanView:
+        return self._emb().plan_remove_action(name, group, when, index)
+
+    async def run_plan(self, name: str, host: str, *, test: bool, point: str = "latest",
+                       points: dict[str, str] | None = None, cleanup_after: float | None = None) -> PlanRunView:
+        return await self._emb().run_plan(name, host, test=test, point=point, points=points,
+                                          cleanup_after=cleanup_after)
+
+    def plan_run_job(self, name: str) -> dict[str, Any] | None:
+        return self._emb().plan_run_job(name)
+
+    def resume_plan(self, name: str, by: str) -> dict[str, Any]:
+        return self._emb().resume_plan(name, by)
+
+    def skip_plan_step(self, name: str, by: str) -> dict[str, Any]:
+        return self._emb().skip_plan_step(name, by)
+
+    async def cancel_plan(self, name: str) -> dict[str, Any]:
+        return await self._emb().cancel_plan(name)
+
+    async def commit_plan(self, name: str, *, stop_timeout: float = 60.0) -> dict[str, Any]:
+        return await self._emb().commit_plan(name, stop_timeout=stop_timeout)
+
+    async def cleanup_plan(self, name: str) -> dict[str, Any]:
+        return await self._emb().cleanup_plan(name)
+
+    def reports(self) -> list[ReportView]:
+        return self._emb().reports() if self.has_recovery else []
+
+    def report_path(self, report_id: str) -> Path:
+        return self._emb().report_path(report_id)
+
     # vCenter ---------------------------------------------------------------------------------------------
     @property
     def has_vsphere(self) -> bool:
@@ -207,5 +304,7 @@ class EngineFacade:
 
 
 __all__ = ["EngineFacade", "Policy", "PointView", "DrillView", "CleanupView", "MachineView", "ApplianceStatus",
+           "JobView", "PlanActionView", "PlanGroupView", "PlanRunView", "PlanSummaryView", "PlanView", "RecoveredVMView",
+           "RecoveryHostView", "RecoverySettingsView", "ReportView",
            "LifeboatError", "duration_text", "parse_duration_text", "check_window", "validate_policy",
            "is_initialised"]

@@ -32,8 +32,8 @@ from .appliance import recovery_service as _recovery_service  # noqa: F401
 from .appliance.appliance import Appliance, init_home
 from .appliance.recovery_service import RecoveryService
 from .client import AdminClient
-from .errors import (AlreadyExists, ApplianceUnreachable, AuthError, CertificateRefused, Conflict, ExportRefused,
-                     IntegrityError, InvalidInput, InvalidName, KeyringError, LifeboatError, ListenFailed,
+from .errors import (AlreadyExists, AlreadyFailedOver, ApplianceUnreachable, AuthError, CertificateRefused, Conflict, ExportRefused,
+                     FailoverCommitted, IntegrityError, InvalidInput, InvalidName, KeyringError, LifeboatError, ListenFailed,
                      MachineRevoked, NotFound, NotInitialised, NotReady, ProtocolError, RateLimited, StorageError,
                      UnknownMachine, UnknownPoint, UnknownPolicy, WrongPassphrase)
 from .console_remote import RemoteAppliance
@@ -41,6 +41,8 @@ from .events import Alert, ApplianceLink, Event, EventBus, JobChanged, JobProgre
 from .home import ApplianceHome
 from .jobs import JobManager
 from .net import parse_address
+from .recovery.failover import FailoverService
+from .recovery.plans import PlanService
 from .policy import (DEFAULT_POLICY, Policy, format_duration, format_size, health_for, parse_duration, parse_size,
                      parse_window)
 from .backup.kit import MIN_PASSPHRASE as KIT_MIN_PASSPHRASE
@@ -318,6 +320,221 @@ class CleanupView:
                    tuple(str(x) for x in d.get("removed") or ()), d.get("job"))
 
 
+
+# recovery: hosts, settings, recovered VMs, plans, runs, reports (issue 13; docs/CONTRACT.md §6) ----------------------
+@dataclass(frozen=True, slots=True)
+class RecoveryHostView:
+    """A registered recovery host: ``networks`` maps each network name to its kind (``isolated``, ``user``,
+    ``bridge:BR``)."""
+    name: str
+    kind: str = "qemu"
+    uri: str = ""
+    accel: str = "tcg"
+    networks: Mapping[str, str] | None = None
+    added: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RecoveryHostView:
+        k = _known(cls, d)
+        return cls(str(k["name"]), str(k.get("kind") or "qemu"), str(k.get("uri") or ""), str(k.get("accel") or "tcg"),
+                   dict(k.get("networks") or {}), _opt_float(k.get("added")))
+
+    @property
+    def isolated_networks(self) -> tuple[str, ...]:
+        return tuple(n for n, kind in (self.networks or {}).items() if kind == "isolated")
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverySettingsView:
+    """A machine's recovery settings: the VM made on a recovery host, its NIC → network map and re-IP."""
+    machine: str
+    cpus: int = 1
+    memory_mib: int = 512
+    firmware: str = "bios"
+    nics: Mapping[str, str] | None = None
+    ips: Mapping[str, str] | None = None
+    gateway: str | None = None
+    dns: tuple[str, ...] = ()
+    boot_pattern: str = ""
+    boot_timeout: float = 300.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RecoverySettingsView:
+        k = _known(cls, d)
+        return cls(str(k["machine"]), int(k.get("cpus") or 1), int(k.get("memory_mib") or 512),
+                   str(k.get("firmware") or "bios"), dict(k.get("nics") or {}), dict(k.get("ips") or {}),
+                   k.get("gateway"), tuple(k.get("dns") or ()), str(k.get("boot_pattern") or ""),
+                   float(k.get("boot_timeout") or 300.0))
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredVMView:
+    """A failed-over machine's VM (``vm list``): ``state`` is the failover's (starting, running, booted,
+    committing, committed, failed, interrupted), ``vm_state`` the hypervisor's; ``point`` the point it runs from."""
+    machine: str
+    host: str
+    state: str
+    point: str = ""
+    vm: str = ""
+    vm_state: str = ""
+    point_time: float | None = None
+    serial_log: str = ""
+    started_at: float | None = None
+    booted_at: float | None = None
+    boot_seconds: float | None = None
+    nbd: str | None = None
+    job: str | None = None
+    error: Mapping[str, Any] | None = None
+    kind: str = "unplanned"
+    committed: bool = False
+    images: Mapping[str, str] | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RecoveredVMView:
+        k = _known(cls, d)
+        return cls(str(k["machine"]), str(k.get("host") or ""), str(k.get("state") or ""), str(k.get("point") or ""),
+                   str(k.get("vm") or ""), str(k.get("vm_state") or ""), _opt_float(k.get("point_time")),
+                   str(k.get("serial_log") or ""), _opt_float(k.get("started_at")), _opt_float(k.get("booted_at")),
+                   _opt_float(k.get("boot_seconds")), k.get("nbd"), k.get("job"), k.get("error"),
+                   str(k.get("kind") or "unplanned"), bool(k.get("committed")), k.get("images"))
+
+
+@dataclass(frozen=True, slots=True)
+class PlanActionView:
+    """A plan action: ``kind`` script (``path``, ``timeout`` seconds) or manual (``text``, the operator's
+    instruction the run pauses with)."""
+    kind: str
+    path: str = ""
+    timeout: float = 0.0
+    text: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PlanActionView:
+        k = _known(cls, d)
+        return cls(str(k.get("kind") or ""), str(k.get("path") or ""), float(k.get("timeout") or 0.0),
+                   str(k.get("text") or ""))
+
+    @property
+    def label(self) -> str:
+        return (f"Script {self.path} (timeout {format_duration(self.timeout)})" if self.kind == "script"
+                else f"Manual: {self.text}")
+
+
+@dataclass(frozen=True, slots=True)
+class PlanGroupView:
+    """One group of a plan: its machines (failed over in parallel) and its before/after actions, in order."""
+    machines: tuple[str, ...] = ()
+    before: tuple[PlanActionView, ...] = ()
+    after: tuple[PlanActionView, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PlanGroupView:
+        return cls(tuple(str(m) for m in d.get("machines") or ()),
+                   tuple(PlanActionView.from_dict(a) for a in d.get("before") or ()),
+                   tuple(PlanActionView.from_dict(a) for a in d.get("after") or ()))
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRunView:
+    """A run of a plan: its engine job (kind ``recovery-plan``), test or real, and the DR report once ended."""
+    id: str
+    plan: str
+    job: str | None = None
+    host: str = ""
+    test: bool = False
+    point: str = "latest"
+    state: str = ""
+    machines: tuple[str, ...] = ()
+    started: float | None = None
+    ended: float | None = None
+    cleanup_at: float | None = None
+    cleaned_at: float | None = None
+    report: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PlanRunView:
+        k = _known(cls, d)
+        job = k.get("job")
+        return cls(str(k["id"]), str(k.get("plan") or ""), job.get("id") if isinstance(job, Mapping) else job,
+                   str(k.get("host") or ""), bool(k.get("test")), str(k.get("point") or "latest"),
+                   str(k.get("state") or ""), tuple(k.get("machines") or ()), _opt_float(k.get("started")),
+                   _opt_float(k.get("ended")), _opt_float(k.get("cleanup_at")), _opt_float(k.get("cleaned_at")),
+                   k.get("report"))
+
+
+@dataclass(frozen=True, slots=True)
+class PlanView:
+    """A recovery plan as ``plan show`` gives it: ``valid`` is whether it can run now; when not, ``problem`` is
+    the engine's error object, whose ``details["field"]`` names what to fix (``groups[N].machines``, ``groups``)."""
+    name: str
+    groups: tuple[PlanGroupView, ...] = ()
+    created: float | None = None
+    updated: float | None = None
+    valid: bool = False
+    problem: Mapping[str, Any] | None = None
+    runs: tuple[PlanRunView, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PlanView:
+        k = _known(cls, d)
+        return cls(str(k["name"]), tuple(PlanGroupView.from_dict(g) for g in k.get("groups") or ()),
+                   _opt_float(k.get("created")), _opt_float(k.get("updated")), bool(k.get("valid")), k.get("problem"),
+                   tuple(PlanRunView.from_dict(r) for r in k.get("runs") or ()))
+
+    @property
+    def machines(self) -> tuple[str, ...]:
+        return tuple(m for g in self.groups for m in g.machines)
+
+    @property
+    def problem_field(self) -> str | None:
+        return (self.problem or {}).get("details", {}).get("field") if self.problem else None
+
+    @property
+    def last_run(self) -> PlanRunView | None:
+        return self.runs[-1] if self.runs else None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSummaryView:
+    """A line of ``plan list``."""
+    name: str
+    groups: int = 0
+    machines: int = 0
+    last_run: PlanRunView | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PlanSummaryView:
+        k = _known(cls, d)
+        lr = k.get("last_run")
+        return cls(str(k["name"]), int(k.get("groups") or 0), int(k.get("machines") or 0),
+                   PlanRunView.from_dict(lr) if isinstance(lr, Mapping) else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportView:
+    """A DR report (``report list``): per machine the point used, its age (data-loss window) and boot time (RTO);
+    ``html`` is the self-contained page to open, ``json`` the same as data."""
+    id: str
+    plan: str
+    test: bool = False
+    host: str = ""
+    state: str = ""
+    started: float | None = None
+    ended: float | None = None
+    rto_seconds: float | None = None
+    machines: tuple[Mapping[str, Any], ...] = ()
+    json: str = ""
+    html: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReportView:
+        k = _known(cls, d)
+        return cls(str(k["id"]), str(k.get("plan") or ""), bool(k.get("test")), str(k.get("host") or ""),
+                   str(k.get("state") or ""), _opt_float(k.get("started")), _opt_float(k.get("ended")),
+                   _opt_float(k.get("rto_seconds")), tuple(dict(m) for m in k.get("machines") or ()),
+                   str(k.get("json") or ""), str(k.get("html") or ""))
+
+
 # home set-up ---------------------------------------------------------------------------------------------------------
 def is_initialised(home: Path) -> bool:
     """Whether ``home`` holds an initialised appliance (its ``appliance.json``)."""
@@ -551,6 +768,142 @@ class EmbeddedAppliance:
     def request_bookmark(self, name: str, tag: str | None = None) -> None:
         self.appliance.request_bookmark(name, tag)
 
+    # recovery (issue 13): hosts, settings, failover of one machine, plans and their runs, DR reports ------------
+    def _failover(self) -> FailoverService:
+        fo = self.appliance.failover
+        if fo is None:
+            raise Conflict("the appliance is not running", advice="Start it first.")
+        return fo
+
+    def _plans(self) -> PlanService:
+        plans = self.appliance.plans
+        if plans is None:
+            raise Conflict("the appliance is not running", advice="Start it first.")
+        return plans
+
+    def recovery_hosts(self) -> list[RecoveryHostView]:
+        return [RecoveryHostView.from_dict(h) for h in self._failover().list_hosts()]
+
+    async def add_recovery_host(self, name: str, *, uri: str = "qemu:///system", networks: list[str] | None = None,
+                                kind: str = "qemu", accel: str = "tcg") -> RecoveryHostView:
+        """Register a recovery host (``networks``: ``NAME=isolated|user|bridge:BR``); refused when unreachable."""
+        return RecoveryHostView.from_dict(await self._failover().add_host(name, kind, uri, list(networks or []),
+                                                                          accel))
+
+    def recovery_settings(self, machine: str, changes: Mapping[str, Any] | None = None) -> RecoverySettingsView:
+        """The machine's recovery settings, after applying ``changes`` (keys of ``RecoverySettingsView``)."""
+        return RecoverySettingsView.from_dict(self._failover().settings(machine, dict(changes) if changes else None))
+
+    async def recovered_vms(self) -> list[RecoveredVMView]:
+        """``vm list``: every failed-over machine's VM with the hypervisor's view of it."""
+        return [RecoveredVMView.from_dict(v) for v in await self._failover().vms()]
+
+    def failover_state(self, machine: str) -> Mapping[str, Any] | None:
+        """What is known of a machine's failover without asking the hypervisor (host, point, state), or None."""
+        return self._failover().failover_of(machine)
+
+    async def failover(self, machine: str, host: str, point: str = "latest", *, planned: bool = False) -> JobView:
+        """Fail one machine over (unplanned at ``point``, or planned: quiesce, final point, RPO 0); returns the
+        ``failover`` job once the VM has booted. Errors: ``AlreadyFailedOver``, ``NotReady``, ``UnknownPoint`` …"""
+        return JobView.from_dict((await self._failover().failover(machine, host, point, planned=planned)).to_dict())
+
+    async def change_failover_point(self, machine: str, point: str) -> JobView:
+        """Before commit: restart the recovered VM from another point (its overlay is discarded)."""
+        return JobView.from_dict((await self._failover().change_point(machine, point)).to_dict())
+
+    async def commit_failover(self, machine: str, *, stop_timeout: float = 60.0) -> JobView:
+        """Keep the recovered machine: standalone images on the recovery host; no other point afterwards.
+        ``stop_timeout``: how long the guest may take to shut down before it is powered off."""
+        return JobView.from_dict((await self._failover().commit(machine, stop_timeout=stop_timeout)).to_dict())
+
+    async def cancel_failover(self, machine: str) -> dict[str, Any]:
+        """Stop and remove the recovered VM, discard its overlay; the machine is protected again."""
+        return await self._failover().cancel(machine)
+
+    def plans(self) -> list[PlanSummaryView]:
+        return [PlanSummaryView.from_dict(p) for p in self._plans().plans()]
+
+    def plan(self, name: str) -> PlanView:
+        """The plan with ``valid``/``problem`` (validation without running) and its last runs."""
+        return PlanView.from_dict(self._plans().show(name))
+
+    def create_plan(self, name: str) -> PlanView:
+        return PlanView.from_dict(self._plans().create(name))
+
+    def plan_add_machines(self, name: str, group: int, machines: list[str]) -> PlanView:
+        """Add machines to group ``group`` (1-based; the next number adds a group). An unknown machine, or one
+        in another group already, is refused (``LB_UNKNOWN_MACHINE``; ``LB_PLAN_INVALID`` naming the field)."""
+        return PlanView.from_dict(self._plans().add(name, group, list(machines)))
+
+    def plan_remove_machines(self, name: str, machines: list[str]) -> PlanView:
+        return PlanView.from_dict(self._plans().remove(name, list(machines)))
+
+    def plan_move_group(self, name: str, group: int, to: int) -> PlanView:
+        return PlanView.from_dict(self._plans().move_group(name, group, to))
+
+    def plan_remove_group(self, name: str, group: int) -> PlanView:
+        return PlanView.from_dict(self._plans().remove_group(name, group))
+
+    def plan_add_action(self, name: str, group: int, when: str, *, script: str | None = None,
+                        timeout: float | None = None, manual: str | None = None) -> PlanView:
+        """A script (absolute path on the appliance, ``timeout`` seconds) or a manual instruction, ``when``
+        ``before`` or ``after`` the group. Refusals carry ``details["field"]`` (``script``, ``manual``, ``group``)."""
+        return PlanView.from_dict(self._plans().action(name, group, when, script=script, timeout=timeout,
+                                                       manual=manual))
+
+    def plan_remove_action(self, name: str, group: int, when: str, index: int) -> PlanView:
+        return PlanView.from_dict(self._plans().remove_action(name, group, when, index))
+
+    async def run_plan(self, name: str, host: str, *, test: bool, point: str = "latest",
+                       points: Mapping[str, str] | None = None, cleanup_after: float | None = None) -> PlanRunView:
+        """Start a run (returns at once; follow its job ``run.job``). ``point`` latest | latest-app for the whole
+        plan; ``points`` a machine's own point (ID, tag:TAG, TIME, latest, latest-app), resolved now."""
+        return PlanRunView.from_dict(await self._plans().run(name, host, test=test, point=point,
+                                                             cleanup_after=cleanup_after,
+                                                             points=dict(points) if points else None))
+
+    def plan_run_job(self, name: str) -> dict[str, Any] | None:
+        """The wire form of the job of the plan's last run (steps, ``result.stopped``, ``result.machines``)."""
+        run = self.plan(name).last_run
+        if run is None or not run.job:
+            return None
+        return self.job(run.job)
+
+    def resume_plan(self, name: str, by: str) -> dict[str, Any]:
+        """Resume the plan's run where it waits for an operator: a manual action done, or a failed step to retry.
+        ``by`` (the operator) is recorded in the job and the DR report."""
+        run = self.plan(name).last_run
+        if run is None or not run.job:
+            raise NotFound(f"recovery plan {name!r} has not run", code="LB_UNKNOWN_RUN",
+                           advice="Run it first.")
+        return self._jobs().resume(run.job, by=by).to_dict()
+
+    def skip_plan_step(self, name: str, by: str) -> dict[str, Any]:
+        """Skip the failed step(s) the plan's run is stopped at; the run goes on."""
+        return self._plans().skip(name, by)
+
+    async def cancel_plan(self, name: str) -> dict[str, Any]:
+        """Cancel the plan's last run and remove every VM it made (the machines are protected again)."""
+        return await self._plans().cancel(name)
+
+    async def commit_plan(self, name: str, *, stop_timeout: float = 60.0) -> dict[str, Any]:
+        """Keep the machines of the plan's last real run (each booted one committed)."""
+        return await self._plans().commit(name, stop_timeout=stop_timeout)
+
+    async def cleanup_plan(self, name: str) -> dict[str, Any]:
+        """Remove what the plan's last test run made."""
+        return await self._plans().cleanup(name)
+
+    def reports(self) -> list[ReportView]:
+        """The DR reports in the appliance home, oldest first."""
+        from .recovery.report import list_reports
+        return [ReportView.from_dict(r) for r in list_reports(self.appliance.home.reports)]
+
+    def report_path(self, report_id: str) -> Path:
+        """The HTML file of a DR report (``LB_UNKNOWN_REPORT`` when there is none)."""
+        from .recovery.report import report_path
+        return report_path(self.appliance.home.reports, report_id)
+
     # vCenter (plain data: docs/VSPHERE.md) ---------------------------------------------------------------------------
     def inventory(self) -> dict[str, Any]:
         """``{"vcenters", "datacenters", "clusters", "hosts", "datastores", "networks", "vms"}``; each VM carries
@@ -613,7 +966,8 @@ __all__ = [
     "RemoteAppliance", "attach_appliance", "serve_consoles", "console_types", "ApplianceLink",
     # typed views and the policy type
     "ApplianceStatus", "MachineView", "DiskView", "ResyncView", "PointView", "RevokedView", "JobView", "DrillView",
-    "CleanupView", "AlertView", "EventView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "format_size", "parse_size",
+    "CleanupView", "AlertView", "EventView", "RecoveryHostView", "RecoverySettingsView", "RecoveredVMView",
+    "PlanActionView", "PlanGroupView", "PlanRunView", "PlanView", "PlanSummaryView", "ReportView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "format_size", "parse_size",
     "parse_window", "health_for", "parse_address",
     # events
     "Event", "EventBus", "MachineStatus", "PointCreated", "JobProgress", "JobChanged", "Alert",
@@ -622,4 +976,5 @@ __all__ = [
     "UnknownPoint", "UnknownPolicy", "AlreadyExists", "Conflict", "NotInitialised", "AuthError", "WrongPassphrase",
     "CertificateRefused", "MachineRevoked", "ApplianceUnreachable", "ProtocolError", "IntegrityError", "StorageError",
     "KeyringError", "ListenFailed", "NotReady", "LoginFailed", "CertificateUntrusted", "VCenterUnreachable",
+    "AlreadyFailedOver", "FailoverCommitted",
 ]

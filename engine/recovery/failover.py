@@ -271,6 +271,12 @@ class FailoverService:
             job.result["point"] = fo.point.to_dict()
         return job
 
+    async def resolve(self, machine: str, spec: str) -> Point:
+        """The point ``spec`` names for ``machine`` now (what a failover at ``spec`` would boot); nothing is opened."""
+        if self.runtimes.get(machine) is None:
+            raise NotReady(f"machine {machine!r} is not protected", advice="Protect it first (`lifeboat protect`).")
+        return await self._resolve(machine, spec)
+
     async def _resolve(self, machine: str, spec: str) -> Point:
         rt = self.runtimes[machine]
         return await resolve_point(rt.vault, spec, lambda seq: self.cursor.is_consistent(machine, seq),

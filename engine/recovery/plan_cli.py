@@ -83,6 +83,17 @@ def cmd_plan_run(a: argparse.Namespace) -> int:
         raise InvalidInput("--cleanup-after is for test runs only", field="cleanup-after", code="LB_PLAN_INVALID",
                            advice="Add --test, or leave out --cleanup-after.")
     body: dict[str, Any] = {"host": a.host, "test": a.test, "point": a.point}
+    if a.point_of:
+        points: dict[str, str] = {}
+        for item in a.point_of:
+            machine, sep, spec = item.partition("=")
+            if not sep or not machine.strip() or not spec.strip():
+                from ..errors import InvalidInput
+                raise InvalidInput(f"--point-of {item!r} is not MACHINE=POINT", field="point-of", code="LB_PLAN_INVALID",
+                                   advice="Give e.g. --point-of web1=tag:before-upgrade (latest, latest-app, an id, "
+                                          "tag:TAG or a time).")
+            points[machine.strip()] = spec.strip()
+        body["points"] = points
     if a.cleanup_after is not None:
         body["cleanup_after"] = parse_duration(a.cleanup_after, what="cleanup-after")
     r = client_for(a, RUN_TIMEOUT).call("POST", f"/v1/plans/{url_name(a.plan)}/run", body)
@@ -193,6 +204,8 @@ def add_subcommands(sub: Any) -> None:
     s.add_argument("--test", action="store_true", help="a test failover: every NIC on the host's isolated network")
     s.add_argument("--cleanup-after", metavar="DURATION", help="remove a test run's VMs after this long (e.g. 2h)")
     s.add_argument("--point", default="latest", choices=["latest", "latest-app"])
+    s.add_argument("--point-of", action="append", metavar="MACHINE=POINT",
+                   help="a machine's own point (latest, latest-app, ID, tag:TAG or TIME); repeatable")
     s.set_defaults(fn=cmd_plan_run)
     s = ps.add_parser("cancel", help="cancel the plan's last run and remove its VMs"); home(s); s.add_argument("plan")
     s.set_defaults(fn=cmd_plan_cancel)

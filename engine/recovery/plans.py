@@ -238,6 +238,55 @@ class PlanService:
         self.store.put_groups(name, groups)
         return self.show(name)
 
+    def remove(self, name: str, machines: list[str]) -> dict[str, Any]:
+        """Take machines out of the plan (whichever group holds them); an empty group stays until removed."""
+        p = self.store.plan(name)
+        groups = p["groups"]
+        for m in machines:
+            where = [g for g in groups if m in g["machines"]]
+            if not where:
+                raise plan_invalid(f"machine {m!r} is not in plan {name!r}", "machines")
+            where[0]["machines"].remove(m)
+        self.store.put_groups(name, groups)
+        return self.show(name)
+
+    def _existing_group(self, groups: list[dict[str, Any]], n: int, field: str = "group") -> dict[str, Any]:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(groups):
+            raise plan_invalid(f"group {n} does not exist; the plan has {len(groups)} group(s)", field)
+        return groups[n - 1]
+
+    def move_group(self, name: str, group: int, to: int) -> dict[str, Any]:
+        """Reorder: group ``group`` (with its actions) becomes group ``to``; the others keep their order."""
+        p = self.store.plan(name)
+        groups = p["groups"]
+        g = self._existing_group(groups, group)
+        self._existing_group(groups, to, "to")
+        groups.remove(g)
+        groups.insert(to - 1, g)
+        self.store.put_groups(name, groups)
+        return self.show(name)
+
+    def remove_group(self, name: str, group: int) -> dict[str, Any]:
+        """Remove a group with its actions; its machines leave the plan; later groups move up."""
+        p = self.store.plan(name)
+        groups = p["groups"]
+        groups.remove(self._existing_group(groups, group))
+        self.store.put_groups(name, groups)
+        return self.show(name)
+
+    def remove_action(self, name: str, group: int, when: str, index: int) -> dict[str, Any]:
+        """Remove the ``index``-th (1-based) ``before``/``after`` action of a group."""
+        p = self.store.plan(name)
+        groups = p["groups"]
+        g = self._existing_group(groups, group)
+        if when not in ("before", "after"):
+            raise plan_invalid("an action runs 'before' or 'after' its group", "when")
+        if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= len(g[when]):
+            raise plan_invalid(f"group {group} has no {when}-action {index}", "index")
+        del g[when][index - 1]
+        self.store.put_groups(name, groups)
+        return self.show(name)
+
     def show(self, name: str) -> dict[str, Any]:
         p = self.store.plan(name)
         problem = None
@@ -259,12 +308,30 @@ class PlanService:
 
     # running -----------------------------------------------------------------------------------------------
     async def run(self, name: str, host: str, *, test: bool, point: str = "latest",
-                  cleanup_after: float | None = None) -> dict[str, Any]:
+                  cleanup_after: float | None = None, points: dict[str, str] | None = None) -> dict[str, Any]:
+        """Start a run of the plan (returns at once; the run is a job). ``point`` is the plan-wide point;
+        ``points`` overrides it per machine (``{machine: latest|latest-app|ID|tag:TAG|TIME}``): each override is
+        resolved now, so a bad one is refused before anything runs (its error names ``points.MACHINE``), and the
+        machine boots exactly the point shown in ``result["points"]``."""
         p = self.store.plan(name)
         groups = p["groups"]
         validate_groups(groups, self._machine_ok)
         if point not in ("latest", "latest-app"):
             raise plan_invalid(f"a plan runs at point 'latest' or 'latest-app', not {point!r}", "point")
+        in_plan = {m for g in groups for m in g["machines"]}
+        chosen: dict[str, dict[str, Any]] = {}
+        for m, spec in (points or {}).items():
+            if m not in in_plan:
+                raise plan_invalid(f"machine {m!r} has a point of its own but is not in plan {name!r}", f"points.{m}",
+                                   "Give points only for the plan's machines (`lifeboat plan show`).")
+            if not isinstance(spec, str) or not spec.strip() or len(spec) > 256:
+                raise plan_invalid(f"the point of machine {m!r} is empty or too long", f"points.{m}")
+            try:
+                chosen[m] = (await self.failover.resolve(m, spec.strip())).to_dict()
+            except LifeboatError as exc:   # its own code and advice, plus which machine's point it was
+                exc.message = f"point {spec!r} of machine {m!r}: {exc.message}"
+                exc.details.update(field=f"points.{m}", machine=m)
+                raise
         if cleanup_after is not None and not test:
             raise plan_invalid("--cleanup-after is for test runs only", "cleanup_after",
                                "Add --test, or leave out --cleanup-after.")
@@ -304,13 +371,14 @@ class PlanService:
             machines = list(g["machines"])
             for k, a in enumerate(g["before"], start=1):
                 job_groups.append([self._action_step(f"g{n}-before-{k}", a, n, machines, env_base)])
-            job_groups.append([self._machine_step(n, m, host, point, overrides.get(m), run) for m in machines])
+            job_groups.append([self._machine_step(n, m, host, chosen[m]["id"] if m in chosen else point,
+                                                  overrides.get(m), run) for m in machines])
             for k, a in enumerate(g["after"], start=1):
                 job_groups.append([self._action_step(f"g{n}-after-{k}", a, n, machines, env_base)])
         job = self.manager.submit(JobKind.RECOVERY_PLAN, f"plan:{name}", Plan(job_groups),
                                   title=f"{'Test run' if test else 'Run'} of recovery plan {name} on {host}",
                                   result={"plan": name, "run": run_id, "test": test, "host": host, "point": point,
-                                          "groups": groups, "machines": {}, "actions": {}})
+                                          "groups": groups, "machines": {}, "actions": {}, "points": chosen})
         run["job"] = job.id
         run["state"] = job.state.value
         self.store.put_run(run)
@@ -499,9 +567,10 @@ class PlanService:
                            advice="Cancel it with `lifeboat plan cancel` (that cleans up too).")
         return await self._cleanup_run(run)
 
-    async def commit(self, name: str) -> dict[str, Any]:
+    async def commit(self, name: str, *, stop_timeout: float = 60.0) -> dict[str, Any]:
         """Keep the machines of the plan's last real run: each booted one is committed in turn
-        (``FailoverService.commit``: standalone images, the VM restarted on them)."""
+        (``FailoverService.commit``: standalone images, the VM restarted on them; ``stop_timeout``: how long a
+        guest may take to shut down before it is powered off)."""
         run = self._last_run(name)
         if run["test"]:
             raise Conflict(f"the last run of plan {name!r} was a test failover; a test is never committed",
@@ -515,7 +584,7 @@ class PlanService:
         for m in run["machines"]:
             fo = self.failover.failover_of(m)
             if fo is not None and fo["state"] == "booted":
-                jobs.append((await self.failover.commit(m)).id)
+                jobs.append((await self.failover.commit(m, stop_timeout=stop_timeout)).id)
                 committed.append(m)
         self.state.event("plan-committed", None, plan=name, run=run["id"], machines=committed)
         return {"plan": name, "run": run["id"], "committed": committed, "jobs": jobs}
@@ -553,6 +622,7 @@ class PlanService:
                 web.get("/v1/plans/{name}", self._h_show),
                 web.post("/v1/plans/{name}/machines", self._h_add),
                 web.post("/v1/plans/{name}/actions", self._h_action),
+                web.post("/v1/plans/{name}/edit", self._h_edit),
                 web.post("/v1/plans/{name}/run", self._h_run),
                 web.post("/v1/plans/{name}/cancel", self._h_cancel),
                 web.post("/v1/plans/{name}/skip", self._h_skip),
@@ -601,12 +671,36 @@ class PlanService:
             script=b.text("script", max_len=4096), timeout=b.duration("timeout"),
             manual=b.text("manual", max_len=2000)))
 
+    async def _h_edit(self, request: web.Request) -> web.Response:
+        """``{"op": "remove", "machines": [...]}`` | ``{"op": "move-group", "group": N, "to": M}`` |
+        ``{"op": "remove-group", "group": N}`` | ``{"op": "remove-action", "group": N, "when": W, "index": K}``."""
+        b = await self._body(request)
+        name, op = self._name(request), b.text("op", required=True, max_len=16)
+        if op == "remove":
+            ms = b.data.get("machines")
+            if not isinstance(ms, list) or not ms or len(ms) > MAX_MACHINES or not all(isinstance(m, str) for m in ms):
+                raise InvalidInput("field 'machines' must be a list of 1-100 machine names", field="machines")
+            return json_response(self.remove(name, ms))
+        if op == "move-group":
+            return json_response(self.move_group(name, self._int(b, "group"), self._int(b, "to")))
+        if op == "remove-group":
+            return json_response(self.remove_group(name, self._int(b, "group")))
+        if op == "remove-action":
+            return json_response(self.remove_action(name, self._int(b, "group"),
+                                                    b.text("when", required=True, max_len=8) or "",
+                                                    self._int(b, "index")))
+        raise InvalidInput(f"unknown edit {op!r} (remove, move-group, remove-group, remove-action)", field="op")
+
     async def _h_run(self, request: web.Request) -> web.Response:
         b = await self._body(request)
         name = self._name(request)
+        pts = b.data.get("points")
+        if pts is not None and (not isinstance(pts, dict) or len(pts) > MAX_MACHINES or not all(
+                isinstance(k, str) and isinstance(v, str) and len(v) <= 256 for k, v in pts.items())):
+            raise InvalidInput("field 'points' must map machine names to point specs", field="points")
         run = await self.run(name, b.name("host", "host name", required=True) or "",
                              test=b.boolean("test", False), point=b.text("point", default="latest", max_len=16)
-                             or "latest", cleanup_after=b.duration("cleanup_after"))
+                             or "latest", cleanup_after=b.duration("cleanup_after"), points=pts)
         if b.boolean("wait", True):   # until the run ends or waits for an operator
             job = await self.manager.wait(run["job"], until=lambda j: j.state == JobState.PAUSED)
             ev = self._reported.get(run["id"])

@@ -11,7 +11,7 @@ import time
 import numpy as np
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QAbstractItemView, QFormLayout, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
-                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                               QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from console.bridge import MachineStatus, PointCreated
 from console.context import ConsoleContext
@@ -19,6 +19,7 @@ from console.models import format_seconds, format_time
 
 from .. import forms, theme
 from ..empty_state import AgentGuide
+from ..recovery_dialogs import MachineFailoverDialog, PointDialog, confirm
 from ..rpo_graph import WINDOW_SECONDS, RpoGraph
 
 
@@ -59,6 +60,24 @@ class MachineDetail(QWidget):
         head.addWidget(self.health_icon)
         head.addWidget(self.health)
         head.addWidget(self.reason, 1)
+        # failover to a recovery host (issue 13): state, and the actions on this machine
+        self.failover_label = QLabel("—")
+        self.failover_label.setAccessibleName("Failover")
+        self.failover_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.fo_buttons: dict[str, QPushButton] = {}
+        fo_row = QHBoxLayout()
+        fo_row.addWidget(QLabel("Failover:"))
+        fo_row.addWidget(self.failover_label, 1)
+        for key, text, slot in (("failover", "Fail o&ver…", self.failover), ("change", "Change &point…",
+                                                                             self.change_point),
+                                ("commit", "Co&mmit…", self.commit), ("cancel", "Cancel fail&over…", self.cancel)):
+            b = QPushButton(text)
+            b.setAccessibleName(text.replace("&", "").rstrip("…"))
+            b.clicked.connect(slot)
+            b.setEnabled(False)
+            self.fo_buttons[key] = b
+            fo_row.addWidget(b)
+        self.dialog: QWidget | None = None
         self.graph = RpoGraph()
         self.disks = QTableWidget(0, 4)
         self.disks.setHorizontalHeaderLabels(["Disk", "Size", "Initial sync", "Synced"])
@@ -72,6 +91,7 @@ class MachineDetail(QWidget):
         lay.setContentsMargins(0, 6, 0, 0)
         lay.addLayout(head)
         lay.addLayout(grid)
+        lay.addLayout(fo_row)
         lay.addWidget(self.graph, 1)
         form = QFormLayout()
         self.disks_label = QLabel("Disks:")
@@ -93,6 +113,8 @@ class MachineDetail(QWidget):
         ctx.inventory_refreshed.connect(self._show_guide)
         ctx.appliance_started.connect(self._show_guide)
         ctx.bridge.point_created.connect(self._on_point)
+        ctx.recovery.vms_changed.connect(self.refresh_failover)
+        ctx.jobs.finished.connect(lambda _j: self.refresh_failover())
 
     def set_compact(self, on: bool) -> None:
         """A smaller graph and no disk table, so the machines table gets the room."""
@@ -198,6 +220,7 @@ class MachineDetail(QWidget):
         self.facts["Last point"].setText(f"{format_time(lp.time)} ({lp.kind}{', ' + lp.tag if lp.tag else ''})"
                                          if lp else "none yet")
         self.facts["Drill"].setText(self.drill_text(name))
+        self.refresh_failover()
         self.disks.setRowCount(len(st.disks))
         for r, d in enumerate(st.disks):   # the same fraction the state's % is made of (synced disks are 100 %)
             pct = 100.0 * d.sync_fraction
@@ -218,3 +241,96 @@ class MachineDetail(QWidget):
                     return f"running, exported to {drill.export_dir}"
                 break
         return "running"
+
+    # failover of this machine (issue 13) -----------------------------------------------------------------
+    def failover_info(self) -> dict | None:  # type: ignore[type-arg]
+        name = self.machine
+        if not name or not self.ctx.facade.running or not self.ctx.facade.has_recovery:
+            return None
+        try:
+            return self.ctx.facade.failover_state(name)
+        except Exception as exc:
+            self.ctx.notes.handle(exc, f"reading the failover of {name}")
+            return None
+
+    def refresh_failover(self) -> None:
+        """The failover line and which of Failover / Change point / Commit / Cancel apply now."""
+        info = self.failover_info()
+        row = self.ctx.machines.row(self.machine or "")
+        busy = any(not j.done and j.machine == self.machine and j.kind.startswith("failover")
+                   for j in self.ctx.jobs.jobs)
+        state = info["state"] if info else None
+        if info is None:
+            self.failover_label.setText("—" if not self.machine else "not failed over")
+        else:
+            self.failover_label.setText(f"{state} on {info['host']}, point {info['point']}")
+        running = bool(self.machine) and self.ctx.facade.running and self.ctx.facade.has_recovery and not busy
+        self.fo_buttons["failover"].setEnabled(running and info is None and row is not None and row.protected)
+        self.fo_buttons["change"].setEnabled(running and state in ("booted", "failed"))
+        self.fo_buttons["commit"].setEnabled(running and state == "booted")
+        self.fo_buttons["cancel"].setEnabled(running and state is not None and state not in ("committing",
+                                                                                              "committed"))
+
+    def _open(self, dlg: QWidget) -> None:
+        self.dialog = dlg
+        dlg.finished.connect(dlg.deleteLater)  # type: ignore[attr-defined]
+        # a dialog that opens the next one (failover → confirmation) must not clear it when it closes
+        dlg.finished.connect(lambda _r: setattr(self, "dialog", None) if self.dialog is dlg else None)  # type: ignore[attr-defined]
+        dlg.open()  # type: ignore[attr-defined]
+
+    def failover(self) -> None:
+        name = self.machine
+        if not name:
+            return
+        try:
+            hosts, points = self.ctx.facade.recovery_hosts(), self.ctx.facade.points(name)
+        except Exception as exc:
+            self.ctx.notes.handle(exc, f"preparing the failover of {name}")
+            return
+        dlg = MachineFailoverDialog(name, hosts, points, self)
+
+        def chosen() -> None:
+            host, point, planned = dlg.chosen()
+            box = confirm(self, "Fail over", f"Fail {name} over for real to {host}?",
+                          f"Point: {dlg.point_text()}.\n{name} boots on {host}; its replication stops until the "
+                          "failover is cancelled" + (", and the running source is quiesced first." if planned
+                                                     else "."), "Fail over",
+                          lambda: self.ctx.recovery.failover(name, host, point, planned=planned))
+            self._open(box)
+        dlg.accepted.connect(chosen)
+        self._open(dlg)
+
+    def change_point(self) -> None:
+        name, info = self.machine, self.failover_info()
+        if not name or info is None:
+            return
+        try:
+            points = self.ctx.facade.points(name)
+        except Exception as exc:
+            self.ctx.notes.handle(exc, f"reading points of {name}")
+            return
+        dlg = PointDialog(name, points, str(info["point"]), self)
+        dlg.accepted.connect(lambda: self.ctx.recovery.change_point(name, dlg.point() or "latest"))
+        self._open(dlg)
+
+    def commit(self) -> None:
+        name, info = self.machine, self.failover_info()
+        if not name or info is None:
+            return
+        box = confirm(self, "Commit the failover", f"Keep {name} on {info['host']} at point {info['point']}?",
+                      "Its disks are copied into standalone images on the recovery host and the VM restarts on them; "
+                      "no other point can be chosen afterwards.", "Commit",
+                      lambda: self.ctx.recovery.commit_machine(name))
+        self._open(box)
+
+    def cancel(self) -> None:
+        name, info = self.machine, self.failover_info()
+        if not name or info is None:
+            return
+        box = confirm(self, "Cancel the failover", f"Stop and remove the recovered VM of {name} on {info['host']}?",
+                      "What it wrote is discarded; the machine is protected again.", "Cancel failover",
+                      lambda: self.ctx.recovery.cancel_machine(name))
+        self._open(box)
+
+
+

@@ -10,7 +10,7 @@ and because each writes absolute content, applying a batch again after a crash g
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ..replica import ExtentMap
 from .rest import MAX_PUT_PAGE, PAGE
@@ -85,7 +85,8 @@ def _run_ops(run: list[tuple[int, int, object]], read: Callable[[int, int], byte
         if src == ZERO:
             buf[a - lo:b - lo] = bytes(b - a)
         else:
-            data, start = src  # type: ignore[misc]
+            data: Any = src[0]  # type: ignore[index]
+            start: int = src[1]  # type: ignore[index]
             buf[a - lo:b - lo] = memoryview(data)[a - start:b - start]
     mv = memoryview(buf)
     return [Op("put", lo + o, min(max_put, len(buf) - o), mv[o:o + max_put]) for o in range(0, len(buf), max_put)]

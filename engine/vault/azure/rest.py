@@ -27,7 +27,7 @@ import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from ... import net
 from ...errors import CloudAuthFailed, CloudUnreachable, ContainerMissing, InvalidInput, LifeboatError, StorageError
@@ -47,7 +47,7 @@ PURPOSE = "azure"
 class HTTPError(StorageError):
     """A request the service answered with an error status (after retries when it was a transient one)."""
 
-    def __init__(self, status: int, error_code: str, message: str, **details: object) -> None:
+    def __init__(self, status: int, error_code: str, message: str, **details: Any) -> None:
         super().__init__(message, status=status, error_code=error_code, **details)
         self.status = status
         self.error_code = error_code

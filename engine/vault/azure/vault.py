@@ -518,6 +518,7 @@ class AzureMachineVault(MachineVault):
         return self._logs[best]
 
     def _open_payload(self, e: LogEntry, env: bytes | bytearray | memoryview) -> bytes:
+        env = env if isinstance(env, (bytes, memoryview)) else memoryview(env)
         r = e.rec
         try:
             payload = self._sealer.open(env, aad=r.pack_header(), max_size=MAX_PAYLOAD)
@@ -583,7 +584,7 @@ class AzureMachineVault(MachineVault):
             def read(off: int, n: int, blob: str = blob) -> bytes:
                 return self._c.get_blob(blob, offset=off, length=n)
             for op in pages.plan(emap, read):
-                if op.kind == "put":
+                if op.kind == "put" and op.data is not None:
                     futs.append(self._owner._io2.submit(self._c.put_pages, blob, op.offset, op.data))
                 else:
                     futs.append(self._owner._io2.submit(self._c.clear_pages, blob, op.offset, op.length))

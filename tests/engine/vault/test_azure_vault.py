@@ -22,7 +22,7 @@ from engine.vault.journal import seal_record
 from engine.vault.replica import ExtentMap
 from tests.azurite import KEY as AZ_KEY
 from tests.azurite import Azurite, HTTPFaultProxy, azurite_missing
-from tests.engine.vault.test_local_vault import KEY, SIZES, Model, check, disk_sha, gen
+from tests.engine.vault.test_local_vault import KEY, SIZES, Model, check, gen
 
 KiB, MiB = 1024, 1024 * 1024
 

@@ -124,8 +124,10 @@ class Proc:
 class Site:
     """Appliance + agent (one machine, one disk) as two processes in ``tmp``."""
 
-    def __init__(self, tmp: Path, disk: Path, *, crash_interval: str = "5s", appliance_home: Path | None = None) -> None:
+    def __init__(self, tmp: Path, disk: Path, *, crash_interval: str = "5s", appliance_home: Path | None = None,
+                 vault_setup=None) -> None:  # type: ignore[no-untyped-def]
         self.tmp, self.disk = tmp, disk
+        self.vault_setup = vault_setup   # called with the Site after `appliance init`, before `appliance run`
         self.ahome, self.agent_home = appliance_home or tmp / "appliance", tmp / "agent"
         self.cport, self.dport, self.nport = free_port(), free_port(), free_port()
         self.app: Proc | None = None
@@ -142,6 +144,8 @@ class Site:
     def start(self) -> Site:
         self.cli("appliance", "init", "--home", str(self.ahome), "--control-port", str(self.cport),
                  "--data-port", str(self.dport), "--listen", "127.0.0.1")
+        if self.vault_setup is not None:
+            self.vault_setup(self)
         self.app = Proc("appliance", [*LIFEBOAT, "appliance", "run", "--home", str(self.ahome)],
                         self.tmp / "appliance.log", cwd=REPO)
         wait_port(self.cport, proc=self.app.p)

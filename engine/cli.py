@@ -216,6 +216,26 @@ def cmd_appliance_set(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vault_set(a: argparse.Namespace) -> int:
+    """Choose the vault (Azure Blob); the key or SAS token comes on standard input, never on the command line."""
+    from .appliance.vault_settings import set_azure_vault
+    if a.kind != "azure":
+        raise InvalidInput(f"vault kind {a.kind!r}: only 'azure' can be set (a new home's vault is local)")
+    secret = sys.stdin.readline().strip()
+    out = set_azure_vault(Path(a.home), a.account_url, a.container, key=secret if a.key_stdin else None,
+                          sas=secret if a.sas_stdin else None)
+    _print(out if a.json else f"vault: azure {out['account_url']} container {out['container']} "
+           f"(checked in {out['check']['latency_ms']} ms; credential in the OS keyring)", a.json)
+    return 0
+
+
+def cmd_vault_show(a: argparse.Namespace) -> int:
+    from .appliance.vault_settings import show_vault
+    out = show_vault(Path(a.home))
+    _print(out if a.json else "\n".join(f"{k}: {v}" for k, v in out.items()), a.json)
+    return 0
+
+
 def cmd_status(a: argparse.Namespace) -> int:
     st = _client(a).call("GET", "/v1/status")
     if a.json:
@@ -599,6 +619,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = m.add_parser("revoke"); home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_machine_revoke)
     s = m.add_parser("restore-access", help="let a revoked machine register again (it keeps its vault and points)")
     home(s); s.add_argument("machine"); s.set_defaults(fn=cmd_machine_restore_access)
+    vt = sub.add_parser("vault", help="the vault: where replicated data rests").add_subparsers(dest="sub",
+                                                                                                required=True)
+    s = vt.add_parser("set", help="use an Azure Blob container (checked first; before any machine is protected)")
+    home(s); s.add_argument("--kind", required=True, choices=["azure"]); s.add_argument("--account-url", required=True)
+    s.add_argument("--container", required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--key-stdin", action="store_true"); g.add_argument("--sas-stdin", action="store_true")
+    s.set_defaults(fn=cmd_vault_set)
+    s = vt.add_parser("show", help="the vault's settings (never the credential)"); home(s)
+    s.set_defaults(fn=cmd_vault_show)
     from .recovery.cli import add_subcommands as add_recovery  # host add/list, machine settings, vm list, cancel
     add_recovery(sub, m)
     from .recovery.plan_cli import add_subcommands as add_plans  # plan …, report list/show

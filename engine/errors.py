@@ -143,6 +143,23 @@ class VaultFull(StorageError):
               "itself when space returns. Free space on it, or move the vault to a larger disk.")
 
 
+class CloudAuthFailed(AuthError):
+    code = "LB_CLOUD_AUTH_FAILED"
+    advice = ("The storage account refused the credentials: check the account URL and give the account key or a "
+              "SAS token with read, write, list, delete and create rights on the container.")
+
+
+class ContainerMissing(NotFound):
+    code = "LB_CONTAINER_MISSING"
+    advice = "Create the container in the storage account (or correct its name), then try again."
+
+
+class CloudUnreachable(StorageError):
+    code = "LB_CLOUD_UNREACHABLE"
+    advice = ("The storage account did not answer (network, proxy, firewall or the service is busy). Replication "
+              "waits and resumes by itself; check the account URL and the egress settings (`lifeboat egress check`).")
+
+
 def is_no_space(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or what caused it) is a full filesystem or quota (ENOSPC, EDQUOT)."""
     import errno

@@ -2,7 +2,9 @@
 
 Callers: the agent's replication link (``agent/link.py``: the TCP connection; its memory-BIO TLS stays in the link),
 agent registration (``agent/register.py``: HTTPS), the admin client (``client.py``: HTTPS) and the vSphere
-connection (``vsphere/connect.py``: TCP/TLS probes, and the route pyVmomi's own HTTPS connections take).
+connection (``vsphere/connect.py``: TCP/TLS probes, and the route pyVmomi's own HTTPS connections take), and the
+Azure Blob vault (``vault/azure/rest.py``: its HTTP(S) connections come from :func:`http_connection`, purpose
+``"azure"``).
 
 What it does:
 
@@ -31,7 +33,7 @@ from typing import Any, TypeVar, overload
 from .errors import EgressRefused, InvalidInput
 
 __all__ = ["EgressPolicy", "EgressRefused", "HTTPSConnection", "HTTPSResponse", "Route", "client_context",
-           "egress_policy", "https_request", "open_connection", "open_tls", "route", "set_egress_policy",
+           "egress_policy", "http_connection", "https_request", "open_connection", "open_tls", "route", "set_egress_policy",
            "system_context", "unverified_context"]
 
 #: Oldest TLS version any outbound connection accepts.
@@ -191,6 +193,32 @@ class HTTPSConnection(http.client.HTTPSConnection):
         def create(address: tuple[str, int], timeout: Any = None, source_address: Any = None) -> socket.socket:
             return open_connection(address[0], address[1], timeout=timeout, purpose=purpose)
         self._create_connection = create
+
+
+class HTTPConnection(http.client.HTTPConnection):
+    """``http.client.HTTPConnection`` (plain HTTP: a storage emulator, a private endpoint) whose TCP connection is
+    made by :func:`open_connection` (egress policy)."""
+
+    def __init__(self, host: str, port: int, *, timeout: float, purpose: str) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.purpose = purpose
+
+        def create(address: tuple[str, int], timeout: Any = None, source_address: Any = None) -> socket.socket:
+            return open_connection(address[0], address[1], timeout=timeout, purpose=purpose)
+        self._create_connection = create
+
+
+def http_connection(scheme: str, host: str, port: int, *, timeout: float, purpose: str,
+                    context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+    """The one transport for HTTP clients that keep their connections (the Azure Blob vault): an ``http.client``
+    connection to ``host:port`` for ``scheme`` ``"https"`` (verified with ``context``, default the system store)
+    or ``"http"``, whose socket is made through the egress policy. Not connected yet; the caller reuses and closes
+    it. The egress policy's proxy and bandwidth settings hook in here."""
+    if scheme == "https":
+        return HTTPSConnection(host, port, context=context or system_context(), timeout=timeout, purpose=purpose)
+    if scheme == "http":
+        return HTTPConnection(host, port, timeout=timeout, purpose=purpose)
+    raise InvalidInput(f"unsupported URL scheme {scheme!r} (http or https)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ SYSTEM_PACKAGES=(
   systemd           # systemd-analyze checks the appliance's service unit (issue 16)
   # the boot image of the recovery tests: Debian's kernel, busybox, syslinux on FAT16 (tests/engine/recovery)
   linux-image-amd64 busybox-static syslinux syslinux-common mtools dosfstools kmod
+  nodejs npm        # Azurite, the Azure Storage emulator (issue 15): the Azure vault's tests and bench
 )
 
 missing=()
@@ -49,6 +50,11 @@ pip_out=$(.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1)
   printf '%s\n' "$pip_out" >&2; echo "ERROR: pip install -e '.[dev]' failed (above)" >&2; exit 1; }
 printf '%s\n' "$pip_out" | grep -v -e "^WARNING: Location" -e '^$' || true
 .venv/bin/python -c "import engine, zstandard, cryptography, keyring" 
+echo "==> Azurite (Azure Storage emulator) into .tools/azurite"
+if [ ! -x .tools/azurite/node_modules/.bin/azurite-blob ]; then
+  mkdir -p .tools/azurite
+  (cd .tools/azurite && npm install --no-audit --no-fund --loglevel=error azurite@3 >/dev/null)
+fi
 echo "==> building vcsim (tests/vcsim, cached in .cache/vcsim)"
 tests/vcsim/build.sh >/dev/null
 echo "==> the recovery host (libvirtd, started by hand when no systemd runs it): scripts/recovery-host.sh start"

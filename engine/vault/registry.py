@@ -6,13 +6,14 @@ from concurrent.futures import Executor
 from typing import Any
 
 from ..errors import InvalidInput
+from .azure.vault import AzureVault
 from .base import Vault
 from .local import LocalVault
 
 __all__ = ["VAULT_KINDS", "open_vault"]
 
-#: kind → backend class. The Azure Blob vault (docs/ARCHITECTURE.md §10) registers here when it exists.
-VAULT_KINDS: dict[str, type[Vault]] = {"local": LocalVault}
+#: kind → backend class (docs/ARCHITECTURE.md §10).
+VAULT_KINDS: dict[str, type[Vault]] = {"local": LocalVault, "azure": AzureVault}
 
 
 def open_vault(cfg: dict[str, Any], key: bytes, *, executor: Executor | None = None) -> Vault:

@@ -8,6 +8,7 @@ import datetime as dt
 import random
 import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
 
 from tests.conftest import need_tool
@@ -32,12 +33,21 @@ async def _step(site: Site, rnd: random.Random, disk: str, size: int) -> None:
 
 
 async def test_every_point_fails_over_byte_identical(tmp_path: Path) -> None:
+    await every_point_fails_over_byte_identical(tmp_path)
+
+
+async def every_point_fails_over_byte_identical(tmp_path: Path,
+                                                prepare: Callable[[Site], Awaitable[None]] | None = None) -> None:
+    """The scenario; ``prepare(site)`` runs before the appliance starts (another vault backend: tests of
+    engine/vault/azure switch the home to Azure there)."""
     need_tool("qemu-io", "nbdcopy")
     rnd = random.Random(2026)
     src = {"sys": tmp_path / "sys.img", "data": tmp_path / "data.img"}
     make_disk(src["sys"], 24 * MiB, seed=1)
     make_disk(src["data"], 16 * MiB, seed=2)
     site = Site(tmp_path)
+    if prepare is not None:
+        await prepare(site)
     try:
         app = await site.start_appliance(crash_interval=0.5, rpo_threshold=30)
         await site.register("vm1")

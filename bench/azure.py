@@ -1,0 +1,152 @@
+"""Initial replication into the Azure Blob vault (Azurite) vs the azure-storage-blob SDK's own concurrent page upload.
+
+* Lifeboat: appliance and agent as separate processes, the appliance's vault set to an Azurite container with
+  ``lifeboat vault set --kind azure``; the clock starts at protect and stops (1) when the status says "protected"
+  (every record durable in the cache logs) and (2) when the applier has written everything into the page blob
+  (``meta.json`` ``applied_seq`` = the last logged seq): the replica is complete. (2) is the number compared.
+* Ceiling (same run, same Azurite, one process): ``BlobClient.upload_blob(disk, blob_type="PageBlob",
+  max_concurrency=8)``: the SDK reads the disk in 4 MiB chunks, skips all-zero ones and uploads the rest in parallel.
+
+Throughput is the disk's size over the time (MB = 10^6 bytes). Target: Lifeboat ≥ 0.7× the SDK.
+
+    .venv/bin/python bench/azure.py [--quick] [--size-mib 2048] [--keep]
+
+Needs Azurite (scripts/setup.sh: ``.tools/azurite``) and the SDK (``pip install -e '.[dev]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _common as C
+
+C.ensure_venv()
+
+from initial_replication import build_disk, copy_sparse  # noqa: E402
+
+from tests.azurite import KEY, Azurite, azurite_missing  # noqa: E402
+
+# this file is named azure.py: drop its folder from the path so `import azure` finds the SDK, not this script
+_here = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != Path(_here)]
+
+TARGET = 0.7
+
+
+def sdk_upload(url: str, container: str, disk: Path) -> float:
+    from azure.storage.blob import BlobServiceClient
+    svc = BlobServiceClient(account_url=url, credential={"account_name": "devstoreaccount1", "account_key": KEY},
+                            api_version="2021-12-02")
+    bc = svc.get_blob_client(container, f"sdk-{uuid.uuid4().hex[:8]}")
+    t0 = time.perf_counter()
+    with open(disk, "rb") as f:
+        bc.upload_blob(f, blob_type="PageBlob", length=os.path.getsize(disk), max_concurrency=8)
+    dt = time.perf_counter() - t0
+    bc.delete_blob()
+    return dt
+
+
+def applied(url: str, container: str) -> tuple[int, int]:
+    """(applied_seq, last logged seq) of vm1 in the container."""
+    from engine.vault.azure.rest import AzureBlobClient, Credential
+    c = AzureBlobClient(url, container, Credential(key=KEY), retry_for=5)
+    try:
+        meta = json.loads(c.get_blob("vm1/meta.json"))
+        last = max((int(i.metadata.get("lastseq", 0)) for i in c.list_blobs("vm1/logs/")), default=0)
+        return int(meta["applied_seq"]), last
+    finally:
+        c.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="512 MiB disk")
+    ap.add_argument("--size-mib", type=int, default=2048)
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lifeboat-bench-cache"))
+    ap.add_argument("--tmp")
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+    why = azurite_missing()
+    if why:
+        print(f"SKIP: {why}")
+        return 2
+    if a.quick:
+        a.size_mib = 512
+    size = a.size_mib * C.MiB
+    cache = Path(a.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    master = cache / f"mixed-v1-{a.size_mib}m.img"
+    if not master.exists():
+        print(f"building the {a.size_mib} MiB mixed disk in {master} (once) ...", flush=True)
+        build_disk(master, size)
+    tmp = C.bench_tmp("azure", a.tmp)
+    az = Azurite(tmp / "azurite")
+    az.start()
+    site = None
+    try:
+        container = "bench" + uuid.uuid4().hex[:8]
+        az.create_container(container)
+        disk = tmp / "disk.img"
+        copy_sparse(master, disk)
+        alloc = os.stat(disk).st_blocks * 512
+        print(f"disk {size / C.MiB:.0f} MiB, {alloc / C.MiB:.0f} MiB allocated; SDK run 1 ...", flush=True)
+        s1 = sdk_upload(az.url, container, disk)
+
+        def vault_setup(site: C.Site) -> None:
+            r = subprocess.run([*C.LIFEBOAT, "vault", "set", "--home", str(site.ahome), "--kind", "azure",
+                                "--account-url", az.url, "--container", container, "--key-stdin"],
+                               input=KEY + "\n", capture_output=True, text=True, cwd=C.REPO, timeout=60)
+            if r.returncode:
+                raise RuntimeError(f"vault set failed: {r.stderr}")
+
+        site = C.Site(tmp, disk, vault_setup=vault_setup).start()
+        roles = site.roles()
+        cpu0 = [p.cpu() for p in roles]
+        t0 = time.monotonic()
+        site.protect()
+        t1 = site.wait_state("protected", 3600)
+        prot_s = t1 - t0
+        while True:
+            done, last = applied(az.url, container)
+            if last and done >= last:
+                break
+            time.sleep(0.2)
+        lb_s = time.monotonic() - t0
+        cpu = [(p.cpu() - c) / lb_s for p, c in zip(roles, cpu0)]
+        m = site.machine()
+        print(f"lifeboat: protected after {prot_s:.2f}s, page blob complete after {lb_s:.2f}s; SDK run 2 ...",
+              flush=True)
+        s2 = sdk_upload(az.url, container, disk)
+        sdk_s = min(s1, s2)
+        lb_mbps, sdk_mbps = size / lb_s / 1e6, size / sdk_s / 1e6
+        ratio = lb_mbps / sdk_mbps
+        print(f"\nInitial replication of a {a.size_mib} MiB mixed disk ({alloc / C.MiB:.0f} MiB allocated) "
+              "into Azurite:")
+        print(C.table([
+            ["SDK upload_blob PageBlob, max_concurrency=8", f"{sdk_s:.2f}", sdk_mbps,
+             f"runs {s1:.2f}s / {s2:.2f}s", "", ""],
+            ["lifeboat protect -> protected (cache logs)", f"{prot_s:.2f}", size / prot_s / 1e6, "", "", ""],
+            ["lifeboat protect -> page blob complete", f"{lb_s:.2f}", lb_mbps, "",
+             f"appliance {cpu[0]:.2f} / agent {cpu[1]:.2f} cores",
+             f"{ratio:.2f}x (target >= {TARGET}x) {C.verdict(ratio >= TARGET)}"],
+        ], ["pipeline", "seconds", "MB/s (disk size)", "note", "CPU", "ratio"]))
+        print(f"\npeak RSS: appliance {site.app.peak_rss() / 1e6:.0f} MB, agent {site.agent.peak_rss() / 1e6:.0f} "
+              f"MB; state {m.get('state')}, points {m.get('points')}, error {m.get('error')}")
+        return 0 if ratio >= TARGET else 1
+    finally:
+        C.finish(site, [], tmp, a.keep)
+        az.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The replication core's key end-to-end test (tests/engine/test_replication_e2e.py) with the vault on Azure Blob
+(Azurite): every bookmarked point, crash-consistent points, times between them and the latest, recovered
+byte-identical through export and NBD drills. Plus `lifeboat vault set/show` and its refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from engine.appliance.new_home import init_home
+from engine.appliance.vault_settings import set_azure_vault, show_vault
+from engine.errors import CloudAuthFailed, CloudUnreachable, ContainerMissing
+from tests.azurite import KEY, Azurite, azurite_missing
+from tests.conftest import free_port
+from tests.engine.harness import Site
+from tests.engine.test_replication_e2e import every_point_fails_over_byte_identical
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory):
+    why = azurite_missing()
+    if why:
+        pytest.skip(why)
+    az = Azurite(tmp_path_factory.mktemp("azurite"))
+    az.start()
+    yield az
+    az.stop()
+
+
+def _init(site: Site) -> None:
+    init_home(site.ahome, control_port=free_port(), data_port=free_port(), listen="127.0.0.1")
+
+
+async def test_every_point_byte_identical_from_azure(azurite, tmp_path: Path) -> None:
+    container = "e2e" + uuid.uuid4().hex[:10]
+    azurite.create_container(container)
+
+    async def prepare(site: Site) -> None:
+        _init(site)
+        out = set_azure_vault(site.ahome, azurite.url, container, key=KEY)
+        assert out["kind"] == "azure" and out["credential_present"]
+        cfg = json.loads((site.ahome / "appliance.json").read_text())
+        assert KEY not in json.dumps(cfg)            # the key is only in the keyring
+        cfg["vault"]["log_bytes"] = 1 << 20          # many cache logs
+        (site.ahome / "appliance.json").write_text(json.dumps(cfg))
+
+    await every_point_fails_over_byte_identical(tmp_path, prepare)
+    # the data really is in the container: logs, page blobs, snapshots as points
+    from engine.vault.azure.rest import AzureBlobClient, Credential
+    c = AzureBlobClient(azurite.url, container, Credential(key=KEY))
+    items = list(c.list_blobs("vm1/", snapshots=True))
+    assert any(i.name.startswith("vm1/logs/") for i in items)
+    snaps = [i for i in items if i.name.startswith("vm1/disks/") and i.snapshot]
+    assert sum(1 for i in snaps if i.metadata.get("lbkind") == "app-consistent") >= 6   # 3 bookmarks × 2 disks
+    assert sum(1 for i in snaps if i.metadata.get("lbkind") == "crash-consistent") >= 10
+
+
+def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], input=stdin, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_vault_set_refuses_bad_input_and_changes_nothing(azurite, tmp_path: Path) -> None:
+    container = "cli" + uuid.uuid4().hex[:10]
+    azurite.create_container(container)
+    site = Site(tmp_path)
+    _init(site)
+    before = (site.ahome / "appliance.json").read_bytes()
+    for kw, err in ((dict(key="QUJD" * 22), CloudAuthFailed), (dict(key=KEY, container="missing-one"),
+                                                              ContainerMissing)):
+        with pytest.raises(err):
+            set_azure_vault(site.ahome, azurite.url, kw.pop("container", container), **kw)  # type: ignore[arg-type]
+        assert (site.ahome / "appliance.json").read_bytes() == before
+    with pytest.raises(CloudUnreachable):
+        set_azure_vault(site.ahome, "http://127.0.0.1:9/devstoreaccount1", container, key=KEY, retry_for=1)
+    assert show_vault(site.ahome)["kind"] == "local"
+
+    # the command line: wrong key → clear LB_ error on stderr and in --json, exit code non-zero, nothing changed
+    home = str(site.ahome)
+    r = _cli("vault", "set", "--home", home, "--kind", "azure", "--account-url", azurite.url, "--container",
+             container, "--key-stdin", "--json", stdin="QUJD" * 22 + "\n")
+    assert r.returncode != 0 and "LB_CLOUD_AUTH_FAILED" in r.stderr
+    assert json.loads(r.stdout)["error"]["code"] == "LB_CLOUD_AUTH_FAILED"
+    r = _cli("vault", "set", "--home", home, "--kind", "azure", "--account-url", azurite.url, "--container",
+             "nope-nope", "--key-stdin", stdin=KEY + "\n")
+    assert r.returncode != 0 and "LB_CONTAINER_MISSING" in r.stderr and "Traceback" not in r.stderr
+    assert (site.ahome / "appliance.json").read_bytes() == before
+    r = _cli("vault", "set", "--home", home, "--kind", "azure", "--account-url", azurite.url, "--container",
+             container, "--key-stdin", stdin=KEY + "\n")
+    assert r.returncode == 0, r.stderr
+    assert KEY not in r.stdout + r.stderr
+    r = _cli("vault", "show", "--home", home, "--json")
+    shown = json.loads(r.stdout)
+    assert shown["kind"] == "azure" and shown["container"] == container and shown["credential_present"]
+    assert KEY not in r.stdout
+    _ = io

@@ -1,0 +1,285 @@
+"""The Azure Blob vault against the local vault's reference model, on a real Azurite: page-blob writes, the applier,
+snapshots as points, any seq between them from the cache logs, prune, restart, corruption, throttling, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from engine.errors import CloudAuthFailed, CloudUnreachable, ContainerMissing, IntegrityError, InvalidInput
+from engine.errors import UnknownPoint
+from engine.records import Kind, Record
+from engine.vault.azure import pages
+from engine.vault.azure.rest import AzureBlobClient, Credential
+from engine.vault.azure.vault import AzureVault, check_connection
+from engine.vault.base import DiskInfo, Point
+from engine.vault.journal import seal_record
+from engine.vault.replica import ExtentMap
+from tests.azurite import KEY as AZ_KEY
+from tests.azurite import Azurite, HTTPFaultProxy, azurite_missing
+from tests.engine.vault.test_local_vault import KEY, SIZES, Model, check, gen
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory):
+    why = azurite_missing()
+    if why:
+        pytest.skip(why)
+    az = Azurite(tmp_path_factory.mktemp("azurite"))
+    az.start()
+    yield az
+    az.stop()
+
+
+@pytest.fixture
+def container(azurite) -> str:
+    name = "t" + uuid.uuid4().hex[:12]
+    azurite.create_container(name)
+    return name
+
+
+def vault(url: str, container: str, **kw) -> AzureVault:
+    kw.setdefault("log_bytes", 256 * KiB)       # many logs, some straddling points
+    kw.setdefault("apply_batch", 1 * MiB)       # many apply batches
+    retry_for = kw.pop("retry_for", 20.0)
+    client = AzureBlobClient(url, container, Credential(key=AZ_KEY), retry_for=retry_for, backoff=0.05)
+    return AzureVault(client, KEY, **kw)
+
+
+async def append(mv, recs: list[Record]) -> None:
+    await mv.append([seal_record(mv._sealer, r) for r in recs])
+
+
+async def history(mv, model: Model, rng: random.Random, batches: int, points: bool = True) -> None:
+    for i in range(batches):
+        await append(mv, gen(rng, model, rng.randint(1, 6)))
+        model.snap()
+        if points and i % 2 == 0:
+            await mv.add_point(Point(f"c-{model.seq}", model.seq, time.time(), "crash-consistent"))
+
+
+def test_plan_is_aligned_bounded_and_disjoint() -> None:
+    rng = random.Random(5)
+    blob = bytearray(rng.randbytes(3 * MiB))
+    ref = bytearray(blob)
+    emap = ExtentMap()
+    for _ in range(200):
+        a = rng.randrange(0, len(blob) - 1)
+        b = min(len(blob), a + rng.choice([1, 100, 511, 513, 4096, 70_000, 1 * MiB]))
+        if rng.random() < 0.3:
+            emap.assign(a, b, pages.ZERO)
+            ref[a:b] = bytes(b - a)
+        else:
+            data = rng.randbytes(b - a)
+            emap.assign(a, b, (data, a))
+            ref[a:b] = data
+    ops = pages.plan(emap, lambda off, n: bytes(blob[off:off + n]), max_put=256 * KiB)
+    seen: set[int] = set()
+    for op in ops:
+        assert op.offset % 512 == 0 and op.length % 512 == 0 and op.length <= 256 * KiB if op.kind == "put" \
+            else op.offset % 512 == 0 and op.length % 512 == 0
+        pg = set(range(op.offset // 512, (op.offset + op.length) // 512))
+        assert not pg & seen, "two operations touch the same page"
+        seen |= pg
+    for op in ops:
+        if op.kind == "put":
+            blob[op.offset:op.offset + op.length] = op.data
+        else:
+            blob[op.offset:op.offset + op.length] = bytes(op.length)
+    assert blob == ref
+
+
+async def test_points_any_seq_restart_and_prune(azurite, container) -> None:
+    rng = random.Random(11)
+    model = Model(SIZES)
+    v = vault(azurite.url, container)
+    mv = await v.open_machine("vm1")
+    await mv.ensure_disks([DiskInfo(d, f"d{d}", s) for d, s in SIZES.items()])
+    await history(mv, model, rng, 14)
+    await mv.add_point(Point(f"a-{model.seq}", model.seq, time.time(), "app-consistent", "tag-é"))
+    pts = mv.points()
+    assert len(pts) >= 8 and pts[-1].tag == "tag-é"
+    # every point and every seq between them (no snapshot there: snapshot + cache logs)
+    assert await check(mv, model, rng) == len(model.snaps)
+    seq = next(iter(sorted(model.snaps)))
+    with pytest.raises(UnknownPoint):
+        await mv.open_view(model.seq + 1, 0)
+    await v.close()
+
+    # restart: same points, same bytes, the applier resumes where meta says
+    v = vault(azurite.url, container)
+    mv = await v.open_machine("vm1")
+    assert [p.id for p in mv.points()] == [p.id for p in pts]
+    assert mv.last_seq == model.seq
+    await history(mv, model, rng, 6)
+    await check(mv, model, rng, every=3)
+    # any point in time from record capture times
+    got = await mv.seq_at_time(time.time())
+    assert got is not None and got[0] == model.seq
+
+    # prune to a point in the middle: older points go, the rest still reads exact, logs before it are deleted
+    keep = mv.points()[len(mv.points()) // 2].seq
+    logs_before = len(mv._logs)
+    await mv.prune(keep)
+    assert mv.base_seq == keep and all(p.seq >= keep for p in mv.points())
+    assert len(mv._logs) < logs_before
+    with pytest.raises(UnknownPoint):
+        await mv.open_view(keep - 1, 0)
+    assert await check(mv, model, rng, every=2) >= 2
+    rep = await mv.verify()
+    assert rep.ok and rep.records_checked > 0
+    # the replica is the page blob at the newest applied seq
+    await asyncio.sleep(1.5)     # idle: the applier catches up with the last append
+    assert mv.applied_seq == model.seq
+    page = mv._c.get_blob(mv._disk_blob(1), offset=0, length=SIZES[1] - SIZES[1] % 512)
+    assert page == bytes(model.disks[1][:len(page)])
+    await v.close()
+    _ = seq
+
+
+async def test_crash_mid_apply_resumes_without_loss(azurite, container) -> None:
+    """The appliance dies after a batch's pages are written but before applied_seq is recorded: reopening
+    re-applies from the recorded seq (absolute writes, so twice is the same) and every point stays exact."""
+    rng = random.Random(12)
+    model = Model(SIZES)
+    v = vault(azurite.url, container)
+    mv = await v.open_machine("vm1")
+    await mv.ensure_disks([DiskInfo(d, f"d{d}", s) for d, s in SIZES.items()])
+    await history(mv, model, rng, 6)
+    crashed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    class PowerLoss(Exception):
+        pass
+
+    def hook(stage: str) -> None:
+        if stage == "batch-written":
+            loop.call_soon_threadsafe(crashed.set)
+            raise PowerLoss("simulated power loss after the pages, before applied_seq")
+    mv.apply_hook = hook
+    await append(mv, gen(rng, model, 8))
+    model.snap()
+    last = model.seq
+    await asyncio.wait_for(crashed.wait(), 10)
+    recorded = mv._applied
+    assert recorded < last
+    # the process is gone: drop it without a clean close (its lease stays; the same appliance takes it back)
+    mv._closed = True
+    for t in (mv._applier, mv._renewer):
+        t.cancel()
+    v2 = vault(azurite.url, container)
+    mv2 = await v2.open_machine("vm1")
+    assert mv2.last_seq == last and mv2._applied == recorded
+    await mv2.add_point(Point(f"c-{last}", last, time.time(), "crash-consistent"))
+    assert mv2._applied == last
+    await check(mv2, model, rng)
+    await v2.close()
+
+
+async def test_corrupt_log_is_detected_by_the_tag(azurite, container) -> None:
+    rng = random.Random(13)
+    model = Model(SIZES)
+    v = vault(azurite.url, container, idle_apply=3600)   # the applier stays behind: reads come from the logs
+    mv = await v.open_machine("vm1")
+    await mv.ensure_disks([DiskInfo(d, f"d{d}", s) for d, s in SIZES.items()])
+    recs = [Record(Kind.WRITE, 0, 1, time.time_ns(), 4096, 64 * KiB, rng.randbytes(64 * KiB))]
+    model.seq = 1
+    await append(mv, recs)
+    await v.close()
+    c = AzureBlobClient(azurite.url, container, Credential(key=AZ_KEY))
+    name = next(it.name for it in c.list_blobs("vm1/logs/"))
+    data = bytearray(c.get_blob(name))
+    data[-100] ^= 0x40     # one bit of the envelope's ciphertext
+    c.put_block(name, "AAAAAAAA", bytes(data))
+    c.put_block_list(name, ["AAAAAAAA"], {k: v for k, v in c.get_properties(name).metadata.items()})
+    v = vault(azurite.url, container, idle_apply=3600)
+    mv = await v.open_machine("vm1")
+    rep = await mv.verify()
+    assert not rep.ok and "authentication" in rep.problems[0]["error"]
+    view = await mv.open_view(1, 0)
+    with pytest.raises(IntegrityError):
+        await view.read(4096, 4096)
+    await view.close()
+    await v.close()
+
+
+async def test_throttling_and_lost_answers_lose_and_duplicate_nothing(azurite, container) -> None:
+    """503/429 with Retry-After on a third of the writes, half of them after the write happened."""
+    proxy = HTTPFaultProxy(azurite.port)
+    await proxy.start()
+    try:
+        rng = random.Random(14)
+        model = Model(SIZES)
+        v = vault(proxy.url(), container)
+        mv = await v.open_machine("vm1")
+        await mv.ensure_disks([DiskInfo(d, f"d{d}", s) for d, s in SIZES.items()])
+        proxy.fail(0.3, status=503, retry_after="0.1", after=False)
+        await history(mv, model, rng, 4)
+        proxy.fail(0.3, status=429, retry_after="0", after=True)
+        await history(mv, model, rng, 4)
+        proxy.fail(0.0)
+        assert proxy.injected > 5 and v.client.retries >= proxy.injected
+        await check(mv, model, rng)
+        rep = await mv.verify()
+        assert rep.ok and rep.records_checked == model.seq    # every record once: none lost, none twice
+        await v.close()
+    finally:
+        await proxy.stop()
+
+
+async def test_emulator_restart_mid_stream(azurite, container, tmp_path) -> None:
+    """Azurite stopped (SIGTERM) and restarted while records flow: appends wait and retry, nothing is lost."""
+    az = Azurite(tmp_path / "own")
+    az.start()
+    try:
+        az.create_container(container)
+        rng = random.Random(15)
+        model = Model(SIZES)
+        v = vault(az.url, container, retry_for=60)
+        mv = await v.open_machine("vm1")
+        await mv.ensure_disks([DiskInfo(d, f"d{d}", s) for d, s in SIZES.items()])
+        await history(mv, model, rng, 3)
+
+        async def bounce() -> None:
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(az.stop)
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(az.start)
+        t = asyncio.create_task(bounce())
+        await history(mv, model, rng, 8)
+        await t
+        await check(mv, model, rng, every=2)
+        assert (await mv.verify()).records_checked == model.seq
+        await v.close()
+    finally:
+        az.stop()
+
+
+async def test_bad_input(azurite, container) -> None:
+    bad = AzureBlobClient(azurite.url, container, Credential(key="QUJD" * 22), retry_for=2)
+    with pytest.raises(CloudAuthFailed):
+        check_connection(bad)
+    missing = AzureBlobClient(azurite.url, "nosuchcontainer", Credential(key=AZ_KEY), retry_for=2)
+    with pytest.raises(ContainerMissing):
+        check_connection(missing)
+    dead = AzureBlobClient("http://127.0.0.1:9/devstoreaccount1", container, Credential(key=AZ_KEY), retry_for=1)
+    with pytest.raises(CloudUnreachable):
+        check_connection(dead)
+    with pytest.raises(InvalidInput):
+        AzureBlobClient(azurite.url, "Bad_Name", Credential(key=AZ_KEY))
+    with pytest.raises(InvalidInput):
+        Credential(key="not base64!")
+    good = AzureBlobClient(azurite.url, container, Credential(key=AZ_KEY))
+    with pytest.raises(InvalidInput):
+        good.put_pages("x", 0, bytes(4 * MiB + 512))     # over the 4 MiB limit: refused before sending
+    with pytest.raises(InvalidInput):
+        good.put_pages("x", 100, bytes(512))
+    assert list(good.list_blobs("")) == []               # nothing was written by any of the above
+    _ = Path

@@ -26,8 +26,11 @@ SYSTEM_PACKAGES=(
   systemd           # systemd-analyze checks the appliance's service unit (issue 16)
   # the boot image of the recovery tests: Debian's kernel, busybox, syslinux on FAT16 (tests/engine/recovery)
   linux-image-amd64 busybox-static syslinux syslinux-common mtools dosfstools kmod
-  nodejs npm        # Azurite, the Azure Storage emulator (issue 15): the Azure vault's tests and bench
 )
+# Azurite, the Azure Storage emulator (issue 15: the Azure vault's tests and bench), runs on Node.js. Debian's
+# nodejs + npm where no Node.js is installed; a Node.js that brings its own npm (NodeSource's) is used as it is
+# (Debian's npm package conflicts with it).
+if ! command -v npm >/dev/null 2>&1; then SYSTEM_PACKAGES+=(nodejs npm); fi
 
 missing=()
 for p in "${SYSTEM_PACKAGES[@]}"; do

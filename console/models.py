@@ -117,8 +117,7 @@ class MachineRow:
     @property
     def state_text(self) -> str:
         if self.state == "initial-sync" and self.sync_progress is not None:
-            eta = f" · ETA {format_seconds(self.sync_eta)}" if self.sync_eta is not None else ""
-            return f"initial sync {100 * self.sync_progress:.0f}%{eta}"
+            return f"initial sync {100 * self.sync_progress:.0f}%"
         return self.state
 
 

@@ -104,6 +104,10 @@ async def test_console_failure_sweep(qtbot, tmp_path: Path, screenshot, console_
         wiz.passphrase_page.save_to(passfile)
         wiz.passphrase_page.confirm.setChecked(True)
         wiz.next()
+        wiz.kit_page.passphrase.setText("a kit passphrase for the test")
+        wiz.kit_page.repeat.setText("a kit passphrase for the test")
+        await wiz.kit_page.save_to(tmp_path / "recovery-kit.txt")
+        wiz.next()
         wiz.next()
         assert wiz.currentPage() is wiz.summary_page
         for port, which in ((control, "control"), (data, "data")):

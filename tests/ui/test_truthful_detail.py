@@ -166,7 +166,8 @@ def test_wizard_counts_steps_and_ends_with_a_checklist(qapp, tmp_path: Path) -> 
         return None
     wiz = FirstRunWizard(tmp_path / "home", start)
     titles = [wiz.page(i).title() for i in wiz.pageIds()]
-    assert [t.split(":")[0] for t in titles] == [f"Step {n} of 6" for n in range(1, 7)]
+    assert [t.split(":")[0] for t in titles] == [f"Step {n} of 7" for n in range(1, 8)]
+    assert "Recovery kit" in titles[4]
     wiz.summary_page.wizard = lambda: wiz  # type: ignore[method-assign]
     wiz.summary_page.initializePage()
     text = wiz.summary_page.checklist.text()

@@ -37,6 +37,7 @@ from .hosts.base import DiskSpec, NicSpec, VMSpec, parse_network, wait_for_boot
 from .hosts.libvirt import LibvirtHost, check_uri, domain_name
 from ..vault.base import MachineVault, Point
 from .commit import materialise
+from .pins import Pin
 from .points import resolve_point
 from .settings import RecoverySettings, nic_mac
 from .store import RecoveryStore
@@ -87,6 +88,10 @@ class FailoverService:
         self.manager = manager
         self.require_admin = require_admin
         self.active: dict[str, Failover] = {}
+        #: The plan whose unfinished test run made a machine's failover (set by the appliance: PlanService).
+        self.test_run_of: Callable[[str], str | None] = lambda machine: None
+        #: How a machine's history pin is shown (set by the appliance: HistoryPins.view).
+        self.pin_of: Callable[[str], dict[str, Any] | None] = lambda machine: None
 
     async def start(self) -> None:
         self.folder.mkdir(mode=0o700, exist_ok=True)
@@ -106,6 +111,20 @@ class FailoverService:
 
     def busy(self, machine: str) -> bool:
         return machine in self.active
+
+    def pins(self) -> list[Pin]:
+        """Failovers not committed read their point through vault views: each holds the machine's history from
+        being folded (engine/recovery/pins.py). A plan's test run says so (kind ``plan-test``)."""
+        out = []
+        for m, fo in list(self.active.items()):
+            r = self.store.failover(m)
+            if fo.point is None or r is None:
+                continue
+            plan = self.test_run_of(m)
+            out.append(Pin(m, "plan-test" if plan else "failover", fo.point.id, fo.point.seq, r["started_at"],
+                           r["job"] or "", f"lifeboat plan cleanup --home DIR {plan}" if plan else
+                           f"lifeboat failover-cancel --home DIR {m}"))
+        return out
 
     def _host(self, name: str) -> LibvirtHost:
         r = self.store.host(check_name(name, "host name"))
@@ -535,7 +554,7 @@ class FailoverService:
                         "vm_state": live, "point": r["point"]["id"], "point_time": r["point"].get("time"),
                         "serial_log": r["serial_log"], "started_at": r["started_at"], "booted_at": r["booted_at"],
                         "boot_seconds": r["boot_seconds"], "nbd": r["nbd"], "job": r["job"], "error": r["error"],
-                        "kind": r["kind"], "committed": r["state"] == "committed",
+                        "kind": r["kind"], "committed": r["state"] == "committed", "pin": self.pin_of(r["machine"]),
                         "images": ({d.name: str(inside(self.folder, r["machine"]) / "committed" / f"{d.name}.img")
                                     for d in self.runtimes[r["machine"]].vault.disks()}
                                    if r["state"] == "committed" and r["machine"] in self.runtimes else None)})

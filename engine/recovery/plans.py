@@ -547,6 +547,13 @@ class PlanService:
             await ev.wait()
         return {**await self._cleanup_run(self._run(run["id"])), "cancelled": True}
 
+    def test_run_of(self, machine: str) -> str | None:
+        """The plan whose test run (not cleaned up) holds ``machine`` failed over, or None."""
+        for r in reversed(self.store.runs()):
+            if r["test"] and not r["cleaned_at"] and machine in r["machines"]:
+                return str(r["plan"])
+        return None
+
     # control API -------------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/plans", self._h_list), web.post("/v1/plans", self._h_create),

@@ -163,6 +163,9 @@ class Appliance:
         self.vsphere = VSphereService(state=state, resync=resync, bus=self.bus, require_admin=require_admin)
         await self.vsphere.start()
         runtimes.on_attach.append(self.vsphere.agent_attached)
+        vsphere_store = self.vsphere.store
+        failover.vm_link_of = lambda m: vsphere_store.links().get(m) if vsphere_store else None
+        failover.source_power = self.vsphere.set_power_of   # a planned failover powers a matched source off
         self.control = ControlAPI(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=False),
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),

@@ -499,7 +499,7 @@ class PlanService:
                            advice="Cancel it with `lifeboat plan cancel` (that cleans up too).")
         return await self._cleanup_run(run)
 
-    async def commit(self, name: str) -> dict[str, Any]:
+    async def commit(self, name: str, *, stop_timeout: float = 60.0) -> dict[str, Any]:
         """Keep the machines of the plan's last real run: each booted one is committed in turn
         (``FailoverService.commit``: standalone images, the VM restarted on them)."""
         run = self._last_run(name)
@@ -515,7 +515,7 @@ class PlanService:
         for m in run["machines"]:
             fo = self.failover.failover_of(m)
             if fo is not None and fo["state"] == "booted":
-                jobs.append((await self.failover.commit(m)).id)
+                jobs.append((await self.failover.commit(m, stop_timeout=stop_timeout)).id)
                 committed.append(m)
         self.state.event("plan-committed", None, plan=name, run=run["id"], machines=committed)
         return {"plan": name, "run": run["id"], "committed": committed, "jobs": jobs}
@@ -632,8 +632,9 @@ class PlanService:
         return json_response(self.skip(self._name(request), f"lifeboat-admin ({who})" if who else "lifeboat-admin"))
 
     async def _h_commit(self, request: web.Request) -> web.Response:
-        self.require_admin(request)
-        return json_response(await self.commit(self._name(request)))
+        b = await self._body(request)
+        t = b.duration("stop_timeout")
+        return json_response(await self.commit(self._name(request), stop_timeout=60.0 if t is None else t))
 
     async def _h_cleanup(self, request: web.Request) -> web.Response:
         self.require_admin(request)

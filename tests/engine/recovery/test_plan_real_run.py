@@ -7,7 +7,6 @@ point age and boot time."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -83,6 +82,10 @@ def test_real_plan_run_cancel_then_commit(recovery_host: str, boot_disk: Path, t
             st = states()[m]
             assert st["state"] == "failed-over" and st["failover"]["host"] == hostname
             assert st["failover"]["point"] == vms[m]["point"]
+            # an uncommitted failover reads its point through the vault: it pins the history, and says so
+            pin = vms[m]["pin"]
+            assert pin["kind"] == "failover" and pin["point"] == vms[m]["point"] and pin["held_bytes"] >= 0
+            assert "failover-cancel" in pin["end_with"] and st["history_pin"]["owner"] == pin["owner"]
         p = lb("plan", "cleanup", *H, "site", check=False)
         assert p.returncode != 0 and "LB_NOT_A_TEST" in p.stderr
 
@@ -125,6 +128,7 @@ def test_real_plan_run_cancel_then_commit(recovery_host: str, boot_disk: Path, t
             assert "LIFEBOAT-BOOTED" in Path(v["serial_log"]).read_text()
             st = states()[m]
             assert st["state"] == "failed-over" and st["failover"]["state"] == "committed"
+            assert v["pin"] is None and st["history_pin"] is None   # committed: no longer reads the vault
         text = lb("status", *H).stdout
         assert text.count("VM committed") == 2, text
         for cmd in (("plan", "cancel", *H, "site"), ("failover-cancel", *H, m1)):

@@ -20,7 +20,6 @@ from tests.conftest import need_tool
 from tests.engine.harness import Site
 from tests.engine.vsphere.helpers import Recorder
 from tests.engine.vsphere.test_live import _vm
-from tests.vsphere_sim import vcsim, vcsim_binary  # noqa: F401  (fixtures)
 
 VM = "DC0_H0_VM1"
 

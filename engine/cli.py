@@ -206,13 +206,22 @@ def cmd_appliance_set(a: argparse.Namespace) -> int:
     from .policy import DEFAULT_VAULT_RESERVE, parse_reserve
     h = ApplianceHome(Path(a.home))
     cfg = h.load_config()
+    from .policy import format_duration, parse_duration
+    from .recovery.pins import DEFAULT_PIN_ALERT_AFTER
     if a.vault_reserve is not None:
         cfg.setdefault("vault", {})["reserve"] = parse_reserve(a.vault_reserve)
+    if a.pin_alert_after is not None:
+        cfg.setdefault("recovery", {})["pin_alert_after"] = parse_duration(a.pin_alert_after,
+                                                                           what="--pin-alert-after")
+    if a.vault_reserve is not None or a.pin_alert_after is not None:
         h.save_config(cfg)
     reserve = (cfg.get("vault") or {}).get("reserve", DEFAULT_VAULT_RESERVE)
+    pin_after = float((cfg.get("recovery") or {}).get("pin_alert_after", DEFAULT_PIN_ALERT_AFTER))
     shown = reserve if str(reserve).endswith("%") else format_size(int(reserve))
-    _print({"vault_reserve": reserve} if a.json else f"vault reserve {shown} (free space kept on the vault's "
-           "filesystem: below it the oldest history is folded)", a.json)
+    _print({"vault_reserve": reserve, "pin_alert_after": pin_after} if a.json else
+           f"vault reserve {shown} (free space kept on the vault's filesystem: below it the oldest history is "
+           f"folded)\npin alert after {format_duration(pin_after)} (a drill or unfinished failover that long holds "
+           "history from being folded: alert)", a.json)
     return 0
 
 
@@ -539,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = ap.add_parser("set", help="appliance-wide settings (shown when given none)"); home(s)
     s.add_argument("--vault-reserve", metavar="SIZE|PCT",
                    help="free space kept on the vault's filesystem, e.g. 10G or 5%% (default 5%%)")
+    s.add_argument("--pin-alert-after", metavar="DURATION",
+                   help="alert when a drill or unfinished failover has held history from being folded this long "
+                        "(default 24h)")
     s.set_defaults(fn=cmd_appliance_set)
     from .backup.cli import add_subcommands as add_backup  # export-kit, import-kit, backup [list], restore
     add_backup(ap)

@@ -17,8 +17,10 @@ case "${1:-}" in
     if [ -d /run/systemd/system ] && systemctl start virtlogd libvirtd 2>/dev/null && answers; then
       echo "recovery host: started by systemd"; exit 0; fi
     [ "$(id -u)" -eq 0 ] || { echo "starting libvirtd by hand needs root (qemu:///system)" >&2; exit 1; }
-    running virtlogd || setsid virtlogd >>"$LOG" 2>&1 < /dev/null &
-    running libvirtd || setsid libvirtd >>"$LOG" 2>&1 < /dev/null &
+    # in a subshell that exits at once: a backgrounded `a || b &` list would keep the caller's stdout open for
+    # as long as the daemon runs (a caller capturing the output would wait forever)
+    running virtlogd || (setsid virtlogd >>"$LOG" 2>&1 < /dev/null &)
+    running libvirtd || (setsid libvirtd >>"$LOG" 2>&1 < /dev/null &)
     for _ in $(seq 1 300); do answers && { echo "recovery host: libvirtd started on $URI"; exit 0; }; sleep 0.1; done
     echo "libvirtd did not answer on $URI within 30 s (log: $LOG)" >&2; exit 1 ;;
   stop)

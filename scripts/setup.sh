@@ -22,6 +22,7 @@ SYSTEM_PACKAGES=(
   golang-go golang-github-vmware-govmomi-dev # vcsim (vSphere simulator) built from source for tests/bench
   # the recovery host (issue 13): libvirt + QEMU (TCG), driven through virsh (engine/recovery/hosts/libvirt.py)
   qemu-system-x86 libvirt-daemon-system libvirt-clients
+  ovmf              # UEFI firmware for recovered VMs with --firmware uefi (libvirt finds it by its descriptors)
   genisoimage       # NoCloud cidata config drives (re-IP)
   systemd           # systemd-analyze checks the appliance's service unit (issue 16)
   # the boot image of the recovery tests: Debian's kernel, busybox, syslinux on FAT16 (tests/engine/recovery)

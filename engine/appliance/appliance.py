@@ -42,6 +42,7 @@ from ..secrets import load_vault_key
 from ..vault.base import Vault
 from ..vault.registry import open_vault
 from ..recovery.failover import FailoverService
+from ..recovery.pins import ConfigPinAlertAfter, HistoryPins
 from ..recovery.plans import PlanService, PlanStore
 from ..recovery.store import RecoveryStore
 from ..vsphere.service import VSphereService
@@ -101,6 +102,7 @@ class Appliance:
         self.recovery: RecoveryService | None = None
         self.failover: FailoverService | None = None
         self.plans: PlanService | None = None
+        self.pins: HistoryPins | None = None   # what holds history from being folded (drills, failovers)
         self.vsphere: VSphereService | None = None
         self.alerts: AlertStore | None = None
         self.rpo_history: RpoHistory | None = None
@@ -154,7 +156,11 @@ class Appliance:
         await plans.start()
         drills = self.recovery
         busy = lambda m: drills.busy(m) or failover.busy(m)   # noqa: E731  (a drill or failover pins the point)
-        self.retention = Retention(state, runtimes, busy=busy)
+        failover.test_run_of = plans.test_run_of
+        pins = self.pins = HistoryPins(state, runtimes, self.bus, [drills.pins, failover.pins],
+                                       alert_after=ConfigPinAlertAfter(h.config))
+        self.machines.history_pin = failover.pin_of = pins.view
+        self.retention = Retention(state, runtimes, busy=busy, held=pins.held)
         self.capacity = Capacity(state=state, runtimes=runtimes, vault_path=self.vault.storage_path(),
                                  cache_dir=h.cache, bus=self.bus, gate=self.gate, busy=busy,
                                  reserve=ConfigReserve(h.config))
@@ -162,6 +168,9 @@ class Appliance:
         await self.vsphere.start()
         runtimes.on_attach.append(self.vsphere.agent_attached)
         self.console_link = ConsoleLink(self.bus, require_admin)   # attached consoles (bound by the entry point)
+        vsphere_store = self.vsphere.store
+        failover.vm_link_of = lambda m: vsphere_store.links().get(m) if vsphere_store else None
+        failover.source_power = self.vsphere.set_power_of   # a planned failover powers a matched source off
         self.control = ControlAPI(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=False),
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
@@ -174,7 +183,7 @@ class Appliance:
         ApplianceTasks(runtimes=runtimes, machines=self.machines, resync=resync, bookmarks=self.bookmarks,
                        retention=self.retention, watch=MachineWatch(state, self.bus, self.alerts.active_ids()),
                        rpo_history=self.rpo_history, appliance_watch=self.appliance_watch,
-                       capacity=self.capacity).register(self.scheduler)
+                       capacity=self.capacity, pins=pins).register(self.scheduler)
         self.scheduler.every("config-backup", CONFIG_BACKUP_CHECK, self.config_backups.tick, first_in=30.0)
         await self.scheduler.start()
         log.info("appliance started: control %s data %s", self.control_address, self.data_address)

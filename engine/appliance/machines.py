@@ -48,6 +48,8 @@ class Machines:
         #: What ``machine_status`` shows of a failed-over machine (host, point): set by the composition root to
         #: the failover service's lookup (engine/recovery/failover.py).
         self.failover_of: Callable[[str], dict[str, Any] | None] = lambda name: None
+        #: What holds the machine's history from being folded (set by the appliance: HistoryPins.view).
+        self.history_pin: Callable[[str], dict[str, Any] | None] = lambda name: None
 
     def register(self, name: str, csr_pem: str, nonce: str, proof: str) -> dict[str, Any]:
         """``POST /v1/register``: sign the agent's CSR when its proof shows it knows the connection passphrase.
@@ -166,6 +168,7 @@ class Machines:
             "cache_bytes": rt.cache.bytes if rt else 0,
             "disks": disks,
             "failover": self.failover_of(name) if state == "failed-over" else None,
+            "history_pin": self.history_pin(name),
         }
 
     def _sync_eta(self, name: str, done: int, total: int) -> float | None:

@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..errors import (Conflict, InvalidInput, LifeboatError, NotFound, NotReady,
 from ..jobs import Job, JobKind, JobManager, JobState, Plan, StepContext, StepSpec, StepState
 from ..names import inside
 from ..net import parse_address
+from ..recovery.pins import Pin
 from ..recovery.vault_disks import PointDisks
 from ..recovery.points import parse_time, resolve_point  # noqa: F401  (parse_time: re-exported)
 from ..vault.base import DiskView, Point
@@ -51,6 +53,7 @@ class Drill:
         self.export: ExportTarget | None = None
         self.job_id: str | None = None
         self.files: list[str] = []
+        self.started = time.time()
 
     @property
     def views(self) -> list[DiskView]:
@@ -104,6 +107,11 @@ class RecoveryService:
 
     def busy(self, machine: str) -> bool:
         return machine in self.drills or machine in self._closing
+
+    def pins(self) -> list[Pin]:
+        """The drills left running: each holds its machine's history from being folded (engine/recovery/pins.py)."""
+        return [Pin(d.machine, "drill", d.point.id, d.point.seq, d.started, d.job_id or "",
+                    f"lifeboat failover-cleanup --home DIR {d.machine}") for d in list(self.drills.values())]
 
     def job(self, job_id: str) -> Job:
         return self.manager.get(job_id)

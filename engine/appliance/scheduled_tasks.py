@@ -9,6 +9,8 @@
   times to state.db (the samples themselves are taken by ``machine-status``, which also hands each status to the
   machine watch: transitions to the event log, machine alerts);
 - ``certificates`` (daily): the appliance's certificates expiring within 30 days raise an alert;
+- ``history-pins`` (5 s): a drill or unfinished failover holding history longer than the pin-alert setting raises
+  an alert; alerts of pins that ended clear (``engine/recovery/pins.py``);
 - ``vault-capacity`` (2 s): the vault's capacity policy: free space and history sizes measured, history folded to
   the history limits and the free-space reserve, replication paused while the vault is full
   (``engine/appliance/capacity.py``).
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from .machines import Machines
     from .resync import Resync
     from .retention import Retention
+    from ..recovery.pins import HistoryPins
     from .rpo import RpoHistory
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ RETENTION_SECONDS = 30.0
 RPO_HISTORY_SECONDS = 5.0
 CERTIFICATE_SECONDS = 86400.0
 CAPACITY_SECONDS = 2.0
+PINS_SECONDS = 5.0
 
 
 class ApplianceTasks:
@@ -55,8 +59,9 @@ class ApplianceTasks:
     def __init__(self, *, runtimes: Mapping[str, Any], machines: Machines, resync: Resync,
                  bookmarks: ScheduledBookmarks, retention: Retention, watch: MachineWatch | None = None,
                  rpo_history: RpoHistory | None = None, appliance_watch: ApplianceWatch | None = None,
-                 capacity: Capacity | None = None) -> None:
+                 capacity: Capacity | None = None, pins: HistoryPins | None = None) -> None:
         self.runtimes = runtimes
+        self.pins = pins
         self.watch = watch
         self.rpo_history_ = rpo_history
         self.appliance_watch = appliance_watch
@@ -78,6 +83,8 @@ class ApplianceTasks:
             s.every("certificates", CERTIFICATE_SECONDS, self.appliance_watch.check_certificates)
         if self.capacity_ is not None:
             s.every("vault-capacity", CAPACITY_SECONDS, self.capacity)
+        if self.pins is not None:
+            s.every("history-pins", PINS_SECONDS, self.history_pins)
 
     def emit_statuses(self) -> None:
         for name in list(self.runtimes):
@@ -118,3 +125,7 @@ class ApplianceTasks:
     async def capacity(self) -> None:
         if self.capacity_ is not None:
             await self.capacity_.tick()
+
+    async def history_pins(self) -> None:
+        if self.pins is not None:
+            self.pins.check()

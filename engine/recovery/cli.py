@@ -79,6 +79,8 @@ def cmd_machine_settings(a: argparse.Namespace) -> int:
         body["boot_pattern"] = a.boot_pattern
     if a.boot_timeout is not None:
         body["boot_timeout"] = a.boot_timeout
+    if a.firmware is not None:
+        body["firmware"] = a.firmware
     c = client_for(a)
     path = f"/v1/machines/{url_name(a.machine)}/recovery-settings"
     s = c.call("PUT", path, body) if body else c.call("GET", path)
@@ -158,6 +160,7 @@ def add_subcommands(sub: Any, machine_sub: Any) -> None:
     s.add_argument("--gateway"); s.add_argument("--dns", action="append", metavar="ADDR")
     s.add_argument("--boot-pattern", metavar="REGEX", help="the serial-console line that says the guest is up")
     s.add_argument("--boot-timeout", type=float, metavar="SECONDS")
+    s.add_argument("--firmware", choices=["bios", "uefi"], help="bios (default) or uefi (OVMF on the recovery host)")
     s.set_defaults(fn=cmd_machine_settings)
 
     s = sub.add_parser("failover-cancel", help="stop and remove a failed-over machine's VM; protect it again")

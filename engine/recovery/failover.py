@@ -20,7 +20,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from .hosts.base import DiskSpec, NicSpec, VMSpec, parse_network, wait_for_boot
 from .hosts.libvirt import LibvirtHost, check_uri, domain_name
 from ..vault.base import MachineVault, Point
 from .commit import materialise
+from .pins import Pin
 from .points import resolve_point
 from .settings import RecoverySettings, nic_mac
 from .store import RecoveryStore
@@ -69,6 +70,7 @@ class Failover:
         self.vm: VMSpec | None = None
         self.point: Point | None = None
         self.planned = False
+        self.source_vm: dict[str, Any] | None = None   # the vSphere VM a planned failover powered off
 
 
 class FailoverService:
@@ -87,6 +89,15 @@ class FailoverService:
         self.manager = manager
         self.require_admin = require_admin
         self.active: dict[str, Failover] = {}
+        #: The plan whose unfinished test run made a machine's failover (set by the appliance: PlanService).
+        self.test_run_of: Callable[[str], str | None] = lambda machine: None
+        #: How a machine's history pin is shown (set by the appliance: HistoryPins.view).
+        self.pin_of: Callable[[str], dict[str, Any] | None] = lambda machine: None
+        #: The vSphere VM a machine is matched to ({"vcenter", "moref", "vm_name", ...}) and how to power it off
+        #: or on (set by the appliance: engine/vsphere/service.py). A planned failover of a matched machine
+        #: powers its source VM off once the final point is in the vault.
+        self.vm_link_of: Callable[[str], dict[str, Any] | None] = lambda machine: None
+        self.source_power: Callable[[str, bool], Awaitable[dict[str, Any] | None]] | None = None
 
     async def start(self) -> None:
         self.folder.mkdir(mode=0o700, exist_ok=True)
@@ -106,6 +117,20 @@ class FailoverService:
 
     def busy(self, machine: str) -> bool:
         return machine in self.active
+
+    def pins(self) -> list[Pin]:
+        """Failovers not committed read their point through vault views: each holds the machine's history from
+        being folded (engine/recovery/pins.py). A plan's test run says so (kind ``plan-test``)."""
+        out = []
+        for m, fo in list(self.active.items()):
+            r = self.store.failover(m)
+            if fo.point is None or r is None:
+                continue
+            plan = self.test_run_of(m)
+            out.append(Pin(m, "plan-test" if plan else "failover", fo.point.id, fo.point.seq, r["started_at"],
+                           r["job"] or "", f"lifeboat plan cleanup --home DIR {plan}" if plan else
+                           f"lifeboat failover-cancel --home DIR {m}"))
+        return out
 
     def _host(self, name: str) -> LibvirtHost:
         r = self.store.host(check_name(name, "host name"))
@@ -233,6 +258,33 @@ class FailoverService:
             ctx.result["point"] = fo.point.to_dict()
             ctx.note(f"final point {fo.point.id} (seq {fo.point.seq}) is in the vault; replication stopped")
 
+        link = self.vm_link_of(machine) if planned and self.source_power is not None else None
+
+        async def power_off_source(ctx: StepContext) -> None:
+            # After the final point: everything the source wrote is in the vault. Powered off, it cannot go on
+            # beside its recovered copy (split brain: same addresses, same services, diverging data).
+            assert link is not None and self.source_power is not None
+            vm_name = f"{link.get('vm_name') or link['moref']} on {link['vcenter']}"
+            try:
+                out = await self.source_power(machine, False)
+            except LifeboatError as exc:
+                raise LifeboatError(
+                    f"the source VM {vm_name} of {machine} could not be powered off through vCenter: "
+                    f"{exc.message}. The planned failover stopped there, so that the source and its recovered "
+                    "copy never run side by side; nothing was failed over, and the source takes writes again "
+                    "once its agent reconnects", code=exc.code,
+                    advice=f"Fix the vCenter connection (`lifeboat vcenter list`) and fail over again, or power "
+                           f"the source VM off by hand and fail over unplanned at the final point: `lifeboat "
+                           f"failover --home DIR {machine} --host {host.name} --point tag:{tag}`.") from exc
+            if out is None:
+                ctx.note(f"{machine} is no longer matched to a vSphere VM: the agent's quiesce alone keeps the "
+                         "source from writing")
+                return
+            fo.source_vm = out
+            ctx.result["source_vm"] = out
+            self.state.event("source-powered-off", machine, **out)
+            ctx.note(f"source VM {vm_name} powered off ({out['was']} → {out['now']})")
+
         async def config_drive(ctx: StepContext) -> None:
             vm.config_drive = await build_config_drive(folder, machine, f"lifeboat-{machine}-{int(started)}",
                                                        settings)
@@ -243,6 +295,10 @@ class FailoverService:
                          error_code="LB_SOURCE_UNREACHABLE"),
                 StepSpec("final-point", "Wait until everything captured is in the vault; take the final point",
                          final_point, 0.1, error_code="LB_QUIESCE_TIMEOUT")] if planned else []
+        if link is not None:
+            head.append(StepSpec("power-off-source", f"Power the source VM {link.get('vm_name') or link['moref']} "
+                                 f"off through vCenter {link['vcenter']}", power_off_source, 0.05,
+                                 error_code="LB_VCENTER_UNREACHABLE"))
         plan = Plan.sequence(*head, open_views, serve,
                              StepSpec("config-drive", "Build the config drive (re-IP)", config_drive, 0.0,
                                       error_code="LB_STORAGE"), start_vm, wait_boot)
@@ -309,7 +365,8 @@ class FailoverService:
             ctx.note(f"VM {domain_name(machine)} started on {host.name}")
 
         async def wait_boot(ctx: StepContext) -> None:
-            seconds, line = await wait_for_boot(serial_log, settings.boot_pattern, settings.boot_timeout, vm=machine)
+            seconds, line = await wait_for_boot(serial_log, settings.boot_pattern, settings.boot_timeout, vm=machine,
+                                                agent=lambda: host.agent_ping(machine))
             now = time.time()
             self.store.update_failover(machine, state="booted", booted_at=now, boot_seconds=round(now - started, 3))
             ctx.result["boot_seconds"] = round(now - started, 3)
@@ -443,7 +500,8 @@ class FailoverService:
             ctx.note(f"VM {domain_name(machine)} started on its committed images")
 
         async def wait_boot(ctx: StepContext) -> None:
-            seconds, line = await wait_for_boot(serial_log, settings.boot_pattern, settings.boot_timeout, vm=machine)
+            seconds, line = await wait_for_boot(serial_log, settings.boot_pattern, settings.boot_timeout, vm=machine,
+                                                agent=lambda: fo.host.agent_ping(machine))
             ctx.result["boot_line"] = line
 
         async def release(ctx: StepContext) -> None:
@@ -515,8 +573,19 @@ class FailoverService:
         if own is not None and not own.finished:
             await self.manager.cancel(own.id)
 
+        source_vm = fo.source_vm
+
         async def remove(ctx: StepContext) -> None:
             await self._teardown(fo, keep_log=False)
+            if source_vm is not None and self.source_power is not None:
+                # the planned failover powered the source off: it runs again, and replication resumes with it
+                try:
+                    ctx.result["source_vm"] = await self.source_power(machine, True)
+                    ctx.note(f"source VM {source_vm.get('vm')} powered on again")
+                except LifeboatError as exc:
+                    ctx.result["source_vm_error"] = exc.to_dict()
+                    ctx.note(f"the source VM {source_vm.get('vm')} could not be powered on again "
+                             f"({exc.code}: {exc.message}); power it on in vCenter")
 
         job = self.manager.submit(JobKind.FAILOVER_CANCEL, machine,
                                   Plan.sequence(StepSpec("remove-vm", "Stop and remove the VM, discard the overlay",
@@ -527,7 +596,11 @@ class FailoverService:
             exc = self.manager.exception(job.id)
             raise exc if exc is not None else LifeboatError(f"cancel job {job.id} {job.state.value}")
         self.state.event("failover-cancelled", machine, host=r["host"], point=r["point"]["id"])
-        return {"machine": machine, "cancelled": True, "host": r["host"], "point": r["point"]["id"], "job": job.id}
+        out = {"machine": machine, "cancelled": True, "host": r["host"], "point": r["point"]["id"], "job": job.id}
+        for k in ("source_vm", "source_vm_error"):
+            if k in job.result:
+                out[k] = job.result[k]
+        return out
 
     async def vms(self) -> list[dict[str, Any]]:
         out = []
@@ -541,7 +614,7 @@ class FailoverService:
                         "vm_state": live, "point": r["point"]["id"], "point_time": r["point"].get("time"),
                         "serial_log": r["serial_log"], "started_at": r["started_at"], "booted_at": r["booted_at"],
                         "boot_seconds": r["boot_seconds"], "nbd": r["nbd"], "job": r["job"], "error": r["error"],
-                        "kind": r["kind"], "committed": r["state"] == "committed",
+                        "kind": r["kind"], "committed": r["state"] == "committed", "pin": self.pin_of(r["machine"]),
                         "images": ({d.name: str(inside(self.folder, r["machine"]) / "committed" / f"{d.name}.img")
                                     for d in self.runtimes[r["machine"]].vault.disks()}
                                    if r["state"] == "committed" and r["machine"] in self.runtimes else None)})
@@ -615,6 +688,8 @@ class FailoverService:
             changes["dns"] = dns
         if b.data.get("boot_pattern") is not None:
             changes["boot_pattern"] = b.text("boot_pattern", max_len=256)
+        if b.data.get("firmware") is not None:
+            changes["firmware"] = b.text("firmware", max_len=8)
         if b.data.get("boot_timeout") is not None:
             t = b.data["boot_timeout"]
             if isinstance(t, bool) or not isinstance(t, (int, float)):

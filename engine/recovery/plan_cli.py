@@ -137,7 +137,8 @@ def cmd_plan_cancel(a: argparse.Namespace) -> int:
 
 
 def cmd_plan_commit(a: argparse.Namespace) -> int:
-    r = client_for(a, 3600.0).call("POST", f"/v1/plans/{url_name(a.plan)}/commit", {})
+    body = {"stop_timeout": a.stop_timeout} if a.stop_timeout else {}
+    r = client_for(a, 3600.0).call("POST", f"/v1/plans/{url_name(a.plan)}/commit", body)
     emit(r, a, f"plan {a.plan} (run {r['run']}): committed {' '.join(r['committed']) or 'nothing'}")
     return 0
 
@@ -210,7 +211,10 @@ def add_subcommands(sub: Any) -> None:
     s = ps.add_parser("cancel", help="cancel the plan's last run and remove its VMs"); home(s); s.add_argument("plan")
     s.set_defaults(fn=cmd_plan_cancel)
     s = ps.add_parser("commit", help="keep the machines of the plan's last real run (standalone images)"); home(s)
-    s.add_argument("plan"); s.set_defaults(fn=cmd_plan_commit)
+    s.add_argument("plan")
+    s.add_argument("--stop-timeout", metavar="DURATION",
+                   help="how long each guest may take to shut down before it is powered off (default 60s)")
+    s.set_defaults(fn=cmd_plan_commit)
     s = ps.add_parser("skip", help="skip the failed step the plan's run is stopped at"); home(s)
     s.add_argument("plan"); s.set_defaults(fn=cmd_plan_skip)
     s = ps.add_parser("cleanup", help="remove what the plan's last test run made"); home(s); s.add_argument("plan")

@@ -616,6 +616,13 @@ class PlanService:
             await ev.wait()
         return {**await self._cleanup_run(self._run(run["id"])), "cancelled": True}
 
+    def test_run_of(self, machine: str) -> str | None:
+        """The plan whose test run (not cleaned up) holds ``machine`` failed over, or None."""
+        for r in reversed(self.store.runs()):
+            if r["test"] and not r["cleaned_at"] and machine in r["machines"]:
+                return str(r["plan"])
+        return None
+
     # control API -------------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/plans", self._h_list), web.post("/v1/plans", self._h_create),
@@ -719,8 +726,9 @@ class PlanService:
         return json_response(self.skip(self._name(request), f"lifeboat-admin ({who})" if who else "lifeboat-admin"))
 
     async def _h_commit(self, request: web.Request) -> web.Response:
-        self.require_admin(request)
-        return json_response(await self.commit(self._name(request)))
+        b = await self._body(request)
+        t = b.duration("stop_timeout")
+        return json_response(await self.commit(self._name(request), stop_timeout=60.0 if t is None else t))
 
     async def _h_cleanup(self, request: web.Request) -> web.Response:
         self.require_admin(request)

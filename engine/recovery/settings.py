@@ -46,8 +46,9 @@ class RecoverySettings:
         if isinstance(self.memory_mib, bool) or not isinstance(self.memory_mib, int) or \
                 not 16 <= self.memory_mib <= 1024 * 1024:
             raise InvalidInput(f"--memory-mib {self.memory_mib!r} is out of range (16-1048576)", field="memory_mib")
-        if self.firmware != "bios":
-            raise InvalidInput(f"firmware {self.firmware!r} is not supported (bios; UEFI needs OVMF)", field="firmware")
+        if self.firmware not in ("bios", "uefi"):
+            raise InvalidInput(f"--firmware {self.firmware!r} is not bios or uefi (UEFI needs OVMF on the recovery "
+                               "host)", field="firmware")
         for nic, net in self.nics.items():
             check_name(nic, "NIC name")
             check_name(net, "network name")

@@ -21,7 +21,7 @@ from ..events import Alert
 from ..secrets import delete_secret, get_secret, set_secret
 from .connect import Target, connect, describe, disconnect, normalise_thumbprint
 from .discovery import build_inventory
-from .errors import LoginFailed, UnknownVCenter
+from .errors import LoginFailed, UnknownVCenter, VCenterUnreachable, VSphereError
 from .events import (InventorySynced, MachineMatched, VCenterStatus, VMAdded, VMDiskResized, VMPowerChanged,
                      VMRemoved, VMUpdated)
 from ..identity import clean_identity
@@ -214,6 +214,24 @@ class VSphereService:
             self._rematch()
         except Exception:
             log.exception("vSphere matching for agent %s failed", machine)
+
+    async def set_power_of(self, machine: str, on: bool) -> dict[str, Any] | None:
+        """Power the vSphere VM matched to ``machine`` off (``on`` False) or on, through its vCenter, and wait for
+        the task. None when the machine is matched to no VM (or its vCenter was removed): nothing to do. Raises
+        ``VCenterUnreachable`` / ``LoginFailed`` / ``CertificateUntrusted`` / ``VSphereError`` when it cannot.
+        Used by a planned failover (engine/recovery/failover.py): the source must not run on beside its recovered
+        copy (split brain)."""
+        assert self.store is not None
+        link = self.store.links().get(machine)
+        row = self.store.endpoint(link["vcenter"]) if link else None
+        if link is None or row is None:
+            return None
+        target = self.store.target(row)
+        pw = await asyncio.to_thread(self._password, target.host)
+        out = await asyncio.to_thread(_set_power, target, pw, link["moref"], on)
+        out = {"vcenter": link["vcenter"], "moref": link["moref"], "vm": link["vm_name"], **out}
+        self.state.event("vm-powered-off" if on is False else "vm-powered-on", machine, **out)
+        return out
 
     # watcher callbacks (loop thread) ----------------------------------------------------------------------------
     def _on_status(self, ep: Endpoint, state: str, error: dict[str, Any] | None, renewals: int) -> None:
@@ -408,3 +426,50 @@ def _probe(t: Target, password: str) -> tuple[dict[str, Any], str]:
     finally:
         disconnect(si)
 
+
+
+def _set_power(t: Target, password: str, moref: str, on: bool) -> dict[str, Any]:
+    """Power a VM (by moref) on or off and wait for the task; (``was``, ``now``) power states. Blocking: a thread."""
+    from pyVmomi import vim, vmodl
+
+    si, _ = connect(t, password)
+    try:
+        vm = vim.VirtualMachine(moref, si._stub)
+        try:
+            was = str(vm.runtime.powerState)
+            want = "poweredOn" if on else "poweredOff"
+            if was != want:
+                task = vm.PowerOnVM_Task() if on else vm.PowerOffVM_Task()
+                _wait_task(task)
+            now = str(vm.runtime.powerState)
+        except vmodl.fault.ManagedObjectNotFound:
+            raise VSphereError(f"VM {moref} is no longer on {t.address}",
+                               advice="The machine's VM was removed or re-registered: power the source off by hand "
+                                      "if it still runs, then fail over unplanned.") from None
+        except vmodl.MethodFault as exc:
+            raise VSphereError(f"{t.address} refused to power VM {moref} {'on' if on else 'off'}: "
+                               f"{getattr(exc, 'msg', None) or type(exc).__name__}") from None
+        except OSError as exc:
+            raise VCenterUnreachable(f"lost {t.address} while powering VM {moref} {'on' if on else 'off'}: "
+                                     f"{exc}") from None
+        if now != want:
+            raise VSphereError(f"VM {moref} on {t.address} is {now} after the power task, not {want}")
+        return {"was": was, "now": now}
+    finally:
+        disconnect(si)
+
+
+def _wait_task(task: Any, timeout: float = 120.0) -> None:
+    """Poll a vSphere task to its end (pyVim's WaitForTask trips over some task entities: FACTS.md)."""
+    import time as _time
+    end = _time.monotonic() + timeout
+    while True:
+        state = str(task.info.state)
+        if state == "success":
+            return
+        if state == "error":
+            err = task.info.error
+            raise VSphereError(f"vSphere task failed: {getattr(err, 'msg', None) or err}")
+        if _time.monotonic() > end:
+            raise VSphereError(f"vSphere task did not finish within {timeout:g} s")
+        _time.sleep(0.2)

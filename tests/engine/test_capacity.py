@@ -302,7 +302,7 @@ def test_cli_appliance_set_vault_reserve(tmp_path: Path) -> None:
     cli = [sys.executable, "-m", "engine.cli", "appliance", "set", "--home", str(home)]
     r = subprocess.run(cli + ["--vault-reserve", "10G", "--json"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {"vault_reserve": str(10 << 30)}
+    assert json.loads(r.stdout) == {"vault_reserve": str(10 << 30), "pin_alert_after": 86400.0}
     assert json.loads((home / "appliance.json").read_text())["vault"]["reserve"] == str(10 << 30)
     r = subprocess.run(cli + ["--vault-reserve", "lots"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "LB_INVALID_INPUT" in r.stderr and "Traceback" not in r.stderr

@@ -12,6 +12,7 @@ import asyncio
 import enum
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +22,11 @@ from ...names import check_name
 
 #: Lines of the serial console an error carries when a VM did not boot in time.
 TAIL_LINES = 20
+#: Firmware a recovered VM boots with: SeaBIOS, or UEFI (OVMF; Debian package ``ovmf`` on the recovery host).
+FIRMWARES = ("bios", "uefi")
+AGENT_BOOT_LINE = "guest agent answered guest-ping"
+#: How often the QEMU guest agent is asked whether the guest is up (each ask is one ``virsh`` call).
+AGENT_PING_INTERVAL = 2.0
 
 
 class VMState(str, enum.Enum):
@@ -76,7 +82,8 @@ class NicSpec:
 
 @dataclass
 class VMSpec:
-    """What a recovery host needs to run a recovered machine. ``firmware`` is ``bios`` (UEFI when OVMF comes)."""
+    """What a recovery host needs to run a recovered machine. ``firmware`` is ``bios`` or ``uefi`` (OVMF on the
+    host)."""
     name: str
     cpus: int = 1
     memory_mib: int = 256
@@ -92,8 +99,8 @@ class VMSpec:
             raise InvalidInput(f"{self.cpus} CPUs is out of range (1-64)", field="cpus")
         if not 16 <= self.memory_mib <= 1024 * 1024:
             raise InvalidInput(f"{self.memory_mib} MiB of memory is out of range (16 MiB-1 TiB)", field="memory_mib")
-        if self.firmware != "bios":
-            raise InvalidInput(f"firmware {self.firmware!r} is not supported here (bios)", field="firmware")
+        if self.firmware not in FIRMWARES:
+            raise InvalidInput(f"firmware {self.firmware!r} is not supported here (bios or uefi)", field="firmware")
         if not self.disks:
             raise InvalidInput("a VM needs at least one disk", field="disks")
         for n in self.nics:
@@ -130,6 +137,10 @@ class RecoveryHost(Protocol):
 
     async def state(self, name: str) -> VMState: ...
 
+    async def agent_ping(self, name: str) -> bool:
+        """True when the VM's QEMU guest agent answers ``guest-ping`` (False: no agent, or not up yet)."""
+        ...
+
 
 @dataclass
 class BootWatch:
@@ -161,15 +172,23 @@ class BootWatch:
         return [ln.rstrip("\r") for ln in self._text.splitlines()[-n:]]
 
 
-async def wait_for_boot(log: Path, pattern: str, timeout: float, *, vm: str,
-                        interval: float = 0.2) -> tuple[float, str]:
-    """Wait until the serial log shows ``pattern`` (a regex); (seconds waited, the matching line). On timeout a
-    :class:`BootTimeout` whose message ends with the console's last lines (also in ``details["console"]``)."""
+async def wait_for_boot(log: Path, pattern: str, timeout: float, *, vm: str, interval: float = 0.2,
+                        agent: Callable[[], Awaitable[bool]] | None = None,
+                        agent_interval: float = AGENT_PING_INTERVAL) -> tuple[float, str]:
+    """Wait until the guest says it is up: the serial log shows ``pattern`` (a regex), or ``agent`` (the host's
+    guest-agent ping) answers True, whichever comes first; (seconds waited, the matching line or
+    ``"guest agent answered guest-ping"``). On timeout a :class:`BootTimeout` whose message ends with the
+    console's last lines (also in ``details["console"]``)."""
     watch = BootWatch(log, re.compile(pattern))
     t0 = time.monotonic()
+    next_ping = t0 + agent_interval
     while True:
         if watch.poll():
             return time.monotonic() - t0, watch.seen or ""
+        if agent is not None and time.monotonic() >= next_ping:
+            next_ping = time.monotonic() + agent_interval
+            if await agent():
+                return time.monotonic() - t0, AGENT_BOOT_LINE
         if time.monotonic() - t0 >= timeout:
             tail = watch.tail()
             shown = "\n".join(f"  | {ln}" for ln in tail) if tail else "  (the console printed nothing)"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from ... import platform
@@ -28,6 +29,8 @@ from .base import NetworkSpec, VMSpec, VMState
 DOMAIN_PREFIX = "lifeboat-"
 _URI = re.compile(r"qemu(\+(ssh|tls|tcp|unix))?://[A-Za-z0-9.@:\[\]_-]*/(system|session)(\?[A-Za-z0-9=&/._-]*)?")
 VIRSH_TIMEOUT = 60.0
+#: Where Debian's ovmf package puts the UEFI firmware (libvirt finds it through /usr/share/qemu/firmware/*.json)
+OVMF_CODE = ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd")
 
 
 def check_uri(uri: str) -> str:
@@ -62,7 +65,10 @@ def domain_xml(spec: VMSpec, host: str, networks: dict[str, NetworkSpec], *, kvm
     q = quoteattr
     parts = [f"<domain type={q('kvm' if kvm else 'qemu')}>", f"<name>{escape(domain_name(spec.name))}</name>",
              f"<memory unit='MiB'>{spec.memory_mib}</memory>", f"<vcpu>{spec.cpus}</vcpu>",
-             "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>",
+             # UEFI: libvirt picks the host's OVMF build (and makes the VM's NVRAM store) from firmware='efi'
+             f"<os{' firmware=' + q('efi') if spec.firmware == 'uefi' else ''}><type arch='x86_64' machine='pc'>hvm"
+             "</type>" + ("<firmware><feature enabled='no' name='secure-boot'/></firmware>"
+                          if spec.firmware == "uefi" else "") + "<boot dev='hd'/></os>",
              "<features><acpi/></features>", "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>"
              "<on_crash>destroy</on_crash>", "<devices>"]
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -92,6 +98,9 @@ def domain_xml(spec: VMSpec, host: str, networks: dict[str, NetworkSpec], *, kvm
         else:
             parts.append(f"<interface type='bridge'>{mac}<source bridge={q(net.bridge or '')}/>"
                          "<model type='virtio'/></interface>")
+    # the QEMU guest agent's channel: a guest that runs qemu-ga answers guest-ping through it (boot detection);
+    # one without an agent simply never answers
+    parts.append("<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>")
     if spec.serial_log is not None:
         parts.append(f"<serial type='file'><source path={q(str(spec.serial_log))}/><target port='0'/></serial>")
     parts += ["<memballoon model='none'/>", "</devices>"]
@@ -153,6 +162,10 @@ class LibvirtHost:
 
     async def define(self, spec: VMSpec) -> None:
         spec.validate(self.networks)
+        if spec.firmware == "uefi" and self.local and not any(Path(p).exists() for p in OVMF_CODE):
+            raise HypervisorError(f"VM {spec.name} boots with UEFI, and recovery host {self.name} has no OVMF "
+                                  "firmware", advice="Install Debian's ovmf package on the recovery host "
+                                  "(scripts/setup.sh does), or set --firmware bios.", host=self.name)
         if await self.state(spec.name) != VMState.MISSING:
             raise AlreadyExists(f"recovery host {self.name} already has a VM {domain_name(spec.name)}",
                                 advice="Cancel the earlier failover first (`lifeboat failover-cancel`).")
@@ -180,7 +193,16 @@ class LibvirtHost:
     async def destroy(self, name: str) -> None:
         dom = domain_name(name)
         await self._virsh("destroy", dom, ok_errors=("not running", "not found", "no domain with matching name", "failed to get domain"))
-        await self._virsh("undefine", dom, ok_errors=("not found", "no domain with matching name", "failed to get domain"))
+        await self._virsh("undefine", "--nvram", dom,   # --nvram: a UEFI VM's variable store goes with it
+                          ok_errors=("not found", "no domain with matching name", "failed to get domain"))
+
+    async def agent_ping(self, name: str) -> bool:
+        try:
+            out = await self._virsh("qemu-agent-command", domain_name(name), '{"execute":"guest-ping"}',
+                                    "--timeout", "2")
+        except HypervisorError:   # no agent channel, agent not running (yet), domain gone: not booted by this sign
+            return False
+        return '"return"' in out
 
     async def state(self, name: str) -> VMState:
         out = await self._virsh("domstate", domain_name(name),

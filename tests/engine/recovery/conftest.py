@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.recovery import boot_image
+from tests.vsphere_sim import vcsim, vcsim_binary  # noqa: F401  (fixtures: a planned failover powers a VM off)
 
 ROOT = Path(__file__).resolve().parents[3]
 

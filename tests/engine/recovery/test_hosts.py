@@ -58,6 +58,10 @@ def test_domain_xml_from_spec() -> None:
     assert ifs[0].find("mac").get("address") == "52:54:00:00:00:01"
     assert ifs[2].find("source").get("bridge") == "br0"
     assert root.find("devices/serial/source").get("path") == "/h/serial.log"
+    assert root.find("os").get("firmware") is None and root.find("os/firmware") is None   # BIOS: SeaBIOS
+    [agent] = root.findall("devices/channel")   # the guest agent's channel (boot detection by guest-ping)
+    assert agent.get("type") == "unix" and agent.find("target").attrib == {"type": "virtio",
+                                                                          "name": "org.qemu.guest_agent.0"}
     net = ET.fromstring(isolated_network_xml("local", "iso"))
     assert net.find("forward") is None and net.find("ip") is None   # isolated: no uplink, no address
     assert len(net.find("bridge").get("name")) <= 15
@@ -74,7 +78,7 @@ def test_settings_validation_and_network_config() -> None:
     assert "addresses: [10.0.5.53]" in text and nic_mac("web1", "eth0") in text
     for bad in ({"cpus": 0}, {"memory_mib": 8}, {"ips": {"eth0": "10.0.5.20"}, "nics": {"eth0": "lan"}},
                 {"ips": {"eth0": "10.0.5.300/24"}, "nics": {"eth0": "lan"}}, {"ips": {"eth9": "10.0.0.1/8"}},
-                {"gateway": "gw"}, {"dns": ["x"]}, {"boot_pattern": "("}, {"firmware": "uefi"}):
+                {"gateway": "gw"}, {"dns": ["x"]}, {"boot_pattern": "("}, {"firmware": "efi-secure"}):
         with pytest.raises(InvalidInput):
             RecoverySettings.from_dict(bad)
 
@@ -125,6 +129,8 @@ async def test_vm_boots_on_the_libvirt_host(recovery_host: str, boot_disk: Path,
         print(f"boot to {BOOTED} on the libvirt host (TCG): {time.monotonic() - t0:.1f} s")
         text = (tmp_path / "serial.log").read_text()
         assert "LIFEBOAT-MARKER: host-test" in text and "192.0.2.9/24" in text
+        # the guest agent's channel is there, but busybox runs no qemu-ga: the real ping says "not up" (False)
+        assert await host.agent_ping(name) is False
         with pytest.raises(Exception, match="already has"):
             await host.define(spec)
         await host.stop(name, timeout=2)   # busybox has no ACPI daemon: powered off after the grace time
@@ -135,3 +141,37 @@ async def test_vm_boots_on_the_libvirt_host(recovery_host: str, boot_disk: Path,
                        capture_output=True)
     assert await host.state(name) == VMState.MISSING
     await asyncio.sleep(0)
+
+
+def test_uefi_domain_xml() -> None:
+    """UEFI: libvirt picks the host's OVMF from firmware='efi' (secure boot off) and keeps an NVRAM per VM."""
+    assert RecoverySettings.from_dict({"firmware": "uefi"}).firmware == "uefi"
+    spec = VMSpec("web2", firmware="uefi", disks=[DiskSpec("d0", path=Path("/x.img"))])
+    spec.validate({})
+    root = ET.fromstring(domain_xml(spec, "local", {}, kvm=False, run_as=None))
+    os_el = root.find("os")
+    assert os_el.get("firmware") == "efi" and os_el.find("type").get("machine") == "pc"
+    feat = os_el.find("firmware/feature")
+    assert (feat.get("name"), feat.get("enabled")) == ("secure-boot", "no")
+    assert os_el.find("boot").get("dev") == "hd"
+    with pytest.raises(InvalidInput, match="bios or uefi"):
+        VMSpec("web3", firmware="coreboot", disks=[DiskSpec("d0", path=Path("/x.img"))]).validate({})
+
+
+async def test_boot_detected_by_the_guest_agent(tmp_path: Path) -> None:
+    """Whichever sign comes first: a guest agent that answers counts as booted even before the console pattern."""
+    log = tmp_path / "serial.log"
+    log.write_text("booting\n")
+    asks = []
+
+    async def agent() -> bool:
+        asks.append(1)
+        return len(asks) >= 2
+
+    secs, line = await wait_for_boot(log, "login:", 5, vm="web1", interval=0.02, agent=agent, agent_interval=0.05)
+    assert line == "guest agent answered guest-ping" and len(asks) == 2 and secs < 5
+
+    async def silent() -> bool:
+        return False
+    log.write_text("web1 login:\n")
+    assert (await wait_for_boot(log, "login:", 5, vm="web1", agent=silent))[1] == "web1 login:"

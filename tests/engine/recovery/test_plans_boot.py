@@ -137,6 +137,8 @@ def test_two_group_plan_pauses_resumes_reports_and_cleans_up(recovery_host: str,
         assert job["state"] == "paused-for-operator" and job["message"] == "Check the database on the first VM"
         vms = {v["machine"]: v for v in lbj("vm", "list", *H)}
         assert set(vms) == {m1} and vms[m1]["state"] == "booted"
+        pin = vms[m1]["pin"]   # a plan's test run holds history: shown with how to end it
+        assert pin["kind"] == "plan-test" and pin["point"] == vms[m1]["point"] and "plan cleanup" in pin["end_with"]
         xml = subprocess.run(["virsh", "-c", recovery_host, "dumpxml", f"lifeboat-{m1}"], capture_output=True,
                              text=True).stdout
         assert f"lifeboat-{hostname}-iso" in xml and f"lifeboat-{hostname}-lan" not in xml   # a test: isolated

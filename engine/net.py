@@ -46,7 +46,7 @@ from .errors import EgressRefused, InvalidInput, ProxyAuthFailed, ProxyError
 __all__ = ["EGRESS_PURPOSES", "EgressPolicy", "EgressRefused", "HTTPConnection", "HTTPSConnection", "HTTPSResponse",
            "LIMITED_PURPOSES", "Proxy", "RateLimiter", "Route", "azure_transport", "check_allow_entry",
            "client_context", "egress_policy", "entry_matches", "https_request", "lifeboat_cause", "open_connection",
-           "open_tls",
+           "open_tls", "open_tunnel",
            "route", "set_egress_policy", "system_context", "unverified_context", "upload_limiter"]
 
 #: Oldest TLS version any outbound connection accepts.
@@ -354,7 +354,13 @@ def unverified_context(cls: type[ssl.SSLContext] = ssl.SSLContext) -> ssl.SSLCon
 
 
 # connections -------------------------------------------------------------------------------------------------------
-def open_connection(host: str, port: int, *, timeout: float | None, purpose: str) -> socket.socket:
+#: ``on_step(step, seconds, detail)``: told when the TCP connection (``"tcp"``) and the proxy's tunnel (``"proxy"``)
+#: are up, with how long each took (the connectivity check reports them hop by hop).
+StepHook = Callable[[str, float, str], None]
+
+
+def open_connection(host: str, port: int, *, timeout: float | None, purpose: str,
+                    on_step: StepHook | None = None) -> socket.socket:
     """A connected TCP socket to ``host:port`` (blocking; bounded by ``timeout``), after the egress check: straight,
     or a tunnel through the policy's CONNECT proxy (the proxy resolves ``host``; the appliance does not).
 
@@ -362,17 +368,31 @@ def open_connection(host: str, port: int, *, timeout: float | None, purpose: str
     ``socket.create_connection`` raises (OSError, socket.gaierror, TimeoutError)."""
     r = route(host, port, purpose)
     if r.proxy is None:
-        return socket.create_connection((r.host, r.port), timeout=timeout)
-    return _tunnel(r.proxy, host, port, timeout)
+        t0 = time.monotonic()
+        sock = socket.create_connection((r.host, r.port), timeout=timeout)
+        if on_step:
+            on_step("tcp", time.monotonic() - t0, f"{r.host}:{r.port}")
+        return sock
+    return _tunnel(r.proxy, host, port, timeout, on_step)
 
 
-def _tunnel(proxy: Proxy, host: str, port: int, timeout: float | None) -> socket.socket:
+def open_tunnel(proxy: Proxy, host: str, port: int, *, timeout: float | None) -> socket.socket:
+    """A CONNECT tunnel through ``proxy`` to ``host:port`` without asking the policy (a proxy being tried before
+    it is saved: the console's Test button). ProxyError / ProxyAuthFailed as :func:`open_connection`."""
+    return _tunnel(proxy, host, port, timeout, None)
+
+
+def _tunnel(proxy: Proxy, host: str, port: int, timeout: float | None, on_step: StepHook | None) -> socket.socket:
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    t0 = time.monotonic()
     try:
         sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
     except OSError as exc:
         raise ProxyError(f"cannot reach the proxy {proxy.address} (for {target}): {exc.strerror or exc}",
                          code="LB_PROXY_UNREACHABLE", proxy=proxy.address, target=target) from None
+    if on_step:
+        on_step("tcp", time.monotonic() - t0, f"proxy {proxy.address}")
+    t0 = time.monotonic()
     try:
         head = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", "User-Agent: lifeboat"]
         auth = proxy.authorization()
@@ -395,6 +415,8 @@ def _tunnel(proxy: Proxy, host: str, port: int, timeout: float | None) -> socket
         parts = status_line.split(" ", 2)
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         if 200 <= status < 300:
+            if on_step:
+                on_step("proxy", time.monotonic() - t0, f"CONNECT {target}: {status_line}")
             return sock
         if status in (401, 407):
             raise ProxyAuthFailed(

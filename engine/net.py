@@ -560,12 +560,17 @@ def _azure_transport_class() -> Any:
     from requests.adapters import HTTPAdapter
     from urllib3.connection import HTTPConnection as U3HTTP, HTTPSConnection as U3HTTPS
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+    from urllib3.exceptions import NewConnectionError
 
     def conn_class(base: Any, purpose: str) -> Any:
         class Conn(base):  # type: ignore[misc, valid-type]
             def _new_conn(self) -> socket.socket:
                 t = self.timeout if isinstance(self.timeout, (int, float)) else None
-                sock = open_connection(self._dns_host, self.port, timeout=t, purpose=purpose)
+                try:
+                    sock = open_connection(self._dns_host, self.port, timeout=t, purpose=purpose)
+                except (EgressRefused, ProxyAuthFailed, ProxyError) as exc:
+                    # a connection error to urllib3 (the SDK's ServiceRequestError), with ours as its cause
+                    raise NewConnectionError(self, str(exc)) from exc
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return sock
 

@@ -140,6 +140,7 @@ def _session(s: SmtpSettings, password: str | None, timeout: float,
     where = f"{s.host}:{s.port}"
     try:
         smtp = _SMTP(timeout=timeout)
+        smtp._host = s.host   # the name STARTTLS checks the certificate against (smtplib sets it only in __init__)
         smtp.connect(s.host, s.port)
     except LifeboatError:
         raise
@@ -164,7 +165,14 @@ def _session(s: SmtpSettings, password: str | None, timeout: float,
             smtp.ehlo()
         if s.user:
             try:
-                smtp.login(s.user, password or "")
+                # PLAIN (over TLS) when offered, one attempt: smtplib's login() would go on to LOGIN after a refusal,
+                # which some servers answer by waiting for more input (a hang instead of a clear "wrong password").
+                mechs = (smtp.esmtp_features.get("auth") or "").upper().split()
+                if "PLAIN" in mechs:
+                    smtp.user, smtp.password = s.user, password or ""
+                    smtp.auth("PLAIN", smtp.auth_plain)
+                else:
+                    smtp.login(s.user, password or "")
             except smtplib.SMTPAuthenticationError as exc:
                 raise MailError(f"the SMTP server {where} refused the login of {s.user!r}: {exc.smtp_code} "
                                 f"{exc.smtp_error.decode(errors='replace') if isinstance(exc.smtp_error, bytes) else exc.smtp_error}",

@@ -232,7 +232,7 @@ def _smtp(egress_pki: dict[str, Path] | None) -> Iterator[SmtpServer]:
             and auth_data.password.decode() == SMTP_PASSWORD
         if ok:
             srv.logins.append(SMTP_USER)
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)   # handled=False: the server answers 535 itself
 
     kw: dict[str, Any] = {}
     if egress_pki is not None:

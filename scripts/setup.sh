@@ -23,6 +23,7 @@ SYSTEM_PACKAGES=(
   # the recovery host (issue 13): libvirt + QEMU (TCG), driven through virsh (engine/recovery/hosts/libvirt.py)
   qemu-system-x86 libvirt-daemon-system libvirt-clients
   genisoimage       # NoCloud cidata config drives (re-IP)
+  tinyproxy         # a real forward proxy with basic auth for the egress tests (started by tests/egress_servers.py)
   # the boot image of the recovery tests: Debian's kernel, busybox, syslinux on FAT16 (tests/engine/recovery)
   linux-image-amd64 busybox-static syslinux syslinux-common mtools dosfstools kmod
 )

@@ -208,7 +208,8 @@ class EngineFacade:
     # network and cloud (egress, e-mail alerts): plain data from engine.api ------------------------------------
     @property
     def has_network(self) -> bool:
-        return self.running
+        """An embedded appliance runs (the synthetic facade has none: the page says it is unavailable)."""
+        return self.embedded is not None
 
     def egress_settings(self) -> dict[str, Any]:
         return self._emb().egress_settings()

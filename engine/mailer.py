@@ -140,7 +140,7 @@ def _session(s: SmtpSettings, password: str | None, timeout: float,
     where = f"{s.host}:{s.port}"
     try:
         smtp = _SMTP(timeout=timeout)
-        smtp._host = s.host   # the name STARTTLS checks the certificate against (smtplib sets it only in __init__)
+        smtp._host = s.host  # type: ignore[attr-defined]  # the name STARTTLS checks the certificate against (smtplib sets it only in __init__)
         smtp.connect(s.host, s.port)
     except LifeboatError:
         raise

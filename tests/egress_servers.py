@@ -23,8 +23,8 @@ PROXY_USER, PROXY_PASSWORD = "lbproxy", "corr3ct-horse"
 SMTP_USER, SMTP_PASSWORD = "alerts", "sm7p-secret"
 
 
-@pytest.fixture
-def egress_pki(tmp_path: Path) -> dict[str, Path]:
+@pytest.fixture(name="egress_pki")
+def egress_pki_fixture(tmp_path: Path) -> dict[str, Path]:
     """A test CA and a server certificate for 127.0.0.1 / localhost signed by it."""
     from engine import pki
     d = tmp_path / "egress-pki"
@@ -127,8 +127,8 @@ def block_body(i: int) -> bytes:
     return (f"block {i:06d} ".encode() * 4096)[:65536]
 
 
-@pytest.fixture
-def https_server(egress_pki: dict[str, Path]) -> Iterator[HttpsServer]:
+@pytest.fixture(name="https_server")
+def https_server_fixture(egress_pki: dict[str, Path]) -> Iterator[HttpsServer]:
     pytest.importorskip("aiohttp")
     srv = HttpsServer(free_port(), egress_pki["ca"])
     srv.start(egress_pki["cert"], egress_pki["key"])
@@ -177,11 +177,11 @@ class Tinyproxy:
         if not self.log.exists():
             return 0
         return sum(1 for line in self.log.read_text(errors="replace").splitlines()
-                   if f"Request (file descriptor" in line and f"CONNECT {target} " in line)
+                   if "Request (file descriptor" in line and f"CONNECT {target} " in line)
 
 
-@pytest.fixture
-def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
+@pytest.fixture(name="tinyproxy")
+def tinyproxy_fixture(tmp_path: Path) -> Iterator[Tinyproxy]:
     """tinyproxy with basic authentication (PROXY_USER / PROXY_PASSWORD) on a free port, its log in tmp_path."""
     if not shutil.which("tinyproxy"):
         pytest.skip("tinyproxy is not installed (scripts/setup.sh installs it)")
@@ -247,18 +247,19 @@ def _smtp(egress_pki: dict[str, Path] | None) -> Iterator[SmtpServer]:
     c.stop()
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
+@pytest.fixture(name="smtp_server")
+def smtp_server_fixture() -> Iterator[SmtpServer]:
     """A plain SMTP relay (no TLS, no login)."""
     yield from _smtp(None)
 
 
-@pytest.fixture
-def smtp_tls_server(egress_pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
+@pytest.fixture(name="smtp_tls_server")
+def smtp_tls_server_fixture(egress_pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
     """STARTTLS required, AUTH (SMTP_USER / SMTP_PASSWORD) after it; the test CA trusted through SSL_CERT_FILE."""
     monkeypatch.setenv("SSL_CERT_FILE", str(egress_pki["ca"]))
     yield from _smtp(egress_pki)
 
 
 __all__ = ["HttpsServer", "PROXY_PASSWORD", "PROXY_USER", "SMTP_PASSWORD", "SMTP_USER", "SmtpServer", "Tinyproxy",
-           "block_body", "egress_pki", "https_server", "smtp_server", "smtp_tls_server", "tinyproxy"]
+           "block_body", "egress_pki_fixture", "https_server_fixture", "smtp_server_fixture",
+           "smtp_tls_server_fixture", "tinyproxy_fixture"]

@@ -121,8 +121,9 @@ def endpoints_in_use(vault_cfg: dict[str, Any] | None, vcenters: list[Any], smtp
                                 "vault", "https" if tls else "http", vault_ctx if tls else None))
     from ..vsphere.connect import ssl_context
     for t in vcenters:
-        out.append(Endpoint(f"vCenter {t.host}", t.host, t.port, "vsphere", "vsphere",
-                            (lambda t=t: ssl_context(t))))
+        def vc_ctx(t: Any = t) -> ssl.SSLContext:
+            return ssl_context(t)
+        out.append(Endpoint(f"vCenter {t.host}", t.host, t.port, "vsphere", "vsphere", vc_ctx))
     if smtp is not None:
         out.append(Endpoint("SMTP server", smtp.host, smtp.port, "smtp", "smtp", net.system_context, smtp.starttls))
     return out

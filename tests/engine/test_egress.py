@@ -22,8 +22,15 @@ from engine.egress import PRESETS, BandwidthSchedule, EgressSettings, ProxySetti
 from engine.errors import EgressRefused, InvalidInput, ProxyAuthFailed, ProxyError
 from engine.home import ApplianceHome
 from tests.conftest import free_port
-from tests.egress_servers import (PROXY_PASSWORD, PROXY_USER, HttpsServer, Tinyproxy, block_body,  # noqa: F401
-                                  egress_pki, https_server, tinyproxy)
+from tests.egress_servers import (  # noqa: F401  (fixtures)
+    PROXY_PASSWORD,
+    PROXY_USER,
+    HttpsServer,
+    Tinyproxy,
+    block_body,
+    egress_pki_fixture,
+    https_server_fixture,
+    tinyproxy_fixture)
 
 
 @pytest.fixture

@@ -15,8 +15,16 @@ import pytest
 from engine.appliance.new_home import init_home
 from engine.home import ApplianceHome
 from tests.conftest import free_port
-from tests.egress_servers import (PROXY_PASSWORD, PROXY_USER, HttpsServer, SmtpServer, Tinyproxy,  # noqa: F401
-                                  egress_pki, https_server, smtp_server, tinyproxy)
+from tests.egress_servers import (  # noqa: F401  (fixtures)
+    PROXY_PASSWORD,
+    PROXY_USER,
+    HttpsServer,
+    SmtpServer,
+    Tinyproxy,
+    egress_pki_fixture,
+    https_server_fixture,
+    smtp_server_fixture,
+    tinyproxy_fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 

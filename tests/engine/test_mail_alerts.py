@@ -16,8 +16,13 @@ from engine.errors import MailError
 from engine.events import Alert, EventBus
 from engine.mailer import SmtpSettings, probe, send_mail
 from tests.conftest import free_port
-from tests.egress_servers import (SMTP_PASSWORD, SMTP_USER, SmtpServer, egress_pki, smtp_server,  # noqa: F401
-                                  smtp_tls_server)
+from tests.egress_servers import (  # noqa: F401  (fixtures)
+    SMTP_PASSWORD,
+    SMTP_USER,
+    SmtpServer,
+    egress_pki_fixture,
+    smtp_server_fixture,
+    smtp_tls_server_fixture)
 
 
 def _tls_settings(srv: SmtpServer, **kw: object) -> SmtpSettings:

@@ -14,8 +14,13 @@ from console.engine_facade import EngineFacade
 from console.settings import ConsoleSettings
 from engine.api import init_home
 from tests.conftest import free_port
-from tests.egress_servers import (PROXY_PASSWORD, PROXY_USER, SmtpServer, Tinyproxy, smtp_server,  # noqa: F401
-                                  tinyproxy)
+from tests.egress_servers import (  # noqa: F401  (fixtures)
+    PROXY_PASSWORD,
+    PROXY_USER,
+    SmtpServer,
+    Tinyproxy,
+    smtp_server_fixture,
+    tinyproxy_fixture)
 from ui.pages.network import NetworkPage
 
 pytestmark = pytest.mark.blocking_threshold(3.0)

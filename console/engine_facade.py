@@ -302,6 +302,33 @@ class EngineFacade:
     async def remove_vcenter(self, host: str) -> Any:
         return await self._emb().remove_vcenter(host)
 
+    # network and cloud (egress, e-mail alerts): plain data from engine.api ------------------------------------
+    @property
+    def has_network(self) -> bool:
+        """An embedded appliance runs (the synthetic facade has none: the page says it is unavailable)."""
+        return self.embedded is not None
+
+    def egress_settings(self) -> dict[str, Any]:
+        return self._emb().egress_settings()
+
+    def save_egress(self, **fields: Any) -> dict[str, Any]:
+        return self._emb().save_egress(**fields)
+
+    async def test_proxy(self, url: str, user: str, password: str | None, bypass: list[str]) -> dict[str, Any]:
+        return await self._emb().test_proxy(url, user, password, bypass)
+
+    async def egress_check(self) -> dict[str, Any]:
+        return await self._emb().egress_check()
+
+    def smtp_settings(self) -> dict[str, Any] | None:
+        return self._emb().smtp_settings()
+
+    async def save_smtp(self, **fields: Any) -> dict[str, Any]:
+        return await self._emb().save_smtp(**fields)
+
+    async def send_test_email(self) -> str:
+        return await self._emb().send_test_email()
+
 
 __all__ = ["EngineFacade", "Policy", "PointView", "DrillView", "CleanupView", "MachineView", "ApplianceStatus",
            "JobView", "PlanActionView", "PlanGroupView", "PlanRunView", "PlanSummaryView", "PlanView", "RecoveredVMView",

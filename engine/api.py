@@ -32,10 +32,11 @@ from .appliance import recovery_service as _recovery_service  # noqa: F401
 from .appliance.appliance import Appliance, init_home
 from .appliance.recovery_service import RecoveryService
 from .client import AdminClient
-from .errors import (AlreadyExists, AlreadyFailedOver, ApplianceUnreachable, AuthError, CertificateRefused, Conflict, ExportRefused,
-                     FailoverCommitted, IntegrityError, InvalidInput, InvalidName, KeyringError, LifeboatError, ListenFailed,
-                     MachineRevoked, NotFound, NotInitialised, NotReady, ProtocolError, RateLimited, StorageError,
-                     UnknownMachine, UnknownPoint, UnknownPolicy, WrongPassphrase)
+from .errors import (AlreadyExists, AlreadyFailedOver, ApplianceUnreachable, AuthError, CertificateRefused, Conflict,
+                     EgressRefused, ExportRefused, FailoverCommitted, IntegrityError, InvalidInput, InvalidName,
+                     KeyringError, LifeboatError, ListenFailed, MachineRevoked, MailError, NotFound, NotInitialised,
+                     NotReady, ProtocolError, ProxyAuthFailed, ProxyError, RateLimited, StorageError, UnknownMachine,
+                     UnknownPoint, UnknownPolicy, WrongPassphrase)
 from .console_remote import RemoteAppliance
 from .events import Alert, ApplianceLink, Event, EventBus, JobChanged, JobProgress, MachineStatus, PointCreated
 from .home import ApplianceHome
@@ -922,6 +923,89 @@ class EmbeddedAppliance:
     async def remove_vcenter(self, host: str) -> dict[str, Any]:
         return await self._vsphere().remove(host)
 
+    # network and cloud: egress settings, connectivity check, e-mail alerts (ARCHITECTURE §9.1) --------------------
+    def _network(self) -> Any:
+        n = self.appliance.network
+        if n is None:
+            raise Conflict("the appliance is not running", advice="Start it first.")
+        return n
+
+    def egress_settings(self) -> dict[str, Any]:
+        """The egress settings in their wire form (``EgressSettings.to_dict()``: presets, custom, allow, restricted,
+        proxy {url, user, bypass, password_set}, bandwidth {work_hours, work_rate, off_rate, …}) plus
+        ``presets_available`` {name: entries}. Never a password."""
+        from .egress import PRESETS
+        n = self._network()
+        s = n.settings()
+        d = s.to_dict()
+        if d["proxy"] is not None:
+            d["proxy"]["password_set"] = bool(s.proxy and s.proxy.user and n.has_proxy_password())
+        d["presets_available"] = {k: list(v) for k, v in PRESETS.items()}
+        return d
+
+    def save_egress(self, *, presets: list[str], custom: list[str], proxy_url: str = "", proxy_user: str = "",
+                    proxy_password: str | None = None, bypass: list[str] = (), work_hours: str = "08:00-18:00",  # type: ignore[assignment]
+                    work_rate: str = "unlimited", off_rate: str = "unlimited") -> dict[str, Any]:
+        """Validate every field as typed (``InvalidInput.details["field"]`` names the one at fault: ``custom``,
+        ``preset``, ``proxy_url``, ``proxy_user``, ``bypass entry``, ``work_hours``, ``work_rate``, ``off_rate``),
+        store, and put in force at once. ``proxy_password`` None keeps the stored one."""
+        from .egress import BandwidthSchedule, EgressSettings, ProxySettings, parse_rate
+        from . import net
+        entries = []
+        for e in custom:
+            if e.strip():
+                try:
+                    entries.append(net.check_allow_entry(e))
+                except InvalidInput as exc:
+                    raise InvalidInput(exc.message, field="custom", advice=exc.advice) from None
+        proxy = ProxySettings.parse(proxy_url, user=proxy_user.strip() or None,
+                                    bypass=[b for b in bypass if b.strip()]) if proxy_url.strip() else None
+        bw = BandwidthSchedule(work_hours.strip(), parse_rate(work_rate, what="work_rate"),
+                               parse_rate(off_rate, what="off_rate"))
+        s = EgressSettings(tuple(presets), tuple(dict.fromkeys(entries)), proxy, bw).validate()
+        if proxy is not None and proxy.user and not proxy_password and not self._network().has_proxy_password():
+            raise InvalidInput(f"no password for proxy user {proxy.user!r}", field="proxy_password",
+                               advice="Type the proxy's password.")
+        self._network().save(s, proxy_password=proxy_password or None)
+        return self.egress_settings()
+
+    async def test_proxy(self, url: str, user: str = "", password: str | None = None,
+                         bypass: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+        """Try a proxy before saving it: ``{"ok", "code", "detail"}`` (a worker thread; nothing stored)."""
+        import asyncio
+        n = self._network()
+        return await asyncio.to_thread(n.test_proxy, url, user.strip() or None, password or None, tuple(bypass))
+
+    async def egress_check(self) -> dict[str, Any]:
+        """The connectivity check (``lifeboat egress check --json``'s document)."""
+        return (await self._network().check()).to_dict()
+
+    def smtp_settings(self) -> dict[str, Any] | None:
+        """``{"server", "host", "port", "starttls", "user", "to", "from", "digest_seconds", "password_set"}`` or None."""
+        n = self._network()
+        s = n.smtp_settings()
+        if s is None:
+            return None
+        return {**s.to_dict(), "password_set": bool(s.user and n.smtp.password())}
+
+    async def save_smtp(self, *, server: str, to: str, starttls: bool = False, user: str = "",
+                        password: str | None = None, sender: str = "", check: bool = True) -> dict[str, Any]:
+        """Validate (fields ``server``, ``to``, ``from``, ``user``, ``starttls``), try the server (a worker thread;
+        refused → MailError, nothing stored), store."""
+        import asyncio
+        from .mailer import SmtpSettings
+        n = self._network()
+        old = n.smtp_settings()
+        s = SmtpSettings.parse(server, to, starttls=starttls, user=user.strip() or None, sender=sender.strip() or None,
+                               digest_seconds=old.digest_seconds if old else 600.0)
+        await asyncio.to_thread(n.save_smtp, s, password or None, check=check)
+        return self.smtp_settings() or {}
+
+    async def send_test_email(self) -> str:
+        """Send a test e-mail with the stored settings; returns its Message-ID (MailError on failure)."""
+        import asyncio
+        return await asyncio.to_thread(self._network().send_test)
+
 
 def console_types() -> dict[str, type]:
     """The classes the console link carries (engine/rpc_codec.py): every typed view and event, and Policy."""
@@ -981,4 +1065,5 @@ __all__ = [
     "CertificateRefused", "MachineRevoked", "ApplianceUnreachable", "ProtocolError", "IntegrityError", "StorageError",
     "KeyringError", "ListenFailed", "NotReady", "LoginFailed", "CertificateUntrusted", "VCenterUnreachable",
     "AlreadyFailedOver", "FailoverCommitted",
+    "EgressRefused", "ProxyAuthFailed", "ProxyError", "MailError",
 ]

@@ -647,6 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_plans(sub)
     from .vsphere.cli import add_subcommands as add_vsphere  # vcenter add/list/update/remove, inventory
     add_vsphere(sub)
+    from .egress_cli import add_alert_subcommands, add_subcommands as add_egress  # egress …, alerts smtp/test
+    add_egress(sub)
+    add_alert_subcommands(al)
     return p
 
 

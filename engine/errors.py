@@ -117,6 +117,27 @@ class EgressRefused(AuthError):
     advice = "The appliance's outbound policy does not allow this destination; add it to the allow-list."
 
 
+class ProxyAuthFailed(AuthError):
+    """The outbound proxy refused the appliance's credentials (or asked for some and none are set)."""
+    code = "LB_PROXY_AUTH"
+    advice = ("Set the proxy's user and password: `lifeboat egress proxy --home DIR --url http://HOST:PORT --user U "
+              "--password-stdin` (or the console's Network and cloud page); nothing was sent to the destination.")
+
+
+class ProxyError(LifeboatError, ConnectionError):
+    """The outbound proxy could not be reached (``LB_PROXY_UNREACHABLE``) or refused the tunnel (``LB_PROXY_REFUSED``)."""
+    code = "LB_PROXY_UNREACHABLE"
+    advice = ("Check the proxy's address (`lifeboat egress show --home DIR`) and that it runs and allows CONNECT to "
+              "this port; traffic resumes by itself once it answers.")
+
+
+class MailError(LifeboatError, ConnectionError):
+    """The SMTP server could not be reached or refused the message (``LB_SMTP_*``)."""
+    code = "LB_SMTP_FAILED"
+    advice = ("Check the SMTP settings (`lifeboat alerts smtp --home DIR ...`): server, port, STARTTLS, user, "
+              "password and recipients; then send a test e-mail (`lifeboat alerts test --home DIR`).")
+
+
 class ApplianceUnreachable(LifeboatError, ConnectionError):
     code = "LB_APPLIANCE_UNREACHABLE"
     advice = "Start the appliance (`lifeboat appliance run --home DIR`) and check host, port and firewall."

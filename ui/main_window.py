@@ -1,6 +1,6 @@
 """The main window: navigation list (Dashboard, Protected machines, Infrastructure, Jobs and events, Recovery plans,
-Alerts with a badge counting the active alerts nobody acknowledged, Policies, Settings), a notification banner,
-desktop notifications for new alerts, and a status bar. Closing it stops the embedded appliance first."""
+Alerts with a badge counting the active alerts nobody acknowledged, Policies, Network and cloud, Settings), a
+notification banner, desktop notifications for new alerts, and a status bar. Closing it stops the embedded appliance first."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .pages.infrastructure import InfrastructurePage
 from .pages.jobs import JobsPage
 from .pages.machines import MachinesPage
 from .pages.plans import PlansPage
+from .pages.network import NetworkPage
 from .pages.policies import PoliciesPage
 from .pages.settings import SettingsPage
 
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 PAGES = (("dashboard", "Dashboard", "dashboard"), ("machines", "Protected machines", "machines"),
          ("infrastructure", "Infrastructure", "infrastructure"), ("jobs", "Jobs and events", "jobs"),
-         ("plans", "Recovery plans", "failover"), ("alerts", "Alerts", "alerts"), ("policies", "Policies", "policies"), ("settings", "Settings", "settings"))
+         ("plans", "Recovery plans", "failover"), ("alerts", "Alerts", "alerts"), ("policies", "Policies", "policies"),
+         ("network", "Network and cloud", "infrastructure"), ("settings", "Settings", "settings"))
 
 
 class MainWindow(QMainWindow):
@@ -56,7 +58,7 @@ class MainWindow(QMainWindow):
         self.pages: dict[str, QWidget] = {
             "dashboard": DashboardPage(ctx), "machines": MachinesPage(ctx), "infrastructure": InfrastructurePage(ctx),
             "jobs": JobsPage(ctx), "plans": PlansPage(ctx), "alerts": AlertsPage(ctx), "policies": PoliciesPage(ctx),
-            "settings": SettingsPage(ctx)}
+            "network": NetworkPage(ctx), "settings": SettingsPage(ctx)}
         for i, (key, label, icon) in enumerate(PAGES):
             item = QListWidgetItem(theme.icon(icon), label)
             item.setToolTip(f"{label} (Ctrl+{i + 1})")

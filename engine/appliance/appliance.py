@@ -57,6 +57,7 @@ from .control_http import ADMIN_CN, AdminCheck
 from .health_watch import ApplianceWatch, MachineWatch
 from .machine_state import MachineState
 from .machines import Machines
+from .network import CHECK_EVERY, NetworkSettings
 from .new_home import init_home
 from .pipeline import MachineRuntime
 from .process_server import ProcessServer
@@ -107,6 +108,7 @@ class Appliance:
         self.alerts: AlertStore | None = None
         self.rpo_history: RpoHistory | None = None
         self.appliance_watch: ApplianceWatch | None = None
+        self.network: NetworkSettings | None = None   # egress policy (allow-list, proxy, bandwidth), e-mail
         self.jobs: JobManager | None = None     # engine jobs: one queue per machine (engine/jobs)
         self.scheduler = Scheduler()            # periodic work: statuses, resync window, bookmarks, retention
         self.control_address: tuple[str, int] | None = None
@@ -121,6 +123,9 @@ class Appliance:
         self.appliance_watch = ApplianceWatch(self.bus, certificates={
             "CA": h.ca_cert, "server": h.server_cert, "admin": h.admin_cert})
         self.rpo_history = RpoHistory(db)
+        # before anything connects out (the vault target among them): the egress settings in force
+        self.network = NetworkSettings(db, self.cfg["appliance_id"], self.cfg.get("vault") or {}, self.bus)
+        self.network.start()
         self.jobs = JobManager(JobStore(db.db), self.bus)
         await self.jobs.start()   # jobs a previous run left unfinished are marked interrupted, never re-run
         key = load_vault_key(self.cfg["appliance_id"])
@@ -185,6 +190,8 @@ class Appliance:
                        rpo_history=self.rpo_history, appliance_watch=self.appliance_watch,
                        capacity=self.capacity, pins=pins).register(self.scheduler)
         self.scheduler.every("config-backup", CONFIG_BACKUP_CHECK, self.config_backups.tick, first_in=30.0)
+        self.scheduler.every("network-settings", 2.0, self.network.tick)
+        self.scheduler.every("egress-check", CHECK_EVERY, self.network.scheduled_check, first_in=60.0)
         await self.scheduler.start()
         log.info("appliance started: control %s data %s", self.control_address, self.data_address)
 
@@ -216,6 +223,8 @@ class Appliance:
             self.alerts.close()
         if self.vault:
             await self.vault.close()
+        if self.network:
+            self.network.stop()
         if self.db:
             self.db.close()
         self.pool.shutdown(wait=True)

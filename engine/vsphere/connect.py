@@ -205,10 +205,18 @@ def connect(t: Target, password: str, *, timeout: float = HTTP_TIMEOUT) -> tuple
 
     seen = check_trust(t)
     ctx = ssl_context(t)
-    net.route(t.host, t.port, "vsphere")   # pyVmomi makes its own connections: the egress check is made here
+    r = net.route(t.host, t.port, "vsphere")   # pyVmomi makes its own connections: the egress check is made here
+    proxy: dict[str, Any] = {}
+    if r.proxy is not None:
+        if r.proxy.user:   # pyVmomi's tunnel sends no Proxy-Authorization: say so rather than fail obscurely
+            raise VCenterUnreachable(f"{t.address} would be reached through the proxy {r.proxy.address}, which asks "
+                                     "for a password; pyVmomi cannot authenticate to a proxy",
+                                     advice=f"Add {t.host} to the proxy's bypass list (`lifeboat egress proxy "
+                                            "--bypass`) or use a proxy without authentication for vCenters.")
+        proxy = {"httpProxyHost": r.proxy.host, "httpProxyPort": r.proxy.port}
     try:
         si = Connect(host=t.host, port=t.port, user=t.user, pwd=password,  # type: ignore[no-untyped-call]
-                     sslContext=ctx, httpConnectionTimeout=timeout)
+                     sslContext=ctx, httpConnectionTimeout=timeout, **proxy)
         return si, seen
     except vim.fault.InvalidLogin:
         raise LoginFailed(f"login failed for user {t.user!r} at {t.address}") from None

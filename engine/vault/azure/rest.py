@@ -41,7 +41,7 @@ MAX_PUT_PAGE = 4 * 1024 * 1024
 #: Largest Put Block the vault sends (the service allows far more; smaller blocks retry cheaper).
 MAX_BLOCK = 4 * 1024 * 1024
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-PURPOSE = "azure"
+PURPOSE = "vault"   # engine/net.py: an egress purpose (allow-list, proxy, upload pacing)
 
 
 class HTTPError(StorageError):

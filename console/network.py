@@ -1,0 +1,113 @@
+"""The "Network and cloud" page's view model: the egress settings (allow-list presets and custom entries, proxy,
+bandwidth schedule), the connectivity check and the e-mail alert settings, as plain data and per-field messages.
+
+The engine validates (``engine.api.EmbeddedAppliance.save_egress`` / ``save_smtp``): a refusal names its field, which
+this model maps to the form's field so the page shows the message next to it. Passwords are passed through to the
+engine (the OS keyring) and never kept here. Qt-free, so it is tested without widgets too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.api import LifeboatError
+
+#: engine field name → the form's field
+FIELD_OF = {"custom": "custom", "allow-list entry": "custom", "preset": "presets", "proxy_url": "proxy_url",
+            "proxy_user": "proxy_user", "proxy_password": "proxy_password", "bypass entry": "bypass",
+            "work_hours": "work_hours", "work_rate": "work_rate", "off_rate": "off_rate", "server": "smtp_server",
+            "to": "smtp_to", "from": "smtp_from", "user": "smtp_user", "starttls": "smtp_starttls",
+            "password": "smtp_password"}
+
+
+@dataclass
+class Outcome:
+    """What an action did: ``ok``, a message for the page, and messages by form field."""
+    ok: bool
+    message: str = ""
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _outcome(exc: LifeboatError, fallback_field: str | None = None) -> Outcome:
+    f = FIELD_OF.get(str((exc.details or {}).get("field") or ""), fallback_field)
+    text = f"{exc.message} — {exc.advice}" if exc.advice else exc.message
+    return Outcome(False, f"{exc.code}: {text}", {f: exc.message} if f else {})
+
+
+def split_list(text: str) -> list[str]:
+    """Entries typed one per line or separated by commas."""
+    return [e.strip() for line in text.splitlines() for e in line.split(",") if e.strip()]
+
+
+class NetworkSettingsModel:
+    """Over the console's facade (``EngineFacade``); ``available`` is False while the appliance is stopped or the
+    facade has no network settings (the synthetic one)."""
+
+    def __init__(self, facade: Any) -> None:
+        self.facade = facade
+
+    @property
+    def available(self) -> bool:
+        return bool(getattr(self.facade, "has_network", False))
+
+    def egress(self) -> dict[str, Any]:
+        return self.facade.egress_settings()
+
+    def smtp(self) -> dict[str, Any] | None:
+        return self.facade.smtp_settings()
+
+    def save_egress(self, form: dict[str, Any]) -> Outcome:
+        """``form``: presets (list), custom, proxy_url, proxy_user, proxy_password, bypass, work_hours, work_rate,
+        off_rate (texts as typed)."""
+        try:
+            self.facade.save_egress(
+                presets=list(form.get("presets") or []), custom=split_list(form.get("custom", "")),
+                proxy_url=form.get("proxy_url", ""), proxy_user=form.get("proxy_user", ""),
+                proxy_password=form.get("proxy_password") or None, bypass=split_list(form.get("bypass", "")),
+                work_hours=form.get("work_hours", "08:00-18:00"), work_rate=form.get("work_rate", "unlimited"),
+                off_rate=form.get("off_rate", "unlimited"))
+        except LifeboatError as exc:
+            return _outcome(exc)
+        return Outcome(True, "Saved: in force now (no restart).")
+
+    async def test_proxy(self, form: dict[str, Any]) -> Outcome:
+        if not str(form.get("proxy_url", "")).strip():
+            return Outcome(False, "Enter the proxy's URL first.", {"proxy_url": "Enter http://HOST:PORT."})
+        try:
+            r = await self.facade.test_proxy(form.get("proxy_url", ""), form.get("proxy_user", ""),
+                                             form.get("proxy_password") or None, split_list(form.get("bypass", "")))
+        except LifeboatError as exc:
+            return _outcome(exc, "proxy_url")
+        if r.get("ok"):
+            return Outcome(True, f"Proxy OK: {r['detail']}")
+        f = "proxy_password" if r.get("code") == "LB_PROXY_AUTH" else "proxy_url"
+        return Outcome(False, f"{r.get('code')}: {r.get('detail')}", {f: str(r.get("detail"))})
+
+    async def check(self) -> tuple[Outcome, dict[str, Any] | None]:
+        try:
+            rep = await self.facade.egress_check()
+        except LifeboatError as exc:
+            return _outcome(exc), None
+        if not rep["endpoints"]:
+            return Outcome(True, "No outbound endpoint in use yet (no remote vault, vCenter or SMTP server)."), rep
+        bad = [e for e in rep["endpoints"] if not e["ok"]]
+        return Outcome(not bad, "Every endpoint answers." if not bad else
+                       f"{len(bad)} of {len(rep['endpoints'])} endpoints do not answer."), rep
+
+    async def save_smtp(self, form: dict[str, Any]) -> Outcome:
+        try:
+            await self.facade.save_smtp(server=form.get("smtp_server", ""), to=form.get("smtp_to", ""),
+                                        starttls=bool(form.get("smtp_starttls")), user=form.get("smtp_user", ""),
+                                        password=form.get("smtp_password") or None,
+                                        sender=form.get("smtp_from", ""))
+        except LifeboatError as exc:
+            return _outcome(exc, "smtp_server")
+        return Outcome(True, "E-mail settings saved (the server answered).")
+
+    async def send_test(self) -> Outcome:
+        try:
+            mid = await self.facade.send_test_email()
+        except LifeboatError as exc:
+            return _outcome(exc)
+        return Outcome(True, f"Test e-mail sent ({mid}).")

@@ -222,6 +222,9 @@ def cmd_status(a: argparse.Namespace) -> int:
             fo = m["failover"]
             print(f"{'':<24} failed over to {fo['host']} at point {fo['point']} (VM {fo['state']}); replication "
                   "stopped")
+        if m.get("direction") == "reverse":
+            print(f"{'':<24} reverse replication: {m['progress'] * 100:.1f}%, compared {m['bytes_compared']} B, "
+                  f"sent {m['bytes_sent']} B" + (f", ETA {m['eta']:.0f}s" if m.get("eta") else ""))
     for m in st["registered"]:
         print(f"{m['name']:<24} registered, not protected")
     for m in st.get("revoked", []):
@@ -572,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_recovery(sub, m)
     from .recovery.plan_cli import add_subcommands as add_plans  # plan …, report list/show
     add_plans(sub)
+    from .recovery.failback_cli import add_subcommands as add_failback  # reprotect, failback, reenable
+    add_failback(sub)
     from .vsphere.cli import add_subcommands as add_vsphere  # vcenter add/list/update/remove, inventory
     add_vsphere(sub)
     return p

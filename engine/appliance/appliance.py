@@ -41,6 +41,7 @@ from ..policy import Policy
 from ..secrets import load_vault_key
 from ..vault.base import Vault
 from ..vault.registry import open_vault
+from ..recovery.failback import FailbackService
 from ..recovery.failover import FailoverService
 from ..recovery.plans import PlanService, PlanStore
 from ..recovery.store import RecoveryStore
@@ -97,6 +98,7 @@ class Appliance:
         self.recovery: RecoveryService | None = None
         self.failover: FailoverService | None = None
         self.plans: PlanService | None = None
+        self.failback: FailbackService | None = None
         self.vsphere: VSphereService | None = None
         self.alerts: AlertStore | None = None
         self.rpo_history: RpoHistory | None = None
@@ -148,6 +150,11 @@ class Appliance:
         plans = self.plans = PlanService(PlanStore(db.db), state=state, failover=failover, manager=self.jobs,
                                          reports=h.reports, require_admin=require_admin)
         await plans.start()
+        failback = self.failback = FailbackService(failover=failover, state=state, runtimes=runtimes, resync=resync,
+                                                   plans=plans.store, manager=self.jobs, require_admin=require_admin)
+        await failback.start()
+        self.ps.reverse = failback
+        self.machines.failback_of = failback.failback_of
         drills = self.recovery
         busy = lambda m: drills.busy(m) or failover.busy(m)   # noqa: E731  (a drill or failover pins the point)
         self.retention = Retention(state, runtimes, busy=busy)
@@ -160,7 +167,8 @@ class Appliance:
         self.control = ControlAPI(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=False),
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
-                                  alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes() + plans.routes())
+                                  alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes() + plans.routes()
+                                  + failback.routes())
         self.control_address = await _listening("control", self.listen, self.cfg["control_port"], self.control.start)
         self.appliance_watch.start()
         ApplianceTasks(runtimes=runtimes, machines=self.machines, resync=resync, bookmarks=self.bookmarks,
@@ -180,6 +188,8 @@ class Appliance:
             await self.jobs.stop()   # running jobs end interrupted (stored) before their drills are closed
         if self.plans:
             await self.plans.stop()
+        if self.failback:
+            await self.failback.stop()
         if self.recovery:
             await self.recovery.stop()
         if self.failover:

@@ -48,6 +48,8 @@ class Machines:
         #: What ``machine_status`` shows of a failed-over machine (host, point): set by the composition root to
         #: the failover service's lookup (engine/recovery/failover.py).
         self.failover_of: Callable[[str], dict[str, Any] | None] = lambda name: None
+        #: failback's lookup (engine/recovery/failback.py): the reverse direction of a failed-over machine
+        self.failback_of: Callable[[str], dict[str, Any] | None] = lambda name: None
 
     def register(self, name: str, csr_pem: str, nonce: str, proof: str) -> dict[str, Any]:
         """``POST /v1/register``: sign the agent's CSR when its proof shows it knows the connection passphrase.
@@ -165,7 +167,18 @@ class Machines:
             "cache_bytes": rt.cache.bytes if rt else 0,
             "disks": disks,
             "failover": self.failover_of(name) if state == "failed-over" else None,
+            **(self._reverse(name) if state == "failed-over" else {}),
         }
+
+    def _reverse(self, name: str) -> dict[str, Any]:
+        """A failed-over machine being reprotected or failed back: its state and the reverse direction's figures
+        (engine/recovery/failback.py) in place of the forward ones."""
+        fb = self.failback_of(name)
+        if fb is None or fb["state"] == "reenabled":
+            return {}
+        return {"state": fb["state"], "direction": fb["direction"], "rpo_seconds": fb["rpo_seconds"],
+                "bytes_compared": fb["bytes_compared"], "bytes_sent": fb["bytes_sent"], "progress": fb["progress"],
+                "eta": fb["eta_seconds"], "failback": fb}
 
     def _sync_eta(self, name: str, done: int, total: int) -> float | None:
         """Seconds left of the initial sync at the rate of the last :data:`ETA_WINDOW` seconds (None: no rate)."""

@@ -143,6 +143,14 @@ def cmd_agent_bookmark(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_status(a: argparse.Namespace) -> int:
+    resp = _agent_call(Path(a.home), {"op": "status"})
+    _print(resp if a.json else f"agent {resp['name']}: {'connected' if resp['connected'] else 'not connected'}, "
+           f"seq {resp['seq']}, acked {resp['acked_seq']}, sent {resp.get('bytes_sent', 0)} B"
+           + (", master target (failback)" if resp.get("reverse") else ""), a.json)
+    return 0
+
+
 # admin -----------------------------------------------------------------------------------------------------
 def _client(a: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .client import AdminClient
@@ -512,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--post-bookmark", help="command run after a bookmark, always (e.g. 'fsfreeze -u /mnt')")
     s.set_defaults(fn=cmd_agent_run)
     s = ag.add_parser("bookmark"); home(s); s.add_argument("--tag"); s.set_defaults(fn=cmd_agent_bookmark)
+    s = ag.add_parser("status", help="the running agent's own view (link, seq, bytes sent, failback reverse mode)")
+    home(s); s.set_defaults(fn=cmd_agent_status)
 
     s = sub.add_parser("protect"); home(s); s.add_argument("machine"); s.add_argument("--policy")
     s.set_defaults(fn=cmd_protect)

@@ -274,6 +274,8 @@ class Agent:
         (engine/appliance/master_target.py). Writes from the NBD export are refused meanwhile; the forward journal
         and dirty map are obsolete (the disks are being rewritten) and are dropped once, on entering."""
         session = str(rv.get("session") or "")
+        if session and self.cfg.get("reverse_done") == session:
+            raise ProtocolError("the appliance offered a failback session this agent has finished already")
         if self.cfg.get("reverse") != session:
             self.capture.quiesced = True
             self.capture.acked(self.capture.seq)
@@ -292,20 +294,29 @@ class Agent:
         self.capture.quiesced = True
         mt = MasterTarget({b.index: b.path for b in self.backends}, self.home.journal)
         loop = asyncio.get_running_loop()
+        next_frame: asyncio.Future[tuple[Frame, bytes]] | None = None
         try:
             link.write_json(Frame.MT_ACK, {"open": session, "acked": mt.open(session)})
             last_hb = 0.0
+            last_heard = time.monotonic()
             while True:
                 now = time.monotonic()
-                if now - last_hb >= 1.0:
+                if now - last_hb >= 1.0:   # answered by the process server: the link's liveness
                     last_hb = now
                     link.write_json(Frame.HEARTBEAT, {"now_ns": time.time_ns(), "reverse": session,
                                                       "error": self.last_error})
-                try:
-                    kind, body = await asyncio.wait_for(link.read_frame(), LINK_TIMEOUT)
-                except TimeoutError:
-                    raise TimeoutError(f"no frame from the process server for {LINK_TIMEOUT:.0f}s (link stalled)") \
-                        from None
+                if next_frame is None:
+                    next_frame = asyncio.ensure_future(link.read_frame())
+                done, _ = await asyncio.wait({next_frame}, timeout=1.0)
+                if not done:
+                    if time.monotonic() - last_heard > LINK_TIMEOUT:
+                        next_frame.cancel()
+                        raise TimeoutError(f"no frame from the process server for {LINK_TIMEOUT:.0f}s "
+                                           "(link stalled)")
+                    continue
+                kind, body = next_frame.result()
+                next_frame = None
+                last_heard = time.monotonic()
                 if kind == Frame.MT_HASHES_REQ:
                     cid, disk, count = HASHES_REQ.unpack_from(body)
                     blocks = list(struct.unpack_from(f"<{count}Q", body, HASHES_REQ.size))
@@ -327,13 +338,15 @@ class Agent:
                     raise _remote_error(parse_json(body))
                 await link.drain()
         finally:
+            if next_frame is not None:
+                next_frame.cancel()
             mt.close()
 
     def _leave_reverse(self) -> None:
         """Failback is done: the disks hold the recovered machine's state. Writes are accepted again (the original
         machine starts), and forward replication, once re-enabled, compares every block with the vault's newest
         state (a resync: RESYNC_START is journaled now, before any write of the restarted machine)."""
-        self.cfg.pop("reverse", None)
+        self.cfg["reverse_done"] = self.cfg.pop("reverse", None)
         self.home.save_config(self.cfg)
         if self.protected:
             reason = "failback: the disks were written from the recovered machine"
@@ -645,7 +658,8 @@ class Agent:
                         "protected": self.protected, "quiesced": self.capture.quiesced, "acked_seq": self.acked_seq, "seq": self.capture.seq,
                         "captured_bytes": self.capture.captured_bytes, "spilled_bytes": self.capture.spilled_bytes,
                         "congestion_waits": self.capture.congestion_waits,
-                        "sync": self.sync_pos, "error": self.last_error}
+                        "sync": self.sync_pos, "error": self.last_error, "bytes_sent": self.bytes_sent,
+                        "reverse": self.cfg.get("reverse")}
             else:
                 resp = {"ok": False, "error": {"code": "LB_INVALID_INPUT", "message": "unknown op"}}
         except LifeboatError as exc:

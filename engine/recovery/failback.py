@@ -237,6 +237,8 @@ class Reverse:
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()      # nothing dirty, nothing in flight, the target has it all
         self.task: asyncio.Task[None] | None = None
+        self.releasing = False           # failback's last step: the target is being released, not taken again
+        self._stopping = False
         self.rate_t0 = time.monotonic()
         self.rate_done = 0
         for i, d in enumerate(disks):
@@ -297,16 +299,30 @@ class Reverse:
             self.task = asyncio.create_task(self._run(), name=f"reverse-{self.machine}")
 
     async def stop(self) -> None:
+        self._stopping = True
+        self.wake.set()
+        self.target_ready.set()
         if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+            # (a cancel can be swallowed by a wait_for whose inner future completed in the same turn on 3.11:
+            # the flag ends the loop all the same)
+            for _ in range(50):
+                if self.task.done():
+                    break
+                self.task.cancel()
+                await asyncio.wait({self.task}, timeout=0.2)
             self.task = None
+        self._stopping = False
+        self.target_ready.clear()
+        if self.target is not None:
+            self.target_ready.set()
         self.changes.dirty.requeue_inflight()
         self.changes.dirty.persist()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self.target_ready.wait()
+            if self._stopping:
+                return
             target = self.target
             if target is None:
                 continue
@@ -338,7 +354,7 @@ class Reverse:
             self.changes.mark_all()
         self.st["acked"] = max(acked, int(self.st.get("acked", 0)))
         self.st["error"] = None
-        while True:
+        while not self._stopping:
             taken = self.changes.dirty.take_chunk(CHUNK_BLOCKS)
             if taken is None:
                 if not self.changes.dirty.any_inflight():
@@ -557,9 +573,10 @@ class FailbackService:
     # the process server's hook (the original site's agent as master target) -----------------------------------
     def wants(self, machine: str) -> bool:
         st = self._load(machine)
+        rep = self.reverse.get(machine)
         return bool(st and st["target"]["kind"] == "original" and st["state"] in (REPROTECTING, REPROTECTED,
                                                                                   FAILING_BACK)
-                    and machine in self.reverse)
+                    and rep is not None and not rep.releasing)
 
     async def serve(self, machine: str, conn: AgentConnection, hello: dict[str, Any]) -> None:
         rep = self.reverse[machine]
@@ -803,7 +820,13 @@ class FailbackService:
                                         code="LB_ORIGINAL_UNREACHABLE", advice="Fail back again once it is back.")
             await rep.drained()
             await rep.stop()
-            await target.finish()
+            rep.releasing = True
+            try:
+                await target.finish()
+            except BaseException:
+                rep.releasing = False
+                rep.start()
+                raise
             rep.detach_source()
             rep.changes.close()
             target.close()

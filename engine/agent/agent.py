@@ -333,6 +333,12 @@ class Agent:
                         self._leave_reverse()
                         link.write_json(Frame.MT_ACK, {"done": session, "acked": mt.acked})
                         await link.drain()
+                        # the process server closes once it has the answer (closing first could drop it)
+                        try:
+                            await asyncio.wait_for(next_frame or link.read_frame(), 5.0)
+                        except (TimeoutError, OSError, ConnectionError, LifeboatError):
+                            pass
+                        next_frame = None
                         return
                 elif kind == Frame.ERROR:
                     raise _remote_error(parse_json(body))

@@ -212,6 +212,7 @@ class AgentTarget:
         fut = self._expect(key)
         write_json(self.conn.writer, Frame.CONTROL, {"reverse_done": True})
         await self._await(key, fut)
+        self.conn.close()   # the agent waits for this before it reconnects as a plain agent
 
     session = ""
 

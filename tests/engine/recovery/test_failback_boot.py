@@ -169,7 +169,13 @@ def test_reprotect_failback_reenable_with_real_boots(recovery_host: str, boot_di
             ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-display", "none", "-nic", "none", "-serial",
              f"file:{serial}", "-drive", f"file=nbd://127.0.0.1:{nport}/d0,format=raw,if=virtio,cache=none"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait(lambda: "WROTE: source-marker-2" in _text(serial), 120, "the original VM's markers")
+        try:
+            wait(lambda: "WROTE: source-marker-2" in _text(serial), 120, "the original VM's markers")
+        except AssertionError:
+            orig = procs["original"]
+            print("original VM:", orig.poll(), orig.stderr.read() if orig.poll() is not None and orig.stderr else "",
+                  _text(serial)[-2000:])
+            raise
         assert "LIFEBOAT-MARKER: recovered-2" in _text(serial)
         procs["original"].terminate()
         procs["original"].wait(15)

@@ -140,6 +140,14 @@ def cmd_agent_bookmark(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_status(a: argparse.Namespace) -> int:
+    resp = _agent_call(Path(a.home), {"op": "status"})
+    _print(resp if a.json else f"agent {resp['name']}: {'connected' if resp['connected'] else 'not connected'}, "
+           f"seq {resp['seq']}, acked {resp['acked_seq']}, sent {resp.get('bytes_sent', 0)} B"
+           + (", master target (failback)" if resp.get("reverse") else ""), a.json)
+    return 0
+
+
 # admin -----------------------------------------------------------------------------------------------------
 def _client(a: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .client import AdminClient
@@ -274,6 +282,9 @@ def cmd_status(a: argparse.Namespace) -> int:
             fo = m["failover"]
             print(f"{'':<24} failed over to {fo['host']} at point {fo['point']} (VM {fo['state']}); replication "
                   "stopped")
+        if m.get("direction") == "reverse":
+            print(f"{'':<24} reverse replication: {m['progress'] * 100:.1f}%, compared {m['bytes_compared']} B, "
+                  f"sent {m['bytes_sent']} B" + (f", ETA {m['eta']:.0f}s" if m.get("eta") else ""))
     for m in st["registered"]:
         print(f"{m['name']:<24} registered, not protected")
     for m in st.get("revoked", []):
@@ -568,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--post-bookmark", help="command run after a bookmark, always (e.g. 'fsfreeze -u /mnt')")
     s.set_defaults(fn=cmd_agent_run)
     s = ag.add_parser("bookmark"); home(s); s.add_argument("--tag"); s.set_defaults(fn=cmd_agent_bookmark)
+    s = ag.add_parser("status", help="the running agent's own view (link, seq, bytes sent, failback reverse mode)")
+    home(s); s.set_defaults(fn=cmd_agent_status)
 
     s = sub.add_parser("bookmark", help="ask a machine's agent for an app-consistent point now (from the appliance)")
     home(s); s.add_argument("machine"); s.add_argument("--tag", help="the point's tag (default bookmark-DATE-TIME)")
@@ -645,6 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_recovery(sub, m)
     from .recovery.plan_cli import add_subcommands as add_plans  # plan …, report list/show
     add_plans(sub)
+    from .recovery.failback_cli import add_subcommands as add_failback  # reprotect, failback, reenable
+    add_failback(sub)
     from .vsphere.cli import add_subcommands as add_vsphere  # vcenter add/list/update/remove, inventory
     add_vsphere(sub)
     from .egress_cli import add_alert_subcommands, add_subcommands as add_egress  # egress …, alerts smtp/test

@@ -42,6 +42,11 @@ class Frame(enum.IntEnum):
     ERROR = 7       # PS → agent: {"code", "message", "advice"}; the PS then closes
     RESYNC_HASHES = 8  # agent → PS: RESYNC_HEAD + count × u64 block numbers + count × 16-byte xxh3_128
     RESYNC_DIFF = 9    # PS → agent: u64 chunk id, u32 count, count × u64 block numbers that differ
+    # Failback (issue 14): the agent as master target while its machine is reprotected (engine/appliance/master_target.py)
+    MT_HASHES_REQ = 10  # PS → agent: u64 chunk id, u32 disk, u32 count, count × u64 block numbers
+    MT_HASHES = 11      # agent → PS: u64 chunk id, u32 count, count × 16-byte xxh3_128 of the target's blocks
+    MT_WRITE = 12       # PS → agent: u64 batch id, u32 disk, u32 count, count × (u64 offset, u32 length), data
+    MT_ACK = 13         # agent → PS: {"batch", "acked"} after fdatasync; first {"open": session, "acked"}
 
 
 def parse_head(buf: bytes | bytearray | memoryview) -> tuple[Frame, int]:

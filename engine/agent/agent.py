@@ -12,11 +12,13 @@ import os
 import random
 import shlex
 import ssl
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
 from .. import net, platform
+from ..appliance.master_target import HASHES, HASHES_REQ, MasterTarget, decode_write
 from ..buffers import tune_malloc
 from ..errors import IntegrityError, InvalidInput, LifeboatError, ProtocolError
 from ..fileio import data_extents
@@ -99,6 +101,10 @@ class Agent:
                 raise InvalidInput(f"disk {name}: {path} does not exist")
             self.backends.append(CaptureBackend(self.capture, i, name, Path(path)))
         self.capture.capturing = self.protected   # a protected machine captures from the first request on
+        if self.cfg.get("reverse"):
+            # failback: the disks are a master target (reprotect) until the appliance says it is done; the original
+            # machine must not write them meanwhile
+            self.capture.quiesced = True
         self.capture.on_record = self._on_record
         self.capture.dirty = DirtyMap(self.home.journal, {b.index: b.size for b in self.backends})
         self.capture.on_overflow = self._on_overflow
@@ -235,7 +241,14 @@ class Agent:
                 raise _remote_error(parse_json(body))
             if kind != Frame.WELCOME:
                 raise ProtocolError("expected WELCOME")
-            self._welcome(parse_json(body))
+            welcome = parse_json(body)
+            if isinstance(welcome.get("reverse"), dict):
+                self._welcomed = True
+                self.connected.set()
+                self.last_error = None
+                await self._reverse_session(link, welcome["reverse"])
+                return
+            self._welcome(welcome)
             self._welcomed = True
             self.in_flight.clear()
             self.sent_seq = self.acked_seq
@@ -254,13 +267,108 @@ class Agent:
             self.capture.ship_from_memory(False)
             link.close()
 
+    # failback: master target ----------------------------------------------------------------------------------
+    async def _reverse_session(self, link: Link, rv: dict[str, Any]) -> None:
+        """The machine is reprotected to these disks (failback, issue 14): the appliance sends the recovered
+        machine's blocks, this agent writes them into its disk files as the master target
+        (engine/appliance/master_target.py). Writes from the NBD export are refused meanwhile; the forward journal
+        and dirty map are obsolete (the disks are being rewritten) and are dropped once, on entering."""
+        session = str(rv.get("session") or "")
+        if session and self.cfg.get("reverse_done") == session:
+            raise ProtocolError("the appliance offered a failback session this agent has finished already")
+        if self.cfg.get("reverse") != session:
+            self.capture.quiesced = True
+            self.capture.acked(self.capture.seq)
+            self.capture.journal.trim(self.capture.seq, unlink=_unlink_in_thread)
+            d = self.capture.dirty
+            assert d is not None
+            for arr in (*d.bits.values(), *d.inflight.values()):
+                arr[:] = bytes(len(arr))
+            d.reason, d.total = None, 0
+            d.persist()
+            self.cfg["reverse"] = session
+            # what the journal still holds was captured before the failback rewrote the disks: never sent
+            self.cfg["dropped_until"] = max(int(self.cfg.get("dropped_until", 0)), self.capture.seq)
+            self.cfg["resync_open"] = False
+            self.home.save_config(self.cfg)
+        self.capture.quiesced = True
+        mt = MasterTarget({b.index: b.path for b in self.backends}, self.home.journal)
+        loop = asyncio.get_running_loop()
+        next_frame: asyncio.Future[tuple[Frame, bytes]] | None = None
+        try:
+            link.write_json(Frame.MT_ACK, {"open": session, "acked": mt.open(session)})
+            last_hb = 0.0
+            last_heard = time.monotonic()
+            while True:
+                now = time.monotonic()
+                if now - last_hb >= 1.0:   # answered by the process server: the link's liveness
+                    last_hb = now
+                    link.write_json(Frame.HEARTBEAT, {"now_ns": time.time_ns(), "reverse": session,
+                                                      "error": self.last_error})
+                if next_frame is None:
+                    next_frame = asyncio.ensure_future(link.read_frame())
+                done, _ = await asyncio.wait({next_frame}, timeout=1.0)
+                if not done:
+                    if time.monotonic() - last_heard > LINK_TIMEOUT:
+                        next_frame.cancel()
+                        raise TimeoutError(f"no frame from the process server for {LINK_TIMEOUT:.0f}s "
+                                           "(link stalled)")
+                    continue
+                kind, body = next_frame.result()
+                next_frame = None
+                last_heard = time.monotonic()
+                if kind == Frame.MT_HASHES_REQ:
+                    cid, disk, count = HASHES_REQ.unpack_from(body)
+                    blocks = list(struct.unpack_from(f"<{count}Q", body, HASHES_REQ.size))
+                    hashes = await loop.run_in_executor(None, mt.hashes, disk, blocks)
+                    link.write_frame(Frame.MT_HASHES, HASHES.pack(cid, count) + hashes)
+                elif kind == Frame.MT_WRITE:
+                    batch, disk, extents = decode_write(body)
+                    await loop.run_in_executor(None, mt.apply, batch, disk, extents)
+                    link.write_json(Frame.MT_ACK, {"batch": batch, "acked": mt.acked})
+                elif kind == Frame.CONTROL:
+                    msg = parse_json(body)
+                    if msg.get("reverse_done"):
+                        await loop.run_in_executor(None, mt.flush)
+                        self._leave_reverse()
+                        link.write_json(Frame.MT_ACK, {"done": session, "acked": mt.acked})
+                        await link.drain()
+                        # the process server closes once it has the answer (closing first could drop it)
+                        try:
+                            await asyncio.wait_for(next_frame or link.read_frame(), 5.0)
+                        except (TimeoutError, OSError, ConnectionError, LifeboatError):
+                            pass
+                        next_frame = None
+                        return
+                elif kind == Frame.ERROR:
+                    raise _remote_error(parse_json(body))
+                await link.drain()
+        finally:
+            if next_frame is not None:
+                next_frame.cancel()
+            mt.close()
+
+    def _leave_reverse(self) -> None:
+        """Failback is done: the disks hold the recovered machine's state. Writes are accepted again (the original
+        machine starts), and forward replication, once re-enabled, compares every block with the vault's newest
+        state (a resync: RESYNC_START is journaled now, before any write of the restarted machine)."""
+        self.cfg["reverse_done"] = self.cfg.pop("reverse", None)
+        self.home.save_config(self.cfg)
+        if self.protected:
+            reason = "failback: the disks were written from the recovered machine"
+            self.resync.request([b.index for b in self.backends], [], reason)
+            self.resync.begin(reason)
+        self.capture.quiesced = False
+        log.info("failback done: the original machine's disks accept writes again")
+
     def _welcome(self, w: dict[str, Any]) -> None:
         # A connection the appliance accepts means the machine is not failed over (an agent of a failed-over
         # machine is refused before WELCOME): a quiesce of a planned failover that did not complete ends here.
         if self.capture.quiesced:
             log.info("writes accepted again: the appliance took the machine back")
         self.capture.quiesced = False
-        self.acked_seq = int(w.get("last_seq", 0))
+        # (records up to ``dropped_until`` were captured before a failback rewrote the disks: skipped for good)
+        self.acked_seq = max(int(w.get("last_seq", 0)), int(self.cfg.get("dropped_until", 0)))
         self.capture.acked(self.acked_seq)
         self.capture.advance_to(self.acked_seq)
         self.capture.journal.trim(self.acked_seq, unlink=_unlink_in_thread)
@@ -556,7 +664,8 @@ class Agent:
                         "protected": self.protected, "quiesced": self.capture.quiesced, "acked_seq": self.acked_seq, "seq": self.capture.seq,
                         "captured_bytes": self.capture.captured_bytes, "spilled_bytes": self.capture.spilled_bytes,
                         "congestion_waits": self.capture.congestion_waits,
-                        "sync": self.sync_pos, "error": self.last_error}
+                        "sync": self.sync_pos, "error": self.last_error, "bytes_sent": self.bytes_sent,
+                        "reverse": self.cfg.get("reverse")}
             else:
                 resp = {"ok": False, "error": {"code": "LB_INVALID_INPUT", "message": "unknown op"}}
         except LifeboatError as exc:

@@ -41,6 +41,7 @@ from ..policy import Policy
 from ..secrets import load_vault_key
 from ..vault.base import Vault
 from ..vault.registry import open_vault
+from ..recovery.failback import FailbackService
 from ..recovery.failover import FailoverService
 from ..recovery.pins import ConfigPinAlertAfter, HistoryPins
 from ..recovery.plans import PlanService, PlanStore
@@ -104,6 +105,7 @@ class Appliance:
         self.failover: FailoverService | None = None
         self.plans: PlanService | None = None
         self.pins: HistoryPins | None = None   # what holds history from being folded (drills, failovers)
+        self.failback: FailbackService | None = None
         self.vsphere: VSphereService | None = None
         self.alerts: AlertStore | None = None
         self.rpo_history: RpoHistory | None = None
@@ -159,6 +161,11 @@ class Appliance:
         plans = self.plans = PlanService(PlanStore(db.db), state=state, failover=failover, manager=self.jobs,
                                          reports=h.reports, require_admin=require_admin)
         await plans.start()
+        failback = self.failback = FailbackService(failover=failover, state=state, runtimes=runtimes, resync=resync,
+                                                   plans=plans.store, manager=self.jobs, require_admin=require_admin)
+        await failback.start()
+        self.ps.reverse = failback
+        self.machines.failback_of = failback.failback_of
         drills = self.recovery
         busy = lambda m: drills.busy(m) or failover.busy(m)   # noqa: E731  (a drill or failover pins the point)
         failover.test_run_of = plans.test_run_of
@@ -180,7 +187,7 @@ class Appliance:
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
                                   alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes() + plans.routes()
-                                  + self.console_link.routes())
+                                  + self.console_link.routes() + failback.routes())
         self.control_address = await _listening("control", self.listen, self.cfg["control_port"], self.control.start)
         resync_after_restore(state, resync)   # a restored appliance: every machine checked once (checksums)
         self.config_backups = ConfigBackups(h, self.vault, state, self.bus)
@@ -207,6 +214,8 @@ class Appliance:
             await self.jobs.stop()   # running jobs end interrupted (stored) before their drills are closed
         if self.plans:
             await self.plans.stop()
+        if self.failback:
+            await self.failback.stop()
         if self.recovery:
             await self.recovery.stop()
         if self.failover:

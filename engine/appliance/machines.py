@@ -50,6 +50,8 @@ class Machines:
         self.failover_of: Callable[[str], dict[str, Any] | None] = lambda name: None
         #: What holds the machine's history from being folded (set by the appliance: HistoryPins.view).
         self.history_pin: Callable[[str], dict[str, Any] | None] = lambda name: None
+        #: failback's lookup (engine/recovery/failback.py): the reverse direction of a failed-over machine
+        self.failback_of: Callable[[str], dict[str, Any] | None] = lambda name: None
 
     def register(self, name: str, csr_pem: str, nonce: str, proof: str) -> dict[str, Any]:
         """``POST /v1/register``: sign the agent's CSR when its proof shows it knows the connection passphrase.
@@ -169,7 +171,18 @@ class Machines:
             "disks": disks,
             "failover": self.failover_of(name) if state == "failed-over" else None,
             "history_pin": self.history_pin(name),
+            **(self._reverse(name) if state == "failed-over" else {}),
         }
+
+    def _reverse(self, name: str) -> dict[str, Any]:
+        """A failed-over machine being reprotected or failed back: its state and the reverse direction's figures
+        (engine/recovery/failback.py) in place of the forward ones."""
+        fb = self.failback_of(name)
+        if fb is None or fb["state"] == "reenabled":
+            return {}
+        return {"state": fb["state"], "direction": fb["direction"], "rpo_seconds": fb["rpo_seconds"],
+                "bytes_compared": fb["bytes_compared"], "bytes_sent": fb["bytes_sent"], "progress": fb["progress"],
+                "eta": fb["eta_seconds"], "failback": fb}
 
     def _sync_eta(self, name: str, done: int, total: int) -> float | None:
         """Seconds left of the initial sync at the rate of the last :data:`ETA_WINDOW` seconds (None: no rate)."""

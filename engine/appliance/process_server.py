@@ -18,7 +18,7 @@ import ssl
 import struct
 import time
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import pki
 from ..buffers import new_buffer, tune_malloc
@@ -176,6 +176,12 @@ class FrameReader(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
         return kind, body  # a bytearray: bytes-like everywhere the bodies are used
 
 
+class ReverseHook(Protocol):
+    def wants(self, machine: str) -> bool: ...
+
+    async def serve(self, machine: str, conn: AgentConnection, hello: dict[str, Any]) -> None: ...
+
+
 class AgentConnection:
     def __init__(self, ps: ProcessServer, reader: FrameReader, writer: asyncio.StreamWriter) -> None:
         self.ps = ps
@@ -211,6 +217,9 @@ class ProcessServer:
         self._handlers: set[asyncio.Task] = set()
         self._conns: set[AgentConnection] = set()
         self.stopping = False
+        #: failback's master-target hook (engine/recovery/failback.py): takes a failed-over machine's agent while
+        #: its machine is reprotected to the original disks
+        self.reverse: ReverseHook | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         # Two arenas (the loop's and one the workers share): every replicated byte passes through buffers
@@ -248,7 +257,8 @@ class ProcessServer:
         rt: MachineRuntime | None = None
         try:
             rt = await self._authenticate(conn)
-            await self._serve(conn, rt)
+            if rt is not None:
+                await self._serve(conn, rt)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError) as exc:
             if isinstance(exc, LifeboatError):
                 self._refuse(conn, exc)
@@ -277,7 +287,8 @@ class ProcessServer:
         except Exception:
             pass
 
-    async def _authenticate(self, conn: AgentConnection) -> MachineRuntime:
+    async def _authenticate(self, conn: AgentConnection) -> MachineRuntime | None:
+        """The agent's runtime, or None when the connection was served as failback's master target."""
         peer = pki.peer_serial(conn.writer.get_extra_info("ssl_object"))
         if peer is None:
             raise CertificateRefused("the agent presented no client certificate")
@@ -288,7 +299,8 @@ class ProcessServer:
             raise CertificateRefused(f"certificate for {cn!r} does not belong to a registered machine") from None
         if row["revoked"]:
             raise MachineRevoked(f"machine {cn!r} has been revoked")
-        if row["state"] == "failed-over":   # replication stops at failover (engine/recovery/failover.py)
+        reverse = row["state"] == "failed-over" and self.reverse is not None and self.reverse.wants(cn)
+        if row["state"] == "failed-over" and not reverse:   # replication stops at failover (recovery/failover.py)
             raise AlreadyFailedOver(f"machine {cn!r} is failed over; the appliance takes no replication from it "
                                     "until the failover is cancelled")
         if row["cert_serial"] != str(serial):
@@ -301,6 +313,10 @@ class ProcessServer:
         conn.hello = hello  # type: ignore[attr-defined]  # identity fields for vSphere matching
         if hello.get("machine") != cn:
             raise ProtocolError("HELLO names another machine than the certificate")
+        if reverse and self.reverse is not None:
+            # failback: the agent is the master target of the machine's reverse replication (recovery/failback.py)
+            await self.reverse.serve(cn, conn, hello)
+            return None
         rt = await self.runtimes.attach_agent(cn, hello.get("disks", []), conn)
         write_json(conn.writer, Frame.WELCOME, self.runtimes.welcome(cn))
         self.resync.deliver(cn)

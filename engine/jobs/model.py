@@ -26,6 +26,8 @@ class JobKind(str, enum.Enum):
     FAILOVER_COMMIT = "failover-commit"
     RECOVERY_PLAN = "recovery-plan"
     FAILBACK = "failback"
+    REPROTECT = "reprotect"
+    REENABLE = "reenable"
     MAINTENANCE = "maintenance"     # appliance housekeeping run as a job (tests, future scheduled work)
 
 

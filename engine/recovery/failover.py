@@ -38,6 +38,7 @@ from .hosts.libvirt import LibvirtHost, check_uri, domain_name
 from ..vault.base import MachineVault, Point
 from .commit import materialise
 from .pins import Pin
+from .image_backend import CommittedDisks
 from .points import resolve_point
 from .settings import RecoverySettings, nic_mac
 from .store import RecoveryStore
@@ -98,13 +99,23 @@ class FailoverService:
         #: powers its source VM off once the final point is in the vault.
         self.vm_link_of: Callable[[str], dict[str, Any] | None] = lambda machine: None
         self.source_power: Callable[[str, bool], Awaitable[dict[str, Any] | None]] | None = None
+        #: committed failovers: their images, served over NBD (failback captures the VM's writes there)
+        self.committed: dict[str, CommittedDisks] = {}
 
     async def start(self) -> None:
         self.folder.mkdir(mode=0o700, exist_ok=True)
-        # A failover of an earlier run lost its NBD server with that process: its VM cannot go on. Say so; the
-        # operator cancels it (the VM and the overlay are removed then).
+        # A booted or committed failover of an earlier run is served again on the same address (its overlay is
+        # durable, its images are files; the VM's NBD client reconnects: hosts/libvirt.py). Otherwise it lost its
+        # NBD server with that process and its VM cannot go on: say so; the operator cancels it.
         for r in self.store.failovers():
-            if r["state"] in ("starting", "running", "booted", "committing", "failed"):
+            if r["state"] in ("booted", "committed") and r.get("nbd"):
+                try:
+                    await self._serve_again(r)
+                    continue
+                except (LifeboatError, OSError) as exc:
+                    log.warning("cannot serve the recovered disks of %s again: %s", r["machine"], exc)
+            if r["state"] in ("starting", "running", "booted", "committing", "committed", "failed") \
+                    and r["machine"] not in self.active and r["machine"] not in self.committed:
                 self.store.update_failover(r["machine"], state="interrupted",
                                            error={"code": "LB_INTERRUPTED", "message": "the appliance stopped while "
                                                   "the recovered VM depended on it", "advice": "Cancel the failover "
@@ -112,8 +123,68 @@ class FailoverService:
 
     async def stop(self) -> None:
         for fo in list(self.active.values()):
-            await fo.disks.close()
+            await fo.disks.close(keep=True)   # a real failover's overlay is production data: kept
         self.active.clear()
+        for cd in list(self.committed.values()):
+            await cd.close()
+        self.committed.clear()
+
+    async def _serve_again(self, r: dict[str, Any]) -> None:
+        """After a restart: serve a booted failover's durable overlay (over its point's views) or a committed
+        failover's images on the address its VM uses."""
+        machine = r["machine"]
+        h, _, port = str(r["nbd"]).rpartition(":")
+        folder = inside(self.folder, machine)
+        rt = self.runtimes.get(machine)
+        if r["state"] == "committed":
+            if rt is None:
+                raise NotReady(f"machine {machine!r} has no vault runtime")
+            names = [d.name for d in rt.vault.disks()]
+            cd = CommittedDisks(names, {n: folder / "committed" / f"{n}.img" for n in names})
+            await cd.serve(h, int(port), server_name=f"committed-{machine}")
+            self.committed[machine] = cd
+            return
+        if rt is None or r["point"].get("seq") is None:
+            raise NotReady(f"the failover of {machine!r} has no point to serve")
+        fo = Failover(machine, self._host(r["host"]), folder)
+        pt = r["point"]
+        fo.point = Point(pt["id"], int(pt["seq"]), float(pt["time"]), pt["kind"], pt.get("tag"))
+        await fo.disks.open_views(rt.vault, int(r["point"]["seq"]))
+        await fo.disks.serve(h, int(port), server_name=f"failover-{machine}", what="the failover", durable=True,
+                             reopen=True)
+        fo.vm_defined = True
+        self.active[machine] = fo
+
+    def recovered_disks(self, machine: str) -> list[tuple[str, Any]] | None:
+        """The recovered VM's disks as Lifeboat serves them (name, backend): the overlays of a booted failover,
+        the images of a committed one; None when they are not served (failback, engine/recovery/failback.py)."""
+        fo = self.active.get(machine)
+        if fo is not None and fo.disks.backends:
+            return list(zip(fo.disks.names, fo.disks.backends))
+        cd = self.committed.get(machine)
+        if cd is not None:
+            return list(zip(cd.names, cd.backends))
+        return None
+
+    async def remove_recovered(self, machine: str) -> list[str]:
+        """After failback: remove the recovered VM, stop serving its disks, delete its overlay and images."""
+        r = self.store.failover(machine)
+        if r is None:
+            return []
+        host = self._host(r["host"])
+        await host.destroy(machine)
+        fo = self.active.pop(machine, None)
+        if fo is not None:
+            await fo.disks.close()
+        cd = self.committed.pop(machine, None)
+        if cd is not None:
+            await cd.close()
+        folder = inside(self.folder, machine)
+        removed = [str(folder)] if folder.exists() else []
+        shutil.rmtree(folder, ignore_errors=True)
+        self.store.drop_failover(machine)
+        self.state.event("recovered-vm-removed", machine, host=r["host"])
+        return [f"VM {domain_name(machine)} on {r['host']}", *removed]
 
     def busy(self, machine: str) -> bool:
         return machine in self.active
@@ -350,7 +421,8 @@ class FailoverService:
             await fo.disks.open_views(vault, fo.point.seq)
 
         async def serve_overlay(ctx: StepContext) -> None:
-            addr = await fo.disks.serve(SERVE_HOST, 0, server_name=f"failover-{machine}", what="the failover")
+            addr = await fo.disks.serve(SERVE_HOST, 0, server_name=f"failover-{machine}", what="the failover",
+                                        durable=True)   # production data from the first write on
             self.store.update_failover(machine, nbd=f"{addr[0]}:{addr[1]}")
             ctx.result["nbd"] = f"{addr[0]}:{addr[1]}"
 
@@ -492,7 +564,13 @@ class FailoverService:
 
         async def switch(ctx: StepContext) -> None:
             await fo.host.destroy(machine)
-            vm.disks = [DiskSpec(n, path=images[n]) for n in fo.disks.names]
+            # the images are served by Lifeboat (not opened by the hypervisor), so failback can capture the VM's
+            # writes (engine/recovery/failback.py)
+            cd = CommittedDisks(fo.disks.names, images)
+            h, p = await cd.serve(SERVE_HOST, 0, server_name=f"committed-{machine}")
+            self.committed[machine] = cd
+            self.store.update_failover(machine, nbd=f"{h}:{p}")
+            vm.disks = [DiskSpec(n, nbd_host=h, nbd_port=p, nbd_export=n) for n in fo.disks.names]
             if serial_log.exists():
                 serial_log.replace(serial_log.with_name("serial.previous.log"))
             await fo.host.define(vm)
@@ -507,7 +585,7 @@ class FailoverService:
         async def release(ctx: StepContext) -> None:
             await fo.disks.close()   # the vault views, the NBD server and the overlay: no longer needed
             now = time.time()
-            self.store.update_failover(machine, state="committed", nbd=None, booted_at=now,
+            self.store.update_failover(machine, state="committed", booted_at=now,
                                        boot_seconds=round(now - started, 3))
             ctx.note("vault views and overlay released")
 

@@ -3,6 +3,12 @@
 Granularity is 4 KiB blocks; a partial write first copies the block from the view, so reads of a block are
 served wholly from one side. A bytearray marks which blocks live in the scratch file (1 byte per 4 KiB:
 256 KiB per GiB of disk).
+
+A drill's overlay is scratch. A real failover's (``durable=True``) holds production data: FLUSH and FUA
+``fdatasync`` the scratch file, and the map is rebuilt from the file itself when it is reopened (``reopen=True``):
+a block lives in the scratch file exactly when the file has data there (``SEEK_DATA``), since a block is only ever
+written whole, view content first, and nothing punches holes in it. ``on_write``/``on_flush`` let the reverse
+replication of failback (engine/recovery/change_map.py) see every change before it reaches the file.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ import errno
 import os
 from pathlib import Path
 
+from collections.abc import Callable
+
 from .. import platform
+from ..fileio import data_extents
 from ..nbd.server import NBDError
 from ..vault.base import DiskView
 
@@ -22,12 +31,22 @@ BLOCK = 4096
 class OverlayBackend:
     read_only = False
 
-    def __init__(self, view: DiskView, scratch: Path) -> None:
+    def __init__(self, view: DiskView, scratch: Path, *, durable: bool = False, reopen: bool = False) -> None:
         self.view = view
         self.size = view.size
-        self.fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self.fd, self.size)
+        self.durable = durable
+        self.fd = os.open(scratch, os.O_RDWR | os.O_CREAT | (0 if reopen else os.O_TRUNC), 0o600)
+        if os.fstat(self.fd).st_size != self.size:
+            os.ftruncate(self.fd, self.size)
         self.present = bytearray((self.size + BLOCK - 1) // BLOCK)
+        if reopen:
+            for off, n in data_extents(self.fd, 0, self.size):
+                self.present[off // BLOCK:(off + n + BLOCK - 1) // BLOCK] = b"\x01" * (
+                    (off + n + BLOCK - 1) // BLOCK - off // BLOCK)
+        #: failback's change tracking: called with (offset, length) before a write reaches the file, and after
+        #: a flush made the file durable
+        self.on_write: Callable[[int, int], None] | None = None
+        self.on_flush: Callable[[], None] | None = None
         self._lock = asyncio.Lock()
         #: commit: the blocks written since ``track_changes`` (copied again once the VM is stopped)
         self._changed: set[int] | None = None
@@ -81,12 +100,16 @@ class OverlayBackend:
         if not len(data):
             return
         async with self._lock:
+            if self.on_write is not None:
+                self.on_write(offset, len(data))
             await self._materialise(offset, len(data))
             platform.pwrite(self.fd, data, offset)
             first, last = offset // BLOCK, (offset + len(data) - 1) // BLOCK
             self.present[first:last + 1] = b"\x01" * (last + 1 - first)
             if self._changed is not None:
                 self._changed.update(range(first, last + 1))
+            if fua and self.durable:
+                await self.flush()
 
     async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
         self._check(offset, length, errno.ENOSPC)
@@ -97,4 +120,8 @@ class OverlayBackend:
         await self.write_zeroes(offset, length, False)
 
     async def flush(self) -> None:
-        pass  # scratch data is thrown away at cleanup: durability is not needed
+        if not self.durable:
+            return   # a drill's scratch data is thrown away at cleanup: durability is not needed
+        platform.fdatasync(self.fd)   # in the loop's step: no write can slip between it and on_flush
+        if self.on_flush is not None:
+            self.on_flush()

@@ -219,6 +219,8 @@ def add_subcommands(sub: Any) -> None:
     s.add_argument("plan"); s.set_defaults(fn=cmd_plan_skip)
     s = ps.add_parser("cleanup", help="remove what the plan's last test run made"); home(s); s.add_argument("plan")
     s.set_defaults(fn=cmd_plan_cleanup)
+    from .failback_cli import add_plan_subcommand   # plan failback (issue 14)
+    add_plan_subcommand(ps)
 
     rs = sub.add_parser("report", help="DR reports of plan runs").add_subparsers(dest="sub", required=True)
     s = rs.add_parser("list", help="the DR reports in the appliance home"); home(s); s.set_defaults(fn=cmd_report_list)

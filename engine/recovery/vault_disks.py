@@ -30,11 +30,13 @@ class PointDisks:
             self.views.append(await vault.open_view(seq, d.index))
             self.names.append(d.name)
 
-    async def serve(self, host: str, port: int, *, server_name: str, what: str, field: str = "nbd") -> tuple[str, int]:
-        """Overlays over the open views, served over NBD (one export per disk, named as the disk)."""
+    async def serve(self, host: str, port: int, *, server_name: str, what: str, field: str = "nbd",
+                    durable: bool = False, reopen: bool = False) -> tuple[str, int]:
+        """Overlays over the open views, served over NBD (one export per disk, named as the disk). ``durable``: a
+        real failover's overlay (flushes reach the disk; ``reopen`` keeps what an earlier run wrote)."""
         exports = {}
         for name, v in zip(self.names, self.views):
-            b = OverlayBackend(v, self.scratch / f"{name}.overlay")
+            b = OverlayBackend(v, self.scratch / f"{name}.overlay", durable=durable, reopen=reopen)
             self.backends.append(b)
             exports[name] = b
         self.server = NBDServer(exports, name=server_name)
@@ -45,8 +47,9 @@ class PointDisks:
             raise ListenFailed(f"cannot serve {what} on {host}:{port}: {exc.strerror or exc}", field=field) from None
         return self.address
 
-    async def close(self) -> None:
-        """Stop serving, close overlays and views, remove the scratch folder (idempotent)."""
+    async def close(self, *, keep: bool = False) -> None:
+        """Stop serving, close overlays and views, remove the scratch folder (idempotent). ``keep``: leave the
+        overlay files (a real failover's data, when the appliance stops)."""
         if self._closed:
             return
         self._closed = True
@@ -56,4 +59,5 @@ class PointDisks:
             b.close()
         for v in self.views:
             await v.close()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.scratch, ignore_errors=True)

@@ -280,8 +280,12 @@ def cmd_status(a: argparse.Namespace) -> int:
             print(f"{'':<24} error: {m['error']}")
         if m.get("failover"):
             fo = m["failover"]
-            print(f"{'':<24} failed over to {fo['host']} at point {fo['point']} (VM {fo['state']}); replication "
-                  "stopped")
+            if m["state"] == "failover-test":
+                print(f"{'':<24} test failover on {fo['host']} at point {fo['point']} (VM {fo['state']}); "
+                      "replication goes on")
+            else:
+                print(f"{'':<24} failed over to {fo['host']} at point {fo['point']} (VM {fo['state']}); replication "
+                      "stopped")
         if m.get("direction") == "reverse":
             print(f"{'':<24} reverse replication: {m['progress'] * 100:.1f}%, compared {m['bytes_compared']} B, "
                   f"sent {m['bytes_sent']} B" + (f", ETA {m['eta']:.0f}s" if m.get("eta") else ""))

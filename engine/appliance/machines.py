@@ -147,6 +147,10 @@ class Machines:
         paused = self.paused() if row["protected"] else ""
         if paused and state in ("protected", "initial-sync", "resync-required", "resyncing"):
             state = "paused"      # nothing reaches the vault: the machine is not being protected right now
+        failover = self.failover_of(name)
+        if failover is not None and failover.get("kind") == "test" and state in ("protected", "paused"):
+            # a drill of it runs on a recovery host (a plan's test run); its replication goes on meanwhile
+            state = "failover-test"
         connected = bool(rt and rt.connection)
         last_heard = rt.clock.last_heard if rt else row.get("last_heard")
         fresh = bool(rt and rt.clock.fresh(connected))
@@ -169,7 +173,7 @@ class Machines:
             "upload_bytes_per_s": rt.upload.rate() if rt else 0.0,
             "cache_bytes": rt.cache.bytes if rt else 0,
             "disks": disks,
-            "failover": self.failover_of(name) if state == "failed-over" else None,
+            "failover": failover if state in ("failed-over", "failover-test") else None,
             "history_pin": self.history_pin(name),
             **(self._reverse(name) if state == "failed-over" else {}),
         }

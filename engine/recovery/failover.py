@@ -250,11 +250,14 @@ class FailoverService:
 
     # failover ----------------------------------------------------------------------------------------------
     async def failover(self, machine: str, host_name: str, spec: str = "latest", *, planned: bool = False,
-                       networks: Mapping[str, str] | None = None) -> Job:
+                       networks: Mapping[str, str] | None = None, test: bool = False) -> Job:
         """Fail ``machine`` over to ``host_name`` at point ``spec`` (unplanned), or, ``planned``, at a final point
         taken after the running source was quiesced (RPO 0; ``spec`` is not used). Returns the job once booted.
         ``networks``: NIC → network overrides for this failover only (a recovery plan's test run maps every NIC to
-        the host's isolated network: engine/recovery/plans.py)."""
+        the host's isolated network: engine/recovery/plans.py). ``test``: a drill (a plan's test run): the source
+        goes on replicating, nothing of it is touched; the machine shows ``failover-test`` until the VM is removed."""
+        if test and planned:
+            raise InvalidInput("a test failover cannot be planned: it never stops the source", field="planned")
         row = self.state.row(machine)
         existing = self.store.failover(machine)
         if existing is not None or row["state"] == FAILED_OVER or machine in self.active:
@@ -295,12 +298,13 @@ class FailoverService:
         folder.mkdir(parents=True, mode=0o700)
         started = time.time()
         pending = {"id": "pending", "seq": None, "time": None, "kind": "final", "tag": tag}
-        self.store.put_failover({"machine": machine, "host": host.name, "kind": "planned" if planned else "unplanned",
+        self.store.put_failover({"machine": machine, "host": host.name,
+                                 "kind": "test" if test else "planned" if planned else "unplanned",
                                  "state": "starting", "point": point.to_dict() if point else pending, "job": None,
                                  "vm": domain_name(machine), "serial_log": str(serial_log),
                                  "scratch": str(fo.disks.scratch), "nbd": None, "started_at": started,
                                  "booted_at": None, "boot_seconds": None, "error": None})
-        if not planned:
+        if not planned and not test:
             self._stop_replication(machine)
 
         async def quiesce(ctx: StepContext) -> None:
@@ -526,6 +530,10 @@ class FailoverService:
         shutdown, power-off after ``stop_timeout``), copy what it wrote meanwhile, and start it on the images. The
         vault views and the overlay are released; no other point can be chosen any more."""
         r, fo = self._live(machine, "commit")
+        if r["kind"] == "test":
+            raise Conflict(f"the failover of {machine!r} is a test (a drill): it is cleaned up, never committed",
+                           code="LB_TEST_RUN", advice="Clean it up (`lifeboat plan cleanup` / `failover-cancel`), then "
+                                                      "run a real failover to keep a recovered machine.")
         if r["state"] != "booted":
             raise NotReady(f"the recovered VM of {machine!r} is {r['state']}, not booted",
                            advice="Commit once it has booted (`lifeboat vm list`), or change the point.")
@@ -702,7 +710,7 @@ class FailoverService:
         """What ``status`` shows of a failed-over machine (host, point, state)."""
         r = self.store.failover(machine)
         return None if r is None else {"host": r["host"], "point": r["point"]["id"], "state": r["state"],
-                                       "booted_at": r["booted_at"]}
+                                       "booted_at": r["booted_at"], "kind": r["kind"]}
 
     # control API -------------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:

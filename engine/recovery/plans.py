@@ -397,7 +397,7 @@ class PlanService:
                 run["machines"].append(machine)
                 self.store.put_run(run)
             try:
-                fjob = await self.failover.failover(machine, host, point, networks=nets)
+                fjob = await self.failover.failover(machine, host, point, networks=nets, test=bool(run["test"]))
             except LifeboatError as exc:
                 entry.update(ended=time.time(), state="failed", error=exc.to_dict())
                 raise LifeboatError(f"machine {machine!r} (group {n}) did not fail over: {exc.message}",

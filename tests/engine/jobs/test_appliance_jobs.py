@@ -26,7 +26,7 @@ async def test_drills_are_jobs_with_steps_and_survive_a_restart_as_history(tmp_p
         app = await site.start_appliance(crash_interval=0.2)
         assert list(app.scheduler.tasks) == ["machine-status", "resync-window", "scheduled-bookmarks", "retention",
                                              "rpo-history", "certificates", "vault-capacity", "history-pins",
-                                             "config-backup"]
+                                             "config-backup", "network-settings", "egress-check"]
         assert app.scheduler.tasks["retention"].interval == 30 and app.scheduler.tasks["machine-status"].interval == 1
         assert app.scheduler.tasks["vault-capacity"].interval == 2
         changed: list[JobChanged] = []

@@ -137,6 +137,12 @@ def test_two_group_plan_pauses_resumes_reports_and_cleans_up(recovery_host: str,
         assert job["state"] == "paused-for-operator" and job["message"] == "Check the database on the first VM"
         vms = {v["machine"]: v for v in lbj("vm", "list", *H)}
         assert set(vms) == {m1} and vms[m1]["state"] == "booted"
+        # a drill touches nothing of the source: m1 shows failover-test, its agent stays connected and a new
+        # point still reaches the vault
+        st1 = {x["name"]: x for x in lbj("status", *H)["machines"]}[m1]
+        assert st1["state"] == "failover-test" and st1["failover"]["host"] == hostname and st1["agent_connected"]
+        assert st1["failover"]["kind"] == "test" and "test failover on" in lb("status", *H).stdout
+        assert lbj("bookmark", *H, m1, "--tag", "during-drill")["tag"] == "during-drill"
         pin = vms[m1]["pin"]   # a plan's test run holds history: shown with how to end it
         assert pin["kind"] == "plan-test" and pin["point"] == vms[m1]["point"] and "plan cleanup" in pin["end_with"]
         xml = subprocess.run(["virsh", "-c", recovery_host, "dumpxml", f"lifeboat-{m1}"], capture_output=True,

@@ -170,10 +170,15 @@ class EngineFacade:
             await asyncio.to_thread(eng.stop_appliance, reason)
         await self.stop()
 
-    def link_info(self) -> dict[str, Any]:
-        """What the attached appliance said at attach (``consoles``, ``can_stop``, ``since``); {} when embedded."""
-        eng = self.engine
-        return dict(eng.hello) if isinstance(eng, RemoteAppliance) else {}
+    def other_consoles(self) -> int | None:
+        """How many other consoles are attached to the appliance now (None when embedded or unknown)."""
+        eng = self._live()
+        if not isinstance(eng, RemoteAppliance):
+            return None
+        try:
+            return max(0, int(eng.refresh_hello().get("consoles") or 0) - 1)   # minus this console's own stream
+        except LifeboatError:
+            return None
 
     def subscribe(self, fn: Callable[[Event], None]) -> None:
         """Deliver engine events to ``fn`` (the bridge), also across a later ``start``."""

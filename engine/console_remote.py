@@ -141,6 +141,11 @@ class RemoteAppliance:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def refresh_hello(self) -> dict[str, Any]:
+        """Ask again what ``hello`` told at attach (``consoles`` attached now, this one included; ``can_stop``)."""
+        self.hello = self._request("GET", "/v1/console/hello", None, 10.0)
+        return self.hello
+
     def stop_appliance(self, reason: str) -> None:
         """Ask the appliance to stop (it drains, then exits); Conflict when its program does not allow it."""
         self._request("POST", "/v1/console/stop", {"reason": reason})

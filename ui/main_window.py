@@ -244,8 +244,8 @@ class MainWindow(QMainWindow):
             return self.stop_dialog
         machines = sorted(r.name for r in self.ctx.machines.rows() if r.protected)
         jobs = [j.title for j in self.ctx.jobs.running()]
-        consoles = int(self.ctx.facade.link_info().get("consoles") or 0) if self.attached else None
-        dlg = StopApplianceDialog(self.ctx.home, machines, jobs, consoles or None, self)
+        consoles = self.ctx.facade.other_consoles() if self.attached else None
+        dlg = StopApplianceDialog(self.ctx.home, machines, jobs, consoles, self)
         self.stop_dialog = dlg
 
         def done(result: int) -> None:

@@ -928,7 +928,8 @@ def console_types() -> dict[str, type]:
     import dataclasses
 
     def events(c: type) -> list[type]:
-        return [c, *(s for sub in c.__subclasses__() for s in events(sub))]
+        subs: list[type] = c.__subclasses__()
+        return [c, *(s for sub in subs for s in events(sub))]
     views = [v for v in globals().values() if isinstance(v, type) and dataclasses.is_dataclass(v)
              and v.__module__ == __name__]
     return {c.__name__: c for c in (*views, *events(Event), Policy)}

@@ -21,6 +21,7 @@ from pathlib import Path
 from engine.api import (CertificateUntrusted, CertificateView, LifeboatError, LoginFailed,
                         check_vcenter_login as _login, configure_home, delete_vault_key, export_recovery_kit,
                         fetch_vcenter_certificate, init_home, is_initialised, InvalidInput,
+                        KIT_MIN_PASSPHRASE as KIT_MIN_PASSPHRASE,  # re-exported for ui/wizard.py
                         parse_address)
 
 #: Shown whenever a vCenter presents another certificate than the one accepted or pinned before (issue 12).

@@ -41,8 +41,10 @@ def service_command(home: Path) -> list[str]:
     """How the service starts the appliance: the frozen ``lifeboat`` program, the installed entry point, or this
     Python with ``-m engine.cli``."""
     args = ["appliance", "run", "--home", str(home)]
-    if getattr(sys, "frozen", False):
-        return [sys.executable, *args]
+    if getattr(sys, "frozen", False):   # the bundle holds lifeboat beside lifeboat-console (a console asks too)
+        exe = Path(sys.executable)
+        cli = exe.with_name("lifeboat" + exe.suffix)
+        return [str(cli if cli.exists() else exe), *args]
     exe = shutil.which("lifeboat")
     if exe and Path(exe).resolve().parent == Path(sys.executable).resolve().parent:
         return [str(Path(exe).resolve()), *args]

@@ -287,3 +287,69 @@ async def test_console_offers_to_start_a_stopped_appliance(qtbot, tmp_path: Path
         if proc is not None and proc.poll() is None:
             proc.terminate()
             await asyncio.to_thread(proc.wait)
+
+
+@pytest.mark.timeout(120)
+async def test_wizard_ends_by_starting_the_appliance_and_attaching(qtbot, tmp_path: Path, console_settings) -> None:
+    from tests.ui.test_console_e2e import _finish_wizard
+    home = tmp_path / "appliance"
+    ctrl = ConsoleController(home, console_settings, mode="attach")
+    proc = None
+    try:
+        ctrl.begin()
+        assert ctrl.wizard is not None
+        await _finish_wizard(ctrl, tmp_path, lambda *_: None)   # Finish: start in the background, then attach
+        proc = ctrl.facade.started_process
+        assert proc is not None and proc.poll() is None and os.getsid(proc.pid) == proc.pid
+        assert ctrl.facade.attached and ctrl.facade.app is None
+        assert await asyncio.to_thread(_consoles, home) == 1
+        # Closing the console leaves the appliance running (the notice was already shown: no dialog).
+        console_settings.set("ui/close_notice_shown", True)
+        await _close_console(ctrl)
+        await asyncio.sleep(0.5)
+        assert proc.poll() is None, "closing the console stopped the appliance"
+        remote = await attach_appliance(home)
+        try:
+            await asyncio.to_thread(remote.stop_appliance, "test over")
+        finally:
+            await remote.stop()
+        assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 60) == 0
+    finally:
+        await _close_console(ctrl)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            await asyncio.to_thread(proc.wait)
+
+
+async def test_tray_shows_health_and_keeps_the_console(qtbot, console_settings) -> None:
+    """Where a tray exists (forced here: offscreen has none), closing the window hides it to the tray; the icon's
+    tooltip tells the site's health, critical while the appliance is not running; Quit closes the console only."""
+    from console.context import ConsoleContext
+    from console.synthetic import SyntheticFacade
+    facade = SyntheticFacade(4, ticker=False)
+    ctx = ConsoleContext(facade, console_settings)
+    await ctx.start_appliance()
+    stopped_by_close: list[bool] = []
+
+    async def shutdown() -> None:
+        stopped_by_close.append(True)
+        await ctx.stop_appliance()
+    win = MainWindow(ctx, shutdown, attached=True, tray=True)
+    try:
+        win.show()
+        assert win.tray is not None and win.desktop.tray is win.tray.icon
+        health, why = ctx.overall_health()
+        assert win.tray.icon.toolTip() == f"Lifeboat — {why}" and win.tray.health == health
+        win.close()
+        assert not win.isVisible() and facade.running and not stopped_by_close, "closing hid the window only"
+        assert console_settings.get("ui/tray_notice_shown")
+        win.tray.open_act.trigger()
+        assert win.isVisible()
+        closed = signal(win.closed, timeout=10, what="closed")
+        win.tray.quit_act.trigger()
+        await closed
+        assert stopped_by_close == [True]   # the console let go (an attached facade detaches, never stops)
+        assert ctx.overall_health()[0] == "critical" and "not running" in win.tray.icon.toolTip()
+    finally:
+        win.deleteLater()
+        await ctx.stop_appliance()

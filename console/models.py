@@ -479,8 +479,9 @@ class RpoHistory:
         return len(older)
 
     def merge(self, machine: str, samples: Iterable[tuple[float, float]], step: float = 5.0) -> int:
-        """Add the appliance's kept samples where this console has none (before it ran, and the gaps while it was
-        not attached): a sample within ``step`` seconds of one of ours is left out. Returns how many were added."""
+        """Add the appliance's kept samples where this console has none: all of those before our first sample (from
+        before this console ran), and in the gaps later (while the link was down) those ``step`` seconds or more
+        from any of ours. Returns how many were added."""
         t_own, v_own = self.series(machine)
         incoming = sorted(samples)
         if len(t_own):
@@ -488,7 +489,7 @@ class RpoHistory:
             keep = []
             for (t, v), i in zip(incoming, at.tolist()):
                 near = (i < len(t_own) and t_own[i] - t < step) or (i > 0 and t - t_own[i - 1] < step)
-                if not near:
+                if t < t_own[0] or not near:   # everything before our first sample is history we cannot have
                     keep.append((t, v))
         else:
             keep = incoming

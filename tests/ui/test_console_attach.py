@@ -183,6 +183,12 @@ async def test_console_attaches_survives_and_stops(qtbot, tmp_path: Path, screen
         await _wait_consoles(home, 1)   # the killed console's stream is gone
 
         # 4. A console opened again attaches; its graph has the samples the appliance kept from before.
+        deadline = time.monotonic() + 20
+        while not (kept := await asyncio.to_thread(probe.rpo_history, "vm1")):
+            assert time.monotonic() < deadline, "the appliance keeps no RPO history"
+            await asyncio.sleep(0.5)
+        first_kept = float(kept[0][0])
+        await asyncio.sleep(0.2)
         opened = time.time()
         ctrl = await _open_console(home, console_settings)
         ctrls.append(ctrl)
@@ -194,10 +200,11 @@ async def test_console_attaches_survives_and_stops(qtbot, tmp_path: Path, screen
         def earliest() -> float:
             t, _ = ctx.history.series("vm1")
             return float(t[0]) if len(t) else opened
-        await until(lambda: earliest() < opened - 4, 15, "RPO samples from before the console opened")
+        assert first_kept < opened
+        await until(lambda: earliest() <= first_kept, 15, "RPO samples from before the console opened")
         graph = machines.detail.graph
         await until(lambda: graph.curve.xData is not None and len(graph.curve.xData)
-                    and float(graph.curve.xData[0]) < opened - 4, 15, "the graph draws them")
+                    and float(graph.curve.xData[0]) <= first_kept, 15, "the graph draws them")
         screenshot(win, "attach-3-reopened-with-history")
 
         # 5. The appliance restarts under the console: the banner says so and the values are stale, then it is back.

@@ -118,7 +118,10 @@ class ConsoleController(QObject):
         dlg = StartApplianceDialog(plan, self.window)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[int] = loop.create_future()
-        dlg.finished.connect(lambda r: answer.done() or answer.set_result(r))
+        def answered(result: int) -> None:
+            if not answer.done():
+                answer.set_result(result)
+        dlg.finished.connect(answered)
         dlg.open()
         self.asking.emit(dlg)
         try:

@@ -42,9 +42,9 @@ def service_command(home: Path) -> list[str]:
     Python with ``-m engine.cli``."""
     args = ["appliance", "run", "--home", str(home)]
     if getattr(sys, "frozen", False):   # the bundle holds lifeboat beside lifeboat-console (a console asks too)
-        exe = Path(sys.executable)
-        cli = exe.with_name("lifeboat" + exe.suffix)
-        return [str(cli if cli.exists() else exe), *args]
+        frozen = Path(sys.executable)
+        cli = frozen.with_name("lifeboat" + frozen.suffix)
+        return [str(cli if cli.exists() else frozen), *args]
     exe = shutil.which("lifeboat")
     if exe and Path(exe).resolve().parent == Path(sys.executable).resolve().parent:
         return [str(Path(exe).resolve()), *args]

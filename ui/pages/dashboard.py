@@ -133,7 +133,11 @@ class DashboardPage(QWidget):
         self._timer.timeout.connect(self.refresh)
         ctx.statuses_applied.connect(self._schedule)
         ctx.inventory_refreshed.connect(self._schedule)
-        ctx.link_changed.connect(lambda *_: self.isVisible() and self.refresh())
+        ctx.link_changed.connect(self._on_link)
+
+    def _on_link(self, *_: object) -> None:
+        if self.isVisible():   # lost: the counts turn "?" at once; back: the fresh ones
+            self.refresh()
 
     def _schedule(self, *_: object) -> None:
         if self.isVisible() and not self._timer.isActive():

@@ -113,7 +113,7 @@ class MachineDetail(QWidget):
         ctx.inventory_refreshed.connect(self._show_guide)
         ctx.appliance_started.connect(self._show_guide)
         ctx.bridge.point_created.connect(self._on_point)
-        ctx.histories_loaded.connect(lambda names: self.machine in names and self.redraw_graph())
+        ctx.histories_loaded.connect(self._on_histories)
         ctx.recovery.vms_changed.connect(self.refresh_failover)
         ctx.jobs.finished.connect(lambda _j: self.refresh_failover())
 
@@ -169,6 +169,10 @@ class MachineDetail(QWidget):
             self._update_header()
             if not self._redraw.isActive():
                 self._redraw.start()
+
+    def _on_histories(self, names: set[str]) -> None:
+        if self.machine in names:   # the appliance's kept history arrived: the graph shows the past too
+            self.redraw_graph()
 
     def _on_point(self, ev: PointCreated) -> None:
         if ev.machine == self.machine:

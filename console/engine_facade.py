@@ -18,10 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.api import (Appliance, ApplianceStatus, ApplianceUnreachable, CleanupView, Conflict, DrillView,
-                        EmbeddedAppliance, Event, JobView, LifeboatError, NotReady, RemoteAppliance, console_types, MachineView, PlanActionView, PlanGroupView, PlanRunView, PlanSummaryView,
-                        PlanView, PointView, Policy, RecoveredVMView, RecoveryHostView, RecoverySettingsView,
-                        ReportView, format_duration, format_size, is_initialised, parse_address, parse_duration,
+from engine.api import (Appliance, ApplianceLink, ApplianceStatus, ApplianceUnreachable, CleanupView, Conflict,
+                        DrillView, EmbeddedAppliance, Event, JobView, LifeboatError, MachineView, NotReady,
+                        PlanActionView, PlanGroupView, PlanRunView, PlanSummaryView, PlanView, PointView, Policy,
+                        RecoveredVMView, RecoveryHostView, RecoverySettingsView, RemoteAppliance, ReportView,
+                        console_types, format_duration, format_size, is_initialised, parse_address, parse_duration,
                         parse_size, parse_window)
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class EngineFacade:
         self.engine: EmbeddedAppliance | RemoteAppliance | None = None
         self._bus_subs: list[Callable[[Event], None]] = []
         self.started_process: Any = None   # the detached appliance process this console started, if any
+        self._addresses: dict[str, str] | None = None
 
     # lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -127,6 +129,7 @@ class EngineFacade:
 
     async def _attach(self) -> None:
         remote = RemoteAppliance(self.home, console_types(), timeout=SYNC_CALL_TIMEOUT)
+        remote.subscribe(self._on_link)
         for fn in self._bus_subs:   # before the event stream opens: nothing is missed
             remote.subscribe(fn)
         await remote.start()
@@ -202,12 +205,25 @@ class EngineFacade:
 
     @property
     def addresses(self) -> dict[str, str]:
-        if self.engine is None or not self.link_up:
+        """``{"vault", "control", "data"}``. Attached, read once per link (the status bar asks often; a restarted
+        appliance may listen elsewhere: the cache goes with the link)."""
+        eng = self.engine
+        if eng is None or not self.link_up:
+            self._addresses = None
             return {}
+        if isinstance(eng, RemoteAppliance) and self._addresses is not None:
+            return dict(self._addresses)
         try:
-            return dict(self.engine.addresses)
+            addr = dict(eng.addresses)
         except LifeboatError:
             return {}
+        if isinstance(eng, RemoteAppliance):
+            self._addresses = addr
+        return addr
+
+    def _on_link(self, ev: Event) -> None:
+        if isinstance(ev, ApplianceLink):
+            self._addresses = None
 
     # queries ---------------------------------------------------------------------------------------------
     def status(self) -> ApplianceStatus:

@@ -16,11 +16,11 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from engine.api import Alert, Event, JobChanged, JobProgress, MachineStatus, PointCreated
+from engine.api import Alert, ApplianceLink, Event, JobChanged, JobProgress, MachineStatus, PointCreated
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineBridge", "Alert", "Event", "JobChanged", "JobProgress", "MachineStatus", "PointCreated"]
+__all__ = ["EngineBridge", "Alert", "ApplianceLink", "Event", "JobChanged", "JobProgress", "MachineStatus", "PointCreated"]
 
 
 class EngineBridge(QObject):
@@ -32,6 +32,7 @@ class EngineBridge(QObject):
     job_progress = Signal(object)    # JobProgress
     job_changed = Signal(object)     # JobChanged (a job queued, started, paused, ended; a step's state)
     alert = Signal(object)           # Alert
+    appliance_link = Signal(object)  # ApplianceLink: an attached console lost its appliance, or is back
     other_event = Signal(object)     # any other engine event (for example vCenter inventory changes)
 
     def __init__(self, parent: QObject | None = None, *, flush_ms: int = 250) -> None:
@@ -62,6 +63,9 @@ class EngineBridge(QObject):
             self.job_changed.emit(event)
         elif isinstance(event, Alert):
             self.alert.emit(event)
+        elif isinstance(event, ApplianceLink):
+            self.flush()   # what arrived before the link changed is shown first
+            self.appliance_link.emit(event)
         else:
             self.other_event.emit(event)
 

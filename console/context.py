@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from .alerts import AlertRow, AlertsModel
-from .bridge import Alert, EngineBridge, MachineStatus
+from .bridge import Alert, ApplianceLink, EngineBridge, MachineStatus
 from .engine_facade import CleanupView, DrillView, EngineFacade, Policy
 from .errors import Notification, NotificationCenter
 from .event_log import EventLogModel, LogEntry
@@ -40,6 +40,8 @@ class ConsoleContext(QObject):
     appliance_started = Signal()
     appliance_stopped = Signal()
     alert_raised = Signal(object)      # AlertRow that just became active (warning or critical): notify the desktop
+    link_changed = Signal(bool, str)   # attached console: the link to the appliance is up (True) or lost, and why
+    histories_loaded = Signal(set)     # machines whose RPO history was just filled from the appliance
 
     def __init__(self, facade: EngineFacade, settings: ConsoleSettings, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -62,6 +64,8 @@ class ConsoleContext(QObject):
         facade.subscribe(self.bridge)
         self.bridge.statuses.connect(self._on_statuses)
         self.bridge.alert.connect(self._on_alert)
+        self.bridge.appliance_link.connect(self._on_link)
+        self._history_task: asyncio.Task[None] | None = None
         self.bridge.job_progress.connect(self.jobs.on_engine_progress)
         self.bridge.job_changed.connect(self.jobs.on_engine_job)
         self.bridge.job_changed.connect(self.recovery.on_job_changed)
@@ -73,29 +77,111 @@ class ConsoleContext(QObject):
         self._inventory.timeout.connect(self.refresh_inventory)
 
     # lifecycle -------------------------------------------------------------------------------------------
-    async def start_appliance(self) -> None:
-        await self.facade.start()
-        try:   # what ran before (and what a restart interrupted) shows beside what runs now
-            self.jobs.load_engine_jobs(self.facade.engine_jobs())
+    async def start_appliance(self, plan: Any = None) -> None:
+        """Start the embedded appliance, or attach to the running one (with ``plan``, a ``StartPlan``: start it
+        first, then attach), and read everything afresh."""
+        if plan is not None:
+            await self.facade.start_and_attach(plan)
+        else:
+            await self.facade.start()
+        self.refresh_all()
+        self._inventory.start()
+        self.appliance_started.emit()
+
+    def refresh_all(self) -> None:
+        """Read the whole state from the appliance (at start and when an attached console is back): jobs, alerts,
+        machines, plans, recovered VMs, and the RPO history of every machine."""
+        try:   # what ran before (and what a restart interrupted) shows beside what runs now; known rows updated
+            for d in self.facade.engine_jobs():
+                self.jobs.engine_job_state(d, notify=False)
         except Exception as exc:
             self.notes.handle(exc, "listing the engine's jobs")
         self.reload_alerts()
         self.refresh_inventory()
         self.recovery.refresh_plans()
         self.recovery.refresh_vms()
-        self._inventory.start()
-        self.appliance_started.emit()
+        self.load_histories()
 
     async def stop_appliance(self) -> None:
+        """Embedded: stop the appliance. Attached: let go of it (protection goes on)."""
         self._inventory.stop()
+        if self._history_task is not None:
+            self._history_task.cancel()
         await self.recovery.shutdown()
         await self.jobs.shutdown()
         await self.facade.stop()
         self.bridge.flush()
+        self.machines.set_stale(None)
         self.appliance_stopped.emit()
 
-    def refresh_inventory(self) -> None:
+    async def stop_protection(self, reason: str) -> None:
+        """The explicit Stop: the appliance drains and exits; this console lets go (it can start it again)."""
+        self._inventory.stop()
+        await self.recovery.shutdown()
+        await self.jobs.shutdown()
+        await self.facade.stop_appliance(reason)
+        self.bridge.flush()
+        self.machines.set_stale(time.time())   # nothing shown is current any more
+        self.log.add(LogEntry("warning", "appliance", f"appliance stopped: {reason}"))
+        self.appliance_stopped.emit()
+
+    @property
+    def link_up(self) -> bool:
+        return bool(getattr(self.facade, "link_up", True))
+
+    def _on_link(self, ev: ApplianceLink) -> None:
+        if ev.state == "lost":
+            self.machines.set_stale(ev.time or time.time())
+            self.log.add(LogEntry("error", "appliance", f"lost the appliance: {ev.detail}", None,
+                                  "The console reconnects on its own when it answers again."))
+            self.link_changed.emit(False, ev.detail)
+            self.inventory_refreshed.emit()
+        elif ev.state == "connected":
+            self.refresh_all()
+            self.machines.set_stale(None)
+            self.log.add(LogEntry("info", "appliance", "reconnected to the appliance"))
+            self.link_changed.emit(True, "")
+            self.inventory_refreshed.emit()
+
+    def overall_health(self) -> tuple[str, str]:
+        """The site at a glance (the tray's icon and tooltip): ``ok`` | ``warning`` | ``critical`` and why. Never
+        better than what is known: a lost link or a stopped appliance is critical (nothing may be replicating)."""
         if not self.facade.running:
+            return "critical", "The appliance is not running: nothing is being replicated"
+        if not self.link_up:
+            return "critical", "Lost the appliance: reconnecting…"
+        c = self.machines.health_counts()
+        protected = c["ok"] + c["warning"] + c["critical"]
+        if c["critical"]:
+            return "critical", f"{c['critical']} of {protected} protected machine(s) critical"
+        if c["warning"]:
+            return "warning", f"{c['warning']} of {protected} protected machine(s) in warning"
+        return "ok", f"{protected} protected machine(s), all OK" if protected else "No machine protected yet"
+
+    def load_histories(self) -> None:
+        """Fill every protected machine's RPO graph with what the appliance kept (from before this console ran, and
+        across a lost link), in the background."""
+        if self._history_task is not None and not self._history_task.done():
+            self._history_task.cancel()
+        names = [r.name for r in self.machines.rows() if r.protected]
+        if not names or not self.facade.running:
+            return
+
+        async def go() -> None:
+            try:
+                got = await self.facade.rpo_histories(names, time.time() - self.history.capacity)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.notes.handle(exc, "reading the RPO history")
+                return
+            filled = {n for n, samples in got.items() if self.history.merge(n, samples)}
+            if filled:
+                self.histories_loaded.emit(filled)
+        self._history_task = asyncio.ensure_future(go())
+
+    def refresh_inventory(self) -> None:
+        if not self.facade.running or not self.link_up:
             return
         try:
             self.machines.set_inventory(self.facade.status())
@@ -111,7 +197,7 @@ class ConsoleContext(QObject):
     def load_history(self, machine: str) -> int:
         """Seed the console's RPO history of ``machine`` with what the appliance kept (before this console ran)."""
         try:
-            return self.history.seed(machine, self.facade.rpo_history(machine, time.time() - self.history.capacity))
+            return self.history.merge(machine, self.facade.rpo_history(machine, time.time() - self.history.capacity))
         except Exception as exc:
             self.notes.handle(exc, f"reading the RPO history of {machine}")
             return 0

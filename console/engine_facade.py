@@ -1,26 +1,35 @@
-"""The only door from the UI to the engine: an embedded appliance (``engine.api``) behind typed views.
+"""The only door from the UI to the engine: the appliance (``engine.api``) behind typed views, embedded in this
+process or attached to the running appliance of the home (docs/CONTRACT.md §7).
 
-Everything here runs on the loop thread that started the appliance (docs/CONTRACT.md §1); with qasync that is the
-GUI thread, so nothing here may block: engine calls that touch files are the engine's own (it offloads to its
-pool), and setup steps that block run through ``asyncio.to_thread``. Queries return ``engine.api``'s frozen views
+Everything here runs on the loop thread that started or attached the appliance (docs/CONTRACT.md §1); with qasync
+that is the GUI thread. Embedded, nothing here blocks: engine calls that touch files are the engine's own (it
+offloads to its pool), and setup steps that block run through ``asyncio.to_thread``. Attached, the async calls run
+their request in a worker thread and the sync ones (quick queries and edits) are one local HTTPS request each,
+bounded by ``SYNC_CALL_TIMEOUT``; while the link is down they fail at once (``ApplianceUnreachable``). Queries return ``engine.api``'s frozen views
 (``ApplianceStatus``, ``MachineView``, ``PointView``, ``DrillView`` …) and policies are the engine's ``Policy``:
 the console keeps no copies of engine types. ``engine.api`` is the only engine module the console imports.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.api import (Appliance, ApplianceStatus, CleanupView, Conflict, DrillView, EmbeddedAppliance, Event, JobView,
-                        LifeboatError, MachineView, PlanActionView, PlanGroupView, PlanRunView, PlanSummaryView,
-                        PlanView, PointView, Policy, RecoveredVMView, RecoveryHostView, RecoverySettingsView,
-                        ReportView, format_duration, format_size, is_initialised, parse_address, parse_duration,
+from engine.api import (Appliance, ApplianceLink, ApplianceStatus, ApplianceUnreachable, CleanupView, Conflict,
+                        DrillView, EmbeddedAppliance, Event, JobView, LifeboatError, MachineView, NotReady,
+                        PlanActionView, PlanGroupView, PlanRunView, PlanSummaryView, PlanView, PointView, Policy,
+                        RecoveredVMView, RecoveryHostView, RecoverySettingsView, RemoteAppliance, ReportView,
+                        console_types, format_duration, format_size, is_initialised, parse_address, parse_duration,
                         parse_size, parse_window)
 
 log = logging.getLogger(__name__)
+
+#: an attached console's synchronous calls block the GUI thread: the appliance is on this machine and answers in
+#: milliseconds; a hung one must not freeze the window for long
+SYNC_CALL_TIMEOUT = 10.0
 
 
 def duration_text(seconds: float) -> str:
@@ -52,16 +61,27 @@ def validate_policy(policy: Policy) -> Policy:
 
 
 class EngineFacade:
-    """The embedded appliance as the console sees it. ``start``/``stop`` must run inside the qasync loop."""
+    """The appliance as the console sees it: embedded in this process (``mode="embedded"``: the demo and tests), or
+    attached to the running appliance of the home (``mode="attach"``: ``lifeboat-console``; docs/CONTRACT.md §7).
+    Either way the engine object behind it is an ``EmbeddedAppliance`` or a ``RemoteAppliance`` with the same
+    methods; ``app`` (the engine's own object) is None when attached. ``start``/``stop`` must run inside the qasync
+    loop. ``stop`` never stops an attached appliance (it lets go); ``stop_appliance(reason)`` does, explicitly."""
 
     #: Resync is part of every engine this console ships with (issue 3); the synthetic facade keeps it too.
     can_resync = True
+    #: how long a started appliance may take to answer (a first start makes its CA, keys and vault)
+    START_TIMEOUT = 90.0
 
-    def __init__(self, home: Path, *, listen: str | None = None) -> None:
+    def __init__(self, home: Path, *, listen: str | None = None, mode: str = "embedded") -> None:
+        if mode not in ("embedded", "attach"):
+            raise ValueError(f"mode {mode!r}: embedded or attach")
         self.home = Path(home)
         self.listen = listen
-        self.embedded: EmbeddedAppliance | None = None
+        self.mode = mode
+        self.engine: EmbeddedAppliance | RemoteAppliance | None = None
         self._bus_subs: list[Callable[[Event], None]] = []
+        self.started_process: Any = None   # the detached appliance process this console started, if any
+        self._addresses: dict[str, str] | None = None
 
     # lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -70,42 +90,140 @@ class EngineFacade:
 
     @property
     def running(self) -> bool:
-        return self.embedded is not None
+        """Embedded: the appliance runs here. Attached: this console is attached (the link may be down for a while:
+        see ``link_up``)."""
+        return self.engine is not None
+
+    @property
+    def attached(self) -> bool:
+        return isinstance(self.engine, RemoteAppliance)
+
+    @property
+    def link_up(self) -> bool:
+        """False while an attached console has lost its appliance (it reconnects on its own)."""
+        eng = self.engine
+        return not isinstance(eng, RemoteAppliance) or eng.connected
+
+    @property
+    def embedded(self) -> EmbeddedAppliance | RemoteAppliance | None:   # the name the pages knew
+        return self.engine
 
     @property
     def app(self) -> Appliance | None:
-        """The engine's appliance object while running (tests and diagnostics; pages use the methods below)."""
-        return self.embedded.appliance if self.embedded is not None else None
+        """The engine's appliance object while embedded (tests and diagnostics); None when attached."""
+        return self.engine.appliance if self.engine is not None else None
 
     async def start(self) -> None:
-        """Start the embedded appliance in the running loop; on failure nothing is left running."""
-        if self.embedded is not None:
+        """Embedded: start the appliance in the running loop. Attached: attach to the running appliance of the home
+        (``ApplianceUnreachable`` when none runs: see ``start_and_attach``). On failure nothing is left running."""
+        if self.engine is not None:
+            return
+        if self.mode == "attach":
+            await self._attach()
             return
         emb = EmbeddedAppliance(self.home, listen=self.listen)
         for fn in self._bus_subs:
             emb.subscribe(fn)
         await emb.start()
-        self.embedded = emb
+        self.engine = emb
+
+    async def _attach(self) -> None:
+        remote = RemoteAppliance(self.home, console_types(), timeout=SYNC_CALL_TIMEOUT)
+        remote.subscribe(self._on_link)
+        for fn in self._bus_subs:   # before the event stream opens: nothing is missed
+            remote.subscribe(fn)
+        await remote.start()
+        self.engine = remote
+
+    async def start_and_attach(self, plan: Any) -> None:
+        """Start the appliance as ``plan`` (``console.appliance_process.StartPlan``) says, wait until it answers,
+        attach. Raises ``ApplianceUnreachable`` (with the log's last lines) when it exits or does not answer."""
+        from . import appliance_process
+        proc = await asyncio.to_thread(appliance_process.start, plan)
+        self.started_process = proc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.START_TIMEOUT
+        while True:
+            try:
+                await self._attach()
+                return
+            except (ApplianceUnreachable, NotReady) as exc:
+                code = proc.poll() if proc is not None else None
+                if code is None and loop.time() > deadline and proc is not None:
+                    proc.terminate()   # ours, started a moment ago and never answered: not left behind
+                if code is not None or loop.time() > deadline:
+                    tail = appliance_process.log_tail(self.home)
+                    what = (f"the appliance exited (status {code}) before it answered" if code is not None
+                            else f"the appliance did not answer within {self.START_TIMEOUT:.0f} s")
+                    raise ApplianceUnreachable(f"{what}: {exc.message}" + (f"\n{tail}" if tail else ""),
+                                               advice=f"See {plan.log}.") from None
+            await asyncio.sleep(0.3)
 
     async def stop(self) -> None:
-        emb, self.embedded = self.embedded, None
-        if emb is not None:
-            await emb.stop()
+        """Embedded: stop the appliance. Attached: let go of it (it goes on running)."""
+        eng, self.engine = self.engine, None
+        if eng is not None:
+            await eng.stop()
+
+    async def stop_appliance(self, reason: str) -> None:
+        """Stop protection: the attached appliance drains and exits (its service manager or the process that runs it
+        allowing), or the embedded one stops; then this console lets go."""
+        eng = self.engine
+        if isinstance(eng, RemoteAppliance):
+            await asyncio.to_thread(eng.stop_appliance, reason)
+        await self.stop()
+
+    def other_consoles(self) -> int | None:
+        """How many other consoles are attached to the appliance now (None when embedded or unknown)."""
+        eng = self._live()
+        if not isinstance(eng, RemoteAppliance):
+            return None
+        try:
+            return max(0, int(eng.refresh_hello().get("consoles") or 0) - 1)   # minus this console's own stream
+        except LifeboatError:
+            return None
 
     def subscribe(self, fn: Callable[[Event], None]) -> None:
         """Deliver engine events to ``fn`` (the bridge), also across a later ``start``."""
         self._bus_subs.append(fn)
-        if self.embedded is not None:
-            self.embedded.subscribe(fn)
+        if self.engine is not None:
+            self.engine.subscribe(fn)
 
-    def _emb(self) -> EmbeddedAppliance:
-        if self.embedded is None:
-            raise Conflict("the appliance is not running", advice="Finish the first-run wizard, or restart the console.")
-        return self.embedded
+    def _emb(self) -> Any:
+        eng = self.engine
+        if eng is None:
+            raise Conflict("the appliance is not running", advice="Start it (Appliance → Start appliance), or "
+                           "finish the first-run wizard.")
+        if isinstance(eng, RemoteAppliance) and not eng.connected:   # fail at once, never wait on a dead link
+            raise ApplianceUnreachable("lost the appliance: reconnecting",
+                                       advice="The console reconnects on its own when the appliance answers again.")
+        return eng
+
+    def _live(self) -> Any:
+        """The engine when calls can reach it now (None when stopped, or attached with the link down)."""
+        return self.engine if self.engine is not None and self.link_up else None
 
     @property
     def addresses(self) -> dict[str, str]:
-        return self.embedded.addresses if self.embedded is not None else {}
+        """``{"vault", "control", "data"}``. Attached, read once per link (the status bar asks often; a restarted
+        appliance may listen elsewhere: the cache goes with the link)."""
+        eng = self.engine
+        if eng is None or not self.link_up:
+            self._addresses = None
+            return {}
+        if isinstance(eng, RemoteAppliance) and self._addresses is not None:
+            return dict(self._addresses)
+        try:
+            addr = dict(eng.addresses)
+        except LifeboatError:
+            return {}
+        if isinstance(eng, RemoteAppliance):
+            self._addresses = addr
+        return addr
+
+    def _on_link(self, ev: Event) -> None:
+        if isinstance(ev, ApplianceLink):
+            self._addresses = None
 
     # queries ---------------------------------------------------------------------------------------------
     def status(self) -> ApplianceStatus:
@@ -124,7 +242,8 @@ class EngineFacade:
         return self._emb().policy_of(name).name
 
     def drill_active(self, name: str) -> bool:
-        return self.embedded is not None and self.embedded.drill_active(name)
+        eng = self._live()
+        return eng is not None and eng.drill_active(name)
 
     def engine_job(self, job_id: str) -> dict[str, Any]:
         """An engine job in its wire form (``Job.to_dict()``, what ``JobChanged.job`` carries; console/jobs.py)."""
@@ -132,7 +251,8 @@ class EngineFacade:
 
     def engine_jobs(self) -> list[dict[str, Any]]:
         """Every engine job the appliance remembers (wire form, steps included), oldest first."""
-        return self.embedded.jobs() if self.embedded is not None else []
+        eng = self._live()
+        return eng.jobs() if eng is not None else []
 
     async def cancel_engine_job(self, job_id: str) -> dict[str, Any]:
         return await self._emb().cancel_job(job_id)
@@ -173,7 +293,7 @@ class EngineFacade:
     @property
     def has_recovery(self) -> bool:
         """Recovery hosts and plans are part of the engine; there whenever the appliance runs."""
-        return self.embedded is not None
+        return self._live() is not None
 
     def recovery_hosts(self) -> list[RecoveryHostView]:
         return self._emb().recovery_hosts() if self.has_recovery else []
@@ -261,9 +381,6 @@ class EngineFacade:
     def reports(self) -> list[ReportView]:
         return self._emb().reports() if self.has_recovery else []
 
-    def report_path(self, report_id: str) -> Path:
-        return self._emb().report_path(report_id)
-
     # vCenter ---------------------------------------------------------------------------------------------
     @property
     def has_vsphere(self) -> bool:
@@ -273,7 +390,8 @@ class EngineFacade:
     def inventory(self) -> Any:
         """The vCenter inventory snapshot: {"vcenters", "hosts", "vms", …}; each VM carries
         ``protected_machine`` and ``protection_state``. None while the appliance is stopped."""
-        return self.embedded.inventory() if self.embedded is not None else None
+        eng = self._live()
+        return eng.inventory() if eng is not None else None
 
     def machine_vcenters(self) -> dict[str, str]:
         """Protected machine → the vCenter its VM is in (machines not matched to a VM are absent)."""
@@ -284,11 +402,28 @@ class EngineFacade:
     def rpo_history(self, name: str, since: float | None = None) -> list[tuple[float, float]]:
         """The appliance's kept RPO history of ``name`` as (epoch, seconds), oldest first; [] from an engine that
         keeps none (before issue 12) or while stopped."""
-        fn = getattr(self.embedded, "rpo_history", None)
+        fn = getattr(self._live(), "rpo_history", None)
         return [(float(t), float(v)) for t, v in fn(name, since)] if fn is not None else []
 
+    async def rpo_histories(self, names: list[str], since: float | None = None) -> dict[str, list[tuple[float, float]]]:
+        """``rpo_history`` of several machines without holding the GUI loop: attached, the requests run in a worker
+        thread (RemoteAppliance's calls are thread-safe); embedded, on the loop (the engine's reads are quick)."""
+        eng = self._live()
+        if eng is None:
+            return {}
+        if not isinstance(eng, RemoteAppliance):
+            return {n: self.rpo_history(n, since) for n in names}
+
+        def fetch() -> dict[str, list[tuple[float, float]]]:
+            return {n: [(float(t), float(v)) for t, v in eng.rpo_history(n, since)] for n in names}
+        return await asyncio.to_thread(fetch)
+
+    def report_path(self, report_id: str) -> Path:
+        return Path(self._emb().report_path(report_id))
+
     def vcenters(self) -> list[dict[str, Any]]:
-        return self.embedded.vcenters() if self.embedded is not None else []
+        eng = self._live()
+        return eng.vcenters() if eng is not None else []
 
     async def register_vcenter(self, address: str, user: str, password: str, thumbprint: str, *,
                                ca_pem: str | None = None) -> Any:
@@ -330,7 +465,7 @@ class EngineFacade:
         return await self._emb().send_test_email()
 
 
-__all__ = ["EngineFacade", "Policy", "PointView", "DrillView", "CleanupView", "MachineView", "ApplianceStatus",
+__all__ = ["EngineFacade", "ApplianceUnreachable", "Policy", "PointView", "DrillView", "CleanupView", "MachineView", "ApplianceStatus",
            "JobView", "PlanActionView", "PlanGroupView", "PlanRunView", "PlanSummaryView", "PlanView", "RecoveredVMView",
            "RecoveryHostView", "RecoverySettingsView", "ReportView",
            "LifeboatError", "duration_text", "parse_duration_text", "check_window", "validate_policy",

@@ -27,6 +27,7 @@ HEALTH_ROLE = Qt.ItemDataRole.UserRole + 2   #: "ok" | "warning" | "critical" | 
 NAME_ROLE = Qt.ItemDataRole.UserRole + 3     #: the machine name, from any column
 ROW_ROLE = Qt.ItemDataRole.UserRole + 4      #: the ``MachineRow`` itself (delegates read it; no copies)
 
+STALE_COLOR = QColor("#8a8a8a")
 HEALTH_LABELS = {"ok": "OK", "warning": "Warning", "critical": "Critical", "": "Not protected"}
 HEALTH_ORDER = {"critical": 0, "warning": 1, "ok": 2, "": 3}
 
@@ -146,6 +147,20 @@ class MachineTableModel(QAbstractTableModel):
         self.sort_column = -1
         self.sort_order = Qt.SortOrder.AscendingOrder
         self.sorted_at: float | None = None   # time.monotonic() of the last sort
+        self.stale_since: float | None = None  # the link to the appliance is down since (epoch): values are old
+
+    @property
+    def stale(self) -> bool:
+        return self.stale_since is not None
+
+    def set_stale(self, since: float | None) -> None:
+        """Mark every value as old (an attached console lost its appliance) or current again. While stale, health
+        reads "Unknown" and RPO "?": the last values known are kept in brackets, never shown as current."""
+        if (since is None) == (self.stale_since is None):
+            return
+        self.stale_since = since
+        if self._rows:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self._rows) - 1, len(COLUMNS) - 1))
 
     # appearance (given by ui, which owns the resources) ---------------------------------------------------
     def set_health_style(self, icons: dict[str, QIcon], colors: dict[str, QColor]) -> None:
@@ -170,6 +185,19 @@ class MachineTableModel(QAbstractTableModel):
         if not index.isValid():
             return None
         row, col = self._rows[index.row()], index.column()
+        if self.stale_since is not None and row.protected:
+            if role == Qt.ItemDataRole.ForegroundRole:
+                return STALE_COLOR
+            if role == Qt.ItemDataRole.DisplayRole and col == HEALTH:
+                return "Unknown"
+            if role == Qt.ItemDataRole.DisplayRole and col == RPO:
+                return f"? (was {row.rpo_text})"
+            if role == Qt.ItemDataRole.DecorationRole and col == HEALTH:
+                return None
+            if role == Qt.ItemDataRole.ToolTipRole and col in (HEALTH, RPO):
+                return (f"Lost the appliance at {format_time(self.stale_since)}: the last health known was "
+                        f"{HEALTH_LABELS.get(row.health, row.health)}, RPO {row.rpo_text}; today's is unknown "
+                        "until the console reconnects")
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(row, col)
         if role == ROW_ROLE:
@@ -448,6 +476,29 @@ class RpoHistory:
         for t, v in zip(t_own.tolist(), v_own.tolist()):
             ring.append(t, v)
         return len(older)
+
+    def merge(self, machine: str, samples: Iterable[tuple[float, float]], step: float = 5.0) -> int:
+        """Add the appliance's kept samples where this console has none: all of those before our first sample (from
+        before this console ran), and in the gaps later (while the link was down) those ``step`` seconds or more
+        from any of ours. Returns how many were added."""
+        t_own, v_own = self.series(machine)
+        incoming = sorted(samples)
+        if len(t_own):
+            at = np.searchsorted(t_own, [t for t, _ in incoming])
+            keep = []
+            for (t, v), i in zip(incoming, at.tolist()):
+                near = (i < len(t_own) and t_own[i] - t < step) or (i > 0 and t - t_own[i - 1] < step)
+                if t < t_own[0] or not near:   # everything before our first sample is history we cannot have
+                    keep.append((t, v))
+        else:
+            keep = incoming
+        if not keep:
+            return 0
+        merged = sorted([*keep, *zip(t_own.tolist(), v_own.tolist())])[-self.capacity:]
+        ring = self._rings[machine] = Ring(self.capacity)
+        for t, v in merged:
+            ring.append(t, v)
+        return len(keep)
 
     def series(self, machine: str, since: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         ring = self._rings.get(machine)

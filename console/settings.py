@@ -39,7 +39,7 @@ class SettingSpec:
 
 
 SETTINGS: tuple[SettingSpec, ...] = (
-    SettingSpec("appliance/home", str, "", "Appliance home", "Folder of the embedded appliance (--home overrides)."),
+    SettingSpec("appliance/home", str, "", "Appliance home", "Folder of the appliance the console attaches to (--home overrides)."),
     SettingSpec("ui/refresh_ms", int, 500, "Table refresh (ms)",
                 "How often live machine rows are redrawn; lower is smoother, higher is lighter.", 100, 5000),
     SettingSpec("ui/rpo_history_minutes", int, 60, "RPO history (minutes)",
@@ -49,6 +49,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("ui/confirm_cleanup", bool, True, "Confirm drill clean-up",
                 "Ask before a drill's scratch data and exported images are deleted."),
     SettingSpec("ui/compact_rows", bool, False),   # the machines table's Compact toggle (remembered)
+    SettingSpec("ui/close_notice_shown", bool, False),   # "the appliance keeps running" said once (no tray)
+    SettingSpec("ui/tray_notice_shown", bool, False),    # "the console is in the tray" said once
     SettingSpec("window/geometry", bytes, b""),
     SettingSpec("window/state", bytes, b""),
     SettingSpec("window/page", int, 0),

@@ -1037,6 +1037,26 @@ async def attach_appliance(home: Path) -> RemoteAppliance:
     return remote
 
 
+def appliance_service(home: Path) -> dict[str, Any]:
+    """Whether a service runs the appliance of ``home`` here: ``{"manager": "systemd" | "none", "unit",
+    "installed", "active"}`` (blocking: a ``systemctl show``; run it in a thread from a GUI loop)."""
+    from .service.cli import installed_service
+    return installed_service(ApplianceHome(Path(home)))
+
+
+def start_appliance_service(home: Path) -> str:
+    """Start the installed service of ``home`` (blocking); returns the unit. ``LB_NO_SERVICE_MANAGER`` when none."""
+    from .service.cli import start_service
+    return start_service(ApplianceHome(Path(home)))
+
+
+def appliance_run_command(home: Path) -> list[str]:
+    """The command that runs the appliance of ``home`` in the foreground (the service unit's ExecStart):
+    ``lifeboat appliance run --home HOME``, spelled for this installation (frozen program, entry point, or module)."""
+    from .service.cli import service_command
+    return service_command(Path(home).absolute())
+
+
 async def open_appliance(home: Path, *, listen: str | None = None) -> EmbeddedAppliance:
     """Start the appliance of ``home`` in the running loop; stop it with ``await emb.stop()`` (or ``async with``)."""
     emb = EmbeddedAppliance(home, listen=listen)
@@ -1052,6 +1072,7 @@ __all__ = [
     "export_recovery_kit", "KIT_MIN_PASSPHRASE",
     # consoles attached to a running appliance (issue 16)
     "RemoteAppliance", "attach_appliance", "serve_consoles", "console_types", "ApplianceLink",
+    "appliance_service", "start_appliance_service", "appliance_run_command",
     # typed views and the policy type
     "ApplianceStatus", "MachineView", "DiskView", "ResyncView", "PointView", "RevokedView", "JobView", "DrillView",
     "CleanupView", "AlertView", "EventView", "RecoveryHostView", "RecoverySettingsView", "RecoveredVMView",

@@ -34,17 +34,21 @@ log = logging.getLogger(__name__)
 __all__ = ["RemoteAppliance", "CALL_TIMEOUT"]
 
 CALL_TIMEOUT = 30.0
+#: an async call may wait for long work (a failover returns once its VM booted; boot_timeout defaults to 300 s)
+ASYNC_CALL_TIMEOUT = 900.0
 #: a stream silent this long is dead (the appliance sends a heartbeat every 5 s)
 STREAM_SILENCE = 15.0
 
 
 class RemoteAppliance:
-    def __init__(self, home: Path, types: Mapping[str, type], *, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(self, home: Path, types: Mapping[str, type], *, timeout: float = CALL_TIMEOUT,
+                 async_timeout: float = ASYNC_CALL_TIMEOUT) -> None:
         self.home = ApplianceHome(Path(home))
         self.cfg = self.home.load_config()
         self.port = int(self.cfg["control_port"])
         self.types = types
         self.timeout = timeout
+        self.async_timeout = async_timeout
         self.ctx = net.client_context(self.home.ca_cert, self.home.admin_cert, self.home.admin_key)
         self.calls: dict[str, str] = {}
         self.hello: dict[str, Any] = {}
@@ -79,8 +83,11 @@ class RemoteAppliance:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One console call, blocking (the caller's thread)."""
+        return self._call(method, args, kwargs, None)
+
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         data = self._request("POST", "/v1/console/call", {"method": method, "args": rpc_codec.encode(list(args)),
-                                                          "kwargs": rpc_codec.encode(kwargs)})
+                                                          "kwargs": rpc_codec.encode(kwargs)}, timeout)
         return rpc_codec.decode(data.get("result"), self.types)
 
     def __getattr__(self, name: str) -> Any:
@@ -91,7 +98,7 @@ class RemoteAppliance:
             return self.call(name)
         if kind == "async":
             async def acall(*args: Any, **kwargs: Any) -> Any:
-                return await asyncio.to_thread(self.call, name, *args, **kwargs)
+                return await asyncio.to_thread(self._call, name, args, kwargs, self.async_timeout)
             acall.__name__ = name
             return acall
 
@@ -133,6 +140,11 @@ class RemoteAppliance:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def refresh_hello(self) -> dict[str, Any]:
+        """Ask again what ``hello`` told at attach (``consoles`` attached now, this one included; ``can_stop``)."""
+        self.hello = self._request("GET", "/v1/console/hello", None, 10.0)
+        return self.hello
 
     def stop_appliance(self, reason: str) -> None:
         """Ask the appliance to stop (it drains, then exits); Conflict when its program does not allow it."""

@@ -100,13 +100,13 @@ class DesktopNotifier(QObject):
     tray, otherwise the in-app banner (``notes``). ``sent`` records (channel, title) for tests and diagnostics."""
 
     def __init__(self, notes: NotificationCenter, parent: QWidget | None = None, *,
-                 tray: bool | None = None) -> None:
+                 tray: bool | None = None, icon: QSystemTrayIcon | None = None) -> None:
         super().__init__(parent)
         self.notes = notes
         self.sent: list[tuple[str, str]] = []
         use_tray = QSystemTrayIcon.isSystemTrayAvailable() if tray is None else tray
-        self.tray: QSystemTrayIcon | None = None
-        if use_tray:
+        self.tray: QSystemTrayIcon | None = icon   # an attached console's health tray icon, when it has one
+        if self.tray is None and use_tray:
             self.tray = QSystemTrayIcon(theme.icon("app"), self)
             self.tray.setToolTip("Lifeboat")
             self.tray.show()

@@ -41,8 +41,10 @@ def service_command(home: Path) -> list[str]:
     """How the service starts the appliance: the frozen ``lifeboat`` program, the installed entry point, or this
     Python with ``-m engine.cli``."""
     args = ["appliance", "run", "--home", str(home)]
-    if getattr(sys, "frozen", False):
-        return [sys.executable, *args]
+    if getattr(sys, "frozen", False):   # the bundle holds lifeboat beside lifeboat-console (a console asks too)
+        frozen = Path(sys.executable)
+        cli = frozen.with_name("lifeboat" + frozen.suffix)
+        return [str(cli if cli.exists() else frozen), *args]
     exe = shutil.which("lifeboat")
     if exe and Path(exe).resolve().parent == Path(sys.executable).resolve().parent:
         return [str(Path(exe).resolve()), *args]
@@ -150,6 +152,29 @@ def status(home: ApplianceHome) -> dict[str, Any]:
             "enabled": shown.get("UnitFileState") == "enabled", "active": shown.get("ActiveState") == "active",
             "restarts": int(shown.get("NRestarts") or 0), "pid": pid if alive else None, "running": alive,
             "control_api": api}
+
+
+def installed_service(home: ApplianceHome) -> dict[str, Any]:
+    """The service of this home as a console sees it before starting anything (no control API call, quick):
+    ``{"manager": "systemd" | "none", "unit", "installed", "active"}``. ``installed`` only where systemd runs."""
+    name = systemd.unit_name(home.load_config()["appliance_id"])
+    if not systemd.available():
+        return {"manager": "none", "unit": name, "installed": False, "active": False}
+    shown = systemd.show(name)
+    return {"manager": "systemd", "unit": name, "installed": (systemd.UNIT_DIR / name).exists(),
+            "active": shown.get("ActiveState") == "active"}
+
+
+def start_service(home: ApplianceHome) -> str:
+    """Start the installed service of this home (``systemctl start``); returns the unit's name."""
+    info = installed_service(home)
+    if not info["installed"]:
+        raise NoServiceManager(f"no service is installed for {home.root}")
+    r = systemd.systemctl("start", info["unit"], timeout=120)
+    if r.returncode:
+        raise LifeboatError(f"systemctl start {info['unit']} failed: {r.stderr.strip()}", code="LB_SERVICE",
+                            advice="See `journalctl -u " + info["unit"] + "`.")
+    return str(info["unit"])
 
 
 def cmd_status(a: argparse.Namespace) -> int:

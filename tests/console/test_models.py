@@ -98,3 +98,26 @@ def test_bridge_coalesces_statuses_and_routes_events(qapp, qtbot) -> None:
     bridge.detach()
     bus.emit(_status(1))
     assert len(got["each"]) == 9
+
+
+def test_rpo_history_merge_fills_the_past_and_the_gaps_only() -> None:
+    """An attached console's graph: the appliance's kept samples (5 s steps) go before the console's own and into a
+    gap (the link was down), never on top of samples the console has."""
+    h = RpoHistory(minutes=60)
+    for t in (*range(100, 111), *range(140, 151)):   # own samples, 1 Hz, a 29 s gap between 110 and 140
+        h.append("vm1", float(t), 1.0)
+    kept = [(float(t), 9.0) for t in range(50, 201, 5)]
+    added = h.merge("vm1", kept)
+    t, v = h.series("vm1")
+    assert list(t) == sorted(t) and len(t) == 22 + added
+    assert [x for x, y in zip(t, v) if y == 9.0] == [*range(50, 100, 5), *range(115, 136, 5), *range(155, 201, 5)]
+    assert h.merge("vm1", kept) == 0   # merging the same again adds nothing
+    st = MachineTableModel()
+    st.set_inventory(ApplianceStatus.from_dict({"machines": [{"name": "vm1", "state": "protected", "health": "ok",
+                                                              "rpo_seconds": 2.0}]}))
+    idx = st.index(0, HEALTH)
+    assert st.data(idx) == "OK"
+    st.set_stale(123.0)   # the link is lost: nothing reads as current
+    assert st.data(idx) == "Unknown" and st.data(st.index(0, RPO)).startswith("? (was 2.0 s")
+    st.set_stale(None)
+    assert st.data(idx) == "OK"

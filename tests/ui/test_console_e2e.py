@@ -223,7 +223,7 @@ async def test_console_end_to_end(qtbot, tmp_path: Path, screenshot, console_set
         win.close()
         await closed
         assert not ctx.facade.running
-        assert console_settings.get("window/page") == 7  # window state remembered (Settings, the last page)
+        assert console_settings.get("window/page") == 8  # window state remembered (Settings, the last page)
     finally:
         if agent is not None:
             await agent.stop()

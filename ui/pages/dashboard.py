@@ -133,6 +133,11 @@ class DashboardPage(QWidget):
         self._timer.timeout.connect(self.refresh)
         ctx.statuses_applied.connect(self._schedule)
         ctx.inventory_refreshed.connect(self._schedule)
+        ctx.link_changed.connect(self._on_link)
+
+    def _on_link(self, *_: object) -> None:
+        if self.isVisible():   # lost: the counts turn "?" at once; back: the fresh ones
+            self.refresh()
 
     def _schedule(self, *_: object) -> None:
         if self.isVisible() and not self._timer.isActive():
@@ -144,11 +149,18 @@ class DashboardPage(QWidget):
 
     def refresh(self) -> None:
         counts = self.ctx.machines.health_counts()
+        stale = self.ctx.machines.stale   # an attached console lost its appliance: no count is current
         for key, tile in self.tiles.items():
-            tile.set(str(counts.get(key, 0)))
+            tile.set("?" if stale and key != "" else str(counts.get(key, 0)))
         worst = self.ctx.machines.worst()
-        self.worst.set(format_seconds(worst.rpo) if worst else "—")
-        self.worst_name.setText(worst.name if worst else "no protected machine")
+        if stale:
+            self.worst.set("?")
+            theme.set_health(self.worst.value, "", "?")
+            self.worst_name.setText("unknown: lost the appliance")
+            worst = None
+        if not stale:
+            self.worst.set(format_seconds(worst.rpo) if worst else "—")
+            self.worst_name.setText(worst.name if worst else "no protected machine")
         if worst:
             theme.set_health(self.worst.value, worst.health, format_seconds(worst.rpo))
             self.threshold.setValue(worst.rpo_threshold)

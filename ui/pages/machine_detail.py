@@ -113,6 +113,7 @@ class MachineDetail(QWidget):
         ctx.inventory_refreshed.connect(self._show_guide)
         ctx.appliance_started.connect(self._show_guide)
         ctx.bridge.point_created.connect(self._on_point)
+        ctx.histories_loaded.connect(self._on_histories)
         ctx.recovery.vms_changed.connect(self.refresh_failover)
         ctx.jobs.finished.connect(lambda _j: self.refresh_failover())
 
@@ -169,6 +170,10 @@ class MachineDetail(QWidget):
             if not self._redraw.isActive():
                 self._redraw.start()
 
+    def _on_histories(self, names: set[str]) -> None:
+        if self.machine in names:   # the appliance's kept history arrived: the graph shows the past too
+            self.redraw_graph()
+
     def _on_point(self, ev: PointCreated) -> None:
         if ev.machine == self.machine:
             self.graph.add_point(ev.time, ev.kind)
@@ -199,13 +204,18 @@ class MachineDetail(QWidget):
         self.facts["Resync"].setText(row.resync_text)
         if row.last_point_time and not self.facts["Last point"].text().startswith(format_time(row.last_point_time)):
             self.facts["Last point"].setText(format_time(row.last_point_time))
+        if self.ctx.machines.stale and row.protected:   # the link is lost: nothing here is current
+            self.health_icon.clear()
+            theme.set_health(self.health, "", "Unknown (lost the appliance)")
+            self.facts["RPO"].setText(f"? (was {self.facts['RPO'].text()})")
 
     def refresh_details(self) -> None:
         """Policy, agent, points, drill and disks (from ``machine_status``; every inventory refresh)."""
         name = self.machine
         self._update_header()
-        if not name or not self.ctx.facade.running:
-            self.disks.setRowCount(0)
+        if not name or not self.ctx.facade.running or not self.ctx.link_up:
+            if not self.ctx.facade.running:
+                self.disks.setRowCount(0)
             return
         try:
             st = self.ctx.facade.machine_status(name)

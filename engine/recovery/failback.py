@@ -952,7 +952,8 @@ class FailbackService:
         await self.manager.wait(job.id)
         if job.state != JobState.SUCCEEDED:
             raise self._job_error(job)
-        self._set_state(machine, "reenabled", reenabled_at=time.time())
+        if machine in self.records:   # (with --remove-recovered the record went with the failover's folder)
+            self._set_state(machine, "reenabled", reenabled_at=time.time())
         self.state.event("reenabled", machine)
         return {"machine": machine, "job": job.to_dict(), "state": self.state.row(machine)["state"]}
 

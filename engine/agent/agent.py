@@ -299,6 +299,7 @@ class Agent:
             link.write_json(Frame.MT_ACK, {"open": session, "acked": mt.open(session)})
             last_hb = 0.0
             last_heard = time.monotonic()
+            last_rx = link.received
             while True:
                 now = time.monotonic()
                 if now - last_hb >= 1.0:   # answered by the process server: the link's liveness
@@ -309,6 +310,8 @@ class Agent:
                     next_frame = asyncio.ensure_future(link.read_frame())
                 done, _ = await asyncio.wait({next_frame}, timeout=1.0)
                 if not done:
+                    if link.received != last_rx:   # a slow link is not a stalled one: a batch is still arriving
+                        last_rx, last_heard = link.received, time.monotonic()
                     if time.monotonic() - last_heard > LINK_TIMEOUT:
                         next_frame.cancel()
                         raise TimeoutError(f"no frame from the process server for {LINK_TIMEOUT:.0f}s "

@@ -8,7 +8,6 @@ original disk equals the recovered VM's disk at shutdown, byte for byte."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import random
 import signal

@@ -6,8 +6,8 @@ panel shows where the operator left off after a console or appliance restart."""
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import (QFrame, QGroupBox, QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QFrame, QGroupBox, QHBoxLayout, QLabel, QMessageBox, QPushButton, QSizePolicy,
+                               QVBoxLayout, QWidget)
 
 from console.context import ConsoleContext
 from console.failback import STEP_KINDS, TITLES, FailbackModel, StepperState
@@ -26,6 +26,7 @@ class StepBox(QGroupBox):
         self.status.setAccessibleName(f"{kind} status")
         self.prereq = QLabel("")
         self.prereq.setWordWrap(True)
+        self.prereq.setMinimumHeight(self.prereq.fontMetrics().lineSpacing() * 4)
         lay = QVBoxLayout(self)
         lay.addWidget(self.status)
         lay.addWidget(self.prereq)
@@ -42,6 +43,8 @@ class FailbackPanel(QFrame):
         super().__init__(parent)
         self.ctx = ctx
         self.setFrameShape(QFrame.Shape.StyledPanel)
+        # never squeezed below its text (the graph under it gives way)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self.model = FailbackModel(ctx.facade, ctx.jobs, ctx.notes, self, interval_ms=interval_ms)
         self.model.changed.connect(self.show_state)
         self.dialog: QMessageBox | None = None

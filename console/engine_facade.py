@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.api import (Appliance, ApplianceLink, ApplianceStatus, ApplianceUnreachable, CleanupView, Conflict,
-                        DrillView, EmbeddedAppliance, Event, JobView, LifeboatError, MachineView, NotReady,
+                        DrillView, EmbeddedAppliance, Event, FailbackView, JobView, LifeboatError, MachineView, NotReady,
                         PlanActionView, PlanGroupView, PlanRunView, PlanSummaryView, PlanView, PointView, Policy,
                         RecoveredVMView, RecoveryHostView, RecoverySettingsView, RemoteAppliance, ReportView,
                         console_types, format_duration, format_size, is_initialised, parse_address, parse_duration,
@@ -326,6 +326,22 @@ class EngineFacade:
 
     async def cancel_failover(self, machine: str) -> dict[str, Any]:
         return await self._emb().cancel_failover(machine)
+
+    # failback (issue 14) ------------------------------------------------------------------------------------------
+    def failback_state(self, machine: str) -> FailbackView | None:
+        """The reverse direction of a failed-over machine (None: never reprotected, or removed after re-enable)."""
+        if not self.has_recovery:
+            return None
+        return self._emb().failback_state(machine)
+
+    async def reprotect(self, machine: str, *, to_disks: dict[str, str] | None = None) -> JobView:
+        return await self._emb().reprotect(machine, to_disks=to_disks)
+
+    async def failback(self, machine: str, *, shutdown_timeout: float = 120.0) -> JobView:
+        return await self._emb().failback(machine, shutdown_timeout=shutdown_timeout)
+
+    async def reenable(self, machine: str, *, remove_recovered: bool = False) -> dict[str, Any]:
+        return await self._emb().reenable(machine, remove_recovered=remove_recovered)
 
     def plans(self) -> list[PlanSummaryView]:
         return self._emb().plans() if self.has_recovery else []

@@ -401,6 +401,41 @@ class RecoveredVMView:
 
 
 @dataclass(frozen=True, slots=True)
+class FailbackView:
+    """The reverse direction of a failed-over machine (issue 14; ``lifeboat status``'s ``failback`` object):
+    ``state`` reprotecting | reprotected | failing-back | failed-back | reenabled; ``target`` ``{"kind": "original"
+    | "disks", "disks": {name: path}}``; ``target_connected`` whether the master target is linked now; ``seeded``
+    whether the seed (the full compare) is done; bytes compared and sent (``data_bytes_sent`` of them data), the
+    blocks still to send, ``progress`` 0..1, ``eta_seconds`` and ``rpo_seconds`` of the reverse replication;
+    ``error`` an error object or None."""
+    machine: str
+    state: str
+    target_kind: str = "original"
+    target_disks: Mapping[str, str] | None = None
+    target_connected: bool = False
+    seeded: bool = False
+    progress: float = 0.0
+    eta_seconds: float | None = None
+    rpo_seconds: float | None = None
+    blocks_pending: int | None = None
+    bytes_compared: int = 0
+    bytes_sent: int = 0
+    data_bytes_sent: int = 0
+    last_idle_at: float | None = None
+    error: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, machine: str, d: Mapping[str, Any]) -> FailbackView:
+        t = d.get("target") or {}
+        bp = d.get("blocks_pending")
+        return cls(machine, str(d.get("state") or ""), str(t.get("kind") or "original"), dict(t.get("disks") or {}),
+                   bool(d.get("target_connected")), bool(d.get("seeded")), float(d.get("progress") or 0.0),
+                   _opt_float(d.get("eta_seconds")), _opt_float(d.get("rpo_seconds")),
+                   None if bp is None else int(bp), int(d.get("bytes_compared") or 0), int(d.get("bytes_sent") or 0),
+                   int(d.get("data_bytes_sent") or 0), _opt_float(d.get("last_idle_at")), d.get("error"))
+
+
+@dataclass(frozen=True, slots=True)
 class PlanActionView:
     """A plan action: ``kind`` script (``path``, ``timeout`` seconds) or manual (``text``, the operator's
     instruction the run pauses with)."""
@@ -821,6 +856,37 @@ class EmbeddedAppliance:
         """Stop and remove the recovered VM, discard its overlay; the machine is protected again."""
         return await self._failover().cancel(machine)
 
+    # failback (issue 14): reprotect, fail back, re-enable ---------------------------------------------------------
+    def _failback(self) -> Any:
+        fb = self.appliance.failback
+        if fb is None:
+            raise Conflict("the appliance is not running", advice="Start it first.")
+        return fb
+
+    def failback_state(self, machine: str) -> FailbackView | None:
+        """The reverse direction of ``machine`` (None: never reprotected, or its record removed with the recovered
+        VM after re-enable)."""
+        d = self._failback().failback_of(machine)
+        return None if d is None else FailbackView.from_dict(machine, d)
+
+    async def reprotect(self, machine: str, *, to_disks: Mapping[str, str] | None = None) -> JobView:
+        """Replicate the recovered VM back: to the original disks (its agent), or with ``to_disks`` (disk name →
+        a path that does not exist yet) to new disks. Returns the ``reprotect`` job once the seed is done; refusals:
+        ``LB_NOT_FAILED_OVER``, ``LB_ALREADY_REPROTECTED``, ``LB_TARGET_TOO_SMALL``, ``LB_ORIGINAL_UNREACHABLE`` …"""
+        disks = {n: Path(p) for n, p in (to_disks or {}).items()}
+        return JobView.from_dict((await self._failback().reprotect(machine, to_disks=disks or None)).to_dict())
+
+    async def failback(self, machine: str, *, shutdown_timeout: float = 120.0) -> JobView:
+        """Shut the recovered VM down (forced after ``shutdown_timeout``), send the rest (RPO 0), flush and release
+        the target. Refusals: ``LB_NOT_REPROTECTED``, ``LB_ORIGINAL_UNREACHABLE``, ``LB_FAILED_BACK``."""
+        return JobView.from_dict((await self._failback().failback(machine,
+                                                                  shutdown_timeout=shutdown_timeout)).to_dict())
+
+    async def reenable(self, machine: str, *, remove_recovered: bool = False) -> dict[str, Any]:
+        """Forward protection again (only blocks that differ from the vault are sent); ``remove_recovered``: the
+        recovered VM, its overlay and images go too. ``{"machine", "job", "state"}``."""
+        return await self._failback().reenable(machine, remove_recovered=remove_recovered)
+
     def plans(self) -> list[PlanSummaryView]:
         return [PlanSummaryView.from_dict(p) for p in self._plans().plans()]
 
@@ -1076,7 +1142,7 @@ __all__ = [
     # typed views and the policy type
     "ApplianceStatus", "MachineView", "DiskView", "ResyncView", "PointView", "RevokedView", "JobView", "DrillView",
     "CleanupView", "AlertView", "EventView", "RecoveryHostView", "RecoverySettingsView", "RecoveredVMView",
-    "PlanActionView", "PlanGroupView", "PlanRunView", "PlanView", "PlanSummaryView", "ReportView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "format_size", "parse_size",
+    "PlanActionView", "PlanGroupView", "PlanRunView", "PlanView", "PlanSummaryView", "ReportView", "FailbackView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "format_size", "parse_size",
     "parse_window", "health_for", "parse_address",
     # events
     "Event", "EventBus", "MachineStatus", "PointCreated", "JobProgress", "JobChanged", "Alert",

@@ -206,12 +206,16 @@ class Agent:
         delay = 0.5
         while True:
             self._welcomed = False
+            failed_over = False
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except LifeboatError as exc:
                 self.last_error = exc.to_dict()
+                # a failed-over machine: the appliance takes this agent again for reprotect (as master target) or
+                # re-enable; retry every few seconds so those start promptly (a handshake costs little)
+                failed_over = exc.code == "LB_FAILED_OVER"
                 log.warning("replication link: %s", exc)
             except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 self.last_error = {"code": "LB_LINK_DOWN", "message": str(exc) or type(exc).__name__}
@@ -223,7 +227,7 @@ class Agent:
             if self._welcomed:
                 delay = 0.5   # the link worked: a blip gets a prompt reconnect, not the accumulated backoff
             await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: no reconnect storms
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, 2.0 if failed_over else 30.0)
 
     async def _session(self) -> None:
         host = self.cfg["appliance"][0]
@@ -299,6 +303,7 @@ class Agent:
             link.write_json(Frame.MT_ACK, {"open": session, "acked": mt.open(session)})
             last_hb = 0.0
             last_heard = time.monotonic()
+            last_rx = link.received
             while True:
                 now = time.monotonic()
                 if now - last_hb >= 1.0:   # answered by the process server: the link's liveness
@@ -309,6 +314,8 @@ class Agent:
                     next_frame = asyncio.ensure_future(link.read_frame())
                 done, _ = await asyncio.wait({next_frame}, timeout=1.0)
                 if not done:
+                    if link.received != last_rx:   # a slow link is not a stalled one: a batch is still arriving
+                        last_rx, last_heard = link.received, time.monotonic()
                     if time.monotonic() - last_heard > LINK_TIMEOUT:
                         next_frame.cancel()
                         raise TimeoutError(f"no frame from the process server for {LINK_TIMEOUT:.0f}s "

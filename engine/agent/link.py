@@ -66,6 +66,7 @@ class Link:
         self._out: collections.deque[bytes | memoryview] = collections.deque()
         self._lock = threading.Lock()
         self.queued = 0                  # bytes queued here and not yet handed to TLS
+        self.received = 0                # bytes read from the socket (a large frame arriving is progress too)
         self._poked = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -218,6 +219,7 @@ class Link:
                 eof = True
                 break
             self._bio_in.write(data)
+            self.received += len(data)
             got = True
         if got:
             self._decrypt(rbuf)

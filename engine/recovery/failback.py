@@ -354,6 +354,8 @@ class Reverse:
                         self.st.get("acked"))
             self.changes.mark_all()
         self.st["acked"] = max(acked, int(self.st.get("acked", 0)))
+        # batch ids only grow, also after a kill of this side that lost its last counters (saved per chunk)
+        self.st["sent"] = max(int(self.st.get("sent", 0)), self.st["acked"])
         self.st["error"] = None
         while not self._stopping:
             taken = self.changes.dirty.take_chunk(CHUNK_BLOCKS)
@@ -381,6 +383,8 @@ class Reverse:
             if not self.st.get("seeded"):
                 self.st["seeded"] = True
                 self.st["seeded_at"] = time.time()
+                if self.st.get("state") == REPROTECTING:   # (also when a restart resumed the seed without its job)
+                    self.st["state"] = REPROTECTED
             self.save()
         self.rate_t0, self.rate_done = time.monotonic(), 0
 
@@ -815,11 +819,11 @@ class FailbackService:
                                "data_bytes_sent": st["data_bytes_sent"], "rpo_seconds": 0.0})
 
         async def release(ctx: StepContext) -> None:
+            await rep.drained()
             target = rep.target
             if target is None:
                 raise SourceUnreachable("the original site disconnected before the final flush",
                                         code="LB_ORIGINAL_UNREACHABLE", advice="Fail back again once it is back.")
-            await rep.drained()
             await rep.stop()
             rep.releasing = True
             try:
@@ -952,7 +956,8 @@ class FailbackService:
         await self.manager.wait(job.id)
         if job.state != JobState.SUCCEEDED:
             raise self._job_error(job)
-        self._set_state(machine, "reenabled", reenabled_at=time.time())
+        if machine in self.records:   # (with --remove-recovered the record went with the failover's folder)
+            self._set_state(machine, "reenabled", reenabled_at=time.time())
         self.state.event("reenabled", machine)
         return {"machine": machine, "job": job.to_dict(), "state": self.state.row(machine)["state"]}
 

@@ -100,9 +100,11 @@ class OverlayBackend:
         if not len(data):
             return
         async with self._lock:
+            await self._materialise(offset, len(data))
+            # (after the await: between the change map's mark and the write nothing may run, or failback's reverse
+            # replication could take the block, read the old content and clear it before the new one lands)
             if self.on_write is not None:
                 self.on_write(offset, len(data))
-            await self._materialise(offset, len(data))
             platform.pwrite(self.fd, data, offset)
             first, last = offset // BLOCK, (offset + len(data) - 1) // BLOCK
             self.present[first:last + 1] = b"\x01" * (last + 1 - first)

@@ -20,6 +20,7 @@ from console.models import format_seconds, format_time
 from .. import forms, theme
 from ..empty_state import AgentGuide
 from ..recovery_dialogs import MachineFailoverDialog, PointDialog, confirm
+from ..failback_panel import FailbackPanel
 from ..rpo_graph import WINDOW_SECONDS, RpoGraph
 
 
@@ -92,6 +93,8 @@ class MachineDetail(QWidget):
         lay.addLayout(head)
         lay.addLayout(grid)
         lay.addLayout(fo_row)
+        self.failback = FailbackPanel(ctx, self)   # issue 14: the failback stepper of a failed-over machine
+        lay.addWidget(self.failback)
         lay.addWidget(self.graph, 1)
         form = QFormLayout()
         self.disks_label = QLabel("Disks:")
@@ -124,6 +127,7 @@ class MachineDetail(QWidget):
         self.disks_label.setVisible(not on)
 
     def show_machine(self, name: str | None) -> None:
+        self.failback.set_machine(name)
         if name != self.machine:   # nothing of the previous selection may stay on screen
             self.status = None
             for lab in self.facts.values():

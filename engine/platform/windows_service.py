@@ -21,6 +21,7 @@ if sys.platform == "win32":
     import logging
     import logging.handlers
 
+    import pywintypes
     import servicemanager
     import win32service
     import win32serviceutil
@@ -37,18 +38,22 @@ if sys.platform == "win32":
                         "restart/5000/restart/5000/restart/5000"], check=False, capture_output=True)
         win32serviceutil.StartService(name)
 
-    def remove(name: str) -> None:
+    def remove(name: str) -> bool:
+        """Stop the service (its drain has up to 90 s) and remove it; False when it was not installed."""
+        if not query(name):
+            return False
         try:
             win32serviceutil.StopService(name)
             win32serviceutil.WaitForServiceStatus(name, win32service.SERVICE_STOPPED, 90)
-        except Exception:  # not running
+        except pywintypes.error:  # not running
             pass
         win32serviceutil.RemoveService(name)
+        return True
 
     def query(name: str) -> dict[str, str]:
         try:
             state = win32serviceutil.QueryServiceStatus(name)[1]
-        except Exception:
+        except pywintypes.error:   # ERROR_SERVICE_DOES_NOT_EXIST
             return {}
         names = {win32service.SERVICE_RUNNING: "active", win32service.SERVICE_STOPPED: "inactive",
                  win32service.SERVICE_START_PENDING: "activating", win32service.SERVICE_STOP_PENDING: "deactivating"}
@@ -77,4 +82,6 @@ if sys.platform == "win32":
         servicemanager.StartServiceCtrlDispatcher()
 
     def event_log_handler(name: str) -> logging.Handler:
-        return logging.handlers.NTEventLogHandler(name)
+        """The Application event log, source ``name``. Its message file is pywin32's ``win32service`` module (the
+        stdlib's default guesses the path from ``win32evtlogutil.__file__``, which is wrong in a frozen bundle)."""
+        return logging.handlers.NTEventLogHandler(name, dllname=win32service.__file__)

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Callable
 
-__all__ = ["install", "remove", "query", "host", "event_log_handler"]
+__all__ = ["install", "remove", "start", "query", "host", "event_log_handler"]
 
 if sys.platform == "win32":
     import logging
@@ -49,6 +49,11 @@ if sys.platform == "win32":
             pass
         win32serviceutil.RemoveService(name)
         return True
+
+    def start(name: str) -> None:
+        """Start the installed service and wait (up to 60 s) until the service manager reports it running."""
+        win32serviceutil.StartService(name)
+        win32serviceutil.WaitForServiceStatus(name, win32service.SERVICE_RUNNING, 60)
 
     def query(name: str) -> dict[str, str]:
         try:

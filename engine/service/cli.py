@@ -159,17 +159,30 @@ def status(home: ApplianceHome) -> dict[str, Any]:
         api["reachable"] = True
     except LifeboatError as exc:
         api.update(reachable=False, error=exc.to_dict())
-    return {"home": str(home.root), "appliance_id": cfg["appliance_id"],
-            "manager": "systemd" if systemd.available() else "none", "unit": name,
-            "installed": (systemd.UNIT_DIR / name).exists(),
-            "enabled": shown.get("UnitFileState") == "enabled", "active": shown.get("ActiveState") == "active",
-            "restarts": int(shown.get("NRestarts") or 0), "pid": pid if alive else None, "running": alive,
-            "control_api": api}
+    out = {"home": str(home.root), "appliance_id": cfg["appliance_id"],
+           "manager": "systemd" if systemd.available() else "none", "unit": name,
+           "installed": (systemd.UNIT_DIR / name).exists(),
+           "enabled": shown.get("UnitFileState") == "enabled", "active": shown.get("ActiveState") == "active",
+           "restarts": int(shown.get("NRestarts") or 0), "pid": pid if alive else None, "running": alive,
+           "control_api": api}
+    if sys.platform == "win32":   # the Windows service manager's view (automatic start: enabled when installed)
+        svc = installed_service(home)
+        out.update(manager=svc["manager"], unit=svc["unit"], installed=svc["installed"], enabled=svc["installed"],
+                   active=svc["active"], restarts=0)
+    return out
 
 
 def installed_service(home: ApplianceHome) -> dict[str, Any]:
     """The service of this home as a console sees it before starting anything (no control API call, quick):
-    ``{"manager": "systemd" | "none", "unit", "installed", "active"}``. ``installed`` only where systemd runs."""
+    ``{"manager": "systemd" | "windows" | "none", "unit", "installed", "active"}`` (``unit``: the systemd unit or
+    the Windows service's name). ``installed`` only where a service manager runs."""
+    if sys.platform == "win32":
+        from ..platform import windows_service
+        from .windows import service_name
+        name = service_name(home.root.resolve())
+        state = windows_service.query(name)
+        return {"manager": "windows", "unit": name, "installed": bool(state),
+                "active": state.get("ActiveState") == "active"}
     name = systemd.unit_name(home.load_config()["appliance_id"])
     if not systemd.available():
         return {"manager": "none", "unit": name, "installed": False, "active": False}
@@ -179,10 +192,15 @@ def installed_service(home: ApplianceHome) -> dict[str, Any]:
 
 
 def start_service(home: ApplianceHome) -> str:
-    """Start the installed service of this home (``systemctl start``); returns the unit's name."""
+    """Start the installed service of this home (``systemctl start``; on Windows the service manager's Start);
+    returns the unit's (the service's) name."""
     info = installed_service(home)
     if not info["installed"]:
         raise NoServiceManager(f"no service is installed for {home.root}")
+    if sys.platform == "win32":
+        from ..platform import windows_service
+        windows_service.start(str(info["unit"]))
+        return str(info["unit"])
     r = systemd.systemctl("start", info["unit"], timeout=120)
     if r.returncode:
         raise LifeboatError(f"systemctl start {info['unit']} failed: {r.stderr.strip()}", code="LB_SERVICE",
@@ -198,7 +216,7 @@ def cmd_status(a: argparse.Namespace) -> int:
             + f"\n  service {s['unit']}: " + (("installed" + (", enabled" if s["enabled"] else "")
                                                 + (", active" if s["active"] else ", inactive"))
                                                if s["installed"] else "not installed")
-            + ("" if s["manager"] == "systemd" else " (systemd does not run this machine)"))
+            + ("" if s["manager"] != "none" else " (systemd does not run this machine)"))
     _out(s, text, a.json)
     return 0 if s["running"] and api["reachable"] else 3
 

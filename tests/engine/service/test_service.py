@@ -144,3 +144,4 @@ def test_install_service_init_makes_the_home_once(tmp_path: Path) -> None:
     r = lifeboat(*args)
     assert r.returncode == 0, r.stderr
     assert json.loads((home / "appliance.json").read_text())["appliance_id"] == aid, "an existing home was replaced"
+

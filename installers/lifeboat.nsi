@@ -133,6 +133,7 @@ Function .onInit
     Abort
   ${EndIf}
   SetRegView 64  ; a 64-bit program: its keys belong in the 64-bit registry view, not WOW6432Node
+  Call ServiceOption
 FunctionEnd
 
 Function un.onInit
@@ -198,6 +199,16 @@ Section "Appliance service" SecService
       $\"$INSTDIR\${CLI_EXE}$\" appliance install-service --home $\"${APPLIANCE_HOME}$\" --init" /SD IDOK
   ${EndIf}
 SectionEnd
+
+; `setup.exe /S /NOSERVICE`: a silent install without the appliance service (a computer that only runs a console).
+Function ServiceOption
+  ${GetParameters} $R0
+  ClearErrors
+  ${GetOptions} $R0 "/NOSERVICE" $R1
+  ${IfNot} ${Errors}
+    SectionSetFlags ${SecService} 0
+  ${EndIf}
+FunctionEnd
 
 LangString DESC_SecMain ${LANG_ENGLISH} "The Lifeboat console and command line."
 LangString DESC_SecService ${LANG_ENGLISH} "Run the appliance on this computer as a Windows service (home in \

@@ -75,6 +75,10 @@ def test_the_installer_installs_starts_and_removes_the_service() -> None:
     assert un.index("appliance uninstall-service") < un.index(r'Delete "$INSTDIR\${CLI_EXE}"')
     assert "APPLIANCE_HOME" not in re.sub(r"'[^']*'", "", un) and "DATA_DIR" not in un
     assert not re.search(r"RMDir[^\n]*(APPDATA|DATA_DIR|APPLIANCE_HOME)", text)
+    # `/S /NOSERVICE`: a silent console-only install leaves the service out.
+    assert re.search(r'\$\{GetOptions\} \$R0 "/NOSERVICE" \$R1\s+\$\{IfNot\} \$\{Errors\}\s+SectionSetFlags '
+                     r'\$\{SecService\} 0', text)
+    assert re.search(r"Function \.onInit\n(?:(?!FunctionEnd).)*Call ServiceOption", text, re.S)
 
 
 def test_every_command_the_installer_runs_exists() -> None:

@@ -20,6 +20,7 @@ __all__ = ["install", "remove", "start", "query", "host", "event_log_handler"]
 if sys.platform == "win32":
     import logging
     import logging.handlers
+    import os
 
     import pywintypes
     import servicemanager
@@ -33,9 +34,11 @@ if sys.platform == "win32":
         exe, args = command[0], subprocess.list2cmdline(command[1:])
         win32serviceutil.InstallService(None, name, display, startType=win32service.SERVICE_AUTO_START,
                                         exeName=exe, exeArgs=args, description=description)
-        # sc.exe failure: restart after 5 s, three times, counter reset after a day
+        # sc.exe failure: restart after 5 s, three times, counter reset after a day; failureflag 1: also when the
+        # process ends with an error code after reporting stopped, not only when it vanishes
         subprocess.run(["sc.exe", "failure", name, "reset=", "86400", "actions=",
                         "restart/5000/restart/5000/restart/5000"], check=False, capture_output=True)
+        subprocess.run(["sc.exe", "failureflag", name, "1"], check=False, capture_output=True)
         win32serviceutil.StartService(name)
 
     def remove(name: str) -> bool:
@@ -79,7 +82,14 @@ if sys.platform == "win32":
             def SvcDoRun(self) -> None:
                 servicemanager.LogInfoMsg(f"{name} starting")
                 self.ReportServiceStatus(win32service.SERVICE_RUNNING)
-                body(stop)
+                try:
+                    body(stop)
+                except BaseException as exc:
+                    # A body that fails is a crash: end without reporting SERVICE_STOPPED, so that the service
+                    # manager counts a failure and its recovery actions (install: restart after 5 s) apply. A clean
+                    # return (Stop from the manager or a console's explicit Stop) is a stop, never restarted.
+                    servicemanager.LogErrorMsg(f"{name} failed: {exc!r}; the service manager will restart it")
+                    os._exit(1)
                 servicemanager.LogInfoMsg(f"{name} stopped")
 
         servicemanager.Initialize()

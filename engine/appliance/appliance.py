@@ -51,7 +51,7 @@ from .alerts import AlertStore
 from .bookmarks import ScheduledBookmarks
 from .capacity import Capacity, ConfigReserve
 from .console_link import ConsoleLink
-from .config_backups import CHECK_SECONDS as CONFIG_BACKUP_CHECK, ConfigBackups, resync_after_restore
+from .config_backups import CHECK_SECONDS as CONFIG_BACKUP_CHECK, ConfigBackups, kit_routes, resync_after_restore
 from .vault_gate import VaultGate
 from .control import ControlAPI
 from .control_http import ADMIN_CN, AdminCheck
@@ -187,7 +187,8 @@ class Appliance:
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
                                   alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes() + plans.routes()
-                                  + self.console_link.routes() + failback.routes())
+                                  + self.console_link.routes() + failback.routes()
+                                  + kit_routes(h, state, require_admin))
         self.control_address = await _listening("control", self.listen, self.cfg["control_port"], self.control.start)
         resync_after_restore(state, resync)   # a restored appliance: every machine checked once (checksums)
         self.config_backups = ConfigBackups(h, self.vault, state, self.bus)

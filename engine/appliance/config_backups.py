@@ -3,15 +3,20 @@ and what a restored appliance does at its first start (ask every protected machi
 
 ``appliance.json``'s ``backup.every`` sets the interval in seconds (default daily; 0 turns scheduled backups off).
 A failed backup raises an alert (``LB_BACKUP_FAILED``) and is retried at the next check; a good one clears it.
+
+``POST /v1/recovery-kit`` (admin) seals the recovery kit inside the appliance and returns it sealed: the vault key
+is read from the keyring of the account that runs the appliance, which is not the operator's when the appliance is
+a Windows service (LocalSystem). The passphrase travels only over the admin mutual-TLS link, in the body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backup import archive
 from ..errors import LifeboatError
@@ -20,6 +25,11 @@ from ..vault.base import Vault
 from ..events import Alert, EventBus
 from .machine_state import MachineState
 from .resync import Resync
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .control_http import AdminCheck
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +107,27 @@ def resync_after_restore(state: MachineState, resync: Resync) -> list[str]:
     state.db.set_meta(archive.RESTORED_META, json.dumps(info))
     state.event("appliance-restored", None, backup=info.get("name"), machines=asked)
     return asked
+
+
+def kit_routes(home: ApplianceHome, state: MachineState, require_admin: AdminCheck) -> list[web.RouteDef]:
+    """``POST /v1/recovery-kit`` ``{"passphrase"}`` → ``{"appliance_id", "kit"}`` (the sealed kit, base64)."""
+    from aiohttp import web
+
+    from ..backup.kit import seal
+    from .control_http import read_json
+
+    async def export_kit(request: web.Request) -> web.Response:
+        require_admin(request)
+        b = await read_json(request)
+        passphrase = b.text("passphrase", required=True, max_len=1024)
+        assert passphrase is not None
+
+        def sealed() -> tuple[str, bytes]:
+            kit = archive.kit_from_home(home)
+            return kit.appliance_id, seal(kit, passphrase)   # scrypt: a second of CPU, off the loop
+        aid, blob = await asyncio.to_thread(sealed)
+        who = "".join(c for c in request.headers.get("X-Lifeboat-Operator", "")[:64] if c.isprintable())
+        state.db.add_event("recovery-kit-exported", None, by=f"lifeboat-admin ({who})" if who else "lifeboat-admin")
+        log.warning("the recovery kit was exported through the control API%s", f" by {who}" if who else "")
+        return web.json_response({"appliance_id": aid, "kit": base64.b64encode(blob).decode()})
+    return [web.post("/v1/recovery-kit", export_kit)]

@@ -6,6 +6,7 @@ Passphrases come on standard input only (never on the command line, where other 
 from __future__ import annotations
 
 import argparse
+import base64
 import asyncio
 import datetime as dt
 import json
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput, KeyringError, NotFound
 from ..home import ApplianceHome
 from . import archive as bk
 from .kit import MIN_PASSPHRASE, read_kit, seal, unseal, write_kit
@@ -39,13 +40,35 @@ def _when(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _kit_from_appliance(home: ApplianceHome, passphrase: str, why: KeyringError) -> tuple[str, bytes]:
+    """The kit sealed by the running appliance of ``home`` (its keyring is the service account's: on Windows
+    LocalSystem's, not the operator's). Without a running appliance, the keyring error stands."""
+    from ..client import AdminClient
+    from ..errors import ApplianceUnreachable
+    try:
+        r = AdminClient(home.root, timeout=120).call("POST", "/v1/recovery-kit", {"passphrase": passphrase})
+    except ApplianceUnreachable:
+        raise KeyringError(why.message, advice="Start the appliance of this home (its service has the key in its "
+                           "own keyring) and run this again, or run this as the account the appliance runs as.") \
+            from None
+    return str(r["appliance_id"]), base64.b64decode(r["kit"])
+
+
 def cmd_export_kit(a: argparse.Namespace) -> int:
     home = ApplianceHome(Path(a.home))
-    kit = bk.kit_from_home(home)
-    blob = seal(kit, _passphrase(a))
+    passphrase = _passphrase(a)
     out = Path(a.out)
-    write_kit(out, blob, kit.appliance_id)
-    _out({"kit": str(out), "appliance_id": kit.appliance_id},
+    if out.exists():   # checked before asking anyone for a kit (write_kit checks again)
+        raise InvalidInput(f"{out} exists; a recovery kit never overwrites a file", field="out")
+    try:
+        kit = bk.kit_from_home(home)
+        aid, blob = kit.appliance_id, seal(kit, passphrase)
+        via = "this account's keyring"
+    except KeyringError as exc:   # the key is in the keyring of the account that runs the appliance
+        aid, blob = _kit_from_appliance(home, passphrase, exc)
+        via = "the running appliance"
+    write_kit(out, blob, aid)
+    _out({"kit": str(out), "appliance_id": aid, "sealed_by": via},
          f"recovery kit written to {out} (0600; printable: print it too)\n"
          "  keep it and its passphrase apart, off this machine: without them a lost keyring means lost points",
          a.json)

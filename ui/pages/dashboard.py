@@ -1,4 +1,6 @@
-"""Dashboard: machines by health, the worst RPO, and churn / upload throughput over time.
+"""Dashboard: machines by health, the worst RPO, churn / upload throughput over time, and the vault target's health
+(where it is, last upload, backlog, throttled or not, upload limit, error: ``console.target.health_rows``; unknown
+is shown as unknown).
 
 Every tile is a way in: clicking it (or Enter/Space on it) shows those machines in Protected machines, filtered
 (``show_machines`` carries the ``FleetFilter``); the worst-RPO tile shows the fleet worst first."""
@@ -10,11 +12,13 @@ import time
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent, QMouseEvent
-from PySide6.QtWidgets import QFrame, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFormLayout, QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from console.context import ConsoleContext
 from console.fleet_filter import FleetFilter
+from console.errors import UserError
 from console.models import DashboardSeries, format_rate, format_seconds
+from console.target import STATE_HEALTH, health_rows
 
 from .. import forms, theme
 from ..plots import time_plot
@@ -125,6 +129,7 @@ class DashboardPage(QWidget):
         lay.addWidget(forms.title("Dashboard"))
         lay.addLayout(grid)
         lay.addWidget(self.rates)
+        lay.addWidget(self._target_box())
         lay.addWidget(self.rpo_plot, 1)
         lay.addWidget(self.rate_plot, 1)
         self._timer = QTimer(self)
@@ -134,6 +139,45 @@ class DashboardPage(QWidget):
         ctx.statuses_applied.connect(self._schedule)
         ctx.inventory_refreshed.connect(self._schedule)
         ctx.link_changed.connect(self._on_link)
+        self._target_timer = QTimer(self)
+        self._target_timer.setInterval(2000)
+        self._target_timer.timeout.connect(self.refresh_target)
+        ctx.appliance_started.connect(self.refresh_target)
+        ctx.appliance_stopped.connect(self.refresh_target)
+
+    def _target_box(self) -> QGroupBox:
+        box = QGroupBox("Vault target")
+        form = QFormLayout(box)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        self.target_labels: dict[str, QLabel] = {}
+        for key in ("Target", "State", "Last upload", "Backlog", "Throttled", "Upload limit", "Error"):
+            lab = QLabel("unknown")
+            lab.setWordWrap(True)
+            lab.setAccessibleName(f"Target {key.lower()}")
+            lab.setTextInteractionFlags(lab.textInteractionFlags().TextSelectableByMouse)
+            self.target_labels[key] = lab
+            form.addRow(f"{key}:", lab)
+        self.target_health = None
+        return box
+
+    def refresh_target(self, *_: object) -> None:
+        """Read the target's health from the appliance (every 2 s while shown)."""
+        try:
+            v = self.ctx.facade.target_health() if hasattr(self.ctx.facade, "target_health") else None
+        except UserError as exc:
+            v, why = None, f"unknown: {exc.code}: {exc.message}"
+        else:
+            why = "unknown: the appliance does not answer" if v is None else ""
+        self.target_health = v
+        if v is None:
+            for key, lab in self.target_labels.items():
+                lab.setText(why if key == "State" else "unknown")
+            theme.set_health(self.target_labels["State"], "", why)
+            return
+        for key, text in health_rows(v):
+            self.target_labels[key].setText(text)
+        theme.set_health(self.target_labels["State"], STATE_HEALTH.get(v.state, ""),
+                         self.target_labels["State"].text())
 
     def _on_link(self, *_: object) -> None:
         if self.isVisible():   # lost: the counts turn "?" at once; back: the fresh ones
@@ -146,6 +190,12 @@ class DashboardPage(QWidget):
     def showEvent(self, event) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
         super().showEvent(event)
         self.refresh()
+        self.refresh_target()
+        self._target_timer.start()
+
+    def hideEvent(self, event) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
+        super().hideEvent(event)
+        self._target_timer.stop()
 
     def refresh(self) -> None:
         counts = self.ctx.machines.health_counts()

@@ -84,6 +84,7 @@ class AddTargetDialog(QDialog):
         self.refused.setVisible(bool(why))
         self.form.setEnabled(why is None)
         self.apply_btn.setEnabled(why is None)
+        self.apply_btn.setVisible(why is None)   # no action to offer: the refusal above says why
         if cur.get("kind") == "azure" and not self.form.account_url.text():
             self.form.account_url.setText(str(cur.get("account_url") or ""))
             self.form.container.setText(str(cur.get("container") or ""))

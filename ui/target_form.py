@@ -102,9 +102,23 @@ class AzureTargetForm(QWidget):
     def show_outcome(self, out: Outcome) -> None:
         for k, f in self.fields.items():
             f.set_message(out.errors.get(k))
+            # a wizard page lays out by size hints: give a wrapped message the height it needs at this width
+            lab = f.message
+            lab.setMinimumHeight(lab.heightForWidth(max(self.width(), 200)) if lab.text() else 0)
         self.result.setText(out.message)
         self.result.setAccessibleName(out.message or "Connection test result")
         self.result.setStyleSheet("" if out.ok else f"color: {theme.health_colors()['critical'].name()}")
+        self._relayout()
+
+    def _relayout(self) -> None:
+        """Lay out again up to the window: a QWizard page does not follow its children's new heights by itself."""
+        w: QWidget | None = self
+        while w is not None:
+            lay = w.layout()
+            if lay is not None:
+                lay.invalidate()
+                lay.activate()
+            w = w.parentWidget()
 
     def start_test(self) -> None:
         if self.task is None or self.task.done():

@@ -66,6 +66,10 @@ class HomePage(KeepOnBackPage):
         return Path(self.home.text().strip()).expanduser()
 
 
+#: the wizard's height while the Azure form shows (its hints and messages wrap, never squeezed)
+AZURE_PAGE_HEIGHT = 780
+
+
 class VaultPage(KeepOnBackPage):
     """A local folder, or an Azure Blob container (Next once Test connection passed for what is typed)."""
 
@@ -112,7 +116,10 @@ class VaultPage(KeepOnBackPage):
         on = self.azure.isChecked()
         self.azure_form.setVisible(on)
         self.azure_hint.setVisible(on)
-        self.path_field.setEnabled(not on)
+        self.path_field.setVisible(not on)
+        w = self.wizard()
+        if on and w is not None and w.height() < AZURE_PAGE_HEIGHT:   # room for the form's hints and messages
+            w.resize(w.width(), AZURE_PAGE_HEIGHT)
         self.path_field.set_message(None if on else validate_vault(self.path.text(), self._home()))
         self.completeChanged.emit()
 

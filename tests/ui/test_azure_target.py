@@ -98,6 +98,7 @@ async def test_wizard_azure_target_then_dashboard_health(qtbot, tmp_path: Path, 
         out = await f.test()
         assert not out.ok and out.message.startswith("LB_CLOUD_AUTH_FAILED")
         assert f.fields["secret"].error and "LB_CLOUD_AUTH_FAILED" in f.result.text() and not vp.isComplete()
+        await asyncio.sleep(0.2)   # the layout takes the messages' heights before the picture
         screenshot(wiz, "target-wizard-wrong-key")
         f.secret.setText(KEY)
         out = await f.test()
@@ -107,6 +108,7 @@ async def test_wizard_azure_target_then_dashboard_health(qtbot, tmp_path: Path, 
         assert not vp.isComplete() and "again" in f.result.text()
         f.container.setText(container)
         assert (await f.test()).ok and vp.isComplete()
+        await asyncio.sleep(0.2)
         screenshot(wiz, "target-wizard-tested")
         wiz.next()
         wiz.ports_page.listen.setText("127.0.0.1")
@@ -171,7 +173,9 @@ async def test_wizard_azure_target_then_dashboard_health(qtbot, tmp_path: Path, 
                             "a newer upload after the writes")
         assert later.last_upload > first.last_upload
         await until(lambda: health().upload_backlog_records == 0, 30, "the upload backlog drained")
+        ctx.bridge.flush()
         await asyncio.sleep(0.2)
+        dash.refresh()
         dash.refresh_target()
         assert dash.target_labels["State"].text().startswith("OK") and "0 record(s)" in dash.target_labels["Backlog"].text()
         screenshot(dash, "target-dashboard-health")

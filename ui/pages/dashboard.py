@@ -12,7 +12,8 @@ import time
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent, QMouseEvent
-from PySide6.QtWidgets import QFormLayout, QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QScrollArea, QVBoxLayout,
+                               QWidget)
 
 from console.context import ConsoleContext
 from console.fleet_filter import FleetFilter
@@ -75,7 +76,7 @@ def _plot(title: str, units: str) -> pg.PlotWidget:
     w.setTitle(title, size="10pt")
     w.setLabel("left", units=units)
     w.showGrid(x=True, y=True, alpha=0.15)
-    w.setMinimumHeight(170)
+    w.setMinimumHeight(140)
     return w
 
 
@@ -125,13 +126,22 @@ class DashboardPage(QWidget):
         self.upload_curve = self.rate_plot.plot([], [], pen=pg.mkPen("#1f7a8c", width=2), name="upload (to vault)")
         self.rates = QLabel("—")
         self.rates.setObjectName("hint")
-        lay = QVBoxLayout(self)
+        body = QWidget()
+        lay = QVBoxLayout(body)
         lay.addWidget(forms.title("Dashboard"))
         lay.addLayout(grid)
         lay.addWidget(self.rates)
         lay.addWidget(self._target_box())
         lay.addWidget(self.rpo_plot, 1)
         lay.addWidget(self.rate_plot, 1)
+        # scrolls on a short window instead of forcing the window taller (nothing is squeezed below its minimum)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(1000)
@@ -146,17 +156,25 @@ class DashboardPage(QWidget):
         ctx.appliance_stopped.connect(self.refresh_target)
 
     def _target_box(self) -> QGroupBox:
+        """Two label/value pairs a row (the panel stays short: the plots keep their height)."""
         box = QGroupBox("Vault target")
-        form = QFormLayout(box)
-        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        grid = QGridLayout(box)
+        grid.setVerticalSpacing(4)
         self.target_labels: dict[str, QLabel] = {}
-        for key in ("Target", "State", "Last upload", "Backlog", "Throttled", "Upload limit", "Error"):
-            lab = QLabel("unknown")
-            lab.setWordWrap(True)
-            lab.setAccessibleName(f"Target {key.lower()}")
-            lab.setTextInteractionFlags(lab.textInteractionFlags().TextSelectableByMouse)
-            self.target_labels[key] = lab
-            form.addRow(f"{key}:", lab)
+        layout = (("Target", "State"), ("Last upload", "Backlog"), ("Throttled", "Upload limit"), ("Error",))
+        for r, keys in enumerate(layout):
+            for c, key in enumerate(keys):
+                lab = QLabel("unknown")
+                lab.setWordWrap(True)
+                lab.setAccessibleName(f"Target {key.lower()}")
+                lab.setTextInteractionFlags(lab.textInteractionFlags().TextSelectableByMouse)
+                self.target_labels[key] = lab
+                name = QLabel(f"{key}:")
+                name.setObjectName("hint")
+                grid.addWidget(name, r, 2 * c, Qt.AlignmentFlag.AlignTop)
+                grid.addWidget(lab, r, 2 * c + 1, 1, 3 if len(keys) == 1 else 1)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
         self.target_health = None
         return box
 

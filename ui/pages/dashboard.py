@@ -12,8 +12,7 @@ import time
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent, QMouseEvent
-from PySide6.QtWidgets import (QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QScrollArea, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from console.context import ConsoleContext
 from console.fleet_filter import FleetFilter
@@ -76,7 +75,7 @@ def _plot(title: str, units: str) -> pg.PlotWidget:
     w.setTitle(title, size="10pt")
     w.setLabel("left", units=units)
     w.showGrid(x=True, y=True, alpha=0.15)
-    w.setMinimumHeight(140)
+    w.setMinimumHeight(120)   # with the target panel, the page still fits the console's 1000x700 window
     return w
 
 
@@ -126,22 +125,13 @@ class DashboardPage(QWidget):
         self.upload_curve = self.rate_plot.plot([], [], pen=pg.mkPen("#1f7a8c", width=2), name="upload (to vault)")
         self.rates = QLabel("—")
         self.rates.setObjectName("hint")
-        body = QWidget()
-        lay = QVBoxLayout(body)
+        lay = QVBoxLayout(self)
         lay.addWidget(forms.title("Dashboard"))
         lay.addLayout(grid)
         lay.addWidget(self.rates)
         lay.addWidget(self._target_box())
         lay.addWidget(self.rpo_plot, 1)
         lay.addWidget(self.rate_plot, 1)
-        # scrolls on a short window instead of forcing the window taller (nothing is squeezed below its minimum)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(body)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(1000)
@@ -166,6 +156,7 @@ class DashboardPage(QWidget):
             for c, key in enumerate(keys):
                 lab = QLabel("unknown")
                 lab.setWordWrap(True)
+                lab.setMinimumWidth(260)   # a wrapped label's minimum height is computed at its minimum width
                 lab.setAccessibleName(f"Target {key.lower()}")
                 lab.setTextInteractionFlags(lab.textInteractionFlags().TextSelectableByMouse)
                 self.target_labels[key] = lab

@@ -24,6 +24,8 @@ from engine.api import (CertificateUntrusted, CertificateView, LifeboatError, Lo
                         KIT_MIN_PASSPHRASE as KIT_MIN_PASSPHRASE,   # re-exported for the wizard
                         parse_address)
 
+from .target import AzureTarget, set_new as set_azure_target
+
 #: Shown whenever a vCenter presents another certificate than the one accepted or pinned before (issue 12).
 INTERCEPTION_WARNING = ("The certificate changed: someone may be intercepting the connection, or the vCenter's "
                         "certificate was replaced. Check with its administrator before trusting it.")
@@ -51,6 +53,7 @@ class SetupPlan:
     data_port: int
     listen: str = "0.0.0.0"
     vcenter: VCenterPlan | None = None
+    azure: AzureTarget | None = None     # the vault on Azure Blob instead of the local folder ``vault``
 
 
 def validate_home(text: str) -> str | None:
@@ -247,6 +250,8 @@ class PendingHome:
         src = self.path
         await asyncio.to_thread(configure_home, src, control_port=plan.control_port, data_port=plan.data_port,
                                 listen=plan.listen, vault=plan.vault)
+        if plan.azure is not None:   # checked again, then stored (credential in the keyring); a refusal raises
+            await set_azure_target(plan.azure, src)
         await asyncio.to_thread(_move_into_place, src, plan.home.expanduser())
         self.path, self._made = None, []
         return plan.home

@@ -571,6 +571,63 @@ class ReportView:
                    str(k.get("json") or ""), str(k.get("html") or ""))
 
 
+@dataclass(frozen=True, slots=True)
+class TargetMachineView:
+    """One protected machine's share of the target's health (``TargetHealthView.machines``)."""
+    name: str
+    last_upload: float | None = None
+    upload_backlog_records: int = 0
+    apply_backlog_records: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TargetMachineView:
+        k = _known(cls, d)
+        ab = k.get("apply_backlog_records")
+        return cls(str(k["name"]), _opt_float(k.get("last_upload")), int(k.get("upload_backlog_records") or 0),
+                   None if ab is None else int(ab), _error_text(k.get("error")))
+
+
+@dataclass(frozen=True, slots=True)
+class TargetHealthView:
+    """The vault target's health (``target_health()``; docs/CONTRACT.md §8). ``state``: ok | idle | unknown | stalled |
+    throttled | error, with ``detail`` saying why. ``None`` means unknown or not applicable, never "fine":
+    ``last_upload`` None (nothing reached the target this run), ``throttled`` None (a local vault cannot be),
+    ``rate_limit`` None (no upload limit in force now), ``apply_backlog_records`` None (a local vault applies as it
+    writes)."""
+    kind: str = "local"
+    location: str | None = None
+    container: str | None = None
+    state: str = "unknown"
+    detail: str = ""
+    time: float = 0.0
+    last_upload: float | None = None
+    upload_backlog_records: int = 0
+    apply_backlog_records: int | None = None
+    throttled: bool | None = None
+    throttle_window: float = 60.0
+    throttle_events: int = 0
+    last_throttle_time: float | None = None
+    last_throttle_status: int | None = None
+    rate_limit: float | None = None
+    error: str | None = None
+    machines: tuple[TargetMachineView, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TargetHealthView:
+        k = _known(cls, d)
+        lt = d.get("last_throttle") if isinstance(d.get("last_throttle"), Mapping) else {}
+        ab, th = k.get("apply_backlog_records"), k.get("throttled")
+        return cls(str(k.get("kind", "local")), k.get("location"), k.get("container"), str(k.get("state", "unknown")),
+                   str(k.get("detail") or ""), float(k.get("time") or 0.0), _opt_float(k.get("last_upload")),
+                   int(k.get("upload_backlog_records") or 0), None if ab is None else int(ab),
+                   None if th is None else bool(th), float(k.get("throttle_window") or 60.0),
+                   int(k.get("throttle_events") or 0), _opt_float((lt or {}).get("time")),
+                   None if not lt or lt.get("status") is None else int(lt["status"]),
+                   _opt_float(k.get("rate_limit")), _error_text(k.get("error")),
+                   tuple(TargetMachineView.from_dict(m) for m in k.get("machines") or ()))
+
+
 # home set-up ---------------------------------------------------------------------------------------------------------
 def is_initialised(home: Path) -> bool:
     """Whether ``home`` holds an initialised appliance (its ``appliance.json``)."""
@@ -587,11 +644,34 @@ def configure_home(home: Path, *, control_port: int, data_port: int, listen: str
 
 
 def delete_vault_key(appliance_id: str) -> None:
-    """Remove an appliance's vault key (and backup key) from the OS keyring (a set-up that is abandoned leaves
-    nothing behind)."""
+    """Remove an appliance's vault key (and backup key, and Azure target credential) from the OS keyring (a set-up
+    that is abandoned leaves nothing behind)."""
+    from .appliance.vault_settings import azure_secret_name
     from .backup.archive import backup_key_name
     delete_secret(vault_key_name(appliance_id))
     delete_secret(backup_key_name(appliance_id))
+    delete_secret(azure_secret_name(appliance_id))
+
+
+def check_azure_target(account_url: str, container: str, *, key: str | None = None, sas: str | None = None,
+                       home: Path | None = None, retry_for: float = 15.0) -> dict[str, Any]:
+    """Test an Azure Blob target, storing nothing (blocking: run it in a worker thread): through the egress
+    settings of ``home`` (None: those in force in this process, a new home's: direct, no allow-list). Returns
+    ``{"account_url", "container", "latency_ms"}``; raises InvalidInput with ``details["field"]`` (``account_url``,
+    ``container``, ``secret``), or the failed check's error (LB_CLOUD_AUTH_FAILED, LB_CONTAINER_MISSING,
+    LB_CLOUD_UNREACHABLE, LB_EGRESS_REFUSED, LB_PROXY_AUTH, LB_PROXY_UNREACHABLE)."""
+    from .appliance.vault_settings import check_azure_target as check
+    return check(account_url, container, key=key, sas=sas, root=Path(home) if home is not None else None,
+                 retry_for=retry_for)
+
+
+def set_azure_target(home: Path, account_url: str, container: str, *, key: str | None = None,
+                     sas: str | None = None, retry_for: float = 15.0) -> dict[str, Any]:
+    """``lifeboat vault set --kind azure`` on a home whose appliance does not run here (the set-up wizard): checks
+    through the home's egress settings, then stores (credential in the keyring); refused (LB_CONFLICT) once a
+    machine is protected; nothing changed on any failure. Returns ``vault_target()``'s document plus ``check``."""
+    from .appliance.vault_settings import set_azure_vault
+    return set_azure_vault(Path(home), account_url, container, key=key, sas=sas, retry_for=retry_for)
 
 
 def export_recovery_kit(home: Path, out: Path, passphrase: str) -> Path:
@@ -659,6 +739,12 @@ def check_vcenter_login(host: str, port: int, user: str, password: str, thumbpri
     disconnect(si)
 
 
+def _watch_target(appliance: Appliance) -> None:
+    """Count the target's 429/503 answers from now on (the dashboard's "throttled")."""
+    from .appliance.vault_settings import watch_target
+    watch_target(appliance.vault)
+
+
 # the embedded appliance ----------------------------------------------------------------------------------------------
 class EmbeddedAppliance:
     """An ``Appliance`` run inside the caller's event loop, queried through typed views.
@@ -675,6 +761,7 @@ class EmbeddedAppliance:
         consoles: engine/appliance/console_link.py); its ``start``/``stop`` are not this object's to call."""
         self = cls.__new__(cls)
         self.appliance = appliance
+        _watch_target(appliance)
         return self
 
     async def start(self) -> None:
@@ -684,6 +771,7 @@ class EmbeddedAppliance:
         except BaseException:
             await self.appliance.stop()
             raise
+        _watch_target(self.appliance)
 
     async def stop(self) -> None:
         await self.appliance.stop()
@@ -1072,6 +1160,45 @@ class EmbeddedAppliance:
         import asyncio
         return await asyncio.to_thread(self._network().send_test)
 
+    # the vault target (issue 15): Add target, and its health on the dashboard ------------------------------------
+    def vault_target(self) -> dict[str, Any]:
+        """The target in the home's settings (``lifeboat vault show --json``: ``kind``, ``account_url``,
+        ``container``, ``auth``, ``credential`` (where it is kept, never the secret) or ``path``), plus ``in_use``:
+        the kind this running appliance replicates to (a change applies at the next start) and ``protected``: the
+        protected machines (a target can no longer be set once there is one)."""
+        from .appliance.vault_settings import show_vault
+        app = self.appliance
+        out = show_vault(app.home.root)
+        out["in_use"] = str((app.cfg.get("vault") or {}).get("kind", "local"))
+        out["protected"] = [m["name"] for m in app.db.machines() if m.get("protected")] if app.db is not None else []
+        return out
+
+    async def test_vault_target(self, account_url: str, container: str, *, key: str | None = None,
+                                sas: str | None = None, retry_for: float = 8.0) -> dict[str, Any]:
+        """Test an Azure target through this appliance's egress settings (in force in its process), storing
+        nothing: ``check_azure_target``'s result or its error."""
+        import asyncio
+        from .appliance.vault_settings import check_azure_target as check
+        return await asyncio.to_thread(check, account_url, container, key=key, sas=sas, retry_for=retry_for)
+
+    async def set_vault_target(self, account_url: str, container: str, *, key: str | None = None,
+                               sas: str | None = None, retry_for: float = 15.0) -> dict[str, Any]:
+        """``lifeboat vault set --kind azure`` for this appliance's home: checked through the egress settings in
+        force, then stored (credential in the keyring). LB_CONFLICT once a machine is protected; nothing changed
+        on any failure. The running appliance keeps its current target until its next start
+        (``restart_required``)."""
+        import asyncio
+        from .appliance.vault_settings import set_azure_vault
+        out = await asyncio.to_thread(set_azure_vault, self.appliance.home.root, account_url, container, key=key,
+                                      sas=sas, retry_for=retry_for, egress=False)
+        return {**out, "restart_required": True}
+
+    def target_health(self) -> TargetHealthView:
+        """The vault target's health now (docs/CONTRACT.md §8): kind and location, last upload, backlog, throttled
+        or not, upload rate limit, error. Unknown is said as unknown (None), never as fine."""
+        from .appliance.vault_settings import target_health
+        return TargetHealthView.from_dict(target_health(self.appliance))
+
 
 def console_types() -> dict[str, type]:
     """The classes the console link carries (engine/rpc_codec.py): every typed view and event, and Policy."""
@@ -1134,6 +1261,8 @@ __all__ = [
     # embedded appliance and home set-up
     "EmbeddedAppliance", "open_appliance", "Appliance", "init_home", "is_initialised", "configure_home", "delete_vault_key",
     "check_vcenter_login", "fetch_vcenter_certificate", "CertificateView", "AdminClient",
+    # the vault target (issue 15)
+    "check_azure_target", "set_azure_target", "TargetHealthView", "TargetMachineView",
     # the appliance's own recovery (issue 16)
     "export_recovery_kit", "KIT_MIN_PASSPHRASE",
     # consoles attached to a running appliance (issue 16)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from html import escape
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -227,7 +228,8 @@ class SummaryPage(KeepOnBackPage):
         if not isinstance(wiz, FirstRunWizard):
             return
         p = wiz.plan()
-        rows = [("Home", str(p.home)), ("Vault", f"local folder {p.vault}"), ("Listen on", p.listen),
+        rows = [("Home", str(p.home)), ("Vault", escape(p.azure.describe()) if p.azure else f"local folder {p.vault}"),
+                ("Listen on", p.listen),
                 ("Control port", str(p.control_port)), ("Data port", str(p.data_port)),
                 ("vCenter", (f"{p.vcenter.host} ({'signed by the CA file' if p.vcenter.ca_pem else 'thumbprint accepted'})"
                              if p.vcenter else "none"))]
@@ -287,7 +289,8 @@ class FirstRunWizard(QWizard):
             host = f"{hp[0]}:{hp[1]}" if hp else v.host.text().strip()
             vc = VCenterPlan(host, v.user.text().strip(), v.password.text(), "" if ca_pem else v.thumbprint, ca_pem)
         return SetupPlan(home, self.vault_page.value(home), int(self.ports_page.control.text()),
-                         int(self.ports_page.data.text()), self.ports_page.listen.text().strip() or "0.0.0.0", vc)
+                         int(self.ports_page.data.text()), self.ports_page.listen.text().strip() or "0.0.0.0", vc,
+                         self.vault_page.azure_target())
 
     def _buttons_enabled(self, on: bool) -> None:
         for b in (QWizard.WizardButton.BackButton, QWizard.WizardButton.FinishButton,

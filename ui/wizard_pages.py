@@ -19,7 +19,10 @@ from console.home_setup import (CertificateView, changed_certificate_message, ch
                                 default_control_port, fetch_certificate, parse_host_port, read_ca_file, validate_home,
                                 validate_ports, validate_vault, validity_text, vsphere_available)
 
+from console.target import AzureTarget, test_new
+
 from . import forms
+from .target_form import AzureTargetForm
 
 
 class KeepOnBackPage(QWizardPage):
@@ -63,7 +66,13 @@ class HomePage(KeepOnBackPage):
         return Path(self.home.text().strip()).expanduser()
 
 
+#: the wizard's height while the Azure form shows (its hints and messages wrap, never squeezed)
+AZURE_PAGE_HEIGHT = 780
+
+
 class VaultPage(KeepOnBackPage):
+    """A local folder, or an Azure Blob container (Next once Test connection passed for what is typed)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.setTitle("Vault")
@@ -72,9 +81,9 @@ class VaultPage(KeepOnBackPage):
         lay = QVBoxLayout(self)
         self.local = QRadioButton("&Local folder (default)")
         self.local.setChecked(True)
-        self.azure = QRadioButton("Azure Blob (coming)")
-        self.azure.setEnabled(False)
-        self.azure.setToolTip("Azure Blob storage is planned; this version stores the vault in a local folder.")
+        self.azure = QRadioButton("&Azure Blob storage (the target in Azure)")
+        self.azure.setToolTip("Cache logs, page blobs per disk and blob snapshots as recovery points, in a container "
+                              "of your storage account, over HTTPS 443.")
         group = QButtonGroup(self)
         group.addButton(self.local)
         group.addButton(self.azure)
@@ -84,29 +93,50 @@ class VaultPage(KeepOnBackPage):
         browse = QPushButton("Browse…")
         browse.clicked.connect(lambda: self._browse(self.path, "Vault folder"))
         self.path_field = forms.Field(self.path, browse, hint="Leave empty for a 'vault' folder inside the home.")
+        self.azure_form = AzureTargetForm(test_new)
+        self.azure_hint = forms.hint("Tested directly from this computer: a new appliance has no URL allow-list or "
+                                     "proxy yet (set them under Network and cloud after Finish). Next needs a "
+                                     "passing test.")
         lay.addWidget(self.local)
         lay.addWidget(self.path_field)
         lay.addWidget(self.azure)
+        lay.addWidget(self.azure_form)
+        lay.addWidget(self.azure_hint)
         lay.addStretch(1)
         self.path.textChanged.connect(self._changed)
+        self.azure.toggled.connect(self._changed)
+        self.azure_form.changed.connect(self.completeChanged)
+        self._changed()
 
     def _home(self) -> str:
         w = self.wizard()
         return str(w.home_page.value()) if w is not None and hasattr(w, "home_page") else ""
 
-    def _changed(self) -> None:
-        self.path_field.set_message(validate_vault(self.path.text(), self._home()))
+    def _changed(self, *_: object) -> None:
+        on = self.azure.isChecked()
+        self.azure_form.setVisible(on)
+        self.azure_hint.setVisible(on)
+        self.path_field.setVisible(not on)
+        w = self.wizard()
+        if on and w is not None and w.height() < AZURE_PAGE_HEIGHT:   # room for the form's hints and messages
+            w.resize(w.width(), AZURE_PAGE_HEIGHT)
+        self.path_field.set_message(None if on else validate_vault(self.path.text(), self._home()))
         self.completeChanged.emit()
 
     def initializePage(self) -> None:  # noqa: N802
         self.path.setPlaceholderText(str(Path(self._home()) / "vault"))
 
     def isComplete(self) -> bool:  # noqa: N802
+        if self.azure.isChecked():
+            return self.azure_form.passed
         return validate_vault(self.path.text(), self._home()) is None
 
     def value(self, home: Path) -> Path:
         text = self.path.text().strip()
         return Path(text).expanduser() if text else home / "vault"
+
+    def azure_target(self) -> AzureTarget | None:
+        return self.azure_form.target() if self.azure.isChecked() else None
 
 
 class PortsPage(KeepOnBackPage):

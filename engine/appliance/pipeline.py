@@ -120,6 +120,7 @@ class MachineRuntime:
         self.last_point_seq = max((p.seq for p in vault.points()), default=0)
         self.last_applied_seq = 0
         self.last_applied_ts = 0.0
+        self.last_upload: float | None = None   # wall time the vault last acknowledged records (this run)
         self.churn = _Rate()
         self.upload = _Rate()
         self.error: str | None = None
@@ -371,6 +372,7 @@ class MachineRuntime:
 
     async def _commit(self, recs: list[Record], sealed: list[SealedRecord], pre: list[Any]) -> None:
         await self.vault.append(sealed)
+        self.last_upload = time.time()
         for r, h in zip(recs, pre):
             idx = self.hashes.get(r.disk)
             if idx is not None:

@@ -1,4 +1,4 @@
-"""Network and cloud: the URL allow-list (presets + custom entries), the outbound proxy (with Test), the upload
+"""Network and cloud: the vault target (with Add target: ``ui/target_dialog.py``), the URL allow-list (presets + custom entries), the outbound proxy (with Test), the upload
 bandwidth schedule, the connectivity check, and the e-mail alert settings (with Send test e-mail).
 
 Every engine refusal is shown next to the field it names (``console.network``); long actions (Test, Check, SMTP
@@ -15,8 +15,11 @@ from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, Q
 
 from console.context import ConsoleContext
 from console.network import NetworkSettingsModel, Outcome
+from console.target import TargetModel
+from console.errors import UserError
 
 from .. import forms, theme
+from ..target_dialog import AddTargetDialog
 
 
 class NetworkPage(QWidget):
@@ -24,6 +27,7 @@ class NetworkPage(QWidget):
         super().__init__(parent)
         self.ctx = ctx
         self.model = NetworkSettingsModel(ctx.facade)
+        self.target_model = TargetModel(ctx.facade)
         self.fields: dict[str, forms.Field] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         body = QWidget()
@@ -31,6 +35,18 @@ class NetworkPage(QWidget):
         lay.addWidget(forms.title("Network and cloud"))
         self.unavailable = forms.hint("Available while the appliance runs.")
         lay.addWidget(self.unavailable)
+
+        # the vault target
+        box = QGroupBox("Vault target")
+        tl = QHBoxLayout(box)
+        self.target_text = QLabel("—")
+        self.target_text.setWordWrap(True)
+        self.target_text.setAccessibleName("Vault target")
+        self.add_target_btn = QPushButton(theme.icon("add"), "&Add Azure target…")
+        tl.addWidget(self.target_text, 1)
+        tl.addWidget(self.add_target_btn)
+        lay.addWidget(box)
+        self.target_dialog: AddTargetDialog | None = None
 
         # allow-list
         box = QGroupBox("URL allow-list (the vault target, vCenters and e-mail)")
@@ -137,6 +153,7 @@ class NetworkPage(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
         self.save_btn.clicked.connect(self.save)
+        self.add_target_btn.clicked.connect(self.open_add_target)
         self.test_proxy_btn.clicked.connect(lambda: self._spawn(self.test_proxy()))
         self.check_btn.clicked.connect(lambda: self._spawn(self.check()))
         self.save_smtp_btn.clicked.connect(lambda: self._spawn(self.save_smtp()))
@@ -160,10 +177,13 @@ class NetworkPage(QWidget):
     def load(self, *_: object) -> None:
         ok = self.model.available
         self.unavailable.setVisible(not ok)
-        for w in (self.save_btn, self.check_btn, self.test_proxy_btn, self.save_smtp_btn, self.send_test_btn):
+        for w in (self.save_btn, self.check_btn, self.test_proxy_btn, self.save_smtp_btn, self.send_test_btn,
+                  self.add_target_btn):
             w.setEnabled(ok)
         if not ok:
+            self.target_text.setText("—")
             return
+        self.load_target()
         e = self.model.egress()
         for name, cb in self.presets.items():
             cb.setChecked(name in e["presets"])
@@ -187,6 +207,23 @@ class NetworkPage(QWidget):
         self.smtp_password.setPlaceholderText("(stored in the keyring)" if s.get("password_set") else "")
         self.smtp_to.setText(", ".join(s.get("to") or []))
         self.smtp_from.setText(s.get("from") or "")
+
+    def load_target(self) -> None:
+        try:
+            cur = self.target_model.current()
+        except UserError as exc:
+            self.target_text.setText(f"{exc.code}: {exc.message}")
+            return
+        self.target_text.setText(self.target_model.describe(cur))
+
+    def open_add_target(self) -> AddTargetDialog:
+        """The Add target dialog (opened with ``open()``; its Apply and restart run on the loop)."""
+        dlg = AddTargetDialog(self.ctx, self)
+        dlg.finished.connect(lambda *_: self.load())
+        dlg.finished.connect(dlg.deleteLater)
+        self.target_dialog = dlg
+        dlg.open()
+        return dlg
 
     def form(self) -> dict[str, Any]:
         return {"presets": [n for n, cb in self.presets.items() if cb.isChecked()],

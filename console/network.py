@@ -100,7 +100,7 @@ class EgressPlan:
         allow = [f"{p} preset" for p in self.presets] + list(self.custom)
         parts = [f"allow-list: {', '.join(allow)}" if allow else "allow-list: any host"]
         if self.proxy_url:
-            parts.append(f"proxy {self.proxy_url}" + (f" as {self.proxy_user} (password in the OS keyring)"
+            parts.append(f"proxy {self.proxy_url}" + (f" as {self.proxy_user} (password: OS keyring only)"
                                                       if self.proxy_user else "")
                          + (f", bypass {', '.join(self.bypass)}" if self.bypass else ""))
         else:

@@ -280,14 +280,21 @@ class AzureTargetPage(KeepOnBackPage):
         lay.addWidget(self.route)
         lay.addStretch(1)
         self.form.changed.connect(self.completeChanged)
-        self._tested_through: EgressPlan | None = None
+        self._tested_through: EgressPlan | None = None   # the settings the passing test went through
+        self._last_through: EgressPlan | None = None     # ... and the last test, passing or not
+        egress.completeChanged.connect(self._egress_changed)   # Back, a change there, Next: said here at once
+        self._egress_changed()
 
     def initializePage(self) -> None:  # noqa: N802
         _fit_azure_window(self)
+        self._egress_changed()
+
+    def _egress_changed(self) -> None:
         plan = self.egress.plan()
         self.route.setText(f"Test connection goes out as set on the previous page: {plan.describe()}. Next needs "
                            "a passing test.")
-        if self.form.passed and self._tested_through != plan:
+        if self._last_through is not None and self._last_through != plan:
+            self._last_through = None
             self.form.result.setStyleSheet("")
             self.form.result.setText("The outbound network changed since the test: test the connection again.")
         self.completeChanged.emit()
@@ -296,6 +303,7 @@ class AzureTargetPage(KeepOnBackPage):
         plan = self.egress.plan()
         out = await test_new(t, egress=plan)
         self._tested_through = plan if out.ok else None
+        self._last_through = plan
         egress_errs = {k: v for k, v in out.errors.items() if k in self.egress.fields}
         if egress_errs:
             self.egress.refuse(plan, egress_errs)

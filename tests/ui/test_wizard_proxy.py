@@ -190,6 +190,7 @@ async def test_wizard_outbound_network_through_proxy(qtbot, tmp_path: Path, scre
         wiz.next()
         await eg.verifying
         assert wiz.currentPage() is tp and not tp.isComplete()   # the earlier test covered other settings
+        assert "changed since the test" in f.result.text() and "127.0.0.1" in tp.route.text()
 
         before = tinyproxy.connects(azure_hop)
         out = await f.test()

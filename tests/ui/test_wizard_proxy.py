@@ -68,11 +68,15 @@ async def settle() -> None:
     await asyncio.sleep(0.2)   # the layout takes the new texts' heights
 
 
-async def to_azure_pages(wiz: FirstRunWizard) -> None:
+async def to_azure_pages(wiz: FirstRunWizard, screenshot=None) -> None:  # type: ignore[no-untyped-def]
     wiz.next()
     assert wiz.currentPage() is wiz.vault_page
     wiz.vault_page.azure.setChecked(True)
-    assert wiz.vault_page.title().startswith("Step 2 of 9")
+    assert wiz.vault_page.title().startswith("Step 2 of 9") and wiz.vault_page.azure_hint.isVisible()
+    if screenshot is not None:
+        await settle()
+        assert not squeezed(wiz.vault_page), squeezed(wiz.vault_page)
+        screenshot(wiz, "wizard-proxy-vault-azure")
     wiz.next()
     assert wiz.currentPage() is wiz.egress_page
     await settle()
@@ -125,7 +129,7 @@ async def test_wizard_outbound_network_through_proxy(qtbot, tmp_path: Path, scre
     qtbot.addWidget(wiz)
     wiz.show()
     try:
-        await to_azure_pages(wiz)
+        await to_azure_pages(wiz, screenshot)
         eg = wiz.egress_page
         assert (wiz.width(), wiz.height()) == AZURE_WINDOW and eg.title().startswith("Step 3 of 9")
         assert eg.isComplete(), "every field is optional: empty means direct"

@@ -19,7 +19,7 @@ from typing import Any
 from engine.api import LifeboatError, TargetHealthView, check_azure_target, format_duration, set_azure_target
 
 from .models import format_rate
-from .network import Outcome
+from .network import EgressPlan, Outcome
 
 #: the engine's error code → the form field it is about
 FIELD_OF_CODE = {"LB_CLOUD_AUTH_FAILED": "secret", "LB_CONTAINER_MISSING": "container",
@@ -33,6 +33,16 @@ FIX = {"LB_CLOUD_AUTH_FAILED": "Check the account key, or the SAS token (it must
        "LB_EGRESS_REFUSED": "Add the account's host to the URL allow-list under Network and cloud.",
        "LB_PROXY_AUTH": "Correct the proxy's user or password under Network and cloud.",
        "LB_PROXY_UNREACHABLE": "Check the proxy's address under Network and cloud."}
+#: a new home's test (the set-up wizard) goes out through its Outbound network page: these refusals are about that
+#: page's fields, and are fixed there
+NEW_HOME_FIELD_OF_CODE = {"LB_PROXY_AUTH": "proxy_password", "LB_PROXY_UNREACHABLE": "proxy_url",
+                          "LB_PROXY_REFUSED": "proxy_url", "LB_EGRESS_REFUSED": "custom"}
+NEW_HOME_FIX = {"LB_PROXY_AUTH": "Correct the proxy's user or password on the Outbound network page (Back).",
+                "LB_PROXY_UNREACHABLE": "Check the proxy's address on the Outbound network page (Back).",
+                "LB_PROXY_REFUSED": "The proxy refused the tunnel: check its rules, or the bypass list on the "
+                                    "Outbound network page (Back).",
+                "LB_EGRESS_REFUSED": "Add the account's host (or its private endpoint's IP address) to the "
+                                     "allow-list on the Outbound network page (Back)."}
 #: engine field names (``InvalidInput.details["field"]``) → the form's
 FIELD_OF = {"account_url": "account_url", "container": "container", "secret": "secret"}
 
@@ -71,8 +81,14 @@ def validate(t: AzureTarget) -> dict[str, str]:
     return out
 
 
-def outcome_of(exc: LifeboatError) -> Outcome:
-    """An engine refusal as a message (code, what happened, what to fix) and the field it is about."""
+def outcome_of(exc: LifeboatError, *, new_home: bool = False) -> Outcome:
+    """An engine refusal as a message (code, what happened, what to fix) and the field it is about. ``new_home``:
+    the test went out through the wizard's Outbound network page, where proxy and allow-list refusals are fixed
+    (their field is that page's, their message carries the code)."""
+    if new_home and exc.code in NEW_HOME_FIELD_OF_CODE:
+        fix = NEW_HOME_FIX[exc.code]
+        text = f"{exc.code}: {exc.message} — {fix}"
+        return Outcome(False, text, {NEW_HOME_FIELD_OF_CODE[exc.code]: f"{exc.code}: {exc.message}"})
     f = FIELD_OF.get(str((exc.details or {}).get("field") or "")) or FIELD_OF_CODE.get(exc.code)
     fix = exc.advice or FIX.get(exc.code, "")
     text = f"{exc.code}: {exc.message}" + (f" — {fix}" if fix else "")
@@ -85,17 +101,22 @@ def _checked(r: dict[str, Any]) -> str:
             f"{r.get('container')} took a test write ({float(r.get('latency_ms') or 0):.0f} ms).")
 
 
-async def test_new(t: AzureTarget, home: Path | None = None) -> Outcome:
-    """Test connection for a home whose appliance does not run (the wizard): nothing is stored."""
+async def test_new(t: AzureTarget, home: Path | None = None, egress: EgressPlan | None = None) -> Outcome:
+    """Test connection for a home whose appliance does not run (the wizard): through ``egress`` (the Outbound
+    network page as typed; None or empty: direct), else the egress settings of ``home``. Nothing is stored."""
     errs = validate(t)
     if errs:
         return Outcome(False, "Complete the highlighted fields.", errs)
+    plan = egress if egress is not None and not egress.empty else None
     try:
+        settings = plan.settings() if plan is not None else None
         r = await asyncio.to_thread(check_azure_target, t.account_url.strip(), t.container.strip(),
-                                    home=home, retry_for=8.0, **t.credential())
+                                    home=home, retry_for=8.0, egress=settings,
+                                    proxy_password=plan.proxy_password or None if plan else None,
+                                    **t.credential())
     except LifeboatError as exc:
-        return outcome_of(exc)
-    return Outcome(True, _checked(r))
+        return outcome_of(exc, new_home=egress is not None)
+    return Outcome(True, _checked(r) + (f" Through: {plan.describe()}." if plan else ""))
 
 
 async def set_new(t: AzureTarget, home: Path) -> dict[str, Any]:

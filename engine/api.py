@@ -41,6 +41,8 @@ from .console_remote import RemoteAppliance
 from .events import Alert, ApplianceLink, Event, EventBus, JobChanged, JobProgress, MachineStatus, PointCreated
 from .home import ApplianceHome
 from .jobs import JobManager
+from . import net
+from .egress import EgressSettings
 from .net import parse_address
 from .recovery.failover import FailoverService
 from .recovery.plans import PlanService
@@ -644,25 +646,61 @@ def configure_home(home: Path, *, control_port: int, data_port: int, listen: str
 
 
 def delete_vault_key(appliance_id: str) -> None:
-    """Remove an appliance's vault key (and backup key, and Azure target credential) from the OS keyring (a set-up
-    that is abandoned leaves nothing behind)."""
+    """Remove an appliance's vault key (and backup key, Azure target credential and proxy password) from the OS
+    keyring (a set-up that is abandoned leaves nothing behind)."""
     from .appliance.vault_settings import azure_secret_name
     from .backup.archive import backup_key_name
+    from .egress import proxy_password_name
     delete_secret(vault_key_name(appliance_id))
     delete_secret(backup_key_name(appliance_id))
     delete_secret(azure_secret_name(appliance_id))
+    delete_secret(proxy_password_name(appliance_id))
 
 
 def check_azure_target(account_url: str, container: str, *, key: str | None = None, sas: str | None = None,
-                       home: Path | None = None, retry_for: float = 15.0) -> dict[str, Any]:
-    """Test an Azure Blob target, storing nothing (blocking: run it in a worker thread): through the egress
-    settings of ``home`` (None: those in force in this process, a new home's: direct, no allow-list). Returns
+                       home: Path | None = None, retry_for: float = 15.0, egress: EgressSettings | None = None,
+                       proxy_password: str | None = None) -> dict[str, Any]:
+    """Test an Azure Blob target, storing nothing (blocking: run it in a worker thread): through ``egress`` (settings
+    as typed, e.g. by ``egress_from_form``, with ``proxy_password``), else the egress settings of ``home`` (None:
+    those in force in this process, a new home's: direct, no allow-list). Returns
     ``{"account_url", "container", "latency_ms"}``; raises InvalidInput with ``details["field"]`` (``account_url``,
     ``container``, ``secret``), or the failed check's error (LB_CLOUD_AUTH_FAILED, LB_CONTAINER_MISSING,
     LB_CLOUD_UNREACHABLE, LB_EGRESS_REFUSED, LB_PROXY_AUTH, LB_PROXY_UNREACHABLE)."""
     from .appliance.vault_settings import check_azure_target as check
     return check(account_url, container, key=key, sas=sas, root=Path(home) if home is not None else None,
-                 retry_for=retry_for)
+                 retry_for=retry_for, egress=egress, proxy_password=proxy_password)
+
+
+def egress_from_form(*, presets: list[str] | tuple[str, ...] = (), custom: list[str] | tuple[str, ...] = (),
+                     proxy_url: str = "", proxy_user: str = "", bypass: list[str] | tuple[str, ...] = (),
+                     password_known: bool = True) -> EgressSettings:
+    """Egress settings (URL allow-list and proxy) from a form as typed, validated field by field (pure): the
+    Network and cloud page's validation, for a home whose appliance does not run yet (the set-up wizard).
+    InvalidInput with ``details["field"]``: ``custom``, ``preset``, ``proxy_url``, ``proxy_user``, ``bypass entry``,
+    ``proxy_password`` (a user and no password: ``password_known`` False)."""
+    from .egress import settings_from_form
+    return settings_from_form(presets=list(presets), custom=list(custom), proxy_url=proxy_url,
+                              proxy_user=proxy_user, bypass=list(bypass), password_known=password_known)
+
+
+def try_proxy(url: str, user: str = "", password: str | None = None, bypass: list[str] | tuple[str, ...] = (),
+              target: tuple[str, int] | None = None, *, timeout: float = 10.0) -> dict[str, Any]:
+    """Try a proxy typed for a home whose appliance does not run (the set-up wizard), storing nothing: a CONNECT
+    tunnel to ``target`` (the proxy's own address when None), nothing sent through it. ``{"ok", "code", "detail",
+    "advice"}`` as the running appliance's ``test_proxy``; InvalidInput (``proxy_url``, ``proxy_user``) for what
+    is malformed. Blocking: run it in a worker thread."""
+    from .appliance.network import proxy_test
+    from .egress import ProxySettings
+    ps = ProxySettings.parse(url, user=user.strip() or None, bypass=[b for b in bypass if b.strip()])
+    return proxy_test(net.Proxy(ps.host, ps.port, ps.user, password if ps.user else None), target, timeout=timeout)
+
+
+def set_home_egress(home: Path, settings: EgressSettings, proxy_password: str | None = None) -> dict[str, Any]:
+    """Store egress settings in ``home`` as ``lifeboat egress ...`` does (``state.db``; the proxy password in the
+    OS keyring only, removed when the proxy has none): the appliance uses them from its next start. Returns their
+    wire form (``egress_settings()``'s, without ``presets_available``)."""
+    from .appliance.network import save_home_egress
+    return save_home_egress(Path(home), settings, proxy_password).to_dict()
 
 
 def set_azure_target(home: Path, account_url: str, container: str, *, key: str | None = None,
@@ -1103,23 +1141,11 @@ class EmbeddedAppliance:
         """Validate every field as typed (``InvalidInput.details["field"]`` names the one at fault: ``custom``,
         ``preset``, ``proxy_url``, ``proxy_user``, ``bypass entry``, ``work_hours``, ``work_rate``, ``off_rate``),
         store, and put in force at once. ``proxy_password`` None keeps the stored one."""
-        from .egress import BandwidthSchedule, EgressSettings, ProxySettings, parse_rate
-        from . import net
-        entries = []
-        for e in custom:
-            if e.strip():
-                try:
-                    entries.append(net.check_allow_entry(e))
-                except InvalidInput as exc:
-                    raise InvalidInput(exc.message, field="custom", advice=exc.advice) from None
-        proxy = ProxySettings.parse(proxy_url, user=proxy_user.strip() or None,
-                                    bypass=[b for b in bypass if b.strip()]) if proxy_url.strip() else None
-        bw = BandwidthSchedule(work_hours.strip(), parse_rate(work_rate, what="work_rate"),
-                               parse_rate(off_rate, what="off_rate"))
-        s = EgressSettings(tuple(presets), tuple(dict.fromkeys(entries)), proxy, bw).validate()
-        if proxy is not None and proxy.user and not proxy_password and not self._network().has_proxy_password():
-            raise InvalidInput(f"no password for proxy user {proxy.user!r}", field="proxy_password",
-                               advice="Type the proxy's password.")
+        from .egress import settings_from_form
+        n = self._network()
+        s = settings_from_form(presets=presets, custom=custom, proxy_url=proxy_url, proxy_user=proxy_user,
+                               bypass=bypass, work_hours=work_hours, work_rate=work_rate, off_rate=off_rate,
+                               password_known=bool(proxy_password) or n.has_proxy_password())
         self._network().save(s, proxy_password=proxy_password or None)
         return self.egress_settings()
 
@@ -1263,6 +1289,7 @@ __all__ = [
     "check_vcenter_login", "fetch_vcenter_certificate", "CertificateView", "AdminClient",
     # the vault target (issue 15)
     "check_azure_target", "set_azure_target", "TargetHealthView", "TargetMachineView",
+    "EgressSettings", "egress_from_form", "try_proxy", "set_home_egress",
     # the appliance's own recovery (issue 16)
     "export_recovery_kit", "KIT_MIN_PASSPHRASE",
     # consoles attached to a running appliance (issue 16)

@@ -7,7 +7,9 @@ credential accepted, container present and writable. Any failure leaves the home
 
 The same check without storing anything is :func:`check_azure_target` (the console's Test connection). Both go out
 through the home's egress settings (allow-list, proxy): :func:`home_egress` puts them in force in a process that
-runs no appliance (the CLI, the set-up wizard); inside a running appliance its own policy is already in force.
+runs no appliance (the CLI, the set-up wizard); inside a running appliance its own policy is already in force. The
+set-up wizard tests before its home exists: it passes the settings as typed (``egress``, ``proxy_password``), put in
+force for the check only by :func:`egress_in_force`.
 
 :func:`target_health` is what the dashboard shows of the target: where it is, when data last reached it, what is
 still on its way, whether it throttles (429/503 seen through :func:`watch_target`) and its error, if any. Anything
@@ -20,10 +22,12 @@ import threading
 import time
 import weakref
 from collections import deque
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
+from .. import net
+from ..egress import EgressSettings
 from ..errors import Conflict, InvalidInput
 from ..home import ApplianceHome
 from ..secrets import delete_secret, get_secret, set_secret
@@ -31,7 +35,7 @@ from ..vault.azure.rest import Credential, check_container_name, parse_account_u
 from ..vault.azure.vault import check_connection, connect
 from .state import StateDB
 
-__all__ = ["THROTTLE_WINDOW", "TargetWatch", "azure_secret_name", "check_azure_target", "home_egress",
+__all__ = ["THROTTLE_WINDOW", "TargetWatch", "azure_secret_name", "check_azure_target", "egress_in_force", "home_egress",
            "set_azure_vault", "show_vault", "target_health", "watch_target"]
 
 #: a 429/503 answer within this many seconds makes the target "throttled"
@@ -54,10 +58,20 @@ def _credential(key: str | None, sas: str | None) -> tuple[Credential, str]:
 
 
 @contextmanager
+def egress_in_force(policy: net.EgressPolicy) -> Iterator[None]:
+    """``policy`` in force in this process for the duration; the policy in force before is put back after. Only
+    for a process that runs no appliance (the CLI, the set-up wizard): the policy is the process's."""
+    old = net.set_egress_policy(policy)
+    try:
+        yield
+    finally:
+        net.set_egress_policy(old)
+
+
+@contextmanager
 def home_egress(root: Path) -> Iterator[None]:
     """The egress settings of the home at ``root`` (allow-list, proxy, its password from the keyring) in force in
-    this process for the duration; the policy in force before is put back after."""
-    from .. import net
+    this process for the duration (:func:`egress_in_force`)."""
     from ..egress import EgressStore
     home = ApplianceHome(root)
     cfg = home.load_config()
@@ -66,18 +80,16 @@ def home_egress(root: Path) -> Iterator[None]:
         policy = EgressStore(db, cfg["appliance_id"]).policy()
     finally:
         db.close()
-    old = net.set_egress_policy(policy)
-    try:
+    with egress_in_force(policy):
         yield
-    finally:
-        net.set_egress_policy(old)
 
 
 def check_azure_target(account_url: str, container: str, *, key: str | None = None, sas: str | None = None,
-                       root: Path | None = None, retry_for: float = 15.0) -> dict[str, Any]:
-    """Check an Azure target without storing anything: the account answers through the egress settings (those of
-    the home at ``root``, or the ones in force in this process), the credential is accepted, the container exists
-    and takes a write. Returns ``{"account_url", "container", "latency_ms"}``; raises InvalidInput (``field``:
+                       root: Path | None = None, retry_for: float = 15.0, egress: EgressSettings | None = None,
+                       proxy_password: str | None = None) -> dict[str, Any]:
+    """Check an Azure target without storing anything: the account answers through the egress settings (``egress``
+    as typed, with ``proxy_password``; else those of the home at ``root``; else the ones in force in this process),
+    the credential is accepted, the container exists and takes a write. Returns ``{"account_url", "container", "latency_ms"}``; raises InvalidInput (``field``:
     ``account_url``, ``container``, ``secret``), CloudAuthFailed, ContainerMissing, CloudUnreachable, EgressRefused,
     ProxyAuthFailed, ProxyError. Blocking (network): run it in a worker thread from an event loop."""
     try:
@@ -89,7 +101,10 @@ def check_azure_target(account_url: str, container: str, *, key: str | None = No
     except InvalidInput as exc:
         raise InvalidInput(exc.message, field="container", advice=exc.advice) from None
     cred, _ = _credential(key, sas)
-    with home_egress(root) if root is not None else nullcontext():
+    scope: AbstractContextManager[None] = (
+        egress_in_force(egress.policy(proxy_password)) if egress is not None
+        else home_egress(root) if root is not None else nullcontext())
+    with scope:
         client = connect(account_url, container, cred, retry_for=retry_for, timeout=10.0)
         try:
             return check_connection(client)
@@ -212,7 +227,6 @@ def target_health(appliance: Any, *, now: float | None = None) -> dict[str, Any]
     ``throttle_events`` (that many), ``last_throttle`` ({time, status, delay} or None), ``rate_limit`` (bytes/s
     the bandwidth schedule allows now; None: unlimited), ``error`` (the first machine's upload error, or the
     failed connectivity check of the target), ``machines`` (the same per protected machine)."""
-    from .. import net
     now = time.time() if now is None else now
     cfg = dict(getattr(appliance, "cfg", {}).get("vault") or {})
     kind = str(cfg.get("kind", "local"))

@@ -88,26 +88,31 @@ async def test_wizard_azure_target_then_dashboard_health(qtbot, tmp_path: Path, 
     try:
         wiz.next()
         vp = wiz.vault_page
-        assert wiz.currentPage() is vp and vp.azure.isEnabled() and not vp.azure_form.isVisible()
+        assert wiz.currentPage() is vp and vp.azure.isEnabled() and not vp.azure_hint.isVisible()
         vp.azure.setChecked(True)
-        f = vp.azure_form
-        assert f.isVisible() and not vp.isComplete() and f.secret.echoMode() == f.secret.EchoMode.Password
+        wiz.next()
+        assert wiz.currentPage() is wiz.egress_page and wiz.egress_page.isComplete()   # optional: direct
+        wiz.next()
+        tp = wiz.target_page
+        f = tp.form
+        assert wiz.currentPage() is tp and f.isVisible() and not tp.isComplete()
+        assert f.secret.echoMode() == f.secret.EchoMode.Password and "direct" in tp.route.text()
         f.account_url.setText(url)
         f.container.setText(container)
         f.secret.setText(WRONG_KEY)
         out = await f.test()
         assert not out.ok and out.message.startswith("LB_CLOUD_AUTH_FAILED")
-        assert f.fields["secret"].error and "LB_CLOUD_AUTH_FAILED" in f.result.text() and not vp.isComplete()
+        assert f.fields["secret"].error and "LB_CLOUD_AUTH_FAILED" in f.result.text() and not tp.isComplete()
         await asyncio.sleep(0.2)   # the layout takes the messages' heights before the picture
         screenshot(wiz, "target-wizard-wrong-key")
         f.secret.setText(KEY)
         out = await f.test()
         assert out.ok and "Connection OK" in f.result.text() and not f.fields["secret"].error, out.message
-        assert vp.isComplete()
+        assert tp.isComplete()
         f.container.setText(container + "x")      # what is typed now was never tested: no Next
-        assert not vp.isComplete() and "again" in f.result.text()
+        assert not tp.isComplete() and "again" in f.result.text()
         f.container.setText(container)
-        assert (await f.test()).ok and vp.isComplete()
+        assert (await f.test()).ok and tp.isComplete()
         await asyncio.sleep(0.2)
         screenshot(wiz, "target-wizard-tested")
         wiz.next()

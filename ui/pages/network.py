@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
+from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QScrollArea, QVBoxLayout, QWidget)
 
 from console.context import ConsoleContext
@@ -19,6 +19,7 @@ from console.target import TargetModel
 from console.errors import UserError
 
 from .. import forms, theme
+from ..egress_form import AllowListBox, ProxyBox
 from ..target_dialog import AddTargetDialog
 
 
@@ -48,45 +49,15 @@ class NetworkPage(QWidget):
         lay.addWidget(box)
         self.target_dialog: AddTargetDialog | None = None
 
-        # allow-list
-        box = QGroupBox("URL allow-list (the vault target, vCenters and e-mail)")
-        f = QFormLayout(box)
-        self.presets = {name: QCheckBox(label) for name, label in (("commercial", "Azure commercial cloud"),
-                                                                   ("government", "Azure Government"))}
-        prow = QWidget()
-        pl = QHBoxLayout(prow)
-        pl.setContentsMargins(0, 0, 0, 0)
-        for cb in self.presets.values():
-            pl.addWidget(cb)
-        pl.addStretch(1)
-        f.addRow("Presets:", self._field("presets", prow, "The documented Azure endpoints for that cloud."))
-        self.custom = QPlainTextEdit()
-        self.custom.setAccessibleName("Custom allow-list entries")
-        self.custom.setFixedHeight(70)
-        f.addRow("Custom entries:", self._field("custom", self.custom, "One per line: host, *.domain (leftmost label "
-                                                "only), IP address or network, optionally :PORT. Empty list and no "
-                                                "preset: unrestricted."))
-        lay.addWidget(box)
-
-        # proxy
-        box = QGroupBox("Outbound proxy (HTTP CONNECT)")
-        f = QFormLayout(box)
-        self.proxy_url = QLineEdit()
-        self.proxy_url.setPlaceholderText("http://proxy.example:3128 (empty: direct)")
-        self.proxy_user = QLineEdit()
-        self.proxy_password = QLineEdit()
-        self.proxy_password.setEchoMode(QLineEdit.EchoMode.Password)
-        self.bypass = QLineEdit()
-        self.bypass.setPlaceholderText("vcenter.corp.example, 10.0.0.0/8")
-        self.test_proxy_btn = QPushButton("&Test proxy")
-        f.addRow("Proxy URL:", self._field("proxy_url", self.proxy_url, "", self.test_proxy_btn))
-        f.addRow("User:", self._field("proxy_user", self.proxy_user, "Basic authentication; empty for none."))
-        f.addRow("Password:", self._field("proxy_password", self.proxy_password,
-                                          "Kept in the OS keyring; leave empty to keep the stored one."))
-        f.addRow("Bypass:", self._field("bypass", self.bypass, "Destinations reached directly (comma separated)."))
-        self.proxy_result = forms.hint("")
-        f.addRow("", self.proxy_result)
-        lay.addWidget(box)
+        # allow-list and proxy: the parts the set-up wizard's Outbound network page shows too
+        self.allow_box = AllowListBox(self.fields, "URL allow-list (the vault target, vCenters and e-mail)")
+        self.presets, self.custom = self.allow_box.presets, self.allow_box.custom
+        lay.addWidget(self.allow_box)
+        self.proxy_box = ProxyBox(self.fields)
+        pb = self.proxy_box
+        self.proxy_url, self.proxy_user, self.proxy_password, self.bypass = pb.editors()
+        self.test_proxy_btn, self.proxy_result = pb.test_proxy_btn, pb.proxy_result
+        lay.addWidget(pb)
 
         # bandwidth
         box = QGroupBox("Upload bandwidth to the target")
@@ -185,16 +156,8 @@ class NetworkPage(QWidget):
             return
         self.load_target()
         e = self.model.egress()
-        for name, cb in self.presets.items():
-            cb.setChecked(name in e["presets"])
-            cb.setToolTip("\n".join(e.get("presets_available", {}).get(name, [])))
-        self.custom.setPlainText("\n".join(e["custom"]))
-        p = e.get("proxy") or {}
-        self.proxy_url.setText(p.get("url") or "")
-        self.proxy_user.setText(p.get("user") or "")
-        self.proxy_password.clear()
-        self.proxy_password.setPlaceholderText("(stored in the keyring)" if p.get("password_set") else "")
-        self.bypass.setText(", ".join(p.get("bypass") or []))
+        self.allow_box.load(e["presets"], e["custom"], e.get("presets_available"))
+        self.proxy_box.load(e.get("proxy"))
         b = e["bandwidth"]
         self.work_hours.setText(b["work_hours"])
         self.work_rate.setText(b["work_rate_text"])
@@ -226,10 +189,7 @@ class NetworkPage(QWidget):
         return dlg
 
     def form(self) -> dict[str, Any]:
-        return {"presets": [n for n, cb in self.presets.items() if cb.isChecked()],
-                "custom": self.custom.toPlainText(), "proxy_url": self.proxy_url.text(),
-                "proxy_user": self.proxy_user.text(), "proxy_password": self.proxy_password.text(),
-                "bypass": self.bypass.text(), "work_hours": self.work_hours.text(),
+        return {**self.allow_box.values(), **self.proxy_box.values(), "work_hours": self.work_hours.text(),
                 "work_rate": self.work_rate.text(), "off_rate": self.off_rate.text(),
                 "smtp_server": self.smtp_server.text(), "smtp_starttls": self.smtp_starttls.isChecked(),
                 "smtp_user": self.smtp_user.text(), "smtp_password": self.smtp_password.text(),

@@ -99,8 +99,44 @@ class ServiceCore:
         self.on_ready = on_ready
 
     async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.home.load_config()   # NotInitialised with its advice before anything starts
+        if not await self._locked_until_kit(cfg["appliance_id"], stop):
+            return
+        await self._run_appliance(stop)
+
+    async def _locked_until_kit(self, appliance_id: str, stop: asyncio.Event) -> bool:
+        """Without the vault key in this account's keyring, serve the locked control API (engine/appliance/
+        locked.py) until a kit is imported (True: start the roles) or ``stop`` is set (False)."""
+        from ..appliance.locked import LockedAppliance, locked_reason
+        reason = locked_reason(appliance_id)
+        if reason is None:
+            return True
+        locked = LockedAppliance(self.home, reason, listen=self.listen)
+        await locked.start()
+        self.home.pidfile.write_text(str(os.getpid()))
+        assert locked.control_address
+        if self.on_ready:
+            self.on_ready(f"appliance locked: control {locked.control_address[1]} (no vault key in this account's "
+                          "keyring: import the recovery kit)")
+        try:
+            waits = [asyncio.create_task(stop.wait()), asyncio.create_task(locked.unlocked.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in waits:
+                    t.cancel()
+        finally:
+            await locked.stop()
+            if stop.is_set() or not locked.unlocked.is_set():
+                self.home.pidfile.unlink(missing_ok=True)
+        if stop.is_set():
+            log.info("stopped while locked")
+            return False
+        log.warning("the recovery kit was imported: starting the appliance's roles")
+        return True
+
+    async def _run_appliance(self, stop: asyncio.Event) -> None:
         from ..appliance.appliance import Appliance
-        self.home.load_config()   # NotInitialised with its advice before anything starts
         app = Appliance(self.home.root, listen=self.listen)
         started = time.monotonic()
         await app.start()

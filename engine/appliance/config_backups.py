@@ -174,9 +174,14 @@ def kit_routes(home: ApplianceHome, db: StateDB, require_admin: AdminCheck, *,
         def install() -> dict[str, Any]:
             kit = unseal(blob, passphrase)   # LB_KIT_PASSPHRASE / LB_KIT_CORRUPT: nothing is written
             return archive.install_kit(home, kit)
-        async with lock:   # two imports at once would race on the keyring's check-then-write
-            r = await asyncio.to_thread(install)
         who = _who(request)
+        async with lock:   # two imports at once would race on the keyring's check-then-write
+            try:
+                r = await asyncio.to_thread(install)
+            except LifeboatError as exc:   # recorded (who, which code), never the passphrase or the kit
+                db.add_event("recovery-kit-import-refused", None, by=who, code=exc.code)
+                log.warning("a recovery kit import by %s was refused: %s", who, exc.code)
+                raise
         db.add_event("recovery-kit-imported", None, by=who, keys=r["keys"], restored_entries=r["restored_entries"])
         log.warning("the recovery kit was imported through the control API by %s", who)
         r["unlocked"] = on_kit_installed is not None

@@ -83,8 +83,9 @@ class LockedAppliance:
             await site.start()
             return site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr,no-any-return]
         self.control_address = await _listening("control", self.listen, self.cfg["control_port"], listen)
-        log.warning("appliance locked (%s): control API on port %s serves the admin routes only; import the "
-                    "recovery kit to start replication", self.reason.message, self.control_address[1])
+        log.warning("%s; the control API on port %s serves the admin routes only and nothing is replicated "
+                    "until the recovery kit is imported (lifeboat appliance import-kit)", self.reason.message,
+                    self.control_address[1])
         return self.control_address
 
     async def stop(self) -> None:

@@ -20,13 +20,14 @@ import binascii
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..backup import archive
 from ..errors import LifeboatError, NotReady
+from ..events import Alert, EventBus
 from ..home import ApplianceHome
 from ..vault.base import Vault
-from ..events import Alert, EventBus
 from .machine_state import MachineState
 from .resync import Resync
 

@@ -6,6 +6,10 @@ running jobs as interrupted, flushes the process server's cache and the appliers
 takes longer than ``drain_timeout`` is logged and abandoned (what was acknowledged is durable already: nothing
 acknowledged is lost by a hard stop, only work in progress is redone at the next start).
 
+Without the vault key in the keyring of the account it runs as (a home restored for a Windows service, a lost
+keyring entry), the core does not crash-loop: it serves the locked control API (engine/appliance/locked.py) until a
+recovery kit is imported over it, then starts the appliance on the same ports.
+
 Logs: a rotating file in the home (``appliance.log``, 10 MiB × 5 kept, each 0600 whatever the umask) at INFO, and
 standard error: under systemd (``JOURNAL_STREAM`` names standard error) the journal gets INFO and up, each line with
 its syslog priority (``<6>``, ``<4>``…) so ``journalctl -p warning`` filters; in a terminal, WARNING and up. The

@@ -36,14 +36,14 @@ def env_with_keyring(folder: Path) -> dict[str, str]:
 def lifeboat(env: dict[str, str], *args: str, stdin: str | None = None,
              timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env, check=False)
 
 
 def secret_in(env: dict[str, str], name: str) -> str | None:
     """A keyring entry as the account of ``env`` sees it (another process: keyring backends cache)."""
-    r = subprocess.run([sys.executable, "-c", "import sys; from engine.secrets import get_secret; "
-                        "v = get_secret(sys.argv[1]); print('' if v is None else v)", name],
-                       capture_output=True, text=True, timeout=60, env=env)
+    code = "import sys; from engine.secrets import get_secret; v = get_secret(sys.argv[1]); print(v or '')"
+    r = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=60, env=env,
+                       check=False)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip() or None
 

@@ -236,3 +236,68 @@ def test_restore_for_a_service_starts_locked_and_the_kit_unlocks_it(
 
     app.stop()
     _no_secret_in(new, PASS, key_b64, SECRET_VALUE, "a wrong passphrase, long", base64.b64decode(key_b64).hex())
+
+
+def test_restore_service_waits_for_the_appliance_and_hands_it_the_kit(
+        tmp_path: Path, appliances: list[RunningAppliance]) -> None:
+    """``restore --service --wait``: the home is written, the appliance (started meanwhile by its service manager, here
+    by the test) answers locked, and restore imports the kit into it. A locked appliance also stops cleanly."""
+    import signal
+    import time
+
+    old = tmp_path / "old"
+    init_home(old, control_port=free_port(), data_port=free_port(), listen="127.0.0.1", vault=tmp_path / "vault")
+    aid = ApplianceHome(old).load_config()["appliance_id"]
+    mine = os.environ.copy()
+    kit_file, backup = tmp_path / "kit.txt", tmp_path / "b.lbbk"
+    assert lifeboat(mine, "appliance", "export-kit", "--home", str(old), "--out", str(kit_file), "--passphrase-stdin",
+                    stdin=PASS + "\n").returncode == 0
+    assert lifeboat(mine, "appliance", "backup", "--home", str(old), "--out", str(backup)).returncode == 0
+
+    # A locked appliance stops on SIGTERM like any other (status 0, pid file removed).
+    operator = env_with_keyring(tmp_path / "operator-keyring")
+    first = tmp_path / "first"
+    r = lifeboat(operator, "appliance", "restore", "--home", str(first), "--from", str(backup), "--kit", str(kit_file),
+                 "--passphrase-stdin", "--service", stdin=PASS + "\n")
+    assert r.returncode == 0 and "import-kit" in r.stdout, r.stderr
+    locked = RunningAppliance(first, env_with_keyring(tmp_path / "service-keyring-1"))
+    appliances.append(locked)
+    assert locked.line().startswith("appliance locked")
+    assert (first / "appliance.pid").exists()
+    locked.proc.send_signal(signal.SIGTERM)
+    assert locked.proc.wait(60) == 0
+    assert not (first / "appliance.pid").exists()
+
+    # restore --service --wait: the appliance comes up while restore waits, and gets the kit.
+    service = env_with_keyring(tmp_path / "service-keyring-2")
+    new = tmp_path / "new"
+    rd, wr = os.pipe()   # the passphrase on standard input, then end of file
+    os.write(wr, (PASS + "\n").encode())
+    os.close(wr)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "appliance", "restore", "--home", str(new), "--from",
+                             str(backup), "--kit", str(kit_file), "--passphrase-stdin", "--service", "--wait", "90",
+                             "--json"], stdin=rd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=operator)
+    os.close(rd)
+    try:
+        end = time.monotonic() + 60
+        while not (new / "appliance.json").exists():
+            assert time.monotonic() < end and proc.poll() is None, "restore did not write the home"
+            time.sleep(0.2)
+        app = RunningAppliance(new, service)
+        appliances.append(app)
+        assert app.line().startswith("appliance locked")
+        out, err = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    got = json.loads(out)
+    assert got["keyring"] == "the running appliance" and got["unlocked"] is True, got
+    assert app.line().startswith("appliance running")
+    assert secret_in(service, vault_key_name(aid)) is not None
+    assert secret_in(operator, vault_key_name(aid)) is None
+    st = json.loads(lifeboat(operator, "status", "--home", str(new), "--json").stdout)
+    assert st.get("state") != "locked"
+    app.stop()
+    _no_secret_in(new, PASS)

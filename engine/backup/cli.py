@@ -158,8 +158,8 @@ def _backup_here(home: ApplianceHome, cfg: dict[str, Any]) -> dict[str, Any]:
     try:
         load_vault_key(cfg["appliance_id"])
     except KeyringError as exc:
-        raise KeyringError(f"no appliance runs for {home.root}, and {exc.message[0].lower() + exc.message[1:]} of "
-                           "this account", advice="Start the appliance of this home (its service holds the key in "
+        raise KeyringError(f"no appliance runs for {home.root}, and this account's keyring does not give its vault "
+                           f"key ({exc.message})", advice="Start the appliance of this home (its service holds the key in "
                            "its own keyring) and run this again: the appliance takes the backup.") from None
     name, data = bk.take(home, kind="manual")
     path = bk.save(home, name, data)

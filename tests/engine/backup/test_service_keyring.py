@@ -119,6 +119,8 @@ def test_backup_and_import_kit_go_through_the_appliance_that_holds_the_key(
     assert secret_in(operator, archive.backup_key_name(aid)) is None      # nothing written to the operator's keyring
     r = lifeboat(operator, "appliance", "backup", "--home", str(root), "--out", str(out))
     assert r.returncode != 0 and "LB_INVALID_INPUT" in r.stderr   # never overwrites, checked before backing up
+    from engine.api import backup_appliance   # the console API takes the same way
+    assert backup_appliance(root)["taken_by"] == "the running appliance"
 
     kit_file = tmp_path / "kit.txt"
     r = lifeboat(operator, "appliance", "export-kit", "--home", str(root), "--out", str(kit_file), "--passphrase-stdin",

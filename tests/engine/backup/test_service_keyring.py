@@ -237,7 +237,10 @@ def test_restore_for_a_service_starts_locked_and_the_kit_unlocks_it(
     assert r.returncode == 0 and json.loads(r.stdout)["taken_by"] == "the running appliance", r.stderr
 
     app.stop()
-    _no_secret_in(new, PASS, key_b64, SECRET_VALUE, "a wrong passphrase, long", base64.b64decode(key_b64).hex())
+    _no_secret_in(new, PASS, key_b64, SECRET_VALUE, "a wrong passphrase, long", base64.b64decode(key_b64).hex(),
+                  base64.b64encode(kit.backup_key).decode())
+    assert SECRET_VALUE.encode() not in (new / "backups" / json.loads(
+        lifeboat(operator, "appliance", "backup", "list", "--home", str(new), "--json").stdout)[0]["name"]).read_bytes()
 
 
 def test_restore_service_waits_for_the_appliance_and_hands_it_the_kit(

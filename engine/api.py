@@ -715,12 +715,34 @@ def set_azure_target(home: Path, account_url: str, container: str, *, key: str |
 def export_recovery_kit(home: Path, out: Path, passphrase: str) -> Path:
     """Write the appliance's recovery kit (vault key, backup key, CA; sealed with ``passphrase``, at least
     ``KIT_MIN_PASSPHRASE`` characters) to the new file ``out`` (printable text, 0600). Slow on purpose (scrypt):
-    run it off the GUI thread. InvalidInput for a short passphrase or an existing file."""
-    from .backup.archive import kit_from_home
-    from .backup.kit import seal, write_kit
-    kit = kit_from_home(ApplianceHome(Path(home)))
-    write_kit(Path(out), seal(kit, passphrase), kit.appliance_id)
+    run it off the GUI thread. InvalidInput for a short passphrase or an existing file. When this account's keyring
+    lacks the key (the appliance is a service under another account), the running appliance seals it; KeyringError
+    when none runs."""
+    from .backup.kit import write_kit
+    from .backup.via_appliance import export_kit
+    if Path(out).exists():
+        raise InvalidInput(f"{out} exists; a recovery kit never overwrites a file", field="out")
+    aid, blob, _ = export_kit(ApplianceHome(Path(home)), passphrase)
+    write_kit(Path(out), blob, aid)
     return Path(out)
+
+
+def import_recovery_kit(home: Path, kit: Path, passphrase: str) -> dict[str, Any]:
+    """Put the kit's keys into the keyring of the running appliance of ``home`` (a locked one then starts its
+    roles), or, with none running, into this account's: ``{"appliance_id", "keys", "restored_entries",
+    "stored_in", "unlocked"?}``. Blocking (scrypt, and waiting for a locked appliance to start): run it off the GUI
+    thread. KitPassphrase (``LB_KIT_PASSPHRASE``), KitCorrupt, Conflict (``LB_KIT_MISMATCH``); nothing is written then."""
+    from .backup.kit import read_kit
+    from .backup.via_appliance import import_kit
+    return import_kit(ApplianceHome(Path(home)), read_kit(Path(kit)), passphrase)
+
+
+def backup_appliance(home: Path) -> dict[str, Any]:
+    """A configuration backup now (home and vault), taken by the running appliance with the keys it holds, or here
+    when none runs and this account's keyring holds them: ``{"name", "path", "size", "vault", "taken_by"}``.
+    Blocking: run it off the GUI thread."""
+    from .backup.via_appliance import backup_now
+    return backup_now(ApplianceHome(Path(home)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1291,7 +1313,7 @@ __all__ = [
     "check_azure_target", "set_azure_target", "TargetHealthView", "TargetMachineView",
     "EgressSettings", "egress_from_form", "try_proxy", "set_home_egress",
     # the appliance's own recovery (issue 16)
-    "export_recovery_kit", "KIT_MIN_PASSPHRASE",
+    "export_recovery_kit", "import_recovery_kit", "backup_appliance", "KIT_MIN_PASSPHRASE",
     # consoles attached to a running appliance (issue 16)
     "RemoteAppliance", "attach_appliance", "serve_consoles", "console_types", "ApplianceLink",
     "appliance_service", "start_appliance_service", "appliance_run_command",

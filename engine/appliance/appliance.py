@@ -188,7 +188,7 @@ class Appliance:
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
                                   alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes() + plans.routes()
                                   + self.console_link.routes() + failback.routes()
-                                  + kit_routes(h, state, require_admin))
+                                  + kit_routes(h, db, require_admin, backups=lambda: self.config_backups))
         self.control_address = await _listening("control", self.listen, self.cfg["control_port"], self.control.start)
         resync_after_restore(state, resync)   # a restored appliance: every machine checked once (checksums)
         self.config_backups = ConfigBackups(h, self.vault, state, self.bus)

@@ -155,8 +155,10 @@ def status(home: ApplianceHome) -> dict[str, Any]:
     api: dict[str, Any] = {"port": cfg["control_port"]}
     try:
         from ..client import AdminClient
-        AdminClient(home.root, timeout=5).call("GET", "/v1/status")
+        st = AdminClient(home.root, timeout=5).call("GET", "/v1/status")
         api["reachable"] = True
+        if isinstance(st, dict) and st.get("state") == "locked":   # running without its vault key
+            api.update(locked=True, error=st.get("error"))
     except LifeboatError as exc:
         api.update(reachable=False, error=exc.to_dict())
     out = {"home": str(home.root), "appliance_id": cfg["appliance_id"],
@@ -213,6 +215,8 @@ def cmd_status(a: argparse.Namespace) -> int:
     api = s["control_api"]
     text = (f"appliance {s['appliance_id'][:8]}: " + ("running, pid " + str(s["pid"]) if s["running"] else "not running")
             + f"; control API {'answers' if api['reachable'] else 'does not answer'} on port {api['port']}"
+            + ("\n  locked: no vault key in the appliance's keyring (lifeboat appliance import-kit)"
+               if api.get("locked") else "")
             + f"\n  service {s['unit']}: " + (("installed" + (", enabled" if s["enabled"] else "")
                                                 + (", active" if s["active"] else ", inactive"))
                                                if s["installed"] else "not installed")

@@ -6,6 +6,10 @@ running jobs as interrupted, flushes the process server's cache and the appliers
 takes longer than ``drain_timeout`` is logged and abandoned (what was acknowledged is durable already: nothing
 acknowledged is lost by a hard stop, only work in progress is redone at the next start).
 
+Without the vault key in the keyring of the account it runs as (a home restored for a Windows service, a lost
+keyring entry), the core does not crash-loop: it serves the locked control API (engine/appliance/locked.py) until a
+recovery kit is imported over it, then starts the appliance on the same ports.
+
 Logs: a rotating file in the home (``appliance.log``, 10 MiB × 5 kept, each 0600 whatever the umask) at INFO, and
 standard error: under systemd (``JOURNAL_STREAM`` names standard error) the journal gets INFO and up, each line with
 its syslog priority (``<6>``, ``<4>``…) so ``journalctl -p warning`` filters; in a terminal, WARNING and up. The
@@ -99,8 +103,44 @@ class ServiceCore:
         self.on_ready = on_ready
 
     async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.home.load_config()   # NotInitialised with its advice before anything starts
+        if not await self._locked_until_kit(cfg["appliance_id"], stop):
+            return
+        await self._run_appliance(stop)
+
+    async def _locked_until_kit(self, appliance_id: str, stop: asyncio.Event) -> bool:
+        """Without the vault key in this account's keyring, serve the locked control API (engine/appliance/
+        locked.py) until a kit is imported (True: start the roles) or ``stop`` is set (False)."""
+        from ..appliance.locked import LockedAppliance, locked_reason
+        reason = locked_reason(appliance_id)
+        if reason is None:
+            return True
+        locked = LockedAppliance(self.home, reason, listen=self.listen)
+        await locked.start()
+        self.home.pidfile.write_text(str(os.getpid()))
+        assert locked.control_address
+        if self.on_ready:
+            self.on_ready(f"appliance locked: control {locked.control_address[1]} (no vault key in this account's "
+                          "keyring: import the recovery kit)")
+        try:
+            waits = [asyncio.create_task(stop.wait()), asyncio.create_task(locked.unlocked.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in waits:
+                    t.cancel()
+        finally:
+            await locked.stop()
+            if stop.is_set() or not locked.unlocked.is_set():
+                self.home.pidfile.unlink(missing_ok=True)
+        if stop.is_set():
+            log.info("stopped while locked")
+            return False
+        log.warning("the recovery kit was imported: starting the appliance's roles")
+        return True
+
+    async def _run_appliance(self, stop: asyncio.Event) -> None:
         from ..appliance.appliance import Appliance
-        self.home.load_config()   # NotInitialised with its advice before anything starts
         app = Appliance(self.home.root, listen=self.listen)
         started = time.monotonic()
         await app.start()

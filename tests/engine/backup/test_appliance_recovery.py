@@ -5,6 +5,7 @@ backup can be wrong is refused with its own code, leaving nothing half-restored.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -75,9 +76,12 @@ async def test_appliance_lost_and_rebuilt_from_the_vault(tmp_path: Path) -> None
                      stdin=PASS + "\n")
         assert r.returncode == 0, r.stderr
         assert os.stat(kit).st_mode & 0o777 == 0o600
-        r = lifeboat("appliance", "backup", "--home", str(site.ahome), "--json")
+        # The running appliance takes it (POST /v1/config-backup): it runs on this test's loop, so the CLI runs in a
+        # thread while the loop answers.
+        r = await asyncio.to_thread(lifeboat, "appliance", "backup", "--home", str(site.ahome), "--json")
         assert r.returncode == 0, r.stderr
         taken = json.loads(r.stdout)
+        assert taken["taken_by"] == "the running appliance"
         assert (vault / ".appliance-backups" / taken["name"]).exists()
         raw = (vault / ".appliance-backups" / taken["name"]).read_bytes()
         assert b"BEGIN" not in raw and PASS.encode() not in raw   # nothing secret in the clear

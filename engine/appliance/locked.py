@@ -63,7 +63,7 @@ class LockedAppliance:
         self.control_address: tuple[str, int] | None = None
 
     async def start(self) -> tuple[str, int]:
-        from .appliance import _listening
+        from .listen import listening
         h = self.home
         h.make_private()
         self.db = db = StateDB(h.db)
@@ -82,7 +82,7 @@ class LockedAppliance:
             site = web.TCPSite(self.runner, host, port, ssl_context=tls)
             await site.start()
             return site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr,no-any-return]
-        self.control_address = await _listening("control", self.listen, self.cfg["control_port"], listen)
+        self.control_address = await listening("control", self.listen, self.cfg["control_port"], listen)
         log.warning("%s; the control API on port %s serves the admin routes only and nothing is replicated "
                     "until the recovery kit is imported (lifeboat appliance import-kit)", self.reason.message,
                     self.control_address[1])

@@ -88,7 +88,7 @@ def cmd_install(a: argparse.Namespace) -> int:
     if sys.platform == "win32" and a.unit_dir is None:
         return _install_windows(home.root.resolve(), a.init, a.json)
     if a.init and not home.config.exists():
-        from ..appliance.appliance import init_home
+        from ..appliance.new_home import init_home
         os.umask(0o077)
         init_home(home.root, control_port=a.control_port, data_port=a.data_port)
     name, text = _unit(home)

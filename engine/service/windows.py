@@ -51,7 +51,7 @@ def init_if_missing(home: Path) -> bool:
     from ..home import ApplianceHome
     if ApplianceHome(home).config.exists():
         return False
-    from ..appliance.appliance import init_home
+    from ..appliance.new_home import init_home
     init_home(home, control_port=INIT_CONTROL_PORT, data_port=INIT_DATA_PORT)
     return True
 

@@ -291,9 +291,13 @@ def build_plan_stepper(view: PlanFailbackView, running: str | None) -> StepperSt
     st.summary = {
         None: f"Plan {plan}: every machine is protected again (forward).",
         "reprotect": f"Plan {plan}: {len(names)} machine(s) run on the recovery host ({', '.join(hosts) or '?'}).",
-        "failback": f"Plan {plan}: the recovered VMs replicate back to their original disks.",
+        "failback": f"Plan {plan}: the recovered VMs replicate back to their original disks near-continuously.",
         "reenable": f"Plan {plan} is failed back: the original disks equal the recovered VMs' disks at shutdown.",
     }[cur.kind if cur else None]
+    if cur is not None and cur.status == "running":
+        st.summary = {"reprotect": f"Plan {plan}: the recovered VMs start replicating back; the seeds run.",
+                      "failback": f"Plan {plan}: failing back, the groups in reverse order.",
+                      "reenable": f"Plan {plan}: protecting the machines again (forward)."}[cur.kind]
     nk = st.next_kind
     if nk is not None:
         todo = [r.machine for r in st.step(nk).rows if r.status != "done"]

@@ -8,6 +8,7 @@ left off after a console or appliance restart."""
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QAbstractItemView, QFrame, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QMessageBox,
                                QPushButton, QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
@@ -31,11 +32,21 @@ class StepBox(QGroupBox):
         self.prereq = QLabel("")
         self.prereq.setWordWrap(True)
         self.prereq.setMinimumHeight(self.prereq.fontMetrics().lineSpacing() * 4)
-        lay = QVBoxLayout(self)
-        lay.addWidget(self.status)
-        lay.addWidget(self.prereq)
         self.table: QTableWidget | None = None
-        if rows:
+        if not rows:
+            lay = QVBoxLayout(self)
+            lay.addWidget(self.status)
+            lay.addWidget(self.prereq)
+        else:   # a plan's step: its status and prerequisites on the left, its machines on the right
+            left = QVBoxLayout()
+            left.addWidget(self.status)
+            left.addWidget(self.prereq)
+            left.addStretch(1)
+            side = QWidget()
+            side.setLayout(left)
+            side.setFixedWidth(340)
+            lay2 = QHBoxLayout(self)
+            lay2.addWidget(side)
             t = self.table = QTableWidget(0, 3)
             t.setHorizontalHeaderLabels(["Machine", "State", "Reverse replication" if kind != "reenable"
                                          else "Protection"])
@@ -43,12 +54,15 @@ class StepBox(QGroupBox):
             t.verticalHeader().setVisible(False)
             t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
             t.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+            t.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             t.setWordWrap(True)
             head = t.horizontalHeader()
             head.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
             head.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
             head.setStretchLastSection(True)
-            lay.addWidget(t, 1)
+            t.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            t.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            lay2.addWidget(t, 1)
 
     def show_step(self, status: str, prereqs: list[tuple[str, bool]], rows: list[MachineRow] | None = None) -> None:
         self.status.setText(MARKS.get(status, status))
@@ -58,13 +72,16 @@ class StepBox(QGroupBox):
         if self.table is not None:
             self.table.setRowCount(len(rows or ()))
             for r, row in enumerate(rows or ()):
-                cells = (f"{row.machine} (group {row.group})", f"{MARKS.get(row.status, row.status)} · {row.state}",
+                cells = (f"{row.machine} (group {row.group})", f"{MARKS.get(row.status, row.status)} ({row.state})",
                          row.detail)
                 for c, text in enumerate(cells):
                     item = QTableWidgetItem(text)
                     item.setToolTip(text)
                     self.table.setItem(r, c, item)
             self.table.resizeRowsToContents()
+            t = self.table   # as tall as its rows: the steps stack without scrolling inside each
+            t.setFixedHeight(t.horizontalHeader().sizeHint().height() + sum(t.rowHeight(r) for r in range(t.rowCount()))
+                             + 2 * t.frameWidth() + 2)
 
     def row_texts(self) -> list[tuple[str, str, str]]:
         """The machine rows as shown (for tests and accessibility checks)."""
@@ -95,7 +112,8 @@ class StepperPanel(QFrame):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.boxes = {k: StepBox(k, self, rows=rows) for k in STEP_KINDS}
-        row = QHBoxLayout()
+        # one machine: the steps side by side; a plan: stacked, each as wide as its machines' rows need
+        row = QVBoxLayout() if rows else QHBoxLayout()
         for k in STEP_KINDS:
             row.addWidget(self.boxes[k])
         self.numbers = QLabel("")
@@ -109,10 +127,12 @@ class StepperPanel(QFrame):
         lay = QVBoxLayout(self)
         lay.addWidget(self.title)
         lay.addWidget(self.summary)
-        lay.addLayout(row, 1 if rows else 0)
+        lay.addLayout(row)
         lay.addWidget(self.numbers)
         lay.addWidget(self.error)
         lay.addWidget(self.next_btn)
+        if rows:
+            lay.addStretch(1)
         ctx.appliance_started.connect(self.model.refresh)
         ctx.appliance_stopped.connect(self.model.refresh)
         self.show_state(None)

@@ -259,9 +259,9 @@ def build_plan_stepper(view: PlanFailbackView, running: str | None) -> StepperSt
                       Prerequisite("every recovered VM has booted (or is committed)" + _missing(not_booted),
                                    not not_booted)]
         elif kind == "failback":
-            unseeded = [m for m in todo if not (by[m].failback and by[m].failback.state == "reprotected"
-                                                and by[m].failback.seeded)]
-            away = [m for m in todo if not (by[m].failback and by[m].failback.target_connected)]
+            rev = {m: by[m].failback for m in todo}
+            unseeded = [m for m, f in rev.items() if f is None or f.state != "reprotected" or not f.seeded]
+            away = [m for m, f in rev.items() if f is None or not f.target_connected]
             prereq = [Prerequisite("every machine reprotected (its seed done)" + _missing(unseeded), not unseeded),
                       Prerequisite("the original site is reachable (every master target connected)" + _missing(away),
                                    not away)]

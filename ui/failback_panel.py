@@ -88,8 +88,10 @@ class StepBox(QGroupBox):
         t = self.table
         if t is None:
             return []
-        return [tuple(t.item(r, c).text() if t.item(r, c) else "" for c in range(3))  # type: ignore[misc]
-                for r in range(t.rowCount())]
+        def text(r: int, c: int) -> str:
+            item = t.item(r, c)
+            return item.text() if item is not None else ""
+        return [(text(r, 0), text(r, 1), text(r, 2)) for r in range(t.rowCount())]
 
 
 class StepperPanel(QFrame):

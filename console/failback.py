@@ -242,9 +242,11 @@ def build_plan_stepper(view: PlanFailbackView, running: str | None) -> StepperSt
                 detail = f"not failed over ({mv.state})"
             rows.append(MachineRow(m, mv.group, status, fs or ("failed-over" if mv.failover else mv.state), detail))
         statuses = {r.status for r in rows}
-        if statuses == {"done"}:
+        if running == kind or active_kind == kind:   # until its job ends, even once every machine is past it
+            status = "running"
+        elif statuses == {"done"}:
             status = "done"
-        elif "running" in statuses or running == kind or active_kind == kind:
+        elif "running" in statuses:
             status = "running"
         else:
             status = "waiting"

@@ -109,6 +109,14 @@ def test_failed_back_offers_reenable_then_protected_again() -> None:
     assert not st.applicable and "protected again" in st.summary
 
 
+def test_a_step_runs_until_its_plan_job_ends() -> None:
+    """Every machine reprotected but the plan job not ended yet: still running, nothing offered."""
+    st = build_plan_stepper(view(fb("reprotected"), fb("reprotected"),
+                                 job=job("plan-reprotect", "running", ["web", "db"])), None)
+    assert statuses(st) == ["running", "waiting", "waiting"] and st.next_kind is None
+    assert {r.status for r in st.step("reprotect").rows} == {"done"}
+
+
 def test_this_consoles_request_shows_running_before_the_engine_job_exists() -> None:
     st = build_plan_stepper(view(None, None), "reprotect")
     assert statuses(st) == ["running", "waiting", "waiting"] and st.next_kind is None

@@ -54,6 +54,10 @@ def _open(ctx: ConsoleContext, plan: str) -> tuple[MainWindow, PlansPage, PlanFa
     return win, page, page.failback
 
 
+def _plan_jobs(fac: EngineFacade, kind: str) -> list[dict]:
+    return [j for j in fac.engine_jobs() if j["kind"] == kind]
+
+
 def _statuses(panel: PlanFailbackPanel) -> list[str]:
     st = panel.model.state
     return [s.status for s in st.steps] if st is not None else []
@@ -130,11 +134,11 @@ async def test_plan_failback_stepper_through_a_console_restart(
         await until(lambda: all((s := fac.failback_state(m)) is not None and s.state == "reprotected"
                                 for m in (web, db)), 240, "both reprotected")
         await until(lambda: _statuses(panel)[:1] == ["done"] and panel.next_btn.isEnabled(), 15,
-                    "the stepper after reprotect")
+                    "the stepper after reprotect (its plan job ended)")
         rows = panel.boxes["reprotect"].row_texts()
         assert all(r[1].startswith("✓ done") and "compared 64.0 MiB" in r[2] for r in rows), rows
         assert "2 of 2 machine(s) replicate back" in panel.numbers.text() and "worst RPO" in panel.numbers.text()
-        [pj] = [j for j in fac.engine_jobs() if j["kind"] == "plan-reprotect"]
+        [pj] = _plan_jobs(fac, "plan-reprotect")
         assert pj["state"] == "succeeded" and pj["target"] == f"plan:{plan}"
         changed = 10 * BLOCK
         for m in (web, db):   # differences only: the seed compares every block and sends what changed
@@ -172,13 +176,13 @@ async def test_plan_failback_stepper_through_a_console_restart(
         for m in (web, db):   # zero loss: each original disk equals its recovered VM's disk at shutdown
             assert hashlib.sha256(disks[m].read_bytes()).hexdigest() == \
                 await _sha_of_nbd(overlays[m], tmp_path / f"rec-{m}.raw"), m
-        [pj] = [j for j in fac.engine_jobs() if j["kind"] == "plan-failback"]
+        await until(lambda: _statuses(panel) == ["done", "done", "next"], 15, "Re-enable offered")
+        [pj] = _plan_jobs(fac, "plan-failback")
         steps = {s["name"]: s for s in pj["steps"]}
         g2, g1 = steps[f"g2-failback-{db}"], steps[f"g1-failback-{web}"]
         assert pj["state"] == "succeeded" and g2["ended"] <= g1["started"], steps   # groups in reverse order
         print(f"plan-failback job: {pj['ended'] - pj['started']:.1f} s (group 2 {g2['ended'] - g2['started']:.1f} s, "
               f"then group 1 {g1['ended'] - g1['started']:.1f} s)")
-        await until(lambda: _statuses(panel) == ["done", "done", "next"], 15, "Re-enable offered")
         assert panel.next_btn.isEnabled() and "Re-" in panel.next_btn.text()
         screenshot(win, "plan-failback-5-failed-back")
 
@@ -206,7 +210,9 @@ async def test_plan_failback_stepper_through_a_console_restart(
         if win is not None:
             win.close()
             win.deleteLater()
-        for m in (web, db):
-            subprocess.run(["virsh", "-c", recovery_host, "destroy", f"lifeboat-{m}"], capture_output=True)
-            subprocess.run(["virsh", "-c", recovery_host, "undefine", f"lifeboat-{m}"], capture_output=True)
-        subprocess.run(["virsh", "-c", recovery_host, "net-destroy", f"lifeboat-{hostname}-lan"], capture_output=True)
+        def virsh(*args: str) -> None:
+            subprocess.run(["virsh", "-c", recovery_host, *args], capture_output=True)
+        for m in (web, db):   # (off the loop: destroying a running domain takes seconds)
+            await asyncio.to_thread(virsh, "destroy", f"lifeboat-{m}")
+            await asyncio.to_thread(virsh, "undefine", f"lifeboat-{m}")
+        await asyncio.to_thread(virsh, "net-destroy", f"lifeboat-{hostname}-lan")

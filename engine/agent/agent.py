@@ -29,6 +29,7 @@ from ..records import Kind, Record
 from ..identity import local_identity
 from ..fileio import atomic_write
 from ..wire import BATCH_HEAD, Frame, frame_header, parse_json
+from ..waits import wait_event
 from .capture import CaptureBackend, MachineCapture
 from .link import Link, Liveness
 from .dirty_map import EXTENT, DirtyMap
@@ -551,10 +552,7 @@ class Agent:
         if nbytes >= LINGER_BYTES or wait <= 0:
             return False
         self.new_data.clear()
-        try:
-            await asyncio.wait_for(self.new_data.wait(), wait)
-        except TimeoutError:
-            pass
+        await wait_event(self.new_data, wait)
         return True
 
     def in_flight_limit(self) -> int:
@@ -578,10 +576,7 @@ class Agent:
         if self.protected and self.capture.last_seq > self.sent_seq and not self.in_flight_full():
             return   # something was journaled while we looked elsewhere (e.g. a resync marker): no nap
         await link.drain()
-        try:
-            await asyncio.wait_for(self.new_data.wait(), timeout)
-        except TimeoutError:
-            pass
+        await wait_event(self.new_data, timeout)
 
     async def _send(self, link: Link, recs: list[Record],
                     parts: list[bytes | memoryview] | None = None) -> None:

@@ -18,6 +18,7 @@ from ..names import valid_name
 from ..records import HEADER_SIZE, Kind, Record
 from ..vault.base import MachineVault, Point, SealedRecord
 from ..segment_log import SegmentLog
+from ..waits import wait_event
 from .blockhash import UNKNOWN, BlockHashIndex, full_block_hashes
 from .rpo import RecoveryClock
 from .shielded import wait_done
@@ -237,9 +238,7 @@ class MachineRuntime:
             return
         while self._mem_open and self._mem_bytes + nbytes > MEMORY_QUEUE_BYTES:
             self._mem_room.clear()
-            try:
-                await asyncio.wait_for(self._mem_room.wait(), MEMORY_WAIT)
-            except TimeoutError:
+            if not await wait_event(self._mem_room, MEMORY_WAIT):
                 return
 
     def _mem_clear(self) -> None:
@@ -355,10 +354,7 @@ class MachineRuntime:
                         await asyncio.shield(writing)
                         writing = None
                         continue
-                    try:
-                        await asyncio.wait_for(self.new_data.wait(), timeout=1.0)
-                    except TimeoutError:
-                        pass
+                    await wait_event(self.new_data, 1.0)
                     await self._maybe_crash_point()
                     continue
                 sealed, pre = await self._seal(recs)

@@ -27,7 +27,7 @@ import xxhash
 
 from .. import platform
 from ..errors import InvalidInput, StorageError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, data_extents
 from ..records import BLOCK
 
 #: MT_HASHES_REQ body head (PS → target): chunk id u64, disk u32, count u32; then count × u64 block numbers.
@@ -38,11 +38,13 @@ HASHES = struct.Struct("<QI")
 WRITE_HEAD = struct.Struct("<QII")
 EXTENT = struct.Struct("<QI")
 STATE_FILE = "master-target.json"
+ZERO_HASH = xxhash.xxh3_128_digest(bytes(BLOCK))
 
 
 def block_hashes(fd: int, size: int, blocks: list[int]) -> bytes:
-    """xxh3_128 of each block of ``fd`` (the last block of a disk may be short); runs of adjacent blocks are read
-    together."""
+    """xxh3_128 of each block of ``fd`` (the last block of a disk may be short). Runs of adjacent blocks are read
+    together (≤ 8 MiB at a time); a block with no data in the file (a hole, or beyond a file shorter than the disk)
+    is hashed as zeros without being read, so a sparse disk costs only its allocated bytes."""
     out = bytearray()
     i = 0
     while i < len(blocks):
@@ -50,12 +52,29 @@ def block_hashes(fd: int, size: int, blocks: list[int]) -> bytes:
         while j + 1 < len(blocks) and blocks[j + 1] == blocks[j] + 1 and j + 1 - i < 128:
             j += 1
         start = blocks[i] * BLOCK
-        n = max(0, min((blocks[j] + 1) * BLOCK, size) - start)
-        data = memoryview(platform.pread(fd, n, start)) if n else memoryview(b"")
-        if len(data) < n:   # a file shorter than the disk reads as zeros beyond its end
-            data = memoryview(bytes(data) + bytes(n - len(data)))
-        for k in range(j - i + 1):
-            out += xxhash.xxh3_128_digest(data[k * BLOCK:(k + 1) * BLOCK])
+        end = min((blocks[j] + 1) * BLOCK, size)
+        has_data = bytearray(j + 1 - i)
+        for off, n in data_extents(fd, start, end):
+            has_data[(off - start) // BLOCK:(off + n - 1 - start) // BLOCK + 1] = \
+                b"\x01" * ((off + n - 1 - start) // BLOCK + 1 - (off - start) // BLOCK)
+        k = 0
+        while k <= j - i:
+            if not has_data[k]:
+                n = max(0, min(BLOCK, end - start - k * BLOCK))
+                out += ZERO_HASH if n == BLOCK else xxhash.xxh3_128_digest(bytes(n))
+                k += 1
+                continue
+            m = k
+            while m + 1 <= j - i and has_data[m + 1]:
+                m += 1
+            a = start + k * BLOCK
+            n = max(0, min(start + (m + 1) * BLOCK, end) - a)
+            data = memoryview(platform.pread(fd, n, a)) if n else memoryview(b"")
+            if len(data) < n:   # a file shorter than the disk reads as zeros beyond its end
+                data = memoryview(bytes(data) + bytes(n - len(data)))
+            for q in range(m + 1 - k):
+                out += xxhash.xxh3_128_digest(data[q * BLOCK:(q + 1) * BLOCK])
+            k = m + 1
         i = j + 1
     return bytes(out)
 

@@ -54,7 +54,9 @@ from ..jobs import Job, JobKind, JobManager, JobState, Plan, StepContext, StepSp
 from ..names import check_name, inside
 from ..records import BLOCK
 from ..wire import Frame, parse_json, write_frame, write_json
+from ..appliance.blockhash import UNKNOWN
 from .change_map import ChangeMap
+from .overlay import OverlayBackend
 
 if TYPE_CHECKING:
     from ..appliance.control_http import AdminCheck
@@ -220,13 +222,46 @@ class AgentTarget:
         self.conn.close()
 
 
+class KnownHashes(Protocol):
+    def known(self, blocks: list[int]) -> list[bytes | None]: ...
+
+
+class PointHashes:
+    """Checksums of a booted failover's disk without reading it, where that is exact: a block the recovered VM never
+    wrote (nothing of it in the overlay's scratch file) reads as the vault view at the failover point ``seq``; if
+    the last record that touched the block is at or before ``seq``, the process server's block-hash index of the
+    vault's newest state (engine/appliance/blockhash.py) holds that content's xxh3_128. Anything else (written by the
+    VM, touched after the point, unknown to the index, the index closed or behind ``seq``) is None: read it."""
+
+    def __init__(self, overlay: OverlayBackend, runtime: MachineRuntime, disk: int, seq: int) -> None:
+        self.overlay = overlay
+        self.runtime = runtime
+        self.disk = disk
+        self.seq = seq
+
+    def known(self, blocks: list[int]) -> list[bytes | None]:
+        rt = self.runtime
+        idx = rt.hashes.get(self.disk)
+        if idx is None or rt.hashes_upto < self.seq or idx.size != self.overlay.size:
+            return [None] * len(blocks)
+        out: list[bytes | None] = []
+        for b in blocks:
+            if b >= idx.nblocks or self.overlay.written(b * BLOCK, BLOCK):
+                out.append(None)
+                continue
+            h, mseq = idx.get(b)
+            out.append(None if mseq & UNKNOWN or mseq > self.seq else h)
+        return out
+
+
 class Reverse:
     """One machine's reverse replication: its source disks, change map, target and the loop between them. ``st`` is
     the machine's persisted failback record (``save`` writes it)."""
 
     def __init__(self, machine: str, folder: Path, names: list[str], disks: list[Source], st: dict[str, Any],
-                 save: Callable[[], None]) -> None:
+                 save: Callable[[], None], known: list[KnownHashes | None] | None = None) -> None:
         self.machine = machine
+        self.known = known or [None] * len(disks)
         self.folder = folder
         self.names = names
         self.disks = disks
@@ -389,6 +424,26 @@ class Reverse:
         self.rate_t0, self.rate_done = time.monotonic(), 0
 
     async def _source_hashes(self, disk: int, blocks: list[int]) -> bytes:
+        """xxh3_128 of ``blocks`` of a recovered disk: taken from the vault's block-hash index where the block is
+        known unchanged since the point (:class:`PointHashes`), read and hashed otherwise."""
+        kh = self.known[disk]
+        known = kh.known(blocks) if kh is not None else [None] * len(blocks)
+        need = [b for b, h in zip(blocks, known) if h is None]
+        if len(need) == len(blocks):
+            return await self._read_hashes(disk, blocks)
+        read = await self._read_hashes(disk, need) if need else b""
+        self.st["blocks_read"] = int(self.st.get("blocks_read", 0)) + len(need)
+        out = bytearray()
+        k = 0
+        for h in known:
+            if h is None:
+                out += read[16 * k:16 * k + 16]
+                k += 1
+            else:
+                out += h
+        return bytes(out)
+
+    async def _read_hashes(self, disk: int, blocks: list[int]) -> bytes:
         src = self.disks[disk]
         out = bytearray()
         i = 0
@@ -551,13 +606,27 @@ class FailbackService:
                            code="LB_INTERRUPTED", advice="Cancel the failover and fail over again.")
         names = [n for n, _ in disks]
         rep = Reverse(machine, self._folder(machine), names, [b for _, b in disks], st,
-                      lambda: self._save(machine))
+                      lambda: self._save(machine), self._known(machine, [b for _, b in disks]))
         self.reverse[machine] = rep
         if st["target"]["kind"] == "disks":
             paths = {names.index(n): Path(p) for n, p in st["target"]["disks"].items()}
             rep.attach(LocalTarget(MasterTarget(paths, self._folder(machine))))
         rep.start()
         return rep
+
+    def _known(self, machine: str, backends: list[Any]) -> list[KnownHashes | None]:
+        """Per disk, where the seed may take checksums from the vault's block-hash index instead of reading
+        (:class:`PointHashes`: a booted failover's overlays over views of this machine's vault)."""
+        rt = self.runtimes.get(machine)
+        out: list[KnownHashes | None] = []
+        for b in backends:
+            view = getattr(b, "view", None)
+            seq, disk = getattr(view, "seq", None), getattr(view, "disk", None)
+            if rt is not None and isinstance(b, OverlayBackend) and isinstance(seq, int) and isinstance(disk, int):
+                out.append(PointHashes(b, rt, disk, seq))
+            else:
+                out.append(None)
+        return out
 
     # what status shows --------------------------------------------------------------------------------------------
     def failback_of(self, machine: str) -> dict[str, Any] | None:
@@ -689,7 +758,8 @@ class FailbackService:
 
         async def open_target(ctx: StepContext) -> None:
             nonlocal rep
-            rep = Reverse(machine, folder, names, [b for _, b in disks], st, lambda: self._save(machine))
+            rep = Reverse(machine, folder, names, [b for _, b in disks], st, lambda: self._save(machine),
+                          self._known(machine, [b for _, b in disks]))
             rep.changes.mark_all()   # the seed: every block is compared once
             st["seed_blocks"] = rep.pending_blocks()
             self.reverse[machine] = rep

@@ -154,6 +154,8 @@ def main() -> int:
         lb_data = int((fb.get("result") or {}).get("data_bytes_sent") or seed["data_bytes_sent"])
         exact = sha256(disk) == sha256(recovered)
 
+        print(f"the seed read {seed.get('blocks_read', 0)} of {nblocks} blocks of the recovered disk (the rest: "
+              "checksums from the vault's block-hash index)")
         print(f"\nreprotect + failback of a {size / GiB:.1f} GiB disk, {a.changed_pct:g} % of its blocks changed "
               f"({changed_bytes:,} B), same run")
         print(table([

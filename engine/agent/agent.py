@@ -204,9 +204,11 @@ class Agent:
     # shipping --------------------------------------------------------------------------------------------
     async def _ship_forever(self) -> None:
         delay = 0.5
+        # set by a refusal LB_FAILED_OVER, kept until a session is welcomed: the refused handshake often ends in a
+        # reset rather than the error frame, which must not grow the backoff to its 30 s ceiling either
+        failed_over = False
         while True:
             self._welcomed = False
-            failed_over = False
             try:
                 await self._session()
             except asyncio.CancelledError:
@@ -225,6 +227,7 @@ class Agent:
                 log.exception("replication session failed")
             self.connected.clear()
             if self._welcomed:
+                failed_over = False
                 delay = 0.5   # the link worked: a blip gets a prompt reconnect, not the accumulated backoff
             await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: no reconnect storms
             delay = min(delay * 2, 2.0 if failed_over else 30.0)

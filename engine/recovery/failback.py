@@ -313,7 +313,7 @@ class Reverse:
                 "eta_seconds": eta, "rpo_seconds": round(rpo, 3), "blocks_pending": pending,
                 "bytes_compared": int(self.st.get("bytes_compared", 0)), "bytes_sent": int(self.st.get("bytes_sent", 0)),
                 "data_bytes_sent": int(self.st.get("data_bytes_sent", 0)), "acked_batch": int(self.st.get("acked", 0)),
-                "last_idle_at": self.st.get("last_idle_at"), "error": self.st.get("error")}
+                "blocks_read": int(self.st.get("blocks_read", 0)), "last_idle_at": self.st.get("last_idle_at"), "error": self.st.get("error")}
 
     # the loop ----------------------------------------------------------------------------------------------------
     def attach(self, target: Target) -> None:

@@ -313,7 +313,8 @@ class Reverse:
                 "eta_seconds": eta, "rpo_seconds": round(rpo, 3), "blocks_pending": pending,
                 "bytes_compared": int(self.st.get("bytes_compared", 0)), "bytes_sent": int(self.st.get("bytes_sent", 0)),
                 "data_bytes_sent": int(self.st.get("data_bytes_sent", 0)), "acked_batch": int(self.st.get("acked", 0)),
-                "blocks_read": int(self.st.get("blocks_read", 0)), "last_idle_at": self.st.get("last_idle_at"), "error": self.st.get("error")}
+                "blocks_read": int(self.st.get("blocks_read", 0)), "last_idle_at": self.st.get("last_idle_at"),
+                "error": self.st.get("error")}
 
     # the loop ----------------------------------------------------------------------------------------------------
     def attach(self, target: Target) -> None:
@@ -429,10 +430,10 @@ class Reverse:
         kh = self.known[disk]
         known = kh.known(blocks) if kh is not None else [None] * len(blocks)
         need = [b for b, h in zip(blocks, known) if h is None]
+        self.st["blocks_read"] = int(self.st.get("blocks_read", 0)) + len(need)
         if len(need) == len(blocks):
             return await self._read_hashes(disk, blocks)
         read = await self._read_hashes(disk, need) if need else b""
-        self.st["blocks_read"] = int(self.st.get("blocks_read", 0)) + len(need)
         out = bytearray()
         k = 0
         for h in known:

@@ -89,11 +89,25 @@ def test_plan_failback_runs_groups_in_reverse_and_ends_byte_exact(recovery_host:
         late = rng.choice(free)
         _write_blocks(f"nbd://127.0.0.1:{nbd[m2]}/d0", [late], tmp_path, "late")
 
-        for m in (m1, m2):
-            rp = lbj("reprotect", *H, m, "--to", "original")
+        # m1 to a new disk at an alternate location (a full copy: only its non-zero blocks travel), m2 to its own
+        new_disk = tmp_path / "alt" / f"{m1}-d0.img"
+        new_disk.parent.mkdir()
+        for m, how in ((m1, ("--to-disk", f"d0={new_disk}")), (m2, ("--to", "original"))):
+            rp = lbj("reprotect", *H, m, *how)
             assert rp["state"] == "succeeded", rp
-            print(f"reprotect {m}: compared {rp['failback']['bytes_compared']} B, data sent "
+            print(f"reprotect {m} {' '.join(how)}: compared {rp['failback']['bytes_compared']} B, data sent "
                   f"{rp['failback']['data_bytes_sent']} B")
+            if m == m1:
+                recovered = tmp_path / f"{m1}-at-reprotect.raw"
+                _nbd_sha(overlay[m1], recovered)
+                data = recovered.read_bytes()
+                nonzero = sum(BLOCK for b in range(0, len(data), BLOCK) if data[b:b + BLOCK].strip(b"\0"))
+                allocated = new_disk.stat().st_blocks * 512
+                print(f"  new disk: {len(data)} B, {nonzero} B in non-zero blocks, {allocated} B allocated")
+                assert rp["failback"]["data_bytes_sent"] == nonzero < len(data) // 2   # zero regions cost nothing
+                assert rp["failback"]["bytes_sent"] <= nonzero + (len(data) // BLOCK) * 48 + 4096
+                assert allocated <= nonzero + 1024 * 1024
+                assert rp["failback"]["target"] == {"kind": "disks", "disks": {"d0": str(new_disk)}}
         assert {states()[m]["state"] for m in (m1, m2)} == {"reprotected"}
 
         t0 = time.monotonic()
@@ -106,9 +120,10 @@ def test_plan_failback_runs_groups_in_reverse_and_ends_byte_exact(recovery_host:
         j2, j1 = (jobs[x["job"]] for x in pf["machines"])
         assert (j2["target"], j1["target"]) == (m2, m1)
         assert j2["ended"] <= j1["started"], (j2["ended"], j1["started"])   # group 2 entirely before group 1
-        for m in (m1, m2):
+        assert "ready at " + str(new_disk) in " ".join(s["message"] for s in j1["steps"])
+        for m, target in ((m1, new_disk), (m2, disks[m2])):
             assert states()[m]["state"] == "failed-back"
-            assert _sha(disks[m]) == _nbd_sha(overlay[m], tmp_path / f"{m}-recovered.raw"), m   # zero loss
+            assert _sha(target) == _nbd_sha(overlay[m], tmp_path / f"{m}-recovered.raw"), m   # zero loss
         # the plan's machines are failed back: a second run has nothing to do
         again = lbj("plan", "failback", *H, "site")
         assert again["machines"] == []

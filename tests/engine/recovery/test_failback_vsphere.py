@@ -1,7 +1,8 @@
 """Failback of a machine matched to a vSphere VM powers the original VM on through vCenter (issue 14): a planned
 failover powers the source VM off; the recovered VM (a real boot on the local libvirt recovery host) writes; reprotect
-to the original disk; failback shuts it down, sends the rest, releases the disk, and its last step powers the
-original VM on (ground truth read from vCenter). vcsim stands in for vCenter. In process: the appliance and the agent
+to the original disk (meanwhile the forward agent's silence raises no LB_AGENT_SILENT: it is silent by design);
+failback shuts it down, sends the rest, releases the disk, and its last step powers the original VM on (ground
+truth read from vCenter). vcsim stands in for vCenter. In process: the appliance and the agent
 in the test's loop, every pyVmomi call in a thread."""
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from engine.policy import AGENT_SILENT_AFTER
 from engine.vsphere.events import MachineMatched
 from tests.conftest import need_tool
 from tests.engine.harness import Site
@@ -63,6 +66,14 @@ async def test_failback_powers_the_matched_original_vm_on(recovery_host: str, bo
 
         rp = await app.failback.reprotect(machine)
         assert rp.state.value == "succeeded"
+        # the forward agent is silent by design while its machine runs on the recovery host (reprotected, it is the
+        # master target): no LB_AGENT_SILENT, however long that lasts (the watch looks every second)
+        last = app.runtimes[machine].clock.last_heard or 0.0
+        await asyncio.sleep(max(0.0, last + AGENT_SILENT_AFTER + 3 - time.time()))
+        st = app.machines.machine_status(machine)
+        assert st["state"] == "reprotected" and st["agent_silent_seconds"] is None, st
+        raised = app.db.db.execute("SELECT id FROM alerts WHERE id=?", (f"LB_AGENT_SILENT:{machine}",)).fetchall()
+        assert raised == [], raised
         fb = await app.failback.failback(machine, shutdown_timeout=2.0)
         assert [s.name for s in fb.steps] == ["shutdown-vm", "final-sync", "flush-target", "start-original"]
         assert fb.result["start"] == "vcenter", fb.result

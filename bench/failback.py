@@ -18,6 +18,7 @@ Targets: Lifeboat ≤ 0.5× rsync's time and ≤ 1.05× its bytes. Both end stat
 
     .venv/bin/python bench/failback.py              # 4 GiB, 1 %
     .venv/bin/python bench/failback.py --size-gib 1 --keep
+    .venv/bin/python bench/failback.py --size-gib 1 --dense   # a fully allocated disk
 
 Needs the recovery host (scripts/recovery-host.sh start), rsync, qemu-io/qemu-img and the recovery tests' boot image.
 """
@@ -68,6 +69,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-gib", type=float, default=4.0)
     ap.add_argument("--changed-pct", type=float, default=1.0)
+    ap.add_argument("--dense", action="store_true",
+                    help="fill the disk beyond the boot image with random data (a fully allocated original disk: "
+                         "no holes for either side to skip)")
     ap.add_argument("--tmp"); ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     need("virsh", "qemu-system-x86_64", "genisoimage", "qemu-io", "qemu-img", "rsync")
@@ -85,6 +89,11 @@ def main() -> int:
     disk = tmp / "disk.img"
     shutil.copyfile(boot, disk)
     os.truncate(disk, size)           # the boot image, then sparse zeros: a large disk with a small OS
+    if a.dense:
+        with open(disk, "r+b") as f:
+            f.seek(boot.stat().st_size)
+            while f.tell() < size:
+                f.write(os.urandom(min(8 * MiB, size - f.tell())))
     site = Site(tmp, disk, crash_interval="2s")
     hostname = f"bfb{os.getpid() % 100000}"
     machine = "vm1"
@@ -156,8 +165,9 @@ def main() -> int:
 
         print(f"the seed read {seed.get('blocks_read', 0)} of {nblocks} blocks of the recovered disk (the rest: "
               "checksums from the vault's block-hash index)")
-        print(f"\nreprotect + failback of a {size / GiB:.1f} GiB disk, {a.changed_pct:g} % of its blocks changed "
-              f"({changed_bytes:,} B), same run")
+        kind = "dense" if a.dense else "sparse"
+        print(f"\nreprotect + failback of a {size / GiB:.1f} GiB {kind} disk, {a.changed_pct:g} % of its blocks "
+              f"changed ({changed_bytes:,} B), same run")
         print(table([
             ["lifeboat reprotect + failback", f"{lb_s:.2f} s", f"{lb_bytes:,}", f"{lb_data:,}",
              f"seed {seed_s:.2f} s + final sync/flush {sync_s:.2f} s (reprotect job {reprotect_s:.2f} s, "

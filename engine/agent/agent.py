@@ -330,7 +330,12 @@ class Agent:
                 if kind == Frame.MT_HASHES_REQ:
                     cid, disk, count = HASHES_REQ.unpack_from(body)
                     blocks = list(struct.unpack_from(f"<{count}Q", body, HASHES_REQ.size))
-                    hashes = await loop.run_in_executor(None, mt.hashes, disk, blocks)
+                    # two threads, each on half of the blocks (pread and xxh3 release the GIL): a fully allocated
+                    # disk is read twice as fast as by one
+                    half = (len(blocks) + 1) // 2
+                    parts = await asyncio.gather(*(loop.run_in_executor(None, mt.hashes, disk, part)
+                                                   for part in (blocks[:half], blocks[half:]) if part))
+                    hashes = b"".join(parts)
                     link.write_frame(Frame.MT_HASHES, HASHES.pack(cid, count) + hashes)
                 elif kind == Frame.MT_WRITE:
                     batch, disk, extents = decode_write(body)

@@ -811,7 +811,10 @@ class FailbackService:
                 pending = rep.pending_blocks()
                 ctx.progress(max(0.0, 1 - pending / total),
                              f"compared {st['bytes_compared'] >> 20} MiB, sent {st['data_bytes_sent'] >> 20} MiB")
-                await asyncio.sleep(0.2)
+                try:   # the loop sets ``idle`` when the seed is done (seeded first): no polling delay on top
+                    await asyncio.wait_for(rep.idle.wait(), 0.2)
+                except TimeoutError:
+                    pass
             self._set_state(machine, REPROTECTED)
             ctx.result.update({"bytes_compared": st["bytes_compared"], "bytes_sent": st["bytes_sent"],
                                "data_bytes_sent": st["data_bytes_sent"]})

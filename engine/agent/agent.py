@@ -348,9 +348,15 @@ class Agent:
                         self._leave_reverse()
                         link.write_json(Frame.MT_ACK, {"done": session, "acked": mt.acked})
                         await link.drain()
-                        # the process server closes once it has the answer (closing first could drop it)
+                        # The process server closes once it has the answer; closing first would drop it (the link
+                        # drops what is still queued, and drain() leaves up to LOW queued). So wait for its close,
+                        # not for its next frame: an ACK of a heartbeat may come first (it did, and the failback's
+                        # release then failed with the agent already out of reverse mode).
+                        end = time.monotonic() + 5.0
                         try:
-                            await asyncio.wait_for(next_frame or link.read_frame(), 5.0)
+                            while (left := end - time.monotonic()) > 0:
+                                await asyncio.wait_for(next_frame or link.read_frame(), left)
+                                next_frame = None
                         except (TimeoutError, OSError, ConnectionError, LifeboatError):
                             pass
                         next_frame = None

@@ -7,9 +7,12 @@ own writes are). Then:
 
 * **Lifeboat**: ``lifeboat reprotect --to original`` (the seed: xxh3_128 of every block on both sides, only the
   blocks that differ go to the original site's agent, the master target) and ``lifeboat failback`` (final sync, flush,
-  release). Time = the reprotect job's ``seed`` step + failback's ``final-sync`` and ``flush-target`` steps (the wait
-  for the original site's agent to connect and the guest's shutdown are not the transfer's time; both are printed); bytes = what the reverse replication put on its link
-  (checksums, requests and data: the ``bytes_sent`` of ``lifeboat status``).
+  release). Time = the seed (from the master target's attach to the end of the full compare, as the reverse loop
+  records them: ``seed_started_at`` → ``seeded_at``) + failback's ``final-sync`` and ``flush-target`` steps (the wait
+  for the original site's agent to connect and the guest's shutdown are not the transfer's time; both are
+  printed); bytes = what the reverse replication put on its link (checksums, requests and data: the ``bytes_sent``
+  of ``lifeboat status``). The seed reads only the blocks the recovered VM wrote (the rest: checksums from the
+  vault's block-hash index); ``--dense`` fills the original disk, so the master target has no holes to skip.
 * **rsync**: ``rsync --inplace --no-whole-file -I -B 65536 --stats`` of the recovered disk (exported before
   reprotect) onto a copy of the original disk as it was at failover; time = wall clock, bytes = its total bytes
   sent + received (literal data, block checksums and tokens).
@@ -152,7 +155,9 @@ def main() -> int:
         rp_wall = time.monotonic() - t0
         reprotect_s = rp["ended"] - rp["started"]
         rsteps = {s["name"]: s for s in rp["steps"]}
-        seed_s = rsteps["seed"]["ended"] - rsteps["seed"]["started"]
+        # the seed's transfer: from the target's attach (the loop starts then, inside the wait-target step) to the
+        # seed's end as the loop recorded it
+        seed_s = float(rp["failback"]["seeded_at"]) - float(rp["failback"]["seed_started_at"])
         wait_s = rsteps["wait-target"]["ended"] - rsteps["wait-target"]["started"]
         seed = rp["failback"]
         fb = json.loads(site.cli("failback", *H, machine, "--shutdown-timeout", "1s", "--json"))

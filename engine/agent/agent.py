@@ -217,7 +217,7 @@ class Agent:
                 self.last_error = exc.to_dict()
                 # a failed-over machine: the appliance takes this agent again for reprotect (as master target) or
                 # re-enable; retry every few seconds so those start promptly (a handshake costs little)
-                failed_over = exc.code == "LB_FAILED_OVER"
+                failed_over = failed_over or exc.code == "LB_FAILED_OVER"
                 log.warning("replication link: %s", exc)
             except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 self.last_error = {"code": "LB_LINK_DOWN", "message": str(exc) or type(exc).__name__}

@@ -126,6 +126,9 @@ class MachineRuntime:
         self.upload = _Rate()
         self.error: str | None = None
         self.hashes: dict[int, BlockHashIndex] = {}
+        #: every record up to this seq is in ``hashes`` (a view at a seq ≤ it may take a block's checksum from the
+        #: index when the block's last record is ≤ the view's seq: failback's seed, engine/recovery/failback.py)
+        self.hashes_upto = 0
         # Records just made durable in the cache, handed to the applier in memory so it need not read them back.
         # Invariant: ``_mem`` holds every cache record with ``_mem_after < seq <= _mem_upto``, in order;
         # ``_mem_open`` says the next append continues it. Only valid while the applier task runs.
@@ -140,6 +143,7 @@ class MachineRuntime:
         self.sync_note: dict[Any, Record] = {}
         self.sync_note_time = 0.0
         self.open_hash_indexes()
+        self.hashes_upto = vault.last_seq
 
     # RPO: what a failover now would lose (engine/appliance/rpo.py).
     def rpo_seconds(self) -> float:
@@ -381,6 +385,7 @@ class MachineRuntime:
                 self.hashes[r.disk].grow(r.length)
         self.upload.add(sum(len(s.envelope) for s in sealed))
         last = recs[-1].seq
+        self.hashes_upto = max(self.hashes_upto, last)
         self.last_applied_seq, self.last_applied_ts = last, recs[-1].ts_ns / 1e9
         while self.cache_pending and self.cache_pending[0][1] <= last:
             self.cache_pending.popleft()

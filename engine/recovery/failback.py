@@ -53,6 +53,7 @@ from ..fileio import atomic_write
 from ..jobs import Job, JobKind, JobManager, JobState, Plan, StepContext, StepSpec
 from ..names import check_name, inside
 from ..records import BLOCK
+from ..waits import wait_event
 from ..wire import Frame, parse_json, write_frame, write_json
 from ..appliance.blockhash import UNKNOWN
 from .change_map import ChangeMap
@@ -407,10 +408,7 @@ class Reverse:
                 if not self.changes.dirty.any_inflight():
                     self._became_idle()
                 self.wake.clear()
-                try:
-                    await asyncio.wait_for(self.wake.wait(), 0.5)
-                except TimeoutError:
-                    pass
+                await wait_event(self.wake, 0.5)
                 continue
             disk, blocks = taken
             await self._chunk(target, disk, blocks)
@@ -816,10 +814,8 @@ class FailbackService:
                 pending = rep.pending_blocks()
                 ctx.progress(max(0.0, 1 - pending / total),
                              f"compared {st['bytes_compared'] >> 20} MiB, sent {st['data_bytes_sent'] >> 20} MiB")
-                try:   # the loop sets ``idle`` when the seed is done (seeded first): no polling delay on top
-                    await asyncio.wait_for(rep.idle.wait(), 0.2)
-                except TimeoutError:
-                    pass
+                # the loop sets ``idle`` when the seed is done (seeded first): no polling delay on top
+                await wait_event(rep.idle, 0.2)
             self._set_state(machine, REPROTECTED)
             ctx.result.update({"bytes_compared": st["bytes_compared"], "bytes_sent": st["bytes_sent"],
                                "data_bytes_sent": st["data_bytes_sent"]})

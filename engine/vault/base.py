@@ -85,6 +85,16 @@ class VerifyReport:
 class MachineVault(abc.ABC):
     """One protected machine's data in a vault."""
 
+    #: Payload bytes the applier should hand to one ``append`` (None: the applier's own size). A vault whose
+    #: appends cost round trips (a cloud vault) asks for more per append.
+    batch_bytes: int | None = None
+
+    #: True while the vault takes WRITE and SYNC records unsealed: a ``SealedRecord`` with no envelope and the
+    #: plaintext in ``extra["data"]`` (the vault seals what it keeps sealed itself). Read before each batch.
+    @property
+    def takes_plain(self) -> bool:
+        return False
+
     @abc.abstractmethod
     async def ensure_disks(self, disks: list[DiskInfo]) -> None:
         """Create replicas for new disks, grow replicas of disks that grew. Durable on return."""

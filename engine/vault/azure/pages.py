@@ -71,8 +71,8 @@ def _run_ops(run: list[tuple[int, int, object]], read: Callable[[int, int], byte
         # one whole-page piece (initial replication's 1 MiB records): write from its buffer, without a copy
         data: Any = run[0][2][0]  # type: ignore[index]
         start: int = run[0][2][1]  # type: ignore[index]
-        src = memoryview(data)[lo - start:hi - start]
-        return [Op("put", lo + o, min(max_put, hi - lo - o), src[o:o + max_put]) for o in range(0, hi - lo, max_put)]
+        whole = memoryview(data)[lo - start:hi - start]
+        return [Op("put", lo + o, min(max_put, hi - lo - o), whole[o:o + max_put]) for o in range(0, hi - lo, max_put)]
     buf = bytearray(hi - lo)
     # the bytes of partial pages no piece covers come from the page blob as it is
     covered = lo

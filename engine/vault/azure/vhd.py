@@ -105,5 +105,7 @@ def parse_footer(data: bytes | bytearray) -> Footer:
     """Every field of a footer (no check: the caller compares)."""
     if len(data) != FOOTER_SIZE:
         raise ValueError(f"a VHD footer is {FOOTER_SIZE} bytes, got {len(data)}")
-    f = FOOTER.unpack_from(data)
-    return Footer(*f, reserved_zero=not any(data[FOOTER.size:]))
+    (cookie, features, version, offset, ts, app, app_version, host_os, original, current, cylinders, heads, spt,
+     disk_type, check, uid, saved) = FOOTER.unpack_from(data)
+    return Footer(cookie, features, version, offset, ts, app, app_version, host_os, original, current, cylinders,
+                  heads, spt, disk_type, check, uid, saved, reserved_zero=not any(data[FOOTER.size:]))

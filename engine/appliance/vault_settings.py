@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import net
 from ..errors import Conflict, InvalidInput
 from ..home import ApplianceHome
 from ..secrets import delete_secret, get_secret, set_secret
@@ -42,17 +43,22 @@ def set_azure_vault(root: Path, account_url: str, container: str, *, key: str | 
     db = StateDB(home.db)
     try:
         protected = [m["name"] for m in db.machines() if m.get("protected")]
+        # the check connects as the appliance will: through the home's egress settings (allow-list, proxy)
+        from .network import NetworkSettings
+        policy = NetworkSettings(db, cfg["appliance_id"], cfg.get("vault") or {}).egress.policy()
     finally:
         db.close()
     if protected:
         raise Conflict(f"machines are already protected into the current vault ({', '.join(protected[:5])})",
                        advice="The vault is chosen before the first machine is protected; a new appliance home "
                               "is needed to move to another vault.")
+    old_policy = net.set_egress_policy(policy)
     client = connect(account_url, container, cred, retry_for=retry_for, timeout=10.0)
     try:
         check = check_connection(client)
     finally:
         client.close()
+        net.set_egress_policy(old_policy)
     name = azure_secret_name(cfg["appliance_id"])
     old = get_secret(name)
     set_secret(name, secret)

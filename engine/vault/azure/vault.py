@@ -47,7 +47,7 @@ from typing import Any, Callable, TypeVar
 
 from ...codec import Sealer
 from ...errors import AlreadyExists, Conflict, IntegrityError, InvalidInput, LifeboatError, StorageError
-from ...errors import UnknownMachine, UnknownPoint
+from ...errors import NotFound, UnknownMachine, UnknownPoint
 from ...names import check_name
 from ...records import MAX_PAYLOAD, Kind, Record
 from ..base import DiskInfo, DiskView, MachineVault, Point, SealedRecord, Vault, VerifyReport
@@ -70,11 +70,13 @@ APPLY_BATCH = 64 * 1024 * 1024
 #: appends wait for the applier while more than this many envelope bytes are not applied yet
 PENDING_LIMIT = 256 * 1024 * 1024
 IO_THREADS = 8
+#: where the appliance's configuration backups are kept in the container
+BACKUPS = ".lifeboat/config-backups/"
 #: direct (initial-replication) appends write the page blobs in Put Page requests of at most this many bytes, all
 #: of an append's requests at once: an append is ~8 MiB, so smaller requests keep more connections busy
 DIRECT_PUT = 1024 * 1024
 #: payload bytes per append the vault asks of the applier while appends go direct
-DIRECT_BATCH = 32 * 1024 * 1024
+DIRECT_BATCH = 16 * 1024 * 1024
 #: the kinds an append may hold to go direct
 DIRECT_KINDS = frozenset(int(k) for k in (Kind.SYNC, Kind.WRITE, Kind.ZERO, Kind.TRIM))
 
@@ -1155,6 +1157,38 @@ class AzureVault(Vault):
     def machines(self) -> list[str]:
         return sorted({it.name.split("/")[0] for it in self.client.list_blobs("", metadata=False)
                        if it.name.endswith("/meta.json") and it.name.count("/") == 1})
+
+    # -- the appliance's configuration backups (sealed by the backup itself: stored as they are) -------------------
+
+    def _backup_blob(self, name: str) -> str:
+        from ..local import BACKUP_NAME
+        if not isinstance(name, str) or not BACKUP_NAME.fullmatch(name):
+            raise InvalidInput(f"{name!r} is not a configuration backup's name", field="name")
+        return BACKUPS + name   # a machine name never starts with "." (names.py): no clash with a machine
+
+    async def put_config_backup(self, name: str, data: bytes) -> None:
+        blob = self._backup_blob(name)
+        await asyncio.get_running_loop().run_in_executor(self._io, lambda: self.client.put_blob(blob, data))
+
+    async def config_backups(self) -> list[str]:
+        from ..local import BACKUP_NAME
+
+        def names() -> list[str]:
+            return [it.name[len(BACKUPS):] for it in self.client.list_blobs(BACKUPS, metadata=False)
+                    if it.snapshot is None]
+        got = await asyncio.get_running_loop().run_in_executor(self._io, names)
+        return sorted(n for n in got if BACKUP_NAME.fullmatch(n))
+
+    async def get_config_backup(self, name: str) -> bytes:
+        blob = self._backup_blob(name)
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(self._io, self.client.get_properties, blob) is None:
+            raise NotFound(f"container {self.client.container} holds no configuration backup {name!r}")
+        return await loop.run_in_executor(self._io, lambda: self.client.get_blob(blob))
+
+    async def remove_config_backup(self, name: str) -> None:
+        blob = self._backup_blob(name)
+        await asyncio.get_running_loop().run_in_executor(self._io, lambda: self.client.delete_blob(blob))
 
     async def remove_machine(self, machine: str) -> None:
         check_name(machine, "machine name")

@@ -438,3 +438,25 @@ async def test_direct_crash_loses_and_duplicates_nothing(azurite, container) -> 
     direct = [e.rec.seq for e in log_entries(azurite.url, container) if e.direct]
     assert len(direct) == len(set(direct))      # no record logged twice
     await v.close()
+
+
+async def test_configuration_backups_in_the_container(azurite, container) -> None:
+    """The appliance's sealed configuration backups kept beside the machines (the scheduled backup's target)."""
+    from engine.errors import NotFound
+    v = vault(azurite.url, container)
+    mv = await v.open_machine("vm1")
+    names = ["lifeboat-0123abcd-20261205T080000Z.lbbk", "lifeboat-0123abcd-20261205T090000123Z.lbbk"]
+    for i, n in enumerate(names):
+        await v.put_config_backup(n, bytes([i]) * 1000)
+    assert await v.config_backups() == names
+    assert await v.get_config_backup(names[1]) == b"\1" * 1000
+    assert v.machines() == ["vm1"]                       # not taken for a machine
+    await v.remove_config_backup(names[0])
+    assert await v.config_backups() == names[1:]
+    with pytest.raises(NotFound):
+        await v.get_config_backup(names[0])
+    for bad in ("../x", "vm1/meta.json", "lifeboat-x.lbbk"):
+        with pytest.raises(InvalidInput):
+            await v.put_config_backup(bad, b"x")
+    assert mv.last_seq == 0
+    await v.close()

@@ -76,6 +76,13 @@ async def test_every_point_byte_identical_from_azure_through_the_authenticated_p
     async def prepare(site: Site) -> None:
         _init(site)
         home = str(site.ahome)
+        # an allow-list without the storage endpoint: `vault set` is refused before any packet, nothing changes
+        assert _cli("egress", "allow", "--home", home, "--preset", "commercial").returncode == 0
+        before = (site.ahome / "appliance.json").read_bytes()
+        r = _cli("vault", "set", "--home", home, "--kind", "azure", "--account-url", azurite.url, "--container",
+                 container, "--key-stdin", stdin=KEY + "\n")
+        assert r.returncode != 0 and "LB_EGRESS_REFUSED" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert (site.ahome / "appliance.json").read_bytes() == before
         for args, stdin in ((("egress", "allow", "--home", home, "--add", "127.0.0.1"), ""),
                             (("egress", "proxy", "--home", home, "--url", tinyproxy.url, "--user", PROXY_USER,
                               "--password-stdin"), PROXY_PASSWORD + "\n"),

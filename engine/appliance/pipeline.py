@@ -361,6 +361,11 @@ class MachineRuntime:
                         await asyncio.shield(writing)
                         writing = None
                     await self.gate.wait_open()
+                if writing is not None and self.vault.takes_plain:
+                    # nothing to seal: take the next batch once the append in flight is done, so it holds
+                    # everything that arrived meanwhile (fewer, fuller appends; each ends in a barrier)
+                    await asyncio.shield(writing)
+                    writing = None
                 self.new_data.clear()
                 recs = await self._fetch(fetched)
                 if not recs:

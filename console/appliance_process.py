@@ -3,7 +3,7 @@
 The console never hosts the appliance it attaches to. When nothing answers on the home's control port it offers
 to start it, and says how (``StartPlan.describe``):
 
-- where systemd runs this machine and a service is installed for the home: ``systemctl start`` that unit;
+- where a service is installed for the home (systemd, or the Windows service manager): start that service;
 - otherwise ``lifeboat appliance run --home DIR`` (the service unit's ExecStart) as a detached background process:
   its own session (closing the console, its terminal or the desktop session does not signal it), standard input
   from the null device, standard output and error appended to the home's ``appliance.log`` (the process's own
@@ -37,6 +37,7 @@ class StartPlan:
     how: str
     command: list[str] = field(default_factory=list)
     unit: str | None = None
+    manager: str = "systemd"
 
     @property
     def log(self) -> Path:
@@ -44,8 +45,10 @@ class StartPlan:
 
     def describe(self) -> str:
         if self.how == "service":
+            how = ("the Windows service manager's Start, as in Services" if self.manager == "windows"
+                   else f"systemctl start {self.unit}")
             return (f"The service {self.unit} is installed for this appliance but is not running. Lifeboat will "
-                    f"start it (systemctl start {self.unit}); it keeps running when this console closes.")
+                    f"start it ({how}); it keeps running when this console closes.")
         return ("Lifeboat will start the appliance as a background process of its own:\n"
                 f"    {' '.join(self.command)}\n"
                 f"Its output goes to {self.log}. It keeps protecting your machines when this console closes; "
@@ -54,14 +57,14 @@ class StartPlan:
 
 
 def plan_start(home: Path) -> StartPlan:
-    """Blocking (asks systemd): run it in a thread from the GUI loop."""
+    """Blocking (asks the service manager): run it in a thread from the GUI loop."""
     home = Path(home).absolute()
     try:
         svc = appliance_service(home)
     except Exception:   # no systemctl, an unreadable unit: the process way still works
         svc = {"installed": False}
     if svc.get("installed"):
-        return StartPlan(home, "service", unit=str(svc.get("unit")))
+        return StartPlan(home, "service", unit=str(svc.get("unit")), manager=str(svc.get("manager") or "systemd"))
     return StartPlan(home, "process", command=appliance_run_command(home))
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from engine.api import (Appliance, ApplianceLink, ApplianceStatus, ApplianceUnreachable, CleanupView, Conflict,
                         DrillView, EmbeddedAppliance, Event, FailbackView, JobView, LifeboatError, MachineView, NotReady,
                         PlanActionView, PlanGroupView, PlanRunView, PlanSummaryView, PlanView, PointView, Policy,
-                        RecoveredVMView, RecoveryHostView, RecoverySettingsView, RemoteAppliance, ReportView,
+                        RecoveredVMView, RecoveryHostView, RecoverySettingsView, RemoteAppliance, ReportView, TargetHealthView,
                         console_types, format_duration, format_size, is_initialised, parse_address, parse_duration,
                         parse_size, parse_window)
 
@@ -479,6 +479,23 @@ class EngineFacade:
 
     async def send_test_email(self) -> str:
         return await self._emb().send_test_email()
+
+    # the vault target (issue 15): Add target, the dashboard's target health -----------------------------------
+    def vault_target(self) -> dict[str, Any]:
+        return self._emb().vault_target()
+
+    async def test_vault_target(self, account_url: str, container: str, *, key: str | None = None,
+                                sas: str | None = None) -> dict[str, Any]:
+        return await self._emb().test_vault_target(account_url, container, key=key, sas=sas)
+
+    async def set_vault_target(self, account_url: str, container: str, *, key: str | None = None,
+                               sas: str | None = None) -> dict[str, Any]:
+        return await self._emb().set_vault_target(account_url, container, key=key, sas=sas)
+
+    def target_health(self) -> TargetHealthView | None:
+        """None while no appliance answers (stopped, or the link is down): the dashboard says unknown."""
+        eng = self._live()
+        return eng.target_health() if eng is not None else None
 
 
 __all__ = ["EngineFacade", "ApplianceUnreachable", "Policy", "PointView", "DrillView", "CleanupView", "MachineView", "ApplianceStatus",

@@ -24,6 +24,9 @@ from engine.api import (CertificateUntrusted, CertificateView, LifeboatError, Lo
                         KIT_MIN_PASSPHRASE as KIT_MIN_PASSPHRASE,   # re-exported for the wizard
                         parse_address)
 
+from .network import EgressPlan
+from .target import AzureTarget, set_new as set_azure_target
+
 #: Shown whenever a vCenter presents another certificate than the one accepted or pinned before (issue 12).
 INTERCEPTION_WARNING = ("The certificate changed: someone may be intercepting the connection, or the vCenter's "
                         "certificate was replaced. Check with its administrator before trusting it.")
@@ -51,6 +54,8 @@ class SetupPlan:
     data_port: int
     listen: str = "0.0.0.0"
     vcenter: VCenterPlan | None = None
+    azure: AzureTarget | None = None     # the vault on Azure Blob instead of the local folder ``vault``
+    egress: EgressPlan | None = None     # the Outbound network page (with ``azure`` only); None: direct
 
 
 def validate_home(text: str) -> str | None:
@@ -214,6 +219,7 @@ class PendingHome:
         self.appliance_id: str = ""
         self._made: list[Path] = []  # parent folders create() made, removed again by discard()
         self.kit_path: Path | None = None   # where the recovery kit was saved (the wizard needs one)
+        self._egress_written = False        # a Finish that failed later wrote egress settings: undo if dropped
 
     async def create(self, near: Path) -> str:
         """Initialise a home next to ``near`` (the folder the operator chose) and return its passphrase."""
@@ -247,8 +253,17 @@ class PendingHome:
         src = self.path
         await asyncio.to_thread(configure_home, src, control_port=plan.control_port, data_port=plan.data_port,
                                 listen=plan.listen, vault=plan.vault)
+        # the egress settings first: the target is checked through them, and the appliance starts with them
+        if plan.egress is not None and not plan.egress.empty:
+            await plan.egress.write(src)
+            self._egress_written = True
+        elif self._egress_written:
+            await EgressPlan().write(src)
+            self._egress_written = False
+        if plan.azure is not None:   # checked again, then stored (credential in the keyring); a refusal raises
+            await set_azure_target(plan.azure, src)
         await asyncio.to_thread(_move_into_place, src, plan.home.expanduser())
-        self.path, self._made = None, []
+        self.path, self._made, self._egress_written = None, [], False
         return plan.home
 
     async def discard(self) -> None:

@@ -4,14 +4,21 @@ bandwidth schedule), the connectivity check and the e-mail alert settings, as pl
 The engine validates (``engine.api.EmbeddedAppliance.save_egress`` / ``save_smtp``): a refusal names its field, which
 this model maps to the form's field so the page shows the message next to it. Passwords are passed through to the
 engine (the OS keyring) and never kept here. Qt-free, so it is tested without widgets too.
+
+:class:`EgressPlan` is the same allow-list and proxy for a home whose appliance does not run yet (the set-up
+wizard's Outbound network page): validated by the same engine function (``engine.api.egress_from_form``), tried
+with ``engine.api.try_proxy``, used for the wizard's Azure Test connection, and written into the new home at Finish
+(``engine.api.set_home_egress``: the proxy password to the OS keyring only).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from engine.api import LifeboatError
+from engine.api import EgressSettings, LifeboatError, egress_from_form, set_home_egress, try_proxy
 
 #: engine field name → the form's field
 FIELD_OF = {"custom": "custom", "allow-list entry": "custom", "preset": "presets", "proxy_url": "proxy_url",
@@ -38,6 +45,82 @@ def _outcome(exc: LifeboatError, fallback_field: str | None = None) -> Outcome:
 def split_list(text: str) -> list[str]:
     """Entries typed one per line or separated by commas."""
     return [e.strip() for line in text.splitlines() for e in line.split(",") if e.strip()]
+
+
+def proxy_outcome(r: dict[str, Any]) -> Outcome:
+    """A proxy test's result (``{"ok", "code", "detail", "advice"}``) as a message, and the field it is about: a
+    refused password at the password, anything else at the proxy URL."""
+    if r.get("ok"):
+        return Outcome(True, f"Proxy OK: {r['detail']}")
+    f = "proxy_password" if r.get("code") == "LB_PROXY_AUTH" else "proxy_url"
+    return Outcome(False, f"{r.get('code')}: {r.get('detail')}", {f: f"{r.get('code')}: {r.get('detail')}"})
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPlan:
+    """The URL allow-list and proxy typed for a new home (the set-up wizard's Outbound network page). The proxy
+    password is held only until Finish hands it to the engine, which keeps it in the OS keyring (never in a
+    ``repr``)."""
+    presets: tuple[str, ...] = ()
+    custom: tuple[str, ...] = ()
+    proxy_url: str = ""
+    proxy_user: str = ""
+    proxy_password: str = field(default="", repr=False)
+    bypass: tuple[str, ...] = ()
+
+    @classmethod
+    def from_form(cls, form: dict[str, Any]) -> EgressPlan:
+        """``form`` as the Network and cloud page's (presets list; custom and bypass as typed)."""
+        return cls(tuple(form.get("presets") or ()), tuple(split_list(form.get("custom", ""))),
+                   str(form.get("proxy_url", "")).strip(), str(form.get("proxy_user", "")).strip(),
+                   str(form.get("proxy_password") or ""), tuple(split_list(form.get("bypass", ""))))
+
+    @property
+    def empty(self) -> bool:
+        """Nothing set: the appliance connects directly, to any host (a new home's default)."""
+        return not (self.presets or self.custom or self.proxy_url)
+
+    def settings(self) -> EgressSettings:
+        """The engine's settings (InvalidInput naming the field when something is malformed)."""
+        return egress_from_form(presets=self.presets, custom=self.custom, proxy_url=self.proxy_url,
+                                proxy_user=self.proxy_user, bypass=self.bypass,
+                                password_known=bool(self.proxy_password))
+
+    def errors(self) -> dict[str, str]:
+        """Messages by form field (the engine stops at the first field at fault); empty when valid."""
+        try:
+            self.settings()
+        except LifeboatError as exc:
+            return _outcome(exc).errors or {"proxy_url": exc.message}
+        return {}
+
+    def describe(self) -> str:
+        if self.empty:
+            return "direct (no proxy), any host"
+        allow = [f"{p} preset" for p in self.presets] + list(self.custom)
+        parts = [f"allow-list: {', '.join(allow)}" if allow else "allow-list: any host"]
+        if self.proxy_url:
+            parts.append(f"proxy {self.proxy_url}" + (f" as {self.proxy_user} (password: OS keyring only)"
+                                                      if self.proxy_user else "")
+                         + (f", bypass {', '.join(self.bypass)}" if self.bypass else ""))
+        else:
+            parts.append("no proxy")
+        return "; ".join(parts)
+
+    async def try_proxy(self, target: tuple[str, int] | None = None) -> Outcome:
+        """The proxy's Test button for a new home: a tunnel through it (nothing stored)."""
+        if not self.proxy_url:
+            return Outcome(False, "Enter the proxy's URL first.", {"proxy_url": "Enter http://HOST:PORT."})
+        try:
+            r = await asyncio.to_thread(try_proxy, self.proxy_url, self.proxy_user, self.proxy_password or None,
+                                        self.bypass, target)
+        except LifeboatError as exc:
+            return _outcome(exc, "proxy_url")
+        return proxy_outcome(r)
+
+    async def write(self, home: Path) -> dict[str, Any]:
+        """Store in ``home`` as ``lifeboat egress ...`` does (the password to the keyring only)."""
+        return await asyncio.to_thread(set_home_egress, home, self.settings(), self.proxy_password or None)
 
 
 class NetworkSettingsModel:
@@ -79,10 +162,7 @@ class NetworkSettingsModel:
                                              form.get("proxy_password") or None, split_list(form.get("bypass", "")))
         except LifeboatError as exc:
             return _outcome(exc, "proxy_url")
-        if r.get("ok"):
-            return Outcome(True, f"Proxy OK: {r['detail']}")
-        f = "proxy_password" if r.get("code") == "LB_PROXY_AUTH" else "proxy_url"
-        return Outcome(False, f"{r.get('code')}: {r.get('detail')}", {f: str(r.get("detail"))})
+        return proxy_outcome(r)
 
     async def check(self) -> tuple[Outcome, dict[str, Any] | None]:
         try:

@@ -41,6 +41,8 @@ from .console_remote import RemoteAppliance
 from .events import Alert, ApplianceLink, Event, EventBus, JobChanged, JobProgress, MachineStatus, PointCreated
 from .home import ApplianceHome
 from .jobs import JobManager
+from . import net
+from .egress import EgressSettings
 from .net import parse_address
 from .recovery.failover import FailoverService
 from .recovery.plans import PlanService
@@ -571,6 +573,63 @@ class ReportView:
                    str(k.get("json") or ""), str(k.get("html") or ""))
 
 
+@dataclass(frozen=True, slots=True)
+class TargetMachineView:
+    """One protected machine's share of the target's health (``TargetHealthView.machines``)."""
+    name: str
+    last_upload: float | None = None
+    upload_backlog_records: int = 0
+    apply_backlog_records: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TargetMachineView:
+        k = _known(cls, d)
+        ab = k.get("apply_backlog_records")
+        return cls(str(k["name"]), _opt_float(k.get("last_upload")), int(k.get("upload_backlog_records") or 0),
+                   None if ab is None else int(ab), _error_text(k.get("error")))
+
+
+@dataclass(frozen=True, slots=True)
+class TargetHealthView:
+    """The vault target's health (``target_health()``; docs/CONTRACT.md §8). ``state``: ok | idle | unknown | stalled |
+    throttled | error, with ``detail`` saying why. ``None`` means unknown or not applicable, never "fine":
+    ``last_upload`` None (nothing reached the target this run), ``throttled`` None (a local vault cannot be),
+    ``rate_limit`` None (no upload limit in force now), ``apply_backlog_records`` None (a local vault applies as it
+    writes)."""
+    kind: str = "local"
+    location: str | None = None
+    container: str | None = None
+    state: str = "unknown"
+    detail: str = ""
+    time: float = 0.0
+    last_upload: float | None = None
+    upload_backlog_records: int = 0
+    apply_backlog_records: int | None = None
+    throttled: bool | None = None
+    throttle_window: float = 60.0
+    throttle_events: int = 0
+    last_throttle_time: float | None = None
+    last_throttle_status: int | None = None
+    rate_limit: float | None = None
+    error: str | None = None
+    machines: tuple[TargetMachineView, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TargetHealthView:
+        k = _known(cls, d)
+        lt = d.get("last_throttle") if isinstance(d.get("last_throttle"), Mapping) else {}
+        ab, th = k.get("apply_backlog_records"), k.get("throttled")
+        return cls(str(k.get("kind", "local")), k.get("location"), k.get("container"), str(k.get("state", "unknown")),
+                   str(k.get("detail") or ""), float(k.get("time") or 0.0), _opt_float(k.get("last_upload")),
+                   int(k.get("upload_backlog_records") or 0), None if ab is None else int(ab),
+                   None if th is None else bool(th), float(k.get("throttle_window") or 60.0),
+                   int(k.get("throttle_events") or 0), _opt_float((lt or {}).get("time")),
+                   None if not lt or lt.get("status") is None else int(lt["status"]),
+                   _opt_float(k.get("rate_limit")), _error_text(k.get("error")),
+                   tuple(TargetMachineView.from_dict(m) for m in k.get("machines") or ()))
+
+
 # home set-up ---------------------------------------------------------------------------------------------------------
 def is_initialised(home: Path) -> bool:
     """Whether ``home`` holds an initialised appliance (its ``appliance.json``)."""
@@ -587,22 +646,103 @@ def configure_home(home: Path, *, control_port: int, data_port: int, listen: str
 
 
 def delete_vault_key(appliance_id: str) -> None:
-    """Remove an appliance's vault key (and backup key) from the OS keyring (a set-up that is abandoned leaves
-    nothing behind)."""
+    """Remove an appliance's vault key (and backup key, Azure target credential and proxy password) from the OS
+    keyring (a set-up that is abandoned leaves nothing behind)."""
+    from .appliance.vault_settings import azure_secret_name
     from .backup.archive import backup_key_name
+    from .egress import proxy_password_name
     delete_secret(vault_key_name(appliance_id))
     delete_secret(backup_key_name(appliance_id))
+    delete_secret(azure_secret_name(appliance_id))
+    delete_secret(proxy_password_name(appliance_id))
+
+
+def check_azure_target(account_url: str, container: str, *, key: str | None = None, sas: str | None = None,
+                       home: Path | None = None, retry_for: float = 15.0, egress: EgressSettings | None = None,
+                       proxy_password: str | None = None) -> dict[str, Any]:
+    """Test an Azure Blob target, storing nothing (blocking: run it in a worker thread): through ``egress`` (settings
+    as typed, e.g. by ``egress_from_form``, with ``proxy_password``), else the egress settings of ``home`` (None:
+    those in force in this process, a new home's: direct, no allow-list). Returns
+    ``{"account_url", "container", "latency_ms"}``; raises InvalidInput with ``details["field"]`` (``account_url``,
+    ``container``, ``secret``), or the failed check's error (LB_CLOUD_AUTH_FAILED, LB_CONTAINER_MISSING,
+    LB_CLOUD_UNREACHABLE, LB_EGRESS_REFUSED, LB_PROXY_AUTH, LB_PROXY_UNREACHABLE)."""
+    from .appliance.vault_settings import check_azure_target as check
+    return check(account_url, container, key=key, sas=sas, root=Path(home) if home is not None else None,
+                 retry_for=retry_for, egress=egress, proxy_password=proxy_password)
+
+
+def egress_from_form(*, presets: list[str] | tuple[str, ...] = (), custom: list[str] | tuple[str, ...] = (),
+                     proxy_url: str = "", proxy_user: str = "", bypass: list[str] | tuple[str, ...] = (),
+                     password_known: bool = True) -> EgressSettings:
+    """Egress settings (URL allow-list and proxy) from a form as typed, validated field by field (pure): the
+    Network and cloud page's validation, for a home whose appliance does not run yet (the set-up wizard).
+    InvalidInput with ``details["field"]``: ``custom``, ``preset``, ``proxy_url``, ``proxy_user``, ``bypass entry``,
+    ``proxy_password`` (a user and no password: ``password_known`` False)."""
+    from .egress import settings_from_form
+    return settings_from_form(presets=list(presets), custom=list(custom), proxy_url=proxy_url,
+                              proxy_user=proxy_user, bypass=list(bypass), password_known=password_known)
+
+
+def try_proxy(url: str, user: str = "", password: str | None = None, bypass: list[str] | tuple[str, ...] = (),
+              target: tuple[str, int] | None = None, *, timeout: float = 10.0) -> dict[str, Any]:
+    """Try a proxy typed for a home whose appliance does not run (the set-up wizard), storing nothing: a CONNECT
+    tunnel to ``target`` (the proxy's own address when None), nothing sent through it. ``{"ok", "code", "detail",
+    "advice"}`` as the running appliance's ``test_proxy``; InvalidInput (``proxy_url``, ``proxy_user``) for what
+    is malformed. Blocking: run it in a worker thread."""
+    from .appliance.network import proxy_test
+    from .egress import ProxySettings
+    ps = ProxySettings.parse(url, user=user.strip() or None, bypass=[b for b in bypass if b.strip()])
+    return proxy_test(net.Proxy(ps.host, ps.port, ps.user, password if ps.user else None), target, timeout=timeout)
+
+
+def set_home_egress(home: Path, settings: EgressSettings, proxy_password: str | None = None) -> dict[str, Any]:
+    """Store egress settings in ``home`` as ``lifeboat egress ...`` does (``state.db``; the proxy password in the
+    OS keyring only, removed when the proxy has none): the appliance uses them from its next start. Returns their
+    wire form (``egress_settings()``'s, without ``presets_available``)."""
+    from .appliance.network import save_home_egress
+    return save_home_egress(Path(home), settings, proxy_password).to_dict()
+
+
+def set_azure_target(home: Path, account_url: str, container: str, *, key: str | None = None,
+                     sas: str | None = None, retry_for: float = 15.0) -> dict[str, Any]:
+    """``lifeboat vault set --kind azure`` on a home whose appliance does not run here (the set-up wizard): checks
+    through the home's egress settings, then stores (credential in the keyring); refused (LB_CONFLICT) once a
+    machine is protected; nothing changed on any failure. Returns ``vault_target()``'s document plus ``check``."""
+    from .appliance.vault_settings import set_azure_vault
+    return set_azure_vault(Path(home), account_url, container, key=key, sas=sas, retry_for=retry_for)
 
 
 def export_recovery_kit(home: Path, out: Path, passphrase: str) -> Path:
     """Write the appliance's recovery kit (vault key, backup key, CA; sealed with ``passphrase``, at least
     ``KIT_MIN_PASSPHRASE`` characters) to the new file ``out`` (printable text, 0600). Slow on purpose (scrypt):
-    run it off the GUI thread. InvalidInput for a short passphrase or an existing file."""
-    from .backup.archive import kit_from_home
-    from .backup.kit import seal, write_kit
-    kit = kit_from_home(ApplianceHome(Path(home)))
-    write_kit(Path(out), seal(kit, passphrase), kit.appliance_id)
+    run it off the GUI thread. InvalidInput for a short passphrase or an existing file. When this account's keyring
+    lacks the key (the appliance is a service under another account), the running appliance seals it; KeyringError
+    when none runs."""
+    from .backup.kit import write_kit
+    from .backup.via_appliance import export_kit
+    if Path(out).exists():
+        raise InvalidInput(f"{out} exists; a recovery kit never overwrites a file", field="out")
+    aid, blob, _ = export_kit(ApplianceHome(Path(home)), passphrase)
+    write_kit(Path(out), blob, aid)
     return Path(out)
+
+
+def import_recovery_kit(home: Path, kit: Path, passphrase: str) -> dict[str, Any]:
+    """Put the kit's keys into the keyring of the running appliance of ``home`` (a locked one then starts its
+    roles), or, with none running, into this account's: ``{"appliance_id", "keys", "restored_entries",
+    "stored_in", "unlocked"?}``. Blocking (scrypt, and waiting for a locked appliance to start): run it off the GUI
+    thread. KitPassphrase (``LB_KIT_PASSPHRASE``), KitCorrupt, Conflict (``LB_KIT_MISMATCH``); nothing is written then."""
+    from .backup.kit import read_kit
+    from .backup.via_appliance import import_kit
+    return import_kit(ApplianceHome(Path(home)), read_kit(Path(kit)), passphrase)
+
+
+def backup_appliance(home: Path) -> dict[str, Any]:
+    """A configuration backup now (home and vault), taken by the running appliance with the keys it holds, or here
+    when none runs and this account's keyring holds them: ``{"name", "path", "size", "vault", "taken_by"}``.
+    Blocking: run it off the GUI thread."""
+    from .backup.via_appliance import backup_now
+    return backup_now(ApplianceHome(Path(home)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,6 +799,12 @@ def check_vcenter_login(host: str, port: int, user: str, password: str, thumbpri
     disconnect(si)
 
 
+def _watch_target(appliance: Appliance) -> None:
+    """Count the target's 429/503 answers from now on (the dashboard's "throttled")."""
+    from .appliance.vault_settings import watch_target
+    watch_target(appliance.vault)
+
+
 # the embedded appliance ----------------------------------------------------------------------------------------------
 class EmbeddedAppliance:
     """An ``Appliance`` run inside the caller's event loop, queried through typed views.
@@ -675,6 +821,7 @@ class EmbeddedAppliance:
         consoles: engine/appliance/console_link.py); its ``start``/``stop`` are not this object's to call."""
         self = cls.__new__(cls)
         self.appliance = appliance
+        _watch_target(appliance)
         return self
 
     async def start(self) -> None:
@@ -684,6 +831,7 @@ class EmbeddedAppliance:
         except BaseException:
             await self.appliance.stop()
             raise
+        _watch_target(self.appliance)
 
     async def stop(self) -> None:
         await self.appliance.stop()
@@ -1015,23 +1163,11 @@ class EmbeddedAppliance:
         """Validate every field as typed (``InvalidInput.details["field"]`` names the one at fault: ``custom``,
         ``preset``, ``proxy_url``, ``proxy_user``, ``bypass entry``, ``work_hours``, ``work_rate``, ``off_rate``),
         store, and put in force at once. ``proxy_password`` None keeps the stored one."""
-        from .egress import BandwidthSchedule, EgressSettings, ProxySettings, parse_rate
-        from . import net
-        entries = []
-        for e in custom:
-            if e.strip():
-                try:
-                    entries.append(net.check_allow_entry(e))
-                except InvalidInput as exc:
-                    raise InvalidInput(exc.message, field="custom", advice=exc.advice) from None
-        proxy = ProxySettings.parse(proxy_url, user=proxy_user.strip() or None,
-                                    bypass=[b for b in bypass if b.strip()]) if proxy_url.strip() else None
-        bw = BandwidthSchedule(work_hours.strip(), parse_rate(work_rate, what="work_rate"),
-                               parse_rate(off_rate, what="off_rate"))
-        s = EgressSettings(tuple(presets), tuple(dict.fromkeys(entries)), proxy, bw).validate()
-        if proxy is not None and proxy.user and not proxy_password and not self._network().has_proxy_password():
-            raise InvalidInput(f"no password for proxy user {proxy.user!r}", field="proxy_password",
-                               advice="Type the proxy's password.")
+        from .egress import settings_from_form
+        n = self._network()
+        s = settings_from_form(presets=presets, custom=custom, proxy_url=proxy_url, proxy_user=proxy_user,
+                               bypass=bypass, work_hours=work_hours, work_rate=work_rate, off_rate=off_rate,
+                               password_known=bool(proxy_password) or n.has_proxy_password())
         self._network().save(s, proxy_password=proxy_password or None)
         return self.egress_settings()
 
@@ -1071,6 +1207,45 @@ class EmbeddedAppliance:
         """Send a test e-mail with the stored settings; returns its Message-ID (MailError on failure)."""
         import asyncio
         return await asyncio.to_thread(self._network().send_test)
+
+    # the vault target (issue 15): Add target, and its health on the dashboard ------------------------------------
+    def vault_target(self) -> dict[str, Any]:
+        """The target in the home's settings (``lifeboat vault show --json``: ``kind``, ``account_url``,
+        ``container``, ``auth``, ``credential`` (where it is kept, never the secret) or ``path``), plus ``in_use``:
+        the kind this running appliance replicates to (a change applies at the next start) and ``protected``: the
+        protected machines (a target can no longer be set once there is one)."""
+        from .appliance.vault_settings import show_vault
+        app = self.appliance
+        out = show_vault(app.home.root)
+        out["in_use"] = str((app.cfg.get("vault") or {}).get("kind", "local"))
+        out["protected"] = [m["name"] for m in app.db.machines() if m.get("protected")] if app.db is not None else []
+        return out
+
+    async def test_vault_target(self, account_url: str, container: str, *, key: str | None = None,
+                                sas: str | None = None, retry_for: float = 8.0) -> dict[str, Any]:
+        """Test an Azure target through this appliance's egress settings (in force in its process), storing
+        nothing: ``check_azure_target``'s result or its error."""
+        import asyncio
+        from .appliance.vault_settings import check_azure_target as check
+        return await asyncio.to_thread(check, account_url, container, key=key, sas=sas, retry_for=retry_for)
+
+    async def set_vault_target(self, account_url: str, container: str, *, key: str | None = None,
+                               sas: str | None = None, retry_for: float = 15.0) -> dict[str, Any]:
+        """``lifeboat vault set --kind azure`` for this appliance's home: checked through the egress settings in
+        force, then stored (credential in the keyring). LB_CONFLICT once a machine is protected; nothing changed
+        on any failure. The running appliance keeps its current target until its next start
+        (``restart_required``)."""
+        import asyncio
+        from .appliance.vault_settings import set_azure_vault
+        out = await asyncio.to_thread(set_azure_vault, self.appliance.home.root, account_url, container, key=key,
+                                      sas=sas, retry_for=retry_for, egress=False)
+        return {**out, "restart_required": True}
+
+    def target_health(self) -> TargetHealthView:
+        """The vault target's health now (docs/CONTRACT.md §8): kind and location, last upload, backlog, throttled
+        or not, upload rate limit, error. Unknown is said as unknown (None), never as fine."""
+        from .appliance.vault_settings import target_health
+        return TargetHealthView.from_dict(target_health(self.appliance))
 
 
 def console_types() -> dict[str, type]:
@@ -1134,8 +1309,11 @@ __all__ = [
     # embedded appliance and home set-up
     "EmbeddedAppliance", "open_appliance", "Appliance", "init_home", "is_initialised", "configure_home", "delete_vault_key",
     "check_vcenter_login", "fetch_vcenter_certificate", "CertificateView", "AdminClient",
+    # the vault target (issue 15)
+    "check_azure_target", "set_azure_target", "TargetHealthView", "TargetMachineView",
+    "EgressSettings", "egress_from_form", "try_proxy", "set_home_egress",
     # the appliance's own recovery (issue 16)
-    "export_recovery_kit", "KIT_MIN_PASSPHRASE",
+    "export_recovery_kit", "import_recovery_kit", "backup_appliance", "KIT_MIN_PASSPHRASE",
     # consoles attached to a running appliance (issue 16)
     "RemoteAppliance", "attach_appliance", "serve_consoles", "console_types", "ApplianceLink",
     "appliance_service", "start_appliance_service", "appliance_run_command",

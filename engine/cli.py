@@ -258,6 +258,10 @@ def cmd_status(a: argparse.Namespace) -> int:
     if a.json:
         _print(st, True)
         return 0
+    if st.get("state") == "locked":   # engine/appliance/locked.py: no vault key in the appliance's keyring
+        err = st.get("error") or {}
+        print(f"appliance locked: {err.get('code', 'LB_KEYRING')}: {err.get('message', '')}\n  {err.get('advice', '')}")
+        return 3
     if not st["machines"] and not st["registered"] and not st.get("revoked"):
         print("no machines registered")
     for m in st["machines"]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import errors, net
-from .errors import ApplianceUnreachable, ProtocolError
+from .errors import ApplianceNotRunning, ApplianceUnreachable, ProtocolError
 from .home import ApplianceHome
 
 
@@ -39,7 +39,7 @@ class AdminClient:
                                      headers={"Content-Type": "application/json", "X-Lifeboat-Operator": _operator()})
             raw = resp.body
         except ConnectionRefusedError:
-            raise ApplianceUnreachable(f"the appliance of {self.home.root} is not running (port {self.port})",
+            raise ApplianceNotRunning(f"the appliance of {self.home.root} is not running (port {self.port})",
                                        advice=f"Start it: `lifeboat appliance run --home {self.home.root}`.") from None
         except (OSError, ssl.SSLError, socket.timeout) as exc:
             raise ApplianceUnreachable(f"cannot talk to the appliance on port {self.port}: {exc}") from None

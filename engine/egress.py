@@ -25,7 +25,7 @@ from .policy import parse_window
 from .secrets import delete_secret, get_secret, set_secret
 
 __all__ = ["PRESETS", "BandwidthSchedule", "EgressSettings", "EgressStore", "MetaStore", "ProxySettings",
-           "format_rate", "parse_rate", "proxy_password_name"]
+           "format_rate", "parse_rate", "proxy_password_name", "settings_from_form"]
 
 SCHEMA = 1
 META_KEY = "egress"
@@ -266,6 +266,37 @@ class EgressSettings:
                    BandwidthSchedule(str(b.get("work_hours") or "08:00-18:00"), _opt(b.get("work_rate")),
                                      _opt(b.get("off_rate"))),
                    int(d.get("revision") or 0))
+
+
+def settings_from_form(*, presets: list[str] | tuple[str, ...] = (), custom: list[str] | tuple[str, ...] = (),
+                       proxy_url: str = "", proxy_user: str = "", bypass: list[str] | tuple[str, ...] = (),
+                       work_hours: str = "08:00-18:00", work_rate: str | float | None = "unlimited",
+                       off_rate: str | float | None = "unlimited", password_known: bool = True) -> EgressSettings:
+    """The settings a form means, every field validated as typed (pure: nothing stored, nothing resolved).
+
+    The one validation behind the console's Network and cloud page and the set-up wizard's Outbound network page:
+    ``InvalidInput.details["field"]`` names the field at fault (``custom``, ``preset``, ``proxy_url``,
+    ``proxy_user``, ``bypass entry``, ``proxy_password``, ``work_hours``, ``work_rate``, ``off_rate``). A proxy
+    with a user needs a password: ``password_known`` says whether one is typed or already stored."""
+    entries = []
+    for e in custom:
+        if e.strip():
+            try:
+                entries.append(net.check_allow_entry(e))
+            except InvalidInput as exc:
+                raise InvalidInput(exc.message, field="custom", advice=exc.advice) from None
+    proxy = ProxySettings.parse(proxy_url, user=proxy_user.strip() or None,
+                                bypass=[b for b in bypass if b.strip()]) if proxy_url.strip() else None
+    if proxy is None and (proxy_user.strip() or any(b.strip() for b in bypass)):
+        raise InvalidInput("a proxy user or bypass list was given without a proxy URL", field="proxy_url",
+                           advice="Give the proxy as http://HOST:PORT, or clear the user and the bypass list.")
+    bw = BandwidthSchedule(work_hours.strip(), parse_rate(work_rate, what="work_rate"),
+                           parse_rate(off_rate, what="off_rate"))
+    s = EgressSettings(tuple(presets), tuple(dict.fromkeys(entries)), proxy, bw).validate()
+    if proxy is not None and proxy.user and not password_known:
+        raise InvalidInput(f"no password for proxy user {proxy.user!r}", field="proxy_password",
+                           advice="Type the proxy's password.")
+    return s
 
 
 def _opt(v: Any) -> float | None:

@@ -143,6 +143,11 @@ class ApplianceUnreachable(LifeboatError, ConnectionError):
     advice = "Start the appliance (`lifeboat appliance run --home DIR`) and check host, port and firewall."
 
 
+class ApplianceNotRunning(ApplianceUnreachable):
+    """Nothing listens on the home's control port (the connection was refused): no appliance runs for this home, as
+    opposed to one that runs but does not answer in time. Same code; commands that may act locally tell them apart."""
+
+
 class ProtocolError(LifeboatError, ConnectionError):
     code = "LB_PROTOCOL_ERROR"
     advice = "The peer sent something Lifeboat does not understand; check that both sides run the same version."

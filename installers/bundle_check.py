@@ -187,6 +187,23 @@ def pyvmomi_types() -> str:
 
 
 @check
+def windows_service_pieces() -> str:
+    """What the Windows service needs at run time (lifeboat.exe appliance service-host): pywin32's service framework
+    and event log, all imported inside functions (so listed in the spec's hidden imports). Windows builds only."""
+    if sys.platform != "win32":
+        return "not a Windows build: nothing to check"
+    names = ["win32serviceutil", "win32service", "servicemanager", "pywintypes", "win32evtlog", "win32evtlogutil",
+             "win32timezone", "engine.platform.windows_service"]
+    for name in names:
+        importlib.import_module(name)
+    import win32service
+
+    if not os.path.isfile(win32service.__file__ or ""):
+        raise AssertionError(f"win32service has no file on disk (the event log's message file): {win32service.__file__}")
+    return f"{len(names)} modules; event-log messages from {win32service.__file__}"
+
+
+@check
 def versions_in_crash_report() -> str:
     """console.errors.versions() reads package metadata: bundled for the packages a crash report names."""
     from console.errors import versions

@@ -25,6 +25,7 @@ SYSTEM_PACKAGES=(
   ovmf              # UEFI firmware for recovered VMs with --firmware uefi (libvirt finds it by its descriptors)
   genisoimage       # NoCloud cidata config drives (re-IP)
   systemd           # systemd-analyze checks the appliance's service unit (issue 16)
+  nsis              # makensis compiles the Windows installer script (tests/test_installer_script.py)
   tinyproxy         # a real forward proxy with basic auth for the egress tests (started by tests/egress_servers.py)
   # the boot image of the recovery tests: Debian's kernel, busybox, syslinux on FAT16 (tests/engine/recovery)
   linux-image-amd64 busybox-static syslinux syslinux-common mtools dosfstools kmod

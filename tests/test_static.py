@@ -31,8 +31,17 @@ def test_engine_type_checks() -> None:
 
 
 def test_engine_type_checks_for_windows() -> None:
-    """Windows cannot run here: its code paths (engine/platform/windows.py and every caller) are type-checked as if
-    on win32 (a separate cache: the platform is part of mypy's cache key)."""
+    """Windows cannot run here: its code paths (engine/platform/windows.py, the Windows service in
+    engine/platform/windows_service.py and engine/service/, and every caller) are type-checked as if on win32 (a
+    separate cache: the platform is part of mypy's cache key). pywin32 itself installs only on Windows: its stubs
+    (types-pywin32, dev extra) are what make its calls checked; without them ``ignore_missing_imports`` would turn
+    every pywin32 name into Any and this check into a formality."""
+    from importlib import metadata
+    try:
+        metadata.distribution("types-pywin32")
+    except metadata.PackageNotFoundError:
+        pytest.fail("types-pywin32 is not installed (dev extra: pip install -e '.[dev]'): without it the Windows "
+                    "service's pywin32 calls are not type-checked")
     r = subprocess.run([_tool("mypy"), "--platform", "win32", "--cache-dir", ".mypy_cache/win32", "engine"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -1,4 +1,5 @@
-"""First-run wizard: home, vault, ports, the connection passphrase (shown once), the recovery kit (saved before
+"""First-run wizard: home, vault (with an Azure target: the outbound network, optional, then the storage account
+with Test connection through it), ports, the connection passphrase (shown once), the recovery kit (saved before
 Finish), optional vCenter, summary.
 
 Finish initialises and starts the appliance through the ``start`` coroutine the console passes in. The home is
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from html import escape
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -24,7 +26,8 @@ from console.errors import UserError
 from console.home_setup import KIT_MIN_PASSPHRASE, PendingHome, SetupPlan, VCenterPlan, parse_host_port
 
 from . import forms, theme
-from .wizard_pages import HomePage, KeepOnBackPage, PortsPage, VaultPage, VCenterPage
+from .wizard_pages import (AzureTargetPage, HomePage, KeepOnBackPage, OutboundNetworkPage, PortsPage, VaultPage,
+                           VCenterPage)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +230,10 @@ class SummaryPage(KeepOnBackPage):
         if not isinstance(wiz, FirstRunWizard):
             return
         p = wiz.plan()
-        rows = [("Home", str(p.home)), ("Vault", f"local folder {p.vault}"), ("Listen on", p.listen),
+        rows = [("Home", str(p.home)), ("Vault", escape(p.azure.describe()) if p.azure else f"local folder {p.vault}"),
+                *([("Outbound network", escape(p.egress.describe() if p.egress else "direct (no proxy), any host"))]
+                  if p.azure else []),
+                ("Listen on", p.listen),
                 ("Control port", str(p.control_port)), ("Data port", str(p.data_port)),
                 ("vCenter", (f"{p.vcenter.host} ({'signed by the CA file' if p.vcenter.ca_pem else 'thumbprint accepted'})"
                              if p.vcenter else "none"))]
@@ -262,20 +268,38 @@ class FirstRunWizard(QWizard):
         self.pending = PendingHome()
         self.home_page = HomePage(default_home)
         self.vault_page = VaultPage()
+        self.egress_page = OutboundNetworkPage()
+        self.target_page = AzureTargetPage(self.egress_page)
         self.ports_page = PortsPage()
         self.passphrase_page = PassphrasePage(self.pending)
         self.kit_page = RecoveryKitPage(self.pending)
         self.vcenter_page = VCenterPage()
         self.summary_page = SummaryPage()
-        pages = (self.home_page, self.vault_page, self.ports_page, self.passphrase_page, self.kit_page,
-                 self.vcenter_page, self.summary_page)
-        for n, page in enumerate(pages, 1):
-            page.setTitle(f"Step {n} of {len(pages)}: {page.title()}")
-            self.addPage(page)
+        self.pages = (self.home_page, self.vault_page, self.egress_page, self.target_page, self.ports_page,
+                      self.passphrase_page, self.kit_page, self.vcenter_page, self.summary_page)
+        self._titles = {page: page.title() for page in self.pages}
+        self._ids = {page: self.addPage(page) for page in self.pages}
+        self.number_pages()
         self.resize(720, 520)
         self._finishing = False
         self._closing = False
         self.task: asyncio.Future[None] | None = None
+
+    def _azure(self) -> bool:
+        return bool(getattr(self, "vault_page", None) and self.vault_page.azure.isChecked())
+
+    def after_azure_id(self) -> int:
+        """The page after the Azure ones (a local vault skips them)."""
+        return self._ids[self.ports_page]
+
+    def number_pages(self) -> None:
+        """"Step n of N" over the pages this run visits (the Azure pages only with the Azure target)."""
+        if not hasattr(self, "_ids"):
+            return
+        azure = self._azure()
+        shown = [p for p in self.pages if azure or p not in (self.egress_page, self.target_page)]
+        for n, page in enumerate(shown, 1):
+            page.setTitle(f"Step {n} of {len(shown)}: {self._titles[page]}")
 
     def plan(self) -> SetupPlan:
         home = self.home_page.value()
@@ -286,8 +310,12 @@ class FirstRunWizard(QWizard):
             hp = parse_host_port(v.host.text())
             host = f"{hp[0]}:{hp[1]}" if hp else v.host.text().strip()
             vc = VCenterPlan(host, v.user.text().strip(), v.password.text(), "" if ca_pem else v.thumbprint, ca_pem)
+        azure = self._azure()
+        egress = self.egress_page.plan() if azure else None
         return SetupPlan(home, self.vault_page.value(home), int(self.ports_page.control.text()),
-                         int(self.ports_page.data.text()), self.ports_page.listen.text().strip() or "0.0.0.0", vc)
+                         int(self.ports_page.data.text()), self.ports_page.listen.text().strip() or "0.0.0.0", vc,
+                         self.target_page.target() if azure else None,
+                         egress if egress is not None and not egress.empty else None)
 
     def _buttons_enabled(self, on: bool) -> None:
         for b in (QWizard.WizardButton.BackButton, QWizard.WizardButton.FinishButton,
@@ -374,7 +402,8 @@ class FirstRunWizard(QWizard):
         prep = self.passphrase_page.task
         if prep is not None and not prep.done():
             await asyncio.gather(prep, return_exceptions=True)
-        for probe in (self.vcenter_page.verifying, self.vcenter_page._fetching):  # they touch the page: stop them
+        for probe in (self.vcenter_page.verifying, self.vcenter_page._fetching,   # they touch the pages: stop them
+                      self.egress_page.verifying, self.egress_page.testing, self.target_page.form.task):
             if probe is not None and not probe.done():
                 probe.cancel()
                 await asyncio.gather(probe, return_exceptions=True)

@@ -1,4 +1,5 @@
-"""The first-run wizard's input pages: appliance home, vault, ports, optional vCenter.
+"""The first-run wizard's input pages: appliance home, vault (with an Azure target: outbound network, then the
+storage account), ports, optional vCenter.
 
 Every field is validated as it is typed, with the message next to it; Next stays disabled until the page is
 valid. Pages keep what was typed when the operator goes Back (``cleanupPage`` does not reset them).
@@ -19,7 +20,12 @@ from console.home_setup import (CertificateView, changed_certificate_message, ch
                                 default_control_port, fetch_certificate, parse_host_port, read_ca_file, validate_home,
                                 validate_ports, validate_vault, validity_text, vsphere_available)
 
-from . import forms
+from console.network import EgressPlan, Outcome
+from console.target import AzureTarget, test_new
+
+from . import forms, theme
+from .egress_form import AllowListBox, ProxyBox
+from .target_form import AzureTargetForm
 
 
 class KeepOnBackPage(QWizardPage):
@@ -63,7 +69,21 @@ class HomePage(KeepOnBackPage):
         return Path(self.home.text().strip()).expanduser()
 
 
+#: the wizard's size on the Azure pages: the console's smallest window (1000×700); their hints and messages wrap
+#: at this width without being squeezed
+AZURE_WINDOW = (1000, 700)
+
+
+def _fit_azure_window(page: QWizardPage) -> None:
+    w = page.wizard()
+    if w is not None and (w.width() < AZURE_WINDOW[0] or w.height() < AZURE_WINDOW[1]):
+        w.resize(max(w.width(), AZURE_WINDOW[0]), max(w.height(), AZURE_WINDOW[1]))
+
+
 class VaultPage(KeepOnBackPage):
+    """A local folder, or an Azure Blob container: then the Outbound network and Azure target pages follow
+    (``nextId``); a local vault skips them."""
+
     def __init__(self) -> None:
         super().__init__()
         self.setTitle("Vault")
@@ -72,9 +92,9 @@ class VaultPage(KeepOnBackPage):
         lay = QVBoxLayout(self)
         self.local = QRadioButton("&Local folder (default)")
         self.local.setChecked(True)
-        self.azure = QRadioButton("Azure Blob (coming)")
-        self.azure.setEnabled(False)
-        self.azure.setToolTip("Azure Blob storage is planned; this version stores the vault in a local folder.")
+        self.azure = QRadioButton("&Azure Blob storage (the target in Azure)")
+        self.azure.setToolTip("Cache logs, page blobs per disk and blob snapshots as recovery points, in a container "
+                              "of your storage account, over HTTPS 443.")
         group = QButtonGroup(self)
         group.addButton(self.local)
         group.addButton(self.azure)
@@ -84,29 +104,216 @@ class VaultPage(KeepOnBackPage):
         browse = QPushButton("Browse…")
         browse.clicked.connect(lambda: self._browse(self.path, "Vault folder"))
         self.path_field = forms.Field(self.path, browse, hint="Leave empty for a 'vault' folder inside the home.")
+        self.azure_hint = forms.hint("Next: how this appliance reaches Azure from this site (an optional proxy and "
+                                     "URL allow-list), then the storage account, with a connection test through "
+                                     "them.")
         lay.addWidget(self.local)
         lay.addWidget(self.path_field)
         lay.addWidget(self.azure)
+        lay.addWidget(self.azure_hint)
         lay.addStretch(1)
         self.path.textChanged.connect(self._changed)
+        self.azure.toggled.connect(self._changed)
+        self._changed()
 
     def _home(self) -> str:
         w = self.wizard()
         return str(w.home_page.value()) if w is not None and hasattr(w, "home_page") else ""
 
-    def _changed(self) -> None:
-        self.path_field.set_message(validate_vault(self.path.text(), self._home()))
+    def _changed(self, *_: object) -> None:
+        on = self.azure.isChecked()
+        self.azure_hint.setVisible(on)
+        self.path_field.setVisible(not on)
+        self.path_field.set_message(None if on else validate_vault(self.path.text(), self._home()))
+        w = self.wizard()
+        if w is not None and hasattr(w, "number_pages"):
+            w.number_pages()
         self.completeChanged.emit()
 
     def initializePage(self) -> None:  # noqa: N802
         self.path.setPlaceholderText(str(Path(self._home()) / "vault"))
 
     def isComplete(self) -> bool:  # noqa: N802
-        return validate_vault(self.path.text(), self._home()) is None
+        return self.azure.isChecked() or validate_vault(self.path.text(), self._home()) is None
+
+    def nextId(self) -> int:  # noqa: N802
+        w = self.wizard()
+        if w is not None and not self.azure.isChecked() and hasattr(w, "after_azure_id"):
+            return int(w.after_azure_id())
+        return super().nextId()
 
     def value(self, home: Path) -> Path:
         text = self.path.text().strip()
         return Path(text).expanduser() if text else home / "vault"
+
+
+class OutboundNetworkPage(KeepOnBackPage):
+    """Optional, with the Azure target: the URL allow-list (preset + custom entries) and the proxy (URL, user,
+    password, bypass), with the Network and cloud page's own widgets (``ui.egress_form``) and validation (the
+    engine's, through ``console.network.EgressPlan``). Nothing is stored here: the Azure target page's test goes
+    out through these settings, and Finish writes them into the new home (the password to the OS keyring only).
+
+    Next with a proxy tries it first (like the vCenter page's login): a refused password is said at its field, and
+    Next stays disabled until the answers change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("Outbound network (optional)")
+        self.setSubTitle("How this appliance reaches Azure from this site. Leave everything empty to connect "
+                         "directly. You can change these later under Network and cloud.")
+        self.fields: dict[str, forms.Field] = {}
+        self.allow_box = AllowListBox(self.fields, "URL allow-list", custom_hint=(
+            "One per line: host, *.domain (leftmost label only), IP address or network (a private endpoint), "
+            "optionally :PORT. No preset and no entry: any host."))
+        self.proxy_box = ProxyBox(self.fields, password_hint="Kept in the OS keyring only, from Finish on.")
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.allow_box)
+        lay.addWidget(self.proxy_box)
+        lay.addStretch(1)
+        self._refused: tuple[EgressPlan, dict[str, str]] | None = None   # the proxy refused these very answers
+        self._verified: EgressPlan | None = None                          # ... or let them through
+        self.verifying: asyncio.Future[None] | None = None
+        self.testing: asyncio.Future[Outcome] | None = None
+        for cb in self.allow_box.presets.values():
+            cb.toggled.connect(self._changed)
+        self.allow_box.custom.textChanged.connect(self._changed)
+        for e in self.proxy_box.editors():
+            e.textChanged.connect(self._changed)
+        self.proxy_box.test_proxy_btn.clicked.connect(self._start_test)
+        self._changed()
+
+    def initializePage(self) -> None:  # noqa: N802
+        _fit_azure_window(self)
+
+    def plan(self) -> EgressPlan:
+        return EgressPlan.from_form({**self.allow_box.values(), **self.proxy_box.values()})
+
+    def errors(self) -> dict[str, str]:
+        plan = self.plan()
+        errs = plan.errors()
+        if not errs and self._refused and self._refused[0] == plan:
+            errs = dict(self._refused[1])
+        return errs
+
+    def refuse(self, plan: EgressPlan, errors: dict[str, str]) -> None:
+        """Errors found for ``plan`` elsewhere (the Azure target page's test): shown at their fields here, kept
+        until the answers change."""
+        self._refused, self._verified = (plan, errors), None
+        self._changed()
+
+    def _changed(self, *_: object) -> None:
+        errs = self.errors()
+        typed = {"custom": bool(self.allow_box.custom.toPlainText().strip()),
+                 "proxy_url": bool(self.proxy_box.proxy_url.text().strip()),
+                 "proxy_user": bool(self.proxy_box.proxy_user.text().strip()),
+                 "bypass": bool(self.proxy_box.bypass.text().strip())}
+        refused = bool(self._refused and self._refused[0] == self.plan())
+        for key, f in self.fields.items():
+            # a field's message once something is typed there (or the proxy refused these answers); a password
+            # is asked for only once the user is typed
+            show = refused or typed.get(key, True) or (key == "proxy_url" and (typed["proxy_user"] or typed["bypass"]))
+            f.set_message(errs.get(key) if show else None)
+        if self._refused and self._refused[0] != self.plan():
+            self.proxy_box.proxy_result.setText("")
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802
+        return not self.errors()
+
+    def _start_test(self) -> None:
+        if self.testing is None or self.testing.done():
+            self.testing = asyncio.ensure_future(self.test_proxy())
+
+    async def test_proxy(self) -> Outcome:
+        """The Test proxy button: a tunnel through the proxy as typed (nothing stored)."""
+        plan = self.plan()
+        errs = plan.errors()
+        if errs:
+            self._changed()
+            return Outcome(False, "Complete the highlighted fields.", errs)
+        self.proxy_box.test_proxy_btn.setEnabled(False)
+        self.proxy_box.proxy_result.setText("Testing the proxy…")
+        try:
+            out = await plan.try_proxy()
+        finally:
+            self.proxy_box.test_proxy_btn.setEnabled(True)
+        if out.ok:
+            self._refused, self._verified = None, plan
+        elif out.errors:
+            self._refused, self._verified = (plan, out.errors), None
+        self.proxy_box.proxy_result.setText(out.message)
+        self.proxy_box.proxy_result.setStyleSheet(
+            "" if out.ok else f"color: {theme.health_colors()['critical'].name()}")
+        self._changed()
+        return out
+
+    def validatePage(self) -> bool:  # noqa: N802
+        """Next: with a proxy, move on once it let these answers through; otherwise try it now, then move on."""
+        plan = self.plan()
+        if not plan.proxy_url or plan == self._verified:
+            return True
+        if self.verifying is None or self.verifying.done():
+            self.verifying = asyncio.ensure_future(self._test_then_next())
+        return False
+
+    async def _test_then_next(self) -> None:
+        if (await self.test_proxy()).ok:
+            wiz = self.wizard()
+            if wiz is not None and wiz.currentPage() is self:
+                wiz.next()
+
+
+class AzureTargetPage(KeepOnBackPage):
+    """The storage account (``ui.target_form``); Next once Test connection passed for what is typed, through the
+    Outbound network page's settings. A proxy or allow-list refusal is also shown at that page's field."""
+
+    def __init__(self, egress: OutboundNetworkPage) -> None:
+        super().__init__()
+        self.egress = egress
+        self.setTitle("Azure target")
+        self.setSubTitle("The storage account and container the appliance replicates to.")
+        self.form = AzureTargetForm(self._test)
+        self.route = forms.hint("")
+        self.route.setAccessibleName("How the test goes out")
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.form)
+        lay.addWidget(self.route)
+        lay.addStretch(1)
+        self.form.changed.connect(self.completeChanged)
+        self._tested_through: EgressPlan | None = None   # the settings the passing test went through
+        self._last_through: EgressPlan | None = None     # ... and the last test, passing or not
+        egress.completeChanged.connect(self._egress_changed)   # Back, a change there, Next: said here at once
+        self._egress_changed()
+
+    def initializePage(self) -> None:  # noqa: N802
+        _fit_azure_window(self)
+        self._egress_changed()
+
+    def _egress_changed(self) -> None:
+        plan = self.egress.plan()
+        self.route.setText(f"Test connection goes out as set on the previous page: {plan.describe()}. Next needs "
+                           "a passing test.")
+        if self._last_through is not None and self._last_through != plan:
+            self._last_through = None
+            self.form.result.setStyleSheet("")
+            self.form.result.setText("The outbound network changed since the test: test the connection again.")
+        self.completeChanged.emit()
+
+    async def _test(self, t: AzureTarget) -> Outcome:
+        plan = self.egress.plan()
+        out = await test_new(t, egress=plan)
+        self._tested_through = plan if out.ok else None
+        self._last_through = plan
+        egress_errs = {k: v for k, v in out.errors.items() if k in self.egress.fields}
+        if egress_errs:
+            self.egress.refuse(plan, egress_errs)
+        return out
+
+    def isComplete(self) -> bool:  # noqa: N802
+        return self.form.passed and self._tested_through == self.egress.plan()
+
+    def target(self) -> AzureTarget:
+        return self.form.target()
 
 
 class PortsPage(KeepOnBackPage):

@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import pki
 from ..codec import Sealer
-from ..errors import ListenFailed
+from .listen import listening
 from ..events import EventBus
 from ..home import ApplianceHome
 from ..jobs import JobManager, JobStore, Scheduler
@@ -51,7 +51,7 @@ from .alerts import AlertStore
 from .bookmarks import ScheduledBookmarks
 from .capacity import Capacity, ConfigReserve
 from .console_link import ConsoleLink
-from .config_backups import CHECK_SECONDS as CONFIG_BACKUP_CHECK, ConfigBackups, resync_after_restore
+from .config_backups import CHECK_SECONDS as CONFIG_BACKUP_CHECK, ConfigBackups, kit_routes, resync_after_restore
 from .vault_gate import VaultGate
 from .control import ControlAPI
 from .control_http import ADMIN_CN, AdminCheck
@@ -148,7 +148,7 @@ class Appliance:
         self.ps = ProcessServer(pki.server_context(h.server_cert, h.server_key, h.ca_cert, require_client=True),
                                 state=state, runtimes=runtimes, resync=resync, cursor=cursor, pool=self.pool,
                                 gate=self.gate)
-        self.data_address = await _listening("data", self.listen, self.cfg["data_port"], self.ps.start)
+        self.data_address = await listening("data", self.listen, self.cfg["data_port"], self.ps.start)
         self.recovery = RecoveryService(h.drills, state=state, runtimes=runtimes, cursor=cursor, manager=self.jobs,
                                         pool=self.pool)
         await self.recovery.start()
@@ -187,8 +187,9 @@ class Appliance:
                                   require_admin=require_admin, machines=self.machines, state=state, resync=resync,
                                   recovery=self.recovery, jobs=self.jobs, status=self.status, register_guard=RegisterGuard(db),
                                   alerts=self.alerts, rpo_history=self.rpo_history, extra_routes=self.vsphere.routes() + failover.routes() + plans.routes()
-                                  + self.console_link.routes() + failback.routes())
-        self.control_address = await _listening("control", self.listen, self.cfg["control_port"], self.control.start)
+                                  + self.console_link.routes() + failback.routes()
+                                  + kit_routes(h, db, require_admin, backups=lambda: self.config_backups))
+        self.control_address = await listening("control", self.listen, self.cfg["control_port"], self.control.start)
         resync_after_restore(state, resync)   # a restored appliance: every machine checked once (checksums)
         self.config_backups = ConfigBackups(h, self.vault, state, self.bus)
         self.appliance_watch.start()
@@ -331,13 +332,3 @@ class Appliance:
         await self.retention.prune_all()
 
 
-async def _listening(what: str, host: str, port: int, start: Any) -> Any:
-    """``await start(host, port)``; a port taken (or an address not on this machine) is the operator's to fix, so it
-    is a ``ListenFailed`` naming the port and the setting, never a raw errno."""
-    try:
-        return await start(host, port)
-    except OSError as exc:
-        raise ListenFailed(f"cannot listen for the {what} port on {host}:{port}: {exc.strerror or exc}",
-                           advice=f"Another program uses port {port} (or {host} is not an address of this machine): "
-                                  f"stop it, or choose another {what} port (`lifeboat appliance init --{what}-port`, "
-                                  "or the console's first-run wizard).", field=f"{what}_port") from None

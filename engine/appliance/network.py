@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from .. import net
@@ -26,7 +27,7 @@ from .egress_check import CheckReport, Endpoint, endpoints_in_use, run_check
 from .mail_alerts import MailAlerts
 from .state import StateDB
 
-__all__ = ["CHECK_EVERY", "NetworkSettings", "proxy_test"]
+__all__ = ["CHECK_EVERY", "NetworkSettings", "proxy_test", "save_home_egress"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,21 @@ def proxy_test(proxy: net.Proxy, target: tuple[str, int] | None, *, timeout: flo
                     "detail": f"the proxy {proxy.address} accepted the credentials but refused the tunnel: "
                               f"{exc.message}"}
         return {"ok": False, "code": exc.code, "detail": exc.message, "advice": exc.advice}
+
+
+def save_home_egress(root: Path, settings: EgressSettings, proxy_password: str | None = None) -> EgressSettings:
+    """Store egress settings in the home at ``root`` (``state.db``, the proxy password in the OS keyring) exactly
+    as ``lifeboat egress ...`` does; an appliance started on that home later puts them in force at its start (a
+    running one within 2 s). The set-up wizard's Finish writes its Outbound network page this way."""
+    from ..home import ApplianceHome
+    home = ApplianceHome(root)
+    cfg = home.load_config()
+    db = StateDB(home.db)
+    try:
+        return NetworkSettings(db, cfg["appliance_id"], cfg.get("vault") or {}).save(
+            settings, proxy_password=proxy_password, keep_password=False)
+    finally:
+        db.close()
 
 
 class NetworkSettings:

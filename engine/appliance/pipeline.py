@@ -18,6 +18,7 @@ from ..names import valid_name
 from ..records import HEADER_SIZE, Kind, Record
 from ..vault.base import MachineVault, Point, SealedRecord
 from ..segment_log import SegmentLog
+from ..waits import wait_event
 from .blockhash import UNKNOWN, BlockHashIndex, full_block_hashes
 from .rpo import RecoveryClock
 from .shielded import wait_done
@@ -126,10 +127,14 @@ class MachineRuntime:
         self.last_point_seq = max((p.seq for p in vault.points()), default=0)
         self.last_applied_seq = 0
         self.last_applied_ts = 0.0
+        self.last_upload: float | None = None   # wall time the vault last acknowledged records (this run)
         self.churn = _Rate()
         self.upload = _Rate()
         self.error: str | None = None
         self.hashes: dict[int, BlockHashIndex] = {}
+        #: every record up to this seq is in ``hashes`` (a view at a seq ≤ it may take a block's checksum from the
+        #: index when the block's last record is ≤ the view's seq: failback's seed, engine/recovery/failback.py)
+        self.hashes_upto = 0
         # Records just made durable in the cache, handed to the applier in memory so it need not read them back.
         # Invariant: ``_mem`` holds every cache record with ``_mem_after < seq <= _mem_upto``, in order;
         # ``_mem_open`` says the next append continues it. Only valid while the applier task runs.
@@ -144,6 +149,7 @@ class MachineRuntime:
         self.sync_note: dict[Any, Record] = {}
         self.sync_note_time = 0.0
         self.open_hash_indexes()
+        self.hashes_upto = vault.last_seq
 
     # RPO: what a failover now would lose (engine/appliance/rpo.py).
     def rpo_seconds(self) -> float:
@@ -244,9 +250,7 @@ class MachineRuntime:
             return
         while self._mem_open and self._mem_bytes + nbytes > limit:
             self._mem_room.clear()
-            try:
-                await asyncio.wait_for(self._mem_room.wait(), MEMORY_WAIT)
-            except TimeoutError:
+            if not await wait_event(self._mem_room, MEMORY_WAIT):
                 return
 
     def _mem_limit(self) -> int:
@@ -373,10 +377,7 @@ class MachineRuntime:
                         await asyncio.shield(writing)
                         writing = None
                         continue
-                    try:
-                        await asyncio.wait_for(self.new_data.wait(), timeout=1.0)
-                    except TimeoutError:
-                        pass
+                    await wait_event(self.new_data, 1.0)
                     await self._maybe_crash_point()
                     continue
                 sealed, pre = await self._seal(recs)
@@ -390,6 +391,7 @@ class MachineRuntime:
 
     async def _commit(self, recs: list[Record], sealed: list[SealedRecord], pre: list[Any]) -> None:
         await self.vault.append(sealed)
+        self.last_upload = time.time()
         for r, h in zip(recs, pre):
             idx = self.hashes.get(r.disk)
             if idx is not None:
@@ -402,6 +404,7 @@ class MachineRuntime:
                 self.hashes[r.disk].grow(r.length)
         self.upload.add(sum(len(s.envelope) or len(s.extra.get("data", b"")) for s in sealed))
         last = recs[-1].seq
+        self.hashes_upto = max(self.hashes_upto, last)
         self.last_applied_seq, self.last_applied_ts = last, recs[-1].ts_ns / 1e9
         while self.cache_pending and self.cache_pending[0][1] <= last:
             self.cache_pending.popleft()

@@ -57,7 +57,7 @@ from ..secrets import get_secret, set_secret, vault_key_name
 from .kit import Kit
 
 __all__ = ["BackupInfo", "backup_key_name", "ensure_backup_key", "take", "save", "list_backups", "read_header",
-           "open_backup", "restore", "BackupCorrupt", "KEEP", "RESTORED_META"]
+           "open_backup", "restore", "install_kit", "pending_restore", "BackupCorrupt", "KEEP", "RESTORED_META"]
 
 MAGIC = b"LBBK"
 VERSION = 1
@@ -269,9 +269,16 @@ def list_backups(home: ApplianceHome) -> list[BackupInfo]:
     return out
 
 
-def restore(root: Path, data: bytes, kit: Kit, *, vault_path: Path | None = None) -> dict[str, Any]:
+def restore(root: Path, data: bytes, kit: Kit, *, vault_path: Path | None = None,
+            keyring: bool = True) -> dict[str, Any]:
     """Rebuild an appliance home at ``root`` (new or empty) from a backup, with the recovery kit's keys.
-    Nothing is written unless every check passes; the keyring is written last, after the home is in place."""
+    Nothing is written unless every check passes; the keyring is written last, after the home is in place.
+
+    ``keyring=False`` (a home another account will run, e.g. a Windows service as LocalSystem): this account's
+    keyring is not touched. The backup itself (sealed) is kept in ``HOME/backups/`` and state.db's
+    ``restored_from_backup`` says ``keyring_pending``: when the kit is imported into the running, locked appliance
+    (``install_kit``), the appliance puts the vault key, the backup key and the backup's keyring entries into its own
+    keyring."""
     h = read_header(data)
     if h["appliance_id"] != kit.appliance_id:
         raise BackupCorrupt(f"the backup is of appliance {h['appliance_id'][:8]}…, the kit of "
@@ -301,19 +308,29 @@ def restore(root: Path, data: bytes, kit: Kit, *, vault_path: Path | None = None
         atomic_write(stage / "state.db", members["state.db"], 0o600)
         db = sqlite3.connect(stage / "state.db")
         try:
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                       (RESTORED_META, json.dumps({"name": header.get("name"), "created_at": header.get("created_at"),
-                                                   "restored_at": time.time()})))
+            info: dict[str, Any] = {"name": header.get("name"), "created_at": header.get("created_at"),
+                                    "restored_at": time.time()}
+            if not keyring:
+                info["keyring_pending"] = True
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (RESTORED_META, json.dumps(info)))
             db.commit()
         finally:
             db.close()
         atomic_write(stage / "appliance.json", json.dumps(cfg, indent=2).encode(), 0o600)
+        if not keyring:   # sealed: the appliance opens it with the kit's backup key when the kit is imported
+            make_private_dir(stage / "backups")
+            atomic_write(stage / "backups" / _backup_file_name(header), data, 0o600)
         if root.exists():
             root.rmdir()
         os.replace(stage, root)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    done = {"home": str(root), "appliance_id": kit.appliance_id, "backup": header.get("name"),
+            "backup_created_at": header.get("created_at"), "vault": cfg.get("vault", {}),
+            "keyring": "this account" if keyring else "pending"}
+    if not keyring:
+        return done
     try:
         set_secret(vault_key_name(kit.appliance_id), base64.b64encode(kit.vault_key).decode())
         set_secret(backup_key_name(kit.appliance_id), base64.b64encode(kit.backup_key).decode())
@@ -322,8 +339,15 @@ def restore(root: Path, data: bytes, kit: Kit, *, vault_path: Path | None = None
     except KeyringError:
         shutil.rmtree(root, ignore_errors=True)   # an appliance that cannot read its vault is not restored
         raise
-    return {"home": str(root), "appliance_id": kit.appliance_id, "backup": header.get("name"),
-            "backup_created_at": header.get("created_at"), "vault": cfg.get("vault", {})}
+    return done
+
+
+def _backup_file_name(header: dict[str, Any]) -> str:
+    """The backup's own name when it is a plain file name (it is read from the header: never a path)."""
+    name = str(header.get("name") or "")
+    if not name or "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".lbbk"):
+        raise BackupCorrupt("the backup's header names no valid file name")
+    return name
 
 
 def kit_from_home(home: ApplianceHome) -> Kit:
@@ -350,6 +374,43 @@ def install_kit(home: ApplianceHome, kit: Kit) -> dict[str, Any]:
             raise Conflict(f"the keyring already holds another key {name!r} for this appliance",
                            code="LB_KIT_MISMATCH", advice="Check which kit belongs to this appliance; remove the "
                                                           "wrong keyring entry only if you are sure.")
+    restored = pending_restore(home)
+    entries: dict[str, str] = {}
+    if restored is not None:   # opened before anything is written: a kit that does not open it changes nothing
+        _, members = open_backup((home.root / "backups" / _backup_file_name(restored)).read_bytes(), kit.backup_key)
+        entries = {str(n): str(v) for n, v in json.loads(members["secrets.json"]).get("keyring", {}).items()}
     for name, key in ((vault_key_name(aid), kit.vault_key), (backup_key_name(aid), kit.backup_key)):
         set_secret(name, base64.b64encode(key).decode())
-    return {"appliance_id": aid, "keys": [vault_key_name(aid), backup_key_name(aid)]}
+    for n, v in entries.items():
+        set_secret(n, v)
+    if restored is not None:
+        restored.pop("keyring_pending", None)
+        restored["keyring_installed"] = sorted(entries)
+        _set_meta(home, RESTORED_META, json.dumps(restored))
+    return {"appliance_id": aid, "keys": [vault_key_name(aid), backup_key_name(aid)],
+            "restored_entries": sorted(entries)}
+
+
+def pending_restore(home: ApplianceHome) -> dict[str, Any] | None:
+    """state.db's ``restored_from_backup`` when a ``restore --service`` left the keyring entries to the appliance's
+    account (the kit not yet imported), else None."""
+    if not home.db.exists():
+        return None
+    db = sqlite3.connect(f"file:{home.db}?mode=rw", uri=True, timeout=30)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (RESTORED_META,)).fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    info = json.loads(row[0]) if row else None
+    return info if isinstance(info, dict) and info.get("keyring_pending") else None
+
+
+def _set_meta(home: ApplianceHome, key: str, value: str) -> None:
+    db = sqlite3.connect(home.db, timeout=30)
+    try:
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+        db.commit()
+    finally:
+        db.close()

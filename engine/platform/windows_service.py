@@ -15,12 +15,14 @@ import sys
 import threading
 from typing import Callable
 
-__all__ = ["install", "remove", "query", "host", "event_log_handler"]
+__all__ = ["install", "remove", "start", "query", "host", "event_log_handler"]
 
 if sys.platform == "win32":
     import logging
     import logging.handlers
+    import os
 
+    import pywintypes
     import servicemanager
     import win32service
     import win32serviceutil
@@ -32,23 +34,34 @@ if sys.platform == "win32":
         exe, args = command[0], subprocess.list2cmdline(command[1:])
         win32serviceutil.InstallService(None, name, display, startType=win32service.SERVICE_AUTO_START,
                                         exeName=exe, exeArgs=args, description=description)
-        # sc.exe failure: restart after 5 s, three times, counter reset after a day
+        # sc.exe failure: restart after 5 s, three times, counter reset after a day; failureflag 1: also when the
+        # process ends with an error code after reporting stopped, not only when it vanishes
         subprocess.run(["sc.exe", "failure", name, "reset=", "86400", "actions=",
                         "restart/5000/restart/5000/restart/5000"], check=False, capture_output=True)
+        subprocess.run(["sc.exe", "failureflag", name, "1"], check=False, capture_output=True)
         win32serviceutil.StartService(name)
 
-    def remove(name: str) -> None:
+    def remove(name: str) -> bool:
+        """Stop the service (its drain has up to 90 s) and remove it; False when it was not installed."""
+        if not query(name):
+            return False
         try:
             win32serviceutil.StopService(name)
             win32serviceutil.WaitForServiceStatus(name, win32service.SERVICE_STOPPED, 90)
-        except Exception:  # not running
+        except pywintypes.error:  # not running
             pass
         win32serviceutil.RemoveService(name)
+        return True
+
+    def start(name: str) -> None:
+        """Start the installed service and wait (up to 60 s) until the service manager reports it running."""
+        win32serviceutil.StartService(name)
+        win32serviceutil.WaitForServiceStatus(name, win32service.SERVICE_RUNNING, 60)
 
     def query(name: str) -> dict[str, str]:
         try:
             state = win32serviceutil.QueryServiceStatus(name)[1]
-        except Exception:
+        except pywintypes.error:   # ERROR_SERVICE_DOES_NOT_EXIST
             return {}
         names = {win32service.SERVICE_RUNNING: "active", win32service.SERVICE_STOPPED: "inactive",
                  win32service.SERVICE_START_PENDING: "activating", win32service.SERVICE_STOP_PENDING: "deactivating"}
@@ -69,7 +82,14 @@ if sys.platform == "win32":
             def SvcDoRun(self) -> None:
                 servicemanager.LogInfoMsg(f"{name} starting")
                 self.ReportServiceStatus(win32service.SERVICE_RUNNING)
-                body(stop)
+                try:
+                    body(stop)
+                except BaseException as exc:
+                    # A body that fails is a crash: end without reporting SERVICE_STOPPED, so that the service
+                    # manager counts a failure and its recovery actions (install: restart after 5 s) apply. A clean
+                    # return (Stop from the manager or a console's explicit Stop) is a stop, never restarted.
+                    servicemanager.LogErrorMsg(f"{name} failed: {exc!r}; the service manager will restart it")
+                    os._exit(1)
                 servicemanager.LogInfoMsg(f"{name} stopped")
 
         servicemanager.Initialize()
@@ -77,4 +97,6 @@ if sys.platform == "win32":
         servicemanager.StartServiceCtrlDispatcher()
 
     def event_log_handler(name: str) -> logging.Handler:
-        return logging.handlers.NTEventLogHandler(name)
+        """The Application event log, source ``name``. Its message file is pywin32's ``win32service`` module (the
+        stdlib's default guesses the path from ``win32evtlogutil.__file__``, which is wrong in a frozen bundle)."""
+        return logging.handlers.NTEventLogHandler(name, dllname=win32service.__file__)

@@ -63,15 +63,22 @@ def _unit(home: ApplianceHome) -> tuple[str, str]:
     return systemd.unit_name(cfg["appliance_id"]), text
 
 
-def _install_windows(home: ApplianceHome, as_json: bool) -> int:   # pragma: no cover  (Windows only)
+def windows_command(root: Path, *, init: bool) -> list[str]:
+    """What the Windows service manager starts: ``lifeboat.exe appliance service-host --home HOME [--init]``."""
+    cmd = service_command(root)
+    cmd[cmd.index("run")] = "service-host"
+    return cmd + (["--init"] if init else [])
+
+
+def _install_windows(root: Path, init: bool, as_json: bool) -> int:   # pragma: no cover  (Windows only)
     if sys.platform == "win32":
         from ..platform import windows_service
         from .windows import service_name
-        aid = home.load_config()["appliance_id"]
-        name = service_name(aid)
-        cmd = service_command(home.root.resolve())
-        cmd[cmd.index("run")] = "service-host"
-        windows_service.install(name, f"Lifeboat appliance {aid[:8]}", f"Lifeboat appliance ({home.root})", cmd)
+        if not init:
+            ApplianceHome(root).load_config()   # NotInitialised, with its advice
+        name = service_name(root)
+        windows_service.install(name, "Lifeboat appliance", f"Lifeboat appliance ({root}): replication, recovery "
+                                "points and the control API; consoles attach to it", windows_command(root, init=init))
         _out({"service": name, "enabled": True, "started": True}, f"service {name} installed and started", as_json)
     return 0
 
@@ -79,7 +86,11 @@ def _install_windows(home: ApplianceHome, as_json: bool) -> int:   # pragma: no 
 def cmd_install(a: argparse.Namespace) -> int:
     home = ApplianceHome(Path(a.home))
     if sys.platform == "win32" and a.unit_dir is None:
-        return _install_windows(home, a.json)
+        return _install_windows(home.root.resolve(), a.init, a.json)
+    if a.init and not home.config.exists():
+        from ..appliance.new_home import init_home
+        os.umask(0o077)
+        init_home(home.root, control_port=a.control_port, data_port=a.data_port)
     name, text = _unit(home)
     if a.unit_dir is None and not systemd.available():
         raise NoServiceManager("systemd does not run this machine; the service cannot be installed here")
@@ -112,8 +123,10 @@ def cmd_uninstall(a: argparse.Namespace) -> int:
     if sys.platform == "win32" and a.unit_dir is None:   # pragma: no cover
         from ..platform import windows_service
         from .windows import service_name
-        windows_service.remove(service_name(home.load_config()["appliance_id"]))
-        _out({"removed": True}, "service removed (the home is kept)", a.json)
+        name = service_name(home.root.resolve())
+        removed = windows_service.remove(name)
+        _out({"service": name, "removed": removed}, f"service {name} " + ("stopped and removed (the home is kept)"
+                                                                        if removed else "was not installed"), a.json)
         return 0
     name, _ = _unit(home)
     folder = Path(a.unit_dir) if a.unit_dir else systemd.UNIT_DIR
@@ -142,21 +155,36 @@ def status(home: ApplianceHome) -> dict[str, Any]:
     api: dict[str, Any] = {"port": cfg["control_port"]}
     try:
         from ..client import AdminClient
-        AdminClient(home.root, timeout=5).call("GET", "/v1/status")
+        st = AdminClient(home.root, timeout=5).call("GET", "/v1/status")
         api["reachable"] = True
+        if isinstance(st, dict) and st.get("state") == "locked":   # running without its vault key
+            api.update(locked=True, error=st.get("error"))
     except LifeboatError as exc:
         api.update(reachable=False, error=exc.to_dict())
-    return {"home": str(home.root), "appliance_id": cfg["appliance_id"],
-            "manager": "systemd" if systemd.available() else "none", "unit": name,
-            "installed": (systemd.UNIT_DIR / name).exists(),
-            "enabled": shown.get("UnitFileState") == "enabled", "active": shown.get("ActiveState") == "active",
-            "restarts": int(shown.get("NRestarts") or 0), "pid": pid if alive else None, "running": alive,
-            "control_api": api}
+    out = {"home": str(home.root), "appliance_id": cfg["appliance_id"],
+           "manager": "systemd" if systemd.available() else "none", "unit": name,
+           "installed": (systemd.UNIT_DIR / name).exists(),
+           "enabled": shown.get("UnitFileState") == "enabled", "active": shown.get("ActiveState") == "active",
+           "restarts": int(shown.get("NRestarts") or 0), "pid": pid if alive else None, "running": alive,
+           "control_api": api}
+    if sys.platform == "win32":   # the Windows service manager's view (automatic start: enabled when installed)
+        svc = installed_service(home)
+        out.update(manager=svc["manager"], unit=svc["unit"], installed=svc["installed"], enabled=svc["installed"],
+                   active=svc["active"], restarts=0)
+    return out
 
 
 def installed_service(home: ApplianceHome) -> dict[str, Any]:
     """The service of this home as a console sees it before starting anything (no control API call, quick):
-    ``{"manager": "systemd" | "none", "unit", "installed", "active"}``. ``installed`` only where systemd runs."""
+    ``{"manager": "systemd" | "windows" | "none", "unit", "installed", "active"}`` (``unit``: the systemd unit or
+    the Windows service's name). ``installed`` only where a service manager runs."""
+    if sys.platform == "win32":
+        from ..platform import windows_service
+        from .windows import service_name
+        name = service_name(home.root.resolve())
+        state = windows_service.query(name)
+        return {"manager": "windows", "unit": name, "installed": bool(state),
+                "active": state.get("ActiveState") == "active"}
     name = systemd.unit_name(home.load_config()["appliance_id"])
     if not systemd.available():
         return {"manager": "none", "unit": name, "installed": False, "active": False}
@@ -166,10 +194,15 @@ def installed_service(home: ApplianceHome) -> dict[str, Any]:
 
 
 def start_service(home: ApplianceHome) -> str:
-    """Start the installed service of this home (``systemctl start``); returns the unit's name."""
+    """Start the installed service of this home (``systemctl start``; on Windows the service manager's Start);
+    returns the unit's (the service's) name."""
     info = installed_service(home)
     if not info["installed"]:
         raise NoServiceManager(f"no service is installed for {home.root}")
+    if sys.platform == "win32":
+        from ..platform import windows_service
+        windows_service.start(str(info["unit"]))
+        return str(info["unit"])
     r = systemd.systemctl("start", info["unit"], timeout=120)
     if r.returncode:
         raise LifeboatError(f"systemctl start {info['unit']} failed: {r.stderr.strip()}", code="LB_SERVICE",
@@ -182,18 +215,19 @@ def cmd_status(a: argparse.Namespace) -> int:
     api = s["control_api"]
     text = (f"appliance {s['appliance_id'][:8]}: " + ("running, pid " + str(s["pid"]) if s["running"] else "not running")
             + f"; control API {'answers' if api['reachable'] else 'does not answer'} on port {api['port']}"
+            + ("\n  locked: no vault key in the appliance's keyring (lifeboat appliance import-kit)"
+               if api.get("locked") else "")
             + f"\n  service {s['unit']}: " + (("installed" + (", enabled" if s["enabled"] else "")
                                                 + (", active" if s["active"] else ", inactive"))
                                                if s["installed"] else "not installed")
-            + ("" if s["manager"] == "systemd" else " (systemd does not run this machine)"))
+            + ("" if s["manager"] != "none" else " (systemd does not run this machine)"))
     _out(s, text, a.json)
     return 0 if s["running"] and api["reachable"] else 3
 
 
 def cmd_host(a: argparse.Namespace) -> int:   # pragma: no cover  (Windows only)
     from .windows import host
-    home = ApplianceHome(Path(a.home))
-    host(home.root, home.load_config()["appliance_id"])
+    host(Path(a.home).resolve(), init=a.init)
     return 0
 
 
@@ -202,12 +236,18 @@ def add_subcommands(ap: Any) -> None:
         sp.add_argument("--home", required=True, help="the appliance's home folder")
         sp.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
-    s = ap.add_parser("install-service", help="run the appliance as a service (systemd): starts now and at boot")
+    s = ap.add_parser("install-service", help="run the appliance as a service (systemd; Windows: a service "
+                      "running as LocalSystem): starts now and at boot")
     home(s); s.add_argument("--unit-dir", help="only write the unit into this folder (systemd is not asked)")
+    s.add_argument("--init", action="store_true",
+                   help="a home not initialised yet is initialised (default ports, vault in the home); on Windows "
+                        "by the service at its first start, so the vault key is in the service account's keyring")
+    s.add_argument("--control-port", type=int, default=443, help="with --init (Linux): the control API's port")
+    s.add_argument("--data-port", type=int, default=9443, help="with --init (Linux): the agents' data port")
     s.set_defaults(fn=cmd_install)
     s = ap.add_parser("uninstall-service", help="stop the service and remove it (the home is kept)")
     home(s); s.add_argument("--unit-dir"); s.set_defaults(fn=cmd_uninstall)
     s = ap.add_parser("service-host", help=argparse.SUPPRESS)   # what the Windows service manager starts
-    s.add_argument("--home", required=True); s.set_defaults(fn=cmd_host)
+    s.add_argument("--home", required=True); s.add_argument("--init", action="store_true"); s.set_defaults(fn=cmd_host)
     s = ap.add_parser("service-status", help="is the appliance running, as a service, and answering")
     home(s); s.set_defaults(fn=cmd_status)

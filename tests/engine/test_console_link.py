@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -100,11 +101,24 @@ async def test_consoles_attach_survive_and_reconnect(tmp_path: Path) -> None:
         assert third.stdout is not None
         assert (await asyncio.wait_for(third.stdout.readline(), 30)).strip() == b"attached"
         await _until(lambda: AdminClient(home).call("GET", "/v1/console/hello")["consoles"] == 3, 10, "3 consoles")
+        # Both in-process consoles get the same events while both are attached: a write is seen by each.
+        url = f"nbd://127.0.0.1:{agent.nbd_address[1]}/d0"
+        n1, n2 = len(seen), len(got2)
+        written = time.time()   # a point's time is its newest record's capture time: one of this write is no older
+        await run_tool("qemu-io", "-f", "raw", url, "-c", "write -P 0x41 0 256k")
+
+        def point_at(events: list[object], start: int, since: float) -> bool:
+            return any(isinstance(e, MachineStatus) and e.machine == "vm1" and e.last_point_time is not None
+                       and e.last_point_time >= since for e in events[start:])
+        await _until(lambda: point_at(seen, n1, written) and point_at(got2, n2, written), 30,
+                     "the point of a new write as an event on both consoles")
+
         third.send_signal(signal.SIGKILL)
         await third.wait()
         await second.stop()   # a console closed: lets go, stops nothing
         consoles.remove(second)
-        url = f"nbd://127.0.0.1:{agent.nbd_address[1]}/d0"
+        n1, n2 = len(seen), len(got2)
+        written = time.time()
         await run_tool("qemu-io", "-f", "raw", url, "-c", "write -P 0x42 1M 512k")
         target = agent.capture.seq
 
@@ -112,6 +126,10 @@ async def test_consoles_attach_survive_and_reconnect(tmp_path: Path) -> None:
             m = first.machine_status("vm1")
             return m.last_point is not None and m.last_point.seq >= target and m.rpo_seconds < 5
         await _until(replicated, 30, "replication after consoles left")
+        # The console still attached keeps its event stream; the closed one gets nothing more.
+        await _until(lambda: point_at(seen, n1, written), 30, "events on the remaining console")
+        assert not [e for e in seen[n1:] if isinstance(e, ApplianceLink)], "the other consoles leaving broke the link"
+        assert len(got2) == n2, "a stopped console still received events"
         await _until(lambda: AdminClient(home).call("GET", "/v1/console/hello")["consoles"] == 1, 30,
                      "the killed and the closed console are gone")
         history = first.rpo_history("vm1")

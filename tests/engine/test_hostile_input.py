@@ -281,6 +281,9 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v1/plans/fzp/actions", {"group": 1, "when": "before", "script": "/bin/true", "timeout": "30s"}),
     ("POST", "/v1/plans/fzp/run", {"host": "nohost", "test": True, "point": "latest", "cleanup_after": "1h",
                                    "wait": True}),
+    # the appliance's own keyring (a kit that is not one: refused before anything is written)
+    ("POST", "/v1/recovery-kit", {"passphrase": "p" * 11}),
+    ("POST", "/v1/recovery-kit/import", {"kit": "AAAA", "passphrase": "p" * 12}),
 ]
 
 

@@ -165,9 +165,14 @@ def test_wizard_counts_steps_and_ends_with_a_checklist(qapp, tmp_path: Path) -> 
     async def start(_plan: object) -> None:
         return None
     wiz = FirstRunWizard(tmp_path / "home", start)
+    local = [p.title() for p in wiz.pages if p not in (wiz.egress_page, wiz.target_page)]   # a local vault's run
+    assert [t.split(":")[0] for t in local] == [f"Step {n} of 7" for n in range(1, 8)]
+    assert "Recovery kit" in local[4]
+    wiz.vault_page.azure.setChecked(True)          # an Azure target adds Outbound network and Azure target
     titles = [wiz.page(i).title() for i in wiz.pageIds()]
-    assert [t.split(":")[0] for t in titles] == [f"Step {n} of 7" for n in range(1, 8)]
-    assert "Recovery kit" in titles[4]
+    assert [t.split(":")[0] for t in titles] == [f"Step {n} of 9" for n in range(1, 10)]
+    assert "Outbound network" in titles[2] and "Azure target" in titles[3] and "Recovery kit" in titles[6]
+    wiz.vault_page.local.setChecked(True)
     wiz.summary_page.wizard = lambda: wiz  # type: ignore[method-assign]
     wiz.summary_page.initializePage()
     text = wiz.summary_page.checklist.text()

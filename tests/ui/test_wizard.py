@@ -59,7 +59,7 @@ async def test_validation_back_and_cancel_leave_nothing(qtbot, tmp_path: Path, s
     assert hp.home_field.error == "" and hp.isComplete()
     wiz.next()
     assert wiz.currentPage() is wiz.vault_page
-    assert not wiz.vault_page.azure.isEnabled() and wiz.vault_page.local.isChecked()
+    assert wiz.vault_page.azure.isEnabled() and wiz.vault_page.local.isChecked()   # local stays the default
     wiz.vault_page.path.setText("not/absolute")
     assert not wiz.vault_page.isComplete()
     wiz.vault_page.path.setText("")

@@ -1,4 +1,6 @@
-"""Dashboard: machines by health, the worst RPO, and churn / upload throughput over time.
+"""Dashboard: machines by health, the worst RPO, churn / upload throughput over time, and the vault target's health
+(where it is, last upload, backlog, throttled or not, upload limit, error: ``console.target.health_rows``; unknown
+is shown as unknown).
 
 Every tile is a way in: clicking it (or Enter/Space on it) shows those machines in Protected machines, filtered
 (``show_machines`` carries the ``FleetFilter``); the worst-RPO tile shows the fleet worst first."""
@@ -10,11 +12,13 @@ import time
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent, QMouseEvent
-from PySide6.QtWidgets import QFrame, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from console.context import ConsoleContext
 from console.fleet_filter import FleetFilter
+from console.errors import UserError
 from console.models import DashboardSeries, format_rate, format_seconds
+from console.target import STATE_HEALTH, health_rows
 
 from .. import forms, theme
 from ..plots import time_plot
@@ -71,7 +75,7 @@ def _plot(title: str, units: str) -> pg.PlotWidget:
     w.setTitle(title, size="10pt")
     w.setLabel("left", units=units)
     w.showGrid(x=True, y=True, alpha=0.15)
-    w.setMinimumHeight(170)
+    w.setMinimumHeight(120)   # with the target panel, the page still fits the console's 1000x700 window
     return w
 
 
@@ -125,6 +129,7 @@ class DashboardPage(QWidget):
         lay.addWidget(forms.title("Dashboard"))
         lay.addLayout(grid)
         lay.addWidget(self.rates)
+        lay.addWidget(self._target_box())
         lay.addWidget(self.rpo_plot, 1)
         lay.addWidget(self.rate_plot, 1)
         self._timer = QTimer(self)
@@ -134,6 +139,54 @@ class DashboardPage(QWidget):
         ctx.statuses_applied.connect(self._schedule)
         ctx.inventory_refreshed.connect(self._schedule)
         ctx.link_changed.connect(self._on_link)
+        self._target_timer = QTimer(self)
+        self._target_timer.setInterval(2000)
+        self._target_timer.timeout.connect(self.refresh_target)
+        ctx.appliance_started.connect(self.refresh_target)
+        ctx.appliance_stopped.connect(self.refresh_target)
+
+    def _target_box(self) -> QGroupBox:
+        """Two label/value pairs a row (the panel stays short: the plots keep their height)."""
+        box = QGroupBox("Vault target")
+        grid = QGridLayout(box)
+        grid.setVerticalSpacing(4)
+        self.target_labels: dict[str, QLabel] = {}
+        layout = (("Target", "State"), ("Last upload", "Backlog"), ("Throttled", "Upload limit"), ("Error",))
+        for r, keys in enumerate(layout):
+            for c, key in enumerate(keys):
+                lab = QLabel("unknown")
+                lab.setWordWrap(True)
+                lab.setMinimumWidth(260)   # a wrapped label's minimum height is computed at its minimum width
+                lab.setAccessibleName(f"Target {key.lower()}")
+                lab.setTextInteractionFlags(lab.textInteractionFlags().TextSelectableByMouse)
+                self.target_labels[key] = lab
+                name = QLabel(f"{key}:")
+                name.setObjectName("hint")
+                grid.addWidget(name, r, 2 * c, Qt.AlignmentFlag.AlignTop)
+                grid.addWidget(lab, r, 2 * c + 1, 1, 3 if len(keys) == 1 else 1)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        self.target_health = None
+        return box
+
+    def refresh_target(self, *_: object) -> None:
+        """Read the target's health from the appliance (every 2 s while shown)."""
+        try:
+            v = self.ctx.facade.target_health() if hasattr(self.ctx.facade, "target_health") else None
+        except UserError as exc:
+            v, why = None, f"unknown: {exc.code}: {exc.message}"
+        else:
+            why = "unknown: the appliance does not answer" if v is None else ""
+        self.target_health = v
+        if v is None:
+            for key, lab in self.target_labels.items():
+                lab.setText(why if key == "State" else "unknown")
+            theme.set_health(self.target_labels["State"], "", why)
+            return
+        for key, text in health_rows(v):
+            self.target_labels[key].setText(text)
+        theme.set_health(self.target_labels["State"], STATE_HEALTH.get(v.state, ""),
+                         self.target_labels["State"].text())
 
     def _on_link(self, *_: object) -> None:
         if self.isVisible():   # lost: the counts turn "?" at once; back: the fresh ones
@@ -146,6 +199,12 @@ class DashboardPage(QWidget):
     def showEvent(self, event) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
         super().showEvent(event)
         self.refresh()
+        self.refresh_target()
+        self._target_timer.start()
+
+    def hideEvent(self, event) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
+        super().hideEvent(event)
+        self._target_timer.stop()
 
     def refresh(self) -> None:
         counts = self.ctx.machines.health_counts()

@@ -1,4 +1,4 @@
-"""Network and cloud: the URL allow-list (presets + custom entries), the outbound proxy (with Test), the upload
+"""Network and cloud: the vault target (with Add target: ``ui/target_dialog.py``), the URL allow-list (presets + custom entries), the outbound proxy (with Test), the upload
 bandwidth schedule, the connectivity check, and the e-mail alert settings (with Send test e-mail).
 
 Every engine refusal is shown next to the field it names (``console.network``); long actions (Test, Check, SMTP
@@ -10,13 +10,17 @@ import asyncio
 from typing import Any
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
+from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QScrollArea, QVBoxLayout, QWidget)
 
 from console.context import ConsoleContext
 from console.network import NetworkSettingsModel, Outcome
+from console.target import TargetModel
+from console.errors import UserError
 
 from .. import forms, theme
+from ..egress_form import AllowListBox, ProxyBox
+from ..target_dialog import AddTargetDialog
 
 
 class NetworkPage(QWidget):
@@ -24,6 +28,7 @@ class NetworkPage(QWidget):
         super().__init__(parent)
         self.ctx = ctx
         self.model = NetworkSettingsModel(ctx.facade)
+        self.target_model = TargetModel(ctx.facade)
         self.fields: dict[str, forms.Field] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         body = QWidget()
@@ -32,45 +37,27 @@ class NetworkPage(QWidget):
         self.unavailable = forms.hint("Available while the appliance runs.")
         lay.addWidget(self.unavailable)
 
-        # allow-list
-        box = QGroupBox("URL allow-list (the vault target, vCenters and e-mail)")
-        f = QFormLayout(box)
-        self.presets = {name: QCheckBox(label) for name, label in (("commercial", "Azure commercial cloud"),
-                                                                   ("government", "Azure Government"))}
-        prow = QWidget()
-        pl = QHBoxLayout(prow)
-        pl.setContentsMargins(0, 0, 0, 0)
-        for cb in self.presets.values():
-            pl.addWidget(cb)
-        pl.addStretch(1)
-        f.addRow("Presets:", self._field("presets", prow, "The documented Azure endpoints for that cloud."))
-        self.custom = QPlainTextEdit()
-        self.custom.setAccessibleName("Custom allow-list entries")
-        self.custom.setFixedHeight(70)
-        f.addRow("Custom entries:", self._field("custom", self.custom, "One per line: host, *.domain (leftmost label "
-                                                "only), IP address or network, optionally :PORT. Empty list and no "
-                                                "preset: unrestricted."))
+        # the vault target
+        box = QGroupBox("Vault target")
+        tl = QHBoxLayout(box)
+        self.target_text = QLabel("—")
+        self.target_text.setWordWrap(True)
+        self.target_text.setAccessibleName("Vault target")
+        self.add_target_btn = QPushButton(theme.icon("add"), "&Add Azure target…")
+        tl.addWidget(self.target_text, 1)
+        tl.addWidget(self.add_target_btn)
         lay.addWidget(box)
+        self.target_dialog: AddTargetDialog | None = None
 
-        # proxy
-        box = QGroupBox("Outbound proxy (HTTP CONNECT)")
-        f = QFormLayout(box)
-        self.proxy_url = QLineEdit()
-        self.proxy_url.setPlaceholderText("http://proxy.example:3128 (empty: direct)")
-        self.proxy_user = QLineEdit()
-        self.proxy_password = QLineEdit()
-        self.proxy_password.setEchoMode(QLineEdit.EchoMode.Password)
-        self.bypass = QLineEdit()
-        self.bypass.setPlaceholderText("vcenter.corp.example, 10.0.0.0/8")
-        self.test_proxy_btn = QPushButton("&Test proxy")
-        f.addRow("Proxy URL:", self._field("proxy_url", self.proxy_url, "", self.test_proxy_btn))
-        f.addRow("User:", self._field("proxy_user", self.proxy_user, "Basic authentication; empty for none."))
-        f.addRow("Password:", self._field("proxy_password", self.proxy_password,
-                                          "Kept in the OS keyring; leave empty to keep the stored one."))
-        f.addRow("Bypass:", self._field("bypass", self.bypass, "Destinations reached directly (comma separated)."))
-        self.proxy_result = forms.hint("")
-        f.addRow("", self.proxy_result)
-        lay.addWidget(box)
+        # allow-list and proxy: the parts the set-up wizard's Outbound network page shows too
+        self.allow_box = AllowListBox(self.fields, "URL allow-list (the vault target, vCenters and e-mail)")
+        self.presets, self.custom = self.allow_box.presets, self.allow_box.custom
+        lay.addWidget(self.allow_box)
+        self.proxy_box = ProxyBox(self.fields)
+        pb = self.proxy_box
+        self.proxy_url, self.proxy_user, self.proxy_password, self.bypass = pb.editors()
+        self.test_proxy_btn, self.proxy_result = pb.test_proxy_btn, pb.proxy_result
+        lay.addWidget(pb)
 
         # bandwidth
         box = QGroupBox("Upload bandwidth to the target")
@@ -137,6 +124,7 @@ class NetworkPage(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
         self.save_btn.clicked.connect(self.save)
+        self.add_target_btn.clicked.connect(self.open_add_target)
         self.test_proxy_btn.clicked.connect(lambda: self._spawn(self.test_proxy()))
         self.check_btn.clicked.connect(lambda: self._spawn(self.check()))
         self.save_smtp_btn.clicked.connect(lambda: self._spawn(self.save_smtp()))
@@ -160,21 +148,16 @@ class NetworkPage(QWidget):
     def load(self, *_: object) -> None:
         ok = self.model.available
         self.unavailable.setVisible(not ok)
-        for w in (self.save_btn, self.check_btn, self.test_proxy_btn, self.save_smtp_btn, self.send_test_btn):
+        for w in (self.save_btn, self.check_btn, self.test_proxy_btn, self.save_smtp_btn, self.send_test_btn,
+                  self.add_target_btn):
             w.setEnabled(ok)
         if not ok:
+            self.target_text.setText("—")
             return
+        self.load_target()
         e = self.model.egress()
-        for name, cb in self.presets.items():
-            cb.setChecked(name in e["presets"])
-            cb.setToolTip("\n".join(e.get("presets_available", {}).get(name, [])))
-        self.custom.setPlainText("\n".join(e["custom"]))
-        p = e.get("proxy") or {}
-        self.proxy_url.setText(p.get("url") or "")
-        self.proxy_user.setText(p.get("user") or "")
-        self.proxy_password.clear()
-        self.proxy_password.setPlaceholderText("(stored in the keyring)" if p.get("password_set") else "")
-        self.bypass.setText(", ".join(p.get("bypass") or []))
+        self.allow_box.load(e["presets"], e["custom"], e.get("presets_available"))
+        self.proxy_box.load(e.get("proxy"))
         b = e["bandwidth"]
         self.work_hours.setText(b["work_hours"])
         self.work_rate.setText(b["work_rate_text"])
@@ -188,11 +171,25 @@ class NetworkPage(QWidget):
         self.smtp_to.setText(", ".join(s.get("to") or []))
         self.smtp_from.setText(s.get("from") or "")
 
+    def load_target(self) -> None:
+        try:
+            cur = self.target_model.current()
+        except UserError as exc:
+            self.target_text.setText(f"{exc.code}: {exc.message}")
+            return
+        self.target_text.setText(self.target_model.describe(cur))
+
+    def open_add_target(self) -> AddTargetDialog:
+        """The Add target dialog (opened with ``open()``; its Apply and restart run on the loop)."""
+        dlg = AddTargetDialog(self.ctx, self)
+        dlg.finished.connect(lambda *_: self.load())
+        dlg.finished.connect(dlg.deleteLater)
+        self.target_dialog = dlg
+        dlg.open()
+        return dlg
+
     def form(self) -> dict[str, Any]:
-        return {"presets": [n for n, cb in self.presets.items() if cb.isChecked()],
-                "custom": self.custom.toPlainText(), "proxy_url": self.proxy_url.text(),
-                "proxy_user": self.proxy_user.text(), "proxy_password": self.proxy_password.text(),
-                "bypass": self.bypass.text(), "work_hours": self.work_hours.text(),
+        return {**self.allow_box.values(), **self.proxy_box.values(), "work_hours": self.work_hours.text(),
                 "work_rate": self.work_rate.text(), "off_rate": self.off_rate.text(),
                 "smtp_server": self.smtp_server.text(), "smtp_starttls": self.smtp_starttls.isChecked(),
                 "smtp_user": self.smtp_user.text(), "smtp_password": self.smtp_password.text(),

@@ -5,6 +5,8 @@ backup can be wrong is refused with its own code, leaving nothing half-restored.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import shutil
@@ -74,9 +76,12 @@ async def test_appliance_lost_and_rebuilt_from_the_vault(tmp_path: Path) -> None
                      stdin=PASS + "\n")
         assert r.returncode == 0, r.stderr
         assert os.stat(kit).st_mode & 0o777 == 0o600
-        r = lifeboat("appliance", "backup", "--home", str(site.ahome), "--json")
+        # The running appliance takes it (POST /v1/config-backup): it runs on this test's loop, so the CLI runs in a
+        # thread while the loop answers.
+        r = await asyncio.to_thread(lifeboat, "appliance", "backup", "--home", str(site.ahome), "--json")
         assert r.returncode == 0, r.stderr
         taken = json.loads(r.stdout)
+        assert taken["taken_by"] == "the running appliance"
         assert (vault / ".appliance-backups" / taken["name"]).exists()
         raw = (vault / ".appliance-backups" / taken["name"]).read_bytes()
         assert b"BEGIN" not in raw and PASS.encode() not in raw   # nothing secret in the clear
@@ -246,3 +251,50 @@ def test_cli_kit_import_and_bad_backups_change_nothing(tmp_path: Path) -> None:
 def test_kit_holds_what_it_says() -> None:
     k = Kit("a" * 32, os.urandom(32), os.urandom(32), b"cert", b"key", 1.0)
     assert unseal(seal(k, PASS), PASS) == k
+
+
+def test_export_kit_from_another_account_is_sealed_by_the_running_appliance(tmp_path: Path) -> None:
+    """A Windows service runs as LocalSystem: the vault key is in that account's keyring, not the operator's.
+    export-kit run by an account whose keyring lacks the key asks the running appliance (admin mutual TLS) to seal
+    the kit; without a running appliance it says what to do."""
+    import signal
+
+    home = _home(tmp_path)
+    aid = home.load_config()["appliance_id"]
+    key = get_secret(vault_key_name(aid))
+    other = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "operator-keyring")}   # the operator's own, empty
+
+    def export(out: Path, passphrase: str = PASS) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engine.cli", "appliance", "export-kit", "--home",
+                               str(home.root), "--out", str(out), "--passphrase-stdin", "--json"],
+                              input=passphrase + "\n", capture_output=True, text=True, timeout=120, env=other)
+
+    r = export(tmp_path / "no-appliance.txt")
+    assert r.returncode != 0 and "LB_KEYRING" in r.stderr and "Start the appliance" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "no-appliance.txt").exists()
+
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "appliance", "run", "--home", str(home.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("appliance running")
+        kit_file = tmp_path / "kit.txt"
+        r = export(kit_file)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["sealed_by"] == "the running appliance"
+        assert os.stat(kit_file).st_mode & 0o777 == 0o600
+        from engine.backup.kit import read_kit
+        kit = unseal(read_kit(kit_file), PASS)
+        assert kit.appliance_id == aid and base64.b64encode(kit.vault_key).decode() == key
+        mine = archive.kit_from_home(home)   # the same kit, made here with the appliance's keyring
+        assert (kit.backup_key, kit.ca_cert_pem, kit.ca_key_pem) == (mine.backup_key, mine.ca_cert_pem,
+                                                                     mine.ca_key_pem)
+        r = export(tmp_path / "short.txt", "short")
+        assert r.returncode != 0 and "LB_INVALID_INPUT" in r.stderr and not (tmp_path / "short.txt").exists()
+        from engine.client import AdminClient
+        events = AdminClient(home.root).call("GET", "/v1/events")
+        assert [e for e in events if e["kind"] == "recovery-kit-exported"], events
+        assert PASS not in (home.root / "appliance.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)

@@ -76,7 +76,8 @@ async def test_a_failover_left_by_an_earlier_run_is_interrupted_and_cancels(tmp_
         [vm] = await svc.vms()
         assert vm["state"] == "interrupted" and vm["error"]["code"] == "LB_INTERRUPTED"
         assert vm["vm_state"] == "missing"   # asked of the real hypervisor
-        assert svc.failover_of("web1") == {"host": host, "point": "a-1", "state": "interrupted", "booted_at": 2.0}
+        assert svc.failover_of("web1") == {"host": host, "point": "a-1", "state": "interrupted", "booted_at": 2.0,
+                                           "kind": "unplanned"}
         with pytest.raises(AlreadyFailedOver):
             await svc.failover("web1", host, "latest")
         out = await svc.cancel("web1")

@@ -124,3 +124,24 @@ def test_windows_service_body_runs_and_stops_on_its_event(tmp_path: Path) -> Non
         t.join(60)
     assert not t.is_alive()
     assert not (home / "appliance.pid").exists()
+
+
+def test_install_service_init_makes_the_home_once(tmp_path: Path) -> None:
+    """`install-service --init` (what the Windows installer runs): a missing home is initialised, an existing one is
+    kept as it is; without --init a missing home is refused with its advice."""
+    need_tool("systemd-analyze")
+    home, units = tmp_path / "new-home", tmp_path / "units"
+    r = lifeboat("appliance", "install-service", "--home", str(home), "--unit-dir", str(units), "--json")
+    assert r.returncode != 0 and "LB_NOT_INITIALISED" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not units.exists() or not list(units.iterdir())
+    args = ("appliance", "install-service", "--home", str(home), "--unit-dir", str(units), "--init",
+            "--control-port", str(free_port()), "--data-port", str(free_port()), "--json")
+    r = lifeboat(*args)
+    assert r.returncode == 0, r.stderr
+    aid = json.loads((home / "appliance.json").read_text())["appliance_id"]
+    assert Path(json.loads(r.stdout)["path"]).name == systemd.unit_name(aid)
+    assert os.stat(home).st_mode & 0o777 == 0o700 and (home / "pki" / "admin.crt").exists()
+    r = lifeboat(*args)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((home / "appliance.json").read_text())["appliance_id"] == aid, "an existing home was replaced"
+

@@ -54,6 +54,7 @@ from ..base import DiskInfo, DiskView, MachineVault, Point, SealedRecord, Vault,
 from ..journal import ENTRY_HEAD_SIZE, ENV_LEN, check_envelope
 from ..local_view import DATA_KINDS, ZERO_KINDS
 from ..replica import ExtentMap
+from ...waits import wait_event
 from . import pages, vhd
 from .logs import DIRECT_ENV, LOG_BYTES, MAX_BLOCKS, LogEntry, LogInfo, block_id, log_name, parse_log, seg_header
 from .rest import MAX_BLOCK, MAX_PUT_PAGE, PAGE, AzureBlobClient, Credential, HTTPError
@@ -575,9 +576,7 @@ class AzureMachineVault(MachineVault):
 
     async def _apply_loop(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._owner.idle_apply)
-            except TimeoutError:
+            if not await wait_event(self._wake, self._owner.idle_apply):
                 self._target = max(self._target, self._last_seq)   # quiet: catch the page blobs up
             self._wake.clear()
             if self._target <= self._applied or self._failed or self._stuck:
@@ -1212,8 +1211,10 @@ class AzureVault(Vault):
         async with self._lock:
             for mv in list(self._machines.values()):
                 await mv.close()
-        self._io.shutdown(wait=True)
-        self._io2.shutdown(wait=True)
+        # requests still in flight finish off the event loop: the loop must keep running meanwhile (whatever it
+        # serves, e.g. a proxy in the same process, and the appliance's other roles while it stops)
+        await asyncio.to_thread(self._io.shutdown, True)
+        await asyncio.to_thread(self._io2.shutdown, True)
         self.client.close()
 
 

@@ -26,6 +26,8 @@ from engine.api import (Appliance, ApplianceLink, ApplianceStatus, ApplianceUnre
                         backup_appliance, console_types, export_recovery_kit, format_duration, format_size,
                         import_recovery_kit, is_initialised, parse_address, parse_duration, parse_size, parse_window)
 
+from .quiet_thread import to_thread_quietly
+
 log = logging.getLogger(__name__)
 
 #: an attached console's synchronous calls block the GUI thread: the appliance is on this machine and answers in
@@ -242,7 +244,7 @@ class EngineFacade:
         """Post the kit to the appliance of the home (a locked one then starts its roles: waited for), then have
         the link try again at once. ``KitPassphrase`` (LB_KIT_PASSPHRASE), ``KitCorrupt`` (LB_KIT_CORRUPT),
         ``Conflict`` (LB_KIT_MISMATCH): nothing was written. The passphrase goes to the appliance only."""
-        got = await asyncio.to_thread(import_recovery_kit, self.home, Path(kit), passphrase)
+        got = await to_thread_quietly(import_recovery_kit, self.home, Path(kit), passphrase)
         eng = self.engine
         if isinstance(eng, RemoteAppliance):
             eng.reconnect_now()
@@ -251,7 +253,7 @@ class EngineFacade:
     async def export_recovery_kit(self, out: Path, passphrase: str) -> Path:
         """Seal the recovery kit into the new file ``out`` (the appliance seals it when this account's keyring
         lacks the key). InvalidInput for a short passphrase or an existing file."""
-        return await asyncio.to_thread(export_recovery_kit, self.home, Path(out), passphrase)
+        return await to_thread_quietly(export_recovery_kit, self.home, Path(out), passphrase)
 
     async def backup_appliance(self) -> dict[str, Any]:
         """A configuration backup now, taken by the running appliance: ``{"name", "path", "size", "vault",
@@ -489,8 +491,9 @@ class EngineFacade:
     # network and cloud (egress, e-mail alerts): plain data from engine.api ------------------------------------
     @property
     def has_network(self) -> bool:
-        """An embedded appliance runs (the synthetic facade has none: the page says it is unavailable)."""
-        return self.embedded is not None
+        """An appliance answers: embedded, or attached with the link up and not locked (the synthetic facade has
+        none: the page says it is unavailable)."""
+        return self._live() is not None and self.locked is None
 
     def egress_settings(self) -> dict[str, Any]:
         return self._emb().egress_settings()

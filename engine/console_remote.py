@@ -118,7 +118,9 @@ class RemoteAppliance:
             return self.call(name)
         if kind == "async":
             async def acall(*args: Any, **kwargs: Any) -> Any:
-                return await asyncio.to_thread(self._call, name, args, kwargs, self.async_timeout)
+                def run() -> Any:   # a closure: a GUI loop's executor may log the callable (qasync at DEBUG), and
+                    return self._call(name, args, kwargs, self.async_timeout)   # the arguments may hold a password
+                return await asyncio.to_thread(run)
             acall.__name__ = name
             return acall
 

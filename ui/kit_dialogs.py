@@ -175,8 +175,20 @@ class ImportKitDialog(QDialog):
     def start_import(self) -> asyncio.Task[Any] | None:
         if self.task is not None or not self.import_btn.isEnabled():
             return self.task
+        self.f_pass.set_message(None)
+        self.f_path.set_message(None)
+        self.error.setVisible(False)
+        self._set_busy(True)
+        self.status.setText("Unsealing the kit and unlocking the appliance… (a few seconds: the key derivation is "
+                            "slow on purpose)")
         self.task = asyncio.ensure_future(self._import())
         return self.task
+
+    def _set_busy(self, on: bool) -> None:
+        for w in (self.browse_btn, self.path, self.passphrase, self.cancel_btn):
+            w.setEnabled(not on)
+        self.import_btn.setEnabled(False)
+        self.progress.setVisible(on)
 
     def _show_error(self, exc: UserError) -> None:
         where = field_of(exc.code)
@@ -197,14 +209,6 @@ class ImportKitDialog(QDialog):
             self.error.setVisible(True)
 
     async def _import(self) -> None:
-        self.f_pass.set_message(None)
-        self.f_path.set_message(None)
-        self.error.setVisible(False)
-        for w in (self.import_btn, self.browse_btn, self.path, self.passphrase, self.cancel_btn):
-            w.setEnabled(False)
-        self.progress.setVisible(True)
-        self.status.setText("Unsealing the kit and unlocking the appliance… (a few seconds: the key derivation is "
-                            "slow on purpose)")
         try:
             await self.ctx.keys.import_kit(Path(self.path.text().strip()), self.passphrase.text())
         except UserError as exc:
@@ -217,9 +221,7 @@ class ImportKitDialog(QDialog):
             return
         finally:
             self.task = None
-            self.progress.setVisible(False)
-            for w in (self.browse_btn, self.path, self.passphrase, self.cancel_btn):
-                w.setEnabled(True)
+            self._set_busy(False)
             self._edited()
         self.passphrase.clear()
         self.status.setText("Unlocked.")
@@ -315,14 +317,18 @@ class ExportKitDialog(QDialog):
 
     def start_export(self) -> asyncio.Task[Any] | None:
         if self.task is None and self._check():
+            self._set_busy(True)
+            self.status.setText("Sealing the recovery kit… (a few seconds: the key derivation is slow on purpose)")
             self.task = asyncio.ensure_future(self._export())
         return self.task
 
+    def _set_busy(self, on: bool) -> None:
+        for w in (self.browse_btn, self.passphrase, self.repeat, self.path, self.cancel_btn):
+            w.setEnabled(not on)
+        self.save_btn.setEnabled(False)
+        self.progress.setVisible(on)
+
     async def _export(self) -> None:
-        for w in (self.save_btn, self.browse_btn, self.passphrase, self.repeat, self.path, self.cancel_btn):
-            w.setEnabled(False)
-        self.progress.setVisible(True)
-        self.status.setText("Sealing the recovery kit… (a few seconds: the key derivation is slow on purpose)")
         out = Path(self.path.text().strip()).expanduser()
         try:
             job = await self.ctx.keys.export_kit(out, self.passphrase.text())
@@ -334,9 +340,7 @@ class ExportKitDialog(QDialog):
             return
         finally:
             self.task = None
-            self.progress.setVisible(False)
-            for w in (self.browse_btn, self.passphrase, self.repeat, self.path, self.cancel_btn):
-                w.setEnabled(True)
+            self._set_busy(False)
             self._check()
         self.saved_to = Path(job.result)
         self.passphrase.clear()

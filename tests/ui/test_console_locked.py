@@ -157,7 +157,7 @@ async def test_console_unlocks_a_locked_appliance_with_its_kit(qtbot, tmp_path: 
         screenshot(dlg, "locked-3-wrong-passphrase")
         after = next((tmp_path / "service-keyring").rglob("keyring_pass.cfg"), None)
         assert (after.read_bytes() if after else None) == before, "a refused kit changed the appliance's keyring"
-        assert await asyncio.to_thread(_secret_in, service, vault_key_name(aid)) is None
+        assert await asyncio.to_thread(lambda: _secret_in(service, vault_key_name(aid)) is None)
 
         # 4. The right passphrase: the appliance is unlocked and the console shows its dashboard.
         unlocked = signal(ctx.lock_changed, lambda lock: lock is None, 120, "unlocked")
@@ -173,7 +173,8 @@ async def test_console_unlocks_a_locked_appliance_with_its_kit(qtbot, tmp_path: 
         health, _why = ctx.overall_health()
         assert health != "critical" or "locked" not in _why
         assert tray.health == health
-        assert await asyncio.to_thread(_secret_in, service, vault_key_name(aid)) == key_b64
+        # compared in the thread: a secret as a worker's result would be in qasync's DEBUG records
+        assert await asyncio.to_thread(lambda: _secret_in(service, vault_key_name(aid)) == key_b64)
         assert get_secret(vault_key_name(aid)) is None   # the console's account still lacks it
         screenshot(win, "locked-4-unlocked-dashboard")
 
@@ -232,10 +233,12 @@ async def test_console_unlocks_a_locked_appliance_with_its_kit(qtbot, tmp_path: 
 
         # ... and back to the dashboard when another client imports the kit.
         back = signal(ctx.lock_changed, lambda lock: lock is None, 120, "unlocked by the command line")
-        r = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "engine.cli", "appliance", "import-kit", "--home", str(root),
-                             "--kit", str(kit), "--passphrase-stdin"], input=PASS + "\n", capture_output=True,
-            text=True, timeout=180, env=_env(tmp_path / "operator-keyring"), cwd=REPO, check=False)
+        def import_kit_cli() -> subprocess.CompletedProcess[str]:   # a closure: the passphrase is in no log record
+            return subprocess.run([sys.executable, "-m", "engine.cli", "appliance", "import-kit", "--home", str(root),
+                                   "--kit", str(kit), "--passphrase-stdin"], input=PASS + "\n", capture_output=True,
+                                  text=True, timeout=180, env=_env(tmp_path / "operator-keyring"), cwd=REPO,
+                                  check=False)
+        r = await asyncio.to_thread(import_kit_cli)
         assert r.returncode == 0, r.stderr
         await back
         await until(lambda: ctx.link_up, 30, "the link up again")
@@ -255,7 +258,7 @@ async def test_console_unlocks_a_locked_appliance_with_its_kit(qtbot, tmp_path: 
     console_settings.save()
     leaks = [PASS, WRONG, EXPORT_PASS, key_b64]
     for secret in leaks:
-        assert secret not in caplog.text
+        assert secret not in caplog.text, [r.getMessage()[:300] for r in caplog.records if secret in r.getMessage()]
         assert secret.encode() not in Path(console_settings.path).read_bytes()
         for f in [root / "appliance.log", *root.glob("state.db*")]:
             assert secret.encode() not in f.read_bytes(), f"a secret is in {f.name}"

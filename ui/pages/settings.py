@@ -76,11 +76,7 @@ class SettingsPage(QWidget):
         inner = QWidget()
         lay = QVBoxLayout(inner)
         lay.addWidget(forms.title("Settings"))
-        lay.addWidget(forms.title("Console", "sectionTitle"))
-        lay.addLayout(form)
-        lay.addLayout(row)
-        lay.addWidget(forms.title("Appliance", "sectionTitle"))
-        lay.addWidget(self.facts)
+        # first: what an operator must not miss (the kit), and what it says after an action stays in view
         lay.addWidget(forms.title("Appliance recovery", "sectionTitle"))
         lay.addWidget(forms.hint("The configuration backup (machines, policies, plans, certificates; secrets sealed) "
                                  "is taken daily and kept in the home and the vault. The recovery kit opens it, and "
@@ -89,22 +85,29 @@ class SettingsPage(QWidget):
         lay.addLayout(buttons)
         lay.addWidget(self.progress)
         lay.addWidget(self.recovery_status)
+        lay.addWidget(forms.title("Console", "sectionTitle"))
+        lay.addLayout(form)
+        lay.addLayout(row)
+        lay.addWidget(forms.title("Appliance", "sectionTitle"))
+        lay.addWidget(self.facts)
         lay.addStretch(1)
-        scroll = QScrollArea()   # readable at 1000×700: the page scrolls rather than squeezing its rows
+        self.scroll = scroll = QScrollArea()   # readable at 1000×700: the page scrolls rather than squeezing its rows
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll.setWidget(inner)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
+        self.recovery_status.setVisible(False)
         self.load()
         ctx.appliance_started.connect(self.load)
+        ctx.lock_changed.connect(self.load)   # unlocked: its ports and vault are known now
         ctx.keys.busy.connect(self._busy)
         for sig in (ctx.appliance_started, ctx.appliance_stopped, ctx.link_changed, ctx.lock_changed):
             sig.connect(self._update_actions)
         self._update_actions()
 
-    def load(self) -> None:
+    def load(self, *_: object) -> None:
         for key, ed in self.editors.items():
             self._set(ed, self.ctx.settings.get(key))
         addr = self.ctx.facade.addresses
@@ -138,6 +141,9 @@ class SettingsPage(QWidget):
         self.recovery_status.style().unpolish(self.recovery_status)
         self.recovery_status.style().polish(self.recovery_status)
         self.recovery_status.setText(text)
+        self.recovery_status.setVisible(bool(text))
+        if text:
+            self.scroll.ensureWidgetVisible(self.recovery_status)
 
     def back_up_now(self) -> asyncio.Task[Any] | None:
         if self.backup_task is None and self.backup_btn.isEnabled():

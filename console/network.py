@@ -13,7 +13,6 @@ with ``engine.api.try_proxy``, used for the wizard's Azure Test connection, and 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

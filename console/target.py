@@ -10,7 +10,6 @@ is passed through to the engine, which keeps it in the OS keyring only; nothing 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

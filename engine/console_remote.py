@@ -168,7 +168,8 @@ class RemoteAppliance:
         except errors.LifeboatError:
             return None
         if isinstance(st, dict) and st.get("state") == "locked":
-            err = st.get("error") if isinstance(st.get("error"), dict) else {}
+            raw = st.get("error")
+            err: dict[str, Any] = raw if isinstance(raw, dict) else {}
             return {"code": str(err.get("code") or "LB_KEYRING"),
                     "message": str(err.get("message") or "the appliance is locked"),
                     "advice": str(err.get("advice") or "Import the recovery kit into the running appliance.")}

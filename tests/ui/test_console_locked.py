@@ -21,6 +21,7 @@ import os
 import signal as signals
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,8 +162,10 @@ async def test_console_unlocks_a_locked_appliance_with_its_kit(qtbot, tmp_path: 
         # 4. The right passphrase: the appliance is unlocked and the console shows its dashboard.
         unlocked = signal(ctx.lock_changed, lambda lock: lock is None, 120, "unlocked")
         dlg.passphrase.setText(PASS)
+        t0 = time.monotonic()
         await asyncio.wait_for(dlg.start_import(), 180)   # type: ignore[arg-type]
         await unlocked
+        print(f"\nimport → dashboard: {time.monotonic() - t0:.2f} s")
         await until(lambda: win.import_dialog is None, 10, "the import dialog closed")
         assert ctx.locked is None and ctx.link_up and not win.locked and win.stack.isVisible() and win.nav.isEnabled()
         assert win.stack.currentWidget() is win.pages["dashboard"]
@@ -226,7 +229,9 @@ async def test_console_unlocks_a_locked_appliance_with_its_kit(qtbot, tmp_path: 
         await asyncio.to_thread(_delete_secret_in, service, vault_key_name(aid))
         relocked = signal(ctx.lock_changed, lambda lock: lock is not None, 60, "locked again")
         app = await _run_appliance(root, service, b"appliance locked")
+        t0 = time.monotonic()
         await relocked
+        print(f"locked appliance answering → locked page: {time.monotonic() - t0:.2f} s")
         assert win.locked and not settings.backup_btn.isEnabled() and ctx.overall_health()[0] == "critical"
         assert tray.health == "critical"
 
@@ -239,7 +244,9 @@ async def test_console_unlocks_a_locked_appliance_with_its_kit(qtbot, tmp_path: 
                                   check=False)
         r = await asyncio.to_thread(import_kit_cli)
         assert r.returncode == 0, r.stderr
+        t0 = time.monotonic()
         await back
+        print(f"unlocked by the command line → dashboard: {time.monotonic() - t0:.2f} s")
         await until(lambda: ctx.link_up, 30, "the link up again")
         assert not win.locked and win.stack.currentWidget() is win.pages["dashboard"]
         assert not ctx.notes.crashes, ctx.notes.crashes

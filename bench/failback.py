@@ -7,9 +7,12 @@ own writes are). Then:
 
 * **Lifeboat**: ``lifeboat reprotect --to original`` (the seed: xxh3_128 of every block on both sides, only the
   blocks that differ go to the original site's agent, the master target) and ``lifeboat failback`` (final sync, flush,
-  release). Time = the reprotect job's ``seed`` step + failback's ``final-sync`` and ``flush-target`` steps (the wait
-  for the original site's agent to connect and the guest's shutdown are not the transfer's time; both are printed); bytes = what the reverse replication put on its link
-  (checksums, requests and data: the ``bytes_sent`` of ``lifeboat status``).
+  release). Time = the seed (from the master target's attach to the end of the full compare, as the reverse loop
+  records them: ``seed_started_at`` → ``seeded_at``) + failback's ``final-sync`` and ``flush-target`` steps (the wait
+  for the original site's agent to connect and the guest's shutdown are not the transfer's time; both are
+  printed); bytes = what the reverse replication put on its link (checksums, requests and data: the ``bytes_sent``
+  of ``lifeboat status``). The seed reads only the blocks the recovered VM wrote (the rest: checksums from the
+  vault's block-hash index); ``--dense`` fills the original disk, so the master target has no holes to skip.
 * **rsync**: ``rsync --inplace --no-whole-file -I -B 65536 --stats`` of the recovered disk (exported before
   reprotect) onto a copy of the original disk as it was at failover; time = wall clock, bytes = its total bytes
   sent + received (literal data, block checksums and tokens).
@@ -18,6 +21,7 @@ Targets: Lifeboat ≤ 0.5× rsync's time and ≤ 1.05× its bytes. Both end stat
 
     .venv/bin/python bench/failback.py              # 4 GiB, 1 %
     .venv/bin/python bench/failback.py --size-gib 1 --keep
+    .venv/bin/python bench/failback.py --size-gib 1 --dense   # a fully allocated disk
 
 Needs the recovery host (scripts/recovery-host.sh start), rsync, qemu-io/qemu-img and the recovery tests' boot image.
 """
@@ -68,6 +72,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-gib", type=float, default=4.0)
     ap.add_argument("--changed-pct", type=float, default=1.0)
+    ap.add_argument("--dense", action="store_true",
+                    help="fill the disk beyond the boot image with random data (a fully allocated original disk: "
+                         "no holes for either side to skip)")
     ap.add_argument("--tmp"); ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     need("virsh", "qemu-system-x86_64", "genisoimage", "qemu-io", "qemu-img", "rsync")
@@ -85,6 +92,11 @@ def main() -> int:
     disk = tmp / "disk.img"
     shutil.copyfile(boot, disk)
     os.truncate(disk, size)           # the boot image, then sparse zeros: a large disk with a small OS
+    if a.dense:
+        with open(disk, "r+b") as f:
+            f.seek(boot.stat().st_size)
+            while f.tell() < size:
+                f.write(os.urandom(min(8 * MiB, size - f.tell())))
     site = Site(tmp, disk, crash_interval="2s")
     hostname = f"bfb{os.getpid() % 100000}"
     machine = "vm1"
@@ -143,7 +155,9 @@ def main() -> int:
         rp_wall = time.monotonic() - t0
         reprotect_s = rp["ended"] - rp["started"]
         rsteps = {s["name"]: s for s in rp["steps"]}
-        seed_s = rsteps["seed"]["ended"] - rsteps["seed"]["started"]
+        # the seed's transfer: from the target's attach (the loop starts then, inside the wait-target step) to the
+        # seed's end as the loop recorded it
+        seed_s = float(rp["failback"]["seeded_at"]) - float(rp["failback"]["seed_started_at"])
         wait_s = rsteps["wait-target"]["ended"] - rsteps["wait-target"]["started"]
         seed = rp["failback"]
         fb = json.loads(site.cli("failback", *H, machine, "--shutdown-timeout", "1s", "--json"))
@@ -154,8 +168,11 @@ def main() -> int:
         lb_data = int((fb.get("result") or {}).get("data_bytes_sent") or seed["data_bytes_sent"])
         exact = sha256(disk) == sha256(recovered)
 
-        print(f"\nreprotect + failback of a {size / GiB:.1f} GiB disk, {a.changed_pct:g} % of its blocks changed "
-              f"({changed_bytes:,} B), same run")
+        print(f"the seed read {seed.get('blocks_read', 0)} of {nblocks} blocks of the recovered disk (the rest: "
+              "checksums from the vault's block-hash index)")
+        kind = "dense" if a.dense else "sparse"
+        print(f"\nreprotect + failback of a {size / GiB:.1f} GiB {kind} disk, {a.changed_pct:g} % of its blocks "
+              f"changed ({changed_bytes:,} B), same run")
         print(table([
             ["lifeboat reprotect + failback", f"{lb_s:.2f} s", f"{lb_bytes:,}", f"{lb_data:,}",
              f"seed {seed_s:.2f} s + final sync/flush {sync_s:.2f} s (reprotect job {reprotect_s:.2f} s, "

@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # qasync's DEBUG records name every callable given to a worker thread with its arguments (a passphrase, a
+    # password): never logged, even with -v (console/quiet_thread.py)
+    logging.getLogger("qasync").setLevel(logging.INFO)
     import qasync
 
     from ui import theme

@@ -23,6 +23,7 @@ from .errors import Notification, NotificationCenter
 from .event_log import EventLogModel, LogEntry
 from .jobs import ConsoleJob, JobManager, JobsModel, JobStepsModel
 from .models import DashboardSeries, MachineTableModel, RpoHistory
+from .appliance_keys import ApplianceKeys
 from .recovery import RecoveryModel
 from .settings import ConsoleSettings
 
@@ -42,6 +43,7 @@ class ConsoleContext(QObject):
     alert_raised = Signal(object)      # AlertRow that just became active (warning or critical): notify the desktop
     link_changed = Signal(bool, str)   # attached console: the link to the appliance is up (True) or lost, and why
     histories_loaded = Signal(set)     # machines whose RPO history was just filled from the appliance
+    lock_changed = Signal(object)      # the attached appliance's lock reason (dict) when it is locked, None when not
 
     def __init__(self, facade: EngineFacade, settings: ConsoleSettings, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -61,6 +63,8 @@ class ConsoleContext(QObject):
         self.alerts = AlertsModel(self)
         self.alerts.raised.connect(self._on_alert_raised)
         self.recovery = RecoveryModel(facade, self.jobs, self.notes, self)
+        self.keys = ApplianceKeys(self)
+        self._locked: dict[str, str] | None = None
         facade.subscribe(self.bridge)
         self.bridge.statuses.connect(self._on_statuses)
         self.bridge.alert.connect(self._on_alert)
@@ -84,8 +88,10 @@ class ConsoleContext(QObject):
             await self.facade.start_and_attach(plan)
         else:
             await self.facade.start()
-        self.refresh_all()
+        if self.link_up:
+            self.refresh_all()
         self._inventory.start()
+        self._set_locked(self.facade.locked)
         self.appliance_started.emit()
 
     def refresh_all(self) -> None:
@@ -112,6 +118,7 @@ class ConsoleContext(QObject):
         await self.facade.stop()
         self.bridge.flush()
         self.machines.set_stale(None)
+        self._set_locked(None)
         self.appliance_stopped.emit()
 
     async def stop_protection(self, reason: str) -> None:
@@ -122,6 +129,7 @@ class ConsoleContext(QObject):
         await self.facade.stop_appliance(reason)
         self.bridge.flush()
         self.machines.set_stale(time.time())   # nothing shown is current any more
+        self._set_locked(None)
         self.log.add(LogEntry("warning", "appliance", f"appliance stopped: {reason}"))
         self.appliance_stopped.emit()
 
@@ -129,7 +137,31 @@ class ConsoleContext(QObject):
     def link_up(self) -> bool:
         return bool(getattr(self.facade, "link_up", True))
 
+    @property
+    def locked(self) -> dict[str, str] | None:
+        """The attached appliance's lock reason while it runs without its vault key (``{"code", "message",
+        "advice"}``), else None: the window shows the locked page, the tray is critical."""
+        return self._locked
+
+    def _set_locked(self, lock: dict[str, str] | None) -> None:
+        if lock == self._locked:
+            return
+        was, self._locked = self._locked, lock
+        if lock is not None:
+            self.log.add(LogEntry("error", "appliance", f"the appliance is locked: {lock.get('message', '')}", None,
+                                  "Import its recovery kit (Import recovery kit… on the locked page)."))
+        elif was is not None:
+            self.log.add(LogEntry("info", "appliance", "the appliance is unlocked"))
+        self.lock_changed.emit(lock)
+
     def _on_link(self, ev: ApplianceLink) -> None:
+        if ev.state == "locked":
+            self.machines.set_stale(ev.time or time.time())
+            self._set_locked(self.facade.locked or {"code": "LB_KEYRING", "message": ev.detail, "advice": ""})
+            self.link_changed.emit(False, ev.detail)
+            self.inventory_refreshed.emit()
+            return
+        self._set_locked(None)
         if ev.state == "lost":
             self.machines.set_stale(ev.time or time.time())
             self.log.add(LogEntry("error", "appliance", f"lost the appliance: {ev.detail}", None,
@@ -146,6 +178,8 @@ class ConsoleContext(QObject):
     def overall_health(self) -> tuple[str, str]:
         """The site at a glance (the tray's icon and tooltip): ``ok`` | ``warning`` | ``critical`` and why. Never
         better than what is known: a lost link or a stopped appliance is critical (nothing may be replicating)."""
+        if self._locked is not None:
+            return "critical", "The appliance is locked (its vault key is missing): nothing is being replicated"
         if not self.facade.running:
             return "critical", "The appliance is not running: nothing is being replicated"
         if not self.link_up:

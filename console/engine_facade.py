@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.api import (Appliance, ApplianceLink, ApplianceStatus, ApplianceUnreachable, CleanupView, Conflict,
-                        DrillView, EmbeddedAppliance, Event, FailbackView, JobView, LifeboatError, MachineView, NotReady,
-                        PlanActionView, PlanFailbackView, PlanGroupView, PlanRunView, PlanSummaryView, PlanView, PointView, Policy,
+                        DrillView, EmbeddedAppliance, Event, FailbackView, JobView, KeyringError, LifeboatError,
+                        MachineView, NotReady, PlanActionView, PlanFailbackView, PlanGroupView, PlanRunView,
+                        PlanSummaryView, PlanView, PointView, Policy,
                         RecoveredVMView, RecoveryHostView, RecoverySettingsView, RemoteAppliance, ReportView, TargetHealthView,
-                        console_types, format_duration, format_size, is_initialised, parse_address, parse_duration,
-                        parse_size, parse_window)
+                        backup_appliance, console_types, export_recovery_kit, format_duration, format_size,
+                        import_recovery_kit, is_initialised, parse_address, parse_duration, parse_size, parse_window)
+
+from .quiet_thread import to_thread_quietly
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,13 @@ class EngineFacade:
         return not isinstance(eng, RemoteAppliance) or eng.connected
 
     @property
+    def locked(self) -> dict[str, str] | None:
+        """While the attached appliance is locked (its vault key is not in its keyring: docs/CONTRACT.md §7):
+        ``{"code": "LB_KEYRING", "message", "advice"}``; else None. Calls fail with that LB_KEYRING meanwhile."""
+        eng = self.engine
+        return dict(eng.locked) if isinstance(eng, RemoteAppliance) and eng.locked else None
+
+    @property
     def embedded(self) -> EmbeddedAppliance | RemoteAppliance | None:   # the name the pages knew
         return self.engine
 
@@ -132,7 +142,7 @@ class EngineFacade:
         remote.subscribe(self._on_link)
         for fn in self._bus_subs:   # before the event stream opens: nothing is missed
             remote.subscribe(fn)
-        await remote.start()
+        await remote.start(allow_locked=True)   # a locked appliance is attached to: the console offers the kit
         self.engine = remote
 
     async def start_and_attach(self, plan: Any) -> None:
@@ -194,6 +204,10 @@ class EngineFacade:
         if eng is None:
             raise Conflict("the appliance is not running", advice="Start it (Appliance → Start appliance), or "
                            "finish the first-run wizard.")
+        lock = self.locked
+        if lock is not None:
+            raise KeyringError(lock["message"], advice="Import the recovery kit (the console's Import recovery kit…, "
+                               "or `lifeboat appliance import-kit`).")
         if isinstance(eng, RemoteAppliance) and not eng.connected:   # fail at once, never wait on a dead link
             raise ApplianceUnreachable("lost the appliance: reconnecting",
                                        advice="The console reconnects on its own when the appliance answers again.")
@@ -224,6 +238,27 @@ class EngineFacade:
     def _on_link(self, ev: Event) -> None:
         if isinstance(ev, ApplianceLink):
             self._addresses = None
+
+    # the appliance's own recovery (issue 16): through the running appliance, so its keyring is the one used ----
+    async def import_recovery_kit(self, kit: Path, passphrase: str) -> dict[str, Any]:
+        """Post the kit to the appliance of the home (a locked one then starts its roles: waited for), then have
+        the link try again at once. ``KitPassphrase`` (LB_KIT_PASSPHRASE), ``KitCorrupt`` (LB_KIT_CORRUPT),
+        ``Conflict`` (LB_KIT_MISMATCH): nothing was written. The passphrase goes to the appliance only."""
+        got = await to_thread_quietly(import_recovery_kit, self.home, Path(kit), passphrase)
+        eng = self.engine
+        if isinstance(eng, RemoteAppliance):
+            eng.reconnect_now()
+        return got
+
+    async def export_recovery_kit(self, out: Path, passphrase: str) -> Path:
+        """Seal the recovery kit into the new file ``out`` (the appliance seals it when this account's keyring
+        lacks the key). InvalidInput for a short passphrase or an existing file."""
+        return await to_thread_quietly(export_recovery_kit, self.home, Path(out), passphrase)
+
+    async def backup_appliance(self) -> dict[str, Any]:
+        """A configuration backup now, taken by the running appliance: ``{"name", "path", "size", "vault",
+        "taken_by"}``. LB_KEYRING from a locked appliance."""
+        return await asyncio.to_thread(backup_appliance, self.home)
 
     # queries ---------------------------------------------------------------------------------------------
     def status(self) -> ApplianceStatus:
@@ -472,8 +507,9 @@ class EngineFacade:
     # network and cloud (egress, e-mail alerts): plain data from engine.api ------------------------------------
     @property
     def has_network(self) -> bool:
-        """An embedded appliance runs (the synthetic facade has none: the page says it is unavailable)."""
-        return self.embedded is not None
+        """An appliance answers: embedded, or attached with the link up and not locked (the synthetic facade has
+        none: the page says it is unavailable)."""
+        return self._live() is not None and self.locked is None
 
     def egress_settings(self) -> dict[str, Any]:
         return self._emb().egress_settings()

@@ -25,6 +25,7 @@ from engine.api import (CertificateUntrusted, CertificateView, LifeboatError, Lo
                         parse_address)
 
 from .network import EgressPlan
+from .quiet_thread import to_thread_quietly
 from .target import AzureTarget, set_new as set_azure_target
 
 #: Shown whenever a vCenter presents another certificate than the one accepted or pinned before (issue 12).
@@ -195,7 +196,7 @@ async def check_vcenter_login(address: str, user: str, password: str, thumbprint
     if hp is None:
         return {"host": "Enter HOST or HOST:PORT."}
     try:
-        await asyncio.to_thread(_login, hp[0], hp[1], user, password, thumbprint, ca_pem=ca_pem, timeout=timeout)
+        await to_thread_quietly(_login, hp[0], hp[1], user, password, thumbprint, ca_pem=ca_pem, timeout=timeout)
     except LoginFailed:
         return {"password": "The vCenter refused the login: check the user name and password."}
     except CertificateUntrusted as exc:
@@ -244,7 +245,7 @@ class PendingHome:
     async def save_kit(self, out: Path, passphrase: str) -> Path:
         """Write the new appliance's recovery kit to ``out`` (InvalidInput: short passphrase, existing file)."""
         assert self.path is not None, "create() first"
-        self.kit_path = await asyncio.to_thread(export_recovery_kit, self.path, out, passphrase)
+        self.kit_path = await to_thread_quietly(export_recovery_kit, self.path, out, passphrase)
         return self.kit_path
 
     async def commit(self, plan: SetupPlan) -> Path:

@@ -13,12 +13,13 @@ with ``engine.api.try_proxy``, used for the wizard's Azure Test connection, and 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.api import EgressSettings, LifeboatError, egress_from_form, set_home_egress, try_proxy
+
+from .quiet_thread import to_thread_quietly
 
 #: engine field name → the form's field
 FIELD_OF = {"custom": "custom", "allow-list entry": "custom", "preset": "presets", "proxy_url": "proxy_url",
@@ -112,7 +113,7 @@ class EgressPlan:
         if not self.proxy_url:
             return Outcome(False, "Enter the proxy's URL first.", {"proxy_url": "Enter http://HOST:PORT."})
         try:
-            r = await asyncio.to_thread(try_proxy, self.proxy_url, self.proxy_user, self.proxy_password or None,
+            r = await to_thread_quietly(try_proxy, self.proxy_url, self.proxy_user, self.proxy_password or None,
                                         self.bypass, target)
         except LifeboatError as exc:
             return _outcome(exc, "proxy_url")
@@ -120,7 +121,7 @@ class EgressPlan:
 
     async def write(self, home: Path) -> dict[str, Any]:
         """Store in ``home`` as ``lifeboat egress ...`` does (the password to the keyring only)."""
-        return await asyncio.to_thread(set_home_egress, home, self.settings(), self.proxy_password or None)
+        return await to_thread_quietly(set_home_egress, home, self.settings(), self.proxy_password or None)
 
 
 class NetworkSettingsModel:

@@ -10,7 +10,6 @@ is passed through to the engine, which keeps it in the OS keyring only; nothing 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from engine.api import LifeboatError, TargetHealthView, check_azure_target, form
 
 from .models import format_rate
 from .network import EgressPlan, Outcome
+from .quiet_thread import to_thread_quietly
 
 #: the engine's error code → the form field it is about
 FIELD_OF_CODE = {"LB_CLOUD_AUTH_FAILED": "secret", "LB_CONTAINER_MISSING": "container",
@@ -110,7 +110,7 @@ async def test_new(t: AzureTarget, home: Path | None = None, egress: EgressPlan 
     plan = egress if egress is not None and not egress.empty else None
     try:
         settings = plan.settings() if plan is not None else None
-        r = await asyncio.to_thread(check_azure_target, t.account_url.strip(), t.container.strip(),
+        r = await to_thread_quietly(check_azure_target, t.account_url.strip(), t.container.strip(),
                                     home=home, retry_for=8.0, egress=settings,
                                     proxy_password=plan.proxy_password or None if plan else None,
                                     **t.credential())
@@ -121,7 +121,7 @@ async def test_new(t: AzureTarget, home: Path | None = None, egress: EgressPlan 
 
 async def set_new(t: AzureTarget, home: Path) -> dict[str, Any]:
     """Store the target in ``home`` (not running): checked again first; raises the engine's error."""
-    return await asyncio.to_thread(set_azure_target, home, t.account_url.strip(), t.container.strip(),
+    return await to_thread_quietly(set_azure_target, home, t.account_url.strip(), t.container.strip(),
                                    **t.credential())
 
 

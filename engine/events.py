@@ -94,7 +94,9 @@ class Alert(Event):
 @dataclass(slots=True)
 class ApplianceLink(Event):
     """An attached console's link to its appliance (CONTRACT.md §7), sent by the console side of the link itself:
-    ``state`` connected | lost (``detail`` says why; the link retries on its own) | stopped (the console let go)."""
+    ``state`` connected | lost (``detail`` says why; the link retries on its own) | locked (the appliance runs
+    without its vault key: ``detail`` is its reason; ``connected`` follows once a kit unlocks it) | stopped (the
+    console let go)."""
     state: str
     detail: str = ""
     time: float = 0.0

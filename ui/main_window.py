@@ -5,7 +5,9 @@ Settings), a notification banner, desktop notifications for new alerts, and a st
 Attached to a running appliance (``attached=True``, issue 16): a banner on every page while the appliance is lost
 (reconnecting), stopped or starting; the Appliance menu (Start, Stop… with a confirmation naming what stops);
 closing the window never stops protection (to the tray where there is one, otherwise the console quits and says
-once that the appliance goes on). Embedded (the demo and tests): closing it stops the appliance first."""
+once that the appliance goes on). A locked appliance (its vault key is not in its keyring) replaces every page with
+the locked page and its Import recovery kit… until it is unlocked; then the dashboard shows. Embedded (the demo and
+tests): closing it stops the appliance first."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from console.errors import Notification
 
 from . import theme
 from .appliance_dialogs import CloseNoticeDialog, StopApplianceDialog
+from .kit_dialogs import ImportKitDialog, LockedPage
 from .notifications import Banner, CrashDialog, DesktopNotifier
 from .pages.alerts import AlertsPage
 from .pages.dashboard import DashboardPage
@@ -91,12 +94,17 @@ class MainWindow(QMainWindow):
         self.banner = Banner(int(ctx.settings.get("ui/notification_seconds")))
         self.link_banner = LinkBanner()
         self.link_banner.start_btn.clicked.connect(self.start_appliance)
+        self.locked_page = LockedPage()
+        self.locked_page.hide()
+        self.locked_page.import_requested.connect(self.open_import_kit)
+        self.import_dialog: ImportKitDialog | None = None
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(12, 8, 12, 8)
         rl.addWidget(self.link_banner)
         rl.addWidget(self.banner)
         rl.addWidget(self.stack, 1)
+        rl.addWidget(self.locked_page, 1)
         central = QWidget()
         cl = QHBoxLayout(central)
         cl.setContentsMargins(0, 0, 0, 0)
@@ -133,6 +141,7 @@ class MainWindow(QMainWindow):
         self._starting = False
         self._quitting = False
         ctx.link_changed.connect(self._update_status)
+        ctx.lock_changed.connect(self._on_lock)
         ctx.alert_raised.connect(self.desktop.notify)
         ctx.alerts.attention_changed.connect(self._update_badge)
         self._update_badge(ctx.alerts.attention)
@@ -146,7 +155,7 @@ class MainWindow(QMainWindow):
         self._closing = False
         self._may_close = shutdown is None and not attached
         self._restore()
-        self._update_status()
+        self._on_lock(ctx.locked)
 
     # navigation ------------------------------------------------------------------------------------------
     def show_page(self, which: int | str) -> QWidget:
@@ -199,7 +208,9 @@ class MainWindow(QMainWindow):
     def _update_status(self, *_: object) -> None:
         fac = self.ctx.facade
         addr = fac.addresses
-        if fac.running and not self.ctx.link_up:
+        if self.ctx.locked is not None:
+            self.appliance_label.setText("Appliance locked: waiting for its recovery kit (nothing is replicated)")
+        elif fac.running and not self.ctx.link_up:
             self.appliance_label.setText("Lost the appliance: reconnecting…")
         elif fac.running:
             how = "Attached to the appliance" if getattr(fac, "attached", False) else "Appliance running"
@@ -216,7 +227,9 @@ class MainWindow(QMainWindow):
             return
         self.start_act.setEnabled(not fac.running and not self._starting)
         self.stop_act.setEnabled(fac.running and self.ctx.link_up and not self._starting)
-        if self._starting:
+        if self.ctx.locked is not None:   # the locked page says it all
+            self.link_banner.hide()
+        elif self._starting:
             self.link_banner.show_state("info", "Starting the appliance…", "", start=False)
         elif fac.running and not self.ctx.link_up:
             since = self.ctx.machines.stale_since
@@ -231,6 +244,37 @@ class MainWindow(QMainWindow):
                                         start=self.start_fn is not None)
         else:
             self.link_banner.hide()
+
+    # a locked appliance (its vault key is missing) -------------------------------------------------------------
+    def _on_lock(self, lock: object) -> None:
+        locked = isinstance(lock, dict)
+        was = self.locked_page.isVisibleTo(self)
+        self.locked_page.set_reason(lock if isinstance(lock, dict) else None)
+        self.locked_page.setVisible(locked)
+        self.stack.setVisible(not locked)
+        self.nav.setEnabled(not locked)
+        if was and not locked:
+            self.show_page("dashboard")
+        if locked:
+            self.banner.hide()   # an LB_KEYRING banner from a call made before the lock was known says less
+        self._update_status()
+
+    @property
+    def locked(self) -> bool:
+        return self.locked_page.isVisibleTo(self)
+
+    def open_import_kit(self) -> ImportKitDialog:
+        if self.import_dialog is not None:
+            return self.import_dialog
+        dlg = ImportKitDialog(self.ctx, self)
+        self.import_dialog = dlg
+
+        def done(_r: int) -> None:
+            self.import_dialog = None
+            dlg.deleteLater()
+        dlg.finished.connect(done)
+        dlg.open()
+        return dlg
 
     def set_starting(self, on: bool) -> None:
         self._starting = on

@@ -1,5 +1,5 @@
 """The tray icon of an attached console (issue 16): the site's overall health (ok / warning / critical, from the
-machines' health, critical while the appliance is lost or stopped) as its icon and tooltip; a click, or Open,
+machines' health, critical while the appliance is locked, lost or stopped: never OK then) as its icon and tooltip; a click, or Open,
 shows the window again; Quit closes the console only. Only where ``QSystemTrayIcon.isSystemTrayAvailable()``."""
 
 from __future__ import annotations

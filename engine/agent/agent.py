@@ -29,6 +29,7 @@ from ..records import Kind, Record
 from ..identity import local_identity
 from ..fileio import atomic_write
 from ..wire import BATCH_HEAD, Frame, frame_header, parse_json
+from ..waits import wait_event
 from .capture import CaptureBackend, MachineCapture
 from .link import Link, Liveness
 from .dirty_map import EXTENT, DirtyMap
@@ -204,9 +205,11 @@ class Agent:
     # shipping --------------------------------------------------------------------------------------------
     async def _ship_forever(self) -> None:
         delay = 0.5
+        # set by a refusal LB_FAILED_OVER, kept until a session is welcomed: the refused handshake often ends in a
+        # reset rather than the error frame, which must not grow the backoff to its 30 s ceiling either
+        failed_over = False
         while True:
             self._welcomed = False
-            failed_over = False
             try:
                 await self._session()
             except asyncio.CancelledError:
@@ -215,7 +218,7 @@ class Agent:
                 self.last_error = exc.to_dict()
                 # a failed-over machine: the appliance takes this agent again for reprotect (as master target) or
                 # re-enable; retry every few seconds so those start promptly (a handshake costs little)
-                failed_over = exc.code == "LB_FAILED_OVER"
+                failed_over = failed_over or exc.code == "LB_FAILED_OVER"
                 log.warning("replication link: %s", exc)
             except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 self.last_error = {"code": "LB_LINK_DOWN", "message": str(exc) or type(exc).__name__}
@@ -225,6 +228,7 @@ class Agent:
                 log.exception("replication session failed")
             self.connected.clear()
             if self._welcomed:
+                failed_over = False
                 delay = 0.5   # the link worked: a blip gets a prompt reconnect, not the accumulated backoff
             await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: no reconnect storms
             delay = min(delay * 2, 2.0 if failed_over else 30.0)
@@ -327,7 +331,12 @@ class Agent:
                 if kind == Frame.MT_HASHES_REQ:
                     cid, disk, count = HASHES_REQ.unpack_from(body)
                     blocks = list(struct.unpack_from(f"<{count}Q", body, HASHES_REQ.size))
-                    hashes = await loop.run_in_executor(None, mt.hashes, disk, blocks)
+                    # two threads, each on half of the blocks (pread and xxh3 release the GIL): a fully allocated
+                    # disk is read twice as fast as by one
+                    half = (len(blocks) + 1) // 2
+                    parts = await asyncio.gather(*(loop.run_in_executor(None, mt.hashes, disk, part)
+                                                   for part in (blocks[:half], blocks[half:]) if part))
+                    hashes = b"".join(parts)
                     link.write_frame(Frame.MT_HASHES, HASHES.pack(cid, count) + hashes)
                 elif kind == Frame.MT_WRITE:
                     batch, disk, extents = decode_write(body)
@@ -340,9 +349,15 @@ class Agent:
                         self._leave_reverse()
                         link.write_json(Frame.MT_ACK, {"done": session, "acked": mt.acked})
                         await link.drain()
-                        # the process server closes once it has the answer (closing first could drop it)
+                        # The process server closes once it has the answer; closing first would drop it (the link
+                        # drops what is still queued, and drain() leaves up to LOW queued). So wait for its close,
+                        # not for its next frame: an ACK of a heartbeat may come first (it did, and the failback's
+                        # release then failed with the agent already out of reverse mode).
+                        end = time.monotonic() + 5.0
                         try:
-                            await asyncio.wait_for(next_frame or link.read_frame(), 5.0)
+                            while (left := end - time.monotonic()) > 0:
+                                await asyncio.wait_for(next_frame or link.read_frame(), left)
+                                next_frame = None
                         except (TimeoutError, OSError, ConnectionError, LifeboatError):
                             pass
                         next_frame = None
@@ -551,10 +566,7 @@ class Agent:
         if nbytes >= LINGER_BYTES or wait <= 0:
             return False
         self.new_data.clear()
-        try:
-            await asyncio.wait_for(self.new_data.wait(), wait)
-        except TimeoutError:
-            pass
+        await wait_event(self.new_data, wait)
         return True
 
     def in_flight_limit(self) -> int:
@@ -578,10 +590,7 @@ class Agent:
         if self.protected and self.capture.last_seq > self.sent_seq and not self.in_flight_full():
             return   # something was journaled while we looked elsewhere (e.g. a resync marker): no nap
         await link.drain()
-        try:
-            await asyncio.wait_for(self.new_data.wait(), timeout)
-        except TimeoutError:
-            pass
+        await wait_event(self.new_data, timeout)
 
     async def _send(self, link: Link, recs: list[Record],
                     parts: list[bytes | memoryview] | None = None) -> None:

@@ -154,7 +154,10 @@ class Machines:
         connected = bool(rt and rt.connection)
         last_heard = rt.clock.last_heard if rt else row.get("last_heard")
         fresh = bool(rt and rt.clock.fresh(connected))
-        silent_for = None if fresh or last_heard is None else max(0.0, time.time() - last_heard)
+        # A failed-over machine's agent is refused by design (its machine runs on the recovery host; reprotected, the
+        # agent serves the reverse direction instead): its silence is no alert; the failback view shows the target.
+        by_design = row["state"] == "failed-over"
+        silent_for = None if fresh or last_heard is None or by_design else max(0.0, time.time() - last_heard)
         health, reason = assess_health(state=state, rpo_seconds=rpo, rpo_known=rpo_known, threshold=pol.rpo_threshold,
                                        silent_for=silent_for, sync_progress=progress, resync_reason=resync.get("reason"),
                                        resync_progress=resync.get("progress"), error=rt.error if rt else None,

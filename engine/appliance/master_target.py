@@ -27,7 +27,7 @@ import xxhash
 
 from .. import platform
 from ..errors import InvalidInput, StorageError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, data_extents
 from ..records import BLOCK
 
 #: MT_HASHES_REQ body head (PS → target): chunk id u64, disk u32, count u32; then count × u64 block numbers.
@@ -38,11 +38,15 @@ HASHES = struct.Struct("<QI")
 WRITE_HEAD = struct.Struct("<QII")
 EXTENT = struct.Struct("<QI")
 STATE_FILE = "master-target.json"
+#: The state file's JSON is padded with spaces to this size: an in-place rewrite covers all of the old one.
+STATE_BYTES = 256
+ZERO_HASH = xxhash.xxh3_128_digest(bytes(BLOCK))
 
 
 def block_hashes(fd: int, size: int, blocks: list[int]) -> bytes:
-    """xxh3_128 of each block of ``fd`` (the last block of a disk may be short); runs of adjacent blocks are read
-    together."""
+    """xxh3_128 of each block of ``fd`` (the last block of a disk may be short). Runs of adjacent blocks are read
+    together (≤ 8 MiB at a time); a block with no data in the file (a hole, or beyond a file shorter than the disk)
+    is hashed as zeros without being read, so a sparse disk costs only its allocated bytes."""
     out = bytearray()
     i = 0
     while i < len(blocks):
@@ -50,12 +54,29 @@ def block_hashes(fd: int, size: int, blocks: list[int]) -> bytes:
         while j + 1 < len(blocks) and blocks[j + 1] == blocks[j] + 1 and j + 1 - i < 128:
             j += 1
         start = blocks[i] * BLOCK
-        n = max(0, min((blocks[j] + 1) * BLOCK, size) - start)
-        data = memoryview(platform.pread(fd, n, start)) if n else memoryview(b"")
-        if len(data) < n:   # a file shorter than the disk reads as zeros beyond its end
-            data = memoryview(bytes(data) + bytes(n - len(data)))
-        for k in range(j - i + 1):
-            out += xxhash.xxh3_128_digest(data[k * BLOCK:(k + 1) * BLOCK])
+        end = min((blocks[j] + 1) * BLOCK, size)
+        has_data = bytearray(j + 1 - i)
+        for off, n in data_extents(fd, start, end):
+            has_data[(off - start) // BLOCK:(off + n - 1 - start) // BLOCK + 1] = \
+                b"\x01" * ((off + n - 1 - start) // BLOCK + 1 - (off - start) // BLOCK)
+        k = 0
+        while k <= j - i:
+            if not has_data[k]:
+                n = max(0, min(BLOCK, end - start - k * BLOCK))
+                out += ZERO_HASH if n == BLOCK else xxhash.xxh3_128_digest(bytes(n))
+                k += 1
+                continue
+            m = k
+            while m + 1 <= j - i and has_data[m + 1]:
+                m += 1
+            a = start + k * BLOCK
+            n = max(0, min(start + (m + 1) * BLOCK, end) - a)
+            data = memoryview(platform.pread(fd, n, a)) if n else memoryview(b"")
+            if len(data) < n:   # a file shorter than the disk reads as zeros beyond its end
+                data = memoryview(bytes(data) + bytes(n - len(data)))
+            for q in range(m + 1 - k):
+                out += xxhash.xxh3_128_digest(data[q * BLOCK:(q + 1) * BLOCK])
+            k = m + 1
         i = j + 1
     return bytes(out)
 
@@ -92,6 +113,7 @@ class MasterTarget:
         self.paths = dict(disks)
         self.state_path = state_dir / STATE_FILE
         self.fds: dict[int, int] = {}
+        self._sfd = -1                    # the state file, kept open for in-place rewrites
         self.sizes: dict[int, int] = {}
         try:
             for i, p in self.paths.items():
@@ -127,8 +149,29 @@ class MasterTarget:
         """Begin or resume ``session``; returns the last batch id this target made durable for it (0: none)."""
         if self._state.get("session") != session:
             self._state = {"session": session, "acked": 0}
-            atomic_write(self.state_path, json.dumps(self._state).encode())
+            self._close_state()
+            atomic_write(self.state_path, self._state_bytes())
         return self.acked
+
+    def _state_bytes(self) -> bytes:
+        return json.dumps(self._state).encode().ljust(STATE_BYTES)
+
+    def _close_state(self) -> None:
+        if self._sfd >= 0:
+            os.close(self._sfd)
+            self._sfd = -1
+
+    def _record_acked(self) -> None:
+        """Rewrite the state file in place (one sector, one ``fdatasync``), not by rename (three syncs per batch).
+        A write torn by a crash reads as no state (acked 0), and the sender then compares everything again; an
+        acknowledged id is only ever an optimisation of what the sender resends, never what it skips."""
+        if self._sfd < 0:
+            if not self.state_path.exists():
+                atomic_write(self.state_path, self._state_bytes())
+                return
+            self._sfd = os.open(self.state_path, os.O_RDWR)
+        platform.pwrite(self._sfd, self._state_bytes(), 0)
+        platform.fdatasync(self._sfd)
 
     def hashes(self, disk: int, blocks: list[int]) -> bytes:
         if disk not in self.fds:
@@ -149,13 +192,14 @@ class MasterTarget:
         platform.fdatasync(fd)
         if batch > self.acked:
             self._state["acked"] = batch
-            atomic_write(self.state_path, json.dumps(self._state).encode())
+            self._record_acked()
 
     def flush(self) -> None:
         for fd in self.fds.values():
             platform.fdatasync(fd)
 
     def close(self) -> None:
+        self._close_state()
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()

@@ -18,6 +18,7 @@ from ..names import valid_name
 from ..records import HEADER_SIZE, Kind, Record
 from ..vault.base import MachineVault, Point, SealedRecord
 from ..segment_log import SegmentLog
+from ..waits import wait_event
 from .blockhash import UNKNOWN, BlockHashIndex, full_block_hashes
 from .rpo import RecoveryClock
 from .shielded import wait_done
@@ -37,6 +38,8 @@ MEMORY_QUEUE_BYTES = 32 * 1024 * 1024
 MEMORY_WAIT = 1.0
 #: Sealing threads per apply batch (zstd and AES-GCM release the GIL).
 SEAL_PARTS = 2
+#: the data kinds handed to a vault that takes them unsealed
+PLAIN_KINDS = frozenset(int(k) for k in (Kind.WRITE, Kind.SYNC))
 
 
 def _split(recs: list[Record], parts: int) -> list[list[Record]]:
@@ -58,13 +61,17 @@ def _split(recs: list[Record], parts: int) -> list[list[Record]]:
     return out
 
 
-def _seal_all(sealer: Sealer, recs: list[Record]) -> tuple[list[SealedRecord], list[Any]]:
-    """In a worker thread: the sealed records, and the block checksums of each (for the block-hash index)."""
+def _seal_all(sealer: Sealer, recs: list[Record], plain: bool = False) -> tuple[list[SealedRecord], list[Any]]:
+    """In a worker thread: the sealed records, and the block checksums of each (for the block-hash index).
+    ``plain``: the vault takes data records unsealed (``MachineVault.takes_plain``): they carry their plaintext in
+    ``extra["data"]`` and no envelope; the vault seals what it logs itself."""
     out = []
     pre = []
     for r in recs:
         head = Record(r.kind, r.disk, r.seq, r.ts_ns, r.offset, r.length, b"", r.hash)
-        if Kind(r.kind).has_payload:
+        if plain and r.kind in PLAIN_KINDS:
+            out.append(SealedRecord(head, b"", {"data": r.data}))
+        elif Kind(r.kind).has_payload:
             out.append(SealedRecord(head, sealer.seal(r.data, head.pack_header())))
         else:
             out.append(SealedRecord(head))
@@ -125,6 +132,9 @@ class MachineRuntime:
         self.upload = _Rate()
         self.error: str | None = None
         self.hashes: dict[int, BlockHashIndex] = {}
+        #: every record up to this seq is in ``hashes`` (a view at a seq ≤ it may take a block's checksum from the
+        #: index when the block's last record is ≤ the view's seq: failback's seed, engine/recovery/failback.py)
+        self.hashes_upto = 0
         # Records just made durable in the cache, handed to the applier in memory so it need not read them back.
         # Invariant: ``_mem`` holds every cache record with ``_mem_after < seq <= _mem_upto``, in order;
         # ``_mem_open`` says the next append continues it. Only valid while the applier task runs.
@@ -139,6 +149,7 @@ class MachineRuntime:
         self.sync_note: dict[Any, Record] = {}
         self.sync_note_time = 0.0
         self.open_hash_indexes()
+        self.hashes_upto = vault.last_seq
 
     # RPO: what a failover now would lose (engine/appliance/rpo.py).
     def rpo_seconds(self) -> float:
@@ -214,9 +225,10 @@ class MachineRuntime:
         if self.task is None or self.task.done():
             self._mem_clear()
             return
-        if self._mem_open and self._mem_upto == prev_last and self._mem_bytes + nbytes <= MEMORY_QUEUE_BYTES:
+        limit = self._mem_limit()
+        if self._mem_open and self._mem_upto == prev_last and self._mem_bytes + nbytes <= limit:
             pass                                   # continues the queue
-        elif not self._mem and self._fetched >= prev_last and nbytes <= MEMORY_QUEUE_BYTES:
+        elif not self._mem and self._fetched >= prev_last and nbytes <= limit:
             self._mem_after = prev_last            # the applier has everything before: restart the queue here
         else:
             # Full (the applier is behind): these stay in the cache only, and the applier reads the cache
@@ -233,14 +245,17 @@ class MachineRuntime:
         the in-memory queue, wait until the queue has room, so records are handed over in memory instead of being
         read back from the cache. When the applier makes no progress for MEMORY_WAIT seconds (a vault error, a
         stop), waiting ends: the records go to the cache only, which absorbs any backlog as before."""
-        if not self._mem_open or nbytes > MEMORY_QUEUE_BYTES or self.task is None or self.task.done():
+        limit = self._mem_limit()
+        if not self._mem_open or nbytes > limit or self.task is None or self.task.done():
             return
-        while self._mem_open and self._mem_bytes + nbytes > MEMORY_QUEUE_BYTES:
+        while self._mem_open and self._mem_bytes + nbytes > limit:
             self._mem_room.clear()
-            try:
-                await asyncio.wait_for(self._mem_room.wait(), MEMORY_WAIT)
-            except TimeoutError:
+            if not await wait_event(self._mem_room, MEMORY_WAIT):
                 return
+
+    def _mem_limit(self) -> int:
+        """The queue's size: a vault that asks for larger batches gets room for two (one written, the next)."""
+        return max(MEMORY_QUEUE_BYTES, 2 * (self.vault.batch_bytes or 0))
 
     def _mem_clear(self) -> None:
         self._mem.clear()
@@ -317,7 +332,8 @@ class MachineRuntime:
         self.bus.emit(Alert(self.name, err["code"], err["message"], err.get("advice", ""), "critical"))
 
     async def _fetch(self, after: int) -> list[Record]:
-        recs = self._mem_take(after, APPLY_BATCH_BYTES)
+        batch = self.vault.batch_bytes or APPLY_BATCH_BYTES
+        recs = self._mem_take(after, batch)
         if recs is not None:
             return recs
         if after >= self.cache.last_seq:
@@ -326,12 +342,13 @@ class MachineRuntime:
         # Under the append lock, so the read never meets an append half written.
         async with self.append_lock:
             return await asyncio.get_running_loop().run_in_executor(
-                self.pool, self.cache.read_after, after, APPLY_BATCH_BYTES)
+                self.pool, self.cache.read_after, after, batch)
 
     async def _seal(self, recs: list[Record]) -> tuple[list[SealedRecord], list[Any]]:
         loop = asyncio.get_running_loop()
         parts = _split(recs, SEAL_PARTS)
-        done = await asyncio.gather(*(loop.run_in_executor(self.pool, _seal_all, self.sealer, p)
+        plain = self.vault.takes_plain
+        done = await asyncio.gather(*(loop.run_in_executor(self.pool, _seal_all, self.sealer, p, plain)
                                       for p in parts))
         return [s for part in done for s in part[0]], [h for part in done for h in part[1]]
 
@@ -348,6 +365,11 @@ class MachineRuntime:
                         await asyncio.shield(writing)
                         writing = None
                     await self.gate.wait_open()
+                if writing is not None and self.vault.takes_plain:
+                    # nothing to seal: take the next batch once the append in flight is done, so it holds
+                    # everything that arrived meanwhile (fewer, fuller appends; each ends in a barrier)
+                    await asyncio.shield(writing)
+                    writing = None
                 self.new_data.clear()
                 recs = await self._fetch(fetched)
                 if not recs:
@@ -355,10 +377,7 @@ class MachineRuntime:
                         await asyncio.shield(writing)
                         writing = None
                         continue
-                    try:
-                        await asyncio.wait_for(self.new_data.wait(), timeout=1.0)
-                    except TimeoutError:
-                        pass
+                    await wait_event(self.new_data, 1.0)
                     await self._maybe_crash_point()
                     continue
                 sealed, pre = await self._seal(recs)
@@ -383,8 +402,9 @@ class MachineRuntime:
                     self.hashes[r.disk].apply(r, h)
             if r.kind == Kind.RESIZE and r.disk in self.hashes:
                 self.hashes[r.disk].grow(r.length)
-        self.upload.add(sum(len(s.envelope) for s in sealed))
+        self.upload.add(sum(len(s.envelope) or len(s.extra.get("data", b"")) for s in sealed))
         last = recs[-1].seq
+        self.hashes_upto = max(self.hashes_upto, last)
         self.last_applied_seq, self.last_applied_ts = last, recs[-1].ts_ns / 1e9
         while self.cache_pending and self.cache_pending[0][1] <= last:
             self.cache_pending.popleft()

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from ..waits import wait_event
+
 log = logging.getLogger(__name__)
 
 TaskFn = Callable[[], "Awaitable[None] | None"]
@@ -129,7 +131,4 @@ class Scheduler:
             now = self.clock()
             nxt = min((t.next_run for t in self.tasks.values()), default=now + self.resolution)
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, min(nxt - now, self.resolution)))
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, min(nxt - now, self.resolution))

@@ -38,9 +38,12 @@ def cmd_failback(a: argparse.Namespace) -> int:
     body = {} if a.shutdown_timeout is None else {"shutdown_timeout": a.shutdown_timeout}
     r = client_for(a, FAILBACK_TIMEOUT).call("POST", f"/v1/machines/{url_name(a.machine)}/failback", body)
     res = r.get("result") or {}
+    vm = res.get("original_vm") or {}
+    start = (f"The original VM {vm.get('vm')} was powered on through vCenter {vm.get('vcenter')}; re-enable"
+             if res.get("start") == "vcenter" else "Start the original machine, then re-enable")
     emit(r, a, f"{a.machine} failed back: recovered VM shut down ({res.get('shutdown', '?')}), final sync sent "
-               f"{_mib(res.get('data_bytes_sent', 0))} in all (RPO 0), target disks flushed. Start the original "
-               f"machine, then `lifeboat reenable --home {a.home} {a.machine}`.")
+               f"{_mib(res.get('data_bytes_sent', 0))} in all (RPO 0), target disks flushed. {start} protection: "
+               f"`lifeboat reenable --home {a.home} {a.machine}`.")
     return 0
 
 

@@ -570,6 +570,20 @@ class FailoverService:
                     pass
             ctx.result["blocks_written_during_copy"] = blocks
 
+        rt = self.runtimes.get(machine)
+        cloud = rt.vault if rt is not None and rt.vault is not None and rt.vault.publishes_disks else None
+
+        async def publish(ctx: StepContext) -> None:
+            # the images are final here (the VM is stopped): each becomes a disk the vault's cloud can import
+            assert cloud is not None
+            out = {}
+            for i, name in enumerate(fo.disks.names):
+                ctx.progress(i / len(fo.disks.names), f"{name}: writing the VHD")
+                out[name] = await cloud.publish_disk(name, images[name], {
+                    "lbmachine": machine, "lbdisk": name, "lbpoint": str(r["point"]["id"])})
+                ctx.note(f"{name}: VHD page blob {out[name]['blob']} ({out[name]['vhd_size'] >> 20} MiB)")
+            ctx.result["vhd"] = out
+
         async def switch(ctx: StepContext) -> None:
             await fo.host.destroy(machine)
             # the images are served by Lifeboat (not opened by the hypervisor), so failback can capture the VM's
@@ -603,6 +617,8 @@ class FailoverService:
             StepSpec("stop-vm", "Stop the VM", stop_vm, 0.05, error_code="LB_HYPERVISOR"),
             StepSpec("copy-changed", "Copy what the VM wrote during the copy", copy_changed, 0.05,
                      error_code="LB_STORAGE"),
+            *([StepSpec("publish-vhd", "Write each disk as a VHD-ready page blob in the vault's container",
+                        publish, 0.1, error_code="LB_STORAGE")] if cloud is not None else []),
             StepSpec("switch", "Start the VM on its committed images", switch, 0.05, error_code="LB_HYPERVISOR"),
             StepSpec("wait-boot", "Wait until the guest has booted", wait_boot, 0.15, error_code="LB_BOOT_TIMEOUT"),
             StepSpec("release", "Release the vault views and the overlay", release, 0.0))

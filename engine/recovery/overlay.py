@@ -65,6 +65,11 @@ class OverlayBackend:
             os.close(self.fd)
             self.fd = -1
 
+    def written(self, offset: int, length: int) -> bool:
+        """Whether any byte of ``[offset, offset+length)`` lives in the scratch file (was written here); False:
+        the range reads exactly as the vault view at its point."""
+        return any(self.present[offset // BLOCK:(offset + length + BLOCK - 1) // BLOCK])
+
     def _check(self, offset: int, length: int, err: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise NBDError(err, "request beyond the end of the disk")

@@ -85,6 +85,24 @@ class VerifyReport:
 class MachineVault(abc.ABC):
     """One protected machine's data in a vault."""
 
+    #: Payload bytes the applier should hand to one ``append`` (None: the applier's own size). A vault whose
+    #: appends cost round trips (a cloud vault) asks for more per append.
+    batch_bytes: int | None = None
+
+    #: True when :meth:`publish_disk` places committed disks in the vault's cloud (a failover's commit calls it).
+    publishes_disks: bool = False
+
+    async def publish_disk(self, name: str, image: Path, metadata: dict[str, str]) -> dict[str, Any]:
+        """Place a committed disk (the raw image file ``image``) where the vault's cloud can make a disk of it
+        (Azure: a VHD-ready page blob). Only for vaults with :attr:`publishes_disks`."""
+        raise NotImplementedError(f"{type(self).__name__} does not publish disks")
+
+    #: True while the vault takes WRITE and SYNC records unsealed: a ``SealedRecord`` with no envelope and the
+    #: plaintext in ``extra["data"]`` (the vault seals what it keeps sealed itself). Read before each batch.
+    @property
+    def takes_plain(self) -> bool:
+        return False
+
     @abc.abstractmethod
     async def ensure_disks(self, disks: list[DiskInfo]) -> None:
         """Create replicas for new disks, grow replicas of disks that grew. Durable on return."""

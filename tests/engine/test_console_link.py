@@ -159,3 +159,61 @@ async def test_consoles_attach_survive_and_reconnect(tmp_path: Path) -> None:
         if app.returncode is None:
             app.terminate()
             await app.wait()
+
+
+async def _run_locked(home: Path) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(*LIFEBOAT, "appliance", "run", "--home", str(home),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    assert line.startswith(b"appliance locked"), line + (await proc.stderr.read() if proc.stderr else b"")
+    return proc
+
+
+@pytest.mark.timeout(180)
+async def test_the_link_follows_an_appliance_that_is_locked_and_unlocked(tmp_path: Path) -> None:
+    """A locked appliance (no vault key in its keyring): attaching is LB_KEYRING with the advice to import the kit,
+    unless the console allows it (``start(allow_locked=True)``: ``locked`` says why); the kit imported, the link
+    says ``connected`` and every call is served; restarted without its key, the link says ``lost`` then ``locked``."""
+    from engine.api import KeyringError, RemoteAppliance, console_types, export_recovery_kit, import_recovery_kit
+    from engine.home import ApplianceHome
+    from engine.secrets import delete_secret, vault_key_name
+    home = tmp_path / "appliance"
+    init_home(home, control_port=free_port(), data_port=free_port(), listen="127.0.0.1", vault=tmp_path / "vault")
+    aid = ApplianceHome(home).load_config()["appliance_id"]
+    passphrase = "correct horse battery staple"
+    kit = export_recovery_kit(home, tmp_path / "kit.txt", passphrase)
+    delete_secret(vault_key_name(aid))   # the appliance's process shares this keyring: it starts locked
+    app = await _run_locked(home)
+    remote = RemoteAppliance(home, console_types())
+    seen: list[ApplianceLink] = []
+    remote.subscribe(lambda ev: seen.append(ev) if isinstance(ev, ApplianceLink) else None)
+    try:
+        with pytest.raises(KeyringError) as refused:
+            await attach_appliance(home)
+        assert "import-kit" in refused.value.advice and "locked" in refused.value.message
+
+        await remote.start(allow_locked=True)
+        assert remote.locked is not None and remote.locked["code"] == "LB_KEYRING" and not remote.connected
+        assert not remote.calls
+
+        def unlock() -> dict:  # type: ignore[type-arg]
+            return import_recovery_kit(home, kit, passphrase)
+        got = await asyncio.to_thread(unlock)
+        assert got["unlocked"] is True
+        remote.reconnect_now()
+        await _until(lambda: remote.connected, 30, "the link connected to the unlocked appliance")
+        assert remote.locked is None and [e.state for e in seen] == ["connected"]
+        assert isinstance(await asyncio.to_thread(remote.status), ApplianceStatus)
+
+        app.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(app.wait(), 60) == 0
+        delete_secret(vault_key_name(aid))
+        app = await _run_locked(home)
+        await _until(lambda: remote.locked is not None, 30, "the link saw the appliance locked again")
+        assert [e.state for e in seen] == ["connected", "lost", "locked"] and not remote.connected
+    finally:
+        await remote.stop()
+        if app.returncode is None:
+            app.send_signal(signal.SIGTERM)
+            await app.wait()

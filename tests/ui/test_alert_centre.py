@@ -99,7 +99,7 @@ async def test_rpo_breach_from_the_ticker_raises_one_alert_and_recovery_clears_i
     facade = SyntheticFacade(2, ticker=False)
     win, ctx = await _window(tmp_path, facade)
     try:
-        facade._state["vm-0001"]["base"] = 60       # far over the 30 s threshold
+        facade._state["vm-0001"]["base"] = 100      # RPO 40..161 s: over the 30 s threshold at any phase
         for _ in range(5):
             facade.tick()
         rows = [r for r in ctx.alerts.rows() if r.code == "LB_RPO_BREACH"]

@@ -95,7 +95,7 @@ async def test_machine_detail_tells_the_truth(tmp_path: Path, screenshot) -> Non
         assert (await ctx.jobs.wait(job)).state == "finished"
 
         # unhealthy: the reason is shown
-        facade._state["vm-0002"]["base"] = 60
+        facade._state["vm-0002"]["base"] = 100   # RPO 40..161 s: over any threshold whatever the sine's phase
         facade.tick()
         ctx.bridge.flush()
         page.select("vm-0002")

@@ -131,6 +131,7 @@ class NetworkPage(QWidget):
         self.send_test_btn.clicked.connect(lambda: self._spawn(self.send_test()))
         ctx.appliance_started.connect(self.load)
         ctx.appliance_stopped.connect(self.load)
+        ctx.lock_changed.connect(self.load)   # locked: unavailable; unlocked: the appliance's settings
         self.load()
 
     def _field(self, key: str, editor: QWidget, hint: str, *extras: QPushButton) -> forms.Field:

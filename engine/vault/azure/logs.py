@@ -6,6 +6,10 @@ block numbers, so a retried Put Block writes the same block again) and commits t
 metadata in one Put Block List: a log only ever grows by whole appends, atomically, and a retry of the commit is
 harmless. The metadata (``firstseq``, ``lastseq``, ``firstts``, ``lastts``, ``machine``) lets the vault list its
 history without reading it.
+
+A **direct** entry (envelope length ``DIRECT_ENV``, no envelope follows) is a record whose data went straight to the
+page blob before the entry was logged (initial replication, ``vault.py``): the log keeps its header so every seq is
+logged, and the log's ``lastdirect`` metadata is the newest such seq, so a restart knows the page blob holds it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from ..journal import machine_tag
 LOG_BYTES = 64 * 1024 * 1024
 #: ... or this many blocks (the service allows 50,000 committed blocks per blob).
 MAX_BLOCKS = 40_000
+#: Envelope length of a direct entry: the record's data is in the page blob, not in the log.
+DIRECT_ENV = 0xFFFFFFFF
 
 
 def log_name(machine: str, first: int) -> str:
@@ -47,6 +53,7 @@ class LogEntry:
     rec: Record
     pos: int
     envlen: int
+    direct: bool = False     # the data went straight to the page blob (no envelope in the log)
 
     @property
     def end(self) -> int:
@@ -63,10 +70,14 @@ class LogInfo:
     size: int
     entries: list[LogEntry] | None = None    # None until read (logs written by this process are known)
     blocks: list[str] = field(default_factory=list)   # committed block ids (the writer's log only)
+    last_direct: int = 0                              # newest direct entry's seq (0: none)
 
     def metadata(self, machine: str) -> dict[str, str]:
-        return {"firstseq": str(self.first), "lastseq": str(self.last), "firstts": str(self.first_ts),
-                "lastts": str(self.last_ts), "machine": machine}
+        m = {"firstseq": str(self.first), "lastseq": str(self.last), "firstts": str(self.first_ts),
+             "lastts": str(self.last_ts), "machine": machine}
+        if self.last_direct:
+            m["lastdirect"] = str(self.last_direct)
+        return m
 
 
 def parse_log(machine: str, first: int, data: bytes) -> list[LogEntry]:
@@ -89,10 +100,13 @@ def parse_log(machine: str, first: int, data: bytes) -> list[LogEntry]:
             raise IntegrityError(f"cache log {first} of {machine}: corrupt record header at {pos} ({err.message})",
                                  machine=machine, log=first, position=pos) from None
         (envlen,) = ENV_LEN.unpack_from(data, pos + HEADER_SIZE)
-        if rec.seq <= prev or not _envlen_ok(rec, envlen) or pos + ENTRY_HEAD_SIZE + envlen > len(data):
+        direct = envlen == DIRECT_ENV
+        if direct:
+            envlen = 0
+        if rec.seq <= prev or not (direct or _envlen_ok(rec, envlen)) or pos + ENTRY_HEAD_SIZE + envlen > len(data):
             raise IntegrityError(f"cache log {first} of {machine}: bad entry at {pos}", machine=machine, log=first,
                                  position=pos)
-        out.append(LogEntry(rec, pos, envlen))
+        out.append(LogEntry(rec, pos, envlen, direct))
         prev = rec.seq
         pos += ENTRY_HEAD_SIZE + envlen
     return out

@@ -210,7 +210,8 @@ class AzureBlobClient:
         return f"SharedKey {self.account}:{sig}"
 
     def request(self, method: str, blob: str | None, *, query: dict[str, str] | None = None,
-                headers: dict[str, str] | None = None, body: bytes | bytearray | memoryview = b"",
+                headers: dict[str, str] | None = None,
+                body: bytes | bytearray | memoryview | list[memoryview] = b"",
                 ok: tuple[int, ...] = (200, 201, 202), idempotent: bool = True) -> Response:
         """One request, retried on transient failures. An answer outside ``ok`` raises (HTTPError and its
         meaningful forms: CloudAuthFailed, ContainerMissing)."""
@@ -224,7 +225,7 @@ class AzureBlobClient:
             hdrs = dict(headers or {})
             hdrs["x-ms-version"] = API_VERSION
             hdrs["x-ms-date"] = dt.datetime.now(dt.timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")
-            hdrs["Content-Length"] = str(len(body))
+            hdrs["Content-Length"] = str(sum(len(p) for p in body) if isinstance(body, list) else len(body))
             q = dict(query)
             if self._sas:
                 q.update(self._sas)
@@ -235,7 +236,10 @@ class AzureBlobClient:
             why = ""
             try:
                 conn = self._conn()
-                conn.request(method, url, body=bytes(body) if isinstance(body, memoryview) else body, headers=hdrs)
+                # a memoryview goes out as it is (http.client sends any buffer): no copy of a 4 MiB page write
+                conn.request(method, url, headers=hdrs,
+                             body=[p.cast("B") for p in body] if isinstance(body, list)
+                             else body.cast("B") if isinstance(body, memoryview) else body)
                 resp = conn.getresponse()
                 data = resp.read()
                 self.requests += 1
@@ -404,15 +408,17 @@ class AzureBlobClient:
         _check_pages(0, size, what="page blob size")
         self.request("PUT", blob, query={"comp": "properties"}, headers={"x-ms-blob-content-length": str(size)})
 
-    def put_pages(self, blob: str, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Write pages: ``offset`` and length 512-aligned and at most 4 MiB (refused here, before sending)."""
-        _check_pages(offset, len(data))
-        if len(data) > MAX_PUT_PAGE:
-            raise InvalidInput(f"put-page of {len(data)} bytes is over the service's {MAX_PUT_PAGE}-byte limit")
-        if not len(data):
+    def put_pages(self, blob: str, offset: int, data: bytes | bytearray | memoryview | list[memoryview]) -> None:
+        """Write pages: ``offset`` and length 512-aligned and at most 4 MiB (refused here, before sending).
+        ``data`` may be a list of buffers: the body is their concatenation, sent without joining them."""
+        n = sum(len(p) for p in data) if isinstance(data, list) else len(data)
+        _check_pages(offset, n)
+        if n > MAX_PUT_PAGE:
+            raise InvalidInput(f"put-page of {n} bytes is over the service's {MAX_PUT_PAGE}-byte limit")
+        if not n:
             return
         self.request("PUT", blob, query={"comp": "page"}, body=data, ok=(201,),
-                     headers={"x-ms-page-write": "update", "x-ms-range": f"bytes={offset}-{offset + len(data) - 1}"})
+                     headers={"x-ms-page-write": "update", "x-ms-range": f"bytes={offset}-{offset + n - 1}"})
 
     def clear_pages(self, blob: str, offset: int, length: int) -> None:
         _check_pages(offset, length)

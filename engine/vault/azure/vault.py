@@ -15,8 +15,16 @@ its end) finds the page blob not yet past it: ``add_point`` applies up to exactl
 A view at seq ``s`` of disk ``d`` is the newest snapshot of ``d`` at or before ``s`` with the logged records
 ``(snapshot seq, s]`` of ``d`` over it, so any point in time between snapshots is answered from the logs.
 
+Initial replication goes **direct**: while the machine has no point yet and the page blobs are caught up, an append
+of range records only (SYNC, WRITE, ZERO, TRIM) writes their data straight into the page blobs (concurrent Put Page
+requests, at most ``DIRECT_PUT`` bytes each) and only then logs their headers as direct entries (``logs.py``), so the
+data crosses the wire once instead of twice (log, then page blob). Nothing is acknowledged before both are durable; a
+crash in between leaves pages the agent sends again (the records were never acknowledged). The run ends at the first
+other append (or point): every disk is snapshotted there (kind ``sync``), so views after it never need the direct
+entries, and a view inside the run (a state during initial replication, never a point) is refused.
+
 Applying is idempotent (absolute writes; a batch re-applied after a crash yields the same pages), so a restart simply
-resumes from ``applied_seq``. The machine's ``meta.json`` is leased (15 s, renewed every 5 s) by the appliance that
+resumes from ``applied_seq`` (or from the newest direct entry, which the page blobs already hold). The machine's ``meta.json`` is leased (15 s, renewed every 5 s) by the appliance that
 writes the machine; the lease id is derived from the vault key and the machine, so the same appliance restarted after
 a crash takes its own lease back at once, while another appliance is refused.
 """
@@ -32,22 +40,24 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from ...codec import Sealer
 from ...errors import AlreadyExists, Conflict, IntegrityError, InvalidInput, LifeboatError, StorageError
-from ...errors import UnknownMachine, UnknownPoint
+from ...errors import NotFound, UnknownMachine, UnknownPoint
 from ...names import check_name
 from ...records import MAX_PAYLOAD, Kind, Record
 from ..base import DiskInfo, DiskView, MachineVault, Point, SealedRecord, Vault, VerifyReport
 from ..journal import ENTRY_HEAD_SIZE, ENV_LEN, check_envelope
 from ..local_view import DATA_KINDS, ZERO_KINDS
 from ..replica import ExtentMap
-from . import pages
-from .logs import LOG_BYTES, MAX_BLOCKS, LogEntry, LogInfo, block_id, log_name, parse_log, seg_header
-from .rest import MAX_BLOCK, PAGE, AzureBlobClient, Credential, HTTPError
+from ...waits import wait_event
+from . import pages, vhd
+from .logs import DIRECT_ENV, LOG_BYTES, MAX_BLOCKS, LogEntry, LogInfo, block_id, log_name, parse_log, seg_header
+from .rest import MAX_BLOCK, MAX_PUT_PAGE, PAGE, AzureBlobClient, Credential, HTTPError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,6 +71,15 @@ APPLY_BATCH = 64 * 1024 * 1024
 #: appends wait for the applier while more than this many envelope bytes are not applied yet
 PENDING_LIMIT = 256 * 1024 * 1024
 IO_THREADS = 8
+#: where the appliance's configuration backups are kept in the container
+BACKUPS = ".lifeboat/config-backups/"
+#: direct (initial-replication) appends write the page blobs in Put Page requests of at most this many bytes, all
+#: of an append's requests at once: an append is ~8 MiB, so smaller requests keep more connections busy
+DIRECT_PUT = 1024 * 1024
+#: payload bytes per append the vault asks of the applier while appends go direct
+DIRECT_BATCH = 16 * 1024 * 1024
+#: the kinds an append may hold to go direct
+DIRECT_KINDS = frozenset(int(k) for k in (Kind.SYNC, Kind.WRITE, Kind.ZERO, Kind.TRIM))
 
 
 def round_pages(n: int) -> int:
@@ -72,7 +91,8 @@ class Snap:
     seq: int
     snapshot: str            # the service's snapshot id (a timestamp)
     size: int
-    point: Point | None      # None for the base snapshot
+    point: Point | None      # None for the base and sync snapshots
+    kind: str = "base"       # "base" (the empty disk), "sync" (the end of a direct run) or the point's kind
 
 
 class AzureMachineVault(MachineVault):
@@ -106,13 +126,17 @@ class AzureMachineVault(MachineVault):
         self._pruning = False
         self._closed = False
         self._failed: str | None = None
+        self._direct_ok = False                      # appends may go direct (no point nor sync snapshot yet)
+        self._direct_open = False                    # direct entries logged since the newest snapshot
+        self.direct = owner.direct                   # False: every append goes through the logs
         self._stuck: str | None = None               # the applier met a corrupt record: it applies no further
         self._applier: asyncio.Task | None = None
         self._renewer: asyncio.Task | None = None
         self._payloads: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._payload_bytes = 0
         self._payload_lock = threading.Lock()
-        #: test hook: called with a stage name by the applier ("batch-written" after a batch's pages, before meta)
+        #: test hook: called with a stage name: "batch-written" (the applier, after a batch's pages, before meta),
+        #: "direct-pages" (a direct append's pages are written, its log not committed), "direct-logged" (committed)
         self.apply_hook: Callable[[str], None] | None = None
         self.throttled = 0
 
@@ -218,7 +242,7 @@ class AzureMachineVault(MachineVault):
                     continue          # staged but never committed
                 first = int(rest[5:])
                 self._logs[first] = LogInfo(it.name, first, int(m["lastseq"]), int(m["firstts"]), int(m["lastts"]),
-                                            it.size)
+                                            it.size, last_direct=int(m.get("lastdirect", 0)))
             elif rest.startswith("disks/") and it.snapshot is not None:
                 m = it.metadata
                 if "lbseq" not in m:
@@ -228,7 +252,8 @@ class AzureMachineVault(MachineVault):
                     p = Point(m["lbid"], int(m["lbseq"]), float(m["lbtime"]), m["lbkind"],  # type: ignore[arg-type]
                               _unq(m.get("lbtag", "")) or None)
                     points[p.id] = p
-                self._snaps.setdefault(int(rest[6:]), []).append(Snap(int(m["lbseq"]), it.snapshot, it.size, p))
+                self._snaps.setdefault(int(rest[6:]), []).append(Snap(int(m["lbseq"]), it.snapshot, it.size, p,
+                                                                     m.get("lbkind", "base")))
             elif rest.startswith("points/") and it.snapshot is None:
                 m = it.metadata
                 p = Point(m["lbid"], int(m["lbseq"]), float(m["lbtime"]), m["lbkind"],  # type: ignore[arg-type]
@@ -243,6 +268,15 @@ class AzureMachineVault(MachineVault):
                 if all(q.id != p.id for q in self._late):
                     self._late.append(p)
         self._last_seq = max([self._applied] + [lg.last for lg in self._logs.values()])
+        # a direct entry is only logged once its data is in the page blobs, with everything before it applied:
+        # the page blobs are at least at the newest one (meta.json is written when the run ends)
+        last_direct = max([0] + [lg.last_direct for lg in self._logs.values()])
+        if last_direct > self._applied:
+            log.info("machine %s: the page blobs hold the direct entries up to seq %d", self.machine, last_direct)
+            self._applied = last_direct
+        self._direct_open = last_direct > 0 and not any(s.kind != "base" and s.seq >= last_direct
+                                                        for ss in self._snaps.values() for s in ss)
+        self._direct_ok = not self._late and all(s.kind == "base" for ss in self._snaps.values() for s in ss)
         if self._logs and self._applied < self._last_seq:
             log.info("machine %s: resuming the applier at seq %d (logged up to %d)", self.machine, self._applied,
                      self._last_seq)
@@ -275,6 +309,16 @@ class AzureMachineVault(MachineVault):
     @property
     def last_seq(self) -> int:
         return self._last_seq
+
+    @property
+    def takes_plain(self) -> bool:
+        """While appends go direct: their data goes into the page blobs plain, so sealing it first is wasted."""
+        return self._direct_ok and self.direct and not self._stuck
+
+    @property
+    def batch_bytes(self) -> int | None:  # type: ignore[override]
+        """Larger appends while they go direct: each costs a log commit (two round trips) after its pages."""
+        return DIRECT_BATCH if self._direct_ok and self.direct else None
 
     @property
     def base_seq(self) -> int:
@@ -325,9 +369,23 @@ class AzureMachineVault(MachineVault):
         if not records:
             return
         async with self._append_lock:
-            items, grows, ts = self._prepare(records)
+            items, grows, ts, kept = self._prepare(records)
             if not items:
                 return
+            if self._direct_ok and self.direct and not grows and not self._stuck \
+                    and all(sr.header.kind in DIRECT_KINDS for sr in kept):
+                async with self._apply_lock:
+                    if self._applied < self._last_seq:   # catch up first: the page blobs must be at last_seq
+                        await self._apply_to(self._last_seq)
+                    if self._applied == self._last_seq and not self._stuck:
+                        await self._io(self._direct_sync, items, ts, kept)
+                        self._applied_evt.set()
+                        return
+            if self._direct_open:   # the end of a direct run: snapshot it before anything else is logged
+                async with self._apply_lock:
+                    await self._close_direct()
+            if any(not env and Kind(sr.header.kind).has_payload for (_s, _h, env), sr in zip(items, kept)):
+                items = await self._io(self._seal_plain, items, kept)
             while self._pending_bytes > PENDING_LIMIT and not self._failed:   # the applier is far behind
                 self._applied_evt.clear()
                 self._target = self._last_seq
@@ -350,11 +408,12 @@ class AzureMachineVault(MachineVault):
                 self._wake.set()
 
     def _prepare(self, records: list[SealedRecord]) -> tuple[list[tuple[int, bytes, bytes | bytearray]],
-                                                            dict[int, int], list[int]]:
+                                                            dict[int, int], list[int], list[SealedRecord]]:
         sizes = {d.index: d.size for d in self._disks}
         grows: dict[int, int] = {}
         items: list[tuple[int, bytes, bytes | bytearray]] = []
         ts: list[int] = []
+        kept: list[SealedRecord] = []
         prev = self._last_seq
         for sr in records:
             r = sr.header
@@ -378,9 +437,14 @@ class AzureMachineVault(MachineVault):
             if kind.has_payload:
                 if r.length > MAX_PAYLOAD or r.hash == 0:
                     raise InvalidInput(f"{where}: payload too large or its hash is missing")
-                bad = check_envelope(sr.envelope, self._sealer.key_id)
-                if bad:
-                    raise InvalidInput(f"{where}: {bad}")
+                plain = sr.extra.get("data") if sr.extra and not sr.envelope else None
+                if plain is not None:   # handed in unsealed (takes_plain): sealed by append when it is logged
+                    if len(plain) != r.length:
+                        raise InvalidInput(f"{where}: the plaintext's length does not match the header")
+                else:
+                    bad = check_envelope(sr.envelope, self._sealer.key_id)
+                    if bad:
+                        raise InvalidInput(f"{where}: {bad}")
             elif sr.envelope:
                 raise InvalidInput(f"{where}: a {kind.name} record carries no payload")
             try:
@@ -390,8 +454,9 @@ class AzureMachineVault(MachineVault):
             env = sr.envelope
             items.append((r.seq, hdr, env if isinstance(env, (bytes, bytearray)) else bytes(env)))
             ts.append(r.ts_ns)
+            kept.append(sr)
             prev = r.seq
-        return items, grows, ts
+        return items, grows, ts, kept
 
     def _grow_sync(self, grows: dict[int, int]) -> None:
         for d in self._disks:
@@ -400,8 +465,71 @@ class AzureMachineVault(MachineVault):
                 d.size = grows[d.index]
         self._write_meta()
 
-    def _write_log(self, items: list[tuple[int, bytes, bytes | bytearray]], ts: list[int]) -> list[LogEntry]:
-        """Stage the entries as blocks of the writer's log and commit them; roll to a new log by size."""
+    def _direct_sync(self, items: list[tuple[int, bytes, bytes | bytearray]], ts: list[int],
+                     kept: list[SealedRecord]) -> None:
+        """A direct append: the records' net effect into the page blobs (all requests at once, waited for), then
+        their headers as direct entries in the log. Only then is ``applied_seq`` past them."""
+        maps: dict[int, ExtentMap] = {}
+        for sr in kept:
+            r = sr.header
+            if not r.length:
+                continue
+            if r.kind in ZERO_KINDS:
+                maps.setdefault(r.disk, ExtentMap()).assign(r.offset, r.offset + r.length, pages.ZERO)
+                continue
+            data = sr.extra.get("data") if sr.extra else None
+            if data is not None and len(data) == r.length:
+                # the plaintext handed in beside the envelope (the pipeline sealed it just now): check it as the
+                # source hashed it, instead of opening the envelope again
+                Record(r.kind, r.disk, r.seq, r.ts_ns, r.offset, r.length, data, r.hash).verify()
+            else:
+                data = self._open_payload(LogEntry(r, 0, len(sr.envelope)), sr.envelope)
+            maps.setdefault(r.disk, ExtentMap()).assign(r.offset, r.offset + r.length, (data, r.offset))
+        # the log's block is staged beside the page writes (a staged block is invisible); the commit that makes the
+        # entries count waits for every page
+        self._write_log(items, ts, direct=True, before=self._submit_pages(maps, DIRECT_PUT))
+        self._applied = items[-1][0]
+        self._last_seq = items[-1][0]
+        self._direct_open = True
+        if self.apply_hook:
+            self.apply_hook("direct-logged")
+
+    def _seal_plain(self, items: list[tuple[int, bytes, bytes | bytearray]],
+                    kept: list[SealedRecord]) -> list[tuple[int, bytes, bytes | bytearray]]:
+        """Seal the records handed in plain (for the log), checking each against its hash first."""
+        out = []
+        for (seq, hdr, env), sr in zip(items, kept):
+            r = sr.header
+            if not env and Kind(r.kind).has_payload:
+                data = sr.extra["data"]
+                Record(r.kind, r.disk, r.seq, r.ts_ns, r.offset, r.length, data, r.hash).verify()
+                env = self._sealer.seal(data, hdr)
+            out.append((seq, hdr, env))
+        return out
+
+    async def _close_direct(self) -> None:
+        """End a direct run (caller holds the apply lock): snapshot every disk at the run's end, record it."""
+        if not self._direct_open:
+            return
+        if self._applied < self._last_seq:
+            await self._apply_to(self._last_seq)
+        await self._io(self._close_direct_sync)
+
+    def _close_direct_sync(self) -> None:
+        meta = {"lbseq": str(self._applied), "lbkind": "sync"}
+        for d in self._disks:
+            sid = self._c.snapshot(self._disk_blob(d.index), meta)
+            self._snaps.setdefault(d.index, []).append(Snap(self._applied, sid, round_pages(d.size), None, "sync"))
+        self._write_meta()
+        self._direct_open = False
+        self._direct_ok = False
+        log.info("machine %s: initial replication went straight to the page blobs up to seq %d", self.machine,
+                 self._applied)
+
+    def _write_log(self, items: list[tuple[int, bytes, bytes | bytearray]], ts: list[int], *,
+                   direct: bool = False, before: list[concurrent.futures.Future] | None = None) -> list[LogEntry]:
+        """Stage the entries as blocks of the writer's log and commit them; roll to a new log by size.
+        ``direct``: the entries' data is in the page blobs already; only their headers are logged."""
         from ...records import decode_header
         w = self._writer
         if w is None or w.size >= self._owner.log_bytes or len(w.blocks) >= MAX_BLOCKS:
@@ -414,6 +542,11 @@ class AzureMachineVault(MachineVault):
         pos = w.size + sum(len(p) for p in head)
         entries: list[LogEntry] = []
         for (seq, hdr, env) in items:
+            if direct:
+                entries.append(LogEntry(decode_header(hdr), pos, 0, True))
+                parts.append(hdr + ENV_LEN.pack(DIRECT_ENV))
+                pos += ENTRY_HEAD_SIZE
+                continue
             entries.append(LogEntry(decode_header(hdr), pos, len(env)))
             parts.append(hdr + ENV_LEN.pack(len(env)))
             if env:
@@ -427,9 +560,11 @@ class AzureMachineVault(MachineVault):
             bid = block_id(n + len(new_ids))
             new_ids.append(bid)
             futs.append(self._owner._io2.submit(self._c.put_block, w.name, bid, memoryview(data)[off:off + MAX_BLOCK]))
-        for f in futs:
-            f.result()
-        upd = LogInfo(w.name, w.first, items[-1][0], w.first_ts, ts[-1], pos, w.entries, w.blocks + new_ids)
+        _wait_all((before or []) + futs)   # ``before``: writes that must be durable before the commit
+        if direct and self.apply_hook:
+            self.apply_hook("direct-pages")
+        upd = LogInfo(w.name, w.first, items[-1][0], w.first_ts, ts[-1], pos, w.entries, w.blocks + new_ids,
+                      items[-1][0] if direct else w.last_direct)
         self._c.put_block_list(w.name, upd.blocks, upd.metadata(self.machine))
         assert upd.entries is not None
         upd.entries.extend(entries)
@@ -441,9 +576,7 @@ class AzureMachineVault(MachineVault):
 
     async def _apply_loop(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._owner.idle_apply)
-            except TimeoutError:
+            if not await wait_event(self._wake, self._owner.idle_apply):
                 self._target = max(self._target, self._last_seq)   # quiet: catch the page blobs up
             self._wake.clear()
             if self._target <= self._applied or self._failed or self._stuck:
@@ -563,6 +696,8 @@ class AzureMachineVault(MachineVault):
         grows: dict[int, int] = {}
         for e in batch:
             r = e.rec
+            if e.direct:   # already in the page blobs (and never re-applied: applied_seq is past every one)
+                continue
             if r.kind == Kind.RESIZE:
                 grows[r.disk] = max(grows.get(r.disk, 0), r.length)
             elif r.length and r.kind in DATA_KINDS:
@@ -577,27 +712,73 @@ class AzureMachineVault(MachineVault):
             props = self._c.get_properties(blob)
             if props is not None and int(props.header("content-length", "0")) < round_pages(size):
                 self._c.resize_page_blob(blob, round_pages(size))
-        futs = []
+        self._write_pages(maps)
+        if self.apply_hook:
+            self.apply_hook("batch-written")
+
+    def _write_pages(self, maps: dict[int, ExtentMap], max_put: int = pages.MAX_PUT_PAGE) -> None:
+        """Every disk's extents into its page blob, all requests in parallel; returns when all have finished."""
+        _wait_all(self._submit_pages(maps, max_put))
+
+    def _submit_pages(self, maps: dict[int, ExtentMap],
+                      max_put: int = pages.MAX_PUT_PAGE) -> list[concurrent.futures.Future]:
+        """Start the page writes of every disk's extents (all at once); the caller waits for every one."""
+        futs: list[concurrent.futures.Future] = []
         for disk, emap in maps.items():
             blob = self._disk_blob(disk)
 
             def read(off: int, n: int, blob: str = blob) -> bytes:
                 return self._c.get_blob(blob, offset=off, length=n)
-            for op in pages.plan(emap, read):
+            ops = pages.plan(emap, read, max_put)
+            if max_put < pages.MAX_PUT_PAGE:
+                ops = pages.coalesce(ops)
+            for op in ops:
                 if op.kind == "put" and op.data is not None:
                     futs.append(self._owner._io2.submit(self._c.put_pages, blob, op.offset, op.data))
                 else:
                     futs.append(self._owner._io2.submit(self._c.clear_pages, blob, op.offset, op.length))
-        err = None
-        for f in futs:
-            try:
-                f.result()
-            except BaseException as exc:   # wait for every write before reporting: none is left in flight
-                err = err or exc
-        if err is not None:
-            raise err
-        if self.apply_hook:
-            self.apply_hook("batch-written")
+        return futs
+
+    # -- committed disks ------------------------------------------------------------------------------------
+
+    publishes_disks = True
+
+    async def publish_disk(self, name: str, image: Path, metadata: dict[str, str]) -> dict[str, Any]:
+        """The committed disk ``image`` as a VHD-ready page blob ``<machine>/vhd/<name>.vhd`` (vhd.py): the data
+        rounded up to 1 MiB, then the fixed-VHD footer; what Azure's managed-disk import takes. Written again from
+        the start when it exists (a retried commit)."""
+        self._check_open()
+        return await self._io(self._publish_sync, name, image, metadata)
+
+    def _publish_sync(self, name: str, image: Path, metadata: dict[str, str]) -> dict[str, Any]:
+        t0 = time.monotonic()
+        size = image.stat().st_size
+        vsize = vhd.vhd_data_size(size)
+        blob = f"{self.machine}/vhd/{name}.vhd"
+        meta = {k: _q(v) for k, v in metadata.items()}
+        self._c.create_page_blob(blob, vsize + vhd.FOOTER_SIZE, metadata={**meta, "lbsize": str(size)})
+        inflight: deque[concurrent.futures.Future] = deque()
+        written = 0
+        with open(image, "rb") as f:
+            pos = 0
+            while pos < size:
+                data = f.read(min(MAX_PUT_PAGE, size - pos))
+                if not data:
+                    raise StorageError(f"{image} ended at {pos} of {size} bytes while it was published")
+                n = len(data)
+                if data.count(0) != n:   # a page blob's unwritten pages read as zeros: holes stay holes
+                    if n % PAGE:         # the disk's last bytes: the rest of the page is zeros
+                        data += bytes(PAGE - n % PAGE)
+                    inflight.append(self._owner._io2.submit(self._c.put_pages, blob, pos, data))
+                    written += len(data)
+                    if len(inflight) >= IO_THREADS:
+                        inflight.popleft().result()
+                pos += n
+        _wait_all(list(inflight))
+        self._c.put_pages(blob, vsize, vhd.footer(vsize))
+        return {"blob": blob, "url": f"{self._c.account_url}/{self._c.container}/{blob}", "disk_bytes": size,
+                "vhd_size": vsize, "blob_bytes": vsize + vhd.FOOTER_SIZE, "written": written,
+                "seconds": round(time.monotonic() - t0, 3)}
 
     # -- points ---------------------------------------------------------------------------------------------
 
@@ -612,6 +793,8 @@ class AzureMachineVault(MachineVault):
                     return
                 raise AlreadyExists(f"point {point.id} of {self.machine} already exists")
         async with self._apply_lock:
+            if self._direct_open and point.seq >= self._applied:
+                await self._close_direct()
             if point.seq >= self._applied and not self._stuck:
                 try:
                     await self._apply_to(point.seq)
@@ -632,7 +815,9 @@ class AzureMachineVault(MachineVault):
         meta = self._point_meta(p)
         for d in self._disks:
             sid = self._c.snapshot(self._disk_blob(d.index), meta)
-            self._snaps.setdefault(d.index, []).append(Snap(p.seq, sid, round_pages(d.size), p))
+            self._snaps.setdefault(d.index, []).append(Snap(p.seq, sid, round_pages(d.size), p, p.kind))
+        self._direct_open = False
+        self._direct_ok = False
 
     def _late_point(self, p: Point) -> None:
         self._c.put_blob(f"{self.machine}/points/{p.seq:020d}-{p.id}", b"", metadata=self._point_meta(p))
@@ -683,6 +868,11 @@ class AzureMachineVault(MachineVault):
                     continue
                 if r.seq > seq:
                     break
+                if e.direct:
+                    raise UnknownPoint(f"seq {seq} of {self.machine} is inside its initial replication (written "
+                                       "straight to the page blobs): no view opens there",
+                                       advice="Choose a point after the initial replication.",
+                                       machine=self.machine, seq=seq)
                 if r.kind in DATA_KINDS:
                     emap.assign(r.offset, r.offset + r.length, e)
                 elif r.kind in ZERO_KINDS:
@@ -808,7 +998,7 @@ class AzureMachineVault(MachineVault):
                 continue
             for e in entries:
                 rep.records_checked += 1
-                if e.envlen:
+                if e.envlen and not e.direct:
                     try:
                         self._open_payload(e, data[e.pos + ENTRY_HEAD_SIZE:e.end])
                     except IntegrityError as err:
@@ -908,7 +1098,7 @@ class AzureVault(Vault):
     def __init__(self, client: AzureBlobClient, key: bytes, *, key_id: int = 1,
                  executor: concurrent.futures.Executor | None = None, log_bytes: int = LOG_BYTES,
                  prune_wait: float = 60.0, cache_bytes: int = 64 * 1024 * 1024, idle_apply: float = 1.0,
-                 apply_batch: int = APPLY_BATCH) -> None:
+                 apply_batch: int = APPLY_BATCH, direct: bool = True) -> None:
         self.client = client
         self.sealer = Sealer(key, key_id)
         self._lease_seed = hashlib.sha256(b"lifeboat azure lease v1" + key).digest()
@@ -919,6 +1109,7 @@ class AzureVault(Vault):
         self.cache_bytes = cache_bytes
         self.idle_apply = idle_apply
         self.apply_batch = apply_batch
+        self.direct = direct
         self._machines: dict[str, AzureMachineVault] = {}
         self._lock = asyncio.Lock()
 
@@ -966,6 +1157,38 @@ class AzureVault(Vault):
         return sorted({it.name.split("/")[0] for it in self.client.list_blobs("", metadata=False)
                        if it.name.endswith("/meta.json") and it.name.count("/") == 1})
 
+    # -- the appliance's configuration backups (sealed by the backup itself: stored as they are) -------------------
+
+    def _backup_blob(self, name: str) -> str:
+        from ..local import BACKUP_NAME
+        if not isinstance(name, str) or not BACKUP_NAME.fullmatch(name):
+            raise InvalidInput(f"{name!r} is not a configuration backup's name", field="name")
+        return BACKUPS + name   # a machine name never starts with "." (names.py): no clash with a machine
+
+    async def put_config_backup(self, name: str, data: bytes) -> None:
+        blob = self._backup_blob(name)
+        await asyncio.get_running_loop().run_in_executor(self._io, lambda: self.client.put_blob(blob, data))
+
+    async def config_backups(self) -> list[str]:
+        from ..local import BACKUP_NAME
+
+        def names() -> list[str]:
+            return [it.name[len(BACKUPS):] for it in self.client.list_blobs(BACKUPS, metadata=False)
+                    if it.snapshot is None]
+        got = await asyncio.get_running_loop().run_in_executor(self._io, names)
+        return sorted(n for n in got if BACKUP_NAME.fullmatch(n))
+
+    async def get_config_backup(self, name: str) -> bytes:
+        blob = self._backup_blob(name)
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(self._io, self.client.get_properties, blob) is None:
+            raise NotFound(f"container {self.client.container} holds no configuration backup {name!r}")
+        return await loop.run_in_executor(self._io, lambda: self.client.get_blob(blob))
+
+    async def remove_config_backup(self, name: str) -> None:
+        blob = self._backup_blob(name)
+        await asyncio.get_running_loop().run_in_executor(self._io, lambda: self.client.delete_blob(blob))
+
     async def remove_machine(self, machine: str) -> None:
         check_name(machine, "machine name")
         async with self._lock:
@@ -988,9 +1211,23 @@ class AzureVault(Vault):
         async with self._lock:
             for mv in list(self._machines.values()):
                 await mv.close()
-        self._io.shutdown(wait=True)
-        self._io2.shutdown(wait=True)
+        # requests still in flight finish off the event loop: the loop must keep running meanwhile (whatever it
+        # serves, e.g. a proxy in the same process, and the appliance's other roles while it stops)
+        await asyncio.to_thread(self._io.shutdown, True)
+        await asyncio.to_thread(self._io2.shutdown, True)
         self.client.close()
+
+
+def _wait_all(futs: list[concurrent.futures.Future]) -> None:
+    """Wait for every request, then raise the first failure: none is left in flight when the caller goes on."""
+    err = None
+    for f in futs:
+        try:
+            f.result()
+        except BaseException as exc:
+            err = err or exc
+    if err is not None:
+        raise err
 
 
 def connect(account_url: str, container: str, cred: Credential, *, retry_for: float = 120.0,

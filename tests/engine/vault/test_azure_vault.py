@@ -186,7 +186,8 @@ async def test_crash_mid_apply_resumes_without_loss(azurite, container) -> None:
 async def test_corrupt_log_is_detected_by_the_tag(azurite, container) -> None:
     rng = random.Random(13)
     model = Model(SIZES)
-    v = vault(azurite.url, container, idle_apply=3600)   # the applier stays behind: reads come from the logs
+    # the applier stays behind (reads come from the logs); no direct appends (the record must be in the log)
+    v = vault(azurite.url, container, idle_apply=3600, direct=False)
     mv = await v.open_machine("vm1")
     await mv.ensure_disks([DiskInfo(d, f"d{d}", s) for d, s in SIZES.items()])
     recs = [Record(Kind.WRITE, 0, 1, time.time_ns(), 4096, 64 * KiB, rng.randbytes(64 * KiB))]
@@ -283,3 +284,179 @@ async def test_bad_input(azurite, container) -> None:
         good.put_pages("x", 100, bytes(512))
     assert list(good.list_blobs("")) == []               # nothing was written by any of the above
     _ = Path
+
+
+# -- direct initial replication: straight to the page blobs, headers only in the logs -------------------------------
+
+def initial_sync(rng: random.Random, model: Model, disk: int, start: int, n: int) -> list[Record]:
+    """``n`` 1 MiB SYNC records of ``disk`` from ``start`` (the last one short at the disk's end), with guest
+    writes, zeroes and trims (unaligned) between them, as the agent sends them during initial replication."""
+    out: list[Record] = []
+    size = len(model.disks[disk])
+    for i in range(n):
+        off = start + i * MiB
+        if off >= size:
+            break
+        length = min(MiB, size - off)
+        model.seq += 1
+        out.append(Record(Kind.SYNC, disk, model.seq, time.time_ns(), off, length, rng.randbytes(length)))
+        model.apply(out[-1])
+        if rng.random() < 0.5:
+            model.seq += 1
+            length = rng.randint(1, 200 * KiB)
+            off = rng.randint(0, size - length)
+            if rng.random() < 0.6:
+                r = Record(Kind.WRITE, disk, model.seq, time.time_ns(), off, length, rng.randbytes(length))
+            else:
+                r = Record(rng.choice([Kind.ZERO, Kind.TRIM]), disk, model.seq, time.time_ns(), off, length)
+            out.append(r)
+            model.apply(r)
+    return out
+
+
+async def append_plain(mv, recs: list[Record]) -> None:
+    """As the applier hands records to a vault that ``takes_plain``: data records unsealed, the rest sealed."""
+    from engine.vault.base import SealedRecord
+    out = []
+    for r in recs:
+        if r.kind in (Kind.WRITE, Kind.SYNC):
+            r.pack_header()   # computes the payload hash, as the agent does
+            out.append(SealedRecord(Record(r.kind, r.disk, r.seq, r.ts_ns, r.offset, r.length, b"", r.hash), b"",
+                                    {"data": r.data}))
+        else:
+            out.append(seal_record(mv._sealer, r))
+    await mv.append(out)
+
+
+def log_entries(url: str, container: str) -> list:
+    from engine.vault.azure.logs import parse_log
+    c = AzureBlobClient(url, container, Credential(key=AZ_KEY))
+    out = []
+    for it in c.list_blobs("vm1/logs/"):
+        out += parse_log("vm1", int(it.name.rsplit("/", 1)[1]), c.get_blob(it.name))
+    c.close()
+    return out
+
+
+async def test_direct_initial_replication(azurite, container) -> None:
+    """Initial replication goes straight to the page blobs (its log entries are headers only), the run ends in a
+    sync snapshot, the records after it are logged sealed (plain ones sealed by the vault), every point reads
+    byte-exact before and after a reopen, and a seq inside the run is refused."""
+    rng = random.Random(21)
+    model = Model(SIZES)
+    v = vault(azurite.url, container)
+    mv = await v.open_machine("vm1")
+    await mv.ensure_disks([DiskInfo(d, f"d{d}", s) for d, s in SIZES.items()])
+    assert mv.takes_plain and mv.batch_bytes
+    inside = 0
+    for disk in SIZES:
+        for start in range(0, SIZES[disk], 3 * MiB):
+            recs = initial_sync(rng, model, disk, start, 3)
+            await (append_plain if start % 2 else append)(mv, recs)
+            inside = inside or recs[0].seq
+    logged = log_entries(azurite.url, container)
+    assert logged and all(e.direct and e.envlen == 0 for e in logged)
+    assert mv.applied_seq == mv.last_seq == model.seq
+    # the end of initial replication: SYNC_DONE and a guest write, handed in plain: logged, sealed by the vault
+    model.seq += 1
+    done = Record(Kind.SYNC_DONE, 0, model.seq, time.time_ns())
+    model.seq += 1
+    w = Record(Kind.WRITE, 1, model.seq, time.time_ns(), 777, 5000, rng.randbytes(5000))
+    model.apply(w)
+    await append_plain(mv, [done, w])
+    assert not mv.takes_plain and mv.batch_bytes is None
+    model.snap()
+    await mv.add_point(Point(f"c-{model.seq}", model.seq, time.time(), "crash-consistent"))
+    await history(mv, model, rng, 5)
+    tail = [e for e in log_entries(azurite.url, container) if e.rec.seq > done.seq]
+    assert tail and not any(e.direct for e in tail)
+    assert any(e.envlen for e in tail if e.rec.seq == w.seq)
+    await check(mv, model, rng)
+    with pytest.raises(UnknownPoint):
+        await mv.open_view(inside, 0)
+    assert (await mv.verify()).ok
+    await v.close()
+    v2 = vault(azurite.url, container)
+    mv2 = await v2.open_machine("vm1")
+    assert not mv2.takes_plain and mv2.last_seq == model.seq
+    await check(mv2, model, rng)
+    await v2.close()
+
+
+async def test_direct_crash_loses_and_duplicates_nothing(azurite, container) -> None:
+    """The appliance dies in a direct append (a) after the pages, before the log commit: the records were never
+    acknowledged and come again; (b) after the commit, before meta.json: the reopened vault knows the page blobs
+    hold them. Either way the replica ends byte-exact and nothing is applied twice."""
+    rng = random.Random(22)
+    model = Model(SIZES)
+
+    class PowerLoss(Exception):
+        pass
+
+    def abandon(mv) -> None:   # the process is gone: no clean close (the same appliance takes its lease back)
+        mv._closed = True
+        for t in (mv._applier, mv._renewer):
+            t.cancel()
+
+    v = vault(azurite.url, container)
+    mv = await v.open_machine("vm1")
+    await mv.ensure_disks([DiskInfo(d, f"d{d}", s) for d, s in SIZES.items()])
+    await append(mv, initial_sync(rng, model, 0, 0, 3))
+    acked = model.seq
+    batch3 = initial_sync(rng, model, 0, 3 * MiB, 3)
+
+    def at(stage: str):
+        def hook(s: str) -> None:
+            if s == stage:
+                raise PowerLoss(stage)
+        return hook
+    mv.apply_hook = at("direct-pages")
+    with pytest.raises(PowerLoss):
+        await append(mv, batch3)
+    abandon(mv)
+    v = vault(azurite.url, container)
+    mv = await v.open_machine("vm1")
+    assert mv.last_seq == acked and mv.applied_seq == acked and mv.takes_plain
+    await append(mv, batch3)                     # the agent sends what was never acknowledged again
+    batch4 = initial_sync(rng, model, 0, 6 * MiB, 3)
+    mv.apply_hook = at("direct-logged")
+    with pytest.raises(PowerLoss):
+        await append_plain(mv, batch4)
+    abandon(mv)
+    v = vault(azurite.url, container)
+    mv = await v.open_machine("vm1")
+    assert mv.last_seq == model.seq and mv.applied_seq == model.seq   # meta.json was behind: the logs tell
+    await append(mv, batch4)                     # a resend of acknowledged records is skipped
+    assert mv.last_seq == model.seq
+    await append(mv, initial_sync(rng, model, 1, 0, 9))
+    model.seq += 1
+    await append(mv, [Record(Kind.SYNC_DONE, 0, model.seq, time.time_ns())])
+    model.snap()
+    await mv.add_point(Point(f"c-{model.seq}", model.seq, time.time(), "crash-consistent"))
+    await history(mv, model, rng, 4)
+    await check(mv, model, rng)
+    direct = [e.rec.seq for e in log_entries(azurite.url, container) if e.direct]
+    assert len(direct) == len(set(direct))      # no record logged twice
+    await v.close()
+
+
+async def test_configuration_backups_in_the_container(azurite, container) -> None:
+    """The appliance's sealed configuration backups kept beside the machines (the scheduled backup's target)."""
+    from engine.errors import NotFound
+    v = vault(azurite.url, container)
+    mv = await v.open_machine("vm1")
+    names = ["lifeboat-0123abcd-20261205T080000Z.lbbk", "lifeboat-0123abcd-20261205T090000123Z.lbbk"]
+    for i, n in enumerate(names):
+        await v.put_config_backup(n, bytes([i]) * 1000)
+    assert await v.config_backups() == names
+    assert await v.get_config_backup(names[1]) == b"\1" * 1000
+    assert v.machines() == ["vm1"]                       # not taken for a machine
+    await v.remove_config_backup(names[0])
+    assert await v.config_backups() == names[1:]
+    with pytest.raises(NotFound):
+        await v.get_config_backup(names[0])
+    for bad in ("../x", "vm1/meta.json", "lifeboat-x.lbbk"):
+        with pytest.raises(InvalidInput):
+            await v.put_config_backup(bad, b"x")
+    assert mv.last_seq == 0
+    await v.close()

@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 from engine.api import (Appliance, ApplianceLink, ApplianceStatus, ApplianceUnreachable, CleanupView, Conflict,
                         DrillView, EmbeddedAppliance, Event, FailbackView, JobView, KeyringError, LifeboatError,
-                        MachineView, NotReady,
-                        PlanActionView, PlanGroupView, PlanRunView, PlanSummaryView, PlanView, PointView, Policy,
+                        MachineView, NotReady, PlanActionView, PlanFailbackView, PlanGroupView, PlanRunView,
+                        PlanSummaryView, PlanView, PointView, Policy,
                         RecoveredVMView, RecoveryHostView, RecoverySettingsView, RemoteAppliance, ReportView, TargetHealthView,
                         backup_appliance, console_types, export_recovery_kit, format_duration, format_size,
                         import_recovery_kit, is_initialised, parse_address, parse_duration, parse_size, parse_window)
@@ -377,6 +377,22 @@ class EngineFacade:
 
     async def reenable(self, machine: str, *, remove_recovered: bool = False) -> dict[str, Any]:
         return await self._emb().reenable(machine, remove_recovered=remove_recovered)
+
+    def plan_failback_state(self, name: str) -> PlanFailbackView | None:
+        """A plan's failback in one read: every machine's failover and failback records and state, and the newest
+        plan-level job (None while the appliance is stopped)."""
+        if not self.has_recovery:
+            return None
+        return self._emb().plan_failback_state(name)
+
+    async def plan_reprotect(self, name: str) -> JobView:
+        return await self._emb().plan_reprotect(name)
+
+    async def plan_failback(self, name: str, *, shutdown_timeout: float = 120.0) -> JobView:
+        return await self._emb().plan_failback(name, shutdown_timeout=shutdown_timeout)
+
+    async def plan_reenable(self, name: str, *, remove_recovered: bool = False) -> JobView:
+        return await self._emb().plan_reenable(name, remove_recovered=remove_recovered)
 
     def plans(self) -> list[PlanSummaryView]:
         return self._emb().plans() if self.has_recovery else []

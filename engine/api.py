@@ -45,6 +45,7 @@ from . import net
 from .egress import EgressSettings
 from .net import parse_address
 from .recovery.failover import FailoverService
+from .recovery.plan_failback import PlanFailback
 from .recovery.plans import PlanService
 from .policy import (DEFAULT_POLICY, Policy, format_duration, format_size, health_for, parse_duration, parse_size,
                      parse_window)
@@ -435,6 +436,41 @@ class FailbackView:
                    _opt_float(d.get("eta_seconds")), _opt_float(d.get("rpo_seconds")),
                    None if bp is None else int(bp), int(d.get("bytes_compared") or 0), int(d.get("bytes_sent") or 0),
                    int(d.get("data_bytes_sent") or 0), _opt_float(d.get("last_idle_at")), d.get("error"))
+
+
+@dataclass(frozen=True, slots=True)
+class PlanFailbackMachineView:
+    """One machine of a plan being failed back: its plan ``group``, its machine ``state`` (``failed-over``,
+    ``reprotecting`` … ``protected``), its failover record (``failover_state``) and its reverse direction
+    (``FailbackView``, None before reprotect)."""
+    machine: str
+    group: int = 1
+    state: str = ""
+    failover: Mapping[str, Any] | None = None
+    failback: FailbackView | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PlanFailbackMachineView:
+        m = str(d["machine"])
+        fb = d.get("failback")
+        return cls(m, int(d.get("group") or 1), str(d.get("state") or ""), d.get("failover"),
+                   None if fb is None else FailbackView.from_dict(m, fb))
+
+
+@dataclass(frozen=True, slots=True)
+class PlanFailbackView:
+    """A recovery plan's failback as one read (issue 14): every machine of the plan (``PlanFailbackMachineView``,
+    in the plan's order) and ``job``, the newest plan-level job (kind ``plan-reprotect``, ``plan-failback`` or
+    ``plan-reenable``; kept with the job history, so it is there after a restart; None when the plan had none)."""
+    plan: str
+    machines: tuple[PlanFailbackMachineView, ...] = ()
+    job: JobView | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PlanFailbackView:
+        job = d.get("job")
+        return cls(str(d["plan"]), tuple(PlanFailbackMachineView.from_dict(m) for m in d.get("machines") or ()),
+                   None if job is None else JobView.from_dict(job))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1035,6 +1071,34 @@ class EmbeddedAppliance:
         recovered VM, its overlay and images go too. ``{"machine", "job", "state"}``."""
         return await self._failback().reenable(machine, remove_recovered=remove_recovered)
 
+    # a plan's failback (issue 14): plan-level jobs over the machines' steps (engine/recovery/plan_failback.py) --
+    def _plan_failback(self) -> PlanFailback:
+        return PlanFailback(self._failback())
+
+    def plan_failback_state(self, name: str) -> PlanFailbackView:
+        """Every machine of plan ``name`` with its failover and failback records and machine state, and the newest
+        plan-level failback job: the plan's stepper in one read."""
+        return PlanFailbackView.from_dict(self._plan_failback().view(name))
+
+    async def plan_reprotect(self, name: str) -> JobView:
+        """Reprotect every machine of the plan not reprotected yet (job kind ``plan-reprotect`` on ``plan:NAME``,
+        a step ``reprotect-M`` per machine, in parallel); returns once every seed is done. Refusals name the
+        machines: ``LB_NOT_FAILED_OVER``, ``LB_NOT_READY``, ``LB_ALREADY_REPROTECTED``, ``LB_PLAN_INVALID``."""
+        return JobView.from_dict((await self._plan_failback().reprotect(name)).to_dict())
+
+    async def plan_failback(self, name: str, *, shutdown_timeout: float = 120.0) -> JobView:
+        """Fail the plan back (kind ``plan-failback``, steps ``gN-failback-M``): groups in reverse order, a
+        group's machines in parallel. Refused unless every machine left is reprotected with its original site
+        connected: ``LB_NOT_REPROTECTED``, ``LB_ORIGINAL_UNREACHABLE``, ``LB_FAILED_BACK``."""
+        return JobView.from_dict((await self._plan_failback().failback(
+            name, shutdown_timeout=shutdown_timeout)).to_dict())
+
+    async def plan_reenable(self, name: str, *, remove_recovered: bool = False) -> JobView:
+        """Protect every failed-back machine of the plan again (kind ``plan-reenable``, steps ``reenable-M``).
+        Refusals: ``LB_NOT_FAILED_BACK`` (naming the machines), ``LB_ALREADY_PROTECTED``."""
+        return JobView.from_dict((await self._plan_failback().reenable(
+            name, remove_recovered=remove_recovered)).to_dict())
+
     def plans(self) -> list[PlanSummaryView]:
         return [PlanSummaryView.from_dict(p) for p in self._plans().plans()]
 
@@ -1320,7 +1384,8 @@ __all__ = [
     # typed views and the policy type
     "ApplianceStatus", "MachineView", "DiskView", "ResyncView", "PointView", "RevokedView", "JobView", "DrillView",
     "CleanupView", "AlertView", "EventView", "RecoveryHostView", "RecoverySettingsView", "RecoveredVMView",
-    "PlanActionView", "PlanGroupView", "PlanRunView", "PlanView", "PlanSummaryView", "ReportView", "FailbackView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "format_size", "parse_size",
+    "PlanActionView", "PlanGroupView", "PlanRunView", "PlanView", "PlanSummaryView", "ReportView", "FailbackView",
+    "PlanFailbackView", "PlanFailbackMachineView", "Policy", "DEFAULT_POLICY", "format_duration", "parse_duration", "format_size", "parse_size",
     "parse_window", "health_for", "parse_address",
     # events
     "Event", "EventBus", "MachineStatus", "PointCreated", "JobProgress", "JobChanged", "Alert",

@@ -28,6 +28,9 @@ class JobKind(str, enum.Enum):
     FAILBACK = "failback"
     REPROTECT = "reprotect"
     REENABLE = "reenable"
+    PLAN_REPROTECT = "plan-reprotect"   # a recovery plan's failback (issue 14): one step per machine
+    PLAN_FAILBACK = "plan-failback"
+    PLAN_REENABLE = "plan-reenable"
     MAINTENANCE = "maintenance"     # appliance housekeeping run as a job (tests, future scheduled work)
 
 

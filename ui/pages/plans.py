@@ -12,6 +12,11 @@ VM's boot step and progress. A manual action shows its instruction with **Resume
 Retry, Skip and Cancel. Then commit (real runs), change a machine's point, cancel, clean up (test runs), and open
 the DR report in the browser. A real run and a commit first ask for a confirmation that names the machines, the
 host and the point.
+
+Fail back (issue 14): once the plan's machines are failed over for real (committed or not), the failback stepper
+of the whole plan (ui/failback_panel.py): reprotect every machine → fail the plan back, its groups in reverse order
+→ re-enable protection of every machine, each step with its machines' rows and live prerequisites, and one button
+for the next step behind a confirmation naming the machines.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from console.errors import UserError
 from console.recovery import RunState
 
 from .. import forms, theme
+from ..failback_panel import PlanFailbackPanel
 from ..recovery_dialogs import ActionDialog, PointDialog, confirm, point_combo
 
 MIME = "application/x-lifeboat-machines"
@@ -339,6 +345,12 @@ class PlansPage(QWidget):
         self.tabs = QTabWidget()
         self.tabs.addTab(build, "&Build")
         self.tabs.addTab(runw, "R&un")
+        # issue 14: the plan's failback stepper (reprotect → fail back, groups in reverse → re-enable)
+        self.failback = PlanFailbackPanel(ctx, self)
+        fbw = QScrollArea()
+        fbw.setWidgetResizable(True)
+        fbw.setWidget(self.failback)
+        self.tabs.addTab(fbw, "Fa&il back")
         self.empty = forms.hint("Create a recovery plan: name it below the list, then add protected machines to its "
                                 "groups. Groups fail over in order; the machines of a group in parallel.")
         body = QWidget()
@@ -414,6 +426,8 @@ class PlansPage(QWidget):
         self.tabs.setVisible(plan is not None)
         self.empty.setVisible(plan is None)
         self.plan_title.setText(f"Recovery plan {plan.name}" if plan else "Recovery plans")
+        if (plan.name if plan else None) != self.failback.model.plan:
+            self.failback.set_plan(plan.name if plan else None)
         while self.group_boxes:
             box = self.group_boxes.pop()
             self.groups_layout.removeWidget(box)

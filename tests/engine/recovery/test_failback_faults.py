@@ -1,9 +1,11 @@
 """Failback under faults (issue 14), every role in its own process and one boot: the original site's agent reaches
 the appliance through tests/faultproxy.py (throttled, so each phase lasts long enough to be hit). During the
-**reprotect seed** the link is cut, then the appliance is SIGKILLed; during the **final sync** of failback the link is
-cut, the agent (the master target) is SIGKILLed, then the appliance is SIGKILLed. Each time the step resumes from the
-last acknowledged batch (no return to a full copy: the bytes on the wire are printed and bounded), and at the end the
-original disk equals the recovered VM's disk at shutdown, byte for byte."""
+**reprotect seed** the link is cut, the appliance is SIGKILLed, then the agent (the master target) is SIGKILLed while
+the resumed seed's next batch is on its way; during the **deltas after the seed** (the recovered VM writing) the
+agent is SIGKILLed with half of them on the wire; during the **final sync** of failback the link is cut, the agent is
+SIGKILLed, then the appliance is SIGKILLed. Each time the step resumes from the last acknowledged batch (no return to
+a full copy: what the target acknowledged before a kill is not sent again, the bytes on the wire are printed and
+bounded), and at the end the original disk equals the recovered VM's disk at shutdown, byte for byte."""
 
 from __future__ import annotations
 

@@ -379,6 +379,10 @@ class Reverse:
             except TargetLost as exc:
                 log.info("reverse replication of %s: target lost (%s); resuming when it is back", self.machine, exc)
                 self.detach(target)
+                # The session's blocks in flight are compared again, also when the target came back on a new link
+                # before this one's loss showed (an agent SIGKILLed or its host powered off: no FIN); attaching the
+                # new link closed this one, and detach() leaves the new one alone.
+                self.changes.dirty.requeue_inflight()
             except LifeboatError as exc:
                 self.st["error"] = exc.to_dict()
                 self.save()

@@ -1,19 +1,23 @@
 """Failback under faults (issue 14), every role in its own process and one boot: the original site's agent reaches
 the appliance through tests/faultproxy.py (throttled, so each phase lasts long enough to be hit). During the
-**reprotect seed** the link is cut, then the appliance is SIGKILLed; during the **final sync** of failback the link is
-cut, the agent (the master target) is SIGKILLed, then the appliance is SIGKILLed. Each time the step resumes from the
-last acknowledged batch (no return to a full copy: the bytes on the wire are printed and bounded), and at the end the
-original disk equals the recovered VM's disk at shutdown, byte for byte."""
+**reprotect seed** the link is cut, the appliance is SIGKILLed, then the agent (the master target) is SIGKILLed while
+the resumed seed's next batch is on its way; during the **deltas after the seed** (the recovered VM writing) the
+agent is SIGKILLed with half of them on the wire; during the **final sync** of failback the link is cut, the agent is
+SIGKILLed, then the appliance is SIGKILLed. Each time the step resumes from the last acknowledged batch (no return to
+a full copy: what the target acknowledged before a kill is not sent again, the bytes on the wire are printed and
+bounded), and at the end the original disk equals the recovered VM's disk at shutdown, byte for byte."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +100,14 @@ def test_reprotect_and_final_sync_survive_cuts_and_kills(recovery_host: str, boo
     def fb() -> dict:
         return lbj("status", *H)["machines"][0].get("failback") or {}
 
+    def target_acked() -> int:
+        """The batch id the agent (the master target) made durable (engine/appliance/master_target.py)."""
+        return int(json.loads((AgentHome(ahome).journal / "master-target.json").read_text()).get("acked", 0))
+
+    def wire_moved(n: int) -> Callable[[], bool]:
+        w = proxy.bytes()
+        return lambda: proxy.bytes() - w >= n
+
     def step_state(kind: str, step: str) -> str | None:
         jobs = [j for j in lbj("jobs", *H) if j["kind"] == kind]
         if not jobs:
@@ -127,9 +139,10 @@ def test_reprotect_and_final_sync_survive_cuts_and_kills(recovery_host: str, boo
         del image
         first = sorted(rng.sample(free, 128))                                  # 8 MiB for the seed
         second = sorted(rng.sample(sorted(set(free) - set(first)), 192))       # 12 MiB for the final sync
+        third = sorted(rng.sample(sorted(set(free) - set(first) - set(second)), 96))   # 6 MiB of deltas
         _write_blocks(overlay_url, first, tmp_path, "a")
 
-        # reprotect, throttled: a cut link, then the appliance SIGKILLed, in the middle of the seed ------------------
+        # reprotect, throttled: a cut link, the appliance SIGKILLed, then the agent SIGKILLed, in the middle of the seed
         proxy.do(proxy.proxy.bandwidth, RATE)
         wire0 = proxy.bytes()
         rp = subprocess.Popen([*LIFEBOAT, "reprotect", *H, machine, "--json"], stdout=subprocess.PIPE,
@@ -145,15 +158,52 @@ def test_reprotect_and_final_sync_survive_cuts_and_kills(recovery_host: str, boo
         rp.wait(30)
         assert rp.returncode != 0   # the reprotect command lost its appliance; the seed itself goes on after restart
         procs["appliance"] = appliance()
+        moved = wire_moved(MiB + MiB // 2)   # the compare costs ~48 KiB: the rest is a batch on its way
         wait(up, 60, "the appliance after its SIGKILL")
-        wait(lambda: fb().get("state") == "reprotected", 240, "the seed resumed by itself and done")
+        wait(moved, 60, "the resumed seed's next batch on its way to the agent")
+        st, acked_before = fb(), target_acked()
+        # mid-seed: not seeded, blocks left, and the original disk holds the batch acknowledged before the appliance's
+        # SIGKILL (the target's durable position)
+        assert st["state"] == "reprotecting" and not st["seeded"] and st["blocks_pending"] > 0, st
+        assert st["target_connected"] and acked_before >= 1, (st, acked_before)
+        sent_before = st["data_bytes_sent"]
+        kill("agent")
+        procs["agent"] = agent()
+        wait(lambda: fb().get("state") == "reprotected", 240, "the seed resumed after the agent's SIGKILL and done")
+        st = fb()
         seed_wire = proxy.bytes() - wire0
         changed = len(first) * BLOCK
-        print(f"reprotect seed through a cut and an appliance SIGKILL: {seed_wire} B on the wire (both ways, TLS) "
-              f"for {changed} B changed")
-        assert seed_wire <= 1.1 * changed + 2 * BATCH + (size // BLOCK) * 64 + MiB
+        after_kill = st["data_bytes_sent"] - sent_before
+        print(f"reprotect seed through a cut, an appliance SIGKILL and an agent SIGKILL: {seed_wire} B on the wire "
+              f"(both ways, TLS) for {changed} B changed; {after_kill} B acknowledged after the agent's SIGKILL, "
+              f"target batch {acked_before} -> {target_acked()}")
+        # resumed, not restarted: what the original disk acknowledged before the kill is not sent again, and the
+        # batch the kill interrupted was (the kill landed mid-batch)
+        assert 0 < after_kill <= changed - BATCH
+        assert target_acked() > acked_before
+        assert seed_wire <= 1.1 * changed + 3 * BATCH + (size // BLOCK) * 64 * 2 + MiB
         j = [x for x in lbj("jobs", *H) if x["kind"] == "reprotect"]
         assert j and j[-1]["state"] in ("interrupted", "failed")
+
+        # near-continuous deltas after the seed: the agent SIGKILLed while the VM's writes are on their way --------
+        d0, wire0 = fb()["data_bytes_sent"], proxy.bytes()
+        deltas = len(third) * BLOCK
+        _write_blocks(overlay_url, third, tmp_path, "c")
+        wait(lambda: proxy.bytes() - wire0 >= deltas // 2, 60, "half of the deltas on their way to the agent")
+        st = fb()
+        assert st["state"] == "reprotected" and st["blocks_pending"] > 0, st
+        acked_at_kill = st["data_bytes_sent"] - d0
+        kill("agent")
+        procs["agent"] = agent()
+        wait(lambda: fb().get("target_connected") and fb()["blocks_pending"] == 0 and fb()["rpo_seconds"] == 0.0,
+             120, "the deltas sent after the agent's SIGKILL")
+        delta_acked = fb()["data_bytes_sent"] - d0
+        delta_wire = proxy.bytes() - wire0
+        print(f"deltas through an agent SIGKILL: {delta_wire} B on the wire for {deltas} B changed; "
+              f"{acked_at_kill} B acknowledged before the kill, {delta_acked - acked_at_kill} B after")
+        # each changed block acknowledged at most once, and the deltas went on after the kill
+        assert acked_at_kill < delta_acked <= deltas
+        assert delta_wire <= 1.1 * deltas + BATCH + (size // BLOCK) * 64 + MiB
 
         # the final sync: the link cut, the agent SIGKILLed, then the appliance SIGKILLed ------------------------------
         _write_blocks(overlay_url, second, tmp_path, "b")

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
+#: Where a test about to time out leaves the stacks of its asyncio tasks (see _dump_tasks_before_timeout).
+TIMEOUT_DUMPS = Path(__file__).resolve().parents[1] / ".cache" / "test-timeouts"
+
 # Qt needs a platform plugin; without a display it aborts the process. Tests render offscreen.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+#: Fixtures of tests that boot guests on the recovery host (TCG: a core each while they boot) or define its libvirt
+#: domains and networks: with pytest-xdist (scripts/test.sh runs two workers) they all run on one worker, one at a
+#: time, beside the rest of the suite on the other, instead of two boots competing for the two cores.
+RECOVERY_HOST_FIXTURES = {"recovery_host", "boot_disk"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RECOVERY_HOST_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("recovery-host"))
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -34,12 +52,18 @@ def _dump_tasks_before_timeout(request):
                 loop.call_soon_threadsafe(dump, loop)
 
     def dump(loop: asyncio.AbstractEventLoop) -> None:
-        print(f"\n==== {request.node.nodeid}: still running after {limit - 20:.0f} s; asyncio tasks:",
-              file=sys.stderr)
+        out = io.StringIO()
+        print(f"\n==== {request.node.nodeid}: still running after {limit - 20:.0f} s; asyncio tasks:", file=out)
         for task in asyncio.all_tasks(loop):
-            print(f"--- {task!r}", file=sys.stderr)
-            task.print_stack(file=sys.stderr)
+            print(f"--- {task!r}", file=out)
+            task.print_stack(file=out)
+        sys.stderr.write(out.getvalue())
         sys.stderr.flush()
+        # pytest-timeout ends the whole process 20 s later; under pytest-xdist that is a crashed worker whose captured
+        # output is lost, so the dump is kept in a file too
+        TIMEOUT_DUMPS.mkdir(parents=True, exist_ok=True)
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in request.node.nodeid)[-150:]
+        (TIMEOUT_DUMPS / f"{name}.txt").write_text(out.getvalue())
 
     timer = threading.Timer(limit - 20, dump_all)
     timer.daemon = True

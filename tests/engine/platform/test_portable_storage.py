@@ -15,7 +15,9 @@ from engine.platform import ENV
 ROOT = Path(__file__).resolve().parents[3]
 #: Loaded first in the portable runs: strips the POSIX-only calls (no_posix_calls.py).
 STRIP = "tests.engine.platform.no_posix_calls"
-STORAGE_TESTS = ["tests/engine/vault", "tests/engine/test_directio.py", "tests/engine/test_formats.py"]
+#: The tests of the storage layer. The Azure vault's tests are not among them: that vault keeps nothing on local storage
+#: (no platform call in engine/vault/azure/), so re-running them here would only repeat ~100 s of HTTP to Azurite.
+STORAGE_TESTS = ["tests/engine/vault/test_local_vault.py", "tests/engine/test_directio.py", "tests/engine/test_formats.py"]
 
 
 def _env(portable: bool) -> dict[str, str]:

@@ -131,6 +131,10 @@ class MachineRuntime:
         self.churn = _Rate()
         self.upload = _Rate()
         self.error: str | None = None
+        self._alerted: set[str] = set()        # codes of the upload alerts raised this run, not cleared yet
+        # Marker records (bookmarks, sync and resync markers) in the vault whose after-effects (a point, the
+        # cursor) are not done yet: see _after_apply.
+        self._after_todo: collections.deque[Record] = collections.deque()
         self.hashes: dict[int, BlockHashIndex] = {}
         #: every record up to this seq is in ``hashes`` (a view at a seq ≤ it may take a block's checksum from the
         #: index when the block's last record is ≤ the view's seq: failback's seed, engine/recovery/failback.py)
@@ -329,7 +333,17 @@ class MachineRuntime:
 
     def _alert(self, exc: BaseException) -> None:
         err = exc.to_dict() if isinstance(exc, LifeboatError) else {"code": "LB_ERROR", "message": str(exc)}
+        self._alerted.add(err["code"])
         self.bus.emit(Alert(self.name, err["code"], err["message"], err.get("advice", ""), "critical"))
+
+    def _clear_alerts(self) -> None:
+        """An append reached the vault: the upload errors alerted since the last one are gone. Without this, an
+        outage's ``LB_PROXY_UNREACHABLE:vm1`` (or ``LB_PROXY_AUTH``, ``LB_CLOUD_UNREACHABLE``...) stayed active
+        for ever after replication had resumed, while the status said protected."""
+        for code in sorted(self._alerted):
+            self.bus.emit(Alert(self.name, code, f"uploads of {self.name} reach the vault again", "", "info",
+                                state="cleared"))
+        self._alerted.clear()
 
     async def _fetch(self, after: int) -> list[Record]:
         batch = self.vault.batch_bytes or APPLY_BATCH_BYTES
@@ -358,6 +372,8 @@ class MachineRuntime:
         has finished, and the next one restarts from what the vault holds."""
         fetched = self._fetched = self.vault.last_seq
         writing: asyncio.Task | None = None
+        if self._after_todo:   # markers of an append whose point failed: before anything else, as in order
+            await self._after_apply([])
         try:
             while True:
                 if self.gate is not None and self.gate.closed:   # vault full: nothing is written until it has room
@@ -417,9 +433,19 @@ class MachineRuntime:
             async with self.append_lock:   # not while the next batch is read back from the cache (_fetch)
                 await asyncio.get_running_loop().run_in_executor(self.pool, self.cache.trim, last)
         self.error = None
+        if self._alerted:
+            self._clear_alerts()
 
     async def _after_apply(self, recs: list[Record]) -> None:
-        for r in recs:
+        """What the appended ``recs`` mean beyond their data: a bookmark's point, the sync and resync markers.
+        They wait in ``_after_todo`` until done: the vault holds the records already, so when this fails half way
+        (the vault became unreachable between the append and the bookmark's point: a proxy stopped, a password
+        changed), the next pipeline starts after them and would never see them again; the bookmark's point was
+        lost for ever. The next pipeline run (and the next append) does what is left first."""
+        self._after_todo.extend(r for r in recs if r.kind in (Kind.SYNC_DONE, Kind.RESYNC_START, Kind.RESYNC_DONE,
+                                                               Kind.BOOKMARK))
+        while self._after_todo:
+            r = self._after_todo[0]
             if r.kind == Kind.SYNC_DONE:
                 self.cursor.disk_synced(self.name, r.disk, r.seq)
             elif r.kind == Kind.RESYNC_START:
@@ -438,6 +464,7 @@ class MachineRuntime:
                     tag = None
                 if self.cursor.is_consistent(self.name, r.seq):
                     await self._add_point(Point(f"a-{r.seq}", r.seq, r.ts_ns / 1e9, "app-consistent", tag))
+            self._after_todo.popleft()
         await self._maybe_crash_point()
 
     async def _maybe_crash_point(self) -> None:

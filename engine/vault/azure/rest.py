@@ -167,10 +167,19 @@ class AzureBlobClient:
 
     def _conn(self) -> http.client.HTTPConnection:
         c = getattr(self._local, "conn", None)
+        policy = net.egress_policy()
+        if c is not None and getattr(self._local, "policy", None) is not policy:
+            # The egress settings changed since this kept-alive connection was made (a running appliance puts a
+            # `lifeboat egress ...` change in force within 2 s: another proxy, proxy password or allow-list). Going
+            # on through it would send the uploads by the old route with the old credentials (they went on
+            # "fine" while the settings in force were refused), so it is dropped and the next one asks the policy.
+            self._drop_conn()
+            c = None
         if c is None:
             c = net.http_connection(self.scheme, self.host, self.port, timeout=self.timeout, purpose=PURPOSE,
                                     context=self.tls)
             self._local.conn = c
+            self._local.policy = policy
             with self._conns_lock:
                 self._conns.append(c)
         return c
@@ -180,6 +189,9 @@ class AzureBlobClient:
         if c is not None:
             c.close()
             self._local.conn = None
+            with self._conns_lock:   # a long outage drops one per retry: do not keep them all
+                if c in self._conns:
+                    self._conns.remove(c)
 
     def close(self) -> None:
         with self._conns_lock:

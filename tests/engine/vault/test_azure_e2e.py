@@ -24,8 +24,8 @@ from tests.engine.harness import Site
 from tests.engine.test_replication_e2e import every_point_fails_over_byte_identical
 
 
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory):
+@pytest.fixture(scope="module", name="azurite")
+def azurite_fixture(tmp_path_factory):
     why = azurite_missing()
     if why:
         pytest.skip(why)

@@ -13,7 +13,10 @@ Then, on the same protected machine, **steady churn**: ``bench/churn.py``'s pace
 QD 16, through the agent's export) at ``--churn-rate`` MB/s (default 50) for ``--churn-seconds`` (default 60), RPO
 sampled from the status every 0.5 s. Target: RPO p99 ≤ 5 s, the rate achieved (≥ 95 %).
 
-    .venv/bin/python bench/azure.py [--quick] [--size-mib 2048] [--churn-seconds 60] [--churn-rate 50] [--keep]
+    .venv/bin/python bench/azure.py [--quick] [--size-mib 2048] [--churn-seconds 60] [--churn-rate 50] [--verify]
+                                    [--keep]
+
+``--verify``: after the timed part, read the page blob back and compare its sha256 with the source disk's.
 
 Needs Azurite (scripts/setup.sh: ``.tools/azurite``) and the SDK (``pip install -e '.[dev]'``).
 """
@@ -73,6 +76,33 @@ def applied(url: str, container: str) -> tuple[int, int]:
         c.close()
 
 
+def page_blob_sha(url: str, container: str, size: int) -> str:
+    """sha256 of vm1's disk 0 page blob, its first ``size`` bytes (read in 8 MiB ranges)."""
+    import hashlib
+    from engine.vault.azure.rest import AzureBlobClient, Credential
+    c = AzureBlobClient(url, container, Credential(key=KEY), retry_for=30)
+    h = hashlib.sha256()
+    try:
+        for off in range(0, size, 8 * C.MiB):
+            n = min(8 * C.MiB, size - off)
+            data = c.get_blob("vm1/disks/0", offset=off, length=n)
+            if len(data) != n:
+                raise RuntimeError(f"page blob read at {off}: {len(data)} of {n} bytes")
+            h.update(data)
+    finally:
+        c.close()
+    return h.hexdigest()
+
+
+def file_sha(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * C.MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="512 MiB disk")
@@ -81,6 +111,8 @@ def main() -> int:
     ap.add_argument("--tmp")
     ap.add_argument("--churn-rate", type=float, default=50.0, help="MB/s of the churn phase")
     ap.add_argument("--churn-seconds", type=float, default=60.0, help="seconds of the churn phase (0: none)")
+    ap.add_argument("--verify", action="store_true",
+                    help="after the timed part, compare the page blob's sha256 with the source disk's")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     why = azurite_missing()
@@ -150,6 +182,13 @@ def main() -> int:
         ], ["pipeline", "seconds", "MB/s (disk size)", "note", "CPU", "ratio"]))
         print(f"\npeak RSS: appliance {site.app.peak_rss() / 1e6:.0f} MB, agent {site.agent.peak_rss() / 1e6:.0f} "
               f"MB; state {m.get('state')}, points {m.get('points')}, error {m.get('error')}")
+        verify_ok = True
+        if a.verify:
+            t = time.monotonic()
+            want, got = file_sha(disk), page_blob_sha(az.url, container, size)
+            verify_ok = want == got
+            print(f"verify: page blob sha256 {got[:16]}..., source disk {want[:16]}... "
+                  f"({time.monotonic() - t:.1f}s) {C.verdict(verify_ok)}")
         churn_ok = True
         if a.churn_seconds > 0:
             print(f"\nchurn: {a.churn_rate:g} MB/s for {a.churn_seconds:g}s into the Azure vault ...", flush=True)
@@ -164,7 +203,7 @@ def main() -> int:
                           ["target MB/s", "lifeboat MB/s", "RPO p50 s", "RPO p99 s", "RPO max s", "write p99 ms",
                            "drain s", "CPU app/agent", "RSS max MB", "p99<=5s"]))
             print(f"points {m.get('points')}, error {m.get('error')}")
-        return 0 if ratio >= TARGET and churn_ok else 1
+        return 0 if ratio >= TARGET and churn_ok and verify_ok else 1
     finally:
         C.finish(site, [], tmp, a.keep)
         az.stop()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,9 @@ def main() -> int:
     ap.add_argument("--churn-seconds", type=float, default=60.0, help="seconds of the churn phase (0: none)")
     ap.add_argument("--verify", action="store_true",
                     help="after the timed part, compare the page blob's sha256 with the source disk's")
+    ap.add_argument("--azurite-storage", metavar="DIR",
+                    help="Azurite's folder under DIR (e.g. /dev/shm) instead of beside the appliance: a real account's "
+                         "storage is not on the appliance's disk, so its writes do not compete with the cache's fsyncs")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     why = azurite_missing()
@@ -130,7 +134,10 @@ def main() -> int:
         print(f"building the {a.size_mib} MiB mixed disk in {master} (once) ...", flush=True)
         build_disk(master, size)
     tmp = C.bench_tmp("azure", a.tmp)
-    az = Azurite(tmp / "azurite")
+    az_dir = Path(tempfile.mkdtemp(prefix="lifeboat-azurite-", dir=a.azurite_storage)) if a.azurite_storage \
+        else tmp / "azurite"
+    print(f"Azurite's storage: {az_dir}", flush=True)
+    az = Azurite(az_dir)
     az.start()
     site = None
     try:
@@ -207,6 +214,8 @@ def main() -> int:
     finally:
         C.finish(site, [], tmp, a.keep)
         az.stop()
+        if a.azurite_storage and not a.keep:
+            shutil.rmtree(az_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

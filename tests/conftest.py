@@ -31,6 +31,36 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+#: The whole suite's budget (seconds of pytest on CI's 2 cores; setup comes on top, and CI's limit for both is 20
+#: minutes). Measured: ~9.5 min alone. Going over it fails the run, so a slow test is noticed when it lands, not when
+#: CI times out. LIFEBOAT_SUITE_BUDGET overrides it (0: no budget).
+SUITE_BUDGET = float(os.environ.get("LIFEBOAT_SUITE_BUDGET", "900"))
+_started: list[float] = []
+
+
+def pytest_sessionstart(session):
+    import time
+    _started.append(time.monotonic())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import time
+    config = session.config
+    if hasattr(config, "workerinput") or not _started:   # an xdist worker: the controller keeps the time
+        return
+    whole = not config.option.keyword and not config.option.markexpr and not config.option.collectonly and \
+        [str(a) for a in config.args] in (["tests"], [str(Path(config.rootpath) / "tests")], [])
+    took = time.monotonic() - _started[0]
+    if whole and SUITE_BUDGET and took > SUITE_BUDGET and exitstatus == 0:
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        msg = (f"the whole suite took {took:.0f} s, over its budget of {SUITE_BUDGET:.0f} s (tests/conftest.py "
+               "SUITE_BUDGET): find the test that grew in --durations above and make it faster, or mark a boot slow")
+        if tr is not None:
+            tr.write("\n")
+            tr.write_line(f"ERROR: {msg}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(autouse=True)
 def _dump_tasks_before_timeout(request):
     """pytest-timeout's thread dump shows an idle event loop in select() when an async test hangs on an await,

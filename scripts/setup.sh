@@ -29,6 +29,7 @@ SYSTEM_PACKAGES=(
   tinyproxy         # a real forward proxy with basic auth for the egress tests (started by tests/egress_servers.py)
   # the boot image of the recovery tests: Debian's kernel, busybox, syslinux on FAT16 (tests/engine/recovery)
   linux-image-amd64 busybox-static syslinux syslinux-common mtools dosfstools kmod
+  qemu-guest-agent  # its qemu-ga in the guest-agent variant of that image (boot detection by guest-ping)
 )
 # Azurite, the Azure Storage emulator (issue 15: the Azure vault's tests and bench), runs on Node.js. Debian's
 # nodejs + npm where no Node.js is installed; a Node.js that brings its own npm (NodeSource's) is used as it is

@@ -21,7 +21,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 #: Fixtures of tests that boot guests on the recovery host (TCG: a core each while they boot) or define its libvirt
 #: domains and networks: with pytest-xdist (scripts/test.sh runs two workers) they all run on one worker, one at a
 #: time, beside the rest of the suite on the other, instead of two boots competing for the two cores.
-RECOVERY_HOST_FIXTURES = {"recovery_host", "boot_disk"}
+RECOVERY_HOST_FIXTURES = {"recovery_host", "boot_disk", "boot_disk_ga"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -35,3 +35,12 @@ def boot_disk() -> Path:
     if missing:
         pytest.skip(f"cannot build the boot image: install {', '.join(missing)} (scripts/setup.sh)")
     return boot_image.build(ROOT / ".cache" / "bootimg")
+
+
+@pytest.fixture(scope="session")
+def boot_disk_ga() -> Path:
+    """The boot image's variant whose guest runs Debian's qemu-ga (copy it before use)."""
+    missing = boot_image.missing_tools() + boot_image.missing_ga_tools()
+    if missing:
+        pytest.skip(f"cannot build the guest-agent boot image: install {', '.join(missing)} (scripts/setup.sh)")
+    return boot_image.build(ROOT / ".cache" / "bootimg", guest_agent=True)

@@ -143,6 +143,34 @@ async def test_vm_boots_on_the_libvirt_host(recovery_host: str, boot_disk: Path,
     await asyncio.sleep(0)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_guest_agent_answers_a_real_boot(recovery_host: str, boot_disk_ga: Path, tmp_path: Path) -> None:
+    """Boot detection by the guest agent with a real one: the guest runs Debian's qemu-ga on the domain's
+    org.qemu.guest_agent.0 channel, and the console pattern asked for is one the guest never prints, so only
+    guest-ping through libvirt (virsh qemu-agent-command) can say the machine booted."""
+    img = tmp_path / "disk.img"
+    shutil.copyfile(boot_disk_ga, img)
+    write_marker_file(img, "ga-test")
+    name = f"gatest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    host = LibvirtHost(f"g{abs(hash(name)) % 10**6}", recovery_host, {})
+    spec = VMSpec(name, disks=[DiskSpec("d0", path=img)], serial_log=tmp_path / "serial.log")
+    try:
+        await host.define(spec)
+        t0 = time.monotonic()
+        await host.start(name)
+        secs, line = await wait_for_boot(tmp_path / "serial.log", "NEVER-PRINTED-BY-THIS-GUEST", 120, vm=name,
+                                         agent=lambda: host.agent_ping(name), agent_interval=0.5)
+        print(f"booted by the guest agent's answer after {time.monotonic() - t0:.1f} s")
+        assert line == "guest agent answered guest-ping"
+        text = (tmp_path / "serial.log").read_text()
+        assert "LIFEBOAT-GA: /dev/vport" in text and "LIFEBOAT-MARKER: ga-test" in text, text[-2000:]
+        assert await host.agent_ping(name) is True
+    finally:
+        await host.destroy(name)
+    assert await host.state(name) == VMState.MISSING
+
+
 def test_uefi_domain_xml() -> None:
     """UEFI: libvirt picks the host's OVMF from firmware='efi' (secure boot off) and keeps an NVRAM per VM."""
     assert RecoverySettings.from_dict({"firmware": "uefi"}).firmware == "uefi"

@@ -14,7 +14,10 @@ QD 16, through the agent's export) at ``--churn-rate`` MB/s (default 50) for ``-
 sampled from the status every 0.5 s. Target: RPO p99 ≤ 5 s, the rate achieved (≥ 95 %).
 
     .venv/bin/python bench/azure.py [--quick] [--size-mib 2048] [--churn-seconds 60] [--churn-rate 50] [--verify]
-                                    [--keep]
+                                    [--profile] [--perf] [--keep]
+
+``--profile`` / ``--perf``: py-spy / ``perf record -g`` of the appliance and the agent from protect to page blob
+complete, summarised after the run (they perturb the timing: not ratio runs).
 
 ``--verify``: after the timed part, read the page blob back and compare its sha256 with the source disk's.
 
@@ -117,6 +120,12 @@ def main() -> int:
     ap.add_argument("--azurite-storage", metavar="DIR",
                     help="Azurite's folder under DIR (e.g. /dev/shm) instead of beside the appliance: a real account's "
                          "storage is not on the appliance's disk, so its writes do not compete with the cache's fsyncs")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy (on-CPU samples, not idle) the appliance and the agent from protect to page blob "
+                         "complete; prints the top functions of each (perturbs the timing: not a ratio run)")
+    ap.add_argument("--perf", action="store_true",
+                    help="perf record -g the appliance and the agent over the same span; CPU ms per MB by thread and "
+                         "symbol (needs perf)")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     why = azurite_missing()
@@ -158,6 +167,21 @@ def main() -> int:
 
         site = C.Site(tmp, disk, vault_setup=vault_setup).start()
         roles = site.roles()
+        spies = []
+        if a.profile:
+            import _profile as P
+            exe = str(P.PYSPY)
+            for p in roles:
+                out = tmp / f"spy-{p.name}.txt"
+                spies.append((p, out, subprocess.Popen(
+                    [exe, "record", "-p", str(p.pid), "-r", "100", "--threads", "--nonblocking", "-f", "raw",
+                     "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+            time.sleep(1.0)
+        perf = None
+        if a.perf:
+            import _profile as P
+            perf = P.start_perf(roles, tmp / "perf.data")
+            time.sleep(1.0)
         cpu0 = [p.cpu() for p in roles]
         t0 = time.monotonic()
         site.protect()
@@ -170,6 +194,13 @@ def main() -> int:
             time.sleep(0.2)
         lb_s = time.monotonic() - t0
         cpu = [(p.cpu() - c) / lb_s for p, c in zip(roles, cpu0)]
+        if perf is not None:
+            P.stop(perf, timeout=300)
+            print(f"\nperf of the appliance and the agent:\n{P.perf_summary(tmp / 'perf.data', size, top=40)}",
+                  flush=True)
+        for p, out, rec in spies:
+            P.stop(rec)
+            print(f"\npy-spy of the {p.name} ({out}):\n{P.spy_summary(out, lb_s, rate=100, top=30)}", flush=True)
         m = site.machine()
         print(f"lifeboat: protected after {prot_s:.2f}s, page blob complete after {lb_s:.2f}s; SDK run 2 ...",
               flush=True)

@@ -99,6 +99,8 @@ class MachineVault(abc.ABC):
 
     #: True while the vault takes WRITE and SYNC records unsealed: a ``SealedRecord`` with no envelope and the
     #: plaintext in ``extra["data"]`` (the vault seals what it keeps sealed itself). Read before each batch.
+    #: ``extra["verified"]`` true: the caller has already checked the plaintext against ``header.hash`` (the
+    #: applier's records all are); the vault then does not hash it again. Without it the vault checks it.
     @property
     def takes_plain(self) -> bool:
         return False

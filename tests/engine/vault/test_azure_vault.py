@@ -460,3 +460,26 @@ async def test_configuration_backups_in_the_container(azurite, container) -> Non
             await v.put_config_backup(bad, b"x")
     assert mv.last_seq == 0
     await v.close()
+
+
+async def test_direct_append_checks_unmarked_plaintext(azurite, container) -> None:
+    """A plain record the caller has not marked as checked (``extra["verified"]``, which the applier sets) is
+    still hashed by the vault: a payload that does not match its header's hash is refused before any page of it
+    is written; the same bytes marked as checked are taken as they are (the caller vouches for them)."""
+    from engine.vault.base import SealedRecord
+    rng = random.Random(5)
+    model = Model(SIZES)
+    v = vault(azurite.url, container)
+    mv = await v.open_machine("vm1")
+    await mv.ensure_disks([DiskInfo(d, f"d{d}", s) for d, s in SIZES.items()])
+    rec = next(r for r in initial_sync(rng, model, 0, 0, 1) if r.kind in (Kind.WRITE, Kind.SYNC))
+    rec.pack_header()
+    bad = bytearray(rec.data)
+    bad[7] ^= 0x01
+    head = Record(rec.kind, rec.disk, rec.seq, rec.ts_ns, rec.offset, rec.length, b"", rec.hash)
+    with pytest.raises(IntegrityError):
+        await mv.append([SealedRecord(head, b"", {"data": bytes(bad)})])
+    assert mv.applied_seq == 0 and mv.last_seq == 0
+    await mv.append([SealedRecord(head, b"", {"data": rec.data, "verified": True})])
+    assert mv.applied_seq == mv.last_seq == rec.seq
+    await v.close()

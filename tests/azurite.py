@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 AZURITE = ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -86,9 +87,10 @@ class Azurite:
 class HTTPFaultProxy:
     """A real HTTP/1.1 reverse proxy (asyncio) in front of Azurite that injects throttling answers.
 
-    ``fail(rate, status=503, retry_after=1, after=False, methods=("PUT",))``: that share of matching requests is
-    answered with ``status`` and ``Retry-After``; with ``after`` the request is forwarded first and its real answer
-    replaced (the write happened, the client does not know it). ``injected`` counts the faults sent.
+    ``fail(rate, status=503, retry_after=1, after=False, methods=("PUT",), match=None)``: that share of matching
+    requests (``match``: a test on the request line, e.g. one blob's Put Page requests) is answered with ``status``
+    and ``Retry-After``; with ``after`` the request is forwarded first and its real answer replaced (the write
+    happened, the client does not know it). ``injected`` counts the faults sent.
     """
 
     def __init__(self, target_port: int, seed: int = 7) -> None:
@@ -99,14 +101,16 @@ class HTTPFaultProxy:
         self.retry_after: str | None = "1"
         self.after = False
         self.methods: tuple[str, ...] = ("PUT",)
+        self.match: Callable[[str], bool] | None = None
         self.injected = 0
         self.requests = 0
         self._rnd = random.Random(seed)
         self._server: asyncio.base_events.Server | None = None
 
     def fail(self, rate: float, *, status: int = 503, retry_after: str | None = "1", after: bool = False,
-             methods: tuple[str, ...] = ("PUT",)) -> None:
+             methods: tuple[str, ...] = ("PUT",), match: Callable[[str], bool] | None = None) -> None:
         self.rate, self.status, self.retry_after, self.after, self.methods = rate, status, retry_after, after, methods
+        self.match = match
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -163,7 +167,8 @@ class HTTPFaultProxy:
                 head, _h, body = msg
                 method = head.split(b" ", 1)[0].decode()
                 self.requests += 1
-                hit = method in self.methods and self._rnd.random() < self.rate
+                hit = method in self.methods and self._rnd.random() < self.rate \
+                    and (self.match is None or self.match(head.split(b"\r\n", 1)[0].decode("latin-1")))
                 if hit and not self.after:
                     cw.write(self._fault())
                     await cw.drain()

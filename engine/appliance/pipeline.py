@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..codec import Sealer
-from ..errors import IntegrityError, LifeboatError, is_no_space
+from ..errors import IntegrityError, LifeboatError, StorageError, is_no_space
 from ..events import Alert, EventBus, PointCreated
 from ..names import valid_name
 from ..records import HEADER_SIZE, Kind, Record
@@ -40,6 +40,11 @@ MEMORY_WAIT = 1.0
 SEAL_PARTS = 2
 #: the data kinds handed to a vault that takes them unsealed
 PLAIN_KINDS = frozenset(int(k) for k in (Kind.WRITE, Kind.SYNC))
+#: Vault appends in flight at once while the vault overlaps them (``MachineVault.overlaps_appends``).
+APPENDS_IN_FLIGHT = 2
+#: An append may be issued behind one in flight only when that one holds these kinds alone: acknowledging it then
+#: makes no point and changes no sync or resync state, so nothing is decided between the two.
+OVERLAP_KINDS = frozenset(int(k) for k in (Kind.WRITE, Kind.SYNC, Kind.ZERO, Kind.TRIM))
 
 
 def _split(recs: list[Record], parts: int) -> list[list[Record]]:
@@ -372,45 +377,74 @@ class MachineRuntime:
 
     async def _apply_pipeline(self) -> None:
         """Fetch → seal → vault, with the vault append (write + fsync) of one batch overlapping the sealing of the
-        next. Appends stay one at a time and in seq order; a failure ends the pipeline after the append in flight
-        has finished, and the next one restarts from what the vault holds."""
+        next. Appends are acknowledged one at a time and in seq order; a vault that overlaps appends
+        (``overlaps_appends``) gets the next one before the previous has returned (``_in_flight``). A failure ends
+        the pipeline after the appends in flight have finished, and the next one restarts from what the vault
+        holds."""
         fetched = self._fetched = self.vault.last_seq
-        writing: asyncio.Task | None = None
+        # appends in flight, oldest first, each with whether the next one may be issued behind it
+        writing: collections.deque[tuple[asyncio.Task, bool]] = collections.deque()
+
+        async def settle(n: int) -> None:
+            """Wait until at most ``n`` appends are in flight (raises the first one's failure)."""
+            while len(writing) > n:
+                await asyncio.shield(writing[0][0])
+                writing.popleft()
+
         if self._after_todo:   # markers of an append whose point failed: before anything else, as in order
             await self._after_apply([])
         try:
             while True:
                 if self.gate is not None and self.gate.closed:   # vault full: nothing is written until it has room
-                    if writing is not None:
-                        await asyncio.shield(writing)
-                        writing = None
+                    await settle(0)
                     await self.gate.wait_open()
-                if writing is not None and self.vault.takes_plain:
-                    # nothing to seal: take the next batch once the append in flight is done, so it holds
-                    # everything that arrived meanwhile (fewer, fuller appends; each ends in a barrier)
-                    await asyncio.shield(writing)
-                    writing = None
+                if writing and self.vault.takes_plain:
+                    # nothing to seal: take the next batch once it may be issued, so it holds everything that
+                    # arrived meanwhile (fewer, fuller appends; each ends in a barrier unless they overlap)
+                    await settle(self._in_flight(writing))
                 self.new_data.clear()
                 recs = await self._fetch(fetched)
                 if not recs:
-                    if writing is not None:
-                        await asyncio.shield(writing)
-                        writing = None
+                    if writing:
+                        await settle(len(writing) - 1)
                         continue
                     await wait_event(self.new_data, 1.0)
                     await self._maybe_crash_point()
                     continue
                 sealed, pre = await self._seal(recs)
-                if writing is not None:
-                    await asyncio.shield(writing)   # appends in order, one at a time
-                writing = asyncio.create_task(self._commit(recs, sealed, pre), name=f"vault-append:{self.name}")
+                await settle(self._in_flight(writing))   # appends in order, one at a time unless they overlap
+                prev = writing[-1][0] if writing else None
+                task = asyncio.create_task(self._commit(recs, sealed, pre, prev), name=f"vault-append:{self.name}")
+                writing.append((task, all(r.kind in OVERLAP_KINDS for r in recs)))
                 fetched = self._fetched = recs[-1].seq
         finally:
-            if writing is not None:
-                await wait_done(writing)   # never abandon a vault append half way
+            for task, _ in writing:
+                await wait_done(task)   # never abandon a vault append half way
 
-    async def _commit(self, recs: list[Record], sealed: list[SealedRecord], pre: list[Any]) -> None:
+    def _in_flight(self, writing: collections.deque[tuple[asyncio.Task, bool]]) -> int:
+        """How many appends may stay in flight when the next one is issued: one while the vault overlaps appends
+        and nothing before the next can make a point (initial replication not done, data records only), else 0."""
+        if self.vault.overlaps_appends and all(ok for _t, ok in writing) \
+                and self.cursor.consistent_from(self.name) is None:
+            return APPENDS_IN_FLIGHT - 1
+        return 0
+
+    async def _commit(self, recs: list[Record], sealed: list[SealedRecord], pre: list[Any],
+                      prev: asyncio.Task | None = None) -> None:
+        """Append a batch to the vault, then acknowledge it (block hashes, RPO, markers, points, cache trim).
+        ``prev``: the append in flight before it (overlapped): acknowledged first, and its failure is this one's."""
+        def failed(t: asyncio.Task) -> bool:
+            return t.done() and (t.cancelled() or t.exception() is not None)
+        # The vault ties an append to the one still in progress when it is called; one that failed before this is
+        # called would leave a gap the vault cannot see: never append after it
+        if prev is not None and failed(prev):
+            raise StorageError(f"{self.name}: the vault append before this one failed; this one was not made")
         await self.vault.append(sealed)
+        if prev is not None:
+            await asyncio.wait({prev})
+            if failed(prev):
+                raise StorageError(f"{self.name}: the vault append before this one failed; this one is not "
+                                   "acknowledged")
         self.last_upload = time.time()
         for r, h in zip(recs, pre):
             idx = self.hashes.get(r.disk)

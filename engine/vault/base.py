@@ -105,6 +105,13 @@ class MachineVault(abc.ABC):
     def takes_plain(self) -> bool:
         return False
 
+    #: True while the vault takes a second ``append`` before the first has returned (at most two in flight): its
+    #: writes start at once, but it commits only after the first, and fails when the first fails. The applier then
+    #: keeps the connection to a cloud vault busy between appends. Read before each batch.
+    @property
+    def overlaps_appends(self) -> bool:
+        return False
+
     @abc.abstractmethod
     async def ensure_disks(self, disks: list[DiskInfo]) -> None:
         """Create replicas for new disks, grow replicas of disks that grew. Durable on return."""
@@ -124,7 +131,8 @@ class MachineVault(abc.ABC):
 
     @abc.abstractmethod
     async def append(self, records: list[SealedRecord]) -> None:
-        """Append records in seq order; durable on return. Records with seq <= last_seq are skipped (idempotent)."""
+        """Append records in seq order; durable on return. Records with seq <= last_seq are skipped (idempotent).
+        Called again before it returns only while :attr:`overlaps_appends`."""
 
     @abc.abstractmethod
     async def add_point(self, point: Point) -> None:

@@ -80,6 +80,9 @@ DIRECT_PUT = 1024 * 1024
 DIRECT_BATCH = 16 * 1024 * 1024
 #: the kinds an append may hold to go direct
 DIRECT_KINDS = frozenset(int(k) for k in (Kind.SYNC, Kind.WRITE, Kind.ZERO, Kind.TRIM))
+#: direct appends in flight at once: the next one's pages go out while the previous one's last pages and log commit
+#: are answered, so the connections to the service never drain between appends (the log commits stay in order)
+DIRECT_OVERLAP = 2
 
 
 def round_pages(n: int) -> int:
@@ -116,6 +119,16 @@ class AzureMachineVault(MachineVault):
         self._pending: dict[int, tuple[LogEntry, bytes | bytearray]] = {}   # seq → envelope not applied yet
         self._pending_bytes = 0
         self._append_lock = asyncio.Lock()
+        # Overlapped direct appends (``_append_direct``). ``_last_call`` is resolved (True: durable, False: failed)
+        # when the newest ``append`` call returns; a call made while it is still in progress commits only if it
+        # succeeds. ``_inflight`` are the log commits of direct appends not finished yet, oldest first; while any
+        # is (``_direct_users`` > 0) the chain holds the apply lock, and ``_queued`` is the last seq handed to it.
+        self._last_call: asyncio.Future[bool] | None = None
+        self._inflight: deque[asyncio.Task] = deque()
+        self._direct_users = 0
+        self._queued = 0
+        self._chain_broken = False
+        self._direct_puts: list[tuple[int, int, int, concurrent.futures.Future]] = []   # (disk, start, end, write)
         self._apply_lock = asyncio.Lock()
         self._meta_lock = threading.Lock()
         self._wake = asyncio.Event()
@@ -136,7 +149,8 @@ class AzureMachineVault(MachineVault):
         self._payload_bytes = 0
         self._payload_lock = threading.Lock()
         #: test hook: called with a stage name: "batch-written" (the applier, after a batch's pages, before meta),
-        #: "direct-pages" (a direct append's pages are written, its log not committed), "direct-logged" (committed)
+        #: "direct-submitted" (a direct append's page writes are started), "direct-pages" (its pages are written,
+        #: its log not committed), "direct-logged" (committed)
         self.apply_hook: Callable[[str], None] | None = None
         self.throttled = 0
 
@@ -316,6 +330,11 @@ class AzureMachineVault(MachineVault):
         return self._direct_ok and self.direct and not self._stuck
 
     @property
+    def overlaps_appends(self) -> bool:
+        """While appends go direct: the next direct append's pages go out while the previous one is committed."""
+        return self._direct_ok and self.direct and not self._stuck
+
+    @property
     def batch_bytes(self) -> int | None:  # type: ignore[override]
         """Larger appends while they go direct: each costs a log commit (two round trips) after its pages."""
         return DIRECT_BATCH if self._direct_ok and self.direct else None
@@ -365,22 +384,63 @@ class AzureMachineVault(MachineVault):
         self._write_meta()
 
     async def append(self, records: list[SealedRecord]) -> None:
+        """Durable on return (see the interface). A call made while an earlier one is still in progress (the
+        applier overlaps direct appends: ``overlaps_appends``) may start writing at once, but commits only after
+        that one has, and fails when that one fails: a later append never lands over a gap."""
         self._check_open()
         if not records:
             return
+        dep = self._last_call
+        mine: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._last_call = mine
+        ok = False
+        try:
+            commit = await self._append(records, dep)
+            if commit is not None:
+                # the commit goes on even if this caller is cancelled: a later append's commit waits for it
+                await asyncio.shield(commit)
+            ok = True
+        finally:
+            mine.set_result(ok)
+            if self._last_call is mine:
+                self._last_call = None
+
+    async def _after(self, dep: asyncio.Future[bool] | None) -> None:
+        """Wait for the append call ``dep`` this one was made behind; raise when it failed."""
+        if dep is not None and not await asyncio.shield(dep):
+            raise StorageError(f"an earlier append of {self.machine} failed while this one was in flight: this "
+                               "one was not committed either", machine=self.machine,
+                               advice="The records are sent again from the vault's last seq.")
+
+    async def _append(self, records: list[SealedRecord], dep: asyncio.Future[bool] | None) -> asyncio.Task | None:
+        """The append under the append lock; returns the log commit to wait for when it went direct."""
         async with self._append_lock:
-            items, grows, ts, kept = self._prepare(records)
+            self._check_open()
+            direct = self._direct_ok and self.direct and not self._stuck \
+                and all(sr.header.kind in DIRECT_KINDS for sr in records)
+            if self._direct_users:
+                if direct and not self._chain_broken and records[0].header.seq > self._queued:
+                    # behind the direct appends in flight: start its pages now, commit after theirs
+                    while len(self._inflight) >= DIRECT_OVERLAP:
+                        await asyncio.wait({self._inflight[0]})
+                    if not self._chain_broken:
+                        items, _grows, ts, kept = self._prepare(records, self._queued)
+                        return await self._start_direct(items, ts, kept, dep) if items else None
+                # anything else waits until every direct append in flight has finished
+                await self._drain_direct()
+            await self._after(dep)
+            items, grows, ts, kept = self._prepare(records, self._last_seq)
             if not items:
-                return
-            if self._direct_ok and self.direct and not grows and not self._stuck \
-                    and all(sr.header.kind in DIRECT_KINDS for sr in kept):
-                async with self._apply_lock:
+                return None
+            if direct and not grows:
+                await self._direct_enter()
+                try:
                     if self._applied < self._last_seq:   # catch up first: the page blobs must be at last_seq
                         await self._apply_to(self._last_seq)
                     if self._applied == self._last_seq and not self._stuck:
-                        await self._io(self._direct_sync, items, ts, kept)
-                        self._applied_evt.set()
-                        return
+                        return await self._start_direct(items, ts, kept, None)
+                finally:
+                    self._direct_exit()
             if self._direct_open:   # the end of a direct run: snapshot it before anything else is logged
                 async with self._apply_lock:
                     await self._close_direct()
@@ -406,18 +466,85 @@ class AzureMachineVault(MachineVault):
             if prev_last > self._target:
                 self._target = prev_last
                 self._wake.set()
+            return None
 
-    def _prepare(self, records: list[SealedRecord]) -> tuple[list[tuple[int, bytes, bytes | bytearray]],
-                                                            dict[int, int], list[int], list[SealedRecord]]:
+    # -- direct appends, overlapped ---------------------------------------------------------------------------
+    #
+    # A direct append's pages are started under the append lock, then the lock is let go and its log commit runs
+    # as a task of the chain (``_inflight``): it waits for the append called before it, then for its own pages,
+    # then commits the log; only then do ``applied_seq`` and ``last_seq`` move past it. So the next append's pages
+    # are on the wire while this one's last pages and its commit are answered, the log commits stay in seq order,
+    # and a failure breaks the chain: every later commit in flight waits for its own pages and fails. The chain
+    # holds the apply lock from its first append until the last one has finished, so neither the applier nor a
+    # point, a prune or a new disk ever sees the page blobs between the two; other appends drain it first.
+
+    async def _direct_enter(self) -> None:
+        """One more direct append in the chain (caller holds the append lock); the first takes the apply lock."""
+        if self._direct_users == 0:
+            await self._apply_lock.acquire()
+            self._queued = self._last_seq
+            self._chain_broken = False
+        self._direct_users += 1
+
+    def _direct_exit(self) -> None:
+        self._direct_users -= 1
+        if self._direct_users == 0:
+            self._queued = self._last_seq     # what failed in the chain is sent again from here
+            self._apply_lock.release()
+
+    async def _drain_direct(self) -> None:
+        """Wait until every direct append in flight has finished (their failures are their callers' to report)."""
+        while self._inflight:
+            await asyncio.wait({self._inflight[0]})   # a cancelled caller leaves it running
+
+    async def _start_direct(self, items: list[tuple[int, bytes, bytes | bytearray]], ts: list[int],
+                            kept: list[SealedRecord], dep: asyncio.Future[bool] | None) -> asyncio.Task:
+        """Start the pages of a direct append and queue its log commit behind ``dep`` (caller holds the append
+        lock; the chain holds the apply lock)."""
+        await self._direct_enter()
+        task = None
+        try:
+            futs = await self._io(self._direct_submit, kept)
+            self._queued = items[-1][0]
+            task = asyncio.create_task(self._direct_commit(items, ts, futs, dep),
+                                       name=f"azure-direct:{self.machine}:{items[-1][0]}")
+            self._inflight.append(task)
+            task.add_done_callback(self._direct_done)
+            return task
+        finally:
+            if task is None:
+                self._chain_broken = True
+                self._direct_exit()
+
+    def _direct_done(self, task: asyncio.Task) -> None:
+        self._inflight.remove(task)
+        if task.cancelled() or task.exception() is not None:
+            self._chain_broken = True     # (the exception is also its caller's; read here so none goes unseen)
+        self._direct_exit()
+
+    async def _direct_commit(self, items: list[tuple[int, bytes, bytes | bytearray]], ts: list[int],
+                             futs: list[concurrent.futures.Future], dep: asyncio.Future[bool] | None) -> None:
+        try:
+            await self._after(dep)
+        except BaseException:
+            await self._io(_wait_quiet, futs)   # none of its writes is left in flight when its caller hears
+            raise
+        await self._io(self._direct_log, items, ts, futs)
+        self._applied_evt.set()
+
+    def _prepare(self, records: list[SealedRecord], floor: int) -> tuple[list[tuple[int, bytes, bytes | bytearray]],
+                                                                        dict[int, int], list[int], list[SealedRecord]]:
+        """Check the records; those at or before ``floor`` (held already, or handed to a direct append in flight)
+        are skipped."""
         sizes = {d.index: d.size for d in self._disks}
         grows: dict[int, int] = {}
         items: list[tuple[int, bytes, bytes | bytearray]] = []
         ts: list[int] = []
         kept: list[SealedRecord] = []
-        prev = self._last_seq
+        prev = floor
         for sr in records:
             r = sr.header
-            if r.seq <= self._last_seq:
+            if r.seq <= floor:
                 continue
             where = f"record seq={r.seq} disk={r.disk}"
             if r.seq <= prev:
@@ -465,10 +592,9 @@ class AzureMachineVault(MachineVault):
                 d.size = grows[d.index]
         self._write_meta()
 
-    def _direct_sync(self, items: list[tuple[int, bytes, bytes | bytearray]], ts: list[int],
-                     kept: list[SealedRecord]) -> None:
-        """A direct append: the records' net effect into the page blobs (all requests at once, waited for), then
-        their headers as direct entries in the log. Only then is ``applied_seq`` past them."""
+    def _direct_submit(self, kept: list[SealedRecord]) -> list[concurrent.futures.Future]:
+        """Start a direct append's writes: the records' net effect into the page blobs (all requests at once);
+        the caller waits for every one (``_direct_log``)."""
         maps: dict[int, ExtentMap] = {}
         for sr in kept:
             r = sr.header
@@ -489,9 +615,30 @@ class AzureMachineVault(MachineVault):
             else:
                 data = self._open_payload(LogEntry(r, 0, len(sr.envelope)), sr.envelope)
             maps.setdefault(r.disk, ExtentMap()).assign(r.offset, r.offset + r.length, (data, r.offset))
+        # The append before this one may still be writing some of the same pages (a guest write during the sync
+        # over a range it synced): wait for those writes first, so this one's writes and its reads of partial
+        # pages (read-modify-write) come after them. Pages no earlier write touches go out at once.
+        busy = [w for w in self._direct_puts if not w[3].done()]
+        _wait_quiet([f for disk, lo, hi, f in busy if disk in maps
+                     and any(a < hi and lo < b for a, b, _src in maps[disk].items())])
+        track: list[tuple[int, int, int, concurrent.futures.Future]] = []
+        futs = self._submit_pages(maps, DIRECT_PUT, track)
+        self._direct_puts = busy + track
+        if self.apply_hook:
+            try:
+                self.apply_hook("direct-submitted")
+            except BaseException:
+                _wait_quiet(futs)
+                raise
+        return futs
+
+    def _direct_log(self, items: list[tuple[int, bytes, bytes | bytearray]], ts: list[int],
+                    futs: list[concurrent.futures.Future]) -> None:
+        """Commit a direct append's headers as direct entries once its pages are durable (the chain has committed
+        every earlier append by now). Only then is ``applied_seq`` past them."""
         # the log's block is staged beside the page writes (a staged block is invisible); the commit that makes the
         # entries count waits for every page
-        self._write_log(items, ts, direct=True, before=self._submit_pages(maps, DIRECT_PUT))
+        self._write_log(items, ts, direct=True, before=futs)
         self._applied = items[-1][0]
         self._last_seq = items[-1][0]
         self._direct_open = True
@@ -725,23 +872,32 @@ class AzureMachineVault(MachineVault):
         """Every disk's extents into its page blob, all requests in parallel; returns when all have finished."""
         _wait_all(self._submit_pages(maps, max_put))
 
-    def _submit_pages(self, maps: dict[int, ExtentMap],
-                      max_put: int = pages.MAX_PUT_PAGE) -> list[concurrent.futures.Future]:
-        """Start the page writes of every disk's extents (all at once); the caller waits for every one."""
+    def _submit_pages(self, maps: dict[int, ExtentMap], max_put: int = pages.MAX_PUT_PAGE,
+                      track: list[tuple[int, int, int, concurrent.futures.Future]] | None = None
+                      ) -> list[concurrent.futures.Future]:
+        """Start the page writes of every disk's extents (all at once); the caller waits for every one. When
+        starting them fails half way, the ones started are waited for before the error is raised. ``track``
+        collects ``(disk, start, end, future)`` of every request."""
         futs: list[concurrent.futures.Future] = []
-        for disk, emap in maps.items():
-            blob = self._disk_blob(disk)
+        try:
+            for disk, emap in maps.items():
+                blob = self._disk_blob(disk)
 
-            def read(off: int, n: int, blob: str = blob) -> bytes:
-                return self._c.get_blob(blob, offset=off, length=n)
-            ops = pages.plan(emap, read, max_put)
-            if max_put < pages.MAX_PUT_PAGE:
-                ops = pages.coalesce(ops)
-            for op in ops:
-                if op.kind == "put" and op.data is not None:
-                    futs.append(self._owner._io2.submit(self._c.put_pages, blob, op.offset, op.data))
-                else:
-                    futs.append(self._owner._io2.submit(self._c.clear_pages, blob, op.offset, op.length))
+                def read(off: int, n: int, blob: str = blob) -> bytes:
+                    return self._c.get_blob(blob, offset=off, length=n)
+                ops = pages.plan(emap, read, max_put)
+                if max_put < pages.MAX_PUT_PAGE:
+                    ops = pages.coalesce(ops)
+                for op in ops:
+                    if op.kind == "put" and op.data is not None:
+                        futs.append(self._owner._io2.submit(self._c.put_pages, blob, op.offset, op.data))
+                    else:
+                        futs.append(self._owner._io2.submit(self._c.clear_pages, blob, op.offset, op.length))
+                    if track is not None:
+                        track.append((disk, op.offset, op.offset + op.length, futs[-1]))
+        except BaseException:
+            _wait_quiet(futs)
+            raise
         return futs
 
     # -- committed disks ------------------------------------------------------------------------------------
@@ -1018,6 +1174,7 @@ class AzureMachineVault(MachineVault):
         async with self._append_lock:
             if self._closed:
                 return
+            await self._drain_direct()   # never abandon a direct append half way
             self._closed = True
             for t in (self._applier, self._renewer):
                 if t is not None:
@@ -1233,6 +1390,11 @@ def _wait_all(futs: list[concurrent.futures.Future]) -> None:
             err = err or exc
     if err is not None:
         raise err
+
+
+def _wait_quiet(futs: list[concurrent.futures.Future]) -> None:
+    """Wait for every request, ignoring their outcome (the caller is failing for another reason)."""
+    concurrent.futures.wait(futs)
 
 
 def connect(account_url: str, container: str, cred: Credential, *, retry_for: float = 120.0,

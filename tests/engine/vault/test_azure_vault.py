@@ -440,6 +440,133 @@ async def test_direct_crash_loses_and_duplicates_nothing(azurite, container) -> 
     await v.close()
 
 
+async def overlapped(mv, batches: list[list[Record]], in_flight: int = 2) -> list:
+    """Append the batches as the applier does while the vault ``overlaps_appends``: the next append is called
+    before the previous one has returned (at most ``in_flight`` at once). The outcome of each, in order."""
+    tasks: list[asyncio.Task] = []
+    for i, b in enumerate(batches):
+        while sum(not t.done() for t in tasks) >= in_flight:
+            await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
+        tasks.append(asyncio.create_task((append_plain if i % 2 else append)(mv, b)))
+        await asyncio.sleep(0)   # it is called (and registered) before the next one
+    return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
+async def test_direct_appends_overlap_in_order(azurite, container) -> None:
+    """Direct appends called before the previous one has returned: the next one's pages are started while the
+    previous one is not committed yet, the log commits stay in seq order (each record logged once), ``last_seq``
+    never passes an append before its commit, and every point and the latest state read back byte-exact (sha256),
+    before and after a reopen."""
+    import threading
+    rng = random.Random(23)
+    model = Model(SIZES)
+    model.snap()
+    v = vault(azurite.url, container)
+    mv = await v.open_machine("vm1")
+    await mv.ensure_disks([DiskInfo(d, f"d{d}", s) for d, s in SIZES.items()])
+    assert mv.overlaps_appends
+    batches = [initial_sync(rng, model, disk, start, 2) for disk in SIZES for start in range(0, SIZES[disk], 2 * MiB)]
+    ends = [b[-1].seq for b in batches]
+    stages: list[str] = []
+    seen_last: list[int] = []
+    cond = threading.Condition()
+
+    def hook(stage: str) -> None:   # in the vault's I/O threads
+        with cond:
+            stages.append(stage)
+            cond.notify_all()
+            if stage == "direct-pages":
+                # hold this append's commit until the next one's pages are on their way (proves the overlap)
+                k = stages.count("direct-pages")
+                if k < len(batches):
+                    cond.wait_for(lambda: stages.count("direct-submitted") > k, timeout=10)
+            elif stage == "direct-logged":
+                seen_last.append(mv._last_seq)
+    mv.apply_hook = hook
+    out = await overlapped(mv, batches)
+    assert out == [None] * len(batches)
+    # every append but the last had the next one's pages started before its own commit
+    for k in range(len(batches) - 1):
+        logged_k = [i for i, s in enumerate(stages) if s == "direct-logged"][k]
+        submits_before = sum(1 for s in stages[:logged_k] if s == "direct-submitted")
+        assert submits_before >= k + 2, f"append {k} was committed before the next one started"
+    assert seen_last == ends                    # last_seq moved append by append, in order, at each commit
+    assert mv.applied_seq == mv.last_seq == model.seq
+    logged = log_entries(azurite.url, container)
+    seqs = [e.rec.seq for e in logged]
+    assert all(e.direct for e in logged) and seqs == sorted(set(seqs)) and len(seqs) == model.seq
+    # the run ends (SYNC_DONE), a point at its end, then more history with points
+    mv.apply_hook = None
+    model.seq += 1
+    await append(mv, [Record(Kind.SYNC_DONE, 0, model.seq, time.time_ns())])
+    assert not mv.overlaps_appends
+    model.snap()
+    await mv.add_point(Point(f"c-{model.seq}", model.seq, time.time(), "crash-consistent"))
+    await history(mv, model, rng, 4)
+    await check(mv, model, rng)
+    assert (await mv.verify()).ok
+    await v.close()
+    v2 = vault(azurite.url, container)
+    mv2 = await v2.open_machine("vm1")
+    assert mv2.last_seq == model.seq and not mv2.overlaps_appends
+    await check(mv2, model, rng)
+    await v2.close()
+
+
+async def test_direct_overlap_failure_commits_nothing_after(azurite, container) -> None:
+    """An overlapped direct append fails (503 until the retries give up) (a) in its pages, (b) in its log commit,
+    while the next append's pages have been written: neither is committed, nothing acknowledged is lost,
+    ``last_seq`` stays at the last acknowledged record, and the appends sent again (as the applier does, from
+    ``last_seq``) land once each; the reopened vault resumes from the last committed entry."""
+    proxy = HTTPFaultProxy(azurite.port)
+    await proxy.start()
+    try:
+        rng = random.Random(24)
+        model = Model(SIZES)
+        v = vault(proxy.url(), container, retry_for=1.0)
+        mv = await v.open_machine("vm1")
+        await mv.ensure_disks([DiskInfo(d, f"d{d}", s) for d, s in SIZES.items()])
+        assert await overlapped(mv, [initial_sync(rng, model, 0, 0, 2), initial_sync(rng, model, 1, 0, 2)]) \
+            == [None, None]
+        acked = model.seq
+        stages: list[str] = []
+        mv.apply_hook = stages.append
+        for what, match in (("pages", lambda line: "/vm1/disks/0?" in line and "comp=page" in line),
+                            ("log commit", lambda line: "comp=blocklist" in line)):
+            a = initial_sync(rng, model, 0, 2 * MiB if what == "pages" else 4 * MiB, 2)     # disk 0
+            b = initial_sync(rng, model, 1, 2 * MiB if what == "pages" else 4 * MiB, 2)     # disk 1: its pages land
+            stages.clear()
+            proxy.fail(1.0, status=503, retry_after="0.1", match=match)
+            out = await overlapped(mv, [a, b])
+            proxy.fail(0.0)
+            assert all(isinstance(o, Exception) for o in out), (what, out)
+            assert stages.count("direct-submitted") == 2 and "direct-logged" not in stages, (what, stages)
+            # nothing after the last acknowledged record was committed, nothing acknowledged went
+            assert mv.last_seq == mv.applied_seq == acked, what
+            assert max(e.rec.seq for e in log_entries(azurite.url, container)) == acked, what
+            # the applier sends both again from last_seq, overlapped as before
+            assert await overlapped(mv, [a, b]) == [None, None], what
+            assert mv.last_seq == mv.applied_seq == model.seq
+            acked = model.seq
+        mv.apply_hook = None
+        seqs = [e.rec.seq for e in log_entries(azurite.url, container)]
+        assert seqs == list(range(1, acked + 1))      # every record logged once, in order
+        await v.close()
+        v = vault(azurite.url, container)
+        mv = await v.open_machine("vm1")
+        assert mv.last_seq == mv.applied_seq == acked and mv.overlaps_appends
+        assert await overlapped(mv, [initial_sync(rng, model, 0, 6 * MiB, 2), initial_sync(rng, model, 1, 6 * MiB, 3)]) \
+            == [None, None]
+        model.seq += 1
+        await append(mv, [Record(Kind.SYNC_DONE, 0, model.seq, time.time_ns())])
+        model.snap()
+        await mv.add_point(Point(f"c-{model.seq}", model.seq, time.time(), "crash-consistent"))
+        await check(mv, model, rng)
+        await v.close()
+    finally:
+        await proxy.stop()
+
+
 async def test_configuration_backups_in_the_container(azurite, container) -> None:
     """The appliance's sealed configuration backups kept beside the machines (the scheduled backup's target)."""
     from engine.errors import NotFound

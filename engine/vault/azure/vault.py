@@ -153,6 +153,8 @@ class AzureMachineVault(MachineVault):
         #: its log not committed), "direct-logged" (committed)
         self.apply_hook: Callable[[str], None] | None = None
         self.throttled = 0
+        self.direct_appends = 0                      # direct appends made, and how many started behind another
+        self.direct_overlapped = 0
 
     # -- plumbing -------------------------------------------------------------------------------------------
 
@@ -506,6 +508,8 @@ class AzureMachineVault(MachineVault):
         try:
             futs = await self._io(self._direct_submit, kept)
             self._queued = items[-1][0]
+            self.direct_appends += 1
+            self.direct_overlapped += bool(self._inflight)
             task = asyncio.create_task(self._direct_commit(items, ts, futs, dep),
                                        name=f"azure-direct:{self.machine}:{items[-1][0]}")
             self._inflight.append(task)
@@ -675,8 +679,9 @@ class AzureMachineVault(MachineVault):
         self._write_meta()
         self._direct_open = False
         self._direct_ok = False
-        log.info("machine %s: initial replication went straight to the page blobs up to seq %d", self.machine,
-                 self._applied)
+        log.info("machine %s: initial replication went straight to the page blobs up to seq %d (%d direct appends, "
+                 "%d of them started while the one before was in flight)", self.machine, self._applied,
+                 self.direct_appends, self.direct_overlapped)
 
     def _write_log(self, items: list[tuple[int, bytes, bytes | bytearray]], ts: list[int], *,
                    direct: bool = False, before: list[concurrent.futures.Future] | None = None) -> list[LogEntry]:

@@ -327,14 +327,19 @@ class AzureMachineVault(MachineVault):
         return self._last_seq
 
     @property
+    def _goes_direct(self) -> bool:
+        """Appends go direct (initial replication: no point yet, the page blobs caught up, not stuck)."""
+        return self._direct_ok and self.direct and not self._stuck
+
+    @property
     def takes_plain(self) -> bool:
         """While appends go direct: their data goes into the page blobs plain, so sealing it first is wasted."""
-        return self._direct_ok and self.direct and not self._stuck
+        return self._goes_direct
 
     @property
     def overlaps_appends(self) -> bool:
         """While appends go direct: the next direct append's pages go out while the previous one is committed."""
-        return self._direct_ok and self.direct and not self._stuck
+        return self._goes_direct
 
     @property
     def batch_bytes(self) -> int | None:  # type: ignore[override]
@@ -418,8 +423,7 @@ class AzureMachineVault(MachineVault):
         """The append under the append lock; returns the log commit to wait for when it went direct."""
         async with self._append_lock:
             self._check_open()
-            direct = self._direct_ok and self.direct and not self._stuck \
-                and all(sr.header.kind in DIRECT_KINDS for sr in records)
+            direct = self._goes_direct and all(sr.header.kind in DIRECT_KINDS for sr in records)
             if self._direct_users:
                 if direct and not self._chain_broken and records[0].header.seq > self._queued:
                     # behind the direct appends in flight: start its pages now, commit after theirs

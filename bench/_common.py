@@ -91,11 +91,7 @@ class Proc:
 
     def cpu(self) -> float:
         """User + system CPU seconds of the process (all threads)."""
-        try:
-            f = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            return 0.0
+        return pid_cpu(self.pid)
 
     def alive(self) -> bool:
         return self.p.poll() is None
@@ -269,6 +265,21 @@ def start_nbdkit(tmp: Path, disk: Path) -> tuple[Proc, str]:
              tmp / "nbdkit.log")
     wait_port(port, proc=p.p)
     return p, f"nbd://127.0.0.1:{port}"
+
+
+def pid_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (all threads); 0.0 once it is gone."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+def self_cpu() -> float:
+    """User + system CPU seconds of this process so far (all threads)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def warm_memory(gib: float) -> float | None:

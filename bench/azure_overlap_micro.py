@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.records import Kind, Record  # noqa: E402
 from engine.vault.azure.rest import AzureBlobClient, Credential  # noqa: E402
-from engine.vault.azure.vault import DIRECT_BATCH, AzureVault  # noqa: E402
+from engine.vault.azure.direct import DIRECT_BATCH  # noqa: E402
+from engine.vault.azure.vault import AzureVault  # noqa: E402
 from engine.vault.base import DiskInfo, SealedRecord  # noqa: E402
 from tests.azurite import ACCOUNT, KEY, Azurite, azurite_missing  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402

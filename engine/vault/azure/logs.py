@@ -8,7 +8,7 @@ harmless. The metadata (``firstseq``, ``lastseq``, ``firstts``, ``lastts``, ``ma
 history without reading it.
 
 A **direct** entry (envelope length ``DIRECT_ENV``, no envelope follows) is a record whose data went straight to the
-page blob before the entry was logged (initial replication, ``vault.py``): the log keeps its header so every seq is
+page blob before the entry was logged (initial replication, ``direct.py``): the log keeps its header so every seq is
 logged, and the log's ``lastdirect`` metadata is the newest such seq, so a restart knows the page blob holds it.
 """
 

@@ -15,6 +15,7 @@ Blocking; one ``AzureBlobClient`` is shared by threads (one keep-alive connectio
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime as dt
 import hashlib
 import hmac
@@ -461,3 +462,20 @@ def _retry_after(value: str | None) -> float | None:
 __all__ = ["API_VERSION", "AzureBlobClient", "BlobItem", "Credential", "HTTPError", "MAX_PUT_PAGE", "PAGE",
            "Response", "check_container_name", "parse_account_url"]
 
+
+
+def wait_all(futs: list[concurrent.futures.Future]) -> None:
+    """Wait for every request, then raise the first failure: none is left in flight when the caller goes on."""
+    err = None
+    for f in futs:
+        try:
+            f.result()
+        except BaseException as exc:
+            err = err or exc
+    if err is not None:
+        raise err
+
+
+def wait_quiet(futs: list[concurrent.futures.Future]) -> None:
+    """Wait for every request, ignoring their outcome (the caller is failing for another reason)."""
+    concurrent.futures.wait(futs)

@@ -22,18 +22,16 @@ import asyncio
 import concurrent.futures
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Any, Callable, Protocol, TypeVar
 
 from ...records import Kind, Record
-from ..base import SealedRecord
+from ..base import DiskInfo, SealedRecord
 from ..local_view import ZERO_KINDS
 from ..replica import ExtentMap
 from . import pages
 from .logs import LogEntry
-from .rest import wait_quiet
-
-if TYPE_CHECKING:
-    from .machine import AzureMachineVault
+from .pages import Snap
+from .rest import AzureBlobClient, wait_quiet
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +47,38 @@ DIRECT_KINDS = frozenset(int(k) for k in (Kind.SYNC, Kind.WRITE, Kind.ZERO, Kind
 DIRECT_OVERLAP = 2
 
 Items = list[tuple[int, bytes, bytes | bytearray]]   # (seq, packed header, envelope), as ``_prepare`` makes them
+T = TypeVar("T")
+
+
+class DirectHost(Protocol):
+    """What the chain needs of its machine (``machine.AzureMachineVault``): its seqs, locks, page blobs and log."""
+
+    machine: str
+    _applied: int
+    _last_seq: int
+    _stuck: str | None
+    _direct_open: bool
+    _direct_ok: bool
+    _apply_lock: asyncio.Lock
+    _applied_evt: asyncio.Event
+    _c: AzureBlobClient
+    _disks: list[DiskInfo]
+    _snaps: dict[int, list[Snap]]
+    apply_hook: Callable[[str], None] | None
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T: ...
+    async def _after(self, dep: asyncio.Future[bool] | None) -> None: ...
+    async def _apply_to(self, target: int) -> None: ...
+    def _prepare(self, records: list[SealedRecord], floor: int) -> tuple[Items, dict[int, int], list[int],
+                                                                         list[SealedRecord]]: ...
+    def _open_payload(self, e: LogEntry, env: bytes | bytearray | memoryview) -> bytes: ...
+    def _submit_pages(self, maps: dict[int, ExtentMap], max_put: int = ...,
+                      track: list[tuple[int, int, int, concurrent.futures.Future]] | None = ...
+                      ) -> list[concurrent.futures.Future]: ...
+    def _write_log(self, items: Items, ts: list[int], *, direct: bool = ...,
+                   before: list[concurrent.futures.Future] | None = ...) -> list[LogEntry]: ...
+    def _write_meta(self) -> None: ...
+    def _disk_blob(self, index: int) -> str: ...
 
 
 class DirectChain:
@@ -56,7 +86,7 @@ class DirectChain:
     ``append`` (under its append lock) and before anything that must see the page blobs settled (``drain``,
     ``close_run``)."""
 
-    def __init__(self, mv: AzureMachineVault) -> None:
+    def __init__(self, mv: DirectHost) -> None:
         self.mv = mv
         self.inflight: deque[asyncio.Task] = deque()   # log commits not finished yet, oldest first
         self.users = 0            # appends in the chain; while > 0 the chain holds the machine's apply lock
@@ -221,12 +251,11 @@ class DirectChain:
         await mv._io(self._close_run_sync)
 
     def _close_run_sync(self) -> None:
-        from .machine import Snap, round_pages
         mv = self.mv
         meta = {"lbseq": str(mv._applied), "lbkind": "sync"}
         for d in mv._disks:
             sid = mv._c.snapshot(mv._disk_blob(d.index), meta)
-            mv._snaps.setdefault(d.index, []).append(Snap(mv._applied, sid, round_pages(d.size), None, "sync"))
+            mv._snaps.setdefault(d.index, []).append(Snap(mv._applied, sid, pages.up(d.size), None, "sync"))
         mv._write_meta()
         mv._direct_open = False
         mv._direct_ok = False

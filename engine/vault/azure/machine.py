@@ -44,9 +44,9 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from pathlib import Path
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
+from ...codec import Sealer
 from ...errors import AlreadyExists, Conflict, IntegrityError, InvalidInput, LifeboatError, StorageError
 from ...errors import UnknownPoint
 from ...records import MAX_PAYLOAD, Kind, Record
@@ -57,12 +57,10 @@ from ..replica import ExtentMap
 from ...waits import wait_event
 from . import pages, vhd
 from .direct import DIRECT_BATCH, DIRECT_KINDS, DirectChain
-from .view import AzureDiskView
 from .logs import DIRECT_ENV, MAX_BLOCKS, LogEntry, LogInfo, block_id, log_name, parse_log, seg_header
-from .rest import MAX_BLOCK, MAX_PUT_PAGE, PAGE, HTTPError, wait_all, wait_quiet
-
-if TYPE_CHECKING:
-    from .vault import AzureVault
+from .pages import Snap
+from .rest import MAX_BLOCK, MAX_PUT_PAGE, PAGE, AzureBlobClient, HTTPError, wait_all, wait_quiet
+from .view import AzureDiskView
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,22 +82,32 @@ def round_pages(n: int) -> int:
     return -(-n // PAGE) * PAGE
 
 
-@dataclass(slots=True)
-class Snap:
-    seq: int
-    snapshot: str            # the service's snapshot id (a timestamp)
-    size: int
-    point: Point | None      # None for the base and sync snapshots
-    kind: str = "base"       # "base" (the empty disk), "sync" (the end of a direct run) or the point's kind
+class VaultOwner(Protocol):
+    """What a machine needs of the container's vault it belongs to (``vault.AzureVault``)."""
+
+    client: AzureBlobClient
+    sealer: Sealer
+    direct: bool
+    log_bytes: int
+    prune_wait: float
+    cache_bytes: int
+    idle_apply: float
+    apply_batch: int
+    _lease_seed: bytes
+    _io: concurrent.futures.ThreadPoolExecutor       # the machines' blocking steps (one request each)
+    _io2: concurrent.futures.ThreadPoolExecutor      # requests that go out together
+
+    def _forget(self, mv: AzureMachineVault) -> None: ...
 
 
 class AzureMachineVault(MachineVault):
-    """One machine in an :class:`AzureVault`. Get it from :meth:`AzureVault.open_machine`."""
+    """One machine in an Azure vault (``vault.AzureVault``). Get it from ``AzureVault.open_machine``."""
 
-    def __init__(self, owner: AzureVault, machine: str) -> None:
+    def __init__(self, owner: VaultOwner, machine: str) -> None:
         self.machine = machine
         self._owner = owner
         self._c = owner.client
+        self._io2 = owner._io2                       # requests that go out together (pages, a view's reads)
         self._sealer = owner.sealer
         self._disks: list[DiskInfo] = []
         self._logs: dict[int, LogInfo] = {}          # by first seq
@@ -561,7 +569,7 @@ class AzureMachineVault(MachineVault):
         for off in range(0, len(data), MAX_BLOCK):
             bid = block_id(n + len(new_ids))
             new_ids.append(bid)
-            futs.append(self._owner._io2.submit(self._c.put_block, w.name, bid, memoryview(data)[off:off + MAX_BLOCK]))
+            futs.append(self._io2.submit(self._c.put_block, w.name, bid, memoryview(data)[off:off + MAX_BLOCK]))
         wait_all((before or []) + futs)   # ``before``: writes that must be durable before the commit
         if direct and self.apply_hook:
             self.apply_hook("direct-pages")
@@ -740,9 +748,9 @@ class AzureMachineVault(MachineVault):
                     ops = pages.coalesce(ops)
                 for op in ops:
                     if op.kind == "put" and op.data is not None:
-                        futs.append(self._owner._io2.submit(self._c.put_pages, blob, op.offset, op.data))
+                        futs.append(self._io2.submit(self._c.put_pages, blob, op.offset, op.data))
                     else:
-                        futs.append(self._owner._io2.submit(self._c.clear_pages, blob, op.offset, op.length))
+                        futs.append(self._io2.submit(self._c.clear_pages, blob, op.offset, op.length))
                     if track is not None:
                         track.append((disk, op.offset, op.offset + op.length, futs[-1]))
         except BaseException:
@@ -780,7 +788,7 @@ class AzureMachineVault(MachineVault):
                 if data.count(0) != n:   # a page blob's unwritten pages read as zeros: holes stay holes
                     if n % PAGE:         # the disk's last bytes: the rest of the page is zeros
                         data += bytes(PAGE - n % PAGE)
-                    inflight.append(self._owner._io2.submit(self._c.put_pages, blob, pos, data))
+                    inflight.append(self._io2.submit(self._c.put_pages, blob, pos, data))
                     written += len(data)
                     if len(inflight) >= IO_THREADS:
                         inflight.popleft().result()

@@ -12,10 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..base import Point
 from ..replica import ExtentMap
 from .rest import MAX_PUT_PAGE, PAGE
 
 ZERO = "zero"
+
+
+@dataclass(slots=True)
+class Snap:
+    """A snapshot of one disk's page blob: where views and points start (``lbseq`` in its metadata)."""
+    seq: int
+    snapshot: str            # the service's snapshot id (a timestamp)
+    size: int
+    point: Point | None      # None for the base and sync snapshots
+    kind: str = "base"       # "base" (the empty disk), "sync" (the end of a direct run) or the point's kind
 
 
 @dataclass(slots=True)

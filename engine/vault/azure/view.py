@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import concurrent.futures
+from typing import Any, Callable, Protocol, TypeVar
 
 from ...errors import InvalidInput
 from ..base import DiskView
 from ..replica import ExtentMap
 from . import pages
+from .logs import LogEntry
+from .pages import Snap
+from .rest import AzureBlobClient
 
-if TYPE_CHECKING:
-    from .machine import AzureMachineVault, Snap
+T = TypeVar("T")
+
+
+class ViewSource(Protocol):
+    """What a view reads through (``machine.AzureMachineVault``): its page blobs, logged payloads and executors."""
+
+    _c: AzureBlobClient
+    _io2: concurrent.futures.ThreadPoolExecutor      # the requests of one read go out at once
+
+    def _check_open(self) -> None: ...
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T: ...
+    def _disk_blob(self, index: int) -> str: ...
+    def _payload(self, e: LogEntry) -> bytes: ...
+    async def _view_closed(self) -> None: ...
+
 
 class AzureDiskView(DiskView):
     """One disk as at one seq: a snapshot with logged records over it. Blocks prune until closed."""
 
-    def __init__(self, owner: AzureMachineVault, seq: int, disk: int, size: int, snap: Snap,
+    def __init__(self, owner: ViewSource, seq: int, disk: int, size: int, snap: Snap,
                  emap: ExtentMap) -> None:
         self._owner = owner
         self.seq = seq
@@ -46,7 +63,7 @@ class AzureDiskView(DiskView):
             if src is None:
                 hi = min(b, self._snap.size)
                 if a < hi:
-                    futs.append((a, o._owner._io2.submit(o._c.get_blob, blob, offset=a, length=hi - a,
+                    futs.append((a, o._io2.submit(o._c.get_blob, blob, offset=a, length=hi - a,
                                                          snapshot=self._snap.snapshot)))
             elif src != pages.ZERO:
                 payload = o._payload(src)

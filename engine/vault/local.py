@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import shutil
-import struct
 import threading
 import uuid
 from pathlib import Path
@@ -42,10 +41,10 @@ from ..codec import Sealer
 from ..errors import AlreadyExists, Conflict, IntegrityError, InvalidInput, LifeboatError, StorageError
 from ..errors import UnknownMachine, UnknownPoint, VaultFull, is_no_space
 from ..names import check_name, inside
-from ..records import MAX_PAYLOAD, Kind
 from ..fileio import atomic_write, make_private_dir
 from .base import DiskInfo, MachineVault, Point, SealedRecord, Vault, VerifyReport
-from .journal import SEGMENT_BYTES, Entry, Journal, check_envelope, fsync_dir
+from .checks import check_record
+from .journal import SEGMENT_BYTES, Entry, Journal, fsync_dir
 # LocalDiskView lives in local_view (VerifyReport in base); importing them here keeps `from .local import ...` working
 from .local_view import DATA_KINDS, ZERO_KINDS, LocalDiskView, _PayloadCache, build_extent_map
 from .local_view import seq_at_time_scan, verify_all
@@ -60,7 +59,6 @@ T = TypeVar("T")
 
 FORMAT = 1
 KEY_CHECK = b"lifeboat vault key check"
-RANGE_KINDS = DATA_KINDS + ZERO_KINDS
 
 
 def _check_machine_name(machine: str) -> None:
@@ -299,40 +297,13 @@ class LocalMachineVault(MachineVault):
         items: list[tuple[int, bytes, bytes | bytearray]] = []
         prev = self._last_seq
         for sr in records:
-            r = sr.header
-            if r.seq <= self._last_seq:
+            if sr.header.seq <= self._last_seq:
                 continue
-            where = f"record seq={r.seq} disk={r.disk}"
-            if r.seq <= prev:
-                raise InvalidInput(f"{where}: records must come in increasing seq order")
-            try:
-                kind = Kind(r.kind)
-            except ValueError:
-                raise InvalidInput(f"{where}: unknown kind {r.kind}") from None
-            if kind in RANGE_KINDS or kind is Kind.RESIZE:
-                if r.disk not in sizes:
-                    raise InvalidInput(f"{where}: disk {r.disk} is unknown (call ensure_disks first)")
-                if kind in RANGE_KINDS and (r.offset < 0 or r.length < 0 or r.offset + r.length > sizes[r.disk]):
-                    raise InvalidInput(f"{where}: range [{r.offset}, +{r.length}) is beyond the disk's "
-                                       f"{sizes[r.disk]} bytes")
-                if kind is Kind.RESIZE and r.length > sizes[r.disk]:
-                    sizes[r.disk] = grows[r.disk] = r.length
-            if kind.has_payload:
-                if r.length > MAX_PAYLOAD or r.hash == 0:
-                    raise InvalidInput(f"{where}: payload too large or its hash is missing")
-                bad = check_envelope(sr.envelope, self._sealer.key_id)
-                if bad:
-                    raise InvalidInput(f"{where}: {bad}")
-            elif sr.envelope:
-                raise InvalidInput(f"{where}: a {kind.name} record carries no payload")
-            try:
-                hdr = r.pack_header()
-            except struct.error:
-                raise InvalidInput(f"{where}: a header field is out of range") from None
+            hdr = check_record(sr, prev, sizes, grows, self._sealer.key_id)
             env = sr.envelope
             # bytes as they are (a bytearray too: sealed for this append and not touched after it); others copied
-            items.append((r.seq, hdr, env if isinstance(env, (bytes, bytearray)) else bytes(env)))
-            prev = r.seq
+            items.append((sr.header.seq, hdr, env if isinstance(env, (bytes, bytearray)) else bytes(env)))
+            prev = sr.header.seq
         return items, grows
 
     async def add_point(self, point: Point) -> None:

@@ -51,7 +51,8 @@ from ...errors import AlreadyExists, Conflict, IntegrityError, InvalidInput, Lif
 from ...errors import UnknownPoint
 from ...records import MAX_PAYLOAD, Kind, Record
 from ..base import DiskInfo, MachineVault, Point, SealedRecord, VerifyReport
-from ..journal import ENTRY_HEAD_SIZE, ENV_LEN, check_envelope
+from ..checks import check_record
+from ..journal import ENTRY_HEAD_SIZE, ENV_LEN
 from ..local_view import DATA_KINDS, ZERO_KINDS
 from ..replica import ExtentMap
 from ...waits import wait_event
@@ -67,7 +68,6 @@ T = TypeVar("T")
 
 FORMAT = 1
 KEY_CHECK = b"lifeboat vault key check"
-RANGE_KINDS = DATA_KINDS + ZERO_KINDS
 LEASE_SECONDS = 15
 #: the applier applies at most this many payload bytes per batch (one ``applied_seq`` update per batch)
 APPLY_BATCH = 64 * 1024 * 1024
@@ -76,10 +76,6 @@ PENDING_LIMIT = 256 * 1024 * 1024
 #: requests in flight when a committed disk is published (``publish_disk``)
 IO_THREADS = 8
 #: direct (initial-replication) appends write the page blobs in Put Page requests of at most this many bytes, all
-
-
-def round_pages(n: int) -> int:
-    return -(-n // PAGE) * PAGE
 
 
 class VaultOwner(Protocol):
@@ -372,16 +368,16 @@ class AzureMachineVault(MachineVault):
             if cur is None:
                 props = self._c.get_properties(blob)
                 if props is None:
-                    self._c.create_page_blob(blob, round_pages(d.size))
-                elif int(props.header("content-length", "0")) < round_pages(d.size):
-                    self._c.resize_page_blob(blob, round_pages(d.size))
+                    self._c.create_page_blob(blob, pages.up(d.size))
+                elif int(props.header("content-length", "0")) < pages.up(d.size):
+                    self._c.resize_page_blob(blob, pages.up(d.size))
                 if not self._snaps.get(d.index):   # the empty disk: views before the first point start here
                     sid = self._c.snapshot(blob, {"lbseq": str(self._applied), "lbkind": "base"})
-                    self._snaps[d.index] = [Snap(self._applied, sid, round_pages(d.size), None)]
+                    self._snaps[d.index] = [Snap(self._applied, sid, pages.up(d.size), None)]
                 cur = DiskInfo(d.index, d.name, d.size)
                 self._disks.append(cur)
             elif d.size > cur.size:
-                self._c.resize_page_blob(blob, round_pages(d.size))
+                self._c.resize_page_blob(blob, pages.up(d.size))
                 cur.size = d.size
             cur.name = d.name
         self._write_meta()
@@ -473,52 +469,21 @@ class AzureMachineVault(MachineVault):
         kept: list[SealedRecord] = []
         prev = floor
         for sr in records:
-            r = sr.header
-            if r.seq <= floor:
+            if sr.header.seq <= floor:
                 continue
-            where = f"record seq={r.seq} disk={r.disk}"
-            if r.seq <= prev:
-                raise InvalidInput(f"{where}: records must come in increasing seq order")
-            try:
-                kind = Kind(r.kind)
-            except ValueError:
-                raise InvalidInput(f"{where}: unknown kind {r.kind}") from None
-            if kind in RANGE_KINDS or kind is Kind.RESIZE:
-                if r.disk not in sizes:
-                    raise InvalidInput(f"{where}: disk {r.disk} is unknown (call ensure_disks first)")
-                if kind in RANGE_KINDS and (r.offset < 0 or r.length < 0 or r.offset + r.length > sizes[r.disk]):
-                    raise InvalidInput(f"{where}: range [{r.offset}, +{r.length}) is beyond the disk's "
-                                       f"{sizes[r.disk]} bytes")
-                if kind is Kind.RESIZE and r.length > sizes[r.disk]:
-                    sizes[r.disk] = grows[r.disk] = r.length
-            if kind.has_payload:
-                if r.length > MAX_PAYLOAD or r.hash == 0:
-                    raise InvalidInput(f"{where}: payload too large or its hash is missing")
-                plain = sr.extra.get("data") if sr.extra and not sr.envelope else None
-                if plain is not None:   # handed in unsealed (takes_plain): sealed by append when it is logged
-                    if len(plain) != r.length:
-                        raise InvalidInput(f"{where}: the plaintext's length does not match the header")
-                else:
-                    bad = check_envelope(sr.envelope, self._sealer.key_id)
-                    if bad:
-                        raise InvalidInput(f"{where}: {bad}")
-            elif sr.envelope:
-                raise InvalidInput(f"{where}: a {kind.name} record carries no payload")
-            try:
-                hdr = r.pack_header()
-            except Exception:
-                raise InvalidInput(f"{where}: a header field is out of range") from None
+            # a record handed in unsealed (takes_plain) is sealed by append when it is logged
+            hdr = check_record(sr, prev, sizes, grows, self._sealer.key_id, plain=True)
             env = sr.envelope
-            items.append((r.seq, hdr, env if isinstance(env, (bytes, bytearray)) else bytes(env)))
-            ts.append(r.ts_ns)
+            items.append((sr.header.seq, hdr, env if isinstance(env, (bytes, bytearray)) else bytes(env)))
+            ts.append(sr.header.ts_ns)
             kept.append(sr)
-            prev = r.seq
+            prev = sr.header.seq
         return items, grows, ts, kept
 
     def _grow_sync(self, grows: dict[int, int]) -> None:
         for d in self._disks:
             if d.index in grows and grows[d.index] > d.size:
-                self._c.resize_page_blob(self._disk_blob(d.index), round_pages(grows[d.index]))
+                self._c.resize_page_blob(self._disk_blob(d.index), pages.up(grows[d.index]))
                 d.size = grows[d.index]
         self._write_meta()
 
@@ -720,8 +685,8 @@ class AzureMachineVault(MachineVault):
         for disk, size in grows.items():
             blob = self._disk_blob(disk)
             props = self._c.get_properties(blob)
-            if props is not None and int(props.header("content-length", "0")) < round_pages(size):
-                self._c.resize_page_blob(blob, round_pages(size))
+            if props is not None and int(props.header("content-length", "0")) < pages.up(size):
+                self._c.resize_page_blob(blob, pages.up(size))
         self._write_pages(maps)
         if self.apply_hook:
             self.apply_hook("batch-written")
@@ -834,7 +799,7 @@ class AzureMachineVault(MachineVault):
         meta = self._point_meta(p)
         for d in self._disks:
             sid = self._c.snapshot(self._disk_blob(d.index), meta)
-            self._snaps.setdefault(d.index, []).append(Snap(p.seq, sid, round_pages(d.size), p, p.kind))
+            self._snaps.setdefault(d.index, []).append(Snap(p.seq, sid, pages.up(d.size), p, p.kind))
         self._direct_open = False
         self._direct_ok = False
 

@@ -20,8 +20,9 @@ Each arm runs ``--rounds`` times, in ABBA order (SDK, Lifeboat, Lifeboat, SDK, S
 arm a new appliance, agent and container), and each arm's best is compared (as ``capture.py`` does); the medians are
 printed too. The same number of runs per arm keeps the best-of fair (until session 8 the SDK had one run more).
 Each run also prints the cores each process used, Azurite's included: on a small machine Azurite shares the cores
-with the SDK process in one arm and with the appliance and the agent in the other. Just before each arm ``--warm-gib`` of memory is touched and freed, so no arm starts on memory this kind of VM
-has handed back to its host (``_common.warm_memory``; ``--warm-gib 0`` for the raw numbers).
+with the SDK process in one arm and with the appliance and the agent in the other. Just before each arm
+``--warm-gib`` of memory is touched and freed, so no arm starts on memory this kind of VM has handed back to its
+host (``_common.warm_memory``; ``--warm-gib 0`` for the raw numbers).
 
 ``--profile`` / ``--perf``: py-spy / ``perf record -g`` of the appliance and the agent from protect to page blob
 complete, summarised after the run (they perturb the timing: not ratio runs).
@@ -254,8 +255,9 @@ def main() -> int:
                 m = site.machine()
                 run["rss"] = (site.app.peak_rss(), site.agent.peak_rss())
                 print(f"  Lifeboat {lb_s:.2f}s (protected after {run['prot_s']:.2f}s; appliance {run['cpu'][0]:.2f} / "
-                      f"agent {run['cpu'][1]:.2f} / Azurite {run['cpu'][2]:.2f} cores; peak RSS {run['rss'][0] / 1e6:.0f} / {run['rss'][1] / 1e6:.0f} "
-                      f"MB; state {m.get('state')}, points {m.get('points')}, error {m.get('error')})"
+                      f"agent {run['cpu'][1]:.2f} / Azurite {run['cpu'][2]:.2f} cores; "
+                      f"peak RSS {run['rss'][0] / 1e6:.0f} / {run['rss'][1] / 1e6:.0f} MB; "
+                      f"state {m.get('state')}, points {m.get('points')}, error {m.get('error')})"
                       + (f" (warmed in {w:.1f}s)" if w is not None else ""), flush=True)
                 if a.verify:
                     t = time.monotonic()
